@@ -1,0 +1,41 @@
+"""mpcgpu: private deep learning by secure three-party computation (CryptGPU style).
+
+Three MPI ranks hold 2-out-of-3 replicated secret shares of inputs and weights.
+The public face:
+
+    import mpcgpu
+    rt = mpcgpu.init()                # on all three ranks (mpirun -n 3)
+    x = mpcgpu.share(array, src=0)     # rank 0's array, secret-shared
+    y = (x @ x.T).relu()
+    print(y.reveal())                  # every rank sees the result
+    print(mpcgpu.comm_stats())         # bytes and rounds of this party
+"""
+from __future__ import annotations
+
+from .errors import MPCError, RankCountError, EncodingError, ShardError, ProtocolError, BackendError
+from .runtime import init, get as get_runtime, is_initialised
+
+__version__ = "0.1.0"
+
+
+def comm_stats() -> dict:
+    """Bytes sent, rounds and messages of this party since init (or the last reset)."""
+    return get_runtime().comm.stats.as_dict()
+
+
+def reset_comm_stats():
+    get_runtime().comm.reset_stats()
+
+
+def __getattr__(name):
+    # Lazy attributes: keep `import mpcgpu` light and free of import cycles.
+    if name in ("share", "ArithmeticShare", "from_shares"):
+        from .sharing import arithmetic
+        return getattr(arithmetic, {"share": "share"}.get(name, name))
+    if name == "BinaryShare":
+        from .sharing.binary import BinaryShare
+        return BinaryShare
+    if name in ("nn", "ring", "encoding", "data"):
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'mpcgpu' has no attribute {name!r}")

@@ -1,0 +1,131 @@
+"""Array back end: NumPy on the CPU or CuPy on a GPU, behind one handle.
+
+This is the only module of mpcgpu that imports :mod:`cupy`.  Everything else
+asks for the array module through :func:`array_module` (given an array) or
+:attr:`Backend.xp` (given the runtime), so protocol code is written once and
+runs on both.
+
+Device choice: ``device="auto" | "cpu" | "cuda"`` or the environment variable
+``MPCGPU_DEVICE``.  ``auto`` picks CUDA when CuPy is installed and a GPU is
+usable, else the CPU.  Asking for ``cuda`` where there is none is a
+:class:`~mpcgpu.errors.BackendError`, not a crash.  Each MPI rank is mapped to
+GPU ``local_rank % device_count``.
+
+Moves between host and device are always explicit (:meth:`Backend.to_device`,
+:meth:`Backend.to_host`); nothing converts implicitly.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy
+
+from .errors import BackendError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _cupy_if_loaded():
+    return sys.modules.get("cupy")
+
+
+def array_module(*arrays):
+    """The module (numpy or cupy) that owns ``arrays``; numpy if none is a CuPy array."""
+    cp = _cupy_if_loaded()
+    if cp is not None:
+        for a in arrays:
+            if isinstance(a, cp.ndarray):
+                return cp
+    return numpy
+
+
+def is_device_array(a) -> bool:
+    cp = _cupy_if_loaded()
+    return cp is not None and isinstance(a, cp.ndarray)
+
+
+def _import_cupy():
+    try:
+        import cupy  # noqa: WPS433 (the one place cupy is imported)
+    except Exception as exc:  # ImportError, or a broken CUDA install
+        return None, f"CuPy cannot be imported ({exc.__class__.__name__}: {exc})"
+    try:
+        ok = bool(cupy.cuda.is_available())
+    except Exception as exc:
+        return None, f"CUDA is not usable ({exc})"
+    if not ok:
+        return None, "CuPy is installed but no CUDA GPU is visible"
+    return cupy, None
+
+
+def local_rank() -> int:
+    """Rank of this process among those on the same node (launcher env variables)."""
+    for var in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID",
+                "MV2_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK"):
+        if var in os.environ:
+            try:
+                return int(os.environ[var])
+            except ValueError:
+                pass
+    return 0
+
+
+class Backend:
+    """Where share data lives.  ``xp`` is numpy or cupy; ``name`` is "cpu" or "cuda"."""
+
+    def __init__(self, device: str | None = None):
+        requested = (device or os.environ.get("MPCGPU_DEVICE") or "auto").lower()
+        if requested not in DEVICES:
+            raise BackendError(f"unknown device {requested!r}; choose one of {', '.join(DEVICES)}")
+        self.requested = requested
+        self.device_id = None
+        if requested == "cpu":
+            self._cpu()
+            return
+        cp, why = _import_cupy()
+        if cp is None:
+            if requested == "cuda":
+                raise BackendError(
+                    f"device 'cuda' was requested but {why}. Install the GPU extra "
+                    "(pip install 'mpcgpu[cuda]') on a machine with an NVIDIA GPU, or use --device cpu.")
+            self._cpu()
+            return
+        self.xp = cp
+        self.name = "cuda"
+        count = cp.cuda.runtime.getDeviceCount()
+        self.device_id = local_rank() % count
+        cp.cuda.Device(self.device_id).use()
+
+    def _cpu(self):
+        self.xp = numpy
+        self.name = "cpu"
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.name == "cuda"
+
+    def to_device(self, a):
+        """Host (NumPy) array -> this back end's array (a copy on the GPU; as is on the CPU)."""
+        if self.is_gpu:
+            return self.xp.asarray(a)
+        return numpy.asarray(a)
+
+    def to_host(self, a):
+        """Back-end array -> NumPy array."""
+        if is_device_array(a):
+            return a.get()
+        return numpy.asarray(a)
+
+    def synchronize(self):
+        """Wait for queued GPU work (a no-op on the CPU)."""
+        if self.is_gpu:
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def describe(self) -> str:
+        if self.is_gpu:
+            return f"cuda:{self.device_id}"
+        return "cpu"
+
+    def __repr__(self):
+        return f"Backend({self.describe()})"

@@ -1,0 +1,118 @@
+"""Cryptographic pseudo-random generation without communication.
+
+Key set-up (one tiny message at start-up): party ``i`` draws a 128-bit key
+``k_i`` from the operating system and sends it to party ``i-1``, so that party
+``i`` holds ``(k_i, k_{i+1})``.  Key ``k_j`` is therefore known to exactly the
+two parties ``j`` and ``j-1``.
+
+Each key drives a :class:`Stream`: AES-128 in counter mode (OpenSSL via the
+``cryptography`` package).  Call number ``c`` of a stream encrypts the counter
+blocks ``(c || 0), (c || 1), ...`` (64-bit call counter, 64-bit block
+counter), so the counter advances on *every* call and no keystream block is
+ever used twice.  Two parties that share a key and make the same sequence of
+calls draw the same words; a mismatch gives wrong results, never a silent
+loss of privacy.
+
+From the two streams a party derives
+* zero shares: ``a_i = F(k_i) - F(k_{i+1})`` (and ``F(k_i) ^ F(k_{i+1})``),
+  which sum (XOR) to zero over the three parties;
+* random replicated shares: party ``i`` gets ``(F(k_i), F(k_{i+1}))``;
+* randomness common to a pair: with the party before (``own``) or after
+  (``next``).
+
+Words are generated on the host and moved to the back end explicitly.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+KEY_BYTES = 16
+
+
+def fresh_key() -> bytes:
+    """A 128-bit key from the operating system's CSPRNG."""
+    return os.urandom(KEY_BYTES)
+
+
+class Stream:
+    """AES-128-CTR keystream; every call uses a new 64-bit call counter."""
+
+    def __init__(self, key: bytes):
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"PRG key must be {KEY_BYTES} bytes, got {len(key)}")
+        self._algorithm = algorithms.AES(bytes(key))
+        self.calls = 0
+
+    def _nonce(self) -> bytes:
+        nonce = self.calls.to_bytes(8, "big") + bytes(8)
+        self.calls += 1
+        return nonce
+
+    def bytes(self, n: int) -> bytes:
+        """``n`` keystream bytes (one call)."""
+        enc = Cipher(self._algorithm, modes.CTR(self._nonce())).encryptor()
+        return enc.update(bytes(n)) + enc.finalize()
+
+    def uint64(self, shape) -> numpy.ndarray:
+        """A host uint64 array of ``shape`` filled with keystream words (one call)."""
+        shape = (int(shape),) if numpy.isscalar(shape) else tuple(int(s) for s in shape)
+        count = int(numpy.prod(shape, dtype=numpy.int64)) if shape else 1
+        nbytes = 8 * count
+        out = numpy.empty(nbytes + 15, dtype=numpy.uint8)  # update_into wants len(in)+15 room
+        enc = Cipher(self._algorithm, modes.CTR(self._nonce())).encryptor()
+        zeros = _zeros(nbytes)
+        written = enc.update_into(zeros, out)
+        assert written == nbytes
+        return out[:nbytes].view(numpy.uint64).reshape(shape)
+
+
+_ZERO_CACHE = {"buf": bytearray(0)}
+
+
+def _zeros(n: int):
+    buf = _ZERO_CACHE["buf"]
+    if len(buf) < n:
+        buf = bytearray(n)
+        _ZERO_CACHE["buf"] = buf
+    return memoryview(buf)[:n]
+
+
+class PartyPRG:
+    """The two streams of one party and what is derived from them.
+
+    ``own`` is keyed by ``k_i`` (shared with party ``i-1``), ``next`` by
+    ``k_{i+1}`` (shared with party ``i+1``).  ``local`` is private to this party.
+    """
+
+    def __init__(self, own_key: bytes, next_key: bytes, to_device=None):
+        self.own = Stream(own_key)
+        self.next = Stream(next_key)
+        self.local = Stream(fresh_key())
+        self._to_device = to_device or (lambda a: a)
+
+    def zero_share(self, shape):
+        """Additive zero sharing: ``F(k_i) - F(k_{i+1})`` (sums to 0 over the parties)."""
+        return self._to_device(self.own.uint64(shape) - self.next.uint64(shape))
+
+    def zero_share_xor(self, shape):
+        """XOR zero sharing: ``F(k_i) ^ F(k_{i+1})`` (XORs to 0 over the parties)."""
+        return self._to_device(self.own.uint64(shape) ^ self.next.uint64(shape))
+
+    def random_pair(self, shape):
+        """Replicated components ``(r_i, r_{i+1})`` of an unknown uniform value."""
+        return self._to_device(self.own.uint64(shape)), self._to_device(self.next.uint64(shape))
+
+    def with_prev(self, shape):
+        """Words known to this party and party ``i-1`` only."""
+        return self._to_device(self.own.uint64(shape))
+
+    def with_next(self, shape):
+        """Words known to this party and party ``i+1`` only."""
+        return self._to_device(self.next.uint64(shape))
+
+    def private(self, shape):
+        """Words known to this party alone."""
+        return self._to_device(self.local.uint64(shape))

@@ -1,0 +1,125 @@
+"""The runtime of one party: back end, communicator, PRG and fixed-point settings.
+
+``mpcgpu.init()`` builds it once per process (a second call returns the same
+object) and every share and protocol finds it through :func:`get`.
+
+Start-up costs one round: each party sends its fresh 16-byte key ``k_i`` to
+party ``i-1`` (see :mod:`mpcgpu.prg`).  The counters are reset afterwards, so
+``comm_stats()`` reports only the user's computation.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+
+import numpy
+
+from .backend import Backend
+from .comm import Communicator
+from .encoding import DEFAULT_FRAC_BITS, safe_limit
+from .errors import MPCError, RankCountError
+from .prg import PartyPRG, fresh_key
+
+_RUNTIME = None
+
+
+class Runtime:
+    """Everything a party needs to run protocols."""
+
+    def __init__(self, device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None):
+        safe_limit(precision)  # validates the number of fractional bits
+        self.frac_bits = int(precision)
+        comm_probe = _world(mpi_comm)
+        if comm_probe.Get_size() != 3:
+            from .comm import rank_count_message
+            raise RankCountError(rank_count_message(comm_probe.Get_size()))
+        self.backend = Backend(device)
+        self.xp = self.backend.xp
+        self.comm = Communicator(comm_probe, self.backend)
+        self.rank = self.comm.rank
+        own = numpy.frombuffer(fresh_key(), dtype=numpy.uint8).copy()
+        from_next = self.comm.exchange({self.comm.prev: own},
+                                       {self.comm.next: (own.shape, own.dtype)})[self.comm.next]
+        next_key = bytes(self.backend.to_host(from_next))
+        self.prg = PartyPRG(own.tobytes(), next_key, to_device=self.backend.to_device)
+        self.comm.reset_stats()
+
+    @property
+    def scale(self) -> int:
+        return 1 << self.frac_bits
+
+    def describe(self) -> str:
+        return (f"party {self.rank}/3 on {self.backend.describe()}, {self.frac_bits} fractional bits, "
+                f"CUDA-aware MPI: {self.comm.cuda_aware}")
+
+
+def _world(mpi_comm):
+    if mpi_comm is not None:
+        return mpi_comm
+    from mpi4py import MPI
+    return MPI.COMM_WORLD
+
+
+def init(device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None, excepthook: bool = True) -> Runtime:
+    """Set up (once) and return the runtime of this party.
+
+    Must be called on all three ranks.  ``device``: "auto", "cpu" or "cuda"
+    (default: ``MPCGPU_DEVICE`` or auto).  ``precision``: fractional bits of the
+    fixed-point encoding.  With ``excepthook`` an uncaught exception on any rank
+    prints its message and aborts all three ranks instead of leaving the others
+    waiting.
+    """
+    global _RUNTIME
+    if _RUNTIME is not None:
+        if precision != _RUNTIME.frac_bits:
+            raise MPCError(f"mpcgpu is already initialised with {_RUNTIME.frac_bits} fractional bits; "
+                           f"cannot switch to {precision} in the same process")
+        return _RUNTIME
+    if excepthook:
+        install_excepthook()
+    _RUNTIME = Runtime(device=device, precision=precision, mpi_comm=mpi_comm)
+    return _RUNTIME
+
+
+def get() -> Runtime:
+    if _RUNTIME is None:
+        raise MPCError("mpcgpu is not initialised: call mpcgpu.init() on all three ranks first")
+    return _RUNTIME
+
+
+def is_initialised() -> bool:
+    return _RUNTIME is not None
+
+
+def install_excepthook():
+    """On an uncaught exception: print it (a one-line message for MPCError), then abort all ranks."""
+    if getattr(sys.excepthook, "_mpcgpu", False):
+        return
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        rank = _RUNTIME.rank if _RUNTIME is not None else "?"
+        if isinstance(value, MPCError):
+            sys.stderr.write(f"mpcgpu [party {rank}] error: {value}\n")
+        else:
+            sys.stderr.write(f"mpcgpu [party {rank}] crashed:\n")
+            traceback.print_exception(kind, value, tb)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        if isinstance(value, RankCountError):
+            os._exit(1)  # every rank detects this by itself: nothing to abort
+        if isinstance(value, MPCError):
+            time.sleep(0.5)  # let the other parties print the same message first
+        try:
+            from mpi4py import MPI
+            if MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
+                MPI.COMM_WORLD.Abort(1)
+        except Exception:
+            pass
+        previous(kind, value, tb) if not isinstance(value, MPCError) else None
+        os._exit(1)
+
+    hook._mpcgpu = True
+    sys.excepthook = hook

@@ -1,0 +1,91 @@
+"""Three-rank tests of the communicator and the PRG key set-up."""
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.mpi(min_size=3)
+
+
+def test_pass_next_counts_bytes_and_rounds(rt):
+    c = rt.comm
+    a = np.arange(1000, dtype=np.uint64) + np.uint64(1000 * c.rank)
+    with c.measure() as m:
+        got = c.pass_next(a)
+    assert m.bytes_sent == 8000 and m.rounds == 1 and m.messages == 1
+    assert np.array_equal(got, np.arange(1000, dtype=np.uint64) + np.uint64(1000 * c.prev))
+
+
+def test_pass_prev_and_asymmetric_exchange(rt):
+    c = rt.comm
+    a = np.full((7, 3), c.rank, dtype=np.uint64)
+    with c.measure() as m:
+        got = c.pass_prev(a)
+    assert (got == c.next).all() and m.bytes_sent == 168 and m.rounds == 1
+    # only party 0 sends (to party 2); everyone still takes part in one round
+    sends = {2: np.ones(5, np.uint64)} if c.rank == 0 else {}
+    recvs = {0: ((5,), np.uint64)} if c.rank == 2 else {}
+    with c.measure() as m:
+        out = c.exchange(sends, recvs)
+    assert m.rounds == 1
+    assert m.bytes_sent == (40 if c.rank == 0 else 0)
+    if c.rank == 2:
+        assert (out[0] == 1).all()
+
+
+def test_large_exchange_does_not_deadlock(rt):
+    c = rt.comm
+    a = np.full(3_000_000, c.rank, dtype=np.uint64)  # 24 MB each way
+    got = c.pass_next(a)
+    assert got[0] == c.prev and got[-1] == c.prev
+
+
+def test_shape_disagreement_is_an_error(rt):
+    from mpcgpu.errors import ProtocolError
+    c = rt.comm
+    # every party sends 4 words but party 1 expects 5: only party 1 can notice
+    send = np.zeros(4, np.uint64)
+    expect = 5 if c.rank == 1 else 4
+    if c.rank == 1:
+        with pytest.raises(ProtocolError):
+            c.exchange({c.next: send}, {c.prev: ((expect,), np.uint64)})
+    else:
+        c.exchange({c.next: send}, {c.prev: ((expect,), np.uint64)})
+
+
+def test_pairwise_keys_agree(rt):
+    """Party i's `next` stream equals party i+1's `own` stream (same key k_{i+1})."""
+    c = rt.comm
+    mine_next = rt.prg.with_next((64,))
+    mine_own = rt.prg.with_prev((64,))
+    from_next = c.pass_prev(mine_own)   # party i+1's own-stream words arrive at party i
+    assert np.array_equal(from_next, mine_next)
+
+
+def test_zero_shares_sum_to_zero_and_are_not_zero(rt):
+    c = rt.comm
+    z = rt.prg.zero_share((10_000,))
+    zx = rt.prg.zero_share_xor((10_000,))
+    everyone = c.comm.allgather((z, zx))
+    total = everyone[0][0] + everyone[1][0] + everyone[2][0]
+    assert (total == 0).all()
+    xor = everyone[0][1] ^ everyone[1][1] ^ everyone[2][1]
+    assert (xor == 0).all()
+    for part, partx in everyone:
+        assert np.count_nonzero(part) > 9_990 and np.count_nonzero(partx) > 9_990
+    # a second call gives different masks
+    z2 = rt.prg.zero_share((10_000,))
+    assert np.count_nonzero(z2 == z) < 5
+
+
+def test_counters_in_step_across_parties(rt):
+    c = rt.comm
+    counts = c.comm.allgather((rt.prg.own.calls, rt.prg.next.calls))
+    for i in range(3):
+        assert counts[i][0] == counts[(i - 1) % 3][1], counts
+
+
+def test_keys_differ_between_parties(rt):
+    c = rt.comm
+    words = rt.prg.with_next((4,)), rt.prg.with_prev((4,))
+    allw = c.comm.allgather(words)
+    nexts = [w[0].tobytes() for w in allw]
+    assert len(set(nexts)) == 3
