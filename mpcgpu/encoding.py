@@ -49,7 +49,7 @@ def encode(x, frac_bits: int = DEFAULT_FRAC_BITS, check: bool = True):
         check_range(x, frac_bits)
     if x.dtype.kind in "iub":
         return x.astype(xp.int64).astype(xp.uint64) << xp.uint64(frac_bits)
-    scaled = xp.rint(x.astype(xp.float64) * float(2 ** frac_bits))
+    scaled = xp.asarray(xp.rint(x.astype(xp.float64) * float(2 ** frac_bits)))
     return scaled.astype(xp.int64).astype(xp.uint64)
 
 

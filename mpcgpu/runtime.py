@@ -45,6 +45,15 @@ class Runtime:
         next_key = bytes(self.backend.to_host(from_next))
         self.prg = PartyPRG(own.tobytes(), next_key, to_device=self.backend.to_device)
         self.comm.reset_stats()
+        self._role_calls = 0
+
+    def next_role(self) -> int:
+        """The party that plays the sending role in the next one-sender protocol (truncation).
+
+        Rotates 0, 1, 2, 0, ... identically on every party, which balances the traffic."""
+        role = self._role_calls % 3
+        self._role_calls += 1
+        return role
 
     @property
     def scale(self) -> int:

@@ -1,0 +1,13 @@
+"""Data at rest: HDF5 shard files and the share (split) step.
+
+* :mod:`mpcgpu.data.shards` -- the shard schema, writer, reader and validation
+  (:func:`open_shard`, :class:`Shard`).
+* :mod:`mpcgpu.data.split` -- ``mpcgpu share``: plaintext file -> three shards.
+"""
+from .shards import (FORMAT, ArrayInfo, ArraySpec, Shard, ShardSet, as_share, open_shard,
+                     reconstruct_local, resolve_path, shard_path, write_shard_set)
+from .split import split_arrays, split_file
+
+__all__ = ["FORMAT", "ArrayInfo", "ArraySpec", "Shard", "ShardSet", "as_share", "open_shard",
+           "reconstruct_local", "resolve_path", "shard_path", "split_arrays", "split_file",
+           "write_shard_set"]

@@ -1,0 +1,746 @@
+"""Shard files: schema, writer, reader and validation.
+
+A *shard set* is three HDF5 files made by one split of one plaintext file
+(see :mod:`mpcgpu.data.split`).  Every array ``x`` is encoded into the ring
+``Z_{2^64}`` and split into ``x = x0 + x1 + x2 (mod 2^64)``; party ``i``'s
+file holds only its two components ``(x_i, x_{i+1})`` (indices mod 3).  No
+file holds all three, so no single server learns ``x``.
+
+File naming: ``<dir>/<stem>.party<i>.h5`` for ``i = 0, 1, 2``.
+
+Schema ``mpcgpu-shard/1``::
+
+    / (root) attrs
+      format         "mpcgpu-shard/1"
+      kind           "dataset" | "model"
+      party          int 0..2: the party this file belongs to
+      parties        3
+      set_id         32 hex chars (128 random bits), the same in the three files of one split
+      frac_bits      int: fixed-point precision f of the split
+      name           dataset or model name (public)
+      source_format  format tag of the plaintext input ("mpcgpu-dataset/1", ...)
+      array_names    JSON list of the array names, in order
+      created        UTC time of the split (ISO 8601)
+    /public          group; its attrs are a copy of the input file's attrs
+                     (public metadata: name, model, mean, std, ...); a weights
+                     file's /meta attrs go to the attrs of /public/meta
+    /arrays/<name>   group per array (names may contain dots), attrs:
+      shape          int64[]: logical shape of x
+      dtype          plaintext dtype of the source ("uint8", "float32", "int64", ...)
+      scale          fractional bits of the encoding: frac_bits, or 0 for integers
+      encoding       "fixed" (round(v * 2^scale)) | "integer" (v itself)
+      transform      "none" | "normalise": v = (pixel/255 - mean[c]) / std[c] over axis 1
+      mean, std      float64[] (only with transform "normalise")
+      components     int[2] = (i, (i+1) mod 3)
+      sha256_first, sha256_second
+                     hex SHA-256 of the raw little-endian bytes (C order) of the datasets
+      datasets
+        first        uint64 ('<u8'), shape, contiguous, uncompressed: component x_i
+        second       uint64: component x_{i+1}
+
+Reading (on the servers): each rank opens only its own file with
+:func:`open_shard`, which checks the file locally (exists, is HDF5, not
+truncated, format, party, checksums) and then, collectively over the three
+ranks, that the shards belong to one set and fit the runtime (kind, arrays,
+shapes, scales, ``frac_bits``).  Any failure raises :class:`ShardError` on
+every rank, naming the party and the reason, before any computation.
+Checksums are never sent to other parties: the hash of a component would let
+a party that lacks it test guesses of a low-entropy secret.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy
+
+from ..encoding import check_range, encode, safe_limit
+from ..errors import EncodingError, ShardError
+
+FORMAT = "mpcgpu-shard/1"
+KINDS = ("dataset", "model")
+PARTIES = 3
+#: rows of one block are chosen so that one uint64 component of a block is about this size
+BLOCK_BYTES = 8 << 20
+#: the writer shows progress on stderr when the three files together exceed this (progress=None)
+PROGRESS_BYTES = 256 << 20
+
+_U64 = numpy.dtype("<u8")
+
+
+def shard_path(stem: str, party: int) -> str:
+    """``<stem>.party<party>.h5`` (``stem`` may include a directory)."""
+    return f"{stem}.party{int(party)}.h5"
+
+
+def _h5py():
+    import h5py
+    return h5py
+
+
+def _rows_per_block(shape, block_bytes: int = BLOCK_BYTES) -> int:
+    row = int(numpy.prod(shape[1:], dtype=numpy.int64)) if len(shape) > 1 else 1
+    return max(1, block_bytes // (8 * max(row, 1)))
+
+
+def _blocks(n_rows: int, rows: int):
+    for start in range(0, n_rows, rows):
+        yield start, min(n_rows, start + rows)
+
+
+# ----------------------------------------------------------------------------------------
+# writer
+# ----------------------------------------------------------------------------------------
+
+@dataclass
+class ArraySpec:
+    """One array to secret-share.
+
+    ``source`` is anything sliceable by leading rows (a NumPy array or an h5py
+    dataset); it is read block by block.  ``scale`` is the number of fractional
+    bits (0 for integers).  ``transform`` is "none" or "normalise" (then ``mean``
+    and ``std`` are per-channel, applied over axis 1 as ``(v/255 - mean)/std``).
+    ``rows`` limits the leading dimension (None: all rows).
+    """
+
+    name: str
+    source: object
+    scale: int
+    transform: str = "none"
+    mean: numpy.ndarray | None = None
+    std: numpy.ndarray | None = None
+    rows: int | None = None
+
+    @property
+    def shape(self) -> tuple:
+        shape = tuple(int(s) for s in self.source.shape)
+        if self.rows is not None and shape:
+            shape = (min(shape[0], int(self.rows)),) + shape[1:]
+        return shape
+
+    @property
+    def dtype(self) -> numpy.dtype:
+        return numpy.dtype(self.source.dtype)
+
+    def plain_block(self, start: int, stop: int) -> numpy.ndarray:
+        """Rows ``start:stop`` as reals (after the transform), or the scalar for 0-d arrays."""
+        if not self.shape:
+            block = numpy.asarray(self.source[()])
+        else:
+            block = numpy.asarray(self.source[start:stop])
+        if self.transform == "normalise":
+            block = block.astype(numpy.float64) / 255.0
+            bshape = (1, -1) + (1,) * (block.ndim - 2)
+            mean = numpy.asarray(self.mean, numpy.float64)
+            std = numpy.asarray(self.std, numpy.float64)
+            if mean.size > 1:
+                mean = mean.reshape(bshape)
+            if std.size > 1:
+                std = std.reshape(bshape)
+            block = (block - mean) / std
+        return block
+
+    def check(self):
+        kind = self.dtype.kind
+        if kind not in "biuf":
+            raise EncodingError(f"array {self.name!r} has dtype {self.dtype}; only numbers can be shared")
+        if self.scale == 0 and (kind == "f" or self.transform != "none"):
+            raise EncodingError(f"array {self.name!r} holds reals; it needs a scale > 0 (fractional bits)")
+        safe_limit(self.scale)
+        if self.transform == "normalise":
+            shape = self.shape
+            if len(shape) < 2:
+                raise EncodingError(f"array {self.name!r}: normalisation needs rows x channels x ...")
+            for label, v in (("mean", self.mean), ("std", self.std)):
+                v = numpy.asarray(v, numpy.float64).ravel()
+                if v.size not in (1, shape[1]):
+                    raise EncodingError(f"array {self.name!r}: {label} has {v.size} values for "
+                                        f"{shape[1]} channels")
+                if not numpy.isfinite(v).all():
+                    raise EncodingError(f"array {self.name!r}: {label} is not finite")
+            if (numpy.asarray(self.std, numpy.float64) <= 0).any():
+                raise EncodingError(f"array {self.name!r}: std must be positive")
+        elif self.transform != "none":
+            raise EncodingError(f"array {self.name!r}: unknown transform {self.transform!r}")
+
+
+@dataclass
+class ShardSet:
+    """What a split wrote."""
+
+    paths: list
+    set_id: str
+    kind: str
+    frac_bits: int
+    arrays: dict                 # name -> {"shape", "dtype", "scale"}
+    sizes: list = field(default_factory=list)   # bytes per file
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool, stream=None):
+        self.total, self.enabled, self.stream = max(total, 1), enabled, stream or sys.stderr
+        self.done, self.last = 0, 0.0
+        try:
+            self.tty = self.stream.isatty()
+        except Exception:
+            self.tty = False
+
+    def advance(self, nbytes: int, label: str):
+        """Redraw one line on a terminal (every 0.5 s), or print a line every 5 s to a log."""
+        self.done += nbytes
+        now = time.monotonic()
+        every = 0.5 if self.tty else 5.0
+        if self.enabled and (now - self.last >= every or self.done >= self.total):
+            self.last = now
+            pct = 100.0 * self.done / self.total
+            text = (f"sharing {label}: {self.done / 2**20:,.0f} / {self.total / 2**20:,.0f} MiB "
+                    f"({pct:5.1f}%)")
+            self.stream.write(f"\r{text}   " if self.tty else text + "\n")
+            self.stream.flush()
+
+    def close(self):
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def write_shard_set(out_dir: str, stem: str, arrays, *, kind: str, frac_bits: int,
+                    name: str = "", source_format: str = "arrays", public: dict | None = None,
+                    overwrite: bool = False, progress: bool | None = None,
+                    block_bytes: int = BLOCK_BYTES) -> ShardSet:
+    """Secret-share ``arrays`` (a list of :class:`ArraySpec`) into three shard files.
+
+    The components ``x0, x1`` are drawn from a fresh AES-CTR stream
+    (:class:`mpcgpu.prg.Stream` with a new OS key per call) and ``x2 = x - x0 - x1``.
+    Arrays are processed in row blocks of about ``block_bytes`` per component.
+    Files are written under temporary names and renamed when complete, so a
+    failed split leaves no partial shard set.  ``progress``: None shows a
+    progress line on stderr when the output exceeds 256 MiB.
+    """
+    from ..prg import Stream, fresh_key
+
+    h5py = _h5py()
+    if kind not in KINDS:
+        raise ShardError(f"shard kind must be one of {KINDS}, got {kind!r}")
+    safe_limit(frac_bits)
+    names = [a.name for a in arrays]
+    if len(set(names)) != len(names):
+        raise ShardError(f"duplicate array names: {names}")
+    for a in arrays:
+        if not a.name or a.name.startswith("/") or "//" in a.name:
+            raise ShardError(f"invalid array name {a.name!r}")
+        a.check()
+    os.makedirs(out_dir or ".", exist_ok=True)
+    base = os.path.join(out_dir, stem)
+    paths = [shard_path(base, i) for i in range(PARTIES)]
+    if not overwrite:
+        existing = [p for p in paths if os.path.exists(p)]
+        if existing:
+            raise ShardError(f"shard file(s) already exist: {', '.join(existing)} "
+                             "(remove them or pass --force / overwrite=True)")
+    tmp = [p + ".partial" for p in paths]
+
+    set_id = secrets.token_hex(16)
+    total = 3 * 2 * 8 * sum(int(numpy.prod(a.shape, dtype=numpy.int64)) for a in arrays)
+    show = (total > PROGRESS_BYTES) if progress is None else bool(progress)
+    meter = _Progress(total, show)
+    stream = Stream(fresh_key())
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    files = []
+    try:
+        for i in range(PARTIES):
+            f = h5py.File(tmp[i], "w")
+            files.append(f)
+            f.attrs["format"] = FORMAT
+            f.attrs["kind"] = kind
+            f.attrs["party"] = i
+            f.attrs["parties"] = PARTIES
+            f.attrs["set_id"] = set_id
+            f.attrs["frac_bits"] = int(frac_bits)
+            f.attrs["name"] = str(name)
+            f.attrs["source_format"] = str(source_format)
+            f.attrs["array_names"] = json.dumps(names)
+            f.attrs["created"] = created
+            pub = f.create_group("public")
+            for k, v in (public or {}).items():
+                if isinstance(v, dict):  # one level of sub-groups, e.g. a weights file's /meta
+                    sub = pub.create_group(k)
+                    for kk, vv in v.items():
+                        sub.attrs[kk] = vv
+                else:
+                    pub.attrs[k] = v
+            f.create_group("arrays")
+        info = {}
+        for a in arrays:
+            info[a.name] = _write_array(files, a, stream, meter, block_bytes)
+        for f in files:
+            f.close()
+        files = []
+        for t, p in zip(tmp, paths):
+            os.replace(t, p)
+    except BaseException:
+        for f in files:
+            try:
+                f.close()
+            except Exception:
+                pass
+        for t in tmp:
+            try:
+                os.remove(t)
+            except OSError:
+                pass
+        raise
+    finally:
+        meter.close()
+    return ShardSet(paths=paths, set_id=set_id, kind=kind, frac_bits=int(frac_bits), arrays=info,
+                    sizes=[os.path.getsize(p) for p in paths])
+
+
+def _write_array(files, a: ArraySpec, stream, meter: _Progress, block_bytes: int) -> dict:
+    shape = a.shape
+    groups, dsets = [], []
+    for i, f in enumerate(files):
+        g = f["arrays"].create_group(a.name)
+        g.attrs["shape"] = numpy.asarray(shape, numpy.int64)
+        g.attrs["dtype"] = a.dtype.name
+        g.attrs["scale"] = int(a.scale)
+        g.attrs["encoding"] = "fixed" if a.scale else "integer"
+        g.attrs["transform"] = a.transform
+        if a.transform == "normalise":
+            g.attrs["mean"] = numpy.asarray(a.mean, numpy.float64).ravel()
+            g.attrs["std"] = numpy.asarray(a.std, numpy.float64).ravel()
+        g.attrs["components"] = numpy.asarray([i, (i + 1) % PARTIES], numpy.int64)
+        # contiguous, uncompressed: shares are random and read in row blocks
+        dsets.append((g.create_dataset("first", shape=shape, dtype=_U64),
+                      g.create_dataset("second", shape=shape, dtype=_U64)))
+        groups.append(g)
+    hashes = [hashlib.sha256() for _ in range(PARTIES)]   # one per component x_j
+    what = f"array {a.name!r}"
+    n_rows = shape[0] if shape else 1
+    for start, stop in _blocks(n_rows, _rows_per_block(shape, block_bytes)):
+        plain = a.plain_block(start, stop)
+        check_range(plain, a.scale, what=f"{what} (rows {start}:{stop})" if shape else what)
+        x = numpy.ascontiguousarray(encode(plain, a.scale, check=False), dtype=_U64)
+        x0 = stream.uint64(x.shape)
+        x1 = stream.uint64(x.shape)
+        x2 = x - x0 - x1                      # wraps mod 2^64
+        comps = (x0, x1, x2)
+        for j, c in enumerate(comps):
+            hashes[j].update(memoryview(numpy.ascontiguousarray(c, dtype=_U64)).cast("B"))
+        sel = slice(start, stop) if shape else ()
+        for i, (first, second) in enumerate(dsets):
+            first[sel] = comps[i]
+            second[sel] = comps[(i + 1) % PARTIES]
+        meter.advance(6 * x.nbytes, a.name)
+    digests = [h.hexdigest() for h in hashes]
+    for i, g in enumerate(groups):
+        g.attrs["sha256_first"] = digests[i]
+        g.attrs["sha256_second"] = digests[(i + 1) % PARTIES]
+    return {"shape": shape, "dtype": a.dtype.name, "scale": int(a.scale)}
+
+
+# ----------------------------------------------------------------------------------------
+# reader
+# ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """Public description of one shared array."""
+
+    name: str
+    shape: tuple
+    dtype: str            # plaintext dtype of the source
+    scale: int            # fractional bits (0: integers)
+    transform: str = "none"
+    mean: tuple | None = None
+    std: tuple | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if self.shape else 1
+
+
+def resolve_path(path: str, party: int) -> str:
+    """The shard file of ``party`` for ``path``: an existing file as is, a pattern with
+    ``{party}`` filled in, or a stem completed to ``<stem>.party<party>.h5``."""
+    path = os.fspath(path)
+    if "{party}" in path:
+        return path.format(party=party)
+    if os.path.isfile(path):
+        return path
+    candidate = shard_path(path, party)
+    if os.path.isfile(candidate) or not path.endswith((".h5", ".hdf5")):
+        return candidate
+    return path
+
+
+def _attr_str(v) -> str:
+    if isinstance(v, bytes):
+        return v.decode()
+    return str(v)
+
+
+def _attr_int(attrs, key, where) -> int:
+    if key not in attrs:
+        raise ShardError(f"{where}: missing attribute {key!r}: not a complete mpcgpu shard")
+    try:
+        return int(attrs[key])
+    except (TypeError, ValueError):
+        raise ShardError(f"{where}: attribute {key!r} is not an integer")
+
+
+class Shard:
+    """One party's open shard file (use :func:`open_shard`).
+
+    Attributes: ``path``, ``party``, ``kind``, ``set_id``, ``frac_bits``, ``name``,
+    ``source_format``, ``arrays`` (name -> :class:`ArrayInfo`, in order), ``public``
+    (dict of the input's public attrs).  Arrays come back as pairs
+    ``(component_i, component_{i+1})`` of uint64 arrays, moved to ``backend``
+    (NumPy host arrays when there is none).
+    """
+
+    def __init__(self, path: str, backend=None):
+        self.path = path
+        self.backend = backend
+        self._file = None
+        self._open()
+
+    # -- local validation -------------------------------------------------------------
+    def _open(self):
+        h5py = _h5py()
+        path = self.path
+        if not os.path.exists(path):
+            raise ShardError(f"shard file {path} does not exist")
+        if not os.path.isfile(path):
+            raise ShardError(f"shard path {path} is not a file")
+        try:
+            self._file = h5py.File(path, "r")
+        except OSError as exc:
+            raise ShardError(f"shard file {path} cannot be opened as HDF5 (truncated, corrupt or "
+                             f"not HDF5): {exc}") from None
+        try:
+            self._read_header()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_header(self):
+        f, path = self._file, self.path
+        fmt = _attr_str(f.attrs.get("format", ""))
+        if fmt != FORMAT:
+            raise ShardError(f"{path} is not an mpcgpu shard: format tag {fmt or '(none)'!r}, expected "
+                             f"{FORMAT!r}" + (" (this looks like plaintext input: run `mpcgpu share` on it "
+                                              "first)" if fmt.startswith(("mpcgpu-dataset", "mpcgpu-weights"))
+                                              else ""))
+        self.party = _attr_int(f.attrs, "party", path)
+        parties = _attr_int(f.attrs, "parties", path)
+        if parties != PARTIES or not 0 <= self.party < PARTIES:
+            raise ShardError(f"{path}: party {self.party} of {parties} is not a three-party shard")
+        self.kind = _attr_str(f.attrs.get("kind", ""))
+        if self.kind not in KINDS:
+            raise ShardError(f"{path}: unknown shard kind {self.kind!r}")
+        self.set_id = _attr_str(f.attrs.get("set_id", ""))
+        if len(self.set_id) != 32:
+            raise ShardError(f"{path}: missing or malformed shard-set id")
+        self.frac_bits = _attr_int(f.attrs, "frac_bits", path)
+        self.name = _attr_str(f.attrs.get("name", ""))
+        self.source_format = _attr_str(f.attrs.get("source_format", ""))
+        self.created = _attr_str(f.attrs.get("created", ""))
+        try:
+            names = json.loads(_attr_str(f.attrs["array_names"]))
+        except (KeyError, ValueError):
+            raise ShardError(f"{path}: missing or malformed attribute 'array_names'") from None
+        self.public = {}
+        if "public" in f:
+            pub = f["public"]
+            self.public = {k: _plain(v) for k, v in pub.attrs.items()}
+            for k, sub in pub.items():
+                self.public[k] = {kk: _plain(vv) for kk, vv in sub.attrs.items()}
+        arrays = {}
+        for name in names:
+            key = f"arrays/{name}"
+            if key not in f:
+                raise ShardError(f"{path}: array {name!r} is listed but missing")
+            g = f[key]
+            where = f"{path}: array {name!r}"
+            for attr in ("shape", "scale", "sha256_first", "sha256_second"):
+                if attr not in g.attrs:
+                    raise ShardError(f"{where}: missing attribute {attr!r}")
+            shape = tuple(int(s) for s in numpy.asarray(g.attrs["shape"]).ravel())
+            comps = tuple(int(c) for c in numpy.asarray(g.attrs.get("components", [-1, -1])).ravel())
+            if comps != (self.party, (self.party + 1) % PARTIES):
+                raise ShardError(f"{where}: holds components {comps}, but party {self.party} holds "
+                                 f"({self.party}, {(self.party + 1) % PARTIES})")
+            for ds in ("first", "second"):
+                if ds not in g or not isinstance(g[ds], _h5py().Dataset):
+                    raise ShardError(f"{where}: component dataset {ds!r} is missing")
+                d = g[ds]
+                if tuple(d.shape) != shape or d.dtype != _U64:
+                    raise ShardError(f"{where}: component {ds!r} is {d.dtype}{tuple(d.shape)}, "
+                                     f"expected uint64{shape}")
+            mean = g.attrs.get("mean")
+            std = g.attrs.get("std")
+            arrays[name] = ArrayInfo(
+                name=name, shape=shape, dtype=_attr_str(g.attrs.get("dtype", "")),
+                scale=int(g.attrs["scale"]), transform=_attr_str(g.attrs.get("transform", "none")),
+                mean=None if mean is None else tuple(float(v) for v in numpy.ravel(mean)),
+                std=None if std is None else tuple(float(v) for v in numpy.ravel(std)))
+        self.arrays = arrays
+
+    def check_party(self, party: int):
+        """ShardError unless this file belongs to ``party``."""
+        if self.party != party:
+            raise ShardError(f"shard {self.path} belongs to party {self.party} but this is party {party}")
+
+    def verify_checksums(self, block_bytes: int = BLOCK_BYTES):
+        """Recompute the SHA-256 of every stored component (read in row blocks)."""
+        for name, info in self.arrays.items():
+            g = self._file[f"arrays/{name}"]
+            for ds in ("first", "second"):
+                d = g[ds]
+                h = hashlib.sha256()
+                try:
+                    if not info.shape:
+                        h.update(numpy.asarray(d[()], _U64).tobytes())
+                    else:
+                        for start, stop in _blocks(info.shape[0], _rows_per_block(info.shape, block_bytes)):
+                            block = numpy.ascontiguousarray(d[start:stop], dtype=_U64)
+                            h.update(memoryview(block).cast("B"))
+                except OSError as exc:
+                    raise ShardError(f"shard {self.path}: array {name!r} cannot be read "
+                                     f"(truncated or corrupt file): {exc}") from None
+                expected = _attr_str(g.attrs[f"sha256_{ds}"])
+                if h.hexdigest() != expected:
+                    raise ShardError(f"shard {self.path}: checksum mismatch in array {name!r} "
+                                     f"(component {ds!r}): the file is corrupt; copy it again")
+
+    def summary(self) -> dict:
+        """Public facts compared across the parties (never checksums or data)."""
+        return {"set_id": self.set_id, "kind": self.kind, "frac_bits": self.frac_bits,
+                "party": self.party, "name": self.name,
+                "arrays": [(n, list(a.shape), a.scale) for n, a in self.arrays.items()]}
+
+    # -- data -----------------------------------------------------------------------
+    def info(self, name: str) -> ArrayInfo:
+        try:
+            return self.arrays[name]
+        except KeyError:
+            raise ShardError(f"shard {self.path} has no array {name!r} "
+                             f"(it has: {', '.join(self.arrays) or 'none'})") from None
+
+    def rows(self, name: str) -> int:
+        return self.info(name).rows
+
+    def _dev(self, a):
+        return self.backend.to_device(a) if self.backend is not None else a
+
+    def read(self, name: str, start: int = 0, stop: int | None = None):
+        """Rows ``start:stop`` of ``name`` as a pair of *host* uint64 arrays."""
+        info = self.info(name)
+        g = self._file[f"arrays/{name}"]
+        try:
+            if not info.shape:
+                return (numpy.asarray(g["first"][()], _U64), numpy.asarray(g["second"][()], _U64))
+            sl = slice(start, info.shape[0] if stop is None else stop)
+            return (numpy.ascontiguousarray(g["first"][sl], dtype=_U64),
+                    numpy.ascontiguousarray(g["second"][sl], dtype=_U64))
+        except OSError as exc:
+            raise ShardError(f"shard {self.path}: array {name!r} cannot be read: {exc}") from None
+
+    def load(self, name: str):
+        """The whole array ``name`` as a pair on the back end (model parameters)."""
+        first, second = self.read(name)
+        return self._dev(first), self._dev(second)
+
+    def load_all(self) -> dict:
+        """Every array as ``{name: (first, second)}`` on the back end, in file order."""
+        return {name: self.load(name) for name in self.arrays}
+
+    def batches(self, names, batch_size: int, *, start: int = 0, stop: int | None = None,
+                drop_last: bool = False):
+        """Iterate row batches on the back end.
+
+        ``names`` is one array name (yields pairs) or a sequence of names with the
+        same number of rows (yields tuples of pairs, e.g. ``("images", "labels")``).
+        """
+        single = isinstance(names, str)
+        names = [names] if single else list(names)
+        counts = {self.rows(n) for n in names}
+        if len(counts) != 1:
+            raise ShardError(f"arrays {names} have different numbers of rows")
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        end = counts.pop() if stop is None else min(stop, self.rows(names[0]))
+        for lo in range(start, end, batch_size):
+            hi = min(lo + batch_size, end)
+            if drop_last and hi - lo < batch_size:
+                return
+            pairs = tuple(tuple(self._dev(c) for c in self.read(n, lo, hi)) for n in names)
+            yield pairs[0] if single else pairs
+
+    def close(self):
+        if self._file is not None:
+            try:
+                self._file.close()
+            finally:
+                self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return (f"Shard({self.path!r}, party={self.party}, kind={self.kind!r}, set={self.set_id[:8]}, "
+                f"frac_bits={self.frac_bits}, arrays={list(self.arrays)})")
+
+
+def _plain(v):
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, numpy.ndarray):
+        return v.tolist()
+    if isinstance(v, numpy.generic):
+        return v.item()
+    return v
+
+
+def _open_local(path, party, backend, verify, kind):
+    shard = Shard(path, backend)
+    try:
+        if party is not None:
+            shard.check_party(party)
+        if kind is not None and shard.kind != kind:
+            raise ShardError(f"shard {path} holds a {shard.kind}, but a {kind} is needed here")
+        if verify:
+            shard.verify_checksums()
+    except BaseException:
+        shard.close()
+        raise
+    return shard
+
+
+def open_shard(path, rt=None, *, party: int | None = None, kind: str | None = None,
+               verify: bool = True, collective: bool | None = None) -> Shard:
+    """Open and validate this party's shard; returns a :class:`Shard`.
+
+    ``path``: the shard file, a stem (``out/mnist`` -> ``out/mnist.party<i>.h5``) or a
+    pattern containing ``{party}``.  ``rt``: the runtime (default: the initialised one,
+    if any); ``party`` defaults to ``rt.rank``.  ``kind``: "dataset" or "model" if the
+    caller needs one.  ``verify``: recompute the checksums.
+
+    With a runtime (``collective`` true by default) this must be called on all three
+    ranks: after the local checks the parties compare their shards' public facts (set
+    id, kind, arrays, shapes, scales, frac_bits against ``rt.frac_bits``) and every rank
+    raises the same :class:`ShardError` if any check failed on any party.
+    """
+    if rt is None:
+        from .. import runtime
+        if runtime.is_initialised():
+            rt = runtime.get()
+    if collective is None:
+        collective = rt is not None
+    if party is None:
+        if rt is None:
+            raise ShardError("open_shard needs the party index (party=...) or an initialised runtime")
+        party = rt.rank
+    backend = rt.backend if rt is not None else None
+    resolved = resolve_path(path, party)
+    if not collective:
+        return _open_local(resolved, party, backend, verify, kind)
+
+    shard, report = None, None
+    try:
+        shard = _open_local(resolved, party, backend, verify, kind)
+        report = (True, "", shard.summary())
+    except ShardError as exc:
+        report = (False, str(exc), None)
+    except Exception as exc:  # never leave the other ranks waiting
+        report = (False, f"{resolved}: {exc.__class__.__name__}: {exc}", None)
+    reports = rt.comm.allgather_object((report, int(rt.frac_bits)))
+    problem = _collective_problem(reports)
+    if problem:
+        if shard is not None:
+            shard.close()
+        raise ShardError(problem)
+    return shard
+
+
+def _collective_problem(reports) -> str | None:
+    """The reason the three parties' shards cannot be used together (None if they can).
+
+    ``reports[p] = ((ok, message, summary), runtime_frac_bits)``; every rank evaluates
+    the same list, so every rank reaches the same verdict.
+    """
+    failed = [f"party {p}: {msg}" for p, ((ok, msg, _), _) in enumerate(reports) if not ok]
+    if failed:
+        return "shard check failed on " + "; ".join(failed)
+    summaries = [s for (_, _, s), _ in reports]
+    ids = [s["set_id"] for s in summaries]
+    if len(set(ids)) != 1:
+        return ("the parties' shards come from different splits (shard-set ids "
+                + ", ".join(f"party {p}: {i[:12]}" for p, i in enumerate(ids))
+                + "): give every party its file of the same `mpcgpu share` run")
+    kinds = [s["kind"] for s in summaries]
+    if len(set(kinds)) != 1:
+        return "the parties' shards are of different kinds: " + ", ".join(
+            f"party {p}: {k}" for p, k in enumerate(kinds))
+    for p, s in enumerate(summaries):
+        if s["party"] != p:
+            return f"party {p} opened the shard of party {s['party']}"
+    fbits = [s["frac_bits"] for s in summaries]
+    for p, ((_, _, s), rt_bits) in enumerate(reports):
+        if s["frac_bits"] != rt_bits:
+            return (f"the shards were split with {s['frac_bits']} fractional bits but party {p} runs "
+                    f"with {rt_bits} (use --precision {s['frac_bits']}, or split again)")
+    if len(set(fbits)) != 1:
+        return f"the parties' shards disagree on the fractional bits: {fbits}"
+    layouts = [s["arrays"] for s in summaries]
+    if any(layout != layouts[0] for layout in layouts):
+        for p in range(1, PARTIES):
+            if layouts[p] != layouts[0]:
+                diff = _layout_diff(layouts[0], layouts[p])
+                return f"the shards of party 0 and party {p} disagree on the arrays: {diff}"
+    return None
+
+
+def _layout_diff(a, b) -> str:
+    da = {n: (shape, scale) for n, shape, scale in a}
+    db = {n: (shape, scale) for n, shape, scale in b}
+    if list(da) != list(db):
+        return f"names {list(da)} vs {list(db)}"
+    for n in da:
+        if da[n] != db[n]:
+            (sa, ca), (sb, cb) = da[n], db[n]
+            if sa != sb:
+                return f"array {n!r} has shape {tuple(sa)} vs {tuple(sb)}"
+            return f"array {n!r} has scale {ca} vs {cb}"
+    return "unknown difference"
+
+
+def as_share(pair, scale: int):
+    """Wrap ``(first, second)`` as the share tensor type (imported lazily)."""
+    from ..sharing.arithmetic import ArithmeticShare
+    first, second = pair
+    return ArithmeticShare(first, second, scale)
+
+
+def reconstruct_local(paths, name: str, start: int = 0, stop: int | None = None) -> numpy.ndarray:
+    """x = x0 + x1 + x2 from the three shard files (testing and owner-side checks only:
+    never on a server, which must hold one file)."""
+    parts = {}
+    for p in paths:
+        with Shard(p) as s:
+            first, second = s.read(name, start, stop)
+            parts[s.party] = first
+            parts.setdefault((s.party + 1) % PARTIES, second)
+    if set(parts) != {0, 1, 2}:
+        raise ShardError(f"cannot reconstruct {name!r}: components {sorted(parts)} only")
+    return parts[0] + parts[1] + parts[2]

@@ -1,0 +1,28 @@
+"""Plaintext references shared by the tests (independent of the code under test)."""
+import numpy as np
+
+
+def conv2d_ref(x, w, stride=1, padding=0, groups=1):
+    """Direct float64 cross-correlation, NCHW x OIHW, by explicit summation over the window."""
+    sh, sw = (stride, stride) if np.isscalar(stride) else stride
+    ph, pw = (padding, padding) if np.isscalar(padding) else padding
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    ho = (h + 2 * ph - kh) // sh + 1
+    wo = (wd + 2 * pw - kw) // sw + 1
+    out = np.zeros((n, o, ho, wo))
+    og = o // groups
+    for g in range(groups):
+        xs = xp[:, g * cg:(g + 1) * cg]
+        ws = w[g * og:(g + 1) * og]
+        for i in range(kh):
+            for j in range(kw):
+                patch = xs[:, :, i:i + sh * ho:sh, j:j + sw * wo:sw]   # n, cg, ho, wo
+                out[:, g * og:(g + 1) * og] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
+    return out
+
+
+def all_components(rt, s):
+    """Gather every party's (first, second) pair (test-only: shows the whole sharing)."""
+    return rt.comm.comm.allgather((s.first, s.second))
