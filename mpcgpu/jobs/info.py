@@ -1,0 +1,32 @@
+"""`mpcgpu info`: what this installation can do (back ends, MPI, models)."""
+from __future__ import annotations
+
+SUMMARY = "show versions, back ends, MPI library and the registered models"
+
+
+def add_arguments(p):
+    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
+
+
+def run(args) -> int:
+    import numpy
+    import mpcgpu
+    from ..backend import Backend
+    from ..errors import BackendError
+    from ..nn.models import get_model, list_models
+    from ..nn.spec import count_params
+    print(f"mpcgpu {mpcgpu.__version__}, numpy {numpy.__version__}")
+    try:
+        from mpi4py import MPI
+        print(f"MPI: {MPI.Get_library_version().splitlines()[0].strip()} (mpi4py)")
+    except Exception as exc:  # pragma: no cover
+        print(f"MPI: unavailable ({exc})")
+    try:
+        print(f"back end: {Backend(args.device).describe()}")
+    except BackendError as exc:
+        print(f"back end: {exc}")
+    print("models:")
+    for name in list_models():
+        m = get_model(name)
+        print(f"  {name:<24} input {m.input_shape}, {m.num_classes} classes, {count_params(m):,} parameters")
+    return 0

@@ -1,0 +1,73 @@
+"""Private forward passes against the plaintext twins, on three ranks (issue 6)."""
+import numpy as np
+import pytest
+
+from mpcgpu.jobs.bench import bench_params
+from mpcgpu.nn import spec as S
+from mpcgpu.nn.models import get_model
+from mpcgpu.nn.plain import PlainModel
+from mpcgpu.nn.private import PrivateModel, Profile, share_params
+from mpcgpu.sharing.arithmetic import share
+
+pytestmark = pytest.mark.mpi(min_size=3)
+
+
+def private_vs_plain(rt, model, batch=2, seed=0, profile=None):
+    params = bench_params(model, seed) if rt.rank == 0 else None
+    x = np.random.default_rng(seed).standard_normal((batch,) + tuple(model.input_shape))
+    pm = PrivateModel(model, share_params(model, params, src=0))
+    out = pm.forward(share(x if rt.rank == 0 else None, src=0), profile).reveal()
+    ref = None
+    if rt.rank == 0:
+        ref = PlainModel(model, params).forward(x, need_grad=False)
+    ref = rt.comm.comm.bcast(ref, root=0)
+    return out, ref
+
+
+def at_size(name, hw):
+    """A registered model at another input size (same layers)."""
+    m = get_model(name)
+    return S.Model(m.name, (m.input_shape[0], hw, hw), m.num_classes, m.net)
+
+
+@pytest.mark.parametrize("name", ["lenet", "alexnet_cifar10", "vgg16_cifar10", "alexnet_tinyimagenet"])
+def test_models_match_plaintext(rt, name):
+    model = get_model(name)
+    out, ref = private_vs_plain(rt, model, batch=2)
+    scale = max(1.0, np.abs(ref).max())
+    assert np.abs(out - ref).max() <= 2e-3 * scale, (np.abs(out - ref).max(), scale)
+    assert (out.argmax(axis=1) == ref.argmax(axis=1)).all()
+
+
+@pytest.mark.parametrize("name,hw", [("resnet50", 64), ("alexnet_imagenet", 224), ("vgg16_tinyimagenet", 64)])
+def test_large_models_match_plaintext(rt, name, hw):
+    model = at_size(name, hw) if hw != get_model(name).input_shape[1] else get_model(name)
+    out, ref = private_vs_plain(rt, model, batch=1)
+    scale = max(1.0, np.abs(ref).max())
+    assert np.abs(out - ref).max() <= 5e-3 * scale, (np.abs(out - ref).max(), scale)
+
+
+def test_profile_and_prediction(rt):
+    model = get_model("lenet")
+    prof = Profile()
+    out, ref = private_vs_plain(rt, model, batch=3, profile=prof)
+    kinds = [r.kind for r in prof.rows()]
+    assert kinds == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten",
+                     "Linear", "ReLU", "Linear"]
+    assert all(r.rounds > 0 for r in prof.rows() if r.kind not in ("Flatten",))
+    assert [r.rounds for r in prof.rows() if r.kind == "Flatten"] == [0]
+
+
+def test_predict_reveals_only_labels_to_owner(rt):
+    model = get_model("lenet")
+    params = bench_params(model, 1) if rt.rank == 0 else None
+    x = np.random.default_rng(3).standard_normal((5, 1, 28, 28))
+    pm = PrivateModel(model, share_params(model, params, src=0))
+    labels = pm.predict_shared(share(x if rt.rank == 0 else None, src=0)).reveal(to=2)
+    if rt.rank == 2:
+        assert labels.dtype == np.int64 and labels.shape == (5,)
+    else:
+        assert labels is None
+    ref = PlainModel(model, bench_params(model, 1)).forward(x, need_grad=False).argmax(axis=1)
+    got = rt.comm.comm.bcast(labels, root=2)
+    assert np.array_equal(got, ref)
