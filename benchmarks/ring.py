@@ -6,12 +6,14 @@
 BLAS threads: ``OPENBLAS_NUM_THREADS`` defaults to 1 here (set before numpy is
 imported), as in the three-rank runs where three parties share two cores; the
 ratios limb/float64 hardly depend on it.  Every time is the minimum over
-several repetitions (the machine may be shared).
+several repetitions, taken round-robin across the methods compared (the
+machine may be shared, and noise then hits all of them alike).
 
 Tables:
 * matmul n x n x n, n = 256, 512, 1024: numpy int64 matmul (no BLAS),
-  ring.matmul with the default scheme W22 (3 GEMMs, 6 digit products) and
-  with W16 (4 GEMMs, 10 products), one float64 GEMM; ratios.
+  ring.matmul with the default scheme K22 (5 digit products in 4 GEMMs),
+  with W22 (6 products in 3 GEMMs) and W16 (10 products in 4 GEMMs), and
+  one float64 GEMM; ratios.
 * conv2d for the VGG-16 / CIFAR-10 layers (batch 1, 3x3, padding 1):
   ring.conv2d vs a float64 conv with the same im2col (as_strided gather +
   one GEMM) vs the same im2col in int64.
@@ -35,18 +37,26 @@ VGG_CIFAR = [(3, 64, 32), (64, 64, 32), (64, 128, 16), (128, 128, 16), (128, 256
              (256, 256, 8), (256, 512, 4), (512, 512, 4), (512, 512, 2)]
 
 
-def best(fn, reps, budget=None):
-    """Minimum wall time of ``fn`` over ``reps`` runs (fewer if ``budget`` seconds are spent)."""
-    times, spent = [], 0.0
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t0
-        times.append(dt)
-        spent += dt
-        if budget is not None and spent > budget:
+def interleaved(fns, rounds, budget=None):
+    """Minimum wall time of each ``fns[name]`` (or ``(fn, max_runs)``), run round-robin.
+
+    Interleaving gives every method the same share of a noisy (shared) machine; after
+    ``budget`` seconds no new round starts.
+    """
+    best, runs, t_start = {}, {}, time.perf_counter()
+    for r in range(rounds):
+        for name, fn in fns.items():
+            fn, cap = fn if isinstance(fn, tuple) else (fn, rounds)
+            if runs.get(name, 0) >= cap:
+                continue
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            best[name] = min(best.get(name, dt), dt)
+            runs[name] = runs.get(name, 0) + 1
+        if budget is not None and time.perf_counter() - t_start > budget:
             break
-    return min(times)
+    return best
 
 
 def rand_ring(rng, *shape):
@@ -64,21 +74,24 @@ def im2col(x, kh, kw, pad):
 
 
 def bench_matmul(rng):
-    print("matmul n x n @ n x n   (ms; ratios: int64/limb, limb/float64)")
-    print(f"{'n':>6} {'int64':>10} {'limb W22':>10} {'limb W16':>10} {'float64':>9} "
-          f"{'int64/W22':>10} {'W22/f64':>8} {'W16/f64':>8}")
+    print("matmul n x n @ n x n   (ms; ratios: int64/limb, limb/float64; limb = default K22)")
+    print(f"{'n':>6} {'int64':>9} {'limb K22':>9} {'W22':>8} {'W16':>8} {'float64':>8} "
+          f"{'int64/limb':>10} {'limb/f64':>9} {'W22/f64':>8} {'W16/f64':>8}")
     for n in (256, 512, 1024):
         a, b = rand_ring(rng, n, n), rand_ring(rng, n, n)
         ai, bi = a.view(np.int64), b.view(np.int64)
         af, bf = rng.standard_normal((n, n)), rng.standard_normal((n, n))
-        ref = ai @ bi
-        assert (ring.matmul(a, b).view(np.int64) == ref).all() and (ring.matmul(a, b, scheme="W16") == ref.view(np.uint64)).all()
-        t_int = best(lambda: ai @ bi, 3, budget=6.0)
-        t_22 = best(lambda: ring.matmul(a, b), 5, budget=4.0)
-        t_16 = best(lambda: ring.matmul(a, b, scheme="W16"), 5, budget=4.0)
-        t_f = best(lambda: af @ bf, 9, budget=2.0)
-        print(f"{n:>6} {t_int * 1e3:>10.1f} {t_22 * 1e3:>10.1f} {t_16 * 1e3:>10.1f} {t_f * 1e3:>9.2f} "
-              f"{t_int / t_22:>9.1f}x {t_22 / t_f:>7.2f}x {t_16 / t_f:>7.2f}x")
+        ref = (ai @ bi).view(np.uint64)
+        for sc in (None, "W22", "W16"):
+            assert (ring.matmul(a, b, scheme=sc) == ref).all()
+        t = interleaved({"int": (lambda: ai @ bi, 2 if n == 1024 else 3),
+                         None: lambda: ring.matmul(a, b), "W22": lambda: ring.matmul(a, b, scheme="W22"),
+                         "W16": lambda: ring.matmul(a, b, scheme="W16"), "f64": lambda: af @ bf},
+                        rounds=5, budget=15.0)
+        t_int, t_f, t = t["int"], t["f64"], [t[None], t["W22"], t["W16"]]
+        print(f"{n:>6} {t_int * 1e3:>9.1f} {t[0] * 1e3:>9.1f} {t[1] * 1e3:>8.1f} {t[2] * 1e3:>8.1f} "
+              f"{t_f * 1e3:>8.2f} {t_int / t[0]:>9.1f}x {t[0] / t_f:>8.2f}x {t[1] / t_f:>7.2f}x "
+              f"{t[2] / t_f:>7.2f}x")
 
 
 def bench_conv(rng):
@@ -99,16 +112,16 @@ def bench_conv(rng):
 
         assert (ring.conv2d(x, w, padding=1).view(np.int64) == conv_int()).all()
         assert (ring.conv2d(x, wsplit, padding=1).view(np.int64) == conv_int()).all()
-        t_int = best(conv_int, 3, budget=1.0)
-        t_limb = best(lambda: ring.conv2d(x, wsplit, padding=1), 7, budget=1.5)
-        t_f = best(conv_f64, 9, budget=0.5)
+        t = interleaved({"int": (conv_int, 3), "limb": lambda: ring.conv2d(x, wsplit, padding=1),
+                         "f64": conv_f64}, rounds=9, budget=2.0)
+        t_int, t_limb, t_f = t["int"], t["limb"], t["f64"]
         for i, t in enumerate((t_int, t_limb, t_f)):
             tot[i] += t
         print(f"{f'{cin}->{cout} {hw}x{hw}':>16} {cin * 9:>5} {t_int * 1e3:>9.2f} {t_limb * 1e3:>9.2f} "
               f"{t_f * 1e3:>9.2f} {t_int / t_limb:>9.1f}x {t_limb / t_f:>8.2f}x")
     print(f"{'total':>16} {'':>5} {tot[0] * 1e3:>9.2f} {tot[1] * 1e3:>9.2f} {tot[2] * 1e3:>9.2f} "
           f"{tot[0] / tot[1]:>9.1f}x {tot[1] / tot[2]:>8.2f}x")
-    print("(limb conv uses a presplit weight; limb includes splitting x and its im2col of 3 digit planes)")
+    print("(limb: default scheme K22, presplit weight; includes splitting x and the im2col of its 4 slabs)")
 
 
 def main():

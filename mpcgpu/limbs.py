@@ -6,40 +6,50 @@ A ring element ``x`` (uint64, the integers mod 2^64) is written with ``D``
     x = d_0 + d_1 2^w + ... + d_{D-1} 2^{(D-1)w}   (mod 2^64),
     -h_i <= d_i < h_i,   h_i = 2^(w_i - 1),
 
-where every digit has ``w_i = w`` bits except the top one, which has
-``64 - (D-1)w`` bits (``D w >= 64``).  The digits are small integers, exact
-in float64.  For a product ``x y`` the term ``d_i e_j 2^{(i+j)w}`` vanishes
-mod 2^64 as soon as ``i + j >= D``, so only the ``D(D+1)/2`` products with
-``i + j <= D-1`` are computed, grouped by ``t = i + j`` into ``D`` GEMMs:
+every digit ``w`` bits wide except the top one, ``64 - (D-1)w`` bits
+(``D w >= 64``).  Digits are small integers, exact in float64.  In a product
+``x y`` the term ``d_i e_j 2^{(i+j)w}`` vanishes mod 2^64 once ``i + j >= D``,
+so only the products with ``i + j <= D-1`` matter.
 
-    G_t = [d_0 | d_1 | ... | d_t] @ [e_t ; ... ; e_1 ; e_0]
+Each operand of a matrix product is stored as a row of *slabs* (a digit, or
+a sum of digits), concatenated along the reduction: the left operand as
+``[l_0 | l_1 | ...]`` (columns), the right as ``[r_0; r_1; ...]`` (rows).  A
+scheme's GEMMs multiply a contiguous run of left slabs by a contiguous run
+of right slabs -- plain views, no copies -- and the result is
 
-(digit blocks concatenated along the reduction).  Storing the left operand's
-digits as ``[d_0 | ... | d_{D-1}]`` and the right operand's in reverse,
-``[e_{D-1}; ... ; e_0]``, makes every ``G_t`` a *prefix* times a *suffix* of
-the two buffers: plain views, no copies.  Then
+    x @ y = sum_g  multiplier_g * int64(G_g)   (mod 2^64).
 
-    x @ y = sum_t int64(G_t) << (t w)   (mod 2^64).
+=======  ========  ========  =====  =====================================================
+scheme   digits    products  GEMMs  kmax: reduction per chunk (worst GEMM bound)
+=======  ========  ========  =====  =====================================================
+``K22``  22/22/20  5         4      512   ``(d0+d1)(e0+e1)``: ``2^22 * 2^22 = 2^44`` per term
+``W22``  22/22/20  6         3      1024  ``d0 e1 + d1 e0``: ``2 * 2^21 * 2^21 = 2^43``
+``W16``  16 x 4    10        4      2^21  ``sum_{i+j=3} d_i e_j``: ``4 * 2^15 * 2^15 = 2^32``
+=======  ========  ========  =====  =====================================================
 
-Exactness: with ``|d_i| <= h_i`` every partial sum of ``G_t`` over a
-reduction of length ``K`` is an integer of magnitude at most
-``K * B_t``, ``B_t = sum_{i+j=t} h_i h_j``; float64 represents all integers
-up to 2^53, whatever order (or FMA) the GEMM uses, so the result is exact
-while ``K <= kmax = floor(2^53 / max_t B_t)``.  Longer reductions are cut
-into chunks of at most ``kmax`` whose converted results are added in uint64
-(wrapping).  The two schemes:
+* ``W22``/``W16`` group the products by shift ``t = i + j``:
+  ``G_t = [d_0|...|d_t] @ [e_t;...;e_0]``, multiplier ``2^{t w}``; left slabs
+  ``[d_0|d_1|...]``, right slabs reversed ``[...;e_1;e_0]``, so ``G_t`` is a
+  prefix times a suffix.  ``W22`` GEMMs have reductions K, 2K, 3K.
+* ``K22`` (Karatsuba on the middle term): ``d0 e1 + d1 e0 = (d0+d1)(e0+e1) -
+  d0 e0 - d1 e1``, so 5 products: ``P00 = d0 e0``, ``P11 = d1 e1``,
+  ``S = (d0+d1)(e0+e1)``, ``Q = d0 e2 + d2 e0`` (one GEMM over 2K), combined as
+  ``(1 - 2^22) P00 + (2^44 - 2^22) P11 + 2^22 S + 2^44 Q``.  Slabs: left
+  ``[d1|d0|d2|d0+d1]``, right ``[e2;e0;e1;e0+e1]``.
 
-=======  ======  =========  ======  ==========================================
-scheme   digits  products   GEMMs   kmax (reduction per chunk)
-=======  ======  =========  ======  ==========================================
-``W22``  22/22/20  6        3       1024  (``B_1 = 2 * 2^21 * 2^21 = 2^43``)
-``W16``  16 x 4    10       4       2^21  (``B_3 = 4 * 2^15 * 2^15 = 2^32``)
-=======  ======  =========  ======  ==========================================
+Exactness: a GEMM pairing slabs ``(l_p, r_p)`` has every float64 partial sum
+over a reduction of ``K`` bounded by ``K * sum_p max|l_p| max|r_p|``
+(``max|d_i| = h_i``); float64 holds every integer up to 2^53 whatever the
+summation order (or FMA), so the result is exact while ``K <= kmax =
+floor(2^53 / worst GEMM bound)``, computed from the plan itself
+(:attr:`Scheme.kmax`).  Longer reductions are cut into chunks of at most
+``kmax`` whose converted results are added in uint64 (wrapping).  Every
+GEMM result converts to int64 exactly (``|G| <= 2^53``); negative values
+wrap to their two's complement, which is their value mod 2^64.
 
-The GEMMs of ``W22`` have reductions K, 2K, 3K: the work of 6 float64 GEMMs
-of the same shape.  Digit extraction uses only shifts, masks and the
-"magic number" int->float conversion (``(u | 0x433...) as float - 2^52``),
-elementwise operations that NumPy and CuPy both provide.
+Digit extraction uses only adds, shifts, masks and the "magic number"
+int->float conversion (``(u | 0x433...) as float - 2^52``), elementwise
+operations that NumPy and CuPy both provide.
 """
 from __future__ import annotations
 
@@ -57,11 +67,20 @@ _MAGIC = 0x4330000000000000            # bit pattern of the float 2^52
 
 @dataclass(frozen=True)
 class Scheme:
-    """A balanced-digit split: ``digits`` digits of ``width`` bits (the top one narrower)."""
+    """A balanced-digit split and the GEMM plan that multiplies two split operands.
+
+    ``left``/``right``: the slabs of each operand in storage order, each a
+    tuple of digit indices whose sum it holds (every digit appears alone
+    once).  ``gemms``: ``((l0, l1), (r0, r1), multiplier)``: left slabs
+    ``l0:l1`` times right slabs ``r0:r1``, weighted by ``multiplier`` mod 2^64.
+    """
 
     name: str
     width: int
     digits: int
+    left: tuple
+    right: tuple
+    gemms: tuple
 
     @property
     def widths(self) -> tuple:
@@ -78,23 +97,45 @@ class Scheme:
         """``sum h_i 2^(i w) mod 2^64``: adding it turns balanced digits into plain ones."""
         return sum(h << (i * self.width) for i, h in enumerate(self.halves)) % 2 ** 64
 
+    def slabs(self, side) -> tuple:
+        return self.left if side == "left" else self.right
+
     @property
     def products(self) -> int:
-        return self.digits * (self.digits + 1) // 2
+        """Slab products per chunk, in units of one float64 GEMM of the chunk's shape."""
+        return sum(l1 - l0 for (l0, l1), _, _ in self.gemms)
+
+    def bound(self, gemm) -> int:
+        """Largest magnitude of one reduction term of ``gemm`` (a sum of slab products)."""
+        (l0, _), (r0, r1), _ = gemm
+        mag = lambda slab: sum(self.halves[i] for i in slab)  # noqa: E731
+        return sum(mag(self.left[l0 + p]) * mag(self.right[r0 + p]) for p in range(r1 - r0))
 
     @property
     def kmax(self) -> int:
         """Longest reduction whose every float64 partial sum stays within 2^53."""
-        h, D = self.halves, self.digits
-        worst = max(sum(h[i] * h[t - i] for i in range(t + 1)) for t in range(D))
-        return _EXACT // worst
+        return _EXACT // max(self.bound(g) for g in self.gemms)
 
 
-W22 = Scheme("W22", 22, 3)
-W16 = Scheme("W16", 16, 4)
-SCHEMES = {s.name: s for s in (W22, W16)}
+def _by_shift(name, width, digits):
+    """The scheme that groups the products by shift ``t = i + j`` (one GEMM per t)."""
+    d = digits
+    gemms = tuple(((0, t + 1), (d - 1 - t, d), (1 << (t * width)) % 2 ** 64) for t in range(d))
+    return Scheme(name, width, digits, tuple((i,) for i in range(d)),
+                  tuple((i,) for i in reversed(range(d))), gemms)
 
-assert W22.kmax == 1024 and W16.kmax == 2 ** 21 and W22.widths == (22, 22, 20)
+
+W22 = _by_shift("W22", 22, 3)
+W16 = _by_shift("W16", 16, 4)
+K22 = Scheme("K22", 22, 3, left=((1,), (0,), (2,), (0, 1)), right=((2,), (0,), (1,), (0, 1)),
+             gemms=(((1, 2), (1, 2), (1 - 2 ** 22) % 2 ** 64),        # P00 = d0 e0
+                    ((0, 1), (2, 3), (2 ** 44 - 2 ** 22) % 2 ** 64),  # P11 = d1 e1
+                    ((3, 4), (3, 4), 2 ** 22),                        # S = (d0 + d1)(e0 + e1)
+                    ((1, 3), (0, 2), 2 ** 44)))                       # Q = d0 e2 + d2 e0
+SCHEMES = {s.name: s for s in (K22, W22, W16)}
+
+assert (K22.kmax, W22.kmax, W16.kmax) == (512, 1024, 2 ** 21)
+assert (K22.products, W22.products, W16.products) == (5, 6, 10)
 
 
 def scheme_named(scheme) -> Scheme:
@@ -167,49 +208,90 @@ def split_into(xp, src, dsts, scheme: Scheme):
         xp.subtract(dsts[i], F64(2 ** 52 + h), out=dsts[i])
 
 
-def split(xp, src, dst, scheme: Scheme):
-    """Digits of ``src`` into ``dst``, a float64 view of shape ``(D,) + src.shape``.
+def split(xp, src, dst, scheme: Scheme, side: str):
+    """The ``side`` slabs of ``src`` into ``dst``, a float64 view of shape ``(n_slabs,) + src.shape``.
 
-    Where the slabs ``dst[i]`` are strided (rows of a GEMM layout, the
-    interior of a padded image), NumPy pays its iterator overhead per row on
-    every elementwise pass; the digits are then computed in a contiguous
-    scratch array and copied into place in one pass.
+    On CuPy: one elementwise pass per operation.  On NumPy, where every
+    operation is a separate pass over memory, the work goes in cache-sized
+    blocks: each block's slabs are computed in a small contiguous scratch
+    array (so strided destinations such as GEMM-layout rows or the interior
+    of a padded image cost one copy, not a slow iterator on every pass) and
+    copied into place.
     """
-    slabs = [dst[i] for i in range(scheme.digits)]
-    if getattr(xp, "__name__", "") != "numpy" or all(s.flags.c_contiguous for s in slabs):
-        split_into(xp, src, slabs, scheme)
+    spec = scheme.slabs(side)
+    if getattr(xp, "__name__", "") != "numpy":
+        _slabs_into(xp, src, dst, scheme, spec)
         return
-    tmp = scratch(xp, "split", dst.shape)
-    split_into(xp, src, list(tmp), scheme)
-    xp.copyto(dst, tmp)
+    tmp = scratch(xp, "split", (len(spec), min(src.size, SPLIT_BLOCK)))
+    for idx in _blocks(src.shape, SPLIT_BLOCK):
+        s = src[idx]
+        t = tmp[:, :s.size].reshape((len(spec),) + s.shape)
+        _slabs_into(xp, s, t, scheme, spec)
+        xp.copyto(dst[(slice(None),) + idx], t)
 
 
-def contract(xp, left, right, scheme: Scheme, kc: int):
+def _slabs_into(xp, src, dst, scheme, spec):
+    at = {slab[0]: p for p, slab in enumerate(spec) if len(slab) == 1}
+    split_into(xp, src, [dst[at[i]] for i in range(scheme.digits)], scheme)
+    for p, slab in enumerate(spec):
+        if len(slab) > 1:                          # a sum of digits (exact: tiny integers)
+            xp.add(dst[at[slab[0]]], dst[at[slab[1]]], out=dst[p])
+            for i in slab[2:]:
+                xp.add(dst[p], dst[at[i]], out=dst[p])
+
+
+SPLIT_BLOCK = 2 ** 16
+"""Elements per block of the NumPy digit split (measured best between 2^15 and 2^17)."""
+
+
+def _blocks(shape, target):
+    """Index tuples cutting an array of ``shape`` into pieces of at most ``target`` elements
+    (whole trailing dimensions where possible)."""
+    if not shape or math.prod(shape) <= target:
+        yield ()
+        return
+    inner = math.prod(shape[1:])
+    if inner <= target:
+        step = max(1, target // max(inner, 1))
+        for i in range(0, shape[0], step):
+            yield (slice(i, i + step),)
+    else:
+        for i in range(shape[0]):
+            for rest in _blocks(shape[1:], target):
+                yield (slice(i, i + 1),) + rest
+
+
+def contract(xp, left, right, scheme: Scheme, kc: int, check: bool = True):
     """Ring product from split operands.
 
-    ``left``: float64 ``(..., n_chunks, M, D*kc)`` holding ``[d_0|...|d_{D-1}]`` per chunk;
-    ``right``: float64 ``(..., n_chunks, D*kc, N)`` holding ``[e_{D-1};...;e_0]``.
-    Batch dimensions broadcast as in ``matmul``.  Returns a new uint64
-    ``(..., M, N)``: ``D`` GEMMs per chunk, exact while ``kc <= scheme.kmax``.
+    ``left``: float64 ``(..., n_chunks, M, n_left_slabs*kc)``, ``right``:
+    float64 ``(..., n_chunks, n_right_slabs*kc, N)``, each chunk holding the
+    scheme's slabs.  Batch dimensions broadcast as in ``matmul``.  Returns a
+    new uint64 ``(..., M, N)``: ``len(scheme.gemms)`` GEMMs per chunk, exact
+    while ``kc <= scheme.kmax`` (``check=False`` skips that guard: tests only).
     """
-    if kc > scheme.kmax:
+    if check and kc > scheme.kmax:
         raise ValueError(f"chunk length {kc} exceeds the exact bound {scheme.kmax} of {scheme.name}")
-    D, w = scheme.digits, scheme.width
     shape = _broadcast_shapes(left.shape[:-3], right.shape[:-3]) + (left.shape[-2], right.shape[-1])
     g = scratch(xp, "gemm", shape)
     gi = scratch(xp, "gemm-int", shape, I64).view(U64)
     acc = None
     for c in range(left.shape[-3]):
         lc, rc = left[..., c, :, :], right[..., c, :, :]
-        for t in range(D):
-            xp.matmul(lc[..., : (t + 1) * kc], rc[..., (D - 1 - t) * kc:, :], out=g)
-            if acc is None:                        # exact: |G_t| <= 2^53; negative -> two's complement
+        for (l0, l1), (r0, r1), mult in scheme.gemms:
+            xp.matmul(lc[..., l0 * kc:l1 * kc], rc[..., r0 * kc:r1 * kc, :], out=g)
+            if acc is None and mult == 1:          # exact: |G| <= 2^53; negative -> two's complement
                 acc = g.astype(I64).view(U64)
                 continue
             xp.copyto(gi.view(I64), g, casting="unsafe")
-            if t:
-                xp.left_shift(gi, U64(t * w), out=gi)
-            xp.add(acc, gi, out=acc)               # wraps mod 2^64
+            if mult & (mult - 1) == 0:
+                xp.left_shift(gi, U64(mult.bit_length() - 1), out=gi)
+            else:
+                xp.multiply(gi, U64(mult), out=gi)  # wraps mod 2^64
+            if acc is None:
+                acc = gi.copy()
+            else:
+                xp.add(acc, gi, out=acc)           # wraps mod 2^64
     return acc
 
 

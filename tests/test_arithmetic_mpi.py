@@ -230,3 +230,41 @@ def test_mul_messages_change_and_look_uniform(rt, seeded):
         for c in mine:
             if v.shape == c.shape:
                 assert np.count_nonzero(v == c) < 3
+
+
+@pytest.mark.parametrize("op", ["mul", "matmul", "conv", "truncate", "reveal", "share"])
+def test_no_message_repeats_a_component_the_receiver_holds(rt, seeded, op):
+    x = seeded.uniform(-3, 3, (6, 6))
+    sx, sy = shared(rt, x), shared(rt, x.T, src=2)
+    img = shared(rt, seeded.uniform(-1, 1, (1, 2, 5, 5)))
+    ker = shared(rt, seeded.uniform(-1, 1, (3, 2, 3, 3)), src=1)
+    held = [a for s in (sx, sy, img, ker) for a in (s.first, s.second)]
+    received = []
+    orig = rt.comm.exchange
+
+    def spy(sends=None, recvs=None):
+        out = orig(sends, recvs)
+        received.extend(v.copy() for v in out.values())
+        return out
+    rt.comm.exchange = spy
+    try:
+        if op == "mul":
+            z = sx * sy
+        elif op == "matmul":
+            z = sx @ sy
+        elif op == "conv":
+            z = img.conv2d(ker, padding=1)
+        elif op == "truncate":
+            z = truncate(sx, 3)
+        elif op == "reveal":
+            sx.reveal()
+        else:
+            shared(rt, x, src=1)
+    finally:
+        rt.comm.exchange = orig
+    if op in ("mul", "matmul", "conv", "reveal"):
+        assert received   # every party receives in these
+    for v in received:
+        for h in held:
+            if v.shape == h.shape:
+                assert np.count_nonzero(v == h) < 2, op

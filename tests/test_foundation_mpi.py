@@ -89,3 +89,11 @@ def test_keys_differ_between_parties(rt):
     allw = c.comm.allgather(words)
     nexts = [w[0].tobytes() for w in allw]
     assert len(set(nexts)) == 3
+
+
+def test_init_twice_is_harmless(rt):
+    import mpcgpu
+    assert mpcgpu.init(device="cpu") is rt
+    assert mpcgpu.get_runtime() is rt
+    stats = mpcgpu.comm_stats()
+    assert set(stats) == {"bytes_sent", "rounds", "messages"}

@@ -1,0 +1,333 @@
+"""Comparisons, ReLU, max / min / argmax and max-pooling on arithmetic shares.
+
+Everything is built from two protocols of :mod:`mpcgpu.protocols.convert`:
+``msb`` (8 rounds, ``8 (n + tree_words(n))`` bytes per party) and the bit
+injection / multiply-by-bit of 2 rounds.  Costs are per party; ``n`` elements.
+
+=====================  ======  ===============================================
+function               rounds  bytes per party
+=====================  ======  ===============================================
+lt, gt, le, ge         10      MSB(n) + 16 n (party 0) / 8 n (parties 1, 2)
+sign                   10      as lt
+abs                    10      MSB(n) + 16 n
+relu (default)         10      MSB(n) + 16 n
+relu (mask=True)       10      MSB(n) + 24 n
+max / min over K       10 L    per level with ``q`` pairs: MSB(q) + 16 q
+argmax, pool indices   10 L    per level: MSB(q) + 16 q (1 + 2 S); party 0:
+                               MSB(q) + 8 q + 8 q (1 + 2 S); S = 2^level
+                               (1, 2, 4, ...): one-hot block of a candidate
+=====================  ======  ===============================================
+
+with ``MSB(n) = 8 (n + tree_words(n))`` and ``L = ceil(log2 K)``.
+
+Domain: a comparison of ``x`` and ``y`` is exact whenever ``x - y`` does not
+wrap in the ring, i.e. ``|x - y| < 2^63`` in ring units -- always true for two
+values in the fixed-point range (``|v| < 2^(63-2f)``), and the MSB itself is
+exact for every uint64.  Results are ArithmeticShares of 0/1 with scale 0.
+
+Edge conventions:
+* equal values: ``lt = gt = 0``, ``le = ge = 1``;
+* ``relu(0) = 0`` and its derivative ``[x > 0]`` is 0 at 0 (as the plaintext twin);
+* ``sign(x)`` is +1 for ``x >= 0`` and -1 for ``x < 0`` (``sign(0) = +1``);
+* ``max``, ``argmax`` and max-pool ties go to the *first* maximum (lowest index,
+  row-major window order), like ``numpy.argmax``: exactly one 1 per one-hot.
+* max-pool pads with ``-2^62`` (ring units), a value that never wins against
+  inputs with ``|x| < 2^62`` (all fixed-point values).
+"""
+from __future__ import annotations
+
+import numpy   # host-side constants only
+
+from ..errors import ProtocolError
+from ..sharing.arithmetic import ArithmeticShare
+from .convert import b2a, msb, mul_bit
+
+NEVER_WINS = (1 << 64) - (1 << 62)   # -2^62 in the ring: the max-pool padding value
+
+
+def _diff(x: ArithmeticShare, y) -> ArithmeticShare:
+    """``x - y`` for a share or public ``y`` (scale of the shares aligned)."""
+    if not isinstance(x, ArithmeticShare):
+        raise ProtocolError("comparisons need an ArithmeticShare on the left")
+    return x - y
+
+
+# -- comparisons --------------------------------------------------------------------------------
+
+def lt(x: ArithmeticShare, y) -> ArithmeticShare:
+    """``[x < y]`` as an arithmetic 0/1 share (scale 0): MSB of ``x - y``; 10 rounds."""
+    return b2a(msb(_diff(x, y)))
+
+
+def gt(x: ArithmeticShare, y) -> ArithmeticShare:
+    """``[x > y]`` = MSB of ``y - x``; 10 rounds."""
+    return b2a(msb(-_diff(x, y)))
+
+
+def le(x: ArithmeticShare, y) -> ArithmeticShare:
+    """``[x <= y]`` = NOT MSB of ``y - x``; 10 rounds."""
+    return b2a(msb(-_diff(x, y)).not_bits())
+
+
+def ge(x: ArithmeticShare, y) -> ArithmeticShare:
+    """``[x >= y]`` = NOT MSB of ``x - y``; 10 rounds."""
+    return b2a(msb(_diff(x, y)).not_bits())
+
+
+def sign(x: ArithmeticShare) -> ArithmeticShare:
+    """+1 where ``x >= 0``, -1 where ``x < 0`` (scale 0): ``1 - 2 MSB(x)``; 10 rounds."""
+    return 1 - b2a(msb(x)) * 2
+
+
+def abs(x: ArithmeticShare) -> ArithmeticShare:
+    """``|x| = x - 2 x MSB(x)`` (same scale, no truncation); 10 rounds, MSB(n) + 16 n bytes."""
+    return x - mul_bit(x, msb(x)) * 2
+
+
+def relu(x: ArithmeticShare, return_mask: bool = False, mask: bool = False):
+    """``max(x, 0) = x * [x > 0]`` with ``[x > 0] = MSB(-x)``; 10 rounds.
+
+    The derivative bit ``[x > 0]`` (0 at exactly 0, as the plaintext twin) is kept on
+    the result: ``y.relu_bits`` (bit share, always, free) and ``y.relu_mask``
+    (arithmetic 0/1, scale 0, computed in the same two final rounds when ``mask`` or
+    ``return_mask``; else None).  ``return_mask=True`` returns ``(y, mask)``.
+    Bytes per party: MSB(n) + 16 n, + 8 n with the mask.
+
+    Backward: :func:`relu_backward` -- ``grad * y.relu_mask`` (1 round, 8 bytes) when the
+    mask was kept, else ``mul_bit(grad, y.relu_bits)`` (2 rounds, 16 bytes per party;
+    party 0 the same).  Both ways cost the same bytes over forward + backward, so the
+    default (no mask) keeps inference lean and costs training one extra round per ReLU.
+    """
+    bit = msb(-x)
+    want = bool(mask or return_mask)
+    if want:
+        y, m = mul_bit(x, bit, with_bit=True)
+    else:
+        y, m = mul_bit(x, bit), None
+    y.relu_bits = bit
+    y.relu_mask = m
+    return (y, m) if return_mask else y
+
+
+def relu_backward(grad: ArithmeticShare, y: ArithmeticShare) -> ArithmeticShare:
+    """``grad * [x > 0]`` from the output ``y`` of :func:`relu`.
+
+    With ``y.relu_mask`` (``mask=True``): one multiplication, 1 round, 8 bytes/element per
+    party.  Otherwise from ``y.relu_bits``: :func:`~mpcgpu.protocols.convert.mul_bit`,
+    2 rounds, 16 bytes/element per party.  No truncation either way."""
+    if getattr(y, "relu_mask", None) is not None:
+        return grad * y.relu_mask
+    return mul_bit(grad, y.relu_bits)
+
+
+# -- tree of comparisons --------------------------------------------------------------------------
+
+def _trivial_ones(shape, rt):
+    """A public 1 as a sharing (component 0 = 1: party 0 first, party 2 second)."""
+    xp = rt.xp
+    first = xp.zeros(shape, dtype=xp.uint64)
+    second = xp.zeros(shape, dtype=xp.uint64)
+    if rt.rank == 0:
+        first += xp.uint64(1)
+    elif rt.rank == 2:
+        second += xp.uint64(1)
+    return first, second
+
+
+def _tree_max(v: ArithmeticShare, onehot: bool):
+    """Max over the last axis of a 2-D share ``(B, K)`` by a tree of comparisons.
+
+    Each level compares neighbours ``(a, b) = (v[2j], v[2j+1])`` of all rows in ONE
+    MSB call: ``m = [a < b] = MSB(a - b)``, ``max = a - (a - b) m`` (ties keep ``a``,
+    the lower index); an odd last candidate passes to the next level unchanged.
+    With ``onehot``, each candidate also carries the one-hot of its winner over its
+    block of ``S = 2^level`` inputs: ``[left (1 - m), right m]``, all products of a
+    level in the same two rounds.  Returns ``(max (B,), onehot (B, K) or None)``.
+    """
+    rt, xp = v.rt, v.xp
+    B, K = v.shape
+    vf, vs = v.first, v.second
+    if onehot:
+        of, os_ = _trivial_ones((B, K, 1), rt)
+    S = 1
+    while vf.shape[1] > 1:
+        cnt = vf.shape[1]
+        q = cnt // 2
+        af, bf = vf[:, 0:2 * q:2], vf[:, 1:2 * q:2]
+        as_, bs = vs[:, 0:2 * q:2], vs[:, 1:2 * q:2]
+        df, ds = af - bf, as_ - bs
+        m = msb(ArithmeticShare(df, ds, v.scale, rt))                  # (B, q)
+        if onehot:
+            lf, ls = of[:, 0:2 * q:2], os_[:, 0:2 * q:2]               # (B, q, S)
+            rf, rs = of[:, 1:2 * q:2], os_[:, 1:2 * q:2]
+            X = ArithmeticShare(xp.concatenate([df[..., None], lf, rf], axis=2),
+                                xp.concatenate([ds[..., None], ls, rs], axis=2), 0, rt)
+            prod = mul_bit(X, m.reshape(B, q, 1))
+            pf, ps = prod.first, prod.second
+            nvf, nvs = af - pf[..., 0], as_ - ps[..., 0]
+            nof = xp.concatenate([lf - pf[..., 1:1 + S], pf[..., 1 + S:]], axis=2)
+            nos = xp.concatenate([ls - ps[..., 1:1 + S], ps[..., 1 + S:]], axis=2)
+        else:
+            prod = mul_bit(ArithmeticShare(df, ds, v.scale, rt), m)
+            nvf, nvs = af - prod.first, as_ - prod.second
+        if cnt % 2:
+            nvf = xp.concatenate([nvf, vf[:, -1:]], axis=1)
+            nvs = xp.concatenate([nvs, vs[:, -1:]], axis=1)
+            if onehot:
+                pad = xp.zeros((B, 1, S), dtype=xp.uint64)
+                nof = xp.concatenate([nof, xp.concatenate([of[:, -1:], pad], axis=2)], axis=1)
+                nos = xp.concatenate([nos, xp.concatenate([os_[:, -1:], pad], axis=2)], axis=1)
+        vf, vs = nvf, nvs
+        if onehot:
+            of, os_ = nof, nos
+            S *= 2
+    out = ArithmeticShare(vf[:, 0], vs[:, 0], v.scale, rt)
+    if not onehot:
+        return out, None
+    return out, ArithmeticShare(of[:, 0, :K], os_[:, 0, :K], 0, rt)
+
+
+def _to_rows(x: ArithmeticShare, axis):
+    """Move ``axis`` (int, tuple or None = all) to the end and flatten to ``(B, K)``."""
+    xp = x.xp
+    nd = x.ndim
+    if axis is None:
+        axes = tuple(range(nd))
+    else:
+        axes = tuple(a % nd for a in (axis if isinstance(axis, tuple) else (axis,)))
+    rest = tuple(a for a in range(nd) if a not in axes)
+    perm = rest + axes
+    kept = tuple(x.shape[a] for a in rest)
+    K = 1
+    for a in axes:
+        K *= x.shape[a]
+    if K == 0:
+        raise ProtocolError("max/argmax of an empty axis")
+    f = xp.transpose(x.first, perm).reshape(-1, K)
+    s = xp.transpose(x.second, perm).reshape(-1, K)
+    return ArithmeticShare(f, s, x.scale, x.rt), kept, perm
+
+
+def max(x: ArithmeticShare, axis=None) -> ArithmeticShare:
+    """Maximum along ``axis`` (None: all elements; int or tuple), numpy semantics without
+    keepdims.  ``ceil(log2 K)`` levels of 10 rounds; per level with ``q`` comparisons:
+    ``MSB(q) + 16 q`` bytes per party."""
+    rows, kept, _ = _to_rows(x, axis)
+    out, _ = _tree_max(rows, onehot=False)
+    return out.reshape(kept)
+
+
+def min(x: ArithmeticShare, axis=None) -> ArithmeticShare:
+    """Minimum along ``axis``: ``-max(-x)`` (same cost as :func:`max`)."""
+    return -max(-x, axis=axis)
+
+
+def argmax(x: ArithmeticShare, axis=None) -> ArithmeticShare:
+    """One-hot (scale 0, shape of ``x``) of the maximum along ``axis``.
+
+    Exactly one 1 per reduced slice; ties go to the first maximum (lowest index in
+    C order of the reduced axes), as ``numpy.argmax``.  Cost: see the module table.
+    """
+    xp = x.xp
+    rows, kept, perm = _to_rows(x, axis)
+    _, oh = _tree_max(rows, onehot=True)
+    shape_perm = kept + tuple(x.shape[a] for a in perm[len(kept):])
+    inv = [0] * len(perm)
+    for i, a in enumerate(perm):
+        inv[a] = i
+    f = xp.transpose(oh.first.reshape(shape_perm), inv)
+    s = xp.transpose(oh.second.reshape(shape_perm), inv)
+    return ArithmeticShare(xp.ascontiguousarray(f), xp.ascontiguousarray(s), 0, x.rt)
+
+
+# -- max-pooling ----------------------------------------------------------------------------------
+
+def _pair(v, name):
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ProtocolError(f"{name} must be an int or a pair, got {v}")
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+def _pool_geometry(shape, kernel, stride, padding):
+    if len(shape) != 4:
+        raise ProtocolError(f"max_pool2d needs an NCHW share, got shape {shape}")
+    kh, kw = _pair(kernel, "kernel")
+    sh, sw = _pair(kernel if stride is None else stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    if ph > kh // 2 or pw > kw // 2:
+        raise ProtocolError(f"padding {padding} must be at most half the kernel {kernel}")
+    n, c, h, w = shape
+    ho = (h + 2 * ph - kh) // sh + 1
+    wo = (w + 2 * pw - kw) // sw + 1
+    if ho <= 0 or wo <= 0:
+        raise ProtocolError(f"max_pool2d kernel {kernel} does not fit the input {shape}")
+    return kh, kw, sh, sw, ph, pw, ho, wo
+
+
+def max_pool2d(x: ArithmeticShare, kernel, stride=None, padding=0, return_indices=False):
+    """Max-pooling of an NCHW share (real max-pool; output size rounded down).
+
+    Padding uses ``-2^62`` (never wins).  Windows are gathered into ``(N, C, Ho, Wo,
+    kh*kw)`` (row-major window order) and reduced by :func:`_tree_max`: every level of all
+    windows is one comparison call.  ``return_indices=True`` also returns the one-hot of
+    each window's (first) maximum, shape ``(N, C, Ho, Wo, kh*kw)``, scale 0, for
+    :func:`max_pool2d_backward`.  Cost: ``ceil(log2(kh*kw))`` levels of 10 rounds; see the
+    module table for bytes (``q`` = number of pairs of the level over all windows).
+    """
+    rt, xp = x.rt, x.xp
+    kh, kw, sh, sw, ph, pw, ho, wo = _pool_geometry(x.shape, kernel, stride, padding)
+    n, c, h, w = x.shape
+    f, s = x.first, x.second
+    if ph or pw:
+        widths = ((0, 0), (0, 0), (ph, ph), (pw, pw))
+        f, s = xp.pad(f, widths), xp.pad(s, widths)
+        border = numpy.full((h + 2 * ph, w + 2 * pw), NEVER_WINS, dtype=numpy.uint64)
+        border[ph:ph + h, pw:pw + w] = 0
+        border = rt.backend.to_device(border)
+        if rt.rank == 0:
+            f += border
+        elif rt.rank == 2:
+            s += border
+    wins_f, wins_s = [], []
+    for i in range(kh):
+        for j in range(kw):
+            wins_f.append(f[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw])
+            wins_s.append(s[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw])
+    K = kh * kw
+    rows = ArithmeticShare(xp.stack(wins_f, axis=-1).reshape(-1, K),
+                           xp.stack(wins_s, axis=-1).reshape(-1, K), x.scale, rt)
+    out, oh = _tree_max(rows, onehot=return_indices)
+    out = out.reshape(n, c, ho, wo)
+    if not return_indices:
+        return out
+    return out, oh.reshape(n, c, ho, wo, K)
+
+
+def max_pool2d_backward(grad: ArithmeticShare, onehot: ArithmeticShare, input_shape, kernel,
+                        stride=None, padding=0) -> ArithmeticShare:
+    """Gradient of :func:`max_pool2d` w.r.t. its input: each window's gradient goes to its
+    (first) maximum.  ``grad``: ``(N, C, Ho, Wo)``; ``onehot`` from ``return_indices=True``.
+    1 round (``grad * onehot``, no truncation: the one-hot has scale 0), 8 bytes per
+    window element per party; the scatter-add over overlapping windows is local.
+    """
+    rt, xp = grad.rt, grad.xp
+    kh, kw, sh, sw, ph, pw, ho, wo = _pool_geometry(tuple(input_shape), kernel, stride, padding)
+    n, c, h, w = input_shape
+    prod = grad.reshape(n, c, ho, wo, 1) * onehot                      # (N, C, Ho, Wo, K)
+    outs = []
+    for comp in (prod.first, prod.second):
+        acc = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=xp.uint64)
+        k = 0
+        for i in range(kh):
+            for j in range(kw):
+                acc[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += comp[..., k]
+                k += 1
+        outs.append(xp.ascontiguousarray(acc[:, :, ph:ph + h, pw:pw + w]))
+    return ArithmeticShare(outs[0], outs[1], grad.scale, rt)
+
+
+__all__ = ["lt", "gt", "le", "ge", "sign", "abs", "relu", "relu_backward", "max", "min",
+           "argmax", "max_pool2d", "max_pool2d_backward", "NEVER_WINS"]
+
