@@ -54,6 +54,7 @@ operations that NumPy and CuPy both provide.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np  # dtypes and scalar constants only; arrays come from ``xp``
@@ -160,29 +161,30 @@ def scratch(xp, role, shape, dtype=F64):
     """A scratch array for ``role``, reused from call to call (NumPy only; uninitialised).
 
     Fresh NumPy buffers of megabytes cost a page fault per 4 KiB when first
-    written (about as much as the digit split itself), so each role keeps
-    one buffer, grown as needed (up to :data:`SCRATCH_LIMIT` bytes).  A
-    scratch array is valid until the next request for the same role: never
-    return one to a caller or keep it.  CuPy has its own memory pool, so on
-    CuPy this is plain ``xp.empty``.
+    written (measured: about as much as the digit split itself), so each
+    role keeps one buffer per thread, grown as needed (up to
+    :data:`SCRATCH_LIMIT` bytes).  A scratch array is valid until the next
+    request for the same role in the same thread: never return one to a
+    caller or keep it.  CuPy has its own memory pool: there this is
+    ``xp.empty``.
     """
-    size = math.prod(shape)
-    nbytes = size * np.dtype(dtype).itemsize
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     if getattr(xp, "__name__", "") != "numpy" or nbytes > SCRATCH_LIMIT:
         return xp.empty(shape, dtype=dtype)
-    buf = _SCRATCH.get(role)
+    pool = _LOCAL.__dict__.setdefault("buffers", {})
+    buf = pool.get(role)
     if buf is None or buf.nbytes < nbytes:
-        buf = _SCRATCH[role] = xp.empty(nbytes, dtype=np.uint8)
+        buf = pool[role] = xp.empty(max(nbytes, 1), dtype=np.uint8)
     return buf[:nbytes].view(dtype).reshape(shape)
 
 
 SCRATCH_LIMIT = 256 * 2 ** 20
-_SCRATCH = {}
+_LOCAL = threading.local()
 
 
 def release_scratch():
-    """Drop the cached scratch buffers (they are re-created on demand)."""
-    _SCRATCH.clear()
+    """Drop this thread's cached scratch buffers (they are re-created on demand)."""
+    _LOCAL.__dict__.pop("buffers", None)
 
 
 def split_into(xp, src, dsts, scheme: Scheme):

@@ -287,6 +287,10 @@ def _conv_geometry(x_shape, w_shape, stride, padding, groups):
                 ph=ph, pw=pw, g=g, ho=ho, wo=wo)
 
 
+def _dims(p, n):
+    return (n,) + tuple(p[k] for k in ("g", "cg", "og", "kh", "kw", "ho", "wo"))
+
+
 def _fit(scheme, need, what):
     """``scheme``, or the first of W22, W16 whose chunks may be ``need`` long."""
     for sc in (scheme, W22, W16):
@@ -305,7 +309,9 @@ def _conv_chunks(cg, window, scheme):
 def _conv_weight_layout(xp, w, groups, scheme, nc, cc, kc):
     o, cg, kh, kw = w.shape
     g = groups
-    build = lambda arr, persist: split_left(xp, arr.reshape(g, o // g, cg * kh * kw), scheme, nc, kc, persist)  # noqa: E731,E501
+
+    def build(arr, persist):
+        return split_left(xp, arr.reshape(g, o // g, cg * kh * kw), scheme, nc, kc, persist)
     return _cached(w, ("conv", scheme.name, g, nc, kc), build)
 
 
@@ -321,7 +327,7 @@ def _digit_image(xp, x5, scheme, side, shape, pad):
 
 
 def _windows(xp, img, shape, steps):
-    """``as_strided`` view of ``img`` (contiguous) with element steps ``steps`` (one per axis of ``shape``)."""
+    """``as_strided`` view of ``img`` with element steps ``steps`` (one per axis of ``shape``)."""
     item = img.itemsize
     return xp.lib.stride_tricks.as_strided(img, shape=shape, strides=tuple(s * item for s in steps))
 
@@ -330,7 +336,7 @@ BLOCK_BYTES = 64 * 2 ** 20
 """Images are processed in blocks whose float64 im2col stays near this size (bounded memory)."""
 
 
-def _blocks(n, per_image, multiple=1):
+def _image_blocks(n, per_image, multiple=1):
     """``[(start, stop)]`` image blocks of ~BLOCK_BYTES (block sizes a multiple of ``multiple``)."""
     nb = max(1, BLOCK_BYTES // max(1, per_image)) // multiple * multiple
     nb = min(n, max(nb, multiple))
@@ -356,7 +362,7 @@ def conv2d(x, w, stride=1, padding=0, groups=1, *, scheme=None):
     xp = array_module(rx, _raw(w))
     p = _conv_geometry(rx.shape, w.shape, stride, padding, groups)
     sc, nc, cc, kc = _conv_chunks(p["cg"], p["kh"] * p["kw"], scheme_named(scheme or DEFAULT_SCHEME))
-    blocks = _blocks(p["n"], len(sc.right) * nc * kc * p["g"] * p["ho"] * p["wo"] * 8)
+    blocks = _image_blocks(p["n"], len(sc.right) * nc * kc * p["g"] * p["ho"] * p["wo"] * 8)
     left = _conv_weight_layout(xp, _weight_operand(w, len(blocks)), p["g"], sc, nc, cc, kc)
     if len(blocks) == 1:
         return _conv2d_block(xp, rx, left, p, sc, nc, cc, kc)
@@ -397,13 +403,16 @@ def conv2d_grad_input(grad_out, w, input_shape, stride=1, padding=0, groups=1, *
     p = _conv_geometry(tuple(input_shape), w.shape, stride, padding, groups)
     n, g, og, ho, wo = p["n"], p["g"], p["og"], p["ho"], p["wo"]
     if tuple(gy.shape) != (n, p["o"], ho, wo):
-        raise ValueError(f"conv2d_grad_input: grad_out has shape {gy.shape}, expected {(n, p['o'], ho, wo)}")
+        raise ValueError(f"conv2d_grad_input: grad_out has shape {gy.shape}, "
+                         f"expected {(n, p['o'], ho, wo)}")
     sc = scheme_named(scheme or DEFAULT_SCHEME)
     nc, kc = chunking(og, sc.kmax)
     k = p["cg"] * p["kh"] * p["kw"]
-    blocks = _blocks(n, (len(sc.right) * nc * kc + 3 * k) * g * ho * wo * 8)
-    left = _cached(_weight_operand(w, len(blocks)), ("convT", sc.name, g, nc, kc),
-                   lambda arr, persist: split_left(xp, arr.reshape(g, og, k).swapaxes(-1, -2), sc, nc, kc, persist))
+    blocks = _image_blocks(n, (len(sc.right) * nc * kc + 3 * k) * g * ho * wo * 8)
+
+    def build(arr, persist):                 # W^T per group: (G, K, O/groups), reduction O/groups
+        return split_left(xp, arr.reshape(g, og, k).swapaxes(-1, -2), sc, nc, kc, persist)
+    left = _cached(_weight_operand(w, len(blocks)), ("convT", sc.name, g, nc, kc), build)
     if len(blocks) == 1:
         return _grad_input_block(xp, gy, left, p, sc, nc, kc)
     dx = xp.empty((n, p["c"], p["h"], p["w"]), dtype=U64)
@@ -413,7 +422,7 @@ def conv2d_grad_input(grad_out, w, input_shape, stride=1, padding=0, groups=1, *
 
 
 def _grad_input_block(xp, gy, left, p, sc, nc, kc):
-    n, g, cg, og, kh, kw, ho, wo = (gy.shape[0],) + tuple(p[k] for k in ("g", "cg", "og", "kh", "kw", "ho", "wo"))
+    n, g, cg, og, kh, kw, ho, wo = _dims(p, gy.shape[0])
     ph, pw, sh, sw = p["ph"], p["pw"], p["sh"], p["sw"]
     rhs = gy.reshape(n, g, og, ho * wo).transpose(1, 2, 0, 3).reshape(g, og, n * ho * wo)
     cols = contract(xp, left, split_right(xp, rhs, sc, nc, kc, persist=False), sc, kc)
@@ -452,12 +461,13 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, groups=1,
     p = _conv_geometry(rx.shape, tuple(weight_shape), stride, padding, groups)
     n, g, ho, wo = p["n"], p["g"], p["ho"], p["wo"]
     if tuple(gy.shape) != (n, p["o"], ho, wo):
-        raise ValueError(f"conv2d_grad_weight: grad_out has shape {gy.shape}, expected {(n, p['o'], ho, wo)}")
+        raise ValueError(f"conv2d_grad_weight: grad_out has shape {gy.shape}, "
+                         f"expected {(n, p['o'], ho, wo)}")
     sc = _fit(scheme_named(scheme or DEFAULT_SCHEME), wo, "conv2d_grad_weight: output width")
     per_chunk = max(1, sc.kmax // (ho * wo))                # images per reduction chunk
     k = p["cg"] * p["kh"] * p["kw"]
     dw = None
-    for a, b in _blocks(n, len(sc.left) * (k + p["og"]) * g * ho * wo * 8, per_chunk):
+    for a, b in _image_blocks(n, len(sc.left) * (k + p["og"]) * g * ho * wo * 8, per_chunk):
         part = _grad_weight_block(xp, rx[a:b], gy[a:b], p, sc)
         dw = part if dw is None else xp.add(dw, part, out=dw)
     return xp.ascontiguousarray(dw.transpose(0, 2, 1)).reshape(tuple(weight_shape))
@@ -465,7 +475,7 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, groups=1,
 
 def _grad_weight_block(xp, x, gy, p, sc):
     """(G, K, O/groups) weight gradient of one block of images."""
-    n, g, cg, og, kh, kw, ho, wo = (x.shape[0],) + tuple(p[k] for k in ("g", "cg", "og", "kh", "kw", "ho", "wo"))
+    n, g, cg, og, kh, kw, ho, wo = _dims(p, x.shape[0])
     nn_, nb, nh, hb = _row_chunks(n, ho, wo, sc.kmax)
     dl, dr, kc, k = len(sc.left), len(sc.right), nb * hb * wo, cg * kh * kw
     sh, sw, ph, pw = p["sh"], p["sw"], p["ph"], p["pw"]

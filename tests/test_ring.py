@@ -333,6 +333,26 @@ def test_presplit_4d_as_matmul_operand(rng):
     assert (ring.matmul(a, pb) == a @ b).all() and (ring.matmul(pa, b) == a @ b).all()
 
 
+def test_threads_do_not_share_scratch(rng):
+    import threading
+    pairs = [(rand(rng, 60, 700), rand(rng, 700, 50)) for _ in range(4)]
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            a, b = pairs[i]
+            for _ in range(5):
+                results[i] = (ring.matmul(a, b) == a @ b).all()
+        except Exception as exc:  # pragma: no cover
+            errors.append(exc)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and all(results.values()) and len(results) == 4
+
+
 def test_results_do_not_alias_scratch(rng):
     a, b, c = rand(rng, 20, 30), rand(rng, 30, 10), rand(rng, 30, 10)
     r1 = ring.matmul(a, b)
