@@ -261,9 +261,10 @@ class ArithmeticShare:
         return self._map(lambda a: a.copy())
 
     # -- the non-linear protocols (see mpcgpu.protocols) --------------------------------
-    def relu(self):
+    def relu(self, **kw):
+        """max(x, 0); keeps the derivative bits (``relu_bits``) for backward; see compare.relu."""
         from ..protocols import compare
-        return compare.relu(self)
+        return compare.relu(self, **kw)
 
     def __lt__(self, other):
         from ..protocols import compare
