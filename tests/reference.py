@@ -1,4 +1,6 @@
 """Plaintext references shared by the tests (independent of the code under test)."""
+import contextlib
+
 import numpy as np
 
 
@@ -26,3 +28,38 @@ def conv2d_ref(x, w, stride=1, padding=0, groups=1):
 def all_components(rt, s):
     """Gather every party's (first, second) pair (test-only: shows the whole sharing)."""
     return rt.comm.comm.allgather((s.first, s.second))
+
+
+def shared(rt, x, src=0, **kw):
+    """Secret-share ``x`` from party ``src`` (every party calls this; only ``src``'s data is used)."""
+    from mpcgpu.sharing.arithmetic import share
+    return share(x if rt.rank == src else None, src=src, **kw)
+
+
+def enc(x, frac_bits=16):
+    """The reals a protocol actually receives: ``x`` rounded to the fixed-point grid."""
+    return np.rint(np.asarray(x, dtype=np.float64) * 2.0 ** frac_bits) / 2.0 ** frac_bits
+
+
+@contextlib.contextmanager
+def recording(comm):
+    """Log every exchange of this party as (sent {peer: array}, received {peer: array})."""
+    log = []
+    original = comm.exchange
+
+    def wrapped(sends=None, recvs=None):
+        got = original(sends, recvs)
+        log.append(({p: np.array(a) for p, a in (sends or {}).items()},
+                    {p: np.array(a) for p, a in got.items()}))
+        return got
+
+    comm.exchange = wrapped
+    try:
+        yield log
+    finally:
+        del comm.exchange
+
+
+def received(log):
+    """Every array this party received in a recorded block."""
+    return [a for _, got in log for a in got.values()]

@@ -14,20 +14,12 @@ import numpy as np
 import pytest
 
 from mpcgpu.protocols import approx
-from mpcgpu.sharing.arithmetic import ArithmeticShare, share
+from mpcgpu.sharing.arithmetic import ArithmeticShare
+from reference import enc, shared
 
 pytestmark = pytest.mark.mpi(min_size=3)
 F = 16
 ULP = 2.0 ** -F
-
-
-def shared(rt, x, src=0):
-    return share(x if rt.rank == src else None, src=src)
-
-
-def enc(x):
-    """The reals the protocol actually receives (fixed-point rounding of x)."""
-    return np.rint(np.asarray(x, dtype=np.float64) * 2.0 ** F) / 2.0 ** F
 
 
 def log_uniform(rng, lo, hi, n):

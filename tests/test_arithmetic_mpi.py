@@ -2,19 +2,14 @@
 import numpy as np
 import pytest
 
-import mpcgpu
 from mpcgpu.encoding import encode
 from mpcgpu.errors import EncodingError
-from mpcgpu.sharing.arithmetic import ArithmeticShare, concatenate, share, truncate
-from reference import all_components, conv2d_ref
+from mpcgpu.sharing.arithmetic import ArithmeticShare, concatenate, truncate
+from reference import all_components, conv2d_ref, received, recording, shared
 
 pytestmark = pytest.mark.mpi(min_size=3)
 ULP = 2.0 ** -16
 LIMIT = 2.0 ** 31
-
-
-def shared(rt, x, src=0, **kw):
-    return share(x if rt.rank == src else None, src=src, **kw)
 
 
 def test_share_reveal_exact_including_range_edges(rt, seeded):
@@ -204,21 +199,12 @@ def test_mul_messages_change_and_look_uniform(rt, seeded):
     """What a party receives in a multiplication: fresh each run, uniform bits, never a held component."""
     x = seeded.uniform(-3, 3, 20_000)
     sx, sy = shared(rt, x), shared(rt, x, src=1)
-    received = []
-    orig = rt.comm.exchange
-
-    def spy(sends=None, recvs=None):
-        out = orig(sends, recvs)
-        received.append({k: v.copy() for k, v in out.items()})
-        return out
-    rt.comm.exchange = spy
-    try:
+    with recording(rt.comm) as log:
         sx * sy
         sx * sy
-    finally:
-        rt.comm.exchange = orig
-    first_run = [v for d in received[:2] for v in d.values()]
-    second_run = [v for d in received[2:] for v in d.values()]
+    runs = [got for _, got in log]
+    first_run = [v for d in runs[:2] for v in d.values()]
+    second_run = [v for d in runs[2:] for v in d.values()]
     for a, b in zip(first_run, second_run):
         assert np.count_nonzero(a == b) < 3
     words = np.concatenate([v.ravel() for v in first_run])
@@ -239,32 +225,23 @@ def test_no_message_repeats_a_component_the_receiver_holds(rt, seeded, op):
     img = shared(rt, seeded.uniform(-1, 1, (1, 2, 5, 5)))
     ker = shared(rt, seeded.uniform(-1, 1, (3, 2, 3, 3)), src=1)
     held = [a for s in (sx, sy, img, ker) for a in (s.first, s.second)]
-    received = []
-    orig = rt.comm.exchange
-
-    def spy(sends=None, recvs=None):
-        out = orig(sends, recvs)
-        received.extend(v.copy() for v in out.values())
-        return out
-    rt.comm.exchange = spy
-    try:
+    with recording(rt.comm) as log:
         if op == "mul":
-            z = sx * sy
+            sx * sy
         elif op == "matmul":
-            z = sx @ sy
+            sx @ sy
         elif op == "conv":
-            z = img.conv2d(ker, padding=1)
+            img.conv2d(ker, padding=1)
         elif op == "truncate":
-            z = truncate(sx, 3)
+            truncate(sx, 3)
         elif op == "reveal":
             sx.reveal()
         else:
             shared(rt, x, src=1)
-    finally:
-        rt.comm.exchange = orig
+    got = received(log)
     if op in ("mul", "matmul", "conv", "reveal"):
-        assert received   # every party receives in these
-    for v in received:
+        assert got   # every party receives in these
+    for v in got:
         for h in held:
             if v.shape == h.shape:
                 assert np.count_nonzero(v == h) < 2, op

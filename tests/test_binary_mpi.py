@@ -1,5 +1,4 @@
 """Binary (XOR) replicated sharing, AND and A2B on three real MPI ranks (issue 5)."""
-import contextlib
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ from mpcgpu.protocols.convert import a2b
 from mpcgpu.sharing import binary
 from mpcgpu.sharing.arithmetic import ArithmeticShare, share
 from mpcgpu.sharing.binary import BinaryShare, and_, and_batch
-from reference import all_components
+from reference import all_components, received, recording
 
 pytestmark = pytest.mark.mpi(min_size=3)
 U64 = np.uint64
@@ -37,27 +36,7 @@ def arith_of(rt, x, rng, scale=0):
     return ArithmeticShare(comps[i].copy(), comps[(i + 1) % 3].copy(), scale, rt)
 
 
-@contextlib.contextmanager
-def recording(comm):
-    """Log every exchange of this party: a list of (sent {peer: array}, received {peer: array})."""
-    log = []
-    original = comm.exchange
 
-    def wrapped(sends=None, recvs=None):
-        got = original(sends, recvs)
-        log.append(({p: np.array(a) for p, a in (sends or {}).items()},
-                    {p: np.array(a) for p, a in got.items()}))
-        return got
-
-    comm.exchange = wrapped
-    try:
-        yield log
-    finally:
-        del comm.exchange
-
-
-def received(log):
-    return [a for _, got in log for a in got.values()]
 
 
 # -- sharing, reveal, local gates --------------------------------------------------------------

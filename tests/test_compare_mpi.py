@@ -3,7 +3,6 @@
 Exactness is checked on the ring: inputs are fixed-point encodings (int64) and every
 result is compared bit for bit with a NumPy computation on the same integers.
 """
-import contextlib
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from mpcgpu.protocols import compare
 from mpcgpu.protocols.convert import b2a, msb, mul_bit
 from mpcgpu.sharing import binary
 from mpcgpu.sharing.arithmetic import ArithmeticShare, share
+from reference import received, recording
 
 pytestmark = pytest.mark.mpi(min_size=3)
 U64 = np.uint64
@@ -82,21 +82,7 @@ def max_tree_bytes(rows, k, rank, onehot=False):
     return total
 
 
-@contextlib.contextmanager
-def recording(comm):
-    log = []
-    original = comm.exchange
 
-    def wrapped(sends=None, recvs=None):
-        got = original(sends, recvs)
-        log.append({p: np.array(a) for p, a in got.items()})
-        return got
-
-    comm.exchange = wrapped
-    try:
-        yield log
-    finally:
-        del comm.exchange
 
 
 def maxpool_ref(x, k, s, p):
@@ -406,7 +392,7 @@ def test_messages_fresh_uniform_and_new_to_the_receiver(rt, seeded, proto):
     for _ in range(2):
         with recording(rt.comm) as log:
             run(s)
-        logs.append([a for got in log for a in got.values()])
+        logs.append(received(log))
     assert len(logs[0]) == len(logs[1]) > 0
     for a, b in zip(*logs):
         assert np.mean(a == b) < 1e-3                        # masks change call to call
@@ -417,5 +403,5 @@ def test_messages_fresh_uniform_and_new_to_the_receiver(rt, seeded, proto):
     z = np.zeros(n, dtype=U64)
     with recording(rt.comm) as log:
         run(ArithmeticShare(z.copy(), z.copy(), F, rt))
-    freq = _bit_freq([a for got in log for a in got.values()])
+    freq = _bit_freq(received(log))
     assert np.all(np.abs(freq - 0.5) < 0.03), freq

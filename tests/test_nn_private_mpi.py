@@ -5,7 +5,7 @@ import pytest
 from mpcgpu.jobs.bench import bench_params
 from mpcgpu.nn import spec as S
 from mpcgpu.nn.models import get_model
-from mpcgpu.nn.plain import PlainModel
+from mpcgpu.nn.plain import PlainModel, init_params
 from mpcgpu.nn.private import PrivateModel, Profile, share_params
 from mpcgpu.sharing.arithmetic import share
 
@@ -71,3 +71,51 @@ def test_predict_reveals_only_labels_to_owner(rt):
     ref = PlainModel(model, bench_params(model, 1)).forward(x, need_grad=False).argmax(axis=1)
     got = rt.comm.comm.bcast(labels, root=2)
     assert np.array_equal(got, ref)
+
+
+def _random_bn_stats(model, params, rng):
+    for p in S.param_specs(model):
+        if p.kind == "running_var":
+            params[p.name] = rng.uniform(0.05, 4.0, p.shape)
+        elif p.kind == "running_mean":
+            params[p.name] = rng.uniform(-1, 1, p.shape)
+        elif p.name.endswith(".weight") and len(p.shape) == 1:
+            params[p.name] = rng.uniform(0.5, 1.5, p.shape)
+        elif p.name.endswith(".bias") and len(p.shape) == 1:
+            params[p.name] = rng.uniform(-0.5, 0.5, p.shape)
+    return params
+
+
+def test_batchnorm_folded_and_standalone(rt):
+    """BN after a conv is folded into it privately; a BN elsewhere is an affine map."""
+    net = S.Sequential((S.BatchNorm2d(3), S.Conv2d(3, 8, 3, padding=1, bias=True), S.BatchNorm2d(8), S.ReLU(),
+                        S.Conv2d(8, 8, 3, stride=2, bias=False), S.BatchNorm2d(8), S.ReLU(),
+                        S.AdaptiveAvgPool2d(1), S.Flatten(), S.Linear(8, 4)))
+    model = S.Model("bn-test", (3, 12, 12), 4, net)
+    rng = np.random.default_rng(7)
+    params = _random_bn_stats(model, init_params(model, rng=1), rng)
+    x = rng.standard_normal((2, 3, 12, 12))
+    pm = PrivateModel(model, share_params(model, params if rt.rank == 0 else None, src=0))
+    with rt.comm.measure() as prep:
+        pm.prepare()
+    assert sorted(pm._skip) == ["2", "5"] and sorted(pm._affine) == ["0"]
+    sx = share(x if rt.rank == 0 else None, src=0)
+    with rt.comm.measure() as fwd:
+        y = pm.forward(sx)
+    out = y.reveal()
+    ref = PlainModel(model, params).forward(x, need_grad=False)
+    assert np.abs(out - ref).max() <= 2e-3 * max(1.0, np.abs(ref).max())
+    # one forward after preparation: bn0 (2) + conv+bn (2) + relu (10) + conv+bn (2) + relu (10)
+    # + avgpool (1) + linear (2) rounds: the folded batch norms cost nothing
+    assert fwd.rounds == 2 + 2 + 10 + 2 + 10 + 1 + 2
+
+
+def test_vgg16_bn_matches_plaintext(rt):
+    model = get_model("vgg16_bn_cifar10")
+    rng = np.random.default_rng(5)
+    params = _random_bn_stats(model, init_params(model, rng=2), rng)
+    x = rng.standard_normal((1, 3, 32, 32))
+    pm = PrivateModel(model, share_params(model, params if rt.rank == 0 else None, src=0))
+    out = pm.forward(share(x if rt.rank == 0 else None, src=0)).reveal()
+    ref = PlainModel(model, params).forward(x, need_grad=False)
+    assert np.abs(out - ref).max() <= 5e-3 * max(1.0, np.abs(ref).max())

@@ -9,19 +9,11 @@ import pytest
 
 from mpcgpu.errors import ProtocolError
 from mpcgpu.protocols import pooling
-from mpcgpu.sharing.arithmetic import share
+from reference import enc, shared
 
 pytestmark = pytest.mark.mpi(min_size=3)
 F = 16
 ULP = 2.0 ** -F
-
-
-def shared(rt, x, src=0):
-    return share(x if rt.rank == src else None, src=src)
-
-
-def enc(x):
-    return np.rint(np.asarray(x, dtype=np.float64) * 2.0 ** F) / 2.0 ** F
 
 
 def avg_pool_ref(x, k, s, p, count_include_pad=True):

@@ -11,8 +11,9 @@ Conv2d, Linear         secret x secret conv / matmul + truncation (2), bias add 
 ReLU                   MSB + bit injection folded with the product (see compare)
 MaxPool2d              tree of comparisons over the window (log2(k*k) x compare)
 AvgPool2d, Adaptive    local window sums, x public 1/k^2 (1, the truncation)
-BatchNorm2d            inference: per-channel scale = gamma / sqrt(var + eps) computed
-                       privately once (inverse square root), then x*scale + shift (2)
+BatchNorm2d            inference: folded privately, once per model (:meth:`prepare`),
+                       into the convolution before it (0 extra rounds per image);
+                       a batch norm without a convolution before it: x*scale + shift (2)
 Flatten, Dropout       local reshape / identity (0)
 Residual               body(x) + shortcut(x) (local add), optional ReLU
 =====================  ============================================================
@@ -25,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import MPCError
-from ..sharing.arithmetic import ArithmeticShare, share
+from ..sharing.arithmetic import ArithmeticShare, concatenate, share
 from . import spec as S
 
 
@@ -56,13 +57,80 @@ class Profile:
 
 
 class PrivateModel:
-    """A model whose parameters are secret-shared among the three parties."""
+    """A model whose parameters are secret-shared among the three parties.
 
-    def __init__(self, model: S.Model, params: dict):
+    Batch norms are prepared once (:meth:`prepare`, called by the first forward pass):
+    for all of them together, ``scale = gamma * (var + eps)^(-1/2)`` and
+    ``shift = beta - mean * scale`` are computed privately in one batched inverse
+    square root (its rounds are paid once, not per batch norm), and a batch norm that
+    directly follows a convolution is folded into it: ``W' = W * scale`` (per output
+    channel), ``b' = b * scale + shift``.  ``bn_domain`` is the range of ``var + eps``
+    the inverse square root is accurate on.
+    """
+
+    def __init__(self, model: S.Model, params: dict, bn_domain=(1e-2, 1e3)):
         S.check_params(model, params, what="shared parameters")
         self.spec = model
         self.params = params
-        self._bn_cache: dict = {}
+        self.bn_domain = bn_domain
+        self._prepared = False
+        self._affine: dict = {}    # batch-norm path -> (scale, shift), not folded
+        self._folded: dict = {}    # conv path -> (weight', bias'); its batch norm becomes identity
+        self._skip: set = set()    # batch-norm paths folded away
+
+    def prepare(self):
+        """Fold / precompute every batch norm (once; all parties must call it together)."""
+        if self._prepared:
+            return
+        self._prepared = True
+        pairs = _batchnorm_sites(self.spec.net, "")
+        if not pairs:
+            return
+        p = self.params
+        eps = [float(layer.eps) for _, layer, _ in pairs for _ in range(layer.channels)]  # public
+        var = concatenate([p[S._join(b, "running_var")] for b, _, _ in pairs]) + eps
+        inv = var.inv_sqrt(domain=self.bn_domain)
+        gamma = concatenate([p[S._join(b, "weight")] for b, _, _ in pairs])
+        mean = concatenate([p[S._join(b, "running_mean")] for b, _, _ in pairs])
+        beta = concatenate([p[S._join(b, "bias")] for b, _, _ in pairs])
+        scale = gamma * inv
+        shift = beta - mean * scale
+        offsets, at = [], 0
+        for _, layer, _ in pairs:
+            offsets.append((at, at + layer.channels))
+            at += layer.channels
+        # fold into the preceding convolutions: one batched product for all weights and biases
+        left, right, plan = [], [], []
+        for (bn, layer, conv), (lo, hi) in zip(pairs, offsets):
+            if conv is None:
+                self._affine[bn] = (scale[lo:hi], shift[lo:hi])
+                continue
+            w = p[S._join(conv[0], "weight")]
+            per_out = w.size // w.shape[0]
+            left.append(w.reshape(-1))
+            right.append(scale[lo:hi].reshape(-1, 1).broadcast_to((w.shape[0], per_out)).reshape(-1))
+            has_bias = conv[1].bias
+            if has_bias:
+                left.append(p[S._join(conv[0], "bias")])
+                right.append(scale[lo:hi])
+            plan.append((bn, conv[0], w.shape, has_bias, lo, hi))
+        if not plan:
+            return
+        prod = concatenate(left) * concatenate(right)
+        at = 0
+        for bn, conv_path, wshape, has_bias, lo, hi in plan:
+            n = 1
+            for d in wshape:
+                n *= d
+            w_new = prod[at:at + n].reshape(*wshape)
+            at += n
+            if has_bias:
+                b_new = prod[at:at + wshape[0]] + shift[lo:hi]
+                at += wshape[0]
+            else:
+                b_new = shift[lo:hi]
+            self._folded[conv_path] = (w_new, b_new)
+            self._skip.add(bn)
 
     # -- running -----------------------------------------------------------------------
     def forward(self, x: ArithmeticShare, profile: Profile | None = None) -> ArithmeticShare:
@@ -71,6 +139,7 @@ class PrivateModel:
         if tuple(x.shape[1:]) != expected:
             raise MPCError(f"model {self.spec.name} expects inputs of shape (N, {', '.join(map(str, expected))}),"
                            f" got {x.shape}")
+        self.prepare()
         return self._run(self.spec.net, "", x, profile)
 
     __call__ = forward
@@ -105,10 +174,11 @@ class PrivateModel:
 
     def _apply(self, layer, path, x):
         if isinstance(layer, S.Conv2d):
-            y = x.conv2d(self._p(path, "weight"), stride=layer.stride, padding=layer.padding,
-                         groups=layer.groups)
-            if layer.bias:
-                y = y + self._p(path, "bias").reshape(1, -1, 1, 1)
+            weight, bias = self._folded.get(path) or (
+                self._p(path, "weight"), self._p(path, "bias") if layer.bias else None)
+            y = x.conv2d(weight, stride=layer.stride, padding=layer.padding, groups=layer.groups)
+            if bias is not None:
+                y = y + bias.reshape(1, -1, 1, 1)
             return y
         if isinstance(layer, S.Linear):
             y = x @ self._p(path, "weight").transpose()
@@ -124,23 +194,15 @@ class PrivateModel:
         if isinstance(layer, S.AdaptiveAvgPool2d):
             return x.adaptive_avg_pool2d(layer.out_hw)
         if isinstance(layer, S.BatchNorm2d):
-            scale, shift = self._bn_affine(layer, path)
+            if path in self._skip:
+                return x                      # folded into the convolution before it
+            scale, shift = self._affine[path]
             return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
         if isinstance(layer, S.Flatten):
             return x.reshape(x.shape[0], -1)
         if isinstance(layer, S.Dropout):
             return x
         raise MPCError(f"no private implementation for layer {type(layer).__name__} at {path!r}")
-
-    def _bn_affine(self, layer, path):
-        """Inference batch norm as a per-channel affine map, computed privately once:
-        ``scale = gamma * (var + eps)^(-1/2)``, ``shift = beta - mean * scale``."""
-        if path not in self._bn_cache:
-            var = self._p(path, "running_var") + float(layer.eps)
-            scale = self._p(path, "weight") * var.inv_sqrt()
-            shift = self._p(path, "bias") - self._p(path, "running_mean") * scale
-            self._bn_cache[path] = (scale, shift)
-        return self._bn_cache[path]
 
     # -- outputs -----------------------------------------------------------------------
     def predict_shared(self, x: ArithmeticShare, profile: Profile | None = None) -> ArithmeticShare:
@@ -150,6 +212,28 @@ class PrivateModel:
         k = logits.shape[1]
         xp = logits.xp
         return (onehot * xp.arange(k, dtype=xp.int64)).sum(axis=1)
+
+
+def _batchnorm_sites(layer, path):
+    """Every BatchNorm2d as (bn path, layer, (conv path, conv layer) or None): the convolution
+    is given when the batch norm directly follows it in the same Sequential."""
+    out = []
+    if isinstance(layer, S.Sequential):
+        prev = None
+        for name, child in layer.children():
+            child_path = S._join(path, name)
+            if isinstance(child, S.BatchNorm2d):
+                conv = prev if isinstance(prev, tuple) and isinstance(prev[1], S.Conv2d) else None
+                out.append((child_path, child, conv))
+            elif child.is_leaf:
+                pass
+            else:
+                out.extend(_batchnorm_sites(child, child_path))
+            prev = (child_path, child)
+        return out
+    for name, child in layer.children():
+        out.extend(_batchnorm_sites(child, S._join(path, name)))
+    return out
 
 
 def share_params(model: S.Model, params: dict | None, src: int = 0) -> dict:

@@ -41,6 +41,7 @@ import numpy   # host-side constants only
 from ..errors import ProtocolError
 from ..sharing.arithmetic import ArithmeticShare
 from .convert import b2a, msb, mul_bit
+from .windows import pool_geometry
 
 NEVER_WINS = (1 << 64) - (1 << 62)   # -2^62 in the ring: the max-pool padding value
 
@@ -242,30 +243,6 @@ def argmax(x: ArithmeticShare, axis=None) -> ArithmeticShare:
 
 # -- max-pooling ----------------------------------------------------------------------------------
 
-def _pair(v, name):
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ProtocolError(f"{name} must be an int or a pair, got {v}")
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
-
-
-def _pool_geometry(shape, kernel, stride, padding):
-    if len(shape) != 4:
-        raise ProtocolError(f"max_pool2d needs an NCHW share, got shape {shape}")
-    kh, kw = _pair(kernel, "kernel")
-    sh, sw = _pair(kernel if stride is None else stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    if ph > kh // 2 or pw > kw // 2:
-        raise ProtocolError(f"padding {padding} must be at most half the kernel {kernel}")
-    n, c, h, w = shape
-    ho = (h + 2 * ph - kh) // sh + 1
-    wo = (w + 2 * pw - kw) // sw + 1
-    if ho <= 0 or wo <= 0:
-        raise ProtocolError(f"max_pool2d kernel {kernel} does not fit the input {shape}")
-    return kh, kw, sh, sw, ph, pw, ho, wo
-
-
 def max_pool2d(x: ArithmeticShare, kernel, stride=None, padding=0, return_indices=False):
     """Max-pooling of an NCHW share (real max-pool; output size rounded down).
 
@@ -277,7 +254,7 @@ def max_pool2d(x: ArithmeticShare, kernel, stride=None, padding=0, return_indice
     module table for bytes (``q`` = number of pairs of the level over all windows).
     """
     rt, xp = x.rt, x.xp
-    kh, kw, sh, sw, ph, pw, ho, wo = _pool_geometry(x.shape, kernel, stride, padding)
+    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(x.shape, kernel, stride, padding, "max_pool2d")
     n, c, h, w = x.shape
     f, s = x.first, x.second
     if ph or pw:
@@ -313,7 +290,7 @@ def max_pool2d_backward(grad: ArithmeticShare, onehot: ArithmeticShare, input_sh
     window element per party; the scatter-add over overlapping windows is local.
     """
     rt, xp = grad.rt, grad.xp
-    kh, kw, sh, sw, ph, pw, ho, wo = _pool_geometry(tuple(input_shape), kernel, stride, padding)
+    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(tuple(input_shape), kernel, stride, padding, "max_pool2d")
     n, c, h, w = input_shape
     prod = grad.reshape(n, c, ho, wo, 1) * onehot                      # (N, C, Ho, Wo, K)
     outs = []

@@ -32,36 +32,9 @@ import math
 
 from ..errors import ProtocolError
 from ..sharing.arithmetic import ArithmeticShare, truncate
+from .windows import pool_geometry
 
 DIVISOR_BITS = 18
-
-
-# -- geometry ----------------------------------------------------------------------------
-
-def _pair(v, name):
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ProtocolError(f"{name} must be an int or a pair, got {v}")
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
-
-
-def _geometry(shape, kernel, stride, padding):
-    if len(shape) != 4:
-        raise ProtocolError(f"average pooling needs an NCHW share, got shape {shape}")
-    kh, kw = _pair(kernel, "kernel")
-    sh, sw = _pair(kernel if stride is None else stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0:
-        raise ProtocolError(f"invalid pooling kernel {kernel} / stride {stride} / padding {padding}")
-    if ph > kh // 2 or pw > kw // 2:
-        raise ProtocolError(f"padding {padding} must be at most half the kernel {kernel}")
-    _, _, h, w = shape
-    ho = (h + 2 * ph - kh) // sh + 1
-    wo = (w + 2 * pw - kw) // sw + 1
-    if ho <= 0 or wo <= 0:
-        raise ProtocolError(f"pooling kernel {kernel} does not fit the input {tuple(shape)}")
-    return kh, kw, sh, sw, ph, pw, ho, wo
 
 
 # -- local window sums -------------------------------------------------------------------
@@ -147,7 +120,7 @@ def avg_pool2d(x: ArithmeticShare, kernel, stride=None, padding=0,
     kernel).  Accuracy: at most 1 ulp for power-of-two windows, else
     ``1 + |mean| * 2^(f-18)`` ulp (module docstring).
     """
-    kh, kw, sh, sw, ph, pw, ho, wo = _geometry(x.shape, kernel, stride, padding)
+    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(x.shape, kernel, stride, padding, "average pooling")
     xp = x.xp
     geo = (kh, kw, sh, sw, ph, pw, ho, wo)
     total = ArithmeticShare(_window_sum(x.first, xp, *geo), _window_sum(x.second, xp, *geo),
@@ -163,7 +136,7 @@ def avg_pool2d_backward(grad: ArithmeticShare, input_shape, kernel, stride=None,
     divisor and spread over its window.  1 round, 8 bytes per *output* element from one
     party (the division); the scatter-add is local."""
     input_shape = tuple(input_shape)
-    kh, kw, sh, sw, ph, pw, ho, wo = _geometry(input_shape, kernel, stride, padding)
+    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(input_shape, kernel, stride, padding, "average pooling")
     if tuple(grad.shape) != (*input_shape[:2], ho, wo):
         raise ProtocolError(f"gradient shape {grad.shape} does not match the pooling output "
                             f"{(*input_shape[:2], ho, wo)}")

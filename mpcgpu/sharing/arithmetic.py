@@ -38,14 +38,13 @@ from .. import ring
 from ..encoding import check_range, decode, encode
 from ..errors import EncodingError, ProtocolError
 from ..runtime import get as _runtime
+from .replicated import ReplicatedPair
 
 _MASK_SCALE_ERR = "cannot combine shares with different scales ({} and {})"
 
 
-class ArithmeticShare:
+class ArithmeticShare(ReplicatedPair):
     """This party's two components of a replicated arithmetic sharing."""
-
-    __array_priority__ = 1000  # NumPy defers `ndarray (op) share` to our reflected operators
 
     def __init__(self, first, second, scale: int, rt=None):
         self.rt = rt or _runtime()
@@ -57,26 +56,6 @@ class ArithmeticShare:
         self.first = first
         self.second = second
         self.scale = int(scale)
-
-    # -- basic properties --------------------------------------------------------------
-    @property
-    def shape(self):
-        return tuple(self.first.shape)
-
-    @property
-    def ndim(self):
-        return self.first.ndim
-
-    @property
-    def size(self):
-        return int(self.first.size)
-
-    @property
-    def xp(self):
-        return self.rt.xp
-
-    def __len__(self):
-        return self.shape[0]
 
     def __repr__(self):
         return f"ArithmeticShare(shape={self.shape}, scale={self.scale}, party={self.rt.rank})"
@@ -95,20 +74,7 @@ class ArithmeticShare:
         To all: party ``i`` sends ``x_i`` to party ``i+1``, which lacks it: 1 round, 8 bytes/element.
         To party ``r`` only: party ``r-1`` sends ``x_{r-1}``: 1 round, 8 bytes/element from one party.
         """
-        comm = self.rt.comm
-        if to is None:
-            missing = comm.pass_next(self.first)
-            return self.first + self.second + missing
-        to = int(to)
-        if not 0 <= to < 3:
-            raise ProtocolError(f"reveal target must be party 0, 1 or 2, got {to}")
-        sender = (to - 1) % 3
-        sends = {to: self.first} if comm.rank == sender else {}
-        recvs = {sender: (self.shape, self.first.dtype)} if comm.rank == to else {}
-        got = comm.exchange(sends, recvs)
-        if comm.rank != to:
-            return None
-        return self.first + self.second + got[sender]
+        return self._reconstruct(to, lambda a, b, c: a + b + c)
 
     def reveal(self, to: int | None = None):
         """Decode the secret to a host NumPy array: float64 (int64 for scale 0).

@@ -35,14 +35,13 @@ import numpy   # shape arithmetic only; share data uses the runtime's array modu
 
 from ..errors import ProtocolError
 from ..runtime import get as _runtime
+from .replicated import ReplicatedPair
 
 ALL_ONES = (1 << 64) - 1
 
 
-class BinaryShare:
+class BinaryShare(ReplicatedPair):
     """This party's two components of a replicated XOR sharing (uint64 words)."""
-
-    __array_priority__ = 1000
 
     def __init__(self, first, second, rt=None):
         self.rt = rt or _runtime()
@@ -58,58 +57,21 @@ class BinaryShare:
         self.first = first
         self.second = second
 
-    # -- properties ----------------------------------------------------------------------
-    @property
-    def shape(self):
-        return tuple(self.first.shape)
-
-    @property
-    def ndim(self):
-        return self.first.ndim
-
-    @property
-    def size(self):
-        return int(self.first.size)
-
-    @property
-    def xp(self):
-        return self.rt.xp
-
-    def __len__(self):
-        return self.shape[0]
-
     def __repr__(self):
         return f"BinaryShare(shape={self.shape}, party={self.rt.rank})"
 
     def _new(self, first, second):
         return BinaryShare(first, second, self.rt)
 
-    def _map(self, fn):
-        return self._new(fn(self.first), fn(self.second))
-
     # -- reconstruction (tests, declared outputs) -----------------------------------------
     def reveal(self, to: int | None = None):
         """The secret words as a host uint64 array (None on parties other than ``to``).
 
-        To all: party ``i`` sends ``x_i`` to party ``i+1``: 1 round, 8 bytes/word per party.
-        To party ``r`` only: party ``r-1`` sends ``x_{r-1}``: 1 round, 8 bytes/word from one party.
+        To all: 1 round, 8 bytes/word per party; to one party: 1 round, 8 bytes/word from one party.
         """
-        comm = self.rt.comm
-        if to is None:
-            missing = comm.pass_next(self.first)
-            return self.rt.backend.to_host(self.first ^ self.second ^ missing)
-        to = int(to)
-        if not 0 <= to < 3:
-            raise ProtocolError(f"reveal target must be party 0, 1 or 2, got {to}")
-        sender = (to - 1) % 3
-        sends = {to: self.first} if comm.rank == sender else {}
-        recvs = {sender: (self.shape, self.first.dtype)} if comm.rank == to else {}
-        got = comm.exchange(sends, recvs)
-        if comm.rank != to:
-            return None
-        return self.rt.backend.to_host(self.first ^ self.second ^ got[sender])
+        words = self._reconstruct(to, lambda a, b, c: a ^ b ^ c)
+        return None if words is None else self.rt.backend.to_host(words)
 
-    # -- public operands -------------------------------------------------------------------
     def _public(self, value):
         xp = self.xp
         if isinstance(value, int):
