@@ -133,14 +133,8 @@ def _s(v):
 
 def dataset_info(path) -> dict:
     """Root attributes and shapes of a dataset file (checks the format)."""
-    import h5py
-    if not os.path.exists(path):
-        raise DatasetError(f"dataset file not found: {path}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DatasetError(f"{path} is not a readable HDF5 file ({e})") from None
-    with f:
+    from ..hdf5 import open_for_reading
+    with open_for_reading(path, DatasetError, "dataset file") as f:
         if _s(f.attrs.get("format")) != FORMAT:
             raise DatasetError(f"{path}: format {_s(f.attrs.get('format'))!r}, expected {FORMAT!r}")
         if "images" not in f or "labels" not in f:

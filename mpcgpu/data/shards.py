@@ -62,6 +62,7 @@ import numpy
 
 from ..encoding import check_range, encode, safe_limit
 from ..errors import EncodingError, ShardError
+from ..hdf5 import open_for_reading
 
 FORMAT = "mpcgpu-shard/1"
 KINDS = ("dataset", "model")
@@ -413,17 +414,7 @@ class Shard:
 
     # -- local validation -------------------------------------------------------------
     def _open(self):
-        h5py = _h5py()
-        path = self.path
-        if not os.path.exists(path):
-            raise ShardError(f"shard file {path} does not exist")
-        if not os.path.isfile(path):
-            raise ShardError(f"shard path {path} is not a file")
-        try:
-            self._file = h5py.File(path, "r")
-        except OSError as exc:
-            raise ShardError(f"shard file {path} cannot be opened as HDF5 (truncated, corrupt or "
-                             f"not HDF5): {exc}") from None
+        self._file = open_for_reading(self.path, ShardError, "shard file")
         try:
             self._read_header()
         except BaseException:

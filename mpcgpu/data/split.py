@@ -24,6 +24,7 @@ import sys
 import numpy
 
 from ..encoding import DEFAULT_FRAC_BITS
+from ..hdf5 import open_for_reading
 from ..errors import MPCError, ShardError
 from .shards import ArraySpec, ShardSet, write_shard_set
 
@@ -164,15 +165,8 @@ def split_file(input_path, out_dir, *, frac_bits: int = DEFAULT_FRAC_BITS, kind:
     only the first N rows of a dataset.  ``stem`` defaults to the input's file name
     without extension.  Returns the :class:`~mpcgpu.data.shards.ShardSet` written.
     """
-    h5py = _h5py()
     input_path = os.fspath(input_path)
-    if not os.path.isfile(input_path):
-        raise ShardError(f"input file {input_path} does not exist")
-    try:
-        f = h5py.File(input_path, "r")
-    except OSError as exc:
-        raise ShardError(f"{input_path} cannot be opened as HDF5: {exc}") from None
-    with f:
+    with open_for_reading(input_path, ShardError, "input file") as f:
         detected = detect_kind(f) if kind == "auto" else kind
         if detected not in ("dataset", "model"):
             raise ShardError(f"--kind must be auto, dataset or model, not {kind!r}")

@@ -94,14 +94,8 @@ def load_weights(path, spec=None, *, dtype=np.float64) -> tuple[str, dict]:
     With ``spec`` (a Model, layer or registered name, or ``True`` for the
     file's own model name) the names and shapes are checked exactly.
     """
-    import h5py
-    if not os.path.exists(path):
-        raise WeightsError(f"weights file not found: {path}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise WeightsError(f"{path} is not a readable HDF5 file ({e})") from None
-    with f:
+    from ..hdf5 import open_for_reading
+    with open_for_reading(path, WeightsError, "weights file") as f:
         fmt = f.attrs.get("format")
         if isinstance(fmt, bytes):
             fmt = fmt.decode()
