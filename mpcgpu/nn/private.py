@@ -8,7 +8,8 @@ values; the executor walks the same spec tree as the plaintext twin
 layer                  protocol (rounds)
 =====================  ============================================================
 Conv2d, Linear         secret x secret conv / matmul + truncation (2), bias add (0)
-ReLU                   MSB + bit injection folded with the product (see compare)
+ReLU                   MSB + bit injection folded with the product (see compare);
+                       a ReLU followed by a max-pool runs after it, on 1/k^2 of the data
 MaxPool2d              tree of comparisons over the window (log2(k*k) x compare)
 AvgPool2d, Adaptive    local window sums, x public 1/k^2 (1, the truncation)
 BatchNorm2d            inference: folded privately, once per model (:meth:`prepare`),
@@ -146,8 +147,20 @@ class PrivateModel:
 
     def _run(self, layer, path, x, profile):
         if isinstance(layer, S.Sequential):
-            for name, child in layer.children():
+            children = layer.children()
+            i = 0
+            while i < len(children):
+                name, child = children[i]
+                nxt = children[i + 1] if i + 1 < len(children) else None
+                if isinstance(child, S.ReLU) and nxt is not None and isinstance(nxt[1], S.MaxPool2d):
+                    # relu(maxpool(x)) == maxpool(relu(x)) exactly (max commutes with a monotone
+                    # map; padding never wins): the ReLU then runs on the pooled, smaller tensor
+                    x = self._run(nxt[1], S._join(path, nxt[0]), x, profile)
+                    x = self._run(child, S._join(path, name), x, profile)
+                    i += 2
+                    continue
                 x = self._run(child, S._join(path, name), x, profile)
+                i += 1
             return x
         if isinstance(layer, S.Residual):
             body = self._run(layer.body, S._join(path, layer.body_name), x, profile)
