@@ -57,22 +57,11 @@ def main(argv=None) -> int:
     try:
         return int(args._run(args) or 0)
     except MPCError as exc:
-        # the runtime's excepthook aborts the other ranks for exceptions that escape;
-        # here we print the user-facing message and let that hook do the rest
-        raise SystemExit(_report(exc))
-
-
-def _report(exc: MPCError) -> int:
-    from . import runtime
-    rank = runtime.get().rank if runtime.is_initialised() else None
-    where = f" [party {rank}]" if rank is not None else ""
-    print(f"mpcgpu{where} error: {exc}", file=sys.stderr)
-    sys.stderr.flush()
-    if rank is not None:
-        import time
-        time.sleep(0.5)  # let the other parties print theirs
-        runtime.get().comm.abort(1)
-    return 1
+        from . import runtime
+        if runtime.is_initialised():
+            raise  # the runtime's excepthook prints it and aborts the three ranks together
+        print(f"mpcgpu error: {exc}", file=sys.stderr)  # no parties yet (share, info, wrong rank count)
+        return 1
 
 
 if __name__ == "__main__":

@@ -102,14 +102,21 @@ def is_initialised() -> bool:
     return _RUNTIME is not None
 
 
+def _world_rank():
+    try:
+        from mpi4py import MPI
+        return MPI.COMM_WORLD.Get_rank()
+    except Exception:
+        return "?"
+
+
 def install_excepthook():
     """On an uncaught exception: print it (a one-line message for MPCError), then abort all ranks."""
     if getattr(sys.excepthook, "_mpcgpu", False):
         return
-    previous = sys.excepthook
 
     def hook(kind, value, tb):
-        rank = _RUNTIME.rank if _RUNTIME is not None else "?"
+        rank = _RUNTIME.rank if _RUNTIME is not None else _world_rank()
         if isinstance(value, MPCError):
             sys.stderr.write(f"mpcgpu [party {rank}] error: {value}\n")
         else:
@@ -127,7 +134,6 @@ def install_excepthook():
                 MPI.COMM_WORLD.Abort(1)
         except Exception:
             pass
-        previous(kind, value, tb) if not isinstance(value, MPCError) else None
         os._exit(1)
 
     hook._mpcgpu = True

@@ -238,9 +238,7 @@ def _batchnorm_sites(layer, path):
             if isinstance(child, S.BatchNorm2d):
                 conv = prev if isinstance(prev, tuple) and isinstance(prev[1], S.Conv2d) else None
                 out.append((child_path, child, conv))
-            elif child.is_leaf:
-                pass
-            else:
+            elif not child.is_leaf:
                 out.extend(_batchnorm_sites(child, child_path))
             prev = (child_path, child)
         return out

@@ -40,7 +40,6 @@ from ..errors import EncodingError, ProtocolError
 from ..runtime import get as _runtime
 from .replicated import ReplicatedPair
 
-_MASK_SCALE_ERR = "cannot combine shares with different scales ({} and {})"
 
 
 class ArithmeticShare(ReplicatedPair):
@@ -120,7 +119,7 @@ class ArithmeticShare(ReplicatedPair):
             return self._rescale_up(other.scale), other
         if other.scale == 0:
             return self, other._rescale_up(self.scale)
-        raise ProtocolError(_MASK_SCALE_ERR.format(self.scale, other.scale))
+        raise ProtocolError(f"cannot combine shares with different scales ({self.scale} and {other.scale})")
 
     def _rescale_up(self, scale):
         factor = self.xp.uint64(1 << (scale - self.scale))
