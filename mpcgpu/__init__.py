@@ -12,10 +12,18 @@ The public face:
 """
 from __future__ import annotations
 
-from .errors import MPCError, RankCountError, EncodingError, ShardError, ProtocolError, BackendError
-from .runtime import init, get as get_runtime, is_initialised
+from .errors import BackendError, EncodingError, MPCError, ProtocolError, RankCountError, ShardError
+from .runtime import get as get_runtime
+from .runtime import init, is_initialised
+from .sharing.arithmetic import ArithmeticShare, share
+from .sharing.binary import BinaryShare
+from . import protocols  # noqa: F401  (attaches the protocols to the share types as methods)
 
 __version__ = "0.1.0"
+
+__all__ = ["init", "get_runtime", "is_initialised", "share", "ArithmeticShare", "BinaryShare",
+           "comm_stats", "reset_comm_stats", "MPCError", "RankCountError", "EncodingError",
+           "ShardError", "ProtocolError", "BackendError"]
 
 
 def comm_stats() -> dict:
@@ -28,13 +36,7 @@ def reset_comm_stats():
 
 
 def __getattr__(name):
-    # Lazy attributes: keep `import mpcgpu` light and free of import cycles.
-    if name in ("share", "ArithmeticShare", "from_shares"):
-        from .sharing import arithmetic
-        return getattr(arithmetic, {"share": "share"}.get(name, name))
-    if name == "BinaryShare":
-        from .sharing.binary import BinaryShare
-        return BinaryShare
+    # subpackages on first use: `mpcgpu.nn`, `mpcgpu.data`, ...
     if name in ("nn", "ring", "encoding", "data"):
         import importlib
         return importlib.import_module(f".{name}", __name__)

@@ -74,10 +74,16 @@ def local_rank() -> int:
 class Backend:
     """Where share data lives.  ``xp`` is numpy or cupy; ``name`` is "cpu" or "cuda"."""
 
-    def __init__(self, device: str | None = None):
+    @staticmethod
+    def requested_device(device: str | None = None) -> str:
+        """``device``, else ``MPCGPU_DEVICE``, else "auto"; BackendError for an unknown name."""
         requested = (device or os.environ.get("MPCGPU_DEVICE") or "auto").lower()
         if requested not in DEVICES:
             raise BackendError(f"unknown device {requested!r}; choose one of {', '.join(DEVICES)}")
+        return requested
+
+    def __init__(self, device: str | None = None):
+        requested = self.requested_device(device)
         self.requested = requested
         self.device_id = None
         if requested == "cpu":

@@ -83,6 +83,35 @@ def detect_cuda_aware() -> bool:
     return False
 
 
+def world():
+    """MPI's world communicator (initialising MPI on first use)."""
+    return _mpi().COMM_WORLD
+
+
+def world_rank():
+    """This process's rank in the world communicator ("?" if MPI cannot be loaded): for
+    messages and per-rank files before (or without) a runtime."""
+    try:
+        return world().Get_rank()
+    except Exception:
+        return "?"
+
+
+def mpi_library_version() -> str:
+    """The first line of the MPI library's version string (for `mpcgpu info`)."""
+    return _mpi().Get_library_version().splitlines()[0].strip()
+
+
+def abort_world(code: int = 1):
+    """Abort every rank of the world (if MPI is running with more than one rank)."""
+    try:
+        MPI = _mpi()
+        if MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
+            MPI.COMM_WORLD.Abort(code)
+    except Exception:
+        pass
+
+
 def rank_count_message(size: int) -> str:
     return (f"mpcgpu runs exactly three parties, one per MPI rank, but this job has {size} "
             f"rank{'s' if size != 1 else ''}. Launch it with three ranks: "
@@ -203,6 +232,16 @@ class Communicator:
         """Every party's small picklable object, in rank order; counts one round."""
         self.stats.rounds += 1
         return self.comm.allgather(obj)
+
+    def allreduce_max(self, value):
+        """The largest of the parties' numbers (timings); counts one round."""
+        self.stats.rounds += 1
+        return self.comm.allreduce(value, op=self.mpi.MAX)
+
+    def allreduce_sum(self, value):
+        """The sum of the parties' numbers (byte counts); counts one round."""
+        self.stats.rounds += 1
+        return self.comm.allreduce(value, op=self.mpi.SUM)
 
     def agree(self, value, what: str):
         """Check that all parties hold the same small value; ProtocolError on every rank if not."""

@@ -60,9 +60,3 @@ def decode(r, frac_bits: int = DEFAULT_FRAC_BITS):
     if frac_bits == 0:
         return signed
     return signed.astype(xp.float64) / float(2 ** frac_bits)
-
-
-def to_signed(r):
-    """View uint64 ring elements as int64 (no copy)."""
-    xp = array_module(r)
-    return r.view(xp.int64)

@@ -46,11 +46,11 @@ import math
 import numpy as np  # dtypes and constants only
 
 from .backend import array_module
+from .geometry import out_size, pair
 from .limbs import (F64, K22, U64, W16, W22, Scheme, _broadcast_shapes, chunking, contract,
                     scheme_named, scratch, split)
 
-__all__ = ["matmul", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "presplit", "Presplit",
-           "conv_output_size"]
+__all__ = ["matmul", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "presplit", "Presplit"]
 
 DEFAULT_SCHEME = K22
 """5 products in 4 GEMMs; measured 5-12% faster than W22 (6 products in 3 GEMMs) on most
@@ -256,33 +256,17 @@ def matmul(a, b, *, scheme=None):
 
 # --------------------------------------------------------------------------- convolutions
 
-def _pair(v, name):
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{name} must be an int or a pair, got {v!r}")
-        p = (int(v[0]), int(v[1]))
-    else:
-        p = (int(v), int(v))
-    return p
-
-
-def conv_output_size(size, kernel, stride, padding):
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 def _conv_geometry(x_shape, w_shape, stride, padding, groups):
     n, c, h, w = x_shape
     o, cg, kh, kw = w_shape
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
+    sh, sw = pair(stride, "stride", ValueError)
+    ph, pw = pair(padding, "padding", ValueError)
     g = int(groups)
     if g < 1 or c != g * cg or o % g:
         raise ValueError(f"conv2d: input channels {c} / weight {tuple(w_shape)} do not match groups={g}")
     if min(sh, sw) < 1 or min(ph, pw) < 0:
         raise ValueError("conv2d: stride must be >= 1 and padding >= 0")
-    ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    if ho < 1 or wo < 1:
-        raise ValueError(f"conv2d: kernel {kh}x{kw} larger than padded input {h + 2 * ph}x{w + 2 * pw}")
+    ho, wo = out_size(h, kh, sh, ph, ValueError), out_size(w, kw, sw, pw, ValueError)
     return dict(n=n, c=c, h=h, w=w, o=o, cg=cg, og=o // g, kh=kh, kw=kw, sh=sh, sw=sw,
                 ph=ph, pw=pw, g=g, ho=ho, wo=wo)
 

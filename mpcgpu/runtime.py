@@ -17,7 +17,7 @@ import traceback
 import numpy
 
 from .backend import Backend
-from .comm import Communicator
+from .comm import Communicator, abort_world, rank_count_message, world, world_rank
 from .encoding import DEFAULT_FRAC_BITS, safe_limit
 from .errors import MPCError, RankCountError
 from .prg import PartyPRG, fresh_key
@@ -31,13 +31,12 @@ class Runtime:
     def __init__(self, device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None):
         safe_limit(precision)  # validates the number of fractional bits
         self.frac_bits = int(precision)
-        comm_probe = _world(mpi_comm)
-        if comm_probe.Get_size() != 3:
-            from .comm import rank_count_message
-            raise RankCountError(rank_count_message(comm_probe.Get_size()))
+        mpi_comm = mpi_comm if mpi_comm is not None else world()
+        if mpi_comm.Get_size() != 3:                 # before touching a GPU
+            raise RankCountError(rank_count_message(mpi_comm.Get_size()))
         self.backend = Backend(device)
         self.xp = self.backend.xp
-        self.comm = Communicator(comm_probe, self.backend)
+        self.comm = Communicator(mpi_comm, self.backend)
         self.rank = self.comm.rank
         own = numpy.frombuffer(fresh_key(), dtype=numpy.uint8).copy()
         from_next = self.comm.exchange({self.comm.prev: own},
@@ -48,7 +47,7 @@ class Runtime:
         self._role_calls = 0
 
     def next_role(self) -> int:
-        """The party that plays the sending role in the next one-sender protocol (truncation).
+        """The party that deals in the next truncation (the others open).
 
         Rotates 0, 1, 2, 0, ... identically on every party, which balances the traffic."""
         role = self._role_calls % 3
@@ -62,13 +61,6 @@ class Runtime:
     def describe(self) -> str:
         return (f"party {self.rank}/3 on {self.backend.describe()}, {self.frac_bits} fractional bits, "
                 f"CUDA-aware MPI: {self.comm.cuda_aware}")
-
-
-def _world(mpi_comm):
-    if mpi_comm is not None:
-        return mpi_comm
-    from mpi4py import MPI
-    return MPI.COMM_WORLD
 
 
 def init(device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None, excepthook: bool = True) -> Runtime:
@@ -85,6 +77,10 @@ def init(device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None, excepth
         if precision != _RUNTIME.frac_bits:
             raise MPCError(f"mpcgpu is already initialised with {_RUNTIME.frac_bits} fractional bits; "
                            f"cannot switch to {precision} in the same process")
+        wanted = Backend.requested_device(device)
+        if wanted not in ("auto", _RUNTIME.backend.name):
+            raise MPCError(f"mpcgpu is already initialised on {_RUNTIME.backend.describe()}; "
+                           f"cannot switch to device {wanted!r} in the same process")
         return _RUNTIME
     if excepthook:
         install_excepthook()
@@ -102,21 +98,13 @@ def is_initialised() -> bool:
     return _RUNTIME is not None
 
 
-def _world_rank():
-    try:
-        from mpi4py import MPI
-        return MPI.COMM_WORLD.Get_rank()
-    except Exception:
-        return "?"
-
-
 def install_excepthook():
     """On an uncaught exception: print it (a one-line message for MPCError), then abort all ranks."""
     if getattr(sys.excepthook, "_mpcgpu", False):
         return
 
     def hook(kind, value, tb):
-        rank = _RUNTIME.rank if _RUNTIME is not None else _world_rank()
+        rank = _RUNTIME.rank if _RUNTIME is not None else world_rank()
         if isinstance(value, MPCError):
             sys.stderr.write(f"mpcgpu [party {rank}] error: {value}\n")
         else:
@@ -128,12 +116,7 @@ def install_excepthook():
             os._exit(1)  # every rank detects this by itself: nothing to abort
         if isinstance(value, MPCError):
             time.sleep(0.5)  # let the other parties print the same message first
-        try:
-            from mpi4py import MPI
-            if MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
-                MPI.COMM_WORLD.Abort(1)
-        except Exception:
-            pass
+        abort_world(1)
         os._exit(1)
 
     hook._mpcgpu = True

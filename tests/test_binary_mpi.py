@@ -7,6 +7,7 @@ from mpcgpu.protocols.convert import a2b
 from mpcgpu.sharing import binary
 from mpcgpu.sharing.arithmetic import ArithmeticShare, share
 from mpcgpu.sharing.binary import BinaryShare, and_, and_batch
+from mpcgpu.sharing.replicated import with_public
 from reference import all_components, received, recording
 
 pytestmark = pytest.mark.mpi(min_size=3)
@@ -92,12 +93,27 @@ def test_public_constants_keep_replicas_consistent(rt, seeded):
             assert np.array_equal(got, ~(x ^ U64(0xDEADBEEF)))
 
 
-def test_local_sharing_of_a_component(rt, seeded):
-    x = words(seeded, 20)
-    for index in range(3):
-        mine = x if rt.rank in (index, (index - 1) % 3) else None
-        s = binary.local(mine if mine is not None else np.zeros_like(x), index)
-        assert np.array_equal(s.reveal(), x)
+@pytest.mark.parametrize("component", [0, 1, 2])
+def test_public_constant_rule_changes_one_component_in_both_places(rt, seeded, component):
+    """The one function behind every public constant: component k changes in party k's first
+    slot and party k-1's second slot, and nowhere else -- for XOR and for addition."""
+    x = words(seeded, 50)
+    c = words(seeded, 50)
+    sx = binary_of(rt, x, seeded)
+    before = all_components(rt, sx)
+    first, second = with_public(sx.first, sx.second, c, rt.rank, np, lambda a, b: a ^ b, component)
+    after = all_components(rt, BinaryShare(first, second, rt))
+    for party in range(3):
+        for slot in (0, 1):
+            held = (party + slot) % 3                       # the component in this slot
+            want = before[party][slot] ^ c if held == component else before[party][slot]
+            assert np.array_equal(after[party][slot], want)
+    assert np.array_equal(BinaryShare(first, second, rt).reveal(), x ^ c)
+    a = arith_of(rt, x, seeded)
+    af, as_ = with_public(a.first, a.second, c, rt.rank, np, lambda p, q: p + q, component)
+    # every pair of parties reconstructs the same value: the replicas stayed consistent
+    assert all(np.array_equal(v, x + c) for v in rt.comm.allgather_object(
+        ArithmeticShare(af, as_, 0, rt).reveal_raw()))
 
 
 # -- AND ----------------------------------------------------------------------------------------

@@ -91,6 +91,7 @@ def test_split_round_trip_model(tmp_path):
         assert reconstruct_local(result.paths, "bn.num_batches_tracked").view(np.int64) == 7
     s = open_shard(result.paths[0], party=0)
     assert s.name == "tiny" and s.arrays["bn.num_batches_tracked"].scale == 0
+    assert s.public == {"format": "mpcgpu-weights/1", "model": "tiny"}   # the allow-list only
     assert s.arrays["features.0.weight"].shape == (4, 3, 3, 3)
     params = s.load_all()
     assert set(params) == {"features.0.weight", "features.0.bias", "bn.num_batches_tracked"}
@@ -280,6 +281,7 @@ def test_cli_help():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
     assert "STEM.party0.h5  -> server 0 only" in out.stdout and "--precision" in out.stdout
+    assert "--public-meta meta.KEY" in out.stdout
 
 
 def test_cli_run(tmp_path, capsys):
@@ -288,6 +290,8 @@ def test_cli_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "shard set " in out and "toy.party2.h5" in out and "-> server 2 only" in out
+    assert "  public/name = 'toy'" in out
+    assert f"kept private (attributes of {src} not copied to the shards): none" in out
     with Shard(str(tmp_path / "o" / "toy.party0.h5")) as s:
         assert s.frac_bits == 12 and s.arrays["images"].rows == 5 and s.set_id in out
     rc = cli.main(["share", str(src), "--out", str(tmp_path / "o")])

@@ -2,7 +2,9 @@
 
 * :mod:`mpcgpu.data.shards` -- the shard schema, writer, reader and validation
   (:func:`open_shard`, :class:`Shard`).
-* :mod:`mpcgpu.data.split` -- ``mpcgpu share``: plaintext file -> three shards.
+* :mod:`mpcgpu.data.split` -- ``mpcgpu share``: plaintext file -> three shards;
+  of the file's own metadata only an allow-list (and what the owner names with
+  ``--public-meta``) is stored in clear.
 """
 from .shards import (FORMAT, ArrayInfo, ArraySpec, Shard, ShardSet, as_share, open_shard,
                      reconstruct_local, resolve_path, shard_path, write_shard_set)

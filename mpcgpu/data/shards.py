@@ -21,9 +21,17 @@ Schema ``mpcgpu-shard/1``::
       source_format  format tag of the plaintext input ("mpcgpu-dataset/1", ...)
       array_names    JSON list of the array names, in order
       created        UTC time of the split (ISO 8601)
-    /public          group; its attrs are a copy of the input file's attrs
-                     (public metadata: name, model, mean, std, ...); a weights
-                     file's /meta attrs go to the attrs of /public/meta
+    /public          group: the input's metadata that its owner made public.
+                     Never a copy of all the input's attrs (they may hold a
+                     training recipe and seed, a data path, statistics of the
+                     private data).  The share step copies only an allow-list:
+                     the input's format tag, its dataset or model name
+                     (``name`` / ``model``), a dataset's ``num_classes``, and
+                     ``mean``/``std`` when they were applied to the images; any
+                     other attr only if the owner named it (``--public-meta
+                     KEY``).  Attrs of a weights file's /meta that the owner
+                     named (``--public-meta meta.KEY``) go to the attrs of the
+                     sub-group /public/meta (one level of sub-groups at most)
     /arrays/<name>   group per array (names may contain dots), attrs:
       shape          int64[]: logical shape of x
       dtype          plaintext dtype of the source ("uint8", "float32", "int64", ...)
@@ -181,6 +189,8 @@ class ShardSet:
     frac_bits: int
     arrays: dict                 # name -> {"shape", "dtype", "scale"}
     sizes: list = field(default_factory=list)   # bytes per file
+    public: dict = field(default_factory=dict)  # what /public holds (sub-groups as dicts)
+    withheld: list = field(default_factory=list)  # input attrs kept private (set by the share step)
 
 
 class _Progress:
@@ -222,7 +232,9 @@ def write_shard_set(out_dir: str, stem: str, arrays, *, kind: str, frac_bits: in
     Arrays are processed in row blocks of about ``block_bytes`` per component.
     Files are written under temporary names and renamed when complete, so a
     failed split leaves no partial shard set.  ``progress``: None shows a
-    progress line on stderr when the output exceeds 256 MiB.
+    progress line on stderr when the output exceeds 256 MiB.  ``public`` is written
+    as is to ``/public`` (a dict value becomes a sub-group): pass only what every
+    server may learn (:func:`mpcgpu.data.split.select_public` chooses it).
     """
     from ..prg import Stream, fresh_key
 
@@ -300,7 +312,8 @@ def write_shard_set(out_dir: str, stem: str, arrays, *, kind: str, frac_bits: in
     finally:
         meter.close()
     return ShardSet(paths=paths, set_id=set_id, kind=kind, frac_bits=int(frac_bits), arrays=info,
-                    sizes=[os.path.getsize(p) for p in paths])
+                    sizes=[os.path.getsize(p) for p in paths],
+                    public={k: dict(v) if isinstance(v, dict) else v for k, v in (public or {}).items()})
 
 
 def _write_array(files, a: ArraySpec, stream, meter: _Progress, block_bytes: int) -> dict:
@@ -401,7 +414,8 @@ class Shard:
 
     Attributes: ``path``, ``party``, ``kind``, ``set_id``, ``frac_bits``, ``name``,
     ``source_format``, ``arrays`` (name -> :class:`ArrayInfo`, in order), ``public``
-    (dict of the input's public attrs).  Arrays come back as pairs
+    (the input metadata its owner made public: the attrs of ``/public``, and each
+    sub-group such as ``/public/meta`` as a nested dict).  Arrays come back as pairs
     ``(component_i, component_{i+1})`` of uint64 arrays, moved to ``backend``
     (NumPy host arrays when there is none).
     """

@@ -57,7 +57,6 @@ def bench_params(model, seed):
 
 def run(args) -> int:
     import mpcgpu
-    from mpi4py import MPI
     from ..nn.models import get_model
     from ..nn.plain import PlainModel
     from ..nn.private import PrivateModel, share_params
@@ -82,14 +81,14 @@ def run(args) -> int:
         with comm.measure() as prep:   # once per model: batch norms folded into the convolutions
             t0 = time.perf_counter()
             private.prepare()
-            prepare_s = comm.comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+            prepare_s = comm.allreduce_max(time.perf_counter() - t0)
         comm.barrier()
         with comm.measure() as m:
             t0 = time.perf_counter()
-            logits = private.forward(sx)
+            logits = private.forward(sx, exact=True)   # revealed below: exact last rounding
             elapsed = time.perf_counter() - t0
-        elapsed = comm.comm.allreduce(elapsed, op=MPI.MAX)
-        total_bytes = comm.comm.allreduce(m.bytes_sent)
+        elapsed = comm.allreduce_max(elapsed)
+        total_bytes = comm.allreduce_sum(m.bytes_sent)
         revealed = logits.reveal(to=0)
         row = {"model": name, "input_shape": list(model.input_shape), "batch": args.batch,
                "private_seconds": elapsed, "bytes_all_parties": total_bytes, "rounds": m.rounds,

@@ -12,8 +12,9 @@ Private inference on three MPI ranks. Each rank opens only its own shards:
   --model STEM   the model shards made by `mpcgpu share weights.h5` (STEM.party<i>.h5)
   --data STEM    the dataset shards made by `mpcgpu share dataset.h5`
 Nothing is revealed but the predicted labels, and only to the result owner
-(--reveal-to, default party 0); with labels in the data shards the result owner
-also learns the true labels and prints the accuracy.
+(--reveal-to, default party 0). With labels in the data shards the accuracy is
+computed privately (the true labels stay secret) and only the number of correct
+predictions is revealed to the result owner.
 
 Example:
   mpirun -n 3 mpcgpu infer --model shards/lenet_mnist --data shards/mnist_test --limit 1000
@@ -39,12 +40,13 @@ def load_model(rt, stem, verify=True):
     """Open a model shard set and wrap its parameters as shares; returns PrivateModel."""
     from ..data.shards import as_share, open_shard
     from ..nn.models import get_model
-    from ..nn.private import PrivateModel
+    from ..nn.private import DEFAULT_BN_DOMAIN, PrivateModel
     shard = open_shard(stem, rt, kind="model", verify=verify)
     with shard:
         model = get_model(shard.name)
         params = {name: as_share(shard.load(name), shard.info(name).scale) for name in shard.arrays}
-    return PrivateModel(model, params)
+        domain = shard.public.get("bn_var_domain")
+    return PrivateModel(model, params, bn_domain=tuple(domain) if domain is not None else DEFAULT_BN_DOMAIN)
 
 
 def _peek_frac_bits(stem, rank):
@@ -60,12 +62,13 @@ def _peek_frac_bits(stem, rank):
 
 def run(args) -> int:
     import mpcgpu
-    from mpi4py import MPI
+    from ..comm import world_rank
     from ..data.shards import as_share, open_shard
+    from ..nn.loss import count_correct, one_hot
     from ..nn.private import Profile
     from .progress import Progress
 
-    precision = args.precision or _peek_frac_bits(args.model, MPI.COMM_WORLD.Get_rank())
+    precision = args.precision or _peek_frac_bits(args.model, world_rank())
     rt = mpcgpu.init(device=args.device, precision=precision)
     comm, owner = rt.comm, args.reveal_to
     is_owner = rt.rank == owner
@@ -86,21 +89,24 @@ def run(args) -> int:
         print(f"mpcgpu infer: model {model.spec.name}, {n} images of {data.name}, batch {args.batch_size}, "
               f"{rt.describe()}", flush=True)
     profile = Profile() if args.profile else None
-    preds, labels = [], []
+    preds, correct = [], None
     bar = Progress(n, "private inference", enabled=(rt.rank == 0 and not args.no_progress))
     names = ("images", "labels") if has_labels else "images"
+    classes = model.spec.num_classes
     t0 = time.perf_counter()
     for batch in data.batches(names, args.batch_size, stop=n):
         img_pair, lab_pair = batch if has_labels else (batch, None)
         x = as_share(img_pair, data.info("images").scale)
-        p = model.predict_shared(x, profile).reveal(to=owner)
+        onehot = model.predict_onehot(x, profile)
+        xp = onehot.xp
+        p = (onehot * xp.arange(classes, dtype=xp.int64)).sum(axis=1).reveal(to=owner)
         if has_labels:
-            y = as_share(lab_pair, data.info("labels").scale).reveal(to=owner)
+            right = count_correct(onehot, one_hot(as_share(lab_pair, data.info("labels").scale), classes))
+            correct = right if correct is None else correct + right
         if is_owner:
             preds.append(p)
-            if has_labels:
-                labels.append(y)
         bar.update(x.shape[0])
+    right = correct.reveal(to=owner) if correct is not None else None
     elapsed = time.perf_counter() - t0
     data.close()
     mine = comm.stats.as_dict()
@@ -116,11 +122,12 @@ def run(args) -> int:
         print(f"party {owner} (result owner): {n} predictions in {elapsed:.2f} s "
               f"({1000 * elapsed / max(n, 1):.1f} ms/image), {total_bytes / 1e6:.1f} MB sent by the three parties, "
               f"{mine['rounds']} rounds", flush=True)
-        if has_labels:
-            lab = numpy.concatenate(labels).astype(numpy.int64)
-            acc = float((pred == lab).mean()) if n else 0.0
-            summary["accuracy"] = acc
-            print(f"private accuracy: {100 * acc:.2f}% ({int((pred == lab).sum())}/{n})", flush=True)
+        if right is not None:
+            count = int(right)
+            summary["correct"] = count
+            summary["accuracy"] = count / n if n else 0.0
+            print(f"private accuracy: {100 * summary['accuracy']:.2f}% ({count}/{n}; computed under MPC, "
+                  "only the count is revealed)", flush=True)
         if args.out:
             print(f"predictions written to {args.out}", flush=True)
         if args.json:

@@ -17,8 +17,8 @@ def run(args) -> int:
     from ..nn.spec import count_params
     print(f"mpcgpu {mpcgpu.__version__}, numpy {numpy.__version__}")
     try:
-        from mpi4py import MPI
-        print(f"MPI: {MPI.Get_library_version().splitlines()[0].strip()} (mpi4py)")
+        from ..comm import mpi_library_version
+        print(f"MPI: {mpi_library_version()} (mpi4py)")
     except Exception as exc:  # pragma: no cover
         print(f"MPI: unavailable ({exc})")
     try:

@@ -36,17 +36,17 @@ from typing import Mapping
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..geometry import pair, window_index, window_offsets
 from . import spec as S
 
 # ------------------------------------------------------------------ helpers
 
 
 def _pair(v):
-    return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
+    return pair(v, "size", S.SpecError)
 
 
-def _out(n, k, s, p):
-    return S.conv_out_size(n, k, s, p)
+_out = S.conv_out_size
 
 
 def _windows(xp, kernel, stride, oh, ow):
@@ -64,10 +64,8 @@ def _pad(x, padding, value=0.0):
 
 def _scatter_windows(dxp, contrib, kernel, stride, oh, ow):
     """dxp[:, :, i + s*a, j + s*b] += contrib(i, j)[:, :, a, b] for every kernel offset."""
-    sh, sw = stride
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            dxp[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += contrib(i, j)
+    for _, i, j in window_offsets(*kernel):
+        dxp[window_index(i, j, *stride, oh, ow)] += contrib(i, j)
 
 
 def _unpad(xp, padding):

@@ -1,34 +1,40 @@
-"""The private executor: runs a network spec (:mod:`mpcgpu.nn.spec`) on secret shares.
+"""The private executor: runs a network spec (:mod:`mpcgpu.nn.spec`) on secret shares,
+forward for inference and forward + backward for training.
 
 Inputs and every parameter are :class:`~mpcgpu.sharing.arithmetic.ArithmeticShare`
-values; the executor walks the same spec tree as the plaintext twin
-(:class:`mpcgpu.nn.plain.PlainModel`) and maps each layer to its protocol:
+values.  The executor walks the same spec tree as the plaintext twin
+(:class:`mpcgpu.nn.plain.PlainModel`) and dispatches each leaf through the
+table of :mod:`mpcgpu.nn.layers` (costs there).  Two rewrites keep the result
+exactly that of the spec, cheaper:
 
-=====================  ============================================================
-layer                  protocol (rounds)
-=====================  ============================================================
-Conv2d, Linear         secret x secret conv / matmul + truncation (2), bias add (0)
-ReLU                   MSB + bit injection folded with the product (see compare);
-                       a ReLU followed by a max-pool runs after it, on 1/k^2 of the data
-MaxPool2d              tree of comparisons over the window (log2(k*k) x compare)
-AvgPool2d, Adaptive    local window sums, x public 1/k^2 (1, the truncation)
-BatchNorm2d            inference: folded privately, once per model (:meth:`prepare`),
-                       into the convolution before it (0 extra rounds per image);
-                       a batch norm without a convolution before it: x*scale + shift (2)
-Flatten, Dropout       local reshape / identity (0)
-Residual               body(x) + shortcut(x) (local add), optional ReLU
-=====================  ============================================================
+* a ReLU directly followed by a max-pool runs after it
+  (``relu(maxpool(x)) == maxpool(relu(x))``, with the same gradient), on
+  ``1/k^2`` of the data;
+* at inference a batch norm right after a convolution is folded into it, once
+  per set of parameters (:meth:`PrivateModel.prepare`: one batched inverse
+  square root for all batch norms of the net).
 
-Nothing is revealed inside: the caller reveals the output (or only the argmax).
+What backward needs is kept by the executor per layer path (``keep`` /
+``kept``), never on share objects.  Nothing is revealed inside: the caller
+reveals the output (or only the argmax), and ``forward(..., exact=True)``
+rounds the output layer exactly (:func:`~mpcgpu.protocols.rounding.round_exact`)
+so that a revealed output's last bit depends on the value alone.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 
+import numpy
+
 from ..errors import MPCError
 from ..sharing.arithmetic import ArithmeticShare, concatenate, share
 from . import spec as S
+from .layers import TRAIN_BN_DOMAIN, impl
+
+#: inverse square root domain for ``running_var + eps`` at inference (overridden by the
+#: domain a model's shards declare, see ``mpcgpu share``)
+DEFAULT_BN_DOMAIN = (1e-2, 1e3)
 
 
 @dataclass
@@ -57,43 +63,213 @@ class Profile:
         return list(self.layers.values())
 
 
+def schedule(seq: S.Sequential):
+    """The children of a Sequential in the order they run: a ReLU directly followed by a
+    MaxPool2d runs after it (exactly equal: max commutes with a monotone map and the
+    padding never wins; and the gradients agree)."""
+    children = seq.children()
+    out, i = [], 0
+    while i < len(children):
+        if (i + 1 < len(children) and isinstance(children[i][1], S.ReLU)
+                and isinstance(children[i + 1][1], S.MaxPool2d)):
+            out += [children[i + 1], children[i]]
+            i += 2
+        else:
+            out.append(children[i])
+            i += 1
+    return out
+
+
 class PrivateModel:
     """A model whose parameters are secret-shared among the three parties.
 
-    Batch norms are prepared once (:meth:`prepare`, called by the first forward pass):
-    for all of them together, ``scale = gamma * (var + eps)^(-1/2)`` and
-    ``shift = beta - mean * scale`` are computed privately in one batched inverse
-    square root (its rounds are paid once, not per batch norm), and a batch norm that
-    directly follows a convolution is folded into it: ``W' = W * scale`` (per output
-    channel), ``b' = b * scale + shift``.  ``bn_domain`` is the range of ``var + eps``
-    the inverse square root is accurate on.
+    ``params``: ``{name: ArithmeticShare}`` as in ``spec.param_shapes`` (checked).
+    ``bn_domain``: the range of ``running_var + eps`` the inference batch norms are
+    accurate on; ``train_bn_domain``: that of ``batch variance + eps`` in training.
+    ``dropout_seed``: seed of the PUBLIC dropout masks (the same on every party).
     """
 
-    def __init__(self, model: S.Model, params: dict, bn_domain=(1e-2, 1e3)):
+    def __init__(self, model: S.Model, params: dict, bn_domain=DEFAULT_BN_DOMAIN,
+                 train_bn_domain=TRAIN_BN_DOMAIN, dropout_seed: int = 0):
         S.check_params(model, params, what="shared parameters")
         self.spec = model
-        self.params = params
-        self.bn_domain = bn_domain
-        self._prepared = False
-        self._affine: dict = {}    # batch-norm path -> (scale, shift), not folded
-        self._folded: dict = {}    # conv path -> (weight', bias'); its batch norm becomes identity
-        self._skip: set = set()    # batch-norm paths folded away
+        self.params = dict(params)
+        self.bn_domain = tuple(bn_domain)
+        self.train_bn_domain = tuple(train_bn_domain)
+        self.dropout_rng = numpy.random.default_rng(dropout_seed)
+        self.training = False
+        self.exact_output = False
+        self.grads: dict = {}
+        self.version = 0               # bumped whenever parameters change
+        self._kept: dict = {}
+        self._prepared_version = None
+        self._affine: dict = {}        # batch-norm path -> (scale, shift), not folded
+        self._folded: dict = {}        # conv path -> (weight', bias'); its batch norm becomes identity
+        self._skip: set = set()        # batch-norm paths folded away
+        order = [path for path, _ in self._leaf_order(self.spec.net, "")]
+        self._first_leaf, self._output_leaf = order[0], order[-1]
 
+    # -- the spec walk ---------------------------------------------------------------------
+    def _leaf_order(self, layer, path):
+        if isinstance(layer, S.Sequential):
+            for name, child in schedule(layer):
+                yield from self._leaf_order(child, S.join_path(path, name))
+        elif isinstance(layer, S.Residual):
+            yield from self._leaf_order(layer.body, S.join_path(path, layer.body_name))
+            if layer.shortcut is not None:
+                yield from self._leaf_order(layer.shortcut, S.join_path(path, layer.shortcut_name))
+            if layer.relu:
+                yield S.join_path(path, "relu"), S.ReLU()
+        else:
+            yield path, layer
+
+    def _run(self, layer, path, x, profile):
+        if isinstance(layer, S.Sequential):
+            for name, child in schedule(layer):
+                x = self._run(child, S.join_path(path, name), x, profile)
+            return x
+        if isinstance(layer, S.Residual):
+            body = self._run(layer.body, S.join_path(path, layer.body_name), x, profile)
+            short = x if layer.shortcut is None else self._run(
+                layer.shortcut, S.join_path(path, layer.shortcut_name), x, profile)
+            out = body + short
+            if layer.relu:
+                out = self._leaf(S.ReLU(), S.join_path(path, "relu"), out, profile, forward=True)
+            return out
+        return self._leaf(layer, path, x, profile, forward=True)
+
+    def _back(self, layer, path, dy, profile):
+        if isinstance(layer, S.Sequential):
+            for name, child in reversed(schedule(layer)):
+                dy = self._back(child, S.join_path(path, name), dy, profile)
+            return dy
+        if isinstance(layer, S.Residual):
+            if layer.relu:
+                dy = self._leaf(S.ReLU(), S.join_path(path, "relu"), dy, profile, forward=False)
+            d_body = self._back(layer.body, S.join_path(path, layer.body_name), dy, profile)
+            d_short = dy if layer.shortcut is None else self._back(
+                layer.shortcut, S.join_path(path, layer.shortcut_name), dy, profile)
+            if d_body is None or d_short is None:
+                return d_body if d_short is None else d_short
+            return d_body + d_short
+        if dy is None:
+            return None
+        return self._leaf(layer, path, dy, profile, forward=False)
+
+    def _leaf(self, layer, path, x, profile, forward: bool):
+        fn = impl(layer).forward if forward else impl(layer).backward
+        if profile is None:
+            return fn(self, layer, path, x)
+        comm = x.rt.comm
+        t0 = time.perf_counter()
+        with comm.measure() as m:
+            y = fn(self, layer, path, x)
+        kind = type(layer).__name__ + ("" if forward else " (backward)")
+        profile.add(path if forward else path + " <-", kind, time.perf_counter() - t0, m)
+        return y
+
+    # -- what the layers ask of the executor -------------------------------------------------
+    def keep(self, path, value):
+        self._kept[path] = value
+
+    def kept(self, path):
+        try:
+            return self._kept.pop(path)
+        except KeyError:
+            raise MPCError(f"backward through {path!r} without a training forward pass") from None
+
+    def needs_input_grad(self, path) -> bool:
+        return path != self._first_leaf
+
+    def rounds_exactly(self, path) -> bool:
+        return self.exact_output and path == self._output_leaf
+
+    def conv_weights(self, path, layer):
+        if not self.training and path in self._folded:
+            return self._folded[path]
+        bias = self.params[S.join_path(path, "bias")] if layer.bias else None
+        return self.params[S.join_path(path, "weight")], bias
+
+    def is_folded(self, path) -> bool:
+        return path in self._skip
+
+    def bn_affine(self, path):
+        return self._affine[path]
+
+    def update_running(self, names, stats, coefs, decay):
+        """``p <- decay * p + coef * stat`` for non-trained parameters (batch-norm running
+        statistics), all in one public product (one truncation call)."""
+        olds = [self.params[n] for n in names]
+        flat = concatenate([s.reshape(-1) for s in olds + list(stats)])
+        factors = numpy.concatenate([numpy.full(s.size, decay) for s in olds]
+                                    + [numpy.full(s.size, c) for s, c in zip(stats, coefs)])
+        prod = flat * factors
+        at = sum(s.size for s in olds)
+        start = 0
+        for name, old in zip(names, olds):
+            n = old.size
+            self.params[name] = (prod[start:start + n] + prod[at + start:at + start + n]).reshape(*old.shape)
+            start += n
+        self.version += 1
+
+    # -- running ---------------------------------------------------------------------------
+    def forward(self, x: ArithmeticShare, train: bool = False, profile: Profile | None = None,
+                exact: bool = False) -> ArithmeticShare:
+        """Logits (shared) for a shared NCHW / NF batch.  ``train`` uses batch statistics
+        and keeps what :meth:`backward` needs; ``exact`` rounds the output layer exactly
+        (for outputs that will be revealed)."""
+        expected = tuple(self.spec.input_shape)
+        if tuple(x.shape[1:]) != expected:
+            raise MPCError(f"model {self.spec.name} expects inputs of shape (N, {', '.join(map(str, expected))}),"
+                           f" got {x.shape}")
+        self.training = bool(train)
+        self.exact_output = bool(exact)
+        self._kept.clear()
+        if not self.training:
+            self.prepare()
+        try:
+            return self._run(self.spec.net, "", x, profile)
+        finally:
+            self.exact_output = False
+
+    __call__ = forward
+
+    def backward(self, dlogits: ArithmeticShare, profile: Profile | None = None):
+        """Back-propagate ``dlogits`` through the last training forward pass; fills
+        :attr:`grads` (``{name: share}`` for every trainable parameter)."""
+        if not self.training:
+            raise MPCError("backward() needs a forward(..., train=True) first")
+        self.grads = {}
+        self._back(self.spec.net, "", dlogits, profile)
+        self._kept.clear()
+        return self.grads
+
+    def trainable(self):
+        return [p.name for p in S.param_specs(self.spec) if p.trainable]
+
+    def set_params(self, new: dict):
+        """Replace parameters (e.g. after an optimiser step)."""
+        self.params.update(new)
+        self.version += 1
+
+    # -- inference-time batch norms ----------------------------------------------------------
     def prepare(self):
-        """Fold / precompute every batch norm (once; all parties must call it together)."""
-        if self._prepared:
+        """Fold / precompute every batch norm for inference, once per set of parameters
+        (all parties call it together; :meth:`forward` does)."""
+        if self._prepared_version == self.version:
             return
-        self._prepared = True
+        self._prepared_version = self.version
+        self._affine, self._folded, self._skip = {}, {}, set()
         pairs = _batchnorm_sites(self.spec.net, "")
         if not pairs:
             return
         p = self.params
         eps = [float(layer.eps) for _, layer, _ in pairs for _ in range(layer.channels)]  # public
-        var = concatenate([p[S._join(b, "running_var")] for b, _, _ in pairs]) + eps
+        var = concatenate([p[S.join_path(b, "running_var")] for b, _, _ in pairs]) + numpy.asarray(eps)
         inv = var.inv_sqrt(domain=self.bn_domain)
-        gamma = concatenate([p[S._join(b, "weight")] for b, _, _ in pairs])
-        mean = concatenate([p[S._join(b, "running_mean")] for b, _, _ in pairs])
-        beta = concatenate([p[S._join(b, "bias")] for b, _, _ in pairs])
+        gamma = concatenate([p[S.join_path(b, "weight")] for b, _, _ in pairs])
+        mean = concatenate([p[S.join_path(b, "running_mean")] for b, _, _ in pairs])
+        beta = concatenate([p[S.join_path(b, "bias")] for b, _, _ in pairs])
         scale = gamma * inv
         shift = beta - mean * scale
         offsets, at = [], 0
@@ -106,13 +282,13 @@ class PrivateModel:
             if conv is None:
                 self._affine[bn] = (scale[lo:hi], shift[lo:hi])
                 continue
-            w = p[S._join(conv[0], "weight")]
+            w = p[S.join_path(conv[0], "weight")]
             per_out = w.size // w.shape[0]
             left.append(w.reshape(-1))
             right.append(scale[lo:hi].reshape(-1, 1).broadcast_to((w.shape[0], per_out)).reshape(-1))
             has_bias = conv[1].bias
             if has_bias:
-                left.append(p[S._join(conv[0], "bias")])
+                left.append(p[S.join_path(conv[0], "bias")])
                 right.append(scale[lo:hi])
             plan.append((bn, conv[0], w.shape, has_bias, lo, hi))
         if not plan:
@@ -120,9 +296,7 @@ class PrivateModel:
         prod = concatenate(left) * concatenate(right)
         at = 0
         for bn, conv_path, wshape, has_bias, lo, hi in plan:
-            n = 1
-            for d in wshape:
-                n *= d
+            n = int(numpy.prod(wshape))
             w_new = prod[at:at + n].reshape(*wshape)
             at += n
             if has_bias:
@@ -133,98 +307,16 @@ class PrivateModel:
             self._folded[conv_path] = (w_new, b_new)
             self._skip.add(bn)
 
-    # -- running -----------------------------------------------------------------------
-    def forward(self, x: ArithmeticShare, profile: Profile | None = None) -> ArithmeticShare:
-        """Logits (shared) for a shared NCHW / NF batch."""
-        expected = tuple(self.spec.input_shape)
-        if tuple(x.shape[1:]) != expected:
-            raise MPCError(f"model {self.spec.name} expects inputs of shape (N, {', '.join(map(str, expected))}),"
-                           f" got {x.shape}")
-        self.prepare()
-        return self._run(self.spec.net, "", x, profile)
+    # -- outputs -----------------------------------------------------------------------------
+    def predict_onehot(self, x: ArithmeticShare, profile: Profile | None = None) -> ArithmeticShare:
+        """One-hot (scale 0) of the predicted class of every image: argmax of the logits."""
+        return self.forward(x, profile=profile).argmax(axis=1)
 
-    __call__ = forward
-
-    def _run(self, layer, path, x, profile):
-        if isinstance(layer, S.Sequential):
-            children = layer.children()
-            i = 0
-            while i < len(children):
-                name, child = children[i]
-                nxt = children[i + 1] if i + 1 < len(children) else None
-                if isinstance(child, S.ReLU) and nxt is not None and isinstance(nxt[1], S.MaxPool2d):
-                    # relu(maxpool(x)) == maxpool(relu(x)) exactly (max commutes with a monotone
-                    # map; padding never wins): the ReLU then runs on the pooled, smaller tensor
-                    x = self._run(nxt[1], S._join(path, nxt[0]), x, profile)
-                    x = self._run(child, S._join(path, name), x, profile)
-                    i += 2
-                    continue
-                x = self._run(child, S._join(path, name), x, profile)
-                i += 1
-            return x
-        if isinstance(layer, S.Residual):
-            body = self._run(layer.body, S._join(path, layer.body_name), x, profile)
-            short = x if layer.shortcut is None else self._run(
-                layer.shortcut, S._join(path, layer.shortcut_name), x, profile)
-            out = body + short
-            if layer.relu:
-                out = self._leaf(S.ReLU(), S._join(path, "relu"), out, profile)
-            return out
-        return self._leaf(layer, path, x, profile)
-
-    def _leaf(self, layer, path, x, profile):
-        if profile is None:
-            return self._apply(layer, path, x)
-        comm = x.rt.comm
-        t0 = time.perf_counter()
-        with comm.measure() as m:
-            y = self._apply(layer, path, x)
-        profile.add(path, type(layer).__name__, time.perf_counter() - t0, m)
-        return y
-
-    def _p(self, path, name):
-        return self.params[S._join(path, name)]
-
-    def _apply(self, layer, path, x):
-        if isinstance(layer, S.Conv2d):
-            weight, bias = self._folded.get(path) or (
-                self._p(path, "weight"), self._p(path, "bias") if layer.bias else None)
-            y = x.conv2d(weight, stride=layer.stride, padding=layer.padding, groups=layer.groups)
-            if bias is not None:
-                y = y + bias.reshape(1, -1, 1, 1)
-            return y
-        if isinstance(layer, S.Linear):
-            y = x @ self._p(path, "weight").transpose()
-            if layer.bias:
-                y = y + self._p(path, "bias")
-            return y
-        if isinstance(layer, S.ReLU):
-            return x.relu()
-        if isinstance(layer, S.MaxPool2d):
-            return x.max_pool2d(layer.kernel, stride=layer.stride, padding=layer.padding)
-        if isinstance(layer, S.AvgPool2d):
-            return x.avg_pool2d(layer.kernel, stride=layer.stride, padding=layer.padding)
-        if isinstance(layer, S.AdaptiveAvgPool2d):
-            return x.adaptive_avg_pool2d(layer.out_hw)
-        if isinstance(layer, S.BatchNorm2d):
-            if path in self._skip:
-                return x                      # folded into the convolution before it
-            scale, shift = self._affine[path]
-            return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
-        if isinstance(layer, S.Flatten):
-            return x.reshape(x.shape[0], -1)
-        if isinstance(layer, S.Dropout):
-            return x
-        raise MPCError(f"no private implementation for layer {type(layer).__name__} at {path!r}")
-
-    # -- outputs -----------------------------------------------------------------------
     def predict_shared(self, x: ArithmeticShare, profile: Profile | None = None) -> ArithmeticShare:
         """Shared predicted class indices (integer scale): the one-hot argmax dotted with 0..K-1."""
-        logits = self.forward(x, profile)
-        onehot = logits.argmax(axis=1)
-        k = logits.shape[1]
-        xp = logits.xp
-        return (onehot * xp.arange(k, dtype=xp.int64)).sum(axis=1)
+        onehot = self.predict_onehot(x, profile)
+        xp = onehot.xp
+        return (onehot * xp.arange(onehot.shape[1], dtype=xp.int64)).sum(axis=1)
 
 
 def _batchnorm_sites(layer, path):
@@ -234,7 +326,7 @@ def _batchnorm_sites(layer, path):
     if isinstance(layer, S.Sequential):
         prev = None
         for name, child in layer.children():
-            child_path = S._join(path, name)
+            child_path = S.join_path(path, name)
             if isinstance(child, S.BatchNorm2d):
                 conv = prev if isinstance(prev, tuple) and isinstance(prev[1], S.Conv2d) else None
                 out.append((child_path, child, conv))
@@ -243,7 +335,7 @@ def _batchnorm_sites(layer, path):
             prev = (child_path, child)
         return out
     for name, child in layer.children():
-        out.extend(_batchnorm_sites(child, S._join(path, name)))
+        out.extend(_batchnorm_sites(child, S.join_path(path, name)))
     return out
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Union
 
+from .. import geometry
 from ..errors import MPCError
 
 Shape = tuple  # per-sample shape: (C, H, W) or (F,)
@@ -56,12 +57,7 @@ class ParamMismatchError(MPCError, ValueError):
 
 
 def _pair(v, what: str) -> tuple[int, int]:
-    if isinstance(v, int):
-        v = (v, v)
-    v = tuple(int(a) for a in v)
-    if len(v) != 2:
-        raise SpecError(f"{what} must be an int or a pair, got {v!r}")
-    return v
+    return geometry.pair(v, what, SpecError)
 
 
 def join_path(prefix: str, name: str) -> str:
@@ -76,10 +72,7 @@ _join = join_path
 
 def conv_out_size(n: int, k: int, s: int, p: int) -> int:
     """Output length of a convolution or pooling window along one axis."""
-    out = (n + 2 * p - k) // s + 1
-    if n + 2 * p < k or out < 1:
-        raise SpecError(f"window {k} (stride {s}, padding {p}) does not fit input size {n}")
-    return out
+    return geometry.out_size(n, k, s, p, SpecError)
 
 
 def adaptive_pool_window(in_hw, out_hw) -> tuple[int, int]:

@@ -10,8 +10,8 @@ function               rounds  bytes per party
 lt, gt, le, ge         10      MSB(n) + 16 n (party 0) / 8 n (parties 1, 2)
 sign                   10      as lt
 abs                    10      MSB(n) + 16 n
-relu (default)         10      MSB(n) + 16 n
-relu (mask=True)       10      MSB(n) + 24 n
+relu                   10      MSB(n) + 16 n
+relu (grad=True)       10      MSB(n) + 24 n
 max / min over K       10 L    per level with ``q`` pairs: MSB(q) + 16 q
 argmax, pool indices   10 L    per level: MSB(q) + 16 q (1 + 2 S); party 0:
                                MSB(q) + 8 q + 8 q (1 + 2 S); S = 2^level
@@ -39,9 +39,10 @@ from __future__ import annotations
 import numpy   # host-side constants only
 
 from ..errors import ProtocolError
-from ..sharing.arithmetic import ArithmeticShare
+from ..geometry import pool_geometry, window_index, window_offsets
+from ..sharing.arithmetic import ArithmeticShare, concatenate, public
+from ..sharing.replicated import with_public
 from .convert import b2a, msb, mul_bit
-from .windows import pool_geometry
 
 NEVER_WINS = (1 << 64) - (1 << 62)   # -2^62 in the ring: the max-pool padding value
 
@@ -85,55 +86,22 @@ def abs(x: ArithmeticShare) -> ArithmeticShare:
     return x - mul_bit(x, msb(x)) * 2
 
 
-def relu(x: ArithmeticShare, return_mask: bool = False, mask: bool = False):
-    """``max(x, 0) = x * [x > 0]`` with ``[x > 0] = MSB(-x)``; 10 rounds.
+def relu(x: ArithmeticShare, grad: bool = False):
+    """``max(x, 0) = x * [x > 0]`` with ``[x > 0] = MSB(-x)``; 10 rounds, MSB(n) + 16 n bytes.
 
-    The derivative bit ``[x > 0]`` (0 at exactly 0, as the plaintext twin) is kept on
-    the result: ``y.relu_bits`` (bit share, always, free) and ``y.relu_mask``
-    (arithmetic 0/1, scale 0, computed in the same two final rounds when ``mask`` or
-    ``return_mask``; else None).  ``return_mask=True`` returns ``(y, mask)``.
-    Bytes per party: MSB(n) + 16 n, + 8 n with the mask.
-
-    Backward: :func:`relu_backward` -- ``grad * y.relu_mask`` (1 round, 8 bytes) when the
-    mask was kept, else ``mul_bit(grad, y.relu_bits)`` (2 rounds, 16 bytes per party;
-    party 0 the same).  Both ways cost the same bytes over forward + backward, so the
-    default (no mask) keeps inference lean and costs training one extra round per ReLU.
+    ``grad=True`` also returns the derivative ``[x > 0]`` (0 at exactly 0, as the plaintext
+    twin) as an arithmetic 0/1 share of scale 0, computed in the same two final rounds
+    (+ 8 n bytes per party): ``(y, d)``.  Backward is then ``dy * d`` (1 round, 8
+    bytes/element per party, no truncation).  The caller keeps ``d``; nothing is stored
+    on the result.
     """
     bit = msb(-x)
-    want = bool(mask or return_mask)
-    if want:
-        y, m = mul_bit(x, bit, with_bit=True)
-    else:
-        y, m = mul_bit(x, bit), None
-    y.relu_bits = bit
-    y.relu_mask = m
-    return (y, m) if return_mask else y
-
-
-def relu_backward(grad: ArithmeticShare, y: ArithmeticShare) -> ArithmeticShare:
-    """``grad * [x > 0]`` from the output ``y`` of :func:`relu`.
-
-    With ``y.relu_mask`` (``mask=True``): one multiplication, 1 round, 8 bytes/element per
-    party.  Otherwise from ``y.relu_bits``: :func:`~mpcgpu.protocols.convert.mul_bit`,
-    2 rounds, 16 bytes/element per party.  No truncation either way."""
-    if getattr(y, "relu_mask", None) is not None:
-        return grad * y.relu_mask
-    return mul_bit(grad, y.relu_bits)
+    if grad:
+        return mul_bit(x, bit, with_bit=True)
+    return mul_bit(x, bit)
 
 
 # -- tree of comparisons --------------------------------------------------------------------------
-
-def _trivial_ones(shape, rt):
-    """A public 1 as a sharing (component 0 = 1: party 0 first, party 2 second)."""
-    xp = rt.xp
-    first = xp.zeros(shape, dtype=xp.uint64)
-    second = xp.zeros(shape, dtype=xp.uint64)
-    if rt.rank == 0:
-        first += xp.uint64(1)
-    elif rt.rank == 2:
-        second += xp.uint64(1)
-    return first, second
-
 
 def _tree_max(v: ArithmeticShare, onehot: bool):
     """Max over the last axis of a 2-D share ``(B, K)`` by a tree of comparisons.
@@ -149,7 +117,8 @@ def _tree_max(v: ArithmeticShare, onehot: bool):
     B, K = v.shape
     vf, vs = v.first, v.second
     if onehot:
-        of, os_ = _trivial_ones((B, K, 1), rt)
+        ones = public(xp.ones((B, K, 1), dtype=xp.int64), scale=0, rt=rt)
+        of, os_ = ones.first, ones.second
     S = 1
     while vf.shape[1] > 1:
         cnt = vf.shape[1]
@@ -241,6 +210,31 @@ def argmax(x: ArithmeticShare, axis=None) -> ArithmeticShare:
     return ArithmeticShare(xp.ascontiguousarray(f), xp.ascontiguousarray(s), 0, x.rt)
 
 
+def one_hot(labels: ArithmeticShare, classes: int) -> ArithmeticShare:
+    """The one-hot rows (scale 0, shape ``labels.shape + (classes,)``) of integer labels in
+    ``0..classes-1`` (scale 0), without revealing them.
+
+    ``[l < j]`` for ``j = 1..classes-1`` in one MSB call, injected into the ring; row
+    ``j`` of the one-hot is ``[l < j+1] - [l < j]`` (local).  10 rounds; per party
+    ``MSB(m) + 16 m`` bytes (party 0; 8 m for the others) with ``m = n (classes - 1)``.
+    A label outside the range gives a row of zeros (nothing is revealed to say so)."""
+    if labels.scale != 0:
+        raise ProtocolError("one_hot needs integer labels (scale 0)")
+    k = int(classes)
+    if k < 1:
+        raise ProtocolError(f"one_hot needs at least one class, got {classes}")
+    xp = labels.xp
+    col = labels.reshape(*labels.shape, 1)
+    if k == 1:
+        return col * 0 + 1
+    thresholds = numpy.arange(1, k, dtype=numpy.int64)
+    below = b2a(msb(col - thresholds))                                  # [l < j], j = 1..k-1
+    ones = public(xp.ones(labels.shape + (1,), dtype=xp.int64), scale=0, rt=labels.rt)
+    lt = concatenate([below, ones], axis=-1)                            # [l < j], j = 1..k
+    zero = lt[..., :1] * 0
+    return lt - concatenate([zero, lt[..., :-1]], axis=-1)
+
+
 # -- max-pooling ----------------------------------------------------------------------------------
 
 def max_pool2d(x: ArithmeticShare, kernel, stride=None, padding=0, return_indices=False):
@@ -254,27 +248,19 @@ def max_pool2d(x: ArithmeticShare, kernel, stride=None, padding=0, return_indice
     module table for bytes (``q`` = number of pairs of the level over all windows).
     """
     rt, xp = x.rt, x.xp
-    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(x.shape, kernel, stride, padding, "max_pool2d")
+    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(x.shape, kernel, stride, padding, "max_pool2d",
+                                                   ProtocolError)
     n, c, h, w = x.shape
-    f, s = x.first, x.second
     if ph or pw:
-        widths = ((0, 0), (0, 0), (ph, ph), (pw, pw))
-        f, s = xp.pad(f, widths), xp.pad(s, widths)
+        x = x.pad(((0, 0), (0, 0), (ph, ph), (pw, pw)))
         border = numpy.full((h + 2 * ph, w + 2 * pw), NEVER_WINS, dtype=numpy.uint64)
         border[ph:ph + h, pw:pw + w] = 0
-        border = rt.backend.to_device(border)
-        if rt.rank == 0:
-            f += border
-        elif rt.rank == 2:
-            s += border
-    wins_f, wins_s = [], []
-    for i in range(kh):
-        for j in range(kw):
-            wins_f.append(f[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw])
-            wins_s.append(s[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw])
+        x = x._new(*with_public(x.first, x.second, rt.backend.to_device(border), rt.rank, xp,
+                                lambda a, b: a + b))
+    idx = [window_index(i, j, sh, sw, ho, wo) for _, i, j in window_offsets(kh, kw)]
     K = kh * kw
-    rows = ArithmeticShare(xp.stack(wins_f, axis=-1).reshape(-1, K),
-                           xp.stack(wins_s, axis=-1).reshape(-1, K), x.scale, rt)
+    rows = ArithmeticShare(xp.stack([x.first[t] for t in idx], axis=-1).reshape(-1, K),
+                           xp.stack([x.second[t] for t in idx], axis=-1).reshape(-1, K), x.scale, rt)
     out, oh = _tree_max(rows, onehot=return_indices)
     out = out.reshape(n, c, ho, wo)
     if not return_indices:
@@ -290,21 +276,19 @@ def max_pool2d_backward(grad: ArithmeticShare, onehot: ArithmeticShare, input_sh
     window element per party; the scatter-add over overlapping windows is local.
     """
     rt, xp = grad.rt, grad.xp
-    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(tuple(input_shape), kernel, stride, padding, "max_pool2d")
+    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(tuple(input_shape), kernel, stride, padding,
+                                                   "max_pool2d", ProtocolError)
     n, c, h, w = input_shape
     prod = grad.reshape(n, c, ho, wo, 1) * onehot                      # (N, C, Ho, Wo, K)
     outs = []
     for comp in (prod.first, prod.second):
         acc = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=xp.uint64)
-        k = 0
-        for i in range(kh):
-            for j in range(kw):
-                acc[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += comp[..., k]
-                k += 1
+        for k, i, j in window_offsets(kh, kw):
+            acc[window_index(i, j, sh, sw, ho, wo)] += comp[..., k]
         outs.append(xp.ascontiguousarray(acc[:, :, ph:ph + h, pw:pw + w]))
     return ArithmeticShare(outs[0], outs[1], grad.scale, rt)
 
 
-__all__ = ["lt", "gt", "le", "ge", "sign", "abs", "relu", "relu_backward", "max", "min",
-           "argmax", "max_pool2d", "max_pool2d_backward", "NEVER_WINS"]
+__all__ = ["lt", "gt", "le", "ge", "sign", "abs", "relu", "max", "min",
+           "argmax", "one_hot", "max_pool2d", "max_pool2d_backward", "NEVER_WINS"]
 

@@ -72,6 +72,7 @@ import numpy
 from ..errors import ProtocolError
 from ..sharing.arithmetic import ArithmeticShare
 from ..sharing.binary import BinaryShare, and_words
+from ..sharing.replicated import with_public
 
 MASK63 = (1 << 63) - 1
 BIT63 = 1 << 63
@@ -242,11 +243,7 @@ def msb(x: ArithmeticShare) -> BinaryShare:
     top = (pf >> c63, ps >> c63)
     m63 = _u(xp, MASK63)
     G = [gf & m63, gs & m63]          # G63 = 0
-    P = [pf & m63, ps & m63]          # P63 = 1, set in component 0 (party 0 first, party 2 second)
-    if rt.rank == 0:
-        P[0] |= _u(xp, BIT63)
-    elif rt.rank == 2:
-        P[1] |= _u(xp, BIT63)
+    P = list(with_public(pf & m63, ps & m63, _u(xp, BIT63), rt.rank, xp, lambda a, b: a | b))  # P63 = 1
     # level 1: positions (2j+1, 2j) -> unit j of W (G at bit 2j, P at bit 2j+1)
     ev = _u(xp, EVEN)
     X, Y, H = [], [], []

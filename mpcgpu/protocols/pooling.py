@@ -6,18 +6,16 @@ reshape and sum; overlapping ones add ``kh*kw`` strided views (a loop over the
 kernel offsets, never over pixels).  Everything runs on the runtime's array
 module, NumPy or CuPy alike.
 
-Dividing by the window size is a multiplication by a public real, the only
-step with communication: **1 round, 8 bytes per output element sent by one
-party** (the truncation; the role rotates), 0 rounds when the divisor is 1.
+Dividing by the window size is a multiplication by a public real
+(:func:`~mpcgpu.sharing.arithmetic.mul_public`), the only step with
+communication: one truncation call of 2 rounds (0 when the divisor is 1).
 
-* A power-of-two divisor (2x2, 4x4 windows) is an exact shift: the truncation
-  alone, error at most 1 unit in the last place (``ulp = 2^-f``).
-* Otherwise the sum is multiplied by ``K = round(2^q / k)``, an integer with 18
-  significant bits, and truncated by ``q``: error at most ``1 + |mean| * 2^(f-18)``
-  ulp (a quarter ulp per unit of ``|mean|`` at ``f = 16``).  The truncated ring
-  value is about ``|mean| * 2^(f + 18)`` times ``k / 2^ceil(log2 k)``, so the
-  truncation fails with probability about ``|mean| * 2^(f + 18 - 64)`` per element
-  (``|mean| * 2^-30`` at ``f = 16``).
+* A power-of-two divisor (2x2, 4x4 windows) is an exact shift: one truncated
+  element per output, error below 1 unit in the last place (``ulp = 2^-f``).
+* Otherwise ``1/k`` is split into two integer factors of at most 15 bits (so
+  that any encodable window sum times either stays below ``2^62``: no wrap
+  anywhere in the range) truncated in the same call: two elements per output,
+  error below 2 ulp plus ``2^-28`` relative, for every encodable input.
 
 Padding follows PyTorch's defaults: zeros, and ``count_include_pad=True`` (the
 divisor is always ``kh*kw``); ``count_include_pad=False`` divides each output by
@@ -30,11 +28,11 @@ from __future__ import annotations
 
 import math
 
-from ..errors import ProtocolError
-from ..sharing.arithmetic import ArithmeticShare, truncate
-from .windows import pool_geometry
+import numpy   # public geometry only
 
-DIVISOR_BITS = 18
+from ..errors import ProtocolError
+from ..geometry import pool_geometry, window_index, window_offsets
+from ..sharing.arithmetic import ArithmeticShare, mul_public
 
 
 # -- local window sums -------------------------------------------------------------------
@@ -48,10 +46,9 @@ def _window_sum(a, xp, kh, kw, sh, sw, ph, pw, ho, wo):
         a = a[:, :, :ho * kh, :wo * kw]
         return a.reshape(n, c, ho, kh, wo, kw).sum(axis=(3, 5), dtype=a.dtype)
     acc = None
-    for i in range(kh):
-        for j in range(kw):
-            view = a[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
-            acc = view.copy() if acc is None else acc + view
+    for _, i, j in window_offsets(kh, kw):
+        view = a[window_index(i, j, sh, sw, ho, wo)]
+        acc = view.copy() if acc is None else acc + view
     return acc
 
 
@@ -66,15 +63,13 @@ def _window_scatter(g, xp, in_hw, kh, kw, sh, sw, ph, pw):
         out[:, :, :ho * kh, :wo * kw] = full
         return out
     acc = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=g.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            acc[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += g
+    for _, i, j in window_offsets(kh, kw):
+        acc[window_index(i, j, sh, sw, ho, wo)] += g
     return xp.ascontiguousarray(acc[:, :, ph:ph + h, pw:pw + w])
 
 
 def _window_counts(in_hw, kh, kw, sh, sw, ph, pw, ho, wo):
     """Number of real (non-padding) inputs in each window: a public host array (ho, wo)."""
-    import numpy   # public geometry only
     h, w = in_hw
     rows = numpy.arange(ho) * sh - ph
     cols = numpy.arange(wo) * sw - pw
@@ -86,27 +81,14 @@ def _window_counts(in_hw, kh, kw, sh, sw, ph, pw, ho, wo):
 # -- division by a public window size -------------------------------------------------------
 
 def _divide(s: ArithmeticShare, divisor) -> ArithmeticShare:
-    """``s / divisor`` for a public positive integer (or integer array, broadcast over the
-    trailing axes): 1 truncation round, 0 if the divisor is 1.  See the module docstring."""
-    rt = s.rt
-    if isinstance(divisor, int):
-        if divisor == 1:
-            return s
-        if divisor & (divisor - 1) == 0:                      # power of two: exact shift
-            return truncate(s, divisor.bit_length() - 1, s.scale)
-        q = DIVISOR_BITS + math.ceil(math.log2(divisor))
-        k = int(round(2.0 ** q / divisor))
-    else:
-        import numpy   # public integers only
-        divisor = numpy.asarray(divisor, dtype=numpy.int64)
-        if (divisor < 1).any():
-            raise ProtocolError("pooling divisors must be positive")
-        if (divisor == 1).all():
-            return s
-        q = DIVISOR_BITS + math.ceil(math.log2(int(divisor.max())))
-        k = numpy.rint(2.0 ** q / divisor).astype(numpy.int64)
-    raw = ArithmeticShare(s.first, s.second, 0, rt) * k       # exact integer products, local
-    return truncate(ArithmeticShare(raw.first, raw.second, s.scale + q, rt), q, s.scale)
+    """``s / divisor`` for a public positive integer (or integer array broadcast over the
+    trailing axes): see the module docstring; 0 rounds when the divisor is 1."""
+    divisor = numpy.asarray(divisor, dtype=numpy.int64)
+    if (divisor < 1).any():
+        raise ProtocolError("pooling divisors must be positive")
+    if (divisor == 1).all():
+        return s
+    return mul_public(s, 1.0 / (int(divisor) if divisor.ndim == 0 else divisor))
 
 
 # -- average pooling -----------------------------------------------------------------------
@@ -116,11 +98,12 @@ def avg_pool2d(x: ArithmeticShare, kernel, stride=None, padding=0,
     """Average pooling of an NCHW share, PyTorch semantics (zero padding, output size
     rounded down, ``count_include_pad=True`` by default: the divisor is ``kh*kw``).
 
-    Cost: 1 round, 8 bytes per *output* element from one party (0 rounds for a 1x1
-    kernel).  Accuracy: at most 1 ulp for power-of-two windows, else
-    ``1 + |mean| * 2^(f-18)`` ulp (module docstring).
+    Cost: 2 rounds (one truncation call of 1 element per output for a power-of-two
+    window, 2 otherwise; 0 rounds for a 1x1 kernel).  Accuracy: below 1 ulp for
+    power-of-two windows, else below 2 ulp + ``2^-28`` relative (module docstring).
     """
-    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(x.shape, kernel, stride, padding, "average pooling")
+    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(x.shape, kernel, stride, padding, "average pooling",
+                                                   ProtocolError)
     xp = x.xp
     geo = (kh, kw, sh, sw, ph, pw, ho, wo)
     total = ArithmeticShare(_window_sum(x.first, xp, *geo), _window_sum(x.second, xp, *geo),
@@ -133,10 +116,11 @@ def avg_pool2d(x: ArithmeticShare, kernel, stride=None, padding=0,
 def avg_pool2d_backward(grad: ArithmeticShare, input_shape, kernel, stride=None, padding=0,
                         count_include_pad: bool = True) -> ArithmeticShare:
     """Gradient of :func:`avg_pool2d` w.r.t. its input: each output gradient divided by its
-    divisor and spread over its window.  1 round, 8 bytes per *output* element from one
-    party (the division); the scatter-add is local."""
+    divisor and spread over its window.  The division costs as in :func:`avg_pool2d`; the
+    scatter-add is local."""
     input_shape = tuple(input_shape)
-    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(input_shape, kernel, stride, padding, "average pooling")
+    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(input_shape, kernel, stride, padding, "average pooling",
+                                                   ProtocolError)
     if tuple(grad.shape) != (*input_shape[:2], ho, wo):
         raise ProtocolError(f"gradient shape {grad.shape} does not match the pooling output "
                             f"{(*input_shape[:2], ho, wo)}")
@@ -206,7 +190,6 @@ def _axis_spread(g, xp, axis: int, size: int, out: int):
 
 def _adaptive_divisor(in_hw, out_hw):
     """The window sizes: an int when all windows are equal, else a public (oh, ow) array."""
-    import numpy   # public geometry only
     counts = [numpy.array([e - s for s, e in _adaptive_windows(size, out)])
               for size, out in zip(in_hw, out_hw)]
     grid = numpy.outer(counts[0], counts[1]).astype(numpy.int64)
@@ -231,7 +214,7 @@ def adaptive_avg_pool2d(x: ArithmeticShare, output_size) -> ArithmeticShare:
     map); otherwise windows of two sizes (AlexNet's 13x13 -> 6x6) are summed window by
     window and divided by their public sizes.
 
-    Cost: 1 round, 8 bytes per output element from one party; 0 rounds when every window
+    Cost: the division of :func:`avg_pool2d` (2 rounds); 0 rounds when every window
     holds one element.  Accuracy as for :func:`avg_pool2d`.
     """
     if x.ndim != 4:
@@ -249,8 +232,8 @@ def adaptive_avg_pool2d(x: ArithmeticShare, output_size) -> ArithmeticShare:
 
 def adaptive_avg_pool2d_backward(grad: ArithmeticShare, input_shape) -> ArithmeticShare:
     """Gradient of :func:`adaptive_avg_pool2d` w.r.t. its NCHW input: each output gradient
-    divided by its window size and spread over its window.  1 round (0 if every window
-    holds one element), 8 bytes per output element from one party."""
+    divided by its window size and spread over its window: the division of
+    :func:`avg_pool2d` (0 rounds if every window holds one element)."""
     input_shape = tuple(input_shape)
     in_hw = input_shape[2:]
     oh, ow = grad.shape[2:]

@@ -7,39 +7,54 @@ the pair ``(x_i, x_{i+1})`` (indices mod 3) in :class:`ArithmeticShare`
 Every share carries a ``scale``: the number of fractional bits of its
 fixed-point encoding (``rt.frac_bits`` for reals, ``0`` for integers such as
 comparison bits).  Products add scales; a product whose scale exceeds the
-runtime's ``frac_bits`` is truncated back (one extra round).
+runtime's ``frac_bits`` is truncated back (:mod:`mpcgpu.sharing.truncation`).
 
-Costs (rounds; bytes sent per output element, per party unless stated):
+Costs (rounds; bytes sent per output element, per party unless stated;
+"truncation" is the default MSB-corrected one, 2 rounds):
 
 =========================  ======  ==========================================
 operation                  rounds  bytes / element
 =========================  ======  ==========================================
 share (from one party)     1 (+1)  8 to each of the two others, from the source
-                                   only (+1 tiny round for the shape)
+                                   only (+1 tiny round: shape and verdict)
 reveal to all              1       8
 reveal to one party        1       8, from one party only
 add, sub, neg, add public  0       0
 mul by public integer      0       0
-mul by public real         1       8 from one party (the truncation)
-mul / matmul / conv        1       8 (integer scale) -- +1 round, +8 bytes from
-                                   one party for the truncation of reals
-truncation                 1       8 from one party (the role rotates)
+mul by public real         2       a truncation of 2 elements per element
+                                   (1 for a power of two, 0 for 2^k, k >= 0)
+mul / matmul / conv        1       8 (integer result, resharing with a zero
+(two shares)                       share); a real result fuses the resharing
+                                   into the truncation: 2 rounds, 64 bytes in
+                                   all (dealer 32, openers 16 each; rotating)
+truncation                 2       16 (48 in all)
 =========================  ======  ==========================================
 
-All share data stays on the runtime's back end (NumPy or CuPy); this module
-never imports an array library for share data.
+Ranges: values are encoded with ``|v| < 2^(63-2f)``; the truncation of a
+product needs its ring value below ``2^62``, i.e. ``|a * b| < 2^(62-2f)``
+(``2^30`` for ``f = 16``) -- the caller's to respect on secret data, checked
+on public data (a public factor is split so that any encodable share times it
+stays in range).
+
+The non-linear functions (``relu``, comparisons, ``exp``, ...) are protocols
+(:mod:`mpcgpu.protocols`); they are attached to this class as methods in one
+place, :mod:`mpcgpu.protocols.methods`, so this module imports nothing from
+them.  All share data stays on the runtime's back end (NumPy or CuPy).
 """
 from __future__ import annotations
 
 import math
 import numbers
 
+import numpy  # public constants and shapes only (host); share data uses rt.xp
+
 from .. import ring
-from ..encoding import check_range, decode, encode
+from ..encoding import check_range, decode, encode, safe_limit
 from ..errors import EncodingError, ProtocolError
 from ..runtime import get as _runtime
-from .replicated import ReplicatedPair
-
+from . import replicated
+from .replicated import ReplicatedPair, with_public
+from .truncation import aby3, check_mode, msb_corrected, reshare
 
 
 class ArithmeticShare(ReplicatedPair):
@@ -62,16 +77,19 @@ class ArithmeticShare(ReplicatedPair):
     def _new(self, first, second, scale=None):
         return ArithmeticShare(first, second, self.scale if scale is None else scale, self.rt)
 
-    def _map(self, fn, scale=None):
-        """Apply the same local (linear, shape-only) function to both components."""
-        return self._new(fn(self.first), fn(self.second), scale)
+    def _compatible(self, other) -> bool:
+        return isinstance(other, ArithmeticShare) and other.scale == self.scale
+
+    def relabel(self, scale: int) -> "ArithmeticShare":
+        """The same ring elements read with ``scale`` fractional bits (free)."""
+        return self._new(self.first, self.second, scale)
 
     # -- reconstruction ----------------------------------------------------------------
     def reveal_raw(self, to: int | None = None):
         """The secret as uint64 ring elements on the back end (``None`` on parties other than ``to``).
 
-        To all: party ``i`` sends ``x_i`` to party ``i+1``, which lacks it: 1 round, 8 bytes/element.
-        To party ``r`` only: party ``r-1`` sends ``x_{r-1}``: 1 round, 8 bytes/element from one party.
+        To all: 1 round, 8 bytes/element per party.  To party ``r`` only: 1 round, 8
+        bytes/element from party ``r-1``.
         """
         return self._reconstruct(to, lambda a, b, c: a + b + c)
 
@@ -86,29 +104,30 @@ class ArithmeticShare(ReplicatedPair):
         return self.rt.backend.to_host(decode(raw, self.scale))
 
     # -- public operands ---------------------------------------------------------------
-    def _public(self, value, scale: int):
-        """Encode a public scalar/array on the back end at ``scale`` fractional bits."""
-        xp = self.xp
-        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            if abs(int(value)) >= 2 ** (63 - 2 * self.rt.frac_bits):
-                raise EncodingError(f"public integer {value} is outside the fixed-point range")
+    def _encode_public(self, value, scale: int):
+        """A public number or array as ring elements at ``scale`` fractional bits.
+
+        Range-checked like a shared value (EncodingError outside ``|v| < 2^(63-2f)``)."""
+        xp, f = self.xp, self.rt.frac_bits
+        if _is_int(value):
+            if abs(int(value)) >= safe_limit(f):
+                raise EncodingError(f"public integer {value} is outside the fixed-point range "
+                                    f"(|v| < 2^{63 - 2 * f})")
             return xp.asarray((int(value) << scale) % (1 << 64), dtype=xp.uint64)
-        arr = self.rt.backend.to_device(value) if not _is_backend_array(value, xp) else value
-        arr = xp.asarray(arr)
-        check_range(arr, self.rt.frac_bits, "public operand")
+        arr = value if isinstance(value, xp.ndarray) else self.rt.backend.to_device(numpy.asarray(value))
+        check_range(arr, f, "public operand")
         return encode(arr, scale, check=False)
 
-    def _add_public_raw(self, c):
-        """Add ring constant ``c`` to x0, in both places it is held (party 0 first, party 2 second)."""
-        xp = self.xp
-        shape = xp.broadcast_shapes(self.shape, getattr(c, "shape", ()))
-        first = xp.broadcast_to(self.first, shape).copy()
-        second = xp.broadcast_to(self.second, shape).copy()
-        if self.rt.rank == 0:
-            first += c
-        elif self.rt.rank == 2:
-            second += c
-        return self._new(first, second)
+    def _plus_public(self, value, sign: int = 1):
+        """``x + sign * value`` for a public ``value``; an integer share meeting a public
+        real is promoted to ``rt.frac_bits`` first (never rounded to an integer)."""
+        x = self
+        if x.scale < x.rt.frac_bits and not _is_integral(value):
+            x = to_scale(x, x.rt.frac_bits)
+        c = x._encode_public(value, x.scale)
+        op = (lambda a, b: a + b) if sign > 0 else (lambda a, b: a - b)
+        first, second = with_public(x.first, x.second, c, x.rt.rank, x.xp, op)
+        return x._new(first, second)
 
     # -- linear operations (local, 0 rounds) --------------------------------------------
     def _aligned(self, other: "ArithmeticShare"):
@@ -116,22 +135,18 @@ class ArithmeticShare(ReplicatedPair):
         if self.scale == other.scale:
             return self, other
         if self.scale == 0:
-            return self._rescale_up(other.scale), other
+            return to_scale(self, other.scale), other
         if other.scale == 0:
-            return self, other._rescale_up(self.scale)
+            return self, to_scale(other, self.scale)
         raise ProtocolError(f"cannot combine shares with different scales ({self.scale} and {other.scale})")
-
-    def _rescale_up(self, scale):
-        factor = self.xp.uint64(1 << (scale - self.scale))
-        return self._new(self.first * factor, self.second * factor, scale)
 
     def __add__(self, other):
         if isinstance(other, ArithmeticShare):
             a, b = self._aligned(other)
             return a._new(a.first + b.first, a.second + b.second)
-        if _is_share_like(other):
+        if isinstance(other, ReplicatedPair):
             return NotImplemented
-        return self._add_public_raw(self._public(other, self.scale))
+        return self._plus_public(other)
 
     __radd__ = __add__
 
@@ -141,9 +156,9 @@ class ArithmeticShare(ReplicatedPair):
     def __sub__(self, other):
         if isinstance(other, ArithmeticShare):
             return self + (-other)
-        if _is_share_like(other):
+        if isinstance(other, ReplicatedPair):
             return NotImplemented
-        return self._add_public_raw(-self._public(other, self.scale))
+        return self._plus_public(other, -1)
 
     def __rsub__(self, other):
         return (-self) + other
@@ -152,7 +167,7 @@ class ArithmeticShare(ReplicatedPair):
     def __mul__(self, other):
         if isinstance(other, ArithmeticShare):
             return mul(self, other)
-        if _is_share_like(other):
+        if isinstance(other, ReplicatedPair):
             return NotImplemented
         return mul_public(self, other)
 
@@ -166,177 +181,54 @@ class ArithmeticShare(ReplicatedPair):
     def __rmatmul__(self, other):
         return matmul_public(self, other, left=True)
 
-    def matmul(self, w):
-        return self @ w
+    def __truediv__(self, other):
+        """Division by a public number (``x / share`` is a protocol: see ``reciprocal``)."""
+        if isinstance(other, ReplicatedPair):
+            return NotImplemented
+        if isinstance(other, self.xp.ndarray):
+            other = self.rt.backend.to_host(other)
+        return mul_public(self, numpy.reciprocal(numpy.asarray(other, dtype=numpy.float64)))
 
-    def conv2d(self, w, stride=1, padding=0, groups=1):
+    def matmul(self, w, trunc=None):
+        return matmul(self, w, trunc=trunc) if isinstance(w, ArithmeticShare) else matmul_public(self, w)
+
+    def conv2d(self, w, stride=1, padding=0, groups=1, trunc=None):
         """Convolution (NCHW input, OIHW weight; ``w`` a share or a public real array)."""
-        return conv2d(self, w, stride=stride, padding=padding, groups=groups)
+        return conv2d(self, w, stride=stride, padding=padding, groups=groups, trunc=trunc)
 
-    def truncate(self, bits: int | None = None):
-        """Divide by ``2^bits`` (default: rt.frac_bits): 1 round, 8 bytes/element from one party."""
+    def truncate(self, bits: int | None = None, mode=None):
+        """Divide by ``2^bits`` (default ``rt.frac_bits``), keeping the scale label minus ``bits``."""
         bits = self.rt.frac_bits if bits is None else bits
-        return truncate(self, bits, self.scale - bits)
+        return truncate(self, bits, self.scale - bits, mode=mode)
 
     def square(self):
         return self * self
 
-    # -- reductions and shape manipulation (local) --------------------------------------
+    # -- reductions (local) ---------------------------------------------------------------
     def sum(self, axis=None, keepdims=False):
         return self._map(lambda a: a.sum(axis=axis, keepdims=keepdims, dtype=a.dtype))
 
     def mean(self, axis=None, keepdims=False):
+        """Mean: a local sum times the public ``1/n`` (2 rounds; 0 when ``n`` is 1)."""
         n = self.size if axis is None else _axis_count(self.shape, axis)
-        return self.sum(axis=axis, keepdims=keepdims) * (1.0 / n)
-
-    def reshape(self, *shape):
-        return self._map(lambda a: a.reshape(*shape))
-
-    def flatten(self, start: int = 0):
-        lead = self.shape[:start]
-        return self.reshape(*lead, -1)
-
-    def transpose(self, *axes):
-        return self._map(lambda a: a.transpose(*axes))
-
-    @property
-    def T(self):
-        return self.transpose()
-
-    def swapaxes(self, a1, a2):
-        return self._map(lambda a: a.swapaxes(a1, a2))
-
-    def __getitem__(self, index):
-        return self._map(lambda a: a[index])
-
-    def __setitem__(self, index, value):
-        if not isinstance(value, ArithmeticShare) or value.scale != self.scale:
-            raise ProtocolError("can only assign a share of the same scale into a share")
-        self.first[index] = value.first
-        self.second[index] = value.second
-
-    def broadcast_to(self, shape):
-        return self._map(lambda a: self.xp.broadcast_to(a, shape).copy())
-
-    def pad(self, pad_width):
-        """Zero padding (zeros are a valid sharing of zero): ``pad_width`` as in numpy.pad."""
-        return self._map(lambda a: self.xp.pad(a, pad_width))
-
-    def copy(self):
-        return self._map(lambda a: a.copy())
-
-    # -- the non-linear protocols (see mpcgpu.protocols) --------------------------------
-    def relu(self, **kw):
-        """max(x, 0); keeps the derivative bits (``relu_bits``) for backward; see compare.relu."""
-        from ..protocols import compare
-        return compare.relu(self, **kw)
-
-    def __lt__(self, other):
-        from ..protocols import compare
-        return compare.lt(self, other)
-
-    def __gt__(self, other):
-        from ..protocols import compare
-        return compare.gt(self, other)
-
-    def __le__(self, other):
-        from ..protocols import compare
-        return compare.le(self, other)
-
-    def __ge__(self, other):
-        from ..protocols import compare
-        return compare.ge(self, other)
-
-    def sign(self):
-        from ..protocols import compare
-        return compare.sign(self)
-
-    def abs(self):
-        from ..protocols import compare
-        return compare.abs(self)
-
-    __abs__ = abs
-
-    def max(self, axis=None):
-        from ..protocols import compare
-        return compare.max(self, axis=axis)
-
-    def min(self, axis=None):
-        from ..protocols import compare
-        return compare.min(self, axis=axis)
-
-    def argmax(self, axis=None):
-        from ..protocols import compare
-        return compare.argmax(self, axis=axis)
-
-    def max_pool2d(self, kernel, stride=None, padding=0, return_indices=False):
-        from ..protocols import compare
-        return compare.max_pool2d(self, kernel, stride=stride, padding=padding,
-                                  return_indices=return_indices)
-
-    def avg_pool2d(self, kernel, stride=None, padding=0):
-        from ..protocols import pooling
-        return pooling.avg_pool2d(self, kernel, stride=stride, padding=padding)
-
-    def adaptive_avg_pool2d(self, output_size):
-        from ..protocols import pooling
-        return pooling.adaptive_avg_pool2d(self, output_size)
-
-    def exp(self, **kw):
-        from ..protocols import approx
-        return approx.exp(self, **kw)
-
-    def reciprocal(self, **kw):
-        from ..protocols import approx
-        return approx.reciprocal(self, **kw)
-
-    def inv_sqrt(self, **kw):
-        from ..protocols import approx
-        return approx.inv_sqrt(self, **kw)
-
-    def sqrt(self, **kw):
-        from ..protocols import approx
-        return approx.sqrt(self, **kw)
-
-    def log(self, **kw):
-        from ..protocols import approx
-        return approx.log(self, **kw)
-
-    def softmax(self, axis=-1, **kw):
-        from ..protocols import approx
-        return approx.softmax(self, axis=axis, **kw)
-
-    def log_softmax(self, axis=-1, **kw):
-        from ..protocols import approx
-        return approx.log_softmax(self, axis=axis, **kw)
-
-    def __truediv__(self, other):
-        if isinstance(other, ArithmeticShare):
-            return self * other.reciprocal()
-        return self * (1.0 / other)
+        total = self.sum(axis=axis, keepdims=keepdims)
+        return total if n == 1 else total * (1.0 / n)
 
 
 # -- helpers ----------------------------------------------------------------------------
 
-def _is_backend_array(value, xp):
-    return isinstance(value, xp.ndarray)
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _is_share_like(value):
-    return hasattr(value, "first") and hasattr(value, "second") and not isinstance(value, ArithmeticShare)
+def _is_integral(value) -> bool:
+    """A Python int or an array of an integer dtype (public integers: exact, no truncation)."""
+    return _is_int(value) or getattr(getattr(value, "dtype", None), "kind", "f") in "iub"
 
 
 def _axis_count(shape, axis):
     axes = axis if isinstance(axis, tuple) else (axis,)
-    n = 1
-    for a in axes:
-        n *= shape[a]
-    return n
-
-
-def _broadcast_pair(a, b, xp):
-    shape = xp.broadcast_shapes(a.shape, b.shape)
-    return xp.broadcast_to(a, shape), xp.broadcast_to(b, shape)
+    return math.prod(shape[a] for a in axes)
 
 
 # -- construction ------------------------------------------------------------------------
@@ -344,56 +236,22 @@ def _broadcast_pair(a, b, xp):
 def share(x=None, src: int = 0, integer: bool = False, rt=None) -> ArithmeticShare:
     """Secret-share the array ``x`` held by party ``src`` (other parties pass ``None``).
 
-    The others learn only the shape.  Reals are encoded with ``rt.frac_bits``
-    fractional bits (``integer=True``: as integers, scale 0), and the range is
-    checked on ``src`` *before* anything is sent: an out-of-range value raises
-    EncodingError on every party.
-
-    Protocol: components ``x_src`` and ``x_{src+1}`` come from the keys ``src``
-    shares with its neighbours (no communication); ``src`` computes
-    ``x_{src+2} = x - x_src - x_{src+1}`` and sends it to both other parties.
-    Cost: 1 round of 8 bytes/element to each of the two others (from ``src``
-    only), after one small metadata round (shape and the verdict of the range
-    check, so that a bad value stops every party instead of leaving two waiting).
+    The others learn the shape.  Reals are encoded with ``rt.frac_bits`` fractional
+    bits (``integer=True``: as integers, scale 0), range-checked on ``src`` *before*
+    anything is sent: a bad value raises EncodingError on every party, naming only the
+    party whose input it was.  Cost: see :func:`mpcgpu.sharing.replicated.distribute`
+    (16 bytes/element from ``src``, 2 rounds with the metadata round).
     """
     rt = rt or _runtime()
-    comm, xp = rt.comm, rt.xp
     scale = 0 if integer else rt.frac_bits
-    encoded, error = None, None
-    if comm.rank == src:
-        if x is None:
-            raise ProtocolError(f"party {src} is the source of share() but passed no data")
-        arr = rt.backend.to_device(x) if not isinstance(x, xp.ndarray) else x
-        try:
-            if integer and arr.dtype.kind == "f":
-                raise EncodingError("integer=True needs an integer array")
-            check_range(arr, rt.frac_bits, "shared value")
-            encoded = encode(arr, scale, check=False)
-        except EncodingError as exc:
-            error = str(exc)
-        meta = (tuple(arr.shape), error)
-    else:
-        meta = None
-    shape, error = comm.bcast_object(meta, root=src)
-    if error:
-        raise EncodingError(f"party {src}: {error}")
-    shape = tuple(shape)
-    rank = comm.rank
-    if rank == src:
-        own = rt.prg.with_prev(shape)     # x_src   (key k_src, shared with src-1)
-        nxt = rt.prg.with_next(shape)     # x_src+1 (key k_src+1, shared with src+1)
-        rest = encoded - own - nxt        # x_src+2
-        comm.exchange({(src + 1) % 3: rest, (src + 2) % 3: rest}, {})
-        return ArithmeticShare(own, nxt, scale, rt)
-    got = comm.exchange({}, {src: (shape, xp.uint64)})[src]
-    if rank == (src + 1) % 3:             # holds (x_src+1, x_src+2)
-        return ArithmeticShare(rt.prg.with_prev(shape), got, scale, rt)
-    # rank == src+2 == src-1: holds (x_src+2, x_src)
-    return ArithmeticShare(got, rt.prg.with_next(shape), scale, rt)
 
+    def encoded(arr):
+        if integer and arr.dtype.kind == "f":
+            raise EncodingError("integer=True needs an integer array")
+        check_range(arr, rt.frac_bits, "shared value")
+        return encode(arr, scale, check=False)
 
-def from_components(first, second, scale: int, rt=None) -> ArithmeticShare:
-    """Wrap two components already on the back end (e.g. read from a shard)."""
+    first, second = replicated.distribute(x, src, rt, encoded, lambda w, a, b: w - a - b)
     return ArithmeticShare(first, second, scale, rt)
 
 
@@ -408,159 +266,211 @@ def public(value, scale=None, rt=None) -> ArithmeticShare:
     """A public value as a (trivial, no-communication) sharing: x0 = value, x1 = x2 = 0."""
     rt = rt or _runtime()
     scale = rt.frac_bits if scale is None else scale
-    z = zeros(rt.xp.asarray(rt.backend.to_device(value)).shape, scale, rt)
-    return z + value
+    shape = numpy.shape(value) if not isinstance(value, rt.xp.ndarray) else value.shape
+    return zeros(shape, scale, rt) + value
 
 
-def random_share(shape, scale=0, rt=None) -> ArithmeticShare:
-    """A sharing of a uniformly random ring element unknown to every party (0 rounds)."""
-    rt = rt or _runtime()
-    first, second = rt.prg.random_pair(tuple(shape))
-    return ArithmeticShare(first, second, scale, rt)
+concatenate = replicated.concatenate
+stack = replicated.stack
 
 
-def concatenate(shares, axis=0) -> ArithmeticShare:
-    """Concatenate shares of a common scale (local)."""
-    shares = list(shares)
-    scale = shares[0].scale
-    if any(s.scale != scale for s in shares):
-        raise ProtocolError("concatenate needs shares of one scale")
-    xp = shares[0].xp
-    return ArithmeticShare(xp.concatenate([s.first for s in shares], axis=axis),
-                           xp.concatenate([s.second for s in shares], axis=axis), scale, shares[0].rt)
-
-
-def stack(shares, axis=0) -> ArithmeticShare:
-    shares = list(shares)
-    xp = shares[0].xp
-    return ArithmeticShare(xp.stack([s.first for s in shares], axis=axis),
-                           xp.stack([s.second for s in shares], axis=axis), shares[0].scale, shares[0].rt)
+def to_scale(x: ArithmeticShare, scale: int, mode=None) -> ArithmeticShare:
+    """Re-encode at ``scale`` fractional bits: free upwards (exact), a truncation downwards."""
+    if scale >= x.scale:
+        factor = x.xp.uint64(1 << (scale - x.scale))
+        return x._new(x.first * factor, x.second * factor, scale)
+    return truncate(x, x.scale - scale, scale, mode=mode)
 
 
 # -- the multiplication family -----------------------------------------------------------
 
-def _reshare(z, scale, rt) -> ArithmeticShare:
-    """From a 3-out-of-3 sharing ``z_i`` (already masked) back to replicated: party ``i``
-    sends ``z_i`` to party ``i-1``.  1 round, 8 bytes/element."""
-    return ArithmeticShare(z, rt.comm.pass_prev(z), scale, rt)
+def _product(x: ArithmeticShare, y: ArithmeticShare, op, trunc, bits=None, out_scale=None) -> ArithmeticShare:
+    """``op`` is bilinear (elementwise mul, matmul, conv and its gradients).
 
-
-def _product(x: ArithmeticShare, y: ArithmeticShare, op, rt) -> ArithmeticShare:
-    """``op`` is bilinear (elementwise mul, matmul, conv): the replicated product.
-
-    Local: ``z_i = op(x_i, y_i + y_{i+1}) + op(x_{i+1}, y_i) + a_i`` with a fresh zero
-    share ``a_i`` (two local products); then one resharing round.  Integer scales: 1 round,
-    8 bytes/element; reals: +1 round for the truncation (8 bytes/element from one party).
+    Local: ``L_i = op(x_i, y_i + y_{i+1}) + op(x_{i+1}, y_i)`` (two ring products), a
+    three-out-of-three sharing of the product.  A result with more than ``rt.frac_bits``
+    fractional bits is truncated back (or by ``bits``, read at ``out_scale``) in the same
+    two rounds as the resharing (``trunc``: None = the default mode, "prob" or "aby3";
+    ``False`` keeps all ``x.scale + y.scale`` bits, 1 round).  An integer result: 1
+    resharing round, 8 bytes/element.
     """
-    z = op(x.first, y.first + y.second) + op(x.second, y.first)
-    z = z + rt.prg.zero_share(z.shape)
-    out = _reshare(z, x.scale + y.scale, rt)
-    return _rescale(out)
+    rt = x.rt
+    summand = op(x.first, y.first + y.second) + op(x.second, y.first)
+    scale = x.scale + y.scale
+    if bits is None:
+        bits, out_scale = scale - rt.frac_bits, rt.frac_bits
+    if bits <= 0 or trunc is False:
+        first, second = reshare(rt, summand)
+        return ArithmeticShare(first, second, scale, rt)
+    mode = check_mode(trunc)
+    if mode == "prob":
+        first, second = msb_corrected(rt, summand.shape, bits, summand=summand)
+    else:
+        first, second = aby3(rt, *reshare(rt, summand), bits)
+    return ArithmeticShare(first, second, out_scale, rt)
 
 
-def _rescale(s: ArithmeticShare) -> ArithmeticShare:
-    """Truncate a product back to ``rt.frac_bits`` fractional bits when it carries more."""
-    f = s.rt.frac_bits
-    if s.scale > f:
-        return truncate(s, s.scale - f, f)
-    return s
+def mul_trunc(x: ArithmeticShare, y: ArithmeticShare, bits: int, out_scale: int, mode=None) -> ArithmeticShare:
+    """The ring product ``x * y`` (broadcasting) divided by ``2^bits`` and read at ``out_scale``:
+    one fused product and truncation, 2 rounds (for protocols that manage their own scales)."""
+    return _product(x, y, lambda a, b: a * b, mode, bits, out_scale)
 
 
-def mul(x: ArithmeticShare, y: ArithmeticShare) -> ArithmeticShare:
+def mul(x: ArithmeticShare, y: ArithmeticShare, trunc=None) -> ArithmeticShare:
     """Elementwise product with broadcasting (see :func:`_product` for the cost)."""
-    return _product(x, y, lambda a, b: a * b, x.rt)
+    return _product(x, y, lambda a, b: a * b, trunc)
 
 
-def matmul(x: ArithmeticShare, y: ArithmeticShare) -> ArithmeticShare:
+def matmul(x: ArithmeticShare, y: ArithmeticShare, trunc=None) -> ArithmeticShare:
     """Matrix product of two shares (numpy.matmul semantics, exact mod 2^64 via limb GEMMs)."""
-    return _product(x, y, ring.matmul, x.rt)
+    return _product(x, y, ring.matmul, trunc)
 
 
-def conv2d(x: ArithmeticShare, w, stride=1, padding=0, groups=1) -> ArithmeticShare:
+def conv2d(x: ArithmeticShare, w, stride=1, padding=0, groups=1, trunc=None) -> ArithmeticShare:
     """Convolution of a shared NCHW input with a shared or public OIHW weight.
 
-    Shared weight: like :func:`mul` (1 round + truncation).  Public weight: local products
-    of each component, then the truncation round.
-    """
+    Shared weight: like :func:`mul`.  Public weight: local products of each component,
+    then one truncation of the replicated result."""
     def op(a, b):
         return ring.conv2d(a, b, stride=stride, padding=padding, groups=groups)
     if isinstance(w, ArithmeticShare):
-        return _product(x, w, op, x.rt)
-    wpub = x._public(w, x.rt.frac_bits)
-    return _rescale(x._new(op(x.first, wpub), op(x.second, wpub), x.scale + x.rt.frac_bits))
+        return _product(x, w, op, trunc)
+    wpub = x._encode_public(w, x.rt.frac_bits)
+    return _rescale(x._new(op(x.first, wpub), op(x.second, wpub), x.scale + x.rt.frac_bits), trunc)
 
 
-def mul_public(x: ArithmeticShare, c) -> ArithmeticShare:
-    """Multiply by a public value: integers are exact and free; reals cost the truncation round."""
-    if isinstance(c, numbers.Integral) and not isinstance(c, bool):
-        k = x._public(c, 0)
-        return x._new(x.first * k, x.second * k)
-    if _is_int_array(c):
-        k = x._public(c, 0)
-        a, b = x.first * k, x.second * k
-        return x._new(a, b)
-    f = x.rt.frac_bits
-    if isinstance(c, numbers.Real):
-        # a small constant (1/n of a mean, a learning rate) gets extra fractional bits so its
-        # relative precision is 2^-f; the product magnitude stays that of an ordinary product
-        extra = 0 if c == 0 or abs(c) >= 1 else min(int(math.floor(-math.log2(abs(c)))), f)
-        k = x.xp.asarray(int(round(c * 2 ** (f + extra))) % (1 << 64), dtype=x.xp.uint64)
-        out = x._new(x.first * k, x.second * k, x.scale + f + extra)
-        return truncate(out, f + extra, x.scale) if x.scale else _rescale(out)
-    k = x._public(c, f)
-    return _rescale(x._new(x.first * k, x.second * k, x.scale + f))
+def conv2d_grad_input(grad: ArithmeticShare, w: ArithmeticShare, input_shape, stride=1, padding=0,
+                      groups=1, trunc=None) -> ArithmeticShare:
+    """Gradient of a convolution w.r.t. its input (the transposed convolution), two shares."""
+    return _product(grad, w, lambda a, b: ring.conv2d_grad_input(
+        a, b, input_shape, stride=stride, padding=padding, groups=groups), trunc)
 
 
-def _is_int_array(c):
-    dtype = getattr(c, "dtype", None)
-    return dtype is not None and dtype.kind in "iub"
+def conv2d_grad_weight(x: ArithmeticShare, grad: ArithmeticShare, weight_shape, stride=1, padding=0,
+                       groups=1, trunc=None) -> ArithmeticShare:
+    """Gradient of a convolution w.r.t. its weight (correlation of input and output grads)."""
+    return _product(x, grad, lambda a, b: ring.conv2d_grad_weight(
+        a, b, weight_shape, stride=stride, padding=padding, groups=groups), trunc)
 
 
-def matmul_public(x: ArithmeticShare, w, left: bool = False) -> ArithmeticShare:
+def _rescale(s: ArithmeticShare, trunc=None) -> ArithmeticShare:
+    """Truncate a replicated product back to ``rt.frac_bits`` fractional bits when it carries more."""
+    f = s.rt.frac_bits
+    if s.scale > f and trunc is not False:
+        return truncate(s, s.scale - f, f, mode=trunc)
+    return s
+
+
+def matmul_public(x: ArithmeticShare, w, left: bool = False, trunc=None) -> ArithmeticShare:
     """``x @ w`` (or ``w @ x`` with ``left``) for a public real matrix ``w``: local + truncation."""
-    k = x._public(w, x.rt.frac_bits)
+    k = x._encode_public(w, x.rt.frac_bits)
     if left:
         a, b = ring.matmul(k, x.first), ring.matmul(k, x.second)
     else:
         a, b = ring.matmul(x.first, k), ring.matmul(x.second, k)
-    return _rescale(x._new(a, b, x.scale + x.rt.frac_bits))
+    return _rescale(x._new(a, b, x.scale + x.rt.frac_bits), trunc)
+
+
+def public_factor_parts(c, scale_in: int, frac_bits: int):
+    """How :func:`mul_public` multiplies by public reals ``c``: a list of ``(K, shift)``.
+
+    The result is ``sum_i trunc(X * K_i, shift_i)`` (``shift_i <= 0``: an exact
+    multiplication by ``2^-shift_i``) for ring values ``X`` at ``scale_in`` bits, read at
+    ``max(scale_in, frac_bits)`` bits.  Every ``|X * K_i|`` stays below ``2^62`` for any
+    encodable ``X`` (``|x| < 2^(63-2f)``), and the parts represent ``c`` to a relative
+    ``2^-28`` (a power of two exactly, with one part).  ``K_i`` are host int64 arrays
+    (or ints)."""
+    c = numpy.asarray(c, dtype=numpy.float64)
+    if not numpy.isfinite(c).all():
+        raise EncodingError("a public factor is NaN or infinite")
+    limit = safe_limit(frac_bits)
+    big = float(numpy.abs(c).max()) if c.size else 0.0
+    if big >= limit:
+        raise EncodingError(f"public factor of magnitude {big:.6g} is outside the fixed-point range "
+                            f"(|c| < 2^{63 - 2 * frac_bits})")
+    up = max(scale_in, frac_bits) - scale_in
+    if big == 0.0:
+        return []
+    if c.ndim == 0:
+        m, e = math.frexp(abs(float(c)))
+        if m == 0.5:                                         # +-2^(e-1): one exact shift
+            return [(-1 if c < 0 else 1, -(e - 1 + up))]
+    kb = max(4, 2 * frac_bits - scale_in - 1)                # |K| < 2^kb keeps |X K| < 2^62
+    q = kb - 2 - math.floor(math.log2(big))
+    parts, rest = [], c.copy()
+    for _ in range(3):
+        k = numpy.rint(rest * 2.0 ** q).astype(numpy.int64)
+        if numpy.any(k):
+            parts.append((k if c.ndim else int(k), q - up))
+        rest = rest - k / 2.0 ** q
+        if not numpy.any(rest) or float(numpy.abs(rest).max()) <= big * 2.0 ** -28:
+            break
+        q += kb - 2
+    # a part that would be cut by more than 62 bits is below one unit of the result: dropped
+    return [(k, shift) for k, shift in parts if shift <= 62]
+
+
+def mul_public(x: ArithmeticShare, c, trunc=None) -> ArithmeticShare:
+    """Multiply by a public value.  Integers: exact and free.  Reals (a number or an array
+    broadcasting against ``x``): split into at most three integer factors of bounded size
+    (:func:`public_factor_parts`) whose products are truncated in ONE call (2 rounds; a
+    power of two: one element per element, or nothing for ``2^k, k >= 0``).  The result
+    has ``max(x.scale, rt.frac_bits)`` fractional bits (an integer share times a real is a
+    real) and is off by at most one unit in the last place per part."""
+    rt = x.rt
+    if _is_integral(c):
+        k = x._encode_public(c, 0)
+        return x._new(x.first * k, x.second * k)
+    c_host = rt.backend.to_host(c) if isinstance(c, rt.xp.ndarray) else c
+    out_scale = max(x.scale, rt.frac_bits)
+    parts = public_factor_parts(c_host, x.scale, rt.frac_bits)
+    xp = x.xp
+    shape = numpy.broadcast_shapes(x.shape, numpy.shape(c_host))
+    if not parts:
+        return zeros(shape, out_scale, rt)
+    exact, to_cut, amounts = [], [], []
+    for k, shift in parts:
+        kk = xp.asarray(numpy.asarray(k).astype(numpy.int64).astype(numpy.uint64))
+        if shift <= 0:
+            kk = kk * xp.uint64(1 << -shift)
+        prod = (xp.broadcast_to(x.first * kk, shape), xp.broadcast_to(x.second * kk, shape))
+        (exact if shift <= 0 else to_cut).append(prod)
+        if shift > 0:
+            amounts.append(shift)
+    total = None
+    if to_cut:
+        first = xp.stack([p[0] for p in to_cut])
+        second = xp.stack([p[1] for p in to_cut])
+        bits = numpy.asarray(amounts, dtype=numpy.int64).reshape((-1,) + (1,) * len(shape))
+        cut = truncate(ArithmeticShare(first, second, 0, rt), bits if len(amounts) > 1 else amounts[0],
+                       out_scale, mode=trunc)
+        total = cut.sum(axis=0)
+    for f_, s_ in exact:
+        term = ArithmeticShare(f_, s_, out_scale, rt)
+        total = term if total is None else total + term
+    return total
 
 
 # -- truncation ----------------------------------------------------------------------------
 
-def truncate(x: ArithmeticShare, bits: int, new_scale: int | None = None) -> ArithmeticShare:
-    """Divide by ``2^bits`` (ABY3-style, one round, one sender).
+def truncate(x: ArithmeticShare, bits, new_scale: int | None = None, mode=None) -> ArithmeticShare:
+    """Divide the ring value of ``x`` by ``2^bits`` (int, or an array broadcast against
+    ``x``: one shift per element), read at ``new_scale`` (default ``x.scale - bits``).
 
-    With role ``j`` (rotating per call): party ``j`` forms ``a = x_j + x_{j+1}``, parties
-    ``j+1`` and ``j+2`` hold ``b = x_{j+2}``.  ``a' = a >> bits`` and
-    ``b' = -((-b) >> bits)`` (arithmetic shifts).  New components: ``y_{j+2} = b'``,
-    ``y_{j+1} = r`` from the key of parties ``j, j+1``, ``y_j = a' - r`` sent by party ``j``
-    to party ``j+2``.  1 round; 8 bytes/element sent by party ``j`` only.  The result is off
-    by at most 1 unit in the last place; it fails (jumps by about ``2^(64-bits)``) with
-    probability about ``|x| / 2^63`` per element.
-    """
+    ``mode``: None/"prob" -- MSB-corrected probabilistic truncation, 2 rounds, 16
+    bytes/element from each party, unbiased, never off by more than one unit in the last
+    place while ``|x| < 2^62`` (ring units); "aby3" -- 1 round, fails with probability
+    ``|x| / 2^64`` (see :mod:`mpcgpu.sharing.truncation`)."""
+    if numpy.ndim(bits) == 0:
+        bits = int(bits)
+        if bits <= 0:
+            return x if new_scale is None else x.relabel(new_scale)
+        new_scale = x.scale - bits if new_scale is None else new_scale
+    elif new_scale is None:
+        raise ProtocolError("truncate by per-element amounts needs new_scale")
     rt = x.rt
-    xp, comm, rank = rt.xp, rt.comm, rt.comm.rank
-    if bits <= 0:
-        return x
-    new_scale = x.scale - bits if new_scale is None else new_scale
-    j = rt.next_role()
-    shift = xp.int64(bits)
-    if rank == j:
-        a = (x.first + x.second).view(xp.int64) >> shift
-        r = rt.prg.with_next(x.shape)                   # y_{j+1}, known to j and j+1
-        y_j = a.view(xp.uint64) - r
-        comm.exchange({(j + 2) % 3: y_j}, {})
-        return ArithmeticShare(y_j, r, new_scale, rt)
-    if rank == (j + 1) % 3:
-        r = rt.prg.with_prev(x.shape)
-        b = x.second                                    # x_{j+2}
-        b_shift = (-((-b).view(xp.int64) >> shift)).view(xp.uint64)
-        comm.exchange({}, {})
-        return ArithmeticShare(r, b_shift, new_scale, rt)
-    # rank == j+2: holds (x_{j+2}, x_j)
-    b = x.first
-    b_shift = (-((-b).view(xp.int64) >> shift)).view(xp.uint64)
-    y_j = comm.exchange({}, {j: (x.shape, xp.uint64)})[j]
-    return ArithmeticShare(b_shift, y_j, new_scale, rt)
-
+    if check_mode(mode) == "prob":
+        first, second = msb_corrected(rt, x.shape, bits, rss=(x.first, x.second))
+    else:
+        first, second = aby3(rt, x.first, x.second, bits)
+    return ArithmeticShare(first, second, new_scale, rt)

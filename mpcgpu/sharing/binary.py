@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import numpy   # shape arithmetic only; share data uses the runtime's array module
 
-from ..errors import ProtocolError
+from ..errors import EncodingError, ProtocolError
 from ..runtime import get as _runtime
-from .replicated import ReplicatedPair
+from . import replicated
+from .replicated import ReplicatedPair, with_public
 
 ALL_ONES = (1 << 64) - 1
 
@@ -76,23 +77,15 @@ class BinaryShare(ReplicatedPair):
         xp = self.xp
         if isinstance(value, int):
             return xp.uint64(value % (1 << 64))
-        arr = value if isinstance(value, xp.ndarray) else self.rt.backend.to_device(value)
-        arr = xp.asarray(arr)
+        arr = value if isinstance(value, xp.ndarray) else self.rt.backend.to_device(numpy.asarray(value))
         if arr.dtype.kind not in "iub":
             raise ProtocolError("public operands of binary shares must be integer words")
         return arr.astype(xp.uint64)
 
     def xor_public(self, c):
-        """XOR a public word into component 0 in both places it is held (0 rounds)."""
-        xp = self.xp
-        c = self._public(c)
-        shape = numpy.broadcast_shapes(self.shape, getattr(c, "shape", ()))
-        first = xp.broadcast_to(self.first, shape).copy()
-        second = xp.broadcast_to(self.second, shape).copy()
-        if self.rt.rank == 0:
-            first ^= c
-        elif self.rt.rank == 2:
-            second ^= c
+        """XOR a public word into component 0 (see :func:`~mpcgpu.sharing.replicated.with_public`); 0 rounds."""
+        first, second = with_public(self.first, self.second, self._public(c), self.rt.rank, self.xp,
+                                    lambda a, b: a ^ b)
         return self._new(first, second)
 
     # -- local gates ----------------------------------------------------------------------
@@ -104,7 +97,7 @@ class BinaryShare(ReplicatedPair):
     __rxor__ = __xor__
 
     def __invert__(self):
-        """NOT: flip every bit of component 0 (party 0 first, party 2 second); 0 rounds."""
+        """NOT: flip every bit of component 0; 0 rounds."""
         return self.xor_public(ALL_ONES)
 
     def not_bits(self):
@@ -146,37 +139,8 @@ class BinaryShare(ReplicatedPair):
         one = xp.uint64(1)
         return self._map(lambda a: (a >> k) & one)
 
-    # -- shape manipulation (local) -----------------------------------------------------------
-    def reshape(self, *shape):
-        return self._map(lambda a: a.reshape(*shape))
-
-    def ravel(self):
-        return self._map(lambda a: a.reshape(-1))
-
-    def transpose(self, *axes):
-        return self._map(lambda a: a.transpose(*axes))
-
-    def __getitem__(self, index):
-        return self._map(lambda a: a[index])
-
-    def __setitem__(self, index, value):
-        if not isinstance(value, BinaryShare):
-            raise ProtocolError("can only assign a binary share into a binary share")
-        self.first[index] = value.first
-        self.second[index] = value.second
-
-    def broadcast_to(self, shape):
-        return self._map(lambda a: self.xp.broadcast_to(a, shape).copy())
-
-    def copy(self):
-        return self._map(lambda a: a.copy())
-
 
 # -- construction ------------------------------------------------------------------------------
-
-def from_components(first, second, rt=None) -> BinaryShare:
-    return BinaryShare(first, second, rt)
-
 
 def zeros(shape, rt=None) -> BinaryShare:
     """A trivial sharing of zero words."""
@@ -188,74 +152,28 @@ def zeros(shape, rt=None) -> BinaryShare:
 def public(value, rt=None) -> BinaryShare:
     """A public word array as a trivial sharing (x0 = value, x1 = x2 = 0)."""
     rt = rt or _runtime()
-    arr = rt.xp.asarray(rt.backend.to_device(value)).astype(rt.xp.uint64)
+    arr = rt.xp.asarray(rt.backend.to_device(numpy.asarray(value))).astype(rt.xp.uint64)
     return zeros(arr.shape, rt).xor_public(arr)
-
-
-def local(component, index: int, rt=None) -> BinaryShare:
-    """The binary sharing ``(c, 0, 0)`` rotated so that ``c`` is component ``index``.
-
-    ``component`` is what this party knows of component ``index`` (party ``index`` holds it
-    first, party ``index-1`` second; the third party passes anything, e.g. None).  Used by A2B:
-    the arithmetic component ``x_j`` is locally the binary sharing with ``x_j`` as component
-    ``j`` and zeros elsewhere.  0 rounds.
-    """
-    rt = rt or _runtime()
-    xp = rt.xp
-    rank = rt.rank
-    if rank == index:
-        return BinaryShare(component, xp.zeros_like(component), rt)
-    if rank == (index - 1) % 3:
-        return BinaryShare(xp.zeros_like(component), component, rt)
-    z = xp.zeros_like(component)
-    return BinaryShare(z, z.copy(), rt)
 
 
 def share(x=None, src: int = 0, rt=None) -> BinaryShare:
     """Secret-share the uint64 words ``x`` held by party ``src`` (others pass ``None``).
 
-    Components ``x_src`` and ``x_{src+1}`` come from the keys ``src`` shares with its
-    neighbours; ``src`` sends ``x_{src+2} = x ^ x_src ^ x_{src+1}`` to both others.
-    1 round (+1 tiny shape round), 16 bytes/word from ``src`` only.
-    """
+    1 round (+1 tiny round for the shape and verdict), 16 bytes/word from ``src`` only
+    (see :func:`mpcgpu.sharing.replicated.distribute`)."""
     rt = rt or _runtime()
-    comm, xp = rt.comm, rt.xp
-    if comm.rank == src:
-        if x is None:
-            raise ProtocolError(f"party {src} is the source of binary share() but passed no data")
-        arr = xp.asarray(x if isinstance(x, xp.ndarray) else rt.backend.to_device(x))
+
+    def words(arr):
         if arr.dtype.kind not in "iub":
-            raise ProtocolError("binary share() needs integer words")
-        arr = arr.astype(xp.uint64)
-        meta = tuple(arr.shape)
-    else:
-        meta = None
-    shape = tuple(comm.bcast_object(meta, root=src))
-    rank = comm.rank
-    if rank == src:
-        own = rt.prg.with_prev(shape)
-        nxt = rt.prg.with_next(shape)
-        rest = arr ^ own ^ nxt
-        comm.exchange({(src + 1) % 3: rest, (src + 2) % 3: rest}, {})
-        return BinaryShare(own, nxt, rt)
-    got = comm.exchange({}, {src: (shape, xp.uint64)})[src]
-    if rank == (src + 1) % 3:
-        return BinaryShare(rt.prg.with_prev(shape), got, rt)
-    return BinaryShare(got, rt.prg.with_next(shape), rt)
+            raise EncodingError("binary share() needs integer words")
+        return arr.astype(rt.xp.uint64)
+
+    first, second = replicated.distribute(x, src, rt, words, lambda w, a, b: w ^ a ^ b)
+    return BinaryShare(first, second, rt)
 
 
-def concatenate(shares, axis=0) -> BinaryShare:
-    shares = list(shares)
-    xp = shares[0].xp
-    return BinaryShare(xp.concatenate([s.first for s in shares], axis=axis),
-                       xp.concatenate([s.second for s in shares], axis=axis), shares[0].rt)
-
-
-def stack(shares, axis=0) -> BinaryShare:
-    shares = list(shares)
-    xp = shares[0].xp
-    return BinaryShare(xp.stack([s.first for s in shares], axis=axis),
-                       xp.stack([s.second for s in shares], axis=axis), shares[0].rt)
+concatenate = replicated.concatenate
+stack = replicated.stack
 
 
 # -- AND ----------------------------------------------------------------------------------------

@@ -2,16 +2,57 @@
 
 Party ``i`` holds the pair ``(x_i, x_{i+1})`` (indices mod 3) of a secret
 ``x = x0 op x1 op x2`` where ``op`` is ``+ mod 2^64`` (arithmetic) or XOR
-(binary).  This base holds the pair, its shape and the reconstruction, which
-differ between the two kinds only in ``op``.
+(binary).  This module holds everything that does not depend on ``op``, once:
+
+* :class:`ReplicatedPair`, the base class: the pair, its shape, the local shape
+  operations (reshape, transpose, indexing, broadcasting, padding, copy) and the
+  reconstruction;
+* :func:`with_public` -- the rule for a public constant, written once: it goes
+  into ONE component, in both places that component is held;
+* :func:`concatenate`, :func:`stack` -- for either kind;
+* :func:`distribute` -- secret-sharing an array held by one party.
 """
 from __future__ import annotations
 
-from ..errors import ProtocolError
+import numpy  # shapes only (broadcast_shapes on tuples); never share data
+
+from ..errors import EncodingError, ProtocolError
+
+PARTIES = 3
+
+
+def holders(component: int) -> tuple[int, int]:
+    """The two parties that hold ``component``: party ``k`` (first slot), party ``k-1`` (second)."""
+    return component % PARTIES, (component - 1) % PARTIES
+
+
+def with_public(first, second, value, rank: int, xp, op, component: int = 0):
+    """This party's pair after ``x_component = op(x_component, value)`` for a public ``value``.
+
+    A public constant changes one component, and that component is held twice: as the
+    FIRST slot of party ``component`` and the SECOND slot of party ``component - 1``.
+    Changing only one copy leaves the replicas inconsistent (the error shows once a
+    different pair of parties reconstructs), so every public constant in mpcgpu goes
+    through here.  ``value`` broadcasts against the share; untouched slots are returned
+    as they are (or broadcast) and never modified in place.
+    """
+    shape = numpy.broadcast_shapes(tuple(first.shape), tuple(getattr(value, "shape", ())))
+    if tuple(first.shape) != shape:
+        first, second = xp.broadcast_to(first, shape), xp.broadcast_to(second, shape)
+    own, prev = holders(component)
+    if rank == own:
+        first = op(first, value)
+    elif rank == prev:
+        second = op(second, value)
+    return first, second
 
 
 class ReplicatedPair:
-    """This party's two components ``first = x_i``, ``second = x_{i+1}``."""
+    """This party's two components ``first = x_i``, ``second = x_{i+1}`` of a sharing.
+
+    Shares are values: every operation returns a new share and never writes into the
+    arrays of its operands (results may share memory with their operands).
+    """
 
     __array_priority__ = 1000  # NumPy defers `ndarray (op) share` to our reflected operators
 
@@ -39,10 +80,52 @@ class ReplicatedPair:
     def _new(self, first, second):  # pragma: no cover - provided by the subclasses
         raise NotImplementedError
 
+    def _compatible(self, other) -> bool:
+        """Whether ``other`` can be concatenated with this share (same kind and encoding)."""
+        return type(other) is type(self)
+
     def _map(self, fn):
         """Apply the same local (shape-only) function to both components."""
         return self._new(fn(self.first), fn(self.second))
 
+    # -- local shape operations (0 rounds) ---------------------------------------------
+    def reshape(self, *shape):
+        return self._map(lambda a: a.reshape(*shape))
+
+    def ravel(self):
+        return self._map(lambda a: a.reshape(-1))
+
+    def flatten(self, start: int = 0):
+        """Merge the axes from ``start`` on: ``(N, C, H, W).flatten(1) -> (N, C*H*W)``."""
+        return self.reshape(*self.shape[:start], -1)
+
+    def transpose(self, *axes):
+        return self._map(lambda a: a.transpose(*axes))
+
+    @property
+    def T(self):
+        return self.transpose()
+
+    def swapaxes(self, a1, a2):
+        return self._map(lambda a: a.swapaxes(a1, a2))
+
+    def __getitem__(self, index):
+        return self._map(lambda a: a[index])
+
+    def broadcast_to(self, shape):
+        return self._map(lambda a: self.xp.broadcast_to(a, shape).copy())
+
+    def pad(self, pad_width):
+        """Zero padding (zeros are a valid sharing of zero for either kind)."""
+        return self._map(lambda a: self.xp.pad(a, pad_width))
+
+    def copy(self):
+        return self._map(lambda a: a.copy())
+
+    def contiguous(self):
+        return self._map(self.xp.ascontiguousarray)
+
+    # -- reconstruction ----------------------------------------------------------------
     def _reconstruct(self, to, combine):
         """``combine(x_i, x_{i+1}, x_{i-1})`` on the back end (None on parties other than ``to``).
 
@@ -54,12 +137,81 @@ class ReplicatedPair:
         if to is None:
             return combine(self.first, self.second, comm.pass_next(self.first))
         to = int(to)
-        if not 0 <= to < 3:
+        if not 0 <= to < PARTIES:
             raise ProtocolError(f"reveal target must be party 0, 1 or 2, got {to}")
-        sender = (to - 1) % 3
+        sender = (to - 1) % PARTIES
         sends = {to: self.first} if comm.rank == sender else {}
         recvs = {sender: (self.shape, self.first.dtype)} if comm.rank == to else {}
         got = comm.exchange(sends, recvs)
         if comm.rank != to:
             return None
         return combine(self.first, self.second, got[sender])
+
+
+def _joined(shares, how: str, axis):
+    shares = list(shares)
+    if not shares:
+        raise ProtocolError(f"{how} needs at least one share")
+    head = shares[0]
+    for s in shares[1:]:
+        if not head._compatible(s):
+            raise ProtocolError(f"{how} needs shares of one kind and one scale: {head!r} and {s!r}")
+    join = getattr(head.xp, how)
+    return head._new(join([s.first for s in shares], axis=axis), join([s.second for s in shares], axis=axis))
+
+
+def concatenate(shares, axis=0):
+    """Concatenate shares of one kind and scale along ``axis`` (local)."""
+    return _joined(shares, "concatenate", axis)
+
+
+def stack(shares, axis=0):
+    """Stack shares of one kind and scale along a new ``axis`` (local)."""
+    return _joined(shares, "stack", axis)
+
+
+def distribute(x, src: int, rt, encode, mask):
+    """Secret-share the array ``x`` held by party ``src`` (other parties pass None).
+
+    ``encode(array) -> ring words`` runs on ``src`` and may raise EncodingError;
+    ``mask(words, r1, r2) -> x_{src+2}`` removes the two pseudo-random components.
+    Components ``x_src`` and ``x_{src+1}`` come from the keys ``src`` shares with its
+    neighbours (no communication); ``src`` sends ``x_{src+2}`` to both other parties.
+
+    Cost: 1 round of 8 bytes/element to each of the two others (16 bytes/element from
+    ``src`` only), after one small metadata round carrying the shape and whether the
+    input could be encoded.  That verdict is all the others learn of a bad input: the
+    error they raise names the party, never a value, a magnitude or NaN-ness (the source
+    party's own error carries the details).  Returns ``(first, second)``.
+    """
+    comm, xp = rt.comm, rt.xp
+    local_error = None
+    if comm.rank == src:
+        if x is None:
+            raise ProtocolError(f"party {src} is the source of share() but passed no data")
+        arr = x if isinstance(x, xp.ndarray) else rt.backend.to_device(numpy.asarray(x))
+        try:
+            words = encode(arr)
+        except EncodingError as exc:
+            local_error, words = exc, None
+        meta = (tuple(arr.shape), local_error is not None)
+    else:
+        meta = None
+    shape, failed = comm.bcast_object(meta, root=src)
+    if failed:
+        if local_error is not None:
+            raise local_error
+        raise EncodingError(f"party {src}'s input could not be encoded (it is outside the fixed-point "
+                            "range or not a finite number); only that party sees the details")
+    shape = tuple(shape)
+    rank = comm.rank
+    if rank == src:
+        own = rt.prg.with_prev(shape)     # x_src   (key k_src, shared with src-1)
+        nxt = rt.prg.with_next(shape)     # x_src+1 (key k_src+1, shared with src+1)
+        rest = mask(words, own, nxt)      # x_src+2
+        comm.exchange({(src + 1) % PARTIES: rest, (src + 2) % PARTIES: rest}, {})
+        return own, nxt
+    got = comm.exchange({}, {src: (shape, xp.uint64)})[src]
+    if rank == (src + 1) % PARTIES:       # holds (x_src+1, x_src+2)
+        return rt.prg.with_prev(shape), got
+    return got, rt.prg.with_next(shape)   # src+2 == src-1: holds (x_src+2, x_src)

@@ -1,0 +1,210 @@
+"""Truncation: dividing a shared fixed-point value by ``2^d``.
+
+A product of two values with ``f`` fractional bits carries ``2f`` and must be
+divided by ``2^f``.  Two protocols, chosen by ``mode``:
+
+``"prob"`` (default): MSB-corrected probabilistic truncation
+---------------------------------------------------------------
+(Dalskov, Escudero, Keller, PETS 2020 s3.2.2; Escudero et al., CRYPTO 2020
+s5.1, adapted to replicated sharing with a dealer.)  Roles rotate from call to
+call (``rt.next_role()``): party ``j`` is the *dealer* D, parties ``j+1`` and
+``j+2`` the *openers* A and B.
+
+* Shift ``x' = x + 2^62``: for ``|x| < 2^62`` (ring units) ``x'`` lies in
+  ``[0, 2^63)``.
+* D knows ``r = r_A + r_B`` (``r_A`` from the key of D and A, ``r_B`` from the
+  key of D and B) and splits it as ``r = r_msb 2^63 + r_mid 2^d + r_lo``.  It
+  deals two-out-of-two shares of ``T = r_msb 2^(63-d)`` and ``r_mid`` to A and
+  B (A's half from their common key, B's half sent: 16 bytes/element).
+* Round 1: A and B learn ``c = x' + r mod 2^64`` (uniform: ``r`` is unknown to
+  each of them) -- from the components they hold, or, fused with a product,
+  from the parties' three-out-of-three summands, D's summand reaching each of
+  them under a mask that only the other one knows.
+* Locally: with ``b = c_msb XOR r_msb``,
+  ``y = floor((c mod 2^63) / 2^d) + b 2^(63-d) - r_mid - 2^(62-d)``
+  ``= floor(x / 2^d) + [c mod 2^d < r_lo]``: exact floor plus a carry that is
+  1 with probability ``(x mod 2^d) / 2^d`` -- unbiased stochastic rounding, off
+  by less than one unit in the last place, and no large error while
+  ``|x| < 2^62``.
+* Round 2: A and B hold two-out-of-two shares of ``y``; they exchange one word
+  each to form the component they both hold; the other two components come
+  from keys (D's two).
+
+Cost: 2 rounds.  On a replicated input: 16 bytes/element from each of D, A and
+B (48 in all).  Fused with a product (replacing its resharing round): D 32, A
+16, B 16 bytes/element (64 in all; the plain product reshare was 24).  The
+role rotates, so every party sends the same on average.
+
+What each party sees: A and B see ``c`` (uniform) and masked words; D sees
+nothing.  The rounding carry, however, is decided by ``r_lo``, which D knows
+and which A and B could compute from ``c`` *if they knew* ``x``: a party does
+not learn ``x``'s discarded bits, but the last bit of a revealed probabilistic
+result is correlated with what these parties saw.  Values mpcgpu reveals as
+reals are therefore rounded exactly (:func:`mpcgpu.protocols.rounding.round_exact`),
+whose result is a function of ``x`` alone.
+
+``"aby3"`` (opt-in): the one-round ABY3 truncation
+---------------------------------------------------
+Party ``j`` shifts ``x_j + x_{j+1}``, parties ``j+1, j+2`` shift ``-x_{j+2}``
+and negate, party ``j`` re-randomises and sends one word: 1 round, 8
+bytes/element from one party.  It is wrong by about ``2^(64-d)`` (ring units)
+with probability about ``|x| / 2^64`` per element (measured: 1.5% at
+``|x| = 2^58``, i.e. about 0.3 failures per LeNet training epoch at f = 16 and
+hundreds at f = 20), and its rounding bit is a function of ``x_{j+2}``, which
+two parties hold.  Use it only where both are acceptable.
+
+``bits`` may be an int or an array (one shift per element, broadcast against
+``x``), so truncations by different amounts run in the same two rounds.
+"""
+from __future__ import annotations
+
+import numpy  # host-side shape arithmetic only
+
+from ..errors import ProtocolError
+
+MODES = ("prob", "aby3")
+DEFAULT_MODE = "prob"
+SHIFT = 1 << 62
+MASK63 = (1 << 63) - 1
+
+
+def check_mode(mode) -> str:
+    mode = DEFAULT_MODE if mode is None else mode
+    if mode not in MODES:
+        raise ProtocolError(f"unknown truncation mode {mode!r}; choose one of {', '.join(MODES)} "
+                            "(exact rounding: mpcgpu.protocols.rounding.round_exact)")
+    return mode
+
+
+def _shift_amounts(xp, bits, shape):
+    """``bits`` as uint64 (scalar or an array broadcast to ``shape``); checks 1 <= bits <= 62."""
+    arr = numpy.asarray(bits)
+    if arr.size == 0 or int(arr.min()) < 1 or int(arr.max()) > 62:
+        raise ProtocolError(f"truncation needs 1 <= bits <= 62, got {bits}")
+    if arr.ndim == 0:
+        return xp.uint64(int(arr))
+    try:
+        numpy.broadcast_shapes(arr.shape, tuple(shape))
+    except ValueError:
+        raise ProtocolError(f"truncation amounts of shape {arr.shape} do not broadcast to {tuple(shape)}") from None
+    return xp.asarray(arr.astype(numpy.uint64))
+
+
+def msb_corrected(rt, shape, bits, *, rss=None, summand=None, offset=0, keep=False):
+    """The ``"prob"`` protocol (module docstring) on this party's input; returns the new
+    pair ``(first, second)``, or ``((first, second), aux)`` with ``keep``.
+
+    Input: ``rss=(first, second)`` (a replicated share) or ``summand`` (this party's term
+    of a three-out-of-three sum, e.g. of a product before resharing).  ``offset`` (a ring
+    constant) is added to ``x`` first (``2^(d-1)`` rounds to nearest).  With ``keep``,
+    ``aux = (c_lo, r_lo_pair)``: the opened low bits ``c mod 2^d`` (None on the dealer)
+    and this party's replicated pair of ``r_lo`` (D deals it in round 1: +16
+    bytes/element from D), for an exact correction of the carry.
+    """
+    xp, comm, prg, me = rt.xp, rt.comm, rt.prg, rt.rank
+    u64 = xp.uint64
+    d = _shift_amounts(xp, bits, shape)
+    fused = summand is not None
+    if fused == (rss is not None):
+        raise ProtocolError("msb_corrected needs exactly one of rss= and summand=")
+    j = rt.next_role()
+    D, A, B = j, (j + 1) % 3, (j + 2) % 3
+    na = 4 + fused + keep          # from the key of D and A: r_A, T_A, m_A, v, [nu], [rho_A]
+    nb = 2 + fused + keep          # from the key of D and B: r_B, u, [mu], [rho_D]
+    one = u64(1)
+    if me == D:
+        ka = prg.with_next((na,) + tuple(shape))
+        kb = prg.with_prev((nb,) + tuple(shape))
+        r = ka[0] + kb[0]
+        r_mid = (r & u64(MASK63)) >> d
+        t = (r >> u64(63)) << (u64(63) - d)
+        to_b = [t - ka[1], r_mid - ka[2]]
+        to_a = []
+        if fused:
+            to_a.append(summand + kb[2])                   # masked by mu (known to B only)
+            to_b.append(summand + ka[4])                   # masked by nu (known to A only)
+        if keep:
+            r_lo = r & ((one << d) - one)
+            rho_b = r_lo - kb[-1] - ka[-1]
+            to_a.append(rho_b)
+            to_b.append(rho_b)
+        sends = {B: xp.stack(to_b)}
+        if to_a:
+            sends[A] = xp.stack(to_a)
+        comm.exchange(sends, {})
+        comm.exchange({}, {})
+        out = (kb[1], ka[3])                                # components D (u) and A (v)
+        return (out, (B, None, (kb[-1], ka[-1]))) if keep else out
+    from_d = (2 + fused + keep) if me == B else (fused + keep)
+    if me == A:
+        k = prg.with_prev((na,) + tuple(shape))             # the key of D and A
+        own = summand if fused else rss[0]                  # A's term: x_A
+        msg = own + k[0] - (k[4] if fused else u64(0))
+    else:
+        k = prg.with_next((nb,) + tuple(shape))             # the key of D and B
+        own = summand if fused else rss[0] + rss[1]         # B's term: x_B + x_D
+        msg = own + k[0] - (k[2] if fused else u64(0))
+    other = B if me == A else A
+    recvs = {other: (tuple(shape), u64)}
+    if from_d:
+        recvs[D] = ((from_d,) + tuple(shape), u64)
+    got = comm.exchange({other: msg}, recvs)
+    c = own + k[0] + got[other]
+    dealt = got.get(D)
+    if me == A:
+        if fused:
+            c += dealt[0]
+        t_half, m_half, mask_out = k[1], k[2], k[3]
+    else:
+        if fused:
+            c += dealt[2]
+        t_half, m_half, mask_out = dealt[0], dealt[1], k[1]
+    c += u64((SHIFT + int(offset)) % (1 << 64))
+    c_msb = c >> u64(63)
+    sign = one - (c_msb << one)                             # 1 - 2 c_msb, as a ring element
+    half = sign * t_half - m_half - mask_out
+    if me == A:                                             # the public part, added once
+        half += ((c & u64(MASK63)) >> d) + (c_msb << (u64(63) - d)) - (one << (u64(62) - d))
+    comp_b = half + comm.exchange({other: half}, {other: (tuple(shape), u64)})[other]
+    out = (mask_out, comp_b) if me == A else (comp_b, mask_out)
+    if not keep:
+        return out
+    c_lo = c & ((one << d) - one)
+    rho_b = dealt[-1]
+    r_lo_pair = (k[-1], rho_b) if me == A else (rho_b, k[-1])
+    return out, (B, c_lo, r_lo_pair)
+
+
+def aby3(rt, first, second, bits):
+    """The one-round ABY3 truncation (opt-in, see the module docstring); returns the pair."""
+    xp, comm, rank = rt.xp, rt.comm, rt.rank
+    if numpy.ndim(bits):
+        raise ProtocolError("the aby3 truncation takes one shift for all elements")
+    _shift_amounts(xp, bits, first.shape)
+    shift = xp.int64(int(bits))
+    j = rt.next_role()
+    shape = tuple(first.shape)
+    if rank == j:
+        a = (first + second).view(xp.int64) >> shift
+        r = rt.prg.with_next(shape)                         # y_{j+1}, known to j and j+1
+        y_j = a.view(xp.uint64) - r
+        comm.exchange({(j + 2) % 3: y_j}, {})
+        return y_j, r
+    if rank == (j + 1) % 3:
+        r = rt.prg.with_prev(shape)
+        b_shift = (-((-second).view(xp.int64) >> shift)).view(xp.uint64)
+        comm.exchange({}, {})
+        return r, b_shift
+    b_shift = (-((-first).view(xp.int64) >> shift)).view(xp.uint64)
+    y_j = comm.exchange({}, {j: (shape, xp.uint64)})[j]
+    return b_shift, y_j
+
+
+def reshare(rt, summand):
+    """Three-out-of-three summands -> replicated pair: add a fresh zero share and send
+    ``z_i`` to party ``i-1``.  1 round, 8 bytes/element per party."""
+    z = summand + rt.prg.zero_share(summand.shape)
+    return z, rt.comm.pass_prev(z)
+
+
+__all__ = ["MODES", "DEFAULT_MODE", "check_mode", "msb_corrected", "aby3", "reshare"]
