@@ -63,3 +63,14 @@ def recording(comm):
 def received(log):
     """Every array this party received in a recorded block."""
     return [a for _, got in log for a in got.values()]
+
+
+def shared_ring(rt, values, rng, scale=0):
+    """A sharing of arbitrary ring values (int64/uint64, any magnitude) with random components
+    drawn from a generator seeded alike on every rank (test-only; no range check)."""
+    from mpcgpu.sharing.arithmetic import ArithmeticShare
+    x = np.asarray(values).astype(np.int64).view(np.uint64)
+    c0 = rng.integers(0, 2 ** 64, size=x.shape, dtype=np.uint64)
+    c1 = rng.integers(0, 2 ** 64, size=x.shape, dtype=np.uint64)
+    comps = [c0, c1, x - c0 - c1]
+    return ArithmeticShare(comps[rt.rank].copy(), comps[(rt.rank + 1) % 3].copy(), scale, rt)
