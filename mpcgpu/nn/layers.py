@@ -38,7 +38,7 @@ from ..sharing.arithmetic import conv2d_grad_input, conv2d_grad_weight, to_scale
 from . import spec as S
 
 #: inverse square root domain for batch statistics in training (var + eps)
-TRAIN_BN_DOMAIN = (1e-3, 1e4)
+TRAIN_BN_DOMAIN = (2.0 ** -10, 2.0 ** 12)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,9 @@ from ..sharing.arithmetic import ArithmeticShare, concatenate, share
 from . import spec as S
 from .layers import TRAIN_BN_DOMAIN, impl
 
+#: the path suffix of a residual block's closing ReLU (its body may hold a "relu" too)
+RESIDUAL_RELU = "out_relu"
+
 #: inverse square root domain for ``running_var + eps`` at inference (overridden by the
 #: domain a model's shards declare, see ``mpcgpu share``)
 DEFAULT_BN_DOMAIN = (1e-2, 1e3)
@@ -102,6 +105,7 @@ class PrivateModel:
         self.grads: dict = {}
         self.version = 0               # bumped whenever parameters change
         self._kept: dict = {}
+        self._input_grad = False
         self._prepared_version = None
         self._affine: dict = {}        # batch-norm path -> (scale, shift), not folded
         self._folded: dict = {}        # conv path -> (weight', bias'); its batch norm becomes identity
@@ -119,7 +123,7 @@ class PrivateModel:
             if layer.shortcut is not None:
                 yield from self._leaf_order(layer.shortcut, S.join_path(path, layer.shortcut_name))
             if layer.relu:
-                yield S.join_path(path, "relu"), S.ReLU()
+                yield S.join_path(path, RESIDUAL_RELU), S.ReLU()
         else:
             yield path, layer
 
@@ -134,7 +138,7 @@ class PrivateModel:
                 layer.shortcut, S.join_path(path, layer.shortcut_name), x, profile)
             out = body + short
             if layer.relu:
-                out = self._leaf(S.ReLU(), S.join_path(path, "relu"), out, profile, forward=True)
+                out = self._leaf(S.ReLU(), S.join_path(path, RESIDUAL_RELU), out, profile, forward=True)
             return out
         return self._leaf(layer, path, x, profile, forward=True)
 
@@ -145,7 +149,7 @@ class PrivateModel:
             return dy
         if isinstance(layer, S.Residual):
             if layer.relu:
-                dy = self._leaf(S.ReLU(), S.join_path(path, "relu"), dy, profile, forward=False)
+                dy = self._leaf(S.ReLU(), S.join_path(path, RESIDUAL_RELU), dy, profile, forward=False)
             d_body = self._back(layer.body, S.join_path(path, layer.body_name), dy, profile)
             d_short = dy if layer.shortcut is None else self._back(
                 layer.shortcut, S.join_path(path, layer.shortcut_name), dy, profile)
@@ -179,7 +183,7 @@ class PrivateModel:
             raise MPCError(f"backward through {path!r} without a training forward pass") from None
 
     def needs_input_grad(self, path) -> bool:
-        return path != self._first_leaf
+        return path != self._first_leaf or self._input_grad
 
     def rounds_exactly(self, path) -> bool:
         return self.exact_output and path == self._output_leaf
@@ -234,15 +238,21 @@ class PrivateModel:
 
     __call__ = forward
 
-    def backward(self, dlogits: ArithmeticShare, profile: Profile | None = None):
+    def backward(self, dlogits: ArithmeticShare, profile: Profile | None = None, input_grad: bool = False):
         """Back-propagate ``dlogits`` through the last training forward pass; fills
-        :attr:`grads` (``{name: share}`` for every trainable parameter)."""
+        :attr:`grads` (``{name: share}`` for every trainable parameter) and returns it,
+        or with ``input_grad`` returns the gradient w.r.t. the input (which training never
+        needs: the first layer skips it otherwise)."""
         if not self.training:
             raise MPCError("backward() needs a forward(..., train=True) first")
         self.grads = {}
-        self._back(self.spec.net, "", dlogits, profile)
-        self._kept.clear()
-        return self.grads
+        self._input_grad = bool(input_grad)
+        try:
+            dx = self._back(self.spec.net, "", dlogits, profile)
+        finally:
+            self._input_grad = False
+            self._kept.clear()
+        return dx if input_grad else self.grads
 
     def trainable(self):
         return [p.name for p in S.param_specs(self.spec) if p.trainable]

@@ -368,42 +368,51 @@ def _plan_power(kind: str, lo: float, hi: float, f: int, iterations) -> Plan:
     n_max = math.ceil(math.log2(hi / lo)) + 3
     best = None
     for n in range(0, n_max + 1):
-        A, w = _power_weights(n, hi, s)
-        g_lo, g_hi = _power_guess_range(lo, hi, n, s, A, w, f)
-        if g_lo <= 0:
+        try:
+            cand = _power_candidate(kind, lo, hi, f, iterations, n, s, margin)
+        except OverflowError:                    # a chain this long overflows the model: skip it
             continue
-        if kind == "reciprocal":
-            gamma = min(2.0 / (g_lo + g_hi), 1.6 / g_hi)     # centre x*y0 on 1, keep it <= 1.6
-        else:
-            r_lo, r_hi = g_lo ** 2, g_hi ** 2
-            gamma = math.sqrt(_best_isqrt_scale(r_lo, r_hi))
-        W = [gamma * wk for wk in w]
-        g_lo, g_hi = _power_guess_range(lo, hi, n, s, gamma * A, W, f)
-        g_lo, g_hi = g_lo * (1 - margin), g_hi * (1 + margin)
-        if kind == "reciprocal":
-            m = _newton_steps(1 - g_hi, 1 - g_lo, lambda e: e * e)
-            e_range = (g_lo, g_hi)
-        else:
-            r_lo, r_hi = g_lo ** 2, g_hi ** 2
-            m = _newton_steps(1 - r_hi, 1 - r_lo, _isqrt_err)
-            e_range = (r_lo, r_hi)
-        if m is None or e_range[0] < 0.01 or e_range[1] > 1.9:
-            continue
-        m = max(m, 1)
-        if iterations is not None:
-            # a caller's count: prefer the cheapest chain it suffices for, else the best guess
-            short = max(m - int(iterations), 0)
-            m = max(int(iterations), 1)
-        else:
-            short = 0
-        cost = _power_cost(kind, n, m)
-        cand = Plan(kind, (lo, hi), n, hi, gamma * A, tuple(W), m, cost["rounds"],
-                    cost["products"], cost["truncations"], e_range)
-        if best is None or (short, cand.rounds) < best[0]:
-            best = ((short, cand.rounds), cand)
+        if cand is not None and (best is None or cand[0] < best[0]):
+            best = cand
     if best is None:
         raise ProtocolError(f"no {kind} plan for domain ({lo}, {hi}) with {f} fractional bits")
     return best[1]
+
+
+def _power_candidate(kind, lo, hi, f, iterations, n, s, margin):
+    """``((short, rounds), Plan)`` for a chain of ``n`` squarings, or None if it cannot work."""
+    A, w = _power_weights(n, hi, s)
+    g_lo, g_hi = _power_guess_range(lo, hi, n, s, A, w, f)
+    if g_lo <= 0:
+        return None
+    if kind == "reciprocal":
+        gamma = min(2.0 / (g_lo + g_hi), 1.6 / g_hi)     # centre x*y0 on 1, keep it <= 1.6
+    else:
+        r_lo, r_hi = g_lo ** 2, g_hi ** 2
+        gamma = math.sqrt(_best_isqrt_scale(r_lo, r_hi))
+    W = [gamma * wk for wk in w]
+    g_lo, g_hi = _power_guess_range(lo, hi, n, s, gamma * A, W, f)
+    g_lo, g_hi = g_lo * (1 - margin), g_hi * (1 + margin)
+    if kind == "reciprocal":
+        m = _newton_steps(1 - g_hi, 1 - g_lo, lambda e: e * e)
+        e_range = (g_lo, g_hi)
+    else:
+        r_lo, r_hi = g_lo ** 2, g_hi ** 2
+        m = _newton_steps(1 - r_hi, 1 - r_lo, _isqrt_err)
+        e_range = (r_lo, r_hi)
+    if m is None or e_range[0] < 0.01 or e_range[1] > 1.9:
+        return None
+    m = max(m, 1)
+    if iterations is not None:
+        # a caller's count: prefer the cheapest chain it suffices for, else the best guess
+        short = max(m - int(iterations), 0)
+        m = max(int(iterations), 1)
+    else:
+        short = 0
+    cost = _power_cost(kind, n, m)
+    plan = Plan(kind, (lo, hi), n, hi, gamma * A, tuple(W), m, cost["rounds"],
+                cost["products"], cost["truncations"], e_range)
+    return (short, plan.rounds), plan
 
 
 def _isqrt_err(e: float) -> float:

@@ -371,15 +371,18 @@ def matmul_public(x: ArithmeticShare, w, left: bool = False, trunc=None) -> Arit
     return _rescale(x._new(a, b, x.scale + x.rt.frac_bits), trunc)
 
 
-def public_factor_parts(c, scale_in: int, frac_bits: int):
+def public_factor_parts(c, scale_in: int, frac_bits: int, bound=None, rel: float = 2.0 ** -28):
     """How :func:`mul_public` multiplies by public reals ``c``: a list of ``(K, shift)``.
 
-    The result is ``sum_i trunc(X * K_i, shift_i)`` (``shift_i <= 0``: an exact
-    multiplication by ``2^-shift_i``) for ring values ``X`` at ``scale_in`` bits, read at
-    ``max(scale_in, frac_bits)`` bits.  Every ``|X * K_i|`` stays below ``2^62`` for any
-    encodable ``X`` (``|x| < 2^(63-2f)``), and the parts represent ``c`` to a relative
-    ``2^-28`` (a power of two exactly, with one part).  ``K_i`` are host int64 arrays
-    (or ints)."""
+    The result is ``sum_i trunc(X * K_i, shift_i)`` for ring values ``X`` at
+    ``scale_in`` bits, read at ``max(scale_in, frac_bits)`` bits; ``shift_i`` is an int
+    (``<= 0``: an exact multiplication by ``2^-shift_i``) or, for an array ``c``, an
+    array of per-element shifts (each >= 1), so that every element keeps its own
+    relative precision.  Every ``|X * K_i|`` stays below ``2^62`` for any encodable
+    ``X`` (``|x| < 2^(63-2f)``) -- or for ``|x| < bound`` when the caller knows a
+    smaller public bound, which allows wider factors (fewer parts) -- as long as the
+    result itself is in range, and the parts represent every element of ``c`` to a
+    relative ``rel`` (a power of two exactly, with one part)."""
     c = numpy.asarray(c, dtype=numpy.float64)
     if not numpy.isfinite(c).all():
         raise EncodingError("a public factor is NaN or infinite")
@@ -395,58 +398,63 @@ def public_factor_parts(c, scale_in: int, frac_bits: int):
         m, e = math.frexp(abs(float(c)))
         if m == 0.5:                                         # +-2^(e-1): one exact shift
             return [(-1 if c < 0 else 1, -(e - 1 + up))]
-    kb = max(4, 2 * frac_bits - scale_in - 1)                # |K| < 2^kb keeps |X K| < 2^62
-    q = kb - 2 - math.floor(math.log2(big))
+    value_bits = 63 - 2 * frac_bits if bound is None else math.ceil(math.log2(bound))
+    kb = max(4, min(31, 62 - value_bits - scale_in))         # |K| < 2^kb keeps |X K| < 2^62
+    mag = numpy.where(c != 0, numpy.abs(c), 1.0)
+    q = (kb - 2 - numpy.floor(numpy.log2(mag))).astype(numpy.int64)
+    q = numpy.maximum(q, up + 1)                             # a huge factor: its result must fit
     parts, rest = [], c.copy()
     for _ in range(3):
-        k = numpy.rint(rest * 2.0 ** q).astype(numpy.int64)
+        k = numpy.rint(rest * numpy.exp2(q)).astype(numpy.int64)
+        shift = numpy.minimum(q - up, 62)                    # beyond 62 bits: below one unit
         if numpy.any(k):
-            parts.append((k if c.ndim else int(k), q - up))
-        rest = rest - k / 2.0 ** q
-        if not numpy.any(rest) or float(numpy.abs(rest).max()) <= big * 2.0 ** -28:
+            parts.append((k, shift) if c.ndim else (int(k), int(shift)))
+        rest = rest - k / numpy.exp2(q)
+        if numpy.all(numpy.abs(rest) <= numpy.abs(c) * rel):
             break
-        q += kb - 2
-    # a part that would be cut by more than 62 bits is below one unit of the result: dropped
-    return [(k, shift) for k, shift in parts if shift <= 62]
+        q = q + kb - 2
+    return parts
 
 
-def mul_public(x: ArithmeticShare, c, trunc=None) -> ArithmeticShare:
+def mul_public(x: ArithmeticShare, c, trunc=None, bound=None, rel: float = 2.0 ** -28) -> ArithmeticShare:
     """Multiply by a public value.  Integers: exact and free.  Reals (a number or an array
     broadcasting against ``x``): split into at most three integer factors of bounded size
-    (:func:`public_factor_parts`) whose products are truncated in ONE call (2 rounds; a
-    power of two: one element per element, or nothing for ``2^k, k >= 0``).  The result
-    has ``max(x.scale, rt.frac_bits)`` fractional bits (an integer share times a real is a
-    real) and is off by at most one unit in the last place per part."""
+    (:func:`public_factor_parts`; ``bound``: a public bound on ``|x|`` that allows wider
+    factors; ``rel``: the relative precision wanted of ``c``) whose products are truncated
+    in ONE call (2 rounds; a power of two: one element per element, or nothing for
+    ``2^k, k >= 0``).  The result has ``max(x.scale, rt.frac_bits)`` fractional bits (an
+    integer share times a real is a real) and is off by at most one unit in the last
+    place per part."""
     rt = x.rt
     if _is_integral(c):
         k = x._encode_public(c, 0)
         return x._new(x.first * k, x.second * k)
     c_host = rt.backend.to_host(c) if isinstance(c, rt.xp.ndarray) else c
     out_scale = max(x.scale, rt.frac_bits)
-    parts = public_factor_parts(c_host, x.scale, rt.frac_bits)
+    parts = public_factor_parts(c_host, x.scale, rt.frac_bits, bound, rel)
     xp = x.xp
     shape = numpy.broadcast_shapes(x.shape, numpy.shape(c_host))
     if not parts:
         return zeros(shape, out_scale, rt)
-    exact, to_cut, amounts = [], [], []
+    exact, cut, shifts = [], [], []
     for k, shift in parts:
-        kk = xp.asarray(numpy.asarray(k).astype(numpy.int64).astype(numpy.uint64))
-        if shift <= 0:
+        kk = xp.asarray(numpy.asarray(k, dtype=numpy.int64).astype(numpy.uint64))
+        if numpy.ndim(shift) == 0 and shift <= 0:
             kk = kk * xp.uint64(1 << -shift)
-        prod = (xp.broadcast_to(x.first * kk, shape), xp.broadcast_to(x.second * kk, shape))
-        (exact if shift <= 0 else to_cut).append(prod)
-        if shift > 0:
-            amounts.append(shift)
+            exact.append((x.first * kk, x.second * kk))
+            continue
+        cut.append((xp.broadcast_to(x.first * kk, shape), xp.broadcast_to(x.second * kk, shape)))
+        shifts.append(numpy.broadcast_to(shift, shape) if numpy.ndim(shift) else shift)
     total = None
-    if to_cut:
-        first = xp.stack([p[0] for p in to_cut])
-        second = xp.stack([p[1] for p in to_cut])
-        bits = numpy.asarray(amounts, dtype=numpy.int64).reshape((-1,) + (1,) * len(shape))
-        cut = truncate(ArithmeticShare(first, second, 0, rt), bits if len(amounts) > 1 else amounts[0],
-                       out_scale, mode=trunc)
-        total = cut.sum(axis=0)
-    for f_, s_ in exact:
-        term = ArithmeticShare(f_, s_, out_scale, rt)
+    if cut:
+        stacked = ArithmeticShare(xp.stack([p[0] for p in cut]), xp.stack([p[1] for p in cut]), 0, rt)
+        if len(cut) == 1 and numpy.ndim(shifts[0]) == 0:
+            bits = shifts[0]
+        else:
+            bits = numpy.stack([numpy.broadcast_to(b, shape) for b in shifts])
+        total = truncate(stacked, bits, out_scale, mode=trunc).sum(axis=0)
+    for first, second in exact:
+        term = ArithmeticShare(xp.broadcast_to(first, shape), xp.broadcast_to(second, shape), out_scale, rt)
         total = term if total is None else total + term
     return total
 

@@ -1,0 +1,134 @@
+"""Private SGD: momentum, weight decay and learning-rate schedules, all on shares.
+
+PyTorch's semantics (dampening 0, no Nesterov)::
+
+    g = grad / B + weight_decay * w;   v = momentum * v + g;   w -= lr * v
+
+with ``grad`` the gradient SUMMED over the batch (the loss gradient is
+``softmax - onehot``, not divided by ``B``: the ``1/B`` is folded in here).
+
+Precision (the design choice, measured in ``benchmarks/train_precision.py``):
+activations and gradients use the runtime's ``f`` fractional bits, while the
+*master* weights and the velocity keep ``f + extra_bits``.  Updates
+``lr * v`` are often below ``2^-f``; at ``f + 8`` bits they accumulate instead
+of vanishing (stochastic rounding keeps small ones unbiased, but noisy).  Each
+step hands the layers ``w`` rounded to ``f`` bits.
+
+One step, with every parameter in one flat vector of ``P`` elements:
+
+1. one public product of ``[v, G, W]`` by per-element factors gives both
+   ``v' = m v + G/B + wd W`` and ``lr v'`` (6 products per element; ``1/B`` a power
+   of two is a shift), truncated in ONE call: 2 rounds;
+2. ``W' = W - lr v'`` (local) and ``w = W'`` rounded to ``f`` bits: 2 rounds.
+
+4 rounds per step whatever the model; ``7 P`` truncated elements at most.
+Batch-norm running statistics are not trained (they are updated in the forward
+pass).  Magnitudes: weights and velocities must stay below ``2^MAX_BITS``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy
+
+from ..errors import MPCError
+from ..sharing.arithmetic import ArithmeticShare, concatenate, mul_public, to_scale
+
+#: public bound (log2) on |weights|, |velocities| and |batch-summed gradients|, used to
+#: size the integer factors of the update (wider factors, one truncated part each)
+MAX_BITS = 14
+
+
+def lr_at(base_lr: float, schedule: str, step: int, total_steps: int, steps_per_epoch: int,
+          step_epochs: int = 1, gamma: float = 0.1) -> float:
+    """The (public) learning rate of ``step`` (0-based): "constant", "step" (times
+    ``gamma`` every ``step_epochs`` epochs) or "cosine" (to 0 over ``total_steps``)."""
+    if schedule == "constant":
+        return base_lr
+    if schedule == "step":
+        return base_lr * gamma ** ((step // max(steps_per_epoch, 1)) // max(step_epochs, 1))
+    if schedule == "cosine":
+        return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    raise MPCError(f"unknown learning-rate schedule {schedule!r} (constant, step, cosine)")
+
+
+class PrivateSGD:
+    """SGD on secret-shared parameters (see the module docstring).
+
+    ``params``: ``{name: share}`` at ``f`` bits (the model's); ``names``: the trainable
+    ones, in a fixed order.  :meth:`step` takes the batch-summed gradients and returns
+    the new ``f``-bit weights.  :meth:`state` / :meth:`load_state` give the master
+    weights and velocities (this party's components) for checkpoints.
+    """
+
+    def __init__(self, params: dict, names, lr: float, momentum: float = 0.0,
+                 weight_decay: float = 0.0, extra_bits: int = 8):
+        self.names = list(names)
+        if not self.names:
+            raise MPCError("nothing to train: the model has no trainable parameters")
+        self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
+        self.extra_bits = int(extra_bits)
+        first = params[self.names[0]]
+        self.rt = first.rt
+        self.f = first.scale
+        self.scale = self.f + self.extra_bits
+        self.shapes = [tuple(params[n].shape) for n in self.names]
+        self.sizes = [int(numpy.prod(s)) for s in self.shapes]
+        flat = concatenate([params[n].reshape(-1) for n in self.names])
+        self.master = to_scale(flat, self.scale)                 # exact (a shift)
+        z = self.master.xp.zeros(self.master.shape, dtype=self.master.xp.uint64)
+        self.velocity = ArithmeticShare(z, z.copy(), self.scale, self.rt)
+        self.steps = 0
+
+    def _split(self, flat: ArithmeticShare) -> dict:
+        out, at = {}, 0
+        for name, shape, size in zip(self.names, self.shapes, self.sizes):
+            out[name] = flat[at:at + size].reshape(*shape)
+            at += size
+        return out
+
+    def step(self, grads: dict, batch_size: int, lr: float | None = None) -> dict:
+        """One update from batch-summed gradients; returns ``{name: weight at f bits}``."""
+        lr = self.lr if lr is None else float(lr)
+        missing = [n for n in self.names if n not in grads]
+        if missing:
+            raise MPCError(f"no gradient for {missing}")
+        g = to_scale(concatenate([grads[n].reshape(-1) for n in self.names]), self.scale)
+        m, wd, inv_b = self.momentum, self.weight_decay, 1.0 / int(batch_size)
+        terms = [(self.velocity, m), (g, inv_b), (self.master, wd)]
+        terms = [(t, c) for t, c in terms if c != 0.0]
+        n = self.master.size
+        stacked = concatenate([t for t, _ in terms] * 2)
+        factors = numpy.concatenate([numpy.full(n, c) for _, c in terms]
+                                    + [numpy.full(n, lr * c) for _, c in terms])
+        prod = mul_public(stacked, factors, bound=2.0 ** MAX_BITS, rel=2.0 ** -20)
+        k = len(terms)
+        parts = [prod[i * n:(i + 1) * n] for i in range(2 * k)]
+        v_new = sum(parts[1:k], parts[0])
+        step_ = sum(parts[k + 1:], parts[k])
+        self.velocity = v_new
+        self.master = self.master - step_
+        self.steps += 1
+        return self._split(to_scale(self.master, self.f))
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state(self) -> dict:
+        """This party's components of the master weights and velocities, and the step."""
+        return {"master": (self.master.first, self.master.second),
+                "velocity": (self.velocity.first, self.velocity.second),
+                "scale": self.scale, "steps": self.steps}
+
+    def load_state(self, state: dict):
+        if int(state["scale"]) != self.scale:
+            raise MPCError(f"checkpoint optimiser scale {state['scale']} != {self.scale}")
+        to = self.rt.backend.to_device
+        self.master = ArithmeticShare(to(state["master"][0]), to(state["master"][1]), self.scale, self.rt)
+        self.velocity = ArithmeticShare(to(state["velocity"][0]), to(state["velocity"][1]), self.scale, self.rt)
+        self.steps = int(state["steps"])
+
+    def weights(self) -> dict:
+        """The current weights at ``f`` bits (rounded from the masters: one truncation)."""
+        return self._split(to_scale(self.master, self.f))
+
+
+__all__ = ["PrivateSGD", "lr_at", "MAX_BITS"]
