@@ -17,6 +17,7 @@ from .errors import MPCError
 COMMANDS = {
     "share": "mpcgpu.data.split",
     "infer": "mpcgpu.jobs.infer",
+    "train": "mpcgpu.jobs.train",
     "bench": "mpcgpu.jobs.bench",
     "demo": "mpcgpu.jobs.demo",
     "info": "mpcgpu.jobs.info",
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mpcgpu",
         description="Private inference and training of CNNs by secure three-party computation. "
-                    "Jobs that compute (infer, bench) run on three MPI ranks: "
+                    "Jobs that compute (infer, train, bench) run on three MPI ranks: "
                     "`mpirun -n 3 mpcgpu infer ...`. `mpcgpu demo` launches the three ranks itself.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -32,19 +32,31 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 KEY_BYTES = 16
 
 
+#: environment variable that makes the keys reproducible (tests of bit-identical resumption
+#: only: anyone who knows the seed knows every mask -- the runtime says so loudly)
+INSECURE_SEED_ENV = "MPCGPU_INSECURE_PRG_SEED"
+
+
 def fresh_key() -> bytes:
     """A 128-bit key from the operating system's CSPRNG."""
     return os.urandom(KEY_BYTES)
 
 
+def seeded_key(seed: str, label: str) -> bytes:
+    """A key derived from a public seed: REPRODUCIBLE AND INSECURE (tests only)."""
+    import hashlib
+    return hashlib.sha256(f"mpcgpu-insecure:{seed}:{label}".encode()).digest()[:KEY_BYTES]
+
+
 class Stream:
     """AES-128-CTR keystream; every call uses a new 64-bit call counter."""
 
-    def __init__(self, key: bytes):
+    def __init__(self, key: bytes, calls: int = 0):
         if len(key) != KEY_BYTES:
             raise ValueError(f"PRG key must be {KEY_BYTES} bytes, got {len(key)}")
-        self._algorithm = algorithms.AES(bytes(key))
-        self.calls = 0
+        self.key = bytes(key)
+        self._algorithm = algorithms.AES(self.key)
+        self.calls = int(calls)
 
     def _nonce(self) -> bytes:
         nonce = self.calls.to_bytes(8, "big") + bytes(8)
@@ -87,11 +99,24 @@ class PartyPRG:
     ``k_{i+1}`` (shared with party ``i+1``).  ``local`` is private to this party.
     """
 
-    def __init__(self, own_key: bytes, next_key: bytes, to_device=None):
+    def __init__(self, own_key: bytes, next_key: bytes, to_device=None, local_key: bytes | None = None):
         self.own = Stream(own_key)
         self.next = Stream(next_key)
-        self.local = Stream(fresh_key())
+        self.local = Stream(local_key or fresh_key())
         self._to_device = to_device or (lambda a: a)
+
+    STREAMS = ("own", "next", "local")
+
+    def state(self) -> dict:
+        """Keys and call counters of the three streams (for a checkpoint of THIS party: the
+        keys are what it already holds, never another party's)."""
+        return {name: (getattr(self, name).key, getattr(self, name).calls) for name in self.STREAMS}
+
+    def restore(self, state: dict):
+        """Continue the streams from :meth:`state` (all parties restore the same checkpoint)."""
+        for name in self.STREAMS:
+            key, calls = state[name]
+            setattr(self, name, Stream(bytes(key), int(calls)))
 
     def zero_share(self, shape):
         """Additive zero sharing: ``F(k_i) - F(k_{i+1})`` (sums to 0 over the parties)."""

@@ -20,7 +20,7 @@ from .backend import Backend
 from .comm import Communicator, abort_world, rank_count_message, world, world_rank
 from .encoding import DEFAULT_FRAC_BITS, safe_limit
 from .errors import MPCError, RankCountError
-from .prg import PartyPRG, fresh_key
+from .prg import INSECURE_SEED_ENV, PartyPRG, fresh_key, seeded_key
 
 _RUNTIME = None
 
@@ -38,13 +38,28 @@ class Runtime:
         self.xp = self.backend.xp
         self.comm = Communicator(mpi_comm, self.backend)
         self.rank = self.comm.rank
-        own = numpy.frombuffer(fresh_key(), dtype=numpy.uint8).copy()
+        self.insecure_seed = os.environ.get(INSECURE_SEED_ENV) or None
+        seed = self.insecure_seed
+        own = numpy.frombuffer(seeded_key(seed, f"pair{self.rank}") if seed else fresh_key(),
+                               dtype=numpy.uint8).copy()
         from_next = self.comm.exchange({self.comm.prev: own},
                                        {self.comm.next: (own.shape, own.dtype)})[self.comm.next]
         next_key = bytes(self.backend.to_host(from_next))
-        self.prg = PartyPRG(own.tobytes(), next_key, to_device=self.backend.to_device)
+        self.prg = PartyPRG(own.tobytes(), next_key, to_device=self.backend.to_device,
+                            local_key=seeded_key(seed, f"local{self.rank}") if seed else None)
+        if seed and self.rank == 0:
+            sys.stderr.write(f"mpcgpu: WARNING: {INSECURE_SEED_ENV} is set: every mask is reproducible "
+                             "from it and NOTHING is private (reproducibility tests only)\n")
         self.comm.reset_stats()
         self._role_calls = 0
+
+    def state(self) -> dict:
+        """What continues this party's randomness exactly: PRG streams and the role counter."""
+        return {"prg": self.prg.state(), "role_calls": self._role_calls}
+
+    def restore(self, state: dict):
+        self.prg.restore(state["prg"])
+        self._role_calls = int(state["role_calls"])
 
     def next_role(self) -> int:
         """The party that deals in the next truncation (the others open).
@@ -59,8 +74,9 @@ class Runtime:
         return 1 << self.frac_bits
 
     def describe(self) -> str:
+        insecure = f", INSECURE reproducible keys ({INSECURE_SEED_ENV})" if self.insecure_seed else ""
         return (f"party {self.rank}/3 on {self.backend.describe()}, {self.frac_bits} fractional bits, "
-                f"CUDA-aware MPI: {self.comm.cuda_aware}")
+                f"CUDA-aware MPI: {self.comm.cuda_aware}{insecure}")
 
 
 def init(device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None, excepthook: bool = True) -> Runtime:

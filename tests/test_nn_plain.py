@@ -466,7 +466,8 @@ def test_embedded_lenet_weights():
 # ------------------------------------------------------------------ trainer
 
 def test_trainer_learns_a_separable_problem():
-    from mpcgpu.nn.train_plain import lr_at, train
+    from mpcgpu.nn.schedule import lr_at
+    from mpcgpu.nn.train_plain import train
     rng = np.random.default_rng(0)
     n = 512
     labels = rng.integers(0, 2, n)
@@ -484,3 +485,18 @@ def test_trainer_learns_a_separable_problem():
     assert lr_at(0, 100, 1.0, "cosine", 10) == pytest.approx(0.1)
     assert lr_at(10, 110, 1.0, "cosine", 10) == pytest.approx(1.0)
     assert lr_at(110, 110, 1.0, "linear", 10) == pytest.approx(0.0)
+
+
+def test_learning_rate_schedules_and_batch_order():
+    from mpcgpu.nn.schedule import epoch_batches, lr_at
+    assert lr_at(50, 100, 0.1, "constant") == 0.1
+    assert lr_at(25, 100, 0.1, "step", steps_per_epoch=10, step_epochs=2, gamma=0.5) == pytest.approx(0.05)
+    assert lr_at(0, 100, 0.1, "cosine") == pytest.approx(0.1)
+    assert lr_at(50, 100, 0.1, "cosine") == pytest.approx(0.05)
+    assert lr_at(100, 100, 0.1, "cosine") == pytest.approx(0.0)
+    assert lr_at(4, 100, 0.1, "cosine", warmup=10) == pytest.approx(0.05)
+    b = epoch_batches(103, 10, seed=3, epoch=2)
+    assert len(b) == 10 and all(len(x) == 10 and (np.diff(x) > 0).all() for x in b)
+    assert len(np.unique(np.concatenate(b))) == 100
+    assert all(np.array_equal(p, q) for p, q in zip(b, epoch_batches(103, 10, seed=3, epoch=2)))
+    assert not np.array_equal(b[0], epoch_batches(103, 10, seed=3, epoch=3)[0])

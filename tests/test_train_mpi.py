@@ -11,7 +11,7 @@ import pytest
 from mpcgpu.nn import spec as S
 from mpcgpu.nn.loss import count_correct, cross_entropy, cross_entropy_grad, one_hot
 from mpcgpu.nn.models import get_model
-from mpcgpu.nn.optim import PrivateSGD, lr_at
+from mpcgpu.nn.optim import PrivateSGD
 from mpcgpu.nn.plain import SGD, PlainModel, init_params, softmax, softmax_cross_entropy
 from mpcgpu.nn.private import PrivateModel, share_params
 from reference import enc, shared
@@ -195,14 +195,6 @@ def test_sgd_matches_plaintext(rt, seeded, momentum, wd, batch):
             assert np.abs(got - ref[k]).max() <= 3 * ULP, (step, k, np.abs(got - ref[k]).max())
 
 
-def test_learning_rate_schedules():
-    assert lr_at(0.1, "constant", 50, 100, 10) == 0.1
-    assert lr_at(0.1, "step", 25, 100, 10, step_epochs=2, gamma=0.5) == pytest.approx(0.05)
-    assert lr_at(0.1, "cosine", 0, 100, 10) == pytest.approx(0.1)
-    assert lr_at(0.1, "cosine", 50, 100, 10) == pytest.approx(0.05)
-    assert lr_at(0.1, "cosine", 100, 100, 10) == pytest.approx(0.0)
-
-
 # -- whole steps -----------------------------------------------------------------------------
 
 def test_lenet_training_steps_track_the_twin(rt, seeded):
@@ -228,5 +220,8 @@ def test_lenet_training_steps_track_the_twin(rt, seeded):
         tol = (1e-3 if step == 0 else 2e-2) * max(1.0, np.abs(ref_logits).max())
         assert np.abs(got - ref_logits).max() <= tol, step
     for name in pm.trainable():
-        w, r = pm.params[name].reveal(), plain.params[name]
-        assert np.linalg.norm(w - r) <= 1e-2 * np.linalg.norm(r) + 1e-3, name
+        w, r, w0 = pm.params[name].reveal(), plain.params[name], params[name]
+        # each working weight is its master stochastically rounded to 2^-16, and a unit whose
+        # pre-activation is within an ulp of 0 may take the other side: the updates agree
+        # to a few percent, elementwise differences to rounding plus those rare flips
+        assert np.linalg.norm(w - r) <= 0.05 * np.linalg.norm(r - w0) + 8 * ULP * np.sqrt(w.size), name

@@ -270,25 +270,8 @@ def write_shard_set(out_dir: str, stem: str, arrays, *, kind: str, frac_bits: in
         for i in range(PARTIES):
             f = h5py.File(tmp[i], "w")
             files.append(f)
-            f.attrs["format"] = FORMAT
-            f.attrs["kind"] = kind
-            f.attrs["party"] = i
-            f.attrs["parties"] = PARTIES
-            f.attrs["set_id"] = set_id
-            f.attrs["frac_bits"] = int(frac_bits)
-            f.attrs["name"] = str(name)
-            f.attrs["source_format"] = str(source_format)
-            f.attrs["array_names"] = json.dumps(names)
-            f.attrs["created"] = created
-            pub = f.create_group("public")
-            for k, v in (public or {}).items():
-                if isinstance(v, dict):  # one level of sub-groups, e.g. a weights file's /meta
-                    sub = pub.create_group(k)
-                    for kk, vv in v.items():
-                        sub.attrs[kk] = vv
-                else:
-                    pub.attrs[k] = v
-            f.create_group("arrays")
+            _write_header(f, i, kind=kind, set_id=set_id, frac_bits=frac_bits, name=name,
+                          source_format=source_format, names=names, created=created, public=public)
         info = {}
         for a in arrays:
             info[a.name] = _write_array(files, a, stream, meter, block_bytes)
@@ -316,20 +299,81 @@ def write_shard_set(out_dir: str, stem: str, arrays, *, kind: str, frac_bits: in
                     public={k: dict(v) if isinstance(v, dict) else v for k, v in (public or {}).items()})
 
 
+def _write_header(f, party: int, *, kind, set_id, frac_bits, name, source_format, names, created, public):
+    """The root attributes, ``/public`` and an empty ``/arrays`` of one party's file."""
+    f.attrs["format"] = FORMAT
+    f.attrs["kind"] = kind
+    f.attrs["party"] = int(party)
+    f.attrs["parties"] = PARTIES
+    f.attrs["set_id"] = set_id
+    f.attrs["frac_bits"] = int(frac_bits)
+    f.attrs["name"] = str(name)
+    f.attrs["source_format"] = str(source_format)
+    f.attrs["array_names"] = json.dumps(list(names))
+    f.attrs["created"] = created
+    pub = f.create_group("public")
+    for k, v in (public or {}).items():
+        if isinstance(v, dict):  # one level of sub-groups, e.g. a weights file's /meta
+            sub = pub.create_group(k)
+            for kk, vv in v.items():
+                sub.attrs[kk] = vv
+        else:
+            pub.attrs[k] = v
+    f.create_group("arrays")
+
+
+def _array_group(f, party: int, name: str, shape, dtype: str, scale: int):
+    g = f["arrays"].create_group(name)
+    g.attrs["shape"] = numpy.asarray(shape, numpy.int64)
+    g.attrs["dtype"] = dtype
+    g.attrs["scale"] = int(scale)
+    g.attrs["encoding"] = "fixed" if scale else "integer"
+    g.attrs["components"] = numpy.asarray([party, (party + 1) % PARTIES], numpy.int64)
+    return g
+
+
+def write_party_shard(path: str, party: int, arrays: dict, *, kind: str, set_id: str, frac_bits: int,
+                      name: str, public: dict | None = None, source_format: str = "mpcgpu-train") -> str:
+    """Write ONE party's file of a shard set that the three parties produce together (e.g.
+    trained weights): ``arrays`` is ``{name: (first, second, scale)}`` -- this party's own
+    two components, host uint64 arrays -- and ``set_id`` is common to the three files.
+    Written under a temporary name and renamed when complete.  Returns the path."""
+    h5py = _h5py()
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".partial"
+    try:
+        with h5py.File(tmp, "w") as f:
+            _write_header(f, party, kind=kind, set_id=set_id, frac_bits=frac_bits, name=name,
+                          source_format=source_format, names=list(arrays), created=created, public=public)
+            for key, (first, second, scale) in arrays.items():
+                first = numpy.ascontiguousarray(first, dtype=_U64)
+                second = numpy.ascontiguousarray(second, dtype=_U64)
+                g = _array_group(f, party, key, first.shape, "float64" if scale else "int64", scale)
+                g.attrs["transform"] = "none"
+                g.create_dataset("first", data=first)
+                g.create_dataset("second", data=second)
+                g.attrs["sha256_first"] = hashlib.sha256(memoryview(first).cast("B")).hexdigest()
+                g.attrs["sha256_second"] = hashlib.sha256(memoryview(second).cast("B")).hexdigest()
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
 def _write_array(files, a: ArraySpec, stream, meter: _Progress, block_bytes: int) -> dict:
     shape = a.shape
     groups, dsets = [], []
     for i, f in enumerate(files):
-        g = f["arrays"].create_group(a.name)
-        g.attrs["shape"] = numpy.asarray(shape, numpy.int64)
-        g.attrs["dtype"] = a.dtype.name
-        g.attrs["scale"] = int(a.scale)
-        g.attrs["encoding"] = "fixed" if a.scale else "integer"
+        g = _array_group(f, i, a.name, shape, a.dtype.name, a.scale)
         g.attrs["transform"] = a.transform
         if a.transform == "normalise":
             g.attrs["mean"] = numpy.asarray(a.mean, numpy.float64).ravel()
             g.attrs["std"] = numpy.asarray(a.std, numpy.float64).ravel()
-        g.attrs["components"] = numpy.asarray([i, (i + 1) % PARTIES], numpy.int64)
         # contiguous, uncompressed: shares are random and read in row blocks
         dsets.append((g.create_dataset("first", shape=shape, dtype=_U64),
                       g.create_dataset("second", shape=shape, dtype=_U64)))
@@ -555,6 +599,21 @@ class Shard:
             sl = slice(start, info.shape[0] if stop is None else stop)
             return (numpy.ascontiguousarray(g["first"][sl], dtype=_U64),
                     numpy.ascontiguousarray(g["second"][sl], dtype=_U64))
+        except OSError as exc:
+            raise ShardError(f"shard {self.path}: array {name!r} cannot be read: {exc}") from None
+
+    def take(self, name: str, rows):
+        """The rows ``rows`` (increasing, no repeats) of ``name`` as a pair on the back end:
+        one batch of a shuffled epoch."""
+        rows = numpy.asarray(rows, dtype=numpy.int64)
+        if rows.ndim != 1 or (rows.size > 1 and (numpy.diff(rows) <= 0).any()):
+            raise ShardError("take() needs increasing row indices")
+        if rows.size and (rows[0] < 0 or rows[-1] >= self.rows(name)):
+            raise ShardError(f"row index out of range for {name!r} ({self.rows(name)} rows)")
+        g = self._file[f"arrays/{name}"]
+        try:
+            return tuple(self._dev(numpy.ascontiguousarray(g[c][rows], dtype=_U64))
+                         for c in ("first", "second"))
         except OSError as exc:
             raise ShardError(f"shard {self.path}: array {name!r} cannot be read: {exc}") from None
 

@@ -53,21 +53,23 @@ def _param(run, path, name):
 
 # -- Conv2d, Linear ------------------------------------------------------------------------
 
-def _finish(run, path, y_raw_or_y, bias, shape_b):
-    """Add the bias; the network's output layer may round exactly (``run.exact_output``)."""
-    if run.rounds_exactly(path):
-        y = y_raw_or_y
-        if bias is not None:
-            y = y + to_scale(bias, y.scale).reshape(*shape_b)
-        return round_exact(y)
-    y = y_raw_or_y
-    return y if bias is None else y + bias.reshape(*shape_b)
+def _untruncated(run, path) -> bool:
+    """The product of ``path`` keeps all its fractional bits: the output layer rounds it
+    exactly (``run.exact_output``) or the max-pool after it truncates."""
+    return run.rounds_exactly(path) or run.truncates_later(path)
+
+
+def _finish(run, path, y, bias, shape_b):
+    """Add the bias (at the product's scale); the output layer rounds exactly."""
+    if bias is not None:
+        y = y + (to_scale(bias, y.scale) if y.scale != bias.scale else bias).reshape(*shape_b)
+    return round_exact(y) if run.rounds_exactly(path) else y
 
 
 def conv_forward(run, layer, path, x):
     weight, bias = run.conv_weights(path, layer)
     y = x.conv2d(weight, stride=layer.stride, padding=layer.padding, groups=layer.groups,
-                 trunc=False if run.rounds_exactly(path) else None)
+                 trunc=False if _untruncated(run, path) else None)
     if run.training:
         run.keep(path, x)
     return _finish(run, path, y, bias, (1, -1, 1, 1))
@@ -87,7 +89,7 @@ def conv_backward(run, layer, path, dy):
 
 def linear_forward(run, layer, path, x):
     w = _param(run, path, "weight")
-    y = x.matmul(w.transpose(), trunc=False if run.rounds_exactly(path) else None)
+    y = x.matmul(w.transpose(), trunc=False if _untruncated(run, path) else None)
     if run.training:
         run.keep(path, x)
     return _finish(run, path, y, _param(run, path, "bias") if layer.bias else None, (1, -1))
@@ -121,10 +123,11 @@ def relu_backward(run, layer, path, dy):
 def maxpool_forward(run, layer, path, x):
     geo = (layer.kernel, layer.stride, layer.padding)
     if not run.training:
-        return x.max_pool2d(*geo)
-    y, onehot = compare.max_pool2d(x, *geo, return_indices=True)
-    run.keep(path, (onehot, x.shape))
-    return y
+        y = x.max_pool2d(*geo)
+    else:
+        y, onehot = compare.max_pool2d(x, *geo, return_indices=True)
+        run.keep(path, (onehot, x.shape))
+    return to_scale(y, x.rt.frac_bits) if y.scale > x.rt.frac_bits else y   # a deferred truncation
 
 
 def maxpool_backward(run, layer, path, dy):

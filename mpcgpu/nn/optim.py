@@ -27,8 +27,6 @@ pass).  Magnitudes: weights and velocities must stay below ``2^MAX_BITS``.
 """
 from __future__ import annotations
 
-import math
-
 import numpy
 
 from ..errors import MPCError
@@ -37,19 +35,6 @@ from ..sharing.arithmetic import ArithmeticShare, concatenate, mul_public, to_sc
 #: public bound (log2) on |weights|, |velocities| and |batch-summed gradients|, used to
 #: size the integer factors of the update (wider factors, one truncated part each)
 MAX_BITS = 14
-
-
-def lr_at(base_lr: float, schedule: str, step: int, total_steps: int, steps_per_epoch: int,
-          step_epochs: int = 1, gamma: float = 0.1) -> float:
-    """The (public) learning rate of ``step`` (0-based): "constant", "step" (times
-    ``gamma`` every ``step_epochs`` epochs) or "cosine" (to 0 over ``total_steps``)."""
-    if schedule == "constant":
-        return base_lr
-    if schedule == "step":
-        return base_lr * gamma ** ((step // max(steps_per_epoch, 1)) // max(step_epochs, 1))
-    if schedule == "cosine":
-        return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
-    raise MPCError(f"unknown learning-rate schedule {schedule!r} (constant, step, cosine)")
 
 
 class PrivateSGD:
@@ -126,9 +111,14 @@ class PrivateSGD:
         self.velocity = ArithmeticShare(to(state["velocity"][0]), to(state["velocity"][1]), self.scale, self.rt)
         self.steps = int(state["steps"])
 
-    def weights(self) -> dict:
-        """The current weights at ``f`` bits (rounded from the masters: one truncation)."""
-        return self._split(to_scale(self.master, self.f))
+    def weights(self, exact: bool = False) -> dict:
+        """The current weights at ``f`` bits, rounded from the masters: probabilistically
+        (one truncation), or ``exact`` (:func:`~mpcgpu.protocols.rounding.round_exact`,
+        for weights that will be revealed)."""
+        if not exact:
+            return self._split(to_scale(self.master, self.f))
+        from ..protocols.rounding import round_exact
+        return self._split(round_exact(self.master, self.extra_bits, self.f))
 
 
-__all__ = ["PrivateSGD", "lr_at", "MAX_BITS"]
+__all__ = ["PrivateSGD", "MAX_BITS"]

@@ -110,8 +110,13 @@ class PrivateModel:
         self._affine: dict = {}        # batch-norm path -> (scale, shift), not folded
         self._folded: dict = {}        # conv path -> (weight', bias'); its batch norm becomes identity
         self._skip: set = set()        # batch-norm paths folded away
-        order = [path for path, _ in self._leaf_order(self.spec.net, "")]
+        leaves = list(self._leaf_order(self.spec.net, ""))
+        order = [path for path, _ in leaves]
         self._first_leaf, self._output_leaf = order[0], order[-1]
+        # a product whose next layer is a max-pool is truncated after the pool (4x fewer
+        # elements for 2x2): comparisons work at any scale
+        self._deferred = {path for (path, layer), (_, nxt) in zip(leaves, leaves[1:])
+                          if isinstance(layer, (S.Conv2d, S.Linear)) and isinstance(nxt, S.MaxPool2d)}
 
     # -- the spec walk ---------------------------------------------------------------------
     def _leaf_order(self, layer, path):
@@ -187,6 +192,10 @@ class PrivateModel:
 
     def rounds_exactly(self, path) -> bool:
         return self.exact_output and path == self._output_leaf
+
+    def truncates_later(self, path) -> bool:
+        """Whether the product of ``path`` leaves its truncation to the max-pool after it."""
+        return path in self._deferred
 
     def conv_weights(self, path, layer):
         if not self.training and path in self._folded:

@@ -15,7 +15,6 @@ Command line (set ``OPENBLAS_NUM_THREADS`` before starting: BLAS reads it once):
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ from ..assets.dataset_h5 import normalise, read_dataset
 from . import spec as S
 from .models import get_model
 from .plain import SGD, PlainModel
+from .schedule import SCHEDULES, epoch_batches, lr_at
 from .weights import save_weights
 
 
@@ -67,21 +67,6 @@ def load_data(src, limit: int | None = None) -> ArrayData:
     return d
 
 
-def lr_at(step: int, total: int, base: float, schedule: str = "cosine",
-          warmup: int = 0) -> float:
-    """Learning rate at ``step`` of ``total``: linear warm-up, then cosine/linear/constant."""
-    if warmup and step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    if schedule == "cosine":
-        return base * 0.5 * (1 + math.cos(math.pi * t))
-    if schedule == "linear":
-        return base * (1 - t)
-    if schedule == "constant":
-        return base
-    raise ValueError(f"unknown schedule {schedule!r} (cosine, linear, constant)")
-
-
 @dataclass
 class TrainResult:
     params: dict
@@ -107,7 +92,8 @@ def train(model, train_data, test_data=None, *, epochs: float = 2, batch_size: i
 
     ``epochs`` may be fractional.  Each epoch is a fresh permutation (seeded).
     The learning rate warms up linearly for ``min(warmup, steps // 5)`` steps,
-    then follows ``schedule`` (see :func:`lr_at`).
+    then follows ``schedule``; batches and rates come from :mod:`mpcgpu.nn.schedule`,
+    shared with private training.
     """
     spec = get_model(model) if isinstance(model, str) else model
     tr = load_data(train_data, limit)
@@ -118,7 +104,6 @@ def train(model, train_data, test_data=None, *, epochs: float = 2, batch_size: i
     pm = PlainModel(spec, params, seed=seed, dtype=dtype)
     opt = SGD(pm.params, lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
               spec=spec)
-    rng = np.random.default_rng(seed + 1)
     steps_per_epoch = len(tr) // batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"{len(tr)} training samples: fewer than one batch of {batch_size}")
@@ -131,12 +116,12 @@ def train(model, train_data, test_data=None, *, epochs: float = 2, batch_size: i
     run_loss = run_acc = 0.0
     n_run = 0
     step = 0
-    perm = None
+    batches = None
     while step < total:
         k = step % steps_per_epoch
         if k == 0:
-            perm = rng.permutation(len(tr))
-        idx = np.sort(perm[k * batch_size:(k + 1) * batch_size])
+            batches = epoch_batches(len(tr), batch_size, seed, step // steps_per_epoch)
+        idx = batches[k]
         x, y = tr.batch(idx, pm.dtype)
         opt.lr = lr_at(step, total, lr, schedule, warmup)
         loss, logits = pm.loss_and_grads(x, y)
@@ -187,7 +172,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--momentum", type=float, default=0.9)
     ap.add_argument("--weight-decay", type=float, default=5e-4)
-    ap.add_argument("--schedule", default="cosine", choices=["cosine", "linear", "constant"])
+    ap.add_argument("--schedule", default="cosine", choices=SCHEDULES)
     ap.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--seed", type=int, default=0)

@@ -101,6 +101,12 @@ def msb_corrected(rt, shape, bits, *, rss=None, summand=None, offset=0, keep=Fal
     and this party's replicated pair of ``r_lo`` (D deals it in round 1: +16
     bytes/element from D), for an exact correction of the carry.
     """
+    if tuple(shape) == ():        # 0-d arrays turn into NumPy scalars, which warn on wrap-around
+        as_1d = msb_corrected(rt, (1,), bits, rss=None if rss is None else (rss[0].reshape(1), rss[1].reshape(1)),
+                              summand=None if summand is None else summand.reshape(1), offset=offset, keep=keep)
+        out, aux = (as_1d if keep else (as_1d, None))
+        out = (out[0].reshape(()), out[1].reshape(()))
+        return (out, aux) if keep else out
     xp, comm, prg, me = rt.xp, rt.comm, rt.prg, rt.rank
     u64 = xp.uint64
     d = _shift_amounts(xp, bits, shape)

@@ -1,0 +1,142 @@
+"""Training checkpoints: each party writes only what it holds, and resumes exactly.
+
+File ``DIR/ckpt-<step>.party<i>.h5`` (format ``mpcgpu-checkpoint/1``) of party
+``i`` holds:
+
+* ``/params/<name>/{first,second}`` -- its two components of every parameter (batch-norm
+  running statistics included), attrs ``scale``;
+* ``/optim/{master,velocity}/{first,second}`` -- its components of the optimiser state;
+* ``/rng`` -- the keys it already holds and the call counters of its three PRG streams,
+  and the truncation role counter (so masks continue exactly as they would have);
+* root attrs: format, party, step, ``run_id`` (common to the three parties of one run)
+  and ``meta`` (JSON: settings, position in the data order, history, public dropout RNG).
+
+A file is written under a temporary name and renamed when complete, so a crash leaves
+either the previous checkpoint or the new one.  :func:`latest_common` picks the newest
+step that all three parties have (one may have died while writing); the two newest are
+kept.  Nothing here is sent to another party but the list of step numbers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy
+
+from ..errors import MPCError
+from ..hdf5 import open_for_reading
+
+FORMAT = "mpcgpu-checkpoint/1"
+KEEP = 2
+_NAME = re.compile(r"^ckpt-(\d{8})\.party(\d)\.h5$")
+
+
+class CheckpointError(MPCError):
+    """A checkpoint is missing, corrupt, of another run or of another party."""
+
+
+def checkpoint_path(directory: str, step: int, party: int) -> str:
+    return os.path.join(directory, f"ckpt-{int(step):08d}.party{int(party)}.h5")
+
+
+def _pair(group, name, pair, scale=None):
+    g = group.create_group(name)
+    g.create_dataset("first", data=numpy.ascontiguousarray(pair[0], dtype=numpy.uint64))
+    g.create_dataset("second", data=numpy.ascontiguousarray(pair[1], dtype=numpy.uint64))
+    if scale is not None:
+        g.attrs["scale"] = int(scale)
+
+
+def _read_pair(g):
+    return numpy.asarray(g["first"][()], dtype=numpy.uint64), numpy.asarray(g["second"][()], dtype=numpy.uint64)
+
+
+def save(directory: str, party: int, step: int, *, run_id: str, params: dict, optim: dict,
+         rng: dict, meta: dict) -> str:
+    """Write this party's checkpoint of ``step`` atomically; keep the newest ``KEEP``.
+
+    ``params``: ``{name: (first, second, scale)}`` host arrays; ``optim``: the optimiser's
+    :meth:`~mpcgpu.nn.optim.PrivateSGD.state` (host arrays); ``rng``: the runtime's
+    :meth:`~mpcgpu.runtime.Runtime.state`; ``meta``: JSON-serialisable."""
+    import h5py
+    os.makedirs(directory, exist_ok=True)
+    path = checkpoint_path(directory, step, party)
+    tmp = path + ".partial"
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update({"format": FORMAT, "party": int(party), "step": int(step),
+                            "run_id": run_id, "meta": json.dumps(meta)})
+            pg = f.create_group("params")
+            for name, (first, second, scale) in params.items():
+                _pair(pg, name, (first, second), scale)
+            og = f.create_group("optim")
+            og.attrs["scale"] = int(optim["scale"])
+            og.attrs["steps"] = int(optim["steps"])
+            _pair(og, "master", optim["master"])
+            _pair(og, "velocity", optim["velocity"])
+            rg = f.create_group("rng")
+            rg.attrs["role_calls"] = int(rng["role_calls"])
+            for stream, (key, calls) in rng["prg"].items():
+                rg.attrs[f"{stream}_key"] = numpy.frombuffer(bytes(key), dtype=numpy.uint8)
+                rg.attrs[f"{stream}_calls"] = int(calls)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    for old in steps_on_disk(directory, party)[:-KEEP]:
+        try:
+            os.remove(checkpoint_path(directory, old, party))
+        except OSError:
+            pass
+    return path
+
+
+def steps_on_disk(directory: str, party: int) -> list:
+    """The steps of this party's complete checkpoints in ``directory``, ascending."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    steps = []
+    for n in names:
+        m = _NAME.match(n)
+        if m and int(m.group(2)) == int(party):
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def latest_common(comm, directory: str):
+    """The newest step every party has a checkpoint of (a collective), or None."""
+    mine = steps_on_disk(directory, comm.rank)
+    everyone = comm.allgather_object(mine)
+    common = set(everyone[0]).intersection(*map(set, everyone[1:]))
+    return max(common) if common else None
+
+
+def load(directory: str, party: int, step: int) -> dict:
+    """This party's checkpoint of ``step``: ``{"run_id", "params", "optim", "rng", "meta"}``."""
+    path = checkpoint_path(directory, step, party)
+    with open_for_reading(path, CheckpointError, "checkpoint") as f:
+        try:
+            if f.attrs.get("format") != FORMAT or int(f.attrs["party"]) != int(party) \
+                    or int(f.attrs["step"]) != int(step):
+                raise CheckpointError(f"{path} is not party {party}'s checkpoint of step {step}")
+            params = {name: (*_read_pair(g), int(g.attrs["scale"])) for name, g in f["params"].items()}
+            og = f["optim"]
+            optim = {"master": _read_pair(og["master"]), "velocity": _read_pair(og["velocity"]),
+                     "scale": int(og.attrs["scale"]), "steps": int(og.attrs["steps"])}
+            rg = f["rng"]
+            prg = {s: (bytes(numpy.asarray(rg.attrs[f"{s}_key"], dtype=numpy.uint8)), int(rg.attrs[f"{s}_calls"]))
+                   for s in ("own", "next", "local")}
+            return {"run_id": str(f.attrs["run_id"]), "params": params, "optim": optim,
+                    "rng": {"prg": prg, "role_calls": int(rg.attrs["role_calls"])},
+                    "meta": json.loads(f.attrs["meta"])}
+        except (KeyError, ValueError, OSError) as exc:
+            raise CheckpointError(f"{path} is incomplete or corrupt: {exc}") from None
+
+
+__all__ = ["FORMAT", "CheckpointError", "checkpoint_path", "save", "load", "steps_on_disk", "latest_common"]
