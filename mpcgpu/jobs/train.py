@@ -55,9 +55,10 @@ def add_arguments(p):
     p.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--schedule", default="constant", choices=("constant", "cosine", "linear", "step"),
-                   help="learning-rate schedule over the run (default constant)")
-    p.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
+    p.add_argument("--schedule", default="cosine", choices=("constant", "cosine", "linear", "step"),
+                   help="learning-rate schedule over the run (default cosine)")
+    p.add_argument("--warmup", type=int, default=100,
+                   help="linear warm-up steps (default 100, at most a fifth of the run)")
     p.add_argument("--step-epochs", type=int, default=1, help="'step' schedule: epochs between decays")
     p.add_argument("--gamma", type=float, default=0.1, help="'step' schedule: decay factor")
     p.add_argument("--seed", type=int, default=0, help="seed of the (public) sample order and dropout masks")
@@ -281,11 +282,12 @@ def run(args) -> int:
     if steps_per_epoch < 1:
         raise MPCError(f"{len(data)} training samples: fewer than one batch of {args.batch_size}")
     total = steps_per_epoch * args.epochs
+    warmup = min(args.warmup, total // 5)         # as the plaintext trainer: never a long warm-up
     opt = PrivateSGD(model.params, model.trainable(), lr=args.lr, momentum=args.momentum,
                      weight_decay=args.weight_decay, extra_bits=args.extra_bits)
     settings = {"model": model.spec.name, "model_source": source, "data": args.data, "test_data": args.test_data,
                 "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum,
-                "weight_decay": args.weight_decay, "schedule": args.schedule, "warmup": args.warmup,
+                "weight_decay": args.weight_decay, "schedule": args.schedule, "warmup": warmup,
                 "seed": args.seed, "limit": args.limit, "precision": rt.frac_bits, "extra_bits": args.extra_bits,
                 "reveal_loss": bool(args.reveal_loss), "owner": owner, "device": rt.backend.describe()}
     run_ = _Run(settings)
@@ -296,7 +298,7 @@ def run(args) -> int:
     if rt.rank == 0:
         print(f"mpcgpu train: {model.spec.name} ({source}) on {len(data)} samples of {', '.join(data.names)}; "
               f"{args.epochs} epoch(s) of {steps_per_epoch} steps, batch {args.batch_size}, lr {args.lr} "
-              f"({args.schedule}), momentum {args.momentum}, weight decay {args.weight_decay}; {rt.describe()}",
+              f"({args.schedule}, {warmup} warm-up steps), momentum {args.momentum}, weight decay {args.weight_decay}; {rt.describe()}",
               flush=True)
     bar = Progress(total, "private training", enabled=(rt.rank == 0 and not args.no_progress))
     bar.done = run_.step
@@ -310,7 +312,7 @@ def run(args) -> int:
                 t0 = time.perf_counter()
                 with comm.measure() as m:
                     images, labels = data.batch(rows)
-                    lr = lr_at(run_.step, total, args.lr, args.schedule, args.warmup,
+                    lr = lr_at(run_.step, total, args.lr, args.schedule, warmup,
                                steps_per_epoch, args.step_epochs, args.gamma)
                     result = train_step(model, opt, images, labels, lr,
                                         reveal_loss_to=owner if args.reveal_loss else None)

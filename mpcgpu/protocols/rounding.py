@@ -56,7 +56,9 @@ def round_exact(x: ArithmeticShare, bits: int | None = None, new_scale: int | No
     v_first, v_second = with_public(v_first, v_second, c_lo, rt.rank, xp, lambda a, b: a + b,
                                     component=opener_component)
     carry = b2a(msb(ArithmeticShare(v_first, v_second, 0, rt)))
-    return ArithmeticShare(first - carry.first, second - carry.second, new_scale, rt)
+    shape = x.shape
+    return ArithmeticShare((first - carry.first).reshape(shape), (second - carry.second).reshape(shape),
+                           new_scale, rt)
 
 
 __all__ = ["round_exact"]
