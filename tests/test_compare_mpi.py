@@ -350,6 +350,17 @@ def test_max_pool_matches_numpy(rt, seeded, k, s, p):
         gin = compare.max_pool2d_backward(sg, oh, shape, k, stride=s, padding=p)
     assert (m.rounds, m.bytes_sent) == (1, 8 * windows * k * k)
     assert np.array_equal(raw(gin), maxpool_backward_ref(g, want_oh, shape, k, s, p))
+    # training's way: keep the comparison bits (the forward costs what inference costs),
+    # rebuild the one-hot from them in backward: L - 1 AND rounds + the bit product (2)
+    with rt.comm.measure() as m:
+        out, levels = compare.max_pool2d(sx, k, stride=s, padding=p, return_bits=True)
+    assert m.bytes_sent == max_tree_bytes(windows, k * k, rt.rank)
+    sel = compare.winner_bits(levels, rt)
+    assert np.array_equal(sel.reveal().reshape(want_oh.shape), want_oh.astype(np.uint64))
+    with rt.comm.measure() as m:
+        gin2 = compare.max_pool2d_backward_bits(sg, levels, shape, k, stride=s, padding=p)
+    assert m.rounds == len(levels) - 1 + 2
+    assert np.array_equal(raw(gin2), raw(gin))
 
 
 def test_max_pool_network_shapes(rt, seeded):

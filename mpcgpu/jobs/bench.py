@@ -1,13 +1,19 @@
-"""`mpcgpu bench inference`: batch-1 private inference of the paper's networks, timed.
+"""`mpcgpu bench inference | training`: the paper's networks, timed on three ranks.
 
-For each model: random weights (He init, seed fixed; the last batch norm of each
-residual block scaled by 0.2 so activations of the deep ResNets stay inside the
-fixed-point range), one random input, one private forward pass. Printed and
-written as JSON: private time, bytes sent by the three parties, rounds, the
-plaintext NumPy float64 time of the same forward pass, their ratio, and the
-largest difference between the private and the plaintext logits. The one-off
-preparation of a model (batch norms folded privately into the convolutions) is
-timed apart and written to the JSON.
+inference: batch-1 private inference.  For each model: random weights (He init, seed
+fixed; the last batch norm of each residual block scaled by 0.2 so activations of the
+deep ResNets stay inside the fixed-point range), one random input, one private forward
+pass whose output layer is rounded exactly (the logits are revealed to party 0 to
+compare with the plaintext twin).  The one-off preparation of a model (batch norms
+folded privately into the convolutions) is timed apart.
+
+training: one private SGD step (forward with batch statistics, softmax cross-entropy
+with secret labels, backward, update) per model at the batch sizes of the CryptGPU and
+Piranha papers, next to the same step of the plaintext NumPy twin.
+
+Printed and written as JSON: private time, bytes sent by the three parties, rounds,
+the plaintext time and their ratio (and for inference the largest difference between
+private and plaintext logits); the peers' published GPU figures ride along.
 """
 from __future__ import annotations
 
@@ -16,28 +22,41 @@ import time
 
 import numpy
 
-SUMMARY = "time private batch-1 inference of the paper's networks (run under mpirun -n 3)"
+SUMMARY = "time private inference or training of the paper's networks (run under mpirun -n 3)"
 DESCRIPTION = __doc__ + """
 Example:
   mpirun -n 3 mpcgpu bench inference --json bench.json
   mpirun -n 3 mpcgpu bench inference --models lenet,alexnet_cifar10
+  mpirun -n 3 mpcgpu bench training --models lenet --profile
 """
 
-DEFAULT_MODELS = ("lenet", "alexnet_cifar10", "vgg16_cifar10", "alexnet_tinyimagenet", "vgg16_tinyimagenet",
-                  "alexnet_imagenet", "vgg16_imagenet", "resnet50", "resnet101", "resnet152")
+INFERENCE_MODELS = ("lenet", "alexnet_cifar10", "vgg16_cifar10", "alexnet_tinyimagenet", "vgg16_tinyimagenet",
+                    "alexnet_imagenet", "vgg16_imagenet", "resnet50", "resnet101", "resnet152")
+#: (model, batch) of the training comparisons of CryptGPU (Table) and Piranha's artifact
+TRAINING = (("lenet", 128), ("alexnet_cifar10", 128), ("vgg16_cifar10", 32),
+            ("alexnet_tinyimagenet", 128), ("vgg16_tinyimagenet", 8))
 
-# what the peers published for batch-1 inference (DESIGN.md section 9): seconds, bytes
+# what the peers published (DESIGN.md section 9): seconds, MB
 PEERS = {"lenet": {"cryptgpu_s": 0.38, "cryptgpu_mb": 3, "piranha_s": 0.031, "piranha_mb": 2.5},
          "alexnet_cifar10": {"cryptgpu_s": 0.91, "cryptgpu_mb": 2.4, "piranha_s": 0.131, "piranha_mb": 2.0},
          "vgg16_cifar10": {"cryptgpu_s": 2.14, "cryptgpu_mb": 56, "piranha_s": 0.469, "piranha_mb": 88},
          "alexnet_imagenet": {"cryptgpu_s": 1.5}, "resnet152": {"cryptgpu_s": 25.0}}
+PEERS_TRAINING = {"lenet": {"cryptgpu_s": 2.21, "cryptgpu_mb": 1140, "piranha_s": 0.89, "piranha_mb": 420},
+                  "alexnet_cifar10": {"cryptgpu_s": 2.91, "cryptgpu_mb": 1370, "piranha_s": 1.42,
+                                      "piranha_mb": 580},
+                  "vgg16_cifar10": {"cryptgpu_s": 12.14, "cryptgpu_mb": 7550, "piranha_s": 7.47,
+                                    "piranha_mb": 4260}}
 
 
 def add_arguments(p):
-    p.add_argument("what", choices=("inference",), help="what to benchmark")
-    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated model names")
-    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--json", default="bench_inference.json", help="output JSON (rank 0), default bench_inference.json")
+    p.add_argument("what", choices=("inference", "training"), help="what to benchmark")
+    p.add_argument("--models", default=None,
+                   help="comma-separated model names (default: the paper's table for WHAT)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size (default: 1 for inference, the paper's for training)")
+    p.add_argument("--steps", type=int, default=1, help="training: timed steps per model (default 1)")
+    p.add_argument("--profile", action="store_true", help="per-layer time, bytes and rounds")
+    p.add_argument("--json", default=None, help="output JSON (rank 0; default bench_<what>.json)")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
 
@@ -48,66 +67,134 @@ def bench_params(model, seed):
     params = init_params(model, rng=seed)
     for path, layer in S.walk(model):
         if isinstance(layer, S.Residual):
-            bns = [S._join(S._join(path, layer.body_name), n) for n, l in layer.body.children()
+            bns = [S.join_path(S.join_path(path, layer.body_name), n) for n, l in layer.body.children()
                    if isinstance(l, S.BatchNorm2d)]
             if bns:
                 params[bns[-1] + ".weight"] *= 0.2
     return params
 
 
-def run(args) -> int:
-    import mpcgpu
-    from ..nn.models import get_model
-    from ..nn.plain import PlainModel
-    from ..nn.private import PrivateModel, share_params
-    from ..sharing.arithmetic import share
+def _print_profile(rt, profile):
+    rows = [(r.path, r.kind, r.seconds, r.bytes_sent, r.rounds) for r in profile.rows()]
+    gathered = rt.comm.allgather_object(rows)
+    if rt.rank != 0:
+        return
+    print(f"  {'layer':<30} {'type':<22} {'seconds':>8} {'MB (3 parties)':>15} {'rounds':>7}")
+    for i, (path, kind, _, _, rounds) in enumerate(rows):
+        mb = sum(g[i][3] for g in gathered) / 1e6
+        worst = max(g[i][2] for g in gathered)
+        print(f"  {path or '(root)':<30} {kind:<22} {worst:>8.3f} {mb:>15.2f} {rounds:>7}")
 
-    rt = mpcgpu.init(device=args.device)
+
+def _inference(rt, model, args, batch):
+    from ..nn.plain import PlainModel
+    from ..nn.private import PrivateModel, Profile, share_params
+    from ..sharing.arithmetic import share
     comm = rt.comm
-    results = []
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    rng = numpy.random.default_rng(args.seed)
+    params = bench_params(model, args.seed) if rt.rank == 0 else None
+    x = rng.standard_normal((batch,) + tuple(model.input_shape)) if rt.rank == 0 else None
+    private = PrivateModel(model, share_params(model, params, src=0))
+    sx = share(x, src=0)
+    comm.barrier()
+    with comm.measure() as prep:   # once per model: batch norms folded into the convolutions
+        t0 = time.perf_counter()
+        private.prepare()
+        prepare_s = comm.allreduce_max(time.perf_counter() - t0)
+    profile = Profile() if args.profile else None
+    comm.barrier()
+    with comm.measure() as m:
+        t0 = time.perf_counter()
+        logits = private.forward(sx, exact=True, profile=profile)   # revealed: exact last rounding
+        elapsed = time.perf_counter() - t0
+    elapsed = comm.allreduce_max(elapsed)
+    total_bytes = comm.allreduce_sum(m.bytes_sent)
+    revealed = logits.reveal(to=0)
+    row = {"model": model.name, "input_shape": list(model.input_shape), "batch": batch,
+           "private_seconds": elapsed, "bytes_all_parties": total_bytes, "rounds": m.rounds,
+           "prepare_seconds": prepare_s, "prepare_rounds": prep.rounds}
     if rt.rank == 0:
-        print(f"mpcgpu bench inference, batch {args.batch}, {rt.describe()}", flush=True)
-        print(f"{'model':<22} {'private s':>10} {'MB (3 parties)':>15} {'rounds':>7} {'plain s':>9} "
-              f"{'ratio':>7} {'max |diff|':>11}", flush=True)
-    for name in names:
-        model = get_model(name)
-        rng = numpy.random.default_rng(args.seed)
-        params = bench_params(model, args.seed) if rt.rank == 0 else None
-        x = rng.standard_normal((args.batch,) + tuple(model.input_shape)) if rt.rank == 0 else None
-        private = PrivateModel(model, share_params(model, params, src=0))
-        sx = share(x, src=0)
-        comm.barrier()
-        with comm.measure() as prep:   # once per model: batch norms folded into the convolutions
-            t0 = time.perf_counter()
-            private.prepare()
-            prepare_s = comm.allreduce_max(time.perf_counter() - t0)
+        plain = PlainModel(model, params)
+        plain.forward(x, need_grad=False)
+        t0 = time.perf_counter()
+        ref = plain.forward(x, need_grad=False)
+        row["plain_seconds"] = time.perf_counter() - t0
+        row["max_abs_diff"] = float(numpy.abs(revealed - ref).max())
+    return row, profile
+
+
+def _training(rt, model, args, batch):
+    from ..nn.optim import PrivateSGD
+    from ..nn.plain import SGD, PlainModel
+    from ..nn.private import PrivateModel, Profile, share_params
+    from ..nn.trainer import train_step
+    from ..sharing.arithmetic import share
+    comm = rt.comm
+    rng = numpy.random.default_rng(args.seed)
+    params = bench_params(model, args.seed) if rt.rank == 0 else None
+    x = rng.standard_normal((batch,) + tuple(model.input_shape)) if rt.rank == 0 else None
+    y = rng.integers(0, model.num_classes, batch) if rt.rank == 0 else None
+    private = PrivateModel(model, share_params(model, params, src=0))
+    opt = PrivateSGD(private.params, private.trainable(), lr=0.01, momentum=0.9)
+    sx, sy = share(x, src=0), share(y, src=0, integer=True)
+    profile = Profile() if args.profile else None
+    times, sent, rounds = [], [], 0
+    for _ in range(max(args.steps, 1)):
         comm.barrier()
         with comm.measure() as m:
             t0 = time.perf_counter()
-            logits = private.forward(sx, exact=True)   # revealed below: exact last rounding
-            elapsed = time.perf_counter() - t0
-        elapsed = comm.allreduce_max(elapsed)
-        total_bytes = comm.allreduce_sum(m.bytes_sent)
-        revealed = logits.reveal(to=0)
-        row = {"model": name, "input_shape": list(model.input_shape), "batch": args.batch,
-               "private_seconds": elapsed, "bytes_all_parties": total_bytes, "rounds": m.rounds,
-               "prepare_seconds": prepare_s, "prepare_rounds": prep.rounds}
+            train_step(private, opt, sx, sy, 0.01, profile=profile)
+            times.append(comm.allreduce_max(time.perf_counter() - t0))
+        sent.append(comm.allreduce_sum(m.bytes_sent))
+        rounds = m.rounds - 1            # the allreduce of the time
+    row = {"model": model.name, "input_shape": list(model.input_shape), "batch": batch,
+           "private_seconds": float(numpy.median(times)), "bytes_all_parties": int(numpy.median(sent)),
+           "rounds": rounds, "steps": len(times)}
+    if rt.rank == 0:
+        plain = PlainModel(model, params)
+        popt = SGD(plain.params, 0.01, momentum=0.9, spec=model)
+        plain.loss_and_grads(x, y)
+        t0 = time.perf_counter()
+        plain.loss_and_grads(x, y)
+        popt.step(plain.grads)
+        row["plain_seconds"] = time.perf_counter() - t0
+    return row, profile
+
+
+def run(args) -> int:
+    import mpcgpu
+    from ..nn.models import get_model
+
+    rt = mpcgpu.init(device=args.device)
+    training = args.what == "training"
+    if args.models:
+        names = [m.strip() for m in args.models.split(",") if m.strip()]
+        default = (lambda n: dict(TRAINING).get(n, 128)) if training else (lambda n: 1)
+        plan = [(n, args.batch or default(n)) for n in names]
+    else:
+        plan = [(n, args.batch or b) for n, b in TRAINING] if training else \
+            [(n, args.batch or 1) for n in INFERENCE_MODELS]
+    peers = PEERS_TRAINING if training else PEERS
+    if rt.rank == 0:
+        print(f"mpcgpu bench {args.what}, {rt.describe()}", flush=True)
+        print(f"{'model':<22} {'batch':>5} {'private s':>10} {'MB (3 parties)':>15} {'rounds':>7} {'plain s':>9} "
+              f"{'ratio':>7}" + ("" if training else f" {'max |diff|':>11}"), flush=True)
+    results = []
+    for name, batch in plan:
+        model = get_model(name)
+        row, profile = (_training if training else _inference)(rt, model, args, batch)
         if rt.rank == 0:
-            plain = PlainModel(model, params)
-            plain.forward(x, need_grad=False)
-            t0 = time.perf_counter()
-            ref = plain.forward(x, need_grad=False)
-            row["plain_seconds"] = time.perf_counter() - t0
-            row["ratio"] = elapsed / row["plain_seconds"]
-            row["max_abs_diff"] = float(numpy.abs(revealed - ref).max())
-            row["peers"] = PEERS.get(name, {})
-            print(f"{name:<22} {elapsed:>10.3f} {total_bytes / 1e6:>15.1f} {m.rounds:>7} "
-                  f"{row['plain_seconds']:>9.4f} {row['ratio']:>7.0f} {row['max_abs_diff']:>11.2e}", flush=True)
+            row["ratio"] = row["private_seconds"] / row["plain_seconds"]
+            row["peers"] = peers.get(name, {})
+            print(f"{name:<22} {batch:>5} {row['private_seconds']:>10.3f} {row['bytes_all_parties'] / 1e6:>15.1f} "
+                  f"{row['rounds']:>7} {row['plain_seconds']:>9.4f} {row['ratio']:>7.0f}"
+                  + ("" if training else f" {row['max_abs_diff']:>11.2e}"), flush=True)
             results.append(row)
-        del private, sx, logits
-    if rt.rank == 0 and args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"device": rt.backend.describe(), "results": results}, fh, indent=2)
-        print(f"written {args.json}")
+        if profile is not None:
+            _print_profile(rt, profile)
+    out = args.json or f"bench_{args.what}.json"
+    if rt.rank == 0:
+        with open(out, "w") as fh:
+            json.dump({"what": args.what, "device": rt.backend.describe(), "results": results}, fh, indent=2)
+        print(f"written {out}")
     return 0

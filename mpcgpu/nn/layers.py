@@ -16,8 +16,8 @@ Conv2d, Linear         product + truncation, fused (2);     input grad (2, skipp
 ReLU                   MSB + bit injection folded with      ``dy * d`` (1)
                        the product (10); in training the
                        derivative ``d`` in the same rounds
-MaxPool2d              tree of comparisons (10 per level)   ``dy * onehot`` (1) + local
-                       with the one-hot in training         scatter
+MaxPool2d              tree of comparisons (10 per level),  the one-hot from the kept bits
+                       its comparison bits kept in training (L-1 ANDs) times ``dy`` (2)
 AvgPool2d, Adaptive    local window sums x public 1/k (2)   the same division (2), local
 BatchNorm2d            inference: folded (0 per image);     through the batch statistics
                        training: batch mean and variance,   (3 fused products, 2
@@ -125,14 +125,14 @@ def maxpool_forward(run, layer, path, x):
     if not run.training:
         y = x.max_pool2d(*geo)
     else:
-        y, onehot = compare.max_pool2d(x, *geo, return_indices=True)
-        run.keep(path, (onehot, x.shape))
+        y, levels = compare.max_pool2d(x, *geo, return_bits=True)
+        run.keep(path, (levels, x.shape))
     return to_scale(y, x.rt.frac_bits) if y.scale > x.rt.frac_bits else y   # a deferred truncation
 
 
 def maxpool_backward(run, layer, path, dy):
-    onehot, shape = run.kept(path)
-    return compare.max_pool2d_backward(dy, onehot, shape, layer.kernel, layer.stride, layer.padding)
+    levels, shape = run.kept(path)
+    return compare.max_pool2d_backward_bits(dy, levels, shape, layer.kernel, layer.stride, layer.padding)
 
 
 def avgpool_forward(run, layer, path, x):

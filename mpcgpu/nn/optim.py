@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy
 
 from ..errors import MPCError
-from ..sharing.arithmetic import ArithmeticShare, concatenate, mul_public, to_scale
+from ..sharing.arithmetic import ArithmeticShare, concatenate, mul_public_blocks, to_scale
 
 #: public bound (log2) on |weights|, |velocities| and |batch-summed gradients|, used to
 #: size the integer factors of the update (wider factors, one truncated part each)
@@ -84,9 +84,8 @@ class PrivateSGD:
         terms = [(t, c) for t, c in terms if c != 0.0]
         n = self.master.size
         stacked = concatenate([t for t, _ in terms] * 2)
-        factors = numpy.concatenate([numpy.full(n, c) for _, c in terms]
-                                    + [numpy.full(n, lr * c) for _, c in terms])
-        prod = mul_public(stacked, factors, bound=2.0 ** MAX_BITS, rel=2.0 ** -20)
+        constants = [c for _, c in terms] + [lr * c for _, c in terms]
+        prod = mul_public_blocks(stacked, constants, [n] * len(constants), bound=2.0 ** MAX_BITS, rel=2.0 ** -20)
         k = len(terms)
         parts = [prod[i * n:(i + 1) * n] for i in range(2 * k)]
         v_new = sum(parts[1:k], parts[0])

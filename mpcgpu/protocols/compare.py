@@ -42,6 +42,10 @@ from ..errors import ProtocolError
 from ..geometry import pool_geometry, window_index, window_offsets
 from ..sharing.arithmetic import ArithmeticShare, concatenate, public
 from ..sharing.replicated import with_public
+from ..sharing.binary import BinaryShare, and_
+from ..sharing.binary import concatenate as binary_concatenate
+from ..sharing.binary import public as binary_public
+from ..sharing.binary import stack as binary_stack
 from .convert import b2a, msb, mul_bit
 
 NEVER_WINS = (1 << 64) - (1 << 62)   # -2^62 in the ring: the max-pool padding value
@@ -103,7 +107,7 @@ def relu(x: ArithmeticShare, grad: bool = False):
 
 # -- tree of comparisons --------------------------------------------------------------------------
 
-def _tree_max(v: ArithmeticShare, onehot: bool):
+def _tree_max(v: ArithmeticShare, onehot: bool, levels: list | None = None):
     """Max over the last axis of a 2-D share ``(B, K)`` by a tree of comparisons.
 
     Each level compares neighbours ``(a, b) = (v[2j], v[2j+1])`` of all rows in ONE
@@ -111,7 +115,9 @@ def _tree_max(v: ArithmeticShare, onehot: bool):
     the lower index); an odd last candidate passes to the next level unchanged.
     With ``onehot``, each candidate also carries the one-hot of its winner over its
     block of ``S = 2^level`` inputs: ``[left (1 - m), right m]``, all products of a
-    level in the same two rounds.  Returns ``(max (B,), onehot (B, K) or None)``.
+    level in the same two rounds.  Returns ``(max (B,), onehot (B, K) or None)``; a list
+    ``levels`` receives every level's comparison bits ``(m, count)`` (for
+    :func:`winner_bits`).
     """
     rt, xp = v.rt, v.xp
     B, K = v.shape
@@ -127,6 +133,8 @@ def _tree_max(v: ArithmeticShare, onehot: bool):
         as_, bs = vs[:, 0:2 * q:2], vs[:, 1:2 * q:2]
         df, ds = af - bf, as_ - bs
         m = msb(ArithmeticShare(df, ds, v.scale, rt))                  # (B, q)
+        if levels is not None:
+            levels.append((m, cnt))
         if onehot:
             lf, ls = of[:, 0:2 * q:2], os_[:, 0:2 * q:2]               # (B, q, S)
             rf, rs = of[:, 1:2 * q:2], os_[:, 1:2 * q:2]
@@ -155,6 +163,27 @@ def _tree_max(v: ArithmeticShare, onehot: bool):
     if not onehot:
         return out, None
     return out, ArithmeticShare(of[:, 0, :K], os_[:, 0, :K], 0, rt)
+
+
+def winner_bits(levels, rt) -> BinaryShare:
+    """The one-hot of each row's (first) maximum as bit shares ``(B, K)``, from the
+    comparison bits a :func:`_tree_max` kept: walking the tree down from the winner, a
+    candidate is selected when its parent is and it won its pair (the left one when
+    ``m = 0``, the right one when ``m = 1``; a lone last candidate passes).  One AND
+    round per level but the top one; 8 bytes per party per word of the level."""
+    sel = None
+    for m, cnt in reversed(levels):
+        q = cnt // 2
+        B = m.shape[0]
+        chosen = binary_stack([m.not_bits(), m], axis=2).reshape(B, 2 * q)      # left, right, ...
+        if cnt % 2:
+            chosen = binary_concatenate([chosen, binary_public(numpy.ones((B, 1), numpy.uint64), rt)], axis=1)
+        if sel is None:
+            sel = chosen                                      # under the root: the parent is 1
+            continue
+        parent = numpy.minimum(numpy.arange(cnt) // 2, q)    # the lone last candidate: parent q
+        sel = and_(sel[:, parent], chosen).and_public(1)     # a bit share: components 0/1
+    return sel
 
 
 def _to_rows(x: ArithmeticShare, axis):
@@ -237,15 +266,19 @@ def one_hot(labels: ArithmeticShare, classes: int) -> ArithmeticShare:
 
 # -- max-pooling ----------------------------------------------------------------------------------
 
-def max_pool2d(x: ArithmeticShare, kernel, stride=None, padding=0, return_indices=False):
+def max_pool2d(x: ArithmeticShare, kernel, stride=None, padding=0, return_indices=False,
+               return_bits=False):
     """Max-pooling of an NCHW share (real max-pool; output size rounded down).
 
     Padding uses ``-2^62`` (never wins).  Windows are gathered into ``(N, C, Ho, Wo,
     kh*kw)`` (row-major window order) and reduced by :func:`_tree_max`: every level of all
     windows is one comparison call.  ``return_indices=True`` also returns the one-hot of
     each window's (first) maximum, shape ``(N, C, Ho, Wo, kh*kw)``, scale 0, for
-    :func:`max_pool2d_backward`.  Cost: ``ceil(log2(kh*kw))`` levels of 10 rounds; see the
-    module table for bytes (``q`` = number of pairs of the level over all windows).
+    :func:`max_pool2d_backward`.  ``return_bits=True`` instead keeps the tree's comparison
+    bits (no extra cost in the forward pass) for :func:`max_pool2d_backward_bits`, which
+    rebuilds the one-hot when (and only when) the gradient needs it -- cheaper in all.
+    Cost: ``ceil(log2(kh*kw))`` levels of 10 rounds; see the module table for bytes
+    (``q`` = number of pairs of the level over all windows).
     """
     rt, xp = x.rt, x.xp
     kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(x.shape, kernel, stride, padding, "max_pool2d",
@@ -261,8 +294,11 @@ def max_pool2d(x: ArithmeticShare, kernel, stride=None, padding=0, return_indice
     K = kh * kw
     rows = ArithmeticShare(xp.stack([x.first[t] for t in idx], axis=-1).reshape(-1, K),
                            xp.stack([x.second[t] for t in idx], axis=-1).reshape(-1, K), x.scale, rt)
-    out, oh = _tree_max(rows, onehot=return_indices)
+    levels = [] if return_bits else None
+    out, oh = _tree_max(rows, onehot=return_indices, levels=levels)
     out = out.reshape(n, c, ho, wo)
+    if return_bits:
+        return out, levels
     if not return_indices:
         return out
     return out, oh.reshape(n, c, ho, wo, K)
@@ -275,20 +311,42 @@ def max_pool2d_backward(grad: ArithmeticShare, onehot: ArithmeticShare, input_sh
     1 round (``grad * onehot``, no truncation: the one-hot has scale 0), 8 bytes per
     window element per party; the scatter-add over overlapping windows is local.
     """
-    rt, xp = grad.rt, grad.xp
-    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(tuple(input_shape), kernel, stride, padding,
-                                                   "max_pool2d", ProtocolError)
+    geo = pool_geometry(tuple(input_shape), kernel, stride, padding, "max_pool2d", ProtocolError)
+    n, c, ho, wo = input_shape[0], input_shape[1], geo[6], geo[7]
+    return _scatter_windows(grad.reshape(n, c, ho, wo, 1) * onehot, input_shape, geo)
+
+
+def max_pool2d_backward_bits(grad: ArithmeticShare, levels, input_shape, kernel, stride=None,
+                             padding=0) -> ArithmeticShare:
+    """:func:`max_pool2d_backward` from the comparison bits of ``return_bits=True``: the
+    one-hot as bit shares (:func:`winner_bits`, ``L - 1`` AND rounds for ``L`` levels),
+    then ``grad * bit`` by bit injection (:func:`~mpcgpu.protocols.convert.mul_bit`, 2
+    rounds, 16 bytes per window element per party; party 0: 8 + 8 per bit)."""
+    geo = pool_geometry(tuple(input_shape), kernel, stride, padding, "max_pool2d", ProtocolError)
+    n, c, ho, wo = input_shape[0], input_shape[1], geo[6], geo[7]
+    K = geo[0] * geo[1]
+    if K == 1:
+        return _scatter_windows(grad.reshape(n, c, ho, wo, 1), input_shape, geo)
+    sel = winner_bits(levels, grad.rt).reshape(n, c, ho, wo, K)
+    spread = grad.reshape(n, c, ho, wo, 1).broadcast_to((n, c, ho, wo, K))
+    return _scatter_windows(mul_bit(spread, sel), input_shape, geo)
+
+
+def _scatter_windows(prod: ArithmeticShare, input_shape, geo) -> ArithmeticShare:
+    """Add each window element's value (``(N, C, Ho, Wo, K)``) to its input position (local)."""
+    rt, xp = prod.rt, prod.xp
+    kh, kw, sh, sw, ph, pw, ho, wo = geo
     n, c, h, w = input_shape
-    prod = grad.reshape(n, c, ho, wo, 1) * onehot                      # (N, C, Ho, Wo, K)
     outs = []
     for comp in (prod.first, prod.second):
         acc = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=xp.uint64)
         for k, i, j in window_offsets(kh, kw):
             acc[window_index(i, j, sh, sw, ho, wo)] += comp[..., k]
         outs.append(xp.ascontiguousarray(acc[:, :, ph:ph + h, pw:pw + w]))
-    return ArithmeticShare(outs[0], outs[1], grad.scale, rt)
+    return ArithmeticShare(outs[0], outs[1], prod.scale, rt)
 
 
 __all__ = ["lt", "gt", "le", "ge", "sign", "abs", "relu", "max", "min",
-           "argmax", "one_hot", "max_pool2d", "max_pool2d_backward", "NEVER_WINS"]
+           "argmax", "one_hot", "max_pool2d", "max_pool2d_backward", "max_pool2d_backward_bits",
+           "winner_bits", "NEVER_WINS"]
 

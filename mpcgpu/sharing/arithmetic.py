@@ -430,10 +430,39 @@ def mul_public(x: ArithmeticShare, c, trunc=None, bound=None, rel: float = 2.0 *
         k = x._encode_public(c, 0)
         return x._new(x.first * k, x.second * k)
     c_host = rt.backend.to_host(c) if isinstance(c, rt.xp.ndarray) else c
-    out_scale = max(x.scale, rt.frac_bits)
     parts = public_factor_parts(c_host, x.scale, rt.frac_bits, bound, rel)
-    xp = x.xp
-    shape = numpy.broadcast_shapes(x.shape, numpy.shape(c_host))
+    return _times_parts(x, parts, numpy.broadcast_shapes(x.shape, numpy.shape(c_host)), trunc)
+
+
+def mul_public_blocks(x: ArithmeticShare, constants, sizes, trunc=None, bound=None,
+                      rel: float = 2.0 ** -28) -> ArithmeticShare:
+    """A flat share times a public constant per block of consecutive elements (``sizes``),
+    as :func:`mul_public` with the array of repeated constants, but with the integer
+    factors worked out once per constant (an optimiser step: a few constants, millions
+    of elements)."""
+    rt = x.rt
+    per = [public_factor_parts(float(c), x.scale, rt.frac_bits, bound, rel) for c in constants]
+    width = max(len(p) for p in per)
+    if width == 0:
+        return zeros(x.shape, max(x.scale, rt.frac_bits), rt)
+    parts = []
+    for i in range(width):
+        ks, shifts = [], []
+        for p in per:
+            k, shift = p[i] if i < len(p) else (0, 1)
+            if shift <= 0:                                    # an exact power of two: as a factor
+                k, shift = k << (1 - shift), 1
+            ks.append(k)
+            shifts.append(shift)
+        parts.append((numpy.repeat(numpy.asarray(ks, dtype=numpy.int64), sizes),
+                      numpy.repeat(numpy.asarray(shifts, dtype=numpy.int64), sizes)))
+    return _times_parts(x, parts, x.shape, trunc)
+
+
+def _times_parts(x: ArithmeticShare, parts, shape, trunc) -> ArithmeticShare:
+    """``sum_i trunc(x * K_i, shift_i)`` (see :func:`public_factor_parts`) in one truncation call."""
+    rt, xp = x.rt, x.xp
+    out_scale = max(x.scale, rt.frac_bits)
     if not parts:
         return zeros(shape, out_scale, rt)
     exact, cut, shifts = [], [], []
