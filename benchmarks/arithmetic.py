@@ -23,8 +23,8 @@ def timed(rt, fn, repeat=3):
             fn()
             dt = time.perf_counter() - t
         times.append(dt)
-    worst = rt.comm.comm.allreduce(min(times), op=__import__("mpi4py").MPI.MAX)
-    total_bytes = rt.comm.comm.allreduce(m.bytes_sent)
+    worst = rt.comm.allreduce_max(min(times))
+    total_bytes = rt.comm.allreduce_sum(m.bytes_sent)
     return worst, total_bytes, m.rounds
 
 

@@ -4,7 +4,8 @@
     mpiexec -n 3 python benchmarks/nonlinear.py --reps 5
 
 Time: wall clock of the slowest party, between two barriers: the first run (cold:
-fresh allocations) and the best of ``--reps`` runs (the machine may be shared).  Bytes: share data sent, summed over the three
+fresh allocations) and the best of ``--reps`` runs (the machine may be shared).  Bytes: share data
+sent, summed over the three
 parties, and per element.  Rounds: communication rounds of the protocol.
 Plaintext: the same operation in NumPy on float64 (best of the same repetitions).
 
@@ -37,25 +38,19 @@ def plain_maxpool2(x):
 
 def measure(rt, fn, reps):
     """(first, best) wall time over ``reps`` (slowest party each time), bytes summed, rounds."""
-    world = rt.comm.comm
     best, stats, first = None, None, None
     for _ in range(reps):
-        world.Barrier()
+        rt.comm.barrier()
         t0 = time.perf_counter()
         with rt.comm.measure() as m:
             fn()
         dt = time.perf_counter() - t0
-        dt = world.allreduce(dt, op=_max_op())
+        dt = rt.comm.allreduce_max(dt)
         first = dt if first is None else first
         best = dt if best is None else min(best, dt)
         stats = m
-    total = rt.comm.comm.allreduce(stats.bytes_sent)
+    total = rt.comm.allreduce_sum(stats.bytes_sent)
     return (first, best), total, stats.rounds
-
-
-def _max_op():
-    from mpi4py import MPI
-    return MPI.MAX
 
 
 def plain_time(fn, reps):

@@ -44,7 +44,7 @@ def interleaved(fns, rounds, budget=None):
     ``budget`` seconds no new round starts.
     """
     best, runs, t_start = {}, {}, time.perf_counter()
-    for r in range(rounds):
+    for _ in range(rounds):
         for name, fn in fns.items():
             fn, cap = fn if isinstance(fn, tuple) else (fn, rounds)
             if runs.get(name, 0) >= cap:

@@ -72,7 +72,7 @@ def detect_cuda_aware() -> bool:
         return False
     for path in sorted(libs):
         try:
-            fn = getattr(ctypes.CDLL(path), "MPIX_Query_cuda_support")
+            fn = ctypes.CDLL(path).MPIX_Query_cuda_support
         except (OSError, AttributeError):
             continue
         fn.restype = ctypes.c_int

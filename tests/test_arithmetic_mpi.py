@@ -73,7 +73,8 @@ def test_linear_operations(rt, seeded):
     cases = {
         "add": (sx + sy, x + y), "sub": (sx - sy, x - y), "neg": (-sx, -x),
         "add_pub": (sx + p, x + p), "radd_pub": (p + sx, x + p), "sub_pub": (sx - 7.5, x - 7.5),
-        "rsub_pub": (7.5 - sx, 7.5 - x), "mul_int": (sx * 3, x * 3), "mul_int_arr": (sx * np.arange(5), x * np.arange(5)),
+        "rsub_pub": (7.5 - sx, 7.5 - x), "mul_int": (sx * 3, x * 3),
+        "mul_int_arr": (sx * np.arange(5), x * np.arange(5)),
         "sum0": (sx.sum(axis=0), x.sum(axis=0)), "sum": (sx.sum(), x.sum()),
         "T": (sx.T, x.T), "reshape": (sx.reshape(2, 10), x.reshape(2, 10)), "index": (sx[1:3, ::2], x[1:3, ::2]),
         "concat": (concatenate([sx, sy], axis=1), np.concatenate([x, y], axis=1)),
@@ -82,7 +83,7 @@ def test_linear_operations(rt, seeded):
     with rt.comm.measure() as m:
         results = {k: v[0] for k, v in cases.items()}
     assert m.rounds == 0 and m.bytes_sent == 0
-    for name, (s, ref) in cases.items():
+    for name, (_, ref) in cases.items():
         np.testing.assert_allclose(results[name].reveal(), ref, atol=4 * ULP, err_msg=name)
     # the public factor 1/5 itself carries a relative error of up to 2^-17
     np.testing.assert_allclose(sx.mean(axis=1).reveal(), x.mean(axis=1), rtol=ULP, atol=2 * ULP)

@@ -83,13 +83,3 @@ def test_wrong_rank_count_fails_fast_on_every_rank():
     assert proc.returncode != 0
     assert proc.stderr.count("exactly three parties") == 2, proc.stderr
     assert "mpirun -n 3" in proc.stderr
-
-
-def test_only_the_backend_imports_cupy():
-    """One array-module handle: no other module of the package imports cupy."""
-    import pathlib
-    import re
-    root = pathlib.Path(__file__).resolve().parent.parent / "mpcgpu"
-    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
-                 if p.name != "backend.py" and re.search(r"^\s*(import cupy|from cupy)", p.read_text(), re.M)]
-    assert offenders == []

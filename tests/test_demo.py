@@ -33,7 +33,7 @@ def test_demo_real_mnist_private_equals_plaintext(demo):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "private predictions equal to plaintext: 1000/1000" in out, out
-    line = [l for l in out.splitlines() if l.startswith("accuracy")][0]
+    line = [ln for ln in out.splitlines() if ln.startswith("accuracy")][0]
     private, plain = [float(t.rstrip("%")) for t in line.split()[1:3]]
     assert private == plain and private > 98.0
 

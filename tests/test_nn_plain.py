@@ -221,8 +221,8 @@ def test_model_gradients_finite_differences(train):
     y = np.array([0, 2, 1])
     if train:   # dropout would make the loss random: use BN batch statistics, no dropout
         spec = S.Model("tiny", spec.input_shape, 3, S.Sequential(
-            tuple(l for l in spec.net.layers if not isinstance(l, S.Dropout)),
-            tuple(n for n, l in spec.net.children() if not isinstance(l, S.Dropout))))
+            tuple(layer for layer in spec.net.layers if not isinstance(layer, S.Dropout)),
+            tuple(n for n, layer in spec.net.children() if not isinstance(layer, S.Dropout))))
         m = P.PlainModel(spec, m.params, seed=3)
     saved = {k: v.copy() for k, v in m.params.items()}
 
@@ -481,7 +481,7 @@ def test_trainer_learns_a_separable_problem():
                 dtype=np.float64)
     assert res.test_accuracy > 0.95
     assert res.history[-1][3] < res.history[0][3]
-    assert any("test accuracy" in l for l in logs)
+    assert any("test accuracy" in line for line in logs)
     assert lr_at(0, 100, 1.0, "cosine", 10) == pytest.approx(0.1)
     assert lr_at(10, 110, 1.0, "cosine", 10) == pytest.approx(1.0)
     assert lr_at(110, 110, 1.0, "linear", 10) == pytest.approx(0.0)

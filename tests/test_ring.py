@@ -323,7 +323,8 @@ def test_generic_array_module_path(rng, monkeypatch):
     assert (y == conv_ref(x, w, (2, 1), 1, 2)).all()
     gy = rand(rng, *y.shape)
     assert (ring.conv2d_grad_input(gy, w, x.shape, (2, 1), 1, 2) == grad_input_ref(gy, w, x.shape, (2, 1), 1, 2)).all()
-    assert (ring.conv2d_grad_weight(x, gy, w.shape, (2, 1), 1, 2) == grad_weight_ref(x, gy, w.shape, (2, 1), 1, 2)).all()
+    assert (ring.conv2d_grad_weight(x, gy, w.shape, (2, 1), 1, 2)
+            == grad_weight_ref(x, gy, w.shape, (2, 1), 1, 2)).all()
 
 
 def test_presplit_4d_as_matmul_operand(rng):
@@ -465,8 +466,10 @@ def test_conv_schemes_agree(rng, scheme):
     y = ring.conv2d(x, w, stride=2, padding=1, groups=2, scheme=scheme)
     assert (y == conv_ref(x, w, 2, 1, 2)).all()
     gy = rand(rng, *y.shape)
-    assert (ring.conv2d_grad_input(gy, w, x.shape, 2, 1, 2, scheme=scheme) == grad_input_ref(gy, w, x.shape, 2, 1, 2)).all()
-    assert (ring.conv2d_grad_weight(x, gy, w.shape, 2, 1, 2, scheme=scheme) == grad_weight_ref(x, gy, w.shape, 2, 1, 2)).all()
+    assert (ring.conv2d_grad_input(gy, w, x.shape, 2, 1, 2, scheme=scheme)
+            == grad_input_ref(gy, w, x.shape, 2, 1, 2)).all()
+    assert (ring.conv2d_grad_weight(x, gy, w.shape, 2, 1, 2, scheme=scheme)
+            == grad_weight_ref(x, gy, w.shape, 2, 1, 2)).all()
 
 
 @pytest.mark.parametrize("scheme", [limbs.K22, limbs.W22], ids=lambda s: s.name)

@@ -239,7 +239,7 @@ def test_cli_lists_public_and_private_attributes(tmp_path, capsys):
     assert rc == 0, out
     lines = out.splitlines()
     start = lines.index("public (in clear in every shard file: each server learns this):")
-    end = [i for i, l in enumerate(lines) if l.startswith("kept private")][0]
+    end = [i for i, line in enumerate(lines) if line.startswith("kept private")][0]
     public = lines[start + 1:end]
     with Shard(str(tmp_path / "o" / "w.party0.h5")) as s:
         set_id, created = s.set_id, s.created

@@ -111,7 +111,7 @@ def test_reconstruction_over_three_ranks(rt, sets):
     assert np.array_equal(_reconstruct(rt, shard.load("images")), images)
     assert np.array_equal(_reconstruct(rt, shard.load("labels")).view(np.int64), labels)
     rows = []
-    for img_pair, lab_pair in shard.batches(("images", "labels"), 8):
+    for img_pair, _ in shard.batches(("images", "labels"), 8):
         rows.append(_reconstruct(rt, img_pair))
     assert np.array_equal(np.concatenate(rows), images)
     shard.close()

@@ -16,7 +16,7 @@ import pytest
 from mpcgpu.encoding import encode
 from mpcgpu.protocols import pooling
 from mpcgpu.protocols.rounding import round_exact
-from mpcgpu.sharing.arithmetic import ArithmeticShare, matmul, mul, truncate
+from mpcgpu.sharing.arithmetic import ArithmeticShare, mul, truncate
 from reference import conv2d_ref, enc, recording, shared, shared_ring
 
 pytestmark = pytest.mark.mpi(min_size=3)

@@ -62,8 +62,6 @@ import hashlib
 import json
 import os
 import secrets
-import sys
-import time
 from dataclasses import dataclass, field
 
 import numpy
@@ -71,6 +69,7 @@ import numpy
 from ..encoding import check_range, encode, safe_limit
 from ..errors import EncodingError, ShardError
 from ..hdf5 import open_for_reading
+from ..progress import Progress
 
 FORMAT = "mpcgpu-shard/1"
 KINDS = ("dataset", "model")
@@ -193,34 +192,6 @@ class ShardSet:
     withheld: list = field(default_factory=list)  # input attrs kept private (set by the share step)
 
 
-class _Progress:
-    def __init__(self, total: int, enabled: bool, stream=None):
-        self.total, self.enabled, self.stream = max(total, 1), enabled, stream or sys.stderr
-        self.done, self.last = 0, 0.0
-        try:
-            self.tty = self.stream.isatty()
-        except Exception:
-            self.tty = False
-
-    def advance(self, nbytes: int, label: str):
-        """Redraw one line on a terminal (every 0.5 s), or print a line every 5 s to a log."""
-        self.done += nbytes
-        now = time.monotonic()
-        every = 0.5 if self.tty else 5.0
-        if self.enabled and (now - self.last >= every or self.done >= self.total):
-            self.last = now
-            pct = 100.0 * self.done / self.total
-            text = (f"sharing {label}: {self.done / 2**20:,.0f} / {self.total / 2**20:,.0f} MiB "
-                    f"({pct:5.1f}%)")
-            self.stream.write(f"\r{text}   " if self.tty else text + "\n")
-            self.stream.flush()
-
-    def close(self):
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def write_shard_set(out_dir: str, stem: str, arrays, *, kind: str, frac_bits: int,
                     name: str = "", source_format: str = "arrays", public: dict | None = None,
                     overwrite: bool = False, progress: bool | None = None,
@@ -262,7 +233,7 @@ def write_shard_set(out_dir: str, stem: str, arrays, *, kind: str, frac_bits: in
     set_id = secrets.token_hex(16)
     total = 3 * 2 * 8 * sum(int(numpy.prod(a.shape, dtype=numpy.int64)) for a in arrays)
     show = (total > PROGRESS_BYTES) if progress is None else bool(progress)
-    meter = _Progress(total, show)
+    meter = Progress(total, "sharing", enabled=show, unit="MiB", scale=2 ** 20)
     stream = Stream(fresh_key())
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     files = []
@@ -365,7 +336,7 @@ def write_party_shard(path: str, party: int, arrays: dict, *, kind: str, set_id:
     return path
 
 
-def _write_array(files, a: ArraySpec, stream, meter: _Progress, block_bytes: int) -> dict:
+def _write_array(files, a: ArraySpec, stream, meter: Progress, block_bytes: int) -> dict:
     shape = a.shape
     groups, dsets = [], []
     for i, f in enumerate(files):
@@ -395,7 +366,7 @@ def _write_array(files, a: ArraySpec, stream, meter: _Progress, block_bytes: int
         for i, (first, second) in enumerate(dsets):
             first[sel] = comps[i]
             second[sel] = comps[(i + 1) % PARTIES]
-        meter.advance(6 * x.nbytes, a.name)
+        meter.update(6 * x.nbytes, a.name)
     digests = [h.hexdigest() for h in hashes]
     for i, g in enumerate(groups):
         g.attrs["sha256_first"] = digests[i]
@@ -450,7 +421,7 @@ def _attr_int(attrs, key, where) -> int:
     try:
         return int(attrs[key])
     except (TypeError, ValueError):
-        raise ShardError(f"{where}: attribute {key!r} is not an integer")
+        raise ShardError(f"{where}: attribute {key!r} is not an integer") from None
 
 
 class Shard:

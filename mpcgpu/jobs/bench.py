@@ -67,8 +67,8 @@ def bench_params(model, seed):
     params = init_params(model, rng=seed)
     for path, layer in S.walk(model):
         if isinstance(layer, S.Residual):
-            bns = [S.join_path(S.join_path(path, layer.body_name), n) for n, l in layer.body.children()
-                   if isinstance(l, S.BatchNorm2d)]
+            bns = [S.join_path(S.join_path(path, layer.body_name), n) for n, child in layer.body.children()
+                   if isinstance(child, S.BatchNorm2d)]
             if bns:
                 params[bns[-1] + ".weight"] *= 0.2
     return params

@@ -32,7 +32,8 @@ def add_arguments(p):
     p.add_argument("--images", type=int, default=1000, help="MNIST test images to classify (default 1000, max 10000)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per private pass (default 100; with --train 128)")
-    p.add_argument("--workdir", default="mpcgpu-demo", help="where the HDF5 files and shards go (default ./mpcgpu-demo)")
+    p.add_argument("--workdir", default="mpcgpu-demo",
+                   help="where the HDF5 files and shards go (default ./mpcgpu-demo)")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="array back end of the three ranks")
     p.add_argument("--precision", type=int, default=16, help="fractional bits (default 16)")
     p.add_argument("--profile", action="store_true", help="per-layer time and communication")

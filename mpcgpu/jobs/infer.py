@@ -22,17 +22,20 @@ Example:
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, metavar="STEM", help="model shard set (stem, file of this party, or pattern with {party})")
+    p.add_argument("--model", required=True, metavar="STEM",
+                   help="model shard set (stem, file of this party, or pattern with {party})")
     p.add_argument("--data", required=True, metavar="STEM", help="dataset shard set")
     p.add_argument("--batch-size", type=int, default=64, help="images per private forward pass (default 64)")
     p.add_argument("--limit", type=int, default=None, help="classify only the first N images")
     p.add_argument("--reveal-to", type=int, default=0, choices=(0, 1, 2), help="result owner (default 0)")
     p.add_argument("--out", default=None, metavar="FILE.npy", help="result owner writes the predicted labels here")
     p.add_argument("--profile", action="store_true", help="print per-layer time and communication")
-    p.add_argument("--json", default=None, metavar="FILE", help="result owner writes a summary (accuracy, time, bytes) as JSON")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="result owner writes a summary (accuracy, time, bytes) as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     p.add_argument("--no-verify", action="store_true", help="skip re-hashing the shard files (large sets)")
-    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="array back end (default: MPCGPU_DEVICE or auto)")
+    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
+                   help="array back end (default: MPCGPU_DEVICE or auto)")
     p.add_argument("--precision", type=int, default=None, help="fractional bits (default: the shards')")
 
 
@@ -66,7 +69,7 @@ def run(args) -> int:
     from ..data.shards import as_share, open_shard
     from ..nn.loss import count_correct, one_hot
     from ..nn.private import Profile
-    from .progress import Progress
+    from ..progress import Progress
 
     precision = args.precision or _peek_frac_bits(args.model, world_rank())
     rt = mpcgpu.init(device=args.device, precision=precision)
@@ -144,7 +147,7 @@ def _print_profile(rt, profile):
     if rt.rank != 0:
         return
     print(f"{'layer':<28} {'type':<18} {'seconds':>9} {'MB (3 parties)':>15} {'rounds':>7}")
-    for i, (path, kind, sec, _, rounds) in enumerate(rows):
+    for i, (path, kind, _, _, rounds) in enumerate(rows):
         mb = sum(g[i][3] for g in gathered) / 1e6
         worst = max(g[i][2] for g in gathered)
         print(f"{path or '(root)':<28} {kind:<18} {worst:>9.3f} {mb:>15.2f} {rounds:>7}")

@@ -73,8 +73,10 @@ def add_arguments(p):
     p.add_argument("--checkpoint-dir", default=None, metavar="DIR")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="also checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
-    p.add_argument("--json", default=None, metavar="FILE", help="result owner writes settings, per-epoch and per-step records")
-    p.add_argument("--plot", default=None, metavar="FILE.png", help="curves as PNG (default next to --json; needs matplotlib)")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="result owner writes settings, per-epoch and per-step records")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="curves as PNG (default next to --json; needs matplotlib)")
     p.add_argument("--precision", type=int, default=None, help="fractional bits (default: the training shards')")
     p.add_argument("--extra-bits", type=int, default=8, help="extra fractional bits of the master weights (default 8)")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
@@ -259,7 +261,7 @@ def run(args) -> int:
     from ..nn.optim import PrivateSGD
     from ..nn.schedule import epoch_batches, lr_at
     from ..nn.trainer import evaluate, train_step
-    from .progress import Progress
+    from ..progress import Progress
 
     if args.reveal_to is not None and not args.out:
         raise MPCError("--reveal-to needs --out (the plaintext weights go to STEM.weights.h5)")
@@ -298,7 +300,8 @@ def run(args) -> int:
     if rt.rank == 0:
         print(f"mpcgpu train: {model.spec.name} ({source}) on {len(data)} samples of {', '.join(data.names)}; "
               f"{args.epochs} epoch(s) of {steps_per_epoch} steps, batch {args.batch_size}, lr {args.lr} "
-              f"({args.schedule}, {warmup} warm-up steps), momentum {args.momentum}, weight decay {args.weight_decay}; {rt.describe()}",
+              f"({args.schedule}, {warmup} warm-up steps), momentum {args.momentum}, "
+              f"weight decay {args.weight_decay}; {rt.describe()}",
               flush=True)
     bar = Progress(total, "private training", enabled=(rt.rank == 0 and not args.no_progress))
     bar.done = run_.step

@@ -297,7 +297,7 @@ class PrivateModel:
             at += layer.channels
         # fold into the preceding convolutions: one batched product for all weights and biases
         left, right, plan = [], [], []
-        for (bn, layer, conv), (lo, hi) in zip(pairs, offsets):
+        for (bn, _, conv), (lo, hi) in zip(pairs, offsets):
             if conv is None:
                 self._affine[bn] = (scale[lo:hi], shift[lo:hi])
                 continue

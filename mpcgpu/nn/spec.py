@@ -288,15 +288,15 @@ class Sequential(Layer):
             raise SpecError("Sequential: one name per layer")
         if len(set(names)) != len(names) or any("." in n or "/" in n or not n for n in names):
             raise SpecError(f"Sequential names must be unique, non-empty, without '.' or '/': {names}")
-        for l in self.layers:
-            if not isinstance(l, Layer):
-                raise SpecError(f"Sequential child is not a layer spec: {l!r}")
+        for child in self.layers:
+            if not isinstance(child, Layer):
+                raise SpecError(f"Sequential child is not a layer spec: {child!r}")
         object.__setattr__(self, "names", names)
 
     @classmethod
     def named(cls, *pairs) -> "Sequential":
         """``Sequential.named(("conv1", Conv2d(...)), ("relu", ReLU()), ...)``."""
-        return cls(tuple(l for _, l in pairs), tuple(n for n, _ in pairs))
+        return cls(tuple(layer for _, layer in pairs), tuple(n for n, _ in pairs))
 
     def children(self):
         return list(zip(self.names, self.layers))

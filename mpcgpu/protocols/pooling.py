@@ -26,7 +26,6 @@ so it is exact wherever PyTorch's is (same divisors, same rounding bounds).
 """
 from __future__ import annotations
 
-import math
 
 import numpy   # public geometry only
 
