@@ -16,13 +16,18 @@ check() {  # pytest exit 5 means "no tests collected": a failure for us
   local rc=$1 what=$2
   if [ "$rc" -ne 0 ]; then echo "*** $what failed (exit $rc)"; status=1; fi
 }
+SLOW=()
+[ "${RUN_SLOW:-0}" = "1" ] || SLOW=(-m "not slow")
+echo "== lint (ruff)"
+"$PY" -m ruff check .
+check $? "lint"
 echo "== single-process tests"
-timeout -k 10 1200 "$PY" -m pytest -q -p no:cacheprovider --timeout=600 "$@" tests
+timeout -k 10 1200 "$PY" -m pytest -q -p no:cacheprovider --timeout=600 "${SLOW[@]}" "$@" tests
 check $? "single-process tests"
 echo "== three-rank tests (mpiexec -n 3)"
 rm -rf test-logs
 timeout -k 10 1800 "$MPIEXEC" -n 3 "$PY" -m pytest -q -p no:cacheprovider --only-mpi \
-    --timeout=600 --timeout-method=thread "$@" tests
+    --timeout=600 --timeout-method=thread "${SLOW[@]}" "$@" tests
 rc=$?
 check $rc "three-rank tests"
 if [ $rc -ne 0 ]; then

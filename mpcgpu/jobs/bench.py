@@ -36,7 +36,7 @@ INFERENCE_MODELS = ("lenet", "alexnet_cifar10", "vgg16_cifar10", "alexnet_tinyim
 TRAINING = (("lenet", 128), ("alexnet_cifar10", 128), ("vgg16_cifar10", 32),
             ("alexnet_tinyimagenet", 128), ("vgg16_tinyimagenet", 8))
 
-# what the peers published (DESIGN.md section 9): seconds, MB
+# what the peers published (docs/design.md §9): seconds, MB
 PEERS = {"lenet": {"cryptgpu_s": 0.38, "cryptgpu_mb": 3, "piranha_s": 0.031, "piranha_mb": 2.5},
          "alexnet_cifar10": {"cryptgpu_s": 0.91, "cryptgpu_mb": 2.4, "piranha_s": 0.131, "piranha_mb": 2.0},
          "vgg16_cifar10": {"cryptgpu_s": 2.14, "cryptgpu_mb": 56, "piranha_s": 0.469, "piranha_mb": 88},

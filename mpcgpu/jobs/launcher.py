@@ -3,7 +3,7 @@
 Finds ``mpiexec`` next to the running Python (the ``mpich`` wheel installs it
 in the environment's ``bin/``) or on ``PATH``, and sets the variables that keep
 three ranks on few cores responsive (single-threaded BLAS; MPICH progress
-throttling, see FIELD-NOTES).
+throttling, see docs/design.md §10).
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ Exact variants (all max-pools are real max-pools):
 * ``lenet`` (MNIST 1x28x28, 10 classes, 431,080 parameters):
   conv(1->20, 5x5) . ReLU . maxpool 2 . conv(20->50, 5x5) . ReLU . maxpool 2 .
   flatten . fc(800->500) . ReLU . fc(500->10).
-* ``alexnet_cifar10`` (3x32x32, 10): the small common variant of DESIGN.md s7:
+* ``alexnet_cifar10`` (3x32x32, 10): the small common variant (docs/design.md §8):
   conv(3->64, 11x11, s4, p5) . ReLU . maxpool 2 . conv(64->192, 5x5, p2) . ReLU .
   maxpool 2 . conv(192->384, 3x3, p1) . ReLU . conv(384->256, 3x3, p1) . ReLU .
   conv(256->256, 3x3, p1) . ReLU . maxpool 2 . flatten . fc(256->10).
@@ -87,7 +87,7 @@ def lenet() -> Model:
                            Conv2d(20, 50, 5), ReLU(), MaxPool2d(2)))
     classifier = Sequential((Linear(800, 500), ReLU(), Linear(500, 10)))
     return Model("lenet", (1, 28, 28), 10, _top(features, classifier),
-                 "LeNet for MNIST (DESIGN.md s7 exact variant)")
+                 "LeNet for MNIST (the reference variant, docs/design.md §8)")
 
 
 # ---------------------------------------------------------------- AlexNet
@@ -104,7 +104,7 @@ def _alexnet_small_features() -> Sequential:
 def alexnet_cifar10() -> Model:
     return Model("alexnet_cifar10", (3, 32, 32), 10,
                  _top(_alexnet_small_features(), Sequential((Linear(256, 10),))),
-                 "AlexNet, small CIFAR-10 variant (DESIGN.md s7 exact variant)")
+                 "AlexNet, small CIFAR-10 variant (the reference variant, docs/design.md §8)")
 
 
 @register("alexnet_tinyimagenet")
