@@ -19,7 +19,7 @@ from .sharing.arithmetic import ArithmeticShare, share
 from .sharing.binary import BinaryShare
 from . import protocols  # noqa: F401  (attaches the protocols to the share types as methods)
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["init", "get_runtime", "is_initialised", "share", "ArithmeticShare", "BinaryShare",
            "comm_stats", "reset_comm_stats", "MPCError", "RankCountError", "EncodingError",

@@ -45,16 +45,34 @@ import math
 
 import numpy as np  # dtypes and constants only
 
+from . import kernels, native
 from .backend import array_module
 from .geometry import out_size, pair
 from .limbs import (F64, K22, U64, W16, W22, Scheme, _broadcast_shapes, chunking, contract,
-                    scheme_named, scratch, split)
+                    release_scratch, scheme_named, scratch, split)
 
-__all__ = ["matmul", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "presplit", "Presplit"]
+__all__ = ["matmul", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "presplit", "Presplit", "kernel"]
 
 DEFAULT_SCHEME = K22
 """5 products in 4 GEMMs; measured 5-12% faster than W22 (6 products in 3 GEMMs) on most
 shapes here, never much slower; W16 (10 products) is slower everywhere."""
+
+
+# --------------------------------------------------------------------------- kernel choice
+
+def kernel() -> dict:
+    """The kernel of CPU products in this process (:mod:`mpcgpu.kernels`): the float64 limbs
+    or the native integer GEMM, chosen per machine; ``{"kernel", "why", "seconds"}``."""
+    def limb_matmul(a, b):
+        out = matmul(a, b, scheme=DEFAULT_SCHEME)
+        release_scratch()
+        return out
+    return kernels.choice({"limbs": limb_matmul, "native": native.gemm})
+
+
+def _native(xp, scheme) -> bool:
+    """Whether this product goes to the native kernel (NumPy arrays, no scheme named)."""
+    return scheme is None and getattr(xp, "__name__", "") == "numpy" and kernel()["kernel"] == "native"
 
 
 # --------------------------------------------------------------------------- operands
@@ -243,6 +261,8 @@ def matmul(a, b, *, scheme=None):
     out_shape = batch + m_shape[-1:] + n_shape
     if k == 0 or 0 in out_shape:
         return xp.zeros(out_shape, dtype=U64)
+    if _native(xp, scheme):
+        return native.matmul(ra, rb)
     if scheme is None and _integer_is_faster(xp, a, b, math.prod(out_shape) * k, out_shape):
         return xp.matmul(ra, rb)             # NumPy's integer matmul wraps mod 2^64: exact
     scheme = scheme_named(scheme or DEFAULT_SCHEME)
@@ -344,6 +364,8 @@ def conv2d(x, w, stride=1, padding=0, groups=1, *, scheme=None):
     """
     rx = _ring(x)
     xp = array_module(rx, _raw(w))
+    if _native(xp, scheme):
+        return native.conv2d(rx, _raw(w), stride, padding, groups)
     p = _conv_geometry(rx.shape, w.shape, stride, padding, groups)
     sc, nc, cc, kc = _conv_chunks(p["cg"], p["kh"] * p["kw"], scheme_named(scheme or DEFAULT_SCHEME))
     blocks = _image_blocks(p["n"], len(sc.right) * nc * kc * p["g"] * p["ho"] * p["wo"] * 8)
@@ -384,6 +406,8 @@ def conv2d_grad_input(grad_out, w, input_shape, stride=1, padding=0, groups=1, *
     """
     gy = _ring(grad_out)
     xp = array_module(gy, _raw(w))
+    if _native(xp, scheme):
+        return native.conv2d_grad_input(gy, _raw(w), input_shape, stride, padding, groups)
     p = _conv_geometry(tuple(input_shape), w.shape, stride, padding, groups)
     n, g, og, ho, wo = p["n"], p["g"], p["og"], p["ho"], p["wo"]
     if tuple(gy.shape) != (n, p["o"], ho, wo):
@@ -442,6 +466,8 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, groups=1,
     """
     rx, gy = _ring(x), _ring(grad_out)
     xp = array_module(rx, gy)
+    if _native(xp, scheme):
+        return native.conv2d_grad_weight(rx, gy, weight_shape, stride, padding, groups)
     p = _conv_geometry(rx.shape, tuple(weight_shape), stride, padding, groups)
     n, g, ho, wo = p["n"], p["g"], p["ho"], p["wo"]
     if tuple(gy.shape) != (n, p["o"], ho, wo):

@@ -25,6 +25,23 @@ from .prg import INSECURE_SEED_ENV, PartyPRG, fresh_key, seeded_key
 _RUNTIME = None
 
 
+def tune_malloc():
+    """Keep freed memory in the process (glibc): protocols allocate and free arrays of tens of
+    MB at every step, and returning them to the system means page faults on every new one
+    (measured: a LeNet training step's optimiser update 0.69 s -> 0.31 s).  Arrays up to
+    32 MB come from the heap, which is not trimmed below 1 GiB.  A no-op elsewhere."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    ok = mallopt(M_MMAP_THRESHOLD, 32 << 20) and mallopt(M_TRIM_THRESHOLD, 1 << 30) and mallopt(M_TOP_PAD, 256 << 20)
+    return bool(ok)
+
+
 class Runtime:
     """Everything a party needs to run protocols."""
 
@@ -36,6 +53,8 @@ class Runtime:
             raise RankCountError(rank_count_message(mpi_comm.Get_size()))
         self.backend = Backend(device)
         self.xp = self.backend.xp
+        if not self.backend.is_gpu:
+            tune_malloc()
         self.comm = Communicator(mpi_comm, self.backend)
         self.rank = self.comm.rank
         self.insecure_seed = os.environ.get(INSECURE_SEED_ENV) or None

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mpcgpu import limbs, ring
+from mpcgpu import kernels, limbs, native, ring
 
 M64 = 2 ** 64
 ALL_ONES = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
@@ -31,10 +31,20 @@ def rng():
     return np.random.default_rng(20240611)
 
 
-@pytest.fixture(autouse=True)
-def float_path_only(monkeypatch):
-    """Test the float64 path even on the tiny shapes where NumPy's integer matmul is chosen."""
+@pytest.fixture(autouse=True, params=["limbs", "native"])
+def kernel(request, monkeypatch):
+    """Every general test runs on both CPU kernels (the float64 limbs and the native integer
+    GEMM); tests of the limbs' own machinery (schemes, splits, scratch) are marked ``limbs``.
+    The float64 path is tested even on the tiny shapes where NumPy's integer matmul is
+    chosen."""
+    if request.param == "native":
+        if request.node.get_closest_marker("limbs"):
+            pytest.skip("limbs machinery")
+        if not native.available():
+            pytest.skip(native.why_not())
     monkeypatch.setattr(ring, "INTEGER_FALLBACK", False)
+    monkeypatch.setattr(kernels, "_CHOICE", {"kernel": request.param, "why": "test", "seconds": None})
+    return request.param
 
 
 # ----------------------------------------------------------------------------- references
@@ -129,12 +139,14 @@ def worst_case(rng, shape, scheme=limbs.W22, spread=2 ** 10):
 
 # ----------------------------------------------------------------------------- the references themselves
 
+@pytest.mark.limbs
 def test_numpy_uint64_matmul_wraps_like_python_ints(rng):
     a, b = rand(rng, 5, 9), rand(rng, 9, 4)
     assert (a @ b == matmul_py(a, b)).all()
     assert (a.view(np.int64) @ b.view(np.int64)).view(np.uint64).tolist() == matmul_py(a, b).tolist()
 
 
+@pytest.mark.limbs
 @pytest.mark.parametrize("cfg", [dict(stride=1, padding=0, groups=1), dict(stride=(2, 1), padding=(1, 2), groups=2)])
 def test_conv_reference_is_the_definition(rng, cfg):
     x, w = rand(rng, 2, 4, 5, 6), rand(rng, 4, 4 // cfg["groups"], 3, 2)
@@ -146,6 +158,7 @@ def test_conv_reference_is_the_definition(rng, cfg):
 SCHEMES = [limbs.K22, limbs.W22, limbs.W16]
 
 
+@pytest.mark.limbs
 @pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
 def test_digits_reconstruct_and_stay_in_range(rng, scheme):
     x = np.concatenate([rand(rng, 4000), np.array([0, 1, ALL_ONES, 2 ** 63, 2 ** 63 - 1,
@@ -165,6 +178,7 @@ def test_digits_reconstruct_and_stay_in_range(rng, scheme):
             assert (got == sum(digits[i] for i in slab)).all()
 
 
+@pytest.mark.limbs
 @pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
 def test_plan_is_the_product_mod_2_64(scheme):
     """Symbolically: the GEMMs weight every digit product d_i e_j by 2^(s_i + s_j) mod 2^64."""
@@ -178,6 +192,7 @@ def test_plan_is_the_product_mod_2_64(scheme):
         assert coef.get((i, j), 0) == (1 << (scheme.width * (i + j))) % M64, (i, j)
 
 
+@pytest.mark.limbs
 def test_kmax_is_the_float64_bound():
     for sc in SCHEMES:
         worst = max(sc.bound(g) for g in sc.gemms)
@@ -188,6 +203,7 @@ def test_kmax_is_the_float64_bound():
     assert limbs.W22.bound(limbs.W22.gemms[1]) == 2 ** 43          # d0 e1 + d1 e0
 
 
+@pytest.mark.limbs
 def test_contract_refuses_a_chunk_beyond_the_bound():
     sc = limbs.W22
     left, right = np.zeros((1, 2, 3 * 1025)), np.zeros((1, 3 * 1025, 2))
@@ -195,6 +211,7 @@ def test_contract_refuses_a_chunk_beyond_the_bound():
         limbs.contract(np, left, right, sc, 1025)
 
 
+@pytest.mark.limbs
 @pytest.mark.parametrize("scheme", [limbs.K22, limbs.W22], ids=lambda s: s.name)
 def test_unchunked_long_reduction_would_be_wrong(rng, scheme):
     """The bound is real: the same GEMMs over 16x kmax without chunking lose bits (so chunking matters)."""
@@ -207,6 +224,7 @@ def test_unchunked_long_reduction_would_be_wrong(rng, scheme):
 
 # ----------------------------------------------------------------------------- matmul
 
+@pytest.mark.limbs
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 7, 13), (13, 3, 1), (7, 64, 5), (1, 300, 1), (33, 257, 17)])
 @pytest.mark.parametrize("scheme", ["K22", "W22", "W16"])
 def test_matmul_small_vs_python_ints(rng, m, k, n, scheme):
@@ -223,6 +241,7 @@ def test_matmul_reduction_at_and_beyond_the_bound(rng, k, scheme):
     assert (out == a @ b).all()
 
 
+@pytest.mark.limbs
 @pytest.mark.parametrize("scheme,k", [(s, k) for s in (limbs.K22, limbs.W22)
                                       for k in (s.kmax, s.kmax + 1, 3 * s.kmax + 5)])
 def test_matmul_worst_case_digits(rng, scheme, k):
@@ -283,6 +302,7 @@ def test_matmul_empty_and_errors(rng):
         ring.matmul(np.ones((2, 2), np.int32), rand(rng, 2, 2))
 
 
+@pytest.mark.limbs
 def test_integer_fallback_for_tiny_and_skinny_products(rng, monkeypatch):
     monkeypatch.setattr(ring, "INTEGER_FALLBACK", True)
     calls = []
@@ -308,6 +328,7 @@ class _OtherModule:
         return getattr(np, name)
 
 
+@pytest.mark.limbs
 def test_generic_array_module_path(rng, monkeypatch):
     monkeypatch.setattr(ring, "INTEGER_FALLBACK", True)
     monkeypatch.setattr(ring, "array_module", lambda *arrays: _OtherModule())
@@ -327,6 +348,7 @@ def test_generic_array_module_path(rng, monkeypatch):
             == grad_weight_ref(x, gy, w.shape, (2, 1), 1, 2)).all()
 
 
+@pytest.mark.limbs
 def test_presplit_4d_as_matmul_operand(rng):
     a, b = rand(rng, 2, 3, 4, 5), rand(rng, 2, 3, 5, 6)
     pb = ring.presplit(b, side="right")
@@ -334,6 +356,7 @@ def test_presplit_4d_as_matmul_operand(rng):
     assert (ring.matmul(a, pb) == a @ b).all() and (ring.matmul(pa, b) == a @ b).all()
 
 
+@pytest.mark.limbs
 def test_threads_do_not_share_scratch(rng):
     import threading
     pairs = [(rand(rng, 60, 700), rand(rng, 700, 50)) for _ in range(4)]
@@ -354,6 +377,7 @@ def test_threads_do_not_share_scratch(rng):
     assert not errors and all(results.values()) and len(results) == 4
 
 
+@pytest.mark.limbs
 def test_results_do_not_alias_scratch(rng):
     a, b, c = rand(rng, 20, 30), rand(rng, 30, 10), rand(rng, 30, 10)
     r1 = ring.matmul(a, b)
@@ -373,6 +397,7 @@ def test_matmul_hypothesis(m, k, n, batch, seed):
 
 # ----------------------------------------------------------------------------- presplit
 
+@pytest.mark.limbs
 def test_presplit_right_and_left_reused_without_resplitting(rng, monkeypatch):
     w, x1, x2 = rand(rng, 1500, 7), rand(rng, 4, 1500), rand(rng, 2, 3, 1500)
     pw = ring.presplit(w)
@@ -389,6 +414,7 @@ def test_presplit_right_and_left_reused_without_resplitting(rng, monkeypatch):
     assert len(calls) == 2
 
 
+@pytest.mark.limbs
 def test_presplit_vectors_and_guard(rng):
     v, m = rand(rng, 50), rand(rng, 3, 50)
     pv = ring.presplit(v)
@@ -399,6 +425,7 @@ def test_presplit_vectors_and_guard(rng):
         ring.presplit(v, side="middle")
 
 
+@pytest.mark.limbs
 def test_presplit_both_sides_of_one_product(rng):
     a, b = rand(rng, 6, 2000), rand(rng, 2000, 5)
     pa, pb = ring.presplit(a, side="left"), ring.presplit(b)
@@ -409,6 +436,7 @@ def test_presplit_both_sides_of_one_product(rng):
     assert (ring.matmul(pb, c) == b @ c).all() and len(pb._layouts) == 2
 
 
+@pytest.mark.limbs
 def test_presplit_conv_weight_serves_forward_and_backward(rng, monkeypatch):
     x, w = rand(rng, 2, 6, 7, 7), rand(rng, 4, 3, 3, 3)
     pw = ring.presplit(w, groups=2)
@@ -460,6 +488,7 @@ def test_conv2d_and_its_gradients(rng, cfg):
     assert dot64(y, gy) == dot64(x, gi) == dot64(w, gw)
 
 
+@pytest.mark.limbs
 @pytest.mark.parametrize("scheme", ["K22", "W22", "W16"])
 def test_conv_schemes_agree(rng, scheme):
     x, w = rand(rng, 2, 6, 9, 8), rand(rng, 4, 3, 3, 3)
@@ -472,6 +501,7 @@ def test_conv_schemes_agree(rng, scheme):
             == grad_weight_ref(x, gy, w.shape, 2, 1, 2)).all()
 
 
+@pytest.mark.limbs
 @pytest.mark.parametrize("scheme", [limbs.K22, limbs.W22], ids=lambda s: s.name)
 def test_conv_worst_case_digits_at_the_bound(rng, scheme):
     """Reduction exactly kmax (channels x 2x2) with every digit near -h: partial sums reach 2^53."""
@@ -499,6 +529,7 @@ def test_grad_weight_long_reductions(rng):
         assert (ring.conv2d_grad_weight(x, gy, w.shape, s, p) == grad_weight_ref(x, gy, w.shape, s, p)).all()
 
 
+@pytest.mark.limbs
 def test_conv_in_several_image_blocks(rng, monkeypatch):
     monkeypatch.setattr(ring, "BLOCK_BYTES", 1)           # one image (or one chunk of images) per block
     x, w = rand(rng, 5, 4, 6, 6), rand(rng, 6, 2, 3, 3)
@@ -563,3 +594,37 @@ def test_conv_hypothesis(n, cg, og, g, h, wd, kh, kw, sh, sw, ph, pw, seed):
     assert (gi == grad_input_ref(gy, w, x.shape, s, p, g)).all()
     assert (gw == grad_weight_ref(x, gy, w.shape, s, p, g)).all()
     assert dot64(y, gy) == dot64(x, gi) == dot64(w, gw)
+
+
+@pytest.mark.parametrize("k", [1, 31, 4096, 100_000])
+def test_long_reductions_and_all_ones(rng, k):
+    """Reductions up to 10^5 with full-range operands, and the all-ones worst case."""
+    a, b = rand(rng, 3, k), rand(rng, k, 4)
+    assert (ring.matmul(a, b) == a @ b).all()
+    ones = np.full((2, k), M64 - 1, dtype=np.uint64)
+    assert (ring.matmul(ones, ones.T) == np.uint64(k % M64)).all()     # (-1)(-1) summed k times
+
+
+def test_kernel_choice_env_and_cache(tmp_path, monkeypatch):
+    from mpcgpu.errors import BackendError
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(kernels, "_CHOICE", None)
+    choices = {"limbs": lambda a, b: ring.matmul(a, b, scheme="K22"), "native": native.gemm}
+    monkeypatch.setenv(kernels.ENV, "limbs")
+    assert kernels.choice(choices)["kernel"] == "limbs"
+    monkeypatch.setattr(kernels, "_CHOICE", None)
+    monkeypatch.setenv(kernels.ENV, "bogus")
+    with pytest.raises(BackendError, match="limbs, native or auto"):
+        kernels.choice(choices)
+    if not native.available():
+        return
+    monkeypatch.setattr(kernels, "_CHOICE", None)
+    monkeypatch.setenv(kernels.ENV, "auto")
+    calls = []
+    monkeypatch.setattr(kernels, "measure", lambda ks: calls.append(1) or {"limbs": 2.0, "native": 1.0})
+    first = kernels.choice(choices)
+    assert first["kernel"] == "native" and "just now" in first["why"] and len(calls) == 1
+    monkeypatch.setattr(kernels, "_CHOICE", None)
+    again = kernels.choice(choices)                      # from the cache: no second measurement
+    assert again["kernel"] == "native" and "cached" in again["why"] and len(calls) == 1
+    assert (tmp_path / "mpcgpu" / "ring-kernel.json").exists()

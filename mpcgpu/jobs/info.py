@@ -25,6 +25,12 @@ def run(args) -> int:
         print(f"back end: {Backend(args.device).describe()}")
     except BackendError as exc:
         print(f"back end: {exc}")
+    from ..ring import kernel
+    choice = kernel()
+    line = f"CPU ring products: {choice['kernel']} ({choice['why']}"
+    if choice.get("seconds"):
+        line += "; calibration: " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in choice["seconds"].items())
+    print(line + "); override with MPCGPU_RING_KERNEL=limbs|native")
     print("models:")
     for name in list_models():
         m = get_model(name)
