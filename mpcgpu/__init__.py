@@ -21,7 +21,7 @@ from . import protocols  # noqa: F401  (attaches the protocols to the share type
 
 from ._version import __version__
 
-__all__ = ["init", "get_runtime", "is_initialised", "share", "ArithmeticShare", "BinaryShare",
+__all__ = ["__version__", "init", "get_runtime", "is_initialised", "share", "ArithmeticShare", "BinaryShare",
            "comm_stats", "reset_comm_stats", "MPCError", "RankCountError", "EncodingError",
            "ShardError", "ProtocolError", "BackendError"]
 
