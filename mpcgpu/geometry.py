@@ -56,6 +56,23 @@ def pool_geometry(shape, kernel, stride=None, padding=0, what: str = "pooling", 
     return kh, kw, sh, sw, ph, pw, ho, wo
 
 
+def conv_geometry(x_shape, w_shape, stride, padding, groups, error=GeometryError) -> dict:
+    """Every number of a convolution of an NCHW ``x_shape`` by an OIHW ``w_shape``:
+    ``n, c, h, w, o, cg, og, kh, kw, sh, sw, ph, pw, g, ho, wo`` (a dict)."""
+    n, c, h, w = x_shape
+    o, cg, kh, kw = w_shape
+    sh, sw = pair(stride, "stride", error)
+    ph, pw = pair(padding, "padding", error)
+    g = int(groups)
+    if g < 1 or c != g * cg or o % g:
+        raise error(f"conv2d: input channels {c} / weight {tuple(w_shape)} do not match groups={g}")
+    if min(sh, sw) < 1 or min(ph, pw) < 0:
+        raise error("conv2d: stride must be >= 1 and padding >= 0")
+    ho, wo = out_size(h, kh, sh, ph, error), out_size(w, kw, sw, pw, error)
+    return dict(n=n, c=c, h=h, w=w, o=o, cg=cg, og=o // g, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw,
+                g=g, ho=ho, wo=wo)
+
+
 def window_index(i: int, j: int, sh: int, sw: int, ho: int, wo: int) -> tuple:
     """Index of the ``(ho, wo)`` inputs that kernel offset ``(i, j)`` meets in a padded
     NCHW array (stride ``(sh, sw)``): ``a[window_index(...)]`` has shape ``(N, C, ho, wo)``."""
@@ -70,4 +87,5 @@ def window_offsets(kh: int, kw: int):
             yield i * kw + j, i, j
 
 
-__all__ = ["GeometryError", "pair", "out_size", "pool_geometry", "window_index", "window_offsets"]
+__all__ = ["GeometryError", "pair", "out_size", "pool_geometry", "conv_geometry", "window_index",
+           "window_offsets"]

@@ -1,6 +1,8 @@
-"""Opening HDF5 files for reading with one clear error (shared by datasets, weights and shards)."""
+"""HDF5 files: opening for reading with one clear error (shared by datasets, weights and
+shards), and writing under a temporary name renamed when complete."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -17,3 +19,21 @@ def open_for_reading(path, error, what: str):
         return h5py.File(path, "r")
     except OSError as exc:
         raise error(f"{what} {path} cannot be opened as HDF5 (truncated, corrupt or not HDF5): {exc}") from None
+
+
+@contextlib.contextmanager
+def written_atomically(path):
+    """``with written_atomically(path) as tmp:`` write ``tmp``; on success it becomes ``path``
+    (a rename: readers see the old file or the new one, never half of one); on an error it
+    is removed."""
+    path = os.fspath(path)
+    tmp = path + ".partial"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise

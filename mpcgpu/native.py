@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geometry import out_size, pair
+from .geometry import conv_geometry
 
 U64 = np.uint64
 _KERNEL = None
@@ -106,15 +106,8 @@ def matmul(a, b):
 # -- convolutions ------------------------------------------------------------------------
 
 def _geometry(x_shape, w_shape, stride, padding, groups):
-    n, c, h, w = x_shape
-    o, cg, kh, kw = w_shape
-    sh, sw = pair(stride, "stride", ValueError)
-    ph, pw = pair(padding, "padding", ValueError)
-    g = int(groups)
-    if g < 1 or c != g * cg or o % g:
-        raise ValueError(f"conv2d: input channels {c} / weight {tuple(w_shape)} do not match groups={g}")
-    ho, wo = out_size(h, kh, sh, ph, ValueError), out_size(w, kw, sw, pw, ValueError)
-    return n, c, h, w, o, cg, kh, kw, sh, sw, ph, pw, g, ho, wo
+    p = conv_geometry(x_shape, w_shape, stride, padding, groups, ValueError)
+    return tuple(p[k] for k in ("n", "c", "h", "w", "o", "cg", "kh", "kw", "sh", "sw", "ph", "pw", "g", "ho", "wo"))
 
 
 def _cols(x, g, cg, kh, kw, sh, sw, ph, pw, ho, wo):

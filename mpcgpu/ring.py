@@ -47,7 +47,7 @@ import numpy as np  # dtypes and constants only
 
 from . import kernels, native
 from .backend import array_module
-from .geometry import out_size, pair
+from .geometry import conv_geometry
 from .limbs import (F64, K22, U64, W16, W22, Scheme, _broadcast_shapes, chunking, contract,
                     release_scratch, scheme_named, scratch, split)
 
@@ -277,18 +277,7 @@ def matmul(a, b, *, scheme=None):
 # --------------------------------------------------------------------------- convolutions
 
 def _conv_geometry(x_shape, w_shape, stride, padding, groups):
-    n, c, h, w = x_shape
-    o, cg, kh, kw = w_shape
-    sh, sw = pair(stride, "stride", ValueError)
-    ph, pw = pair(padding, "padding", ValueError)
-    g = int(groups)
-    if g < 1 or c != g * cg or o % g:
-        raise ValueError(f"conv2d: input channels {c} / weight {tuple(w_shape)} do not match groups={g}")
-    if min(sh, sw) < 1 or min(ph, pw) < 0:
-        raise ValueError("conv2d: stride must be >= 1 and padding >= 0")
-    ho, wo = out_size(h, kh, sh, ph, ValueError), out_size(w, kw, sw, pw, ValueError)
-    return dict(n=n, c=c, h=h, w=w, o=o, cg=cg, og=o // g, kh=kh, kw=kw, sh=sh, sw=sw,
-                ph=ph, pw=pw, g=g, ho=ho, wo=wo)
+    return conv_geometry(x_shape, w_shape, stride, padding, groups, ValueError)
 
 
 def _dims(p, n):

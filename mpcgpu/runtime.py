@@ -133,6 +133,15 @@ def is_initialised() -> bool:
     return _RUNTIME is not None
 
 
+def _write_fully(fd: int, data: bytes):
+    while data:
+        try:
+            written = os.write(fd, data)
+        except OSError:
+            return
+        data = data[written:]
+
+
 def install_excepthook():
     """On an uncaught exception: print it (a one-line message for MPCError), then abort all ranks."""
     if getattr(sys.excepthook, "_mpcgpu", False):
@@ -141,16 +150,19 @@ def install_excepthook():
     def hook(kind, value, tb):
         rank = _RUNTIME.rank if _RUNTIME is not None else world_rank()
         if isinstance(value, MPCError):
-            sys.stderr.write(f"mpcgpu [party {rank}] error: {value}\n")
+            report = f"mpcgpu [party {rank}] error: {value}\n"
         else:
-            sys.stderr.write(f"mpcgpu [party {rank}] crashed:\n")
-            traceback.print_exception(kind, value, tb)
-        sys.stderr.flush()
-        sys.stdout.flush()
+            report = f"mpcgpu [party {rank}] crashed:\n" + "".join(traceback.format_exception(kind, value, tb))
+        try:
+            sys.stdout.flush()
+        except Exception:
+            pass
+        _write_fully(2, report.encode(errors="replace"))   # one unbuffered write, before any abort
         if isinstance(value, RankCountError):
             os._exit(1)  # every rank detects this by itself: nothing to abort
-        if isinstance(value, MPCError):
-            time.sleep(0.5)  # let the other parties print the same message first
+        # let the launcher forward what was just written (and the other parties print the same
+        # message first) before the abort tears the job down
+        time.sleep(0.5)
         abort_world(1)
         os._exit(1)
 

@@ -68,7 +68,7 @@ import numpy
 
 from ..encoding import check_range, encode, safe_limit
 from ..errors import EncodingError, ShardError
-from ..hdf5 import open_for_reading
+from ..hdf5 import open_for_reading, written_atomically
 from ..progress import Progress
 
 FORMAT = "mpcgpu-shard/1"
@@ -312,27 +312,18 @@ def write_party_shard(path: str, party: int, arrays: dict, *, kind: str, set_id:
     h5py = _h5py()
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".partial"
-    try:
-        with h5py.File(tmp, "w") as f:
-            _write_header(f, party, kind=kind, set_id=set_id, frac_bits=frac_bits, name=name,
-                          source_format=source_format, names=list(arrays), created=created, public=public)
-            for key, (first, second, scale) in arrays.items():
-                first = numpy.ascontiguousarray(first, dtype=_U64)
-                second = numpy.ascontiguousarray(second, dtype=_U64)
-                g = _array_group(f, party, key, first.shape, "float64" if scale else "int64", scale)
-                g.attrs["transform"] = "none"
-                g.create_dataset("first", data=first)
-                g.create_dataset("second", data=second)
-                g.attrs["sha256_first"] = hashlib.sha256(memoryview(first).cast("B")).hexdigest()
-                g.attrs["sha256_second"] = hashlib.sha256(memoryview(second).cast("B")).hexdigest()
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
+        _write_header(f, party, kind=kind, set_id=set_id, frac_bits=frac_bits, name=name,
+                      source_format=source_format, names=list(arrays), created=created, public=public)
+        for key, (first, second, scale) in arrays.items():
+            first = numpy.ascontiguousarray(first, dtype=_U64)
+            second = numpy.ascontiguousarray(second, dtype=_U64)
+            g = _array_group(f, party, key, first.shape, "float64" if scale else "int64", scale)
+            g.attrs["transform"] = "none"
+            g.create_dataset("first", data=first)
+            g.create_dataset("second", data=second)
+            g.attrs["sha256_first"] = hashlib.sha256(memoryview(first).cast("B")).hexdigest()
+            g.attrs["sha256_second"] = hashlib.sha256(memoryview(second).cast("B")).hexdigest()
     return path
 
 

@@ -74,18 +74,6 @@ def bench_params(model, seed):
     return params
 
 
-def _print_profile(rt, profile):
-    rows = [(r.path, r.kind, r.seconds, r.bytes_sent, r.rounds) for r in profile.rows()]
-    gathered = rt.comm.allgather_object(rows)
-    if rt.rank != 0:
-        return
-    print(f"  {'layer':<30} {'type':<22} {'seconds':>8} {'MB (3 parties)':>15} {'rounds':>7}")
-    for i, (path, kind, _, _, rounds) in enumerate(rows):
-        mb = sum(g[i][3] for g in gathered) / 1e6
-        worst = max(g[i][2] for g in gathered)
-        print(f"  {path or '(root)':<30} {kind:<22} {worst:>8.3f} {mb:>15.2f} {rounds:>7}")
-
-
 def _inference(rt, model, args, batch):
     from ..nn.plain import PlainModel
     from ..nn.private import PrivateModel, Profile, share_params
@@ -191,7 +179,7 @@ def run(args) -> int:
                   + ("" if training else f" {row['max_abs_diff']:>11.2e}"), flush=True)
             results.append(row)
         if profile is not None:
-            _print_profile(rt, profile)
+            profile.report(rt.comm)
     out = args.json or f"bench_{args.what}.json"
     if rt.rank == 0:
         with open(out, "w") as fh:

@@ -137,17 +137,5 @@ def run(args) -> int:
             with open(args.json, "w") as fh:
                 json.dump(summary, fh, indent=2)
     if profile is not None:
-        _print_profile(rt, profile)
+        profile.report(comm)
     return 0
-
-
-def _print_profile(rt, profile):
-    rows = [(r.path, r.kind, r.seconds, r.bytes_sent, r.rounds) for r in profile.rows()]
-    gathered = rt.comm.allgather_object(rows)
-    if rt.rank != 0:
-        return
-    print(f"{'layer':<28} {'type':<18} {'seconds':>9} {'MB (3 parties)':>15} {'rounds':>7}")
-    for i, (path, kind, _, _, rounds) in enumerate(rows):
-        mb = sum(g[i][3] for g in gathered) / 1e6
-        worst = max(g[i][2] for g in gathered)
-        print(f"{path or '(root)':<28} {kind:<18} {worst:>9.3f} {mb:>15.2f} {rounds:>7}")

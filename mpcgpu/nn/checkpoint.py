@@ -25,7 +25,7 @@ import re
 import numpy
 
 from ..errors import MPCError
-from ..hdf5 import open_for_reading
+from ..hdf5 import open_for_reading, written_atomically
 
 FORMAT = "mpcgpu-checkpoint/1"
 KEEP = 2
@@ -62,31 +62,22 @@ def save(directory: str, party: int, step: int, *, run_id: str, params: dict, op
     import h5py
     os.makedirs(directory, exist_ok=True)
     path = checkpoint_path(directory, step, party)
-    tmp = path + ".partial"
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update({"format": FORMAT, "party": int(party), "step": int(step),
-                            "run_id": run_id, "meta": json.dumps(meta)})
-            pg = f.create_group("params")
-            for name, (first, second, scale) in params.items():
-                _pair(pg, name, (first, second), scale)
-            og = f.create_group("optim")
-            og.attrs["scale"] = int(optim["scale"])
-            og.attrs["steps"] = int(optim["steps"])
-            _pair(og, "master", optim["master"])
-            _pair(og, "velocity", optim["velocity"])
-            rg = f.create_group("rng")
-            rg.attrs["role_calls"] = int(rng["role_calls"])
-            for stream, (key, calls) in rng["prg"].items():
-                rg.attrs[f"{stream}_key"] = numpy.frombuffer(bytes(key), dtype=numpy.uint8)
-                rg.attrs[f"{stream}_calls"] = int(calls)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update({"format": FORMAT, "party": int(party), "step": int(step),
+                        "run_id": run_id, "meta": json.dumps(meta)})
+        pg = f.create_group("params")
+        for name, (first, second, scale) in params.items():
+            _pair(pg, name, (first, second), scale)
+        og = f.create_group("optim")
+        og.attrs["scale"] = int(optim["scale"])
+        og.attrs["steps"] = int(optim["steps"])
+        _pair(og, "master", optim["master"])
+        _pair(og, "velocity", optim["velocity"])
+        rg = f.create_group("rng")
+        rg.attrs["role_calls"] = int(rng["role_calls"])
+        for stream, (key, calls) in rng["prg"].items():
+            rg.attrs[f"{stream}_key"] = numpy.frombuffer(bytes(key), dtype=numpy.uint8)
+            rg.attrs[f"{stream}_calls"] = int(calls)
     for old in steps_on_disk(directory, party)[:-KEEP]:
         try:
             os.remove(checkpoint_path(directory, old, party))

@@ -65,6 +65,22 @@ class Profile:
     def rows(self):
         return list(self.layers.values())
 
+    def report(self, comm, stream=None) -> None:
+        """Print the table on party 0: per layer the slowest party's seconds, the bytes of the
+        three parties together and the rounds (a collective: every party calls it)."""
+        import sys
+        rows = [(r.path, r.kind, r.seconds, r.bytes_sent, r.rounds) for r in self.rows()]
+        gathered = comm.allgather_object(rows)
+        if comm.rank != 0:
+            return
+        out = stream or sys.stdout
+        out.write(f"  {'layer':<30} {'type':<22} {'seconds':>8} {'MB (3 parties)':>15} {'rounds':>7}\n")
+        for i, (path, kind, _, _, rounds) in enumerate(rows):
+            mb = sum(g[i][3] for g in gathered) / 1e6
+            worst = max(g[i][2] for g in gathered)
+            out.write(f"  {path or '(root)':<30} {kind:<22} {worst:>8.3f} {mb:>15.2f} {rounds:>7}\n")
+        out.flush()
+
 
 def schedule(seq: S.Sequential):
     """The children of a Sequential in the order they run: a ReLU directly followed by a

@@ -87,10 +87,11 @@ def train(model, train_data, test_data=None, *, epochs: float = 2, batch_size: i
           lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4,
           nesterov: bool = False, schedule: str = "cosine", warmup: int = 100, seed: int = 0,
           dtype=np.float32, params=None, log=print, log_every: int = 100,
-          limit: int | None = None) -> TrainResult:
+          limit: int | None = None, on_step=None) -> TrainResult:
     """Train ``model`` (spec or registered name) with minibatch SGD; returns float64 params.
 
     ``epochs`` may be fractional.  Each epoch is a fresh permutation (seeded).
+    ``on_step(step, loss)`` is called after every step (1-based).
     The learning rate warms up linearly for ``min(warmup, steps // 5)`` steps,
     then follows ``schedule``; batches and rates come from :mod:`mpcgpu.nn.schedule`,
     shared with private training.
@@ -128,6 +129,8 @@ def train(model, train_data, test_data=None, *, epochs: float = 2, batch_size: i
         if not np.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {step}; lower the learning rate")
         opt.step(pm.grads)
+        if on_step is not None:
+            on_step(step + 1, loss)
         run_loss += loss
         run_acc += float((logits.argmax(1) == y).mean())
         n_run += 1
