@@ -53,7 +53,7 @@ class Runtime:
             raise RankCountError(rank_count_message(mpi_comm.Get_size()))
         self.backend = Backend(device)
         self.xp = self.backend.xp
-        if not self.backend.is_gpu:
+        if not self.backend.is_gpu and os.environ.get("MPCGPU_TUNE_MALLOC", "1") != "0":
             tune_malloc()
         self.comm = Communicator(mpi_comm, self.backend)
         self.rank = self.comm.rank

@@ -97,3 +97,21 @@ def test_init_twice_is_harmless(rt):
     assert mpcgpu.get_runtime() is rt
     stats = mpcgpu.comm_stats()
     assert set(stats) == {"bytes_sent", "rounds", "messages"}
+
+
+def test_init_again_with_another_device_or_precision_is_an_error(rt):
+    import mpcgpu
+    with pytest.raises(mpcgpu.MPCError, match="cannot switch to device 'cuda'"):
+        mpcgpu.init(device="cuda")
+    with pytest.raises(mpcgpu.MPCError, match="cannot switch to 20"):
+        mpcgpu.init(device="cpu", precision=20)
+    assert mpcgpu.init(device="auto") is rt           # "auto" accepts what is running
+
+
+def test_prg_state_restores_the_streams_exactly(rt):
+    """What a checkpoint keeps of the randomness continues it bit for bit."""
+    state = rt.state()
+    a = [rt.prg.own.uint64(5), rt.prg.next.uint64(5), rt.prg.local.uint64(5), rt.next_role()]
+    rt.restore(state)
+    b = [rt.prg.own.uint64(5), rt.prg.next.uint64(5), rt.prg.local.uint64(5), rt.next_role()]
+    assert all(np.array_equal(x, y) for x, y in zip(a[:3], b[:3])) and a[3] == b[3]

@@ -52,7 +52,7 @@ def load_model(rt, stem, verify=True):
     return PrivateModel(model, params, bn_domain=tuple(domain) if domain is not None else DEFAULT_BN_DOMAIN)
 
 
-def _peek_frac_bits(stem, rank):
+def peek_frac_bits(stem, rank):
     """The fractional bits recorded in this party's shard (for init before the collective checks)."""
     import h5py
     from ..data.shards import resolve_path
@@ -71,7 +71,7 @@ def run(args) -> int:
     from ..nn.private import Profile
     from ..progress import Progress
 
-    precision = args.precision or _peek_frac_bits(args.model, world_rank())
+    precision = args.precision or peek_frac_bits(args.model, world_rank())
     rt = mpcgpu.init(device=args.device, precision=precision)
     comm, owner = rt.comm, args.reveal_to
     is_owner = rt.rank == owner

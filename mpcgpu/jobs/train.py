@@ -98,13 +98,8 @@ def _maybe_die(rank: int, step: int):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _peek_frac_bits(stem, rank):
-    from .infer import _peek_frac_bits as peek
-    return peek(stem.split(",")[0], rank)
-
-
 def _initial_model(rt, args):
-    """(PrivateModel, bn domain) from model shards or a registered name."""
+    """``(PrivateModel, description of the source)`` from model shards or a registered name."""
     from ..data.shards import as_share, open_shard, resolve_path
     from ..nn.layers import TRAIN_BN_DOMAIN
     from ..nn.models import get_model, list_models
@@ -269,7 +264,8 @@ def run(args) -> int:
         raise MPCError("--resume needs --checkpoint-dir")
     if args.batch_size < 1 or args.epochs < 1:
         raise MPCError("--batch-size and --epochs must be positive")
-    precision = args.precision or _peek_frac_bits(args.data, world_rank())
+    from .infer import peek_frac_bits
+    precision = args.precision or peek_frac_bits(args.data.split(",")[0], world_rank())
     rt = mpcgpu.init(device=args.device, precision=precision)
     comm, owner = rt.comm, args.owner
     data = ShardedDataset(args.data, rt, limit=args.limit, verify=not args.no_verify)

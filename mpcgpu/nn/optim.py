@@ -21,7 +21,8 @@ One step, with every parameter in one flat vector of ``P`` elements:
    of two is a shift), truncated in ONE call: 2 rounds;
 2. ``W' = W - lr v'`` (local) and ``w = W'`` rounded to ``f`` bits: 2 rounds.
 
-4 rounds per step whatever the model; ``7 P`` truncated elements at most.
+4 rounds per step for up to 2^21 parameters (2 more per further 2^21); ``7 P``
+truncated elements at most.
 Batch-norm running statistics are not trained (they are updated in the forward
 pass).  Magnitudes: weights and velocities must stay below ``2^MAX_BITS``.
 """
@@ -31,6 +32,10 @@ import numpy
 
 from ..errors import MPCError
 from ..sharing.arithmetic import ArithmeticShare, concatenate, mul_public_blocks, to_scale
+
+#: parameters per update call: larger models update in chunks (2 rounds each), which bounds
+#: the memory of the step (about 300 bytes per parameter of a chunk)
+CHUNK = 1 << 21
 
 #: public bound (log2) on |weights|, |velocities| and |batch-summed gradients|, used to
 #: size the integer factors of the update (wider factors, one truncated part each)
@@ -80,20 +85,28 @@ class PrivateSGD:
             raise MPCError(f"no gradient for {missing}")
         g = to_scale(concatenate([grads[n].reshape(-1) for n in self.names]), self.scale)
         m, wd, inv_b = self.momentum, self.weight_decay, 1.0 / int(batch_size)
-        terms = [(self.velocity, m), (g, inv_b), (self.master, wd)]
-        terms = [(t, c) for t, c in terms if c != 0.0]
-        n = self.master.size
+        velocity, master = [], []
+        for lo in range(0, self.master.size, CHUNK):      # bounded memory: one call per chunk
+            hi = min(self.master.size, lo + CHUNK)
+            v, w = self._update(self.velocity[lo:hi], g[lo:hi], self.master[lo:hi], m, inv_b, wd, lr)
+            velocity.append(v)
+            master.append(w)
+        self.velocity, self.master = concatenate(velocity), concatenate(master)
+        self.steps += 1
+        return self._split(to_scale(self.master, self.f))
+
+    @staticmethod
+    def _update(v, g, w, m, inv_b, wd, lr):
+        """``v' = m v + g/B + wd w`` and ``w' = w - lr v'`` from one public product (6 or fewer
+        factors per element) truncated in one call."""
+        terms = [(t, c) for t, c in ((v, m), (g, inv_b), (w, wd)) if c != 0.0]
+        n = w.size
         stacked = concatenate([t for t, _ in terms] * 2)
         constants = [c for _, c in terms] + [lr * c for _, c in terms]
         prod = mul_public_blocks(stacked, constants, [n] * len(constants), bound=2.0 ** MAX_BITS, rel=2.0 ** -20)
         k = len(terms)
         parts = [prod[i * n:(i + 1) * n] for i in range(2 * k)]
-        v_new = sum(parts[1:k], parts[0])
-        step_ = sum(parts[k + 1:], parts[k])
-        self.velocity = v_new
-        self.master = self.master - step_
-        self.steps += 1
-        return self._split(to_scale(self.master, self.f))
+        return sum(parts[1:k], parts[0]), w - sum(parts[k + 1:], parts[k])
 
     # -- checkpoints ----------------------------------------------------------------------
     def state(self) -> dict:

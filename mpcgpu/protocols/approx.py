@@ -149,7 +149,7 @@ def _times_public(x: ArithmeticShare, c: float, scale: int, bits: int = 12) -> A
     """``c * x`` at ``scale`` fractional bits, ``c`` a public real kept to ``bits`` bits.
 
     1 truncation (2 rounds, 48 bytes/element in all).  The truncated ring value is
-    about ``|x| 2^(x.scale + bits)`` (failure probability that over ``2^64``)."""
+    about ``|x| 2^(x.scale + bits)``, far below the truncation's ``2^62``."""
     k, q = _const(c, bits)
     shift = x.scale + q - scale
     prod = _relabel(_relabel(x, 0) * k, x.scale + q)

@@ -29,15 +29,20 @@ computation, not inside it.  Precondition as for the truncation:
 from __future__ import annotations
 
 from ..errors import ProtocolError
-from ..sharing.arithmetic import ArithmeticShare
+from ..sharing.arithmetic import ArithmeticShare, concatenate
 from ..sharing.replicated import with_public
-from ..sharing.truncation import msb_corrected
+from ..sharing.truncation import CHUNK, msb_corrected
 from .convert import b2a, msb
 
 
 def round_exact(x: ArithmeticShare, bits: int | None = None, new_scale: int | None = None) -> ArithmeticShare:
     """``x / 2^bits`` rounded to nearest, exactly (default: ``bits = x.scale - rt.frac_bits``,
-    read at ``rt.frac_bits``).  12 rounds; see the module docstring."""
+    read at ``rt.frac_bits``).  12 rounds (per chunk of :data:`~mpcgpu.sharing.truncation.CHUNK`
+    elements); see the module docstring."""
+    if x.size > CHUNK:
+        flat = x.reshape(-1)
+        pieces = [round_exact(flat[lo:lo + CHUNK], bits, new_scale) for lo in range(0, x.size, CHUNK)]
+        return concatenate(pieces).reshape(*x.shape)
     rt, xp = x.rt, x.xp
     if bits is None:
         bits = x.scale - rt.frac_bits

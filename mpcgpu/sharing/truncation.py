@@ -90,7 +90,33 @@ def _shift_amounts(xp, bits, shape):
     return xp.asarray(arr.astype(numpy.uint64))
 
 
+#: elements per call of the protocol: larger inputs go in chunks of this size (2 rounds each),
+#: which bounds the memory of the dealt randomness (about 80 bytes per element at the dealer)
+CHUNK = 1 << 22
+
+
 def msb_corrected(rt, shape, bits, *, rss=None, summand=None, offset=0, keep=False):
+    """The ``"prob"`` protocol (module docstring); see :func:`_msb_corrected_call`.  Inputs of
+    more than :data:`CHUNK` elements (without ``keep``) go in chunks, 2 rounds each."""
+    n = int(numpy.prod(shape, dtype=numpy.int64)) if tuple(shape) else 1
+    if keep or n <= CHUNK:
+        return _msb_corrected_call(rt, shape, bits, rss=rss, summand=summand, offset=offset, keep=keep)
+    xp = rt.xp
+    flat_bits = numpy.broadcast_to(numpy.asarray(bits), tuple(shape)).reshape(-1) if numpy.ndim(bits) else bits
+    parts = (rss[0].reshape(-1), rss[1].reshape(-1)) if rss is not None else (summand.reshape(-1),)
+    firsts, seconds = [], []
+    for lo in range(0, n, CHUNK):
+        hi = min(n, lo + CHUNK)
+        piece = [a[lo:hi] for a in parts]
+        f, s = _msb_corrected_call(rt, (hi - lo,), flat_bits[lo:hi] if numpy.ndim(flat_bits) else flat_bits,
+                                   rss=tuple(piece) if rss is not None else None,
+                                   summand=piece[0] if summand is not None else None, offset=offset)
+        firsts.append(f)
+        seconds.append(s)
+    return xp.concatenate(firsts).reshape(shape), xp.concatenate(seconds).reshape(shape)
+
+
+def _msb_corrected_call(rt, shape, bits, *, rss=None, summand=None, offset=0, keep=False):
     """The ``"prob"`` protocol (module docstring) on this party's input; returns the new
     pair ``(first, second)``, or ``((first, second), aux)`` with ``keep``.
 
@@ -102,7 +128,7 @@ def msb_corrected(rt, shape, bits, *, rss=None, summand=None, offset=0, keep=Fal
     bytes/element from D), for an exact correction of the carry.
     """
     if tuple(shape) == ():        # 0-d arrays turn into NumPy scalars, which warn on wrap-around
-        as_1d = msb_corrected(rt, (1,), bits, rss=None if rss is None else (rss[0].reshape(1), rss[1].reshape(1)),
+        as_1d = _msb_corrected_call(rt, (1,), bits, rss=None if rss is None else (rss[0].reshape(1), rss[1].reshape(1)),
                               summand=None if summand is None else summand.reshape(1), offset=offset, keep=keep)
         out, aux = (as_1d if keep else (as_1d, None))
         out = (out[0].reshape(()), out[1].reshape(()))
@@ -213,4 +239,4 @@ def reshare(rt, summand):
     return z, rt.comm.pass_prev(z)
 
 
-__all__ = ["MODES", "DEFAULT_MODE", "check_mode", "msb_corrected", "aby3", "reshare"]
+__all__ = ["MODES", "DEFAULT_MODE", "CHUNK", "check_mode", "msb_corrected", "aby3", "reshare"]
