@@ -14,7 +14,7 @@ from mpcgpu.nn.models import get_model
 from mpcgpu.nn.optim import PrivateSGD
 from mpcgpu.nn.plain import SGD, PlainModel, init_params, softmax, softmax_cross_entropy
 from mpcgpu.nn.private import PrivateModel, share_params
-from reference import enc, shared
+from reference import enc, shared, shared_ring
 
 pytestmark = pytest.mark.mpi(min_size=3)
 F = 16
@@ -189,10 +189,39 @@ def test_sgd_matches_plaintext(rt, seeded, momentum, wd, batch):
         with rt.comm.measure() as m:
             new = opt.step(sg, batch, lr=0.05)
         assert m.rounds == 4                    # one update call, one rounding to f bits
+        n = 30 * 20 + 20
+        assert m.bytes_sent == 16 * 3 * n       # 2 n truncated in the update, n to f bits
         popt.step({k: v / batch for k, v in g.items()})
         for k in w:
             got = new[k].reveal()
             assert np.abs(got - ref[k]).max() <= 3 * ULP, (step, k, np.abs(got - ref[k]).max())
+
+
+def test_public_combinations_one_truncation_per_output(rt, seeded):
+    from mpcgpu.sharing.arithmetic import public_combinations
+    scale = F + 8
+    vals = [seeded.uniform(-2.0 ** 13, 2.0 ** 13, 5000) for _ in range(3)]
+    vals[0][:4] = [2.0 ** 14 - 2.0 ** -scale, -2.0 ** 14 + 2.0 ** -scale, 0.0, 2.0 ** -scale]
+    ints = [np.round(v * 2.0 ** scale).astype(np.int64) for v in vals]
+    comp = np.random.default_rng(5)
+    shares = [shared_ring(rt, i, comp, scale=scale) for i in ints]
+    rows = [[0.9, 2.0 ** -7, 5e-4], [0.045, 0.05 * 2.0 ** -7, 2.5e-5], [0.0, 0.0, 0.0], [-1.0, 3.0, 0.0]]
+    with rt.comm.measure() as m:
+        outs = public_combinations(shares, rows, bound=2.0 ** 14)
+    assert m.rounds == 2 and m.bytes_sent == 16 * len(rows) * 5000
+    for row, out in zip(rows, outs):
+        assert out.scale == scale
+        exact = sum(c * x for c, x in zip(row, vals))
+        got = out.reveal()
+        # the common shift: each constant within 2^-(60-14-scale-log2(sum|c|)) of itself, plus one ulp
+        slack = sum(abs(c) for c in row) * 2.0 ** 14 * 2.0 ** -21 + 2.0 ** -scale
+        assert np.abs(got - exact).max() <= slack
+    # the truncation is unbiased: on a value between grid points the mean error vanishes
+    half = [shared_ring(rt, np.ones(20000, dtype=np.int64), comp, scale=scale)]
+    mean = public_combinations(half, [[0.5]], bound=1.0)[0].reveal().mean()
+    assert abs(mean - 0.5 * 2.0 ** -scale) < 0.05 * 2.0 ** -scale
+    with pytest.raises(Exception, match="leave the ring"):
+        public_combinations(shares, [[2.0 ** 30, 0, 0]], bound=2.0 ** 14)
 
 
 # -- whole steps -----------------------------------------------------------------------------

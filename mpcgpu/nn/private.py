@@ -22,6 +22,7 @@ so that a revealed output's last bit depends on the value alone.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -64,6 +65,15 @@ class Profile:
 
     def rows(self):
         return list(self.layers.values())
+
+    @contextlib.contextmanager
+    def section(self, comm, path: str, kind: str):
+        """``with profile.section(comm, "optimizer", "SGD"): ...`` -- a row for work outside
+        the layers."""
+        t0 = time.perf_counter()
+        with comm.measure() as m:
+            yield
+        self.add(path, kind, time.perf_counter() - t0, m)
 
     def report(self, comm, stream=None) -> None:
         """Print the table on party 0: per layer the slowest party's seconds, the bytes of the
@@ -185,13 +195,9 @@ class PrivateModel:
         fn = impl(layer).forward if forward else impl(layer).backward
         if profile is None:
             return fn(self, layer, path, x)
-        comm = x.rt.comm
-        t0 = time.perf_counter()
-        with comm.measure() as m:
-            y = fn(self, layer, path, x)
         kind = type(layer).__name__ + ("" if forward else " (backward)")
-        profile.add(path if forward else path + " <-", kind, time.perf_counter() - t0, m)
-        return y
+        with profile.section(x.rt.comm, path if forward else path + " <-", kind):
+            return fn(self, layer, path, x)
 
     # -- what the layers ask of the executor -------------------------------------------------
     def keep(self, path, value):

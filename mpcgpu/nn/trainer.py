@@ -9,6 +9,7 @@ predictions is revealed, to ``owner``.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from .loss import count_correct, cross_entropy, cross_entropy_grad, one_hot
@@ -24,15 +25,19 @@ class StepResult:
 def train_step(model: PrivateModel, opt: PrivateSGD, images, labels, lr: float,
                reveal_loss_to: int | None = None, profile: Profile | None = None) -> StepResult:
     """One SGD step on a batch of shared ``images`` and integer ``labels`` (scale 0)."""
+    section = (lambda *a: contextlib.nullcontext()) if profile is None else \
+        (lambda *a: profile.section(images.rt.comm, *a))
     onehot = one_hot(labels, model.spec.num_classes)
     logits = model.forward(images, train=True, profile=profile)
-    dlogits = cross_entropy_grad(logits, onehot)
+    with section("loss", "softmax CE gradient"):
+        dlogits = cross_entropy_grad(logits, onehot)
     loss = None
     if reveal_loss_to is not None:
         loss = cross_entropy(logits, onehot).reveal(to=reveal_loss_to)
         loss = None if loss is None else float(loss)
     grads = model.backward(dlogits, profile=profile)
-    model.set_params(opt.step(grads, images.shape[0], lr=lr))
+    with section("optimizer", "SGD step"):
+        model.set_params(opt.step(grads, images.shape[0], lr=lr))
     return StepResult(loss)
 
 
