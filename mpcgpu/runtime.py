@@ -28,11 +28,10 @@ _RUNTIME = None
 def tune_malloc():
     """Keep freed memory in the process (glibc): protocols allocate and free arrays of tens to
     hundreds of MB at every step, and memory handed back to the system costs page faults
-    when it is taken again (on a virtual machine with transparent huge pages, measured: 50
-    rounds of a 240 MB array 5.0 s -> 1.4 s; a VGG-16 optimiser step 19 s -> see the
-    closing notes).  Every array comes from the heap (no ``mmap`` per allocation), which is
-    not trimmed below 1 GiB: the process keeps its peak.  A no-op elsewhere;
-    ``MPCGPU_TUNE_MALLOC=0`` turns it off."""
+    when it is taken again (measured on a virtual machine: 50 rounds of a 240 MB array 5.0 s
+    -> 1.4 s).  Every array comes from the heap (no ``mmap`` per allocation), and up to 1 GiB
+    of free memory stays in the process.  A no-op elsewhere; ``MPCGPU_TUNE_MALLOC=0`` turns
+    it off."""
     import ctypes
     import ctypes.util
     try:
@@ -42,7 +41,7 @@ def tune_malloc():
         return False
     M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4
     ok = (mallopt(M_MMAP_THRESHOLD, 32 << 20) and mallopt(M_MMAP_MAX, 0)
-          and mallopt(M_TRIM_THRESHOLD, -1) and mallopt(M_TOP_PAD, 256 << 20))
+          and mallopt(M_TRIM_THRESHOLD, 1 << 30) and mallopt(M_TOP_PAD, 256 << 20))
     return bool(ok)
 
 

@@ -90,8 +90,10 @@ def _random_bn_stats(model, params, rng):
     return params
 
 
-def test_batchnorm_folded_and_standalone(rt):
-    """BN after a conv is folded into it privately; a BN elsewhere is an affine map."""
+def test_batchnorm_folded_and_standalone(rt, monkeypatch):
+    """BN after a conv is folded into it privately; a BN elsewhere is an affine map.  The
+    folding products are batched (up to FOLD_CHUNK weights, 2 rounds each)."""
+    from mpcgpu.nn import private
     net = S.Sequential((S.BatchNorm2d(3), S.Conv2d(3, 8, 3, padding=1, bias=True), S.BatchNorm2d(8), S.ReLU(),
                         S.Conv2d(8, 8, 3, stride=2, bias=False), S.BatchNorm2d(8), S.ReLU(),
                         S.AdaptiveAvgPool2d(1), S.Flatten(), S.Linear(8, 4)))
@@ -99,18 +101,24 @@ def test_batchnorm_folded_and_standalone(rt):
     rng = np.random.default_rng(7)
     params = _random_bn_stats(model, init_params(model, rng=1), rng)
     x = rng.standard_normal((2, 3, 12, 12))
-    pm = PrivateModel(model, share_params(model, params if rt.rank == 0 else None, src=0))
-    pm.prepare()
-    assert sorted(pm._skip) == ["2", "5"] and sorted(pm._affine) == ["0"]
-    sx = share(x if rt.rank == 0 else None, src=0)
-    with rt.comm.measure() as fwd:
-        y = pm.forward(sx)
-    out = y.reveal()
     ref = PlainModel(model, params).forward(x, need_grad=False)
-    assert np.abs(out - ref).max() <= 2e-3 * max(1.0, np.abs(ref).max())
-    # one forward after preparation: bn0 (2) + conv+bn (2) + relu (10) + conv+bn (2) + relu (10)
-    # + avgpool (2) + linear (2) rounds: the folded batch norms cost nothing
-    assert fwd.rounds == 2 + 2 + 10 + 2 + 10 + 2 + 2
+    sx = share(x if rt.rank == 0 else None, src=0)
+    prep_rounds = []
+    for chunk in (private.FOLD_CHUNK, 1):               # one product for both convs, or one each
+        monkeypatch.setattr(private, "FOLD_CHUNK", chunk)
+        pm = PrivateModel(model, share_params(model, params if rt.rank == 0 else None, src=0))
+        with rt.comm.measure() as prep:
+            pm.prepare()
+        prep_rounds.append(prep.rounds)
+        assert sorted(pm._skip) == ["2", "5"] and sorted(pm._affine) == ["0"]
+        with rt.comm.measure() as fwd:
+            y = pm.forward(sx)
+        out = y.reveal()
+        assert np.abs(out - ref).max() <= 2e-3 * max(1.0, np.abs(ref).max())
+        # one forward after preparation: bn0 (2) + conv+bn (2) + relu (10) + conv+bn (2) + relu (10)
+        # + avgpool (2) + linear (2) rounds: the folded batch norms cost nothing
+        assert fwd.rounds == 2 + 2 + 10 + 2 + 10 + 2 + 2
+    assert prep_rounds[1] == prep_rounds[0] + 2
 
 
 def test_vgg16_bn_matches_plaintext(rt):

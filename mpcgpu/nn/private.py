@@ -40,6 +40,9 @@ RESIDUAL_RELU = "out_relu"
 #: domain a model's shards declare, see ``mpcgpu share``)
 DEFAULT_BN_DOMAIN = (1e-2, 1e3)
 
+#: weights folded per product at :meth:`PrivateModel.prepare` (2 rounds each): bounds its memory
+FOLD_CHUNK = 1 << 22
+
 
 @dataclass
 class LayerProfile:
@@ -317,35 +320,47 @@ class PrivateModel:
         for _, layer, _ in pairs:
             offsets.append((at, at + layer.channels))
             at += layer.channels
-        # fold into the preceding convolutions: one batched product for all weights and biases
-        left, right, plan = [], [], []
+        # fold into the preceding convolutions: batched products of up to FOLD_CHUNK elements
+        group, size = [], 0
         for (bn, _, conv), (lo, hi) in zip(pairs, offsets):
             if conv is None:
                 self._affine[bn] = (scale[lo:hi], shift[lo:hi])
                 continue
+            group.append((bn, conv, lo, hi))
+            size += p[S.join_path(conv[0], "weight")].size
+            if size >= FOLD_CHUNK:
+                self._fold(group, scale, shift)
+                group, size = [], 0
+        if group:
+            self._fold(group, scale, shift)
+
+    def _fold(self, group, scale, shift):
+        """Scale the weights (and biases) of the convolutions in ``group`` by their batch
+        norms' ``gamma / sqrt(var + eps)`` in one product (2 rounds)."""
+        p = self.params
+        left, right = [], []
+        for _, conv, lo, hi in group:
             w = p[S.join_path(conv[0], "weight")]
             per_out = w.size // w.shape[0]
             left.append(w.reshape(-1))
             right.append(scale[lo:hi].reshape(-1, 1).broadcast_to((w.shape[0], per_out)).reshape(-1))
-            has_bias = conv[1].bias
-            if has_bias:
+            if conv[1].bias:
                 left.append(p[S.join_path(conv[0], "bias")])
                 right.append(scale[lo:hi])
-            plan.append((bn, conv[0], w.shape, has_bias, lo, hi))
-        if not plan:
-            return
         prod = concatenate(left) * concatenate(right)
+        del left, right
         at = 0
-        for bn, conv_path, wshape, has_bias, lo, hi in plan:
+        for bn, conv, lo, hi in group:
+            wshape = p[S.join_path(conv[0], "weight")].shape
             n = int(numpy.prod(wshape))
             w_new = prod[at:at + n].reshape(*wshape)
             at += n
-            if has_bias:
+            if conv[1].bias:
                 b_new = prod[at:at + wshape[0]] + shift[lo:hi]
                 at += wshape[0]
             else:
                 b_new = shift[lo:hi]
-            self._folded[conv_path] = (w_new, b_new)
+            self._folded[conv[0]] = (w_new, b_new)
             self._skip.add(bn)
 
     # -- outputs -----------------------------------------------------------------------------
