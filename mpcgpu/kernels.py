@@ -63,7 +63,9 @@ def _key() -> str:
         numba_version = numba.__version__
     except Exception:
         numba_version = "none"
-    text = f"{cpu_signature()} | numpy {np.__version__} | numba {numba_version} | mpcgpu {__version__}"
+    from .native import REVISION
+    text = (f"{cpu_signature()} | numpy {np.__version__} | numba {numba_version} | mpcgpu {__version__}"
+            f" | native kernels r{REVISION}")
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

@@ -1,17 +1,21 @@
 """Exact products mod 2^64 with native integer kernels on the CPU (numba).
 
-Where 64-bit integer multiplies are vector instructions (AVX-512: ``vpmullq``), a
-plain blocked integer GEMM beats the float64 limb trick of :mod:`mpcgpu.ring` by
-2-5x; elsewhere (AVX2) it loses.  :mod:`mpcgpu.ring` chooses per machine
-(:func:`mpcgpu.ring.kernel`); this module only computes.
+Where 64-bit integer multiplies are vector instructions (AVX-512: ``vpmullq``), an
+integer GEMM comes within 1.5x of a float64 one and beats the limb trick of
+:mod:`mpcgpu.limbs` by 3x; elsewhere (AVX2) it loses.  :mod:`mpcgpu.kernels` chooses
+per machine; this module only computes.
 
-* :func:`gemm` -- ``A @ B mod 2^64`` for 2-D uint64 arrays, one compiled kernel
-  (blocked over rows and the reduction; the inner loop runs along ``B``'s
-  contiguous rows, where LLVM vectorises the multiply-add).  Exact by
+* :func:`gemm_nt` -- ``A @ B^T mod 2^64`` given ``B^T``: 4 x 4 tiles of dot products of
+  contiguous rows, blocked along the reduction; the sixteen sums stay in registers
+  and LLVM vectorises the loop (n = 1024: 64 ms here, float64 GEMM 45 ms, the
+  row-update kernel of revision 1 180 ms).  :func:`gemm` -- ``A @ B``: the same on a
+  transposed copy of ``B`` (free for a weight matrix, stored ``(out, in)``), or for a
+  few rows of ``A`` a row-update kernel that reads ``B`` as it is.  Exact by
   construction: uint64 arithmetic wraps.
 * :func:`matmul`, :func:`conv2d`, :func:`conv2d_grad_input`,
   :func:`conv2d_grad_weight` -- the same contracts as their :mod:`mpcgpu.ring`
-  namesakes, built from :func:`gemm` with an integer im2col / col2im.
+  namesakes, built from :func:`gemm_nt` with an integer im2col (laid out so that no
+  operand needs a transpose) / col2im.
 
 NumPy arrays only (the GPU keeps the limbs).  ``available()`` says whether numba
 imports; compiled kernels are cached on disk (``cache=True``).
@@ -23,37 +27,114 @@ import numpy as np
 from .geometry import conv_geometry
 
 U64 = np.uint64
-_KERNEL = None
-_WHY = None
-ROW_BLOCK, RED_BLOCK = 4, 128
+#: bumped whenever the kernels change (part of the calibration cache key)
+REVISION = 2
+#: reduction block of the dot-product kernel (measured best among 256..2048 here)
+RED_BLOCK = 1024
+#: below this many rows of A, a B that is not already transposed is used as it is (the
+#: row-update kernel) rather than transposed for the faster dot-product kernel
+MIN_ROWS_TO_TRANSPOSE = 16
 IMAGE_BLOCK_BYTES = 64 * 2 ** 20
+_KERNELS = None
+_WHY = None
 
 
 def _compile():
-    global _KERNEL, _WHY
-    if _KERNEL is not None or _WHY is not None:
-        return _KERNEL
+    """The two compiled kernels ``(nt, nn)``, or None (``_WHY`` says why)."""
+    global _KERNELS, _WHY
+    if _KERNELS is not None or _WHY is not None:
+        return _KERNELS
     try:
         import numba
     except Exception as exc:                      # ImportError, or a broken LLVM
         _WHY = f"numba is not available ({exc.__class__.__name__}: {exc})"
         return None
+    jit = numba.njit(cache=True, boundscheck=False, nogil=True)
 
-    @numba.njit(cache=True, boundscheck=False, nogil=True)
-    def kernel(a, b, c):                          # c += a @ b, all uint64, C-contiguous
+    # Loops index row slices with ``range(length)`` so that numba emits no negative-index
+    # fix-up, which would keep LLVM from vectorising (64-bit multiplies: ``vpmullq``).
+
+    @jit
+    def nt(a, bt, c):
+        """``c += a @ bt.T``: every ``c[i, j]`` a dot product of two contiguous rows, in
+        4 x 4 tiles (8 row loads feed 16 multiply-adds, the sums stay in registers)."""
+        m, k = a.shape
+        n = bt.shape[0]
+        m4, n4 = m - m % 4, n - n % 4
+        for k0 in range(0, k, RED_BLOCK):
+            k1 = min(k0 + RED_BLOCK, k)
+            w = k1 - k0
+            for i in range(0, m4, 4):
+                a0 = a[i, k0:k1]; a1 = a[i + 1, k0:k1]; a2 = a[i + 2, k0:k1]; a3 = a[i + 3, k0:k1]  # noqa: E702
+                for j in range(0, n4, 4):
+                    b0 = bt[j, k0:k1]; b1 = bt[j + 1, k0:k1]; b2 = bt[j + 2, k0:k1]; b3 = bt[j + 3, k0:k1]  # noqa: E702
+                    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = U64(0)
+                    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = U64(0)
+                    for t in range(w):
+                        y0 = b0[t]; y1 = b1[t]; y2 = b2[t]; y3 = b3[t]  # noqa: E702
+                        x0 = a0[t]; x1 = a1[t]; x2 = a2[t]; x3 = a3[t]  # noqa: E702
+                        s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3  # noqa: E702
+                        s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3  # noqa: E702
+                        s20 += x2 * y0; s21 += x2 * y1; s22 += x2 * y2; s23 += x2 * y3  # noqa: E702
+                        s30 += x3 * y0; s31 += x3 * y1; s32 += x3 * y2; s33 += x3 * y3  # noqa: E702
+                    c[i, j] += s00; c[i, j + 1] += s01; c[i, j + 2] += s02; c[i, j + 3] += s03  # noqa: E702
+                    c[i + 1, j] += s10; c[i + 1, j + 1] += s11; c[i + 1, j + 2] += s12; c[i + 1, j + 3] += s13  # noqa: E702,E501
+                    c[i + 2, j] += s20; c[i + 2, j + 1] += s21; c[i + 2, j + 2] += s22; c[i + 2, j + 3] += s23  # noqa: E702,E501
+                    c[i + 3, j] += s30; c[i + 3, j + 1] += s31; c[i + 3, j + 2] += s32; c[i + 3, j + 3] += s33  # noqa: E702,E501
+                for j in range(n4, n):                   # the last columns: 4 x 1
+                    b0 = bt[j, k0:k1]
+                    s0 = s1 = s2 = s3 = U64(0)
+                    for t in range(w):
+                        y = b0[t]
+                        s0 += a0[t] * y; s1 += a1[t] * y; s2 += a2[t] * y; s3 += a3[t] * y  # noqa: E702
+                    c[i, j] += s0; c[i + 1, j] += s1; c[i + 2, j] += s2; c[i + 3, j] += s3  # noqa: E702
+            for i in range(m4, m):                       # the last rows: 1 x 4, then 1 x 1
+                a0 = a[i, k0:k1]
+                for j in range(0, n4, 4):
+                    b0 = bt[j, k0:k1]; b1 = bt[j + 1, k0:k1]; b2 = bt[j + 2, k0:k1]; b3 = bt[j + 3, k0:k1]  # noqa: E702
+                    s0 = s1 = s2 = s3 = U64(0)
+                    for t in range(w):
+                        x = a0[t]
+                        s0 += x * b0[t]; s1 += x * b1[t]; s2 += x * b2[t]; s3 += x * b3[t]  # noqa: E702
+                    c[i, j] += s0; c[i, j + 1] += s1; c[i, j + 2] += s2; c[i, j + 3] += s3  # noqa: E702
+                for j in range(n4, n):
+                    b0 = bt[j, k0:k1]
+                    s = U64(0)
+                    for t in range(w):
+                        s += a0[t] * b0[t]
+                    c[i, j] += s
+
+    @jit
+    def nn(a, b, c):
+        """``c += a @ b`` as row updates ``c[i] += a[i, k] * b[k]``, two rows of C and two
+        of B per pass (for few rows of A, where transposing B would cost more)."""
         m, k = a.shape
         n = b.shape[1]
-        for i0 in range(0, m, ROW_BLOCK):
-            i1 = min(i0 + ROW_BLOCK, m)
-            for k0 in range(0, k, RED_BLOCK):
-                k1 = min(k0 + RED_BLOCK, k)
-                for i in range(i0, i1):
-                    for kk in range(k0, k1):
-                        aik = a[i, kk]
-                        for j in range(n):
-                            c[i, j] += aik * b[kk, j]
-    _KERNEL = kernel
-    return kernel
+        k2 = k - k % 2
+        for i in range(0, m - m % 2, 2):
+            c0 = c[i]; c1 = c[i + 1]  # noqa: E702
+            for kk in range(0, k2, 2):
+                x00 = a[i, kk]; x01 = a[i, kk + 1]; x10 = a[i + 1, kk]; x11 = a[i + 1, kk + 1]  # noqa: E702
+                b0 = b[kk]; b1 = b[kk + 1]  # noqa: E702
+                for j in range(n):
+                    y0 = b0[j]; y1 = b1[j]  # noqa: E702
+                    c0[j] += x00 * y0 + x01 * y1
+                    c1[j] += x10 * y0 + x11 * y1
+            if k2 < k:
+                x0 = a[i, k2]; x1 = a[i + 1, k2]; b0 = b[k2]  # noqa: E702
+                for j in range(n):
+                    c0[j] += x0 * b0[j]
+                    c1[j] += x1 * b0[j]
+        if m % 2:
+            i = m - 1
+            c0 = c[i]
+            for kk in range(k):
+                x0 = a[i, kk]; b0 = b[kk]  # noqa: E702
+                for j in range(n):
+                    c0[j] += x0 * b0[j]
+
+    _KERNELS = (nt, nn)
+    return _KERNELS
 
 
 def available() -> bool:
@@ -65,16 +146,35 @@ def why_not() -> str | None:
     return _WHY
 
 
-def gemm(a, b, out=None):
-    """``a @ b mod 2^64`` for 2-D uint64 (or int64) arrays."""
-    kernel = _compile()
-    if kernel is None:
+def _kernels():
+    kernels = _compile()
+    if kernels is None:
         raise RuntimeError(_WHY)
+    return kernels
+
+
+def gemm_nt(a, bt, out=None):
+    """``a @ bt.T mod 2^64`` for 2-D uint64 (or int64) arrays (``bt`` holds B's columns as
+    rows: the layout of a weight matrix ``(out, in)``)."""
+    a = np.ascontiguousarray(a).view(U64)
+    bt = np.ascontiguousarray(bt).view(U64)
+    if out is None:
+        out = np.zeros((a.shape[0], bt.shape[0]), dtype=U64)
+    _kernels()[0](a, bt, out)
+    return out
+
+
+def gemm(a, b, out=None):
+    """``a @ b mod 2^64`` for 2-D uint64 (or int64) arrays: the dot-product kernel on ``B^T``
+    (free when ``b`` is a transposed view, a copy otherwise), or, for fewer than
+    :data:`MIN_ROWS_TO_TRANSPOSE` rows of ``a``, the row-update kernel."""
+    if b.T.flags.c_contiguous or a.shape[0] >= MIN_ROWS_TO_TRANSPOSE:
+        return gemm_nt(a, b.T, out)
     a = np.ascontiguousarray(a).view(U64)
     b = np.ascontiguousarray(b).view(U64)
     if out is None:
         out = np.zeros((a.shape[0], b.shape[1]), dtype=U64)
-    kernel(a, b, out)
+    _kernels()[1](a, b, out)
     return out
 
 
@@ -110,14 +210,17 @@ def _geometry(x_shape, w_shape, stride, padding, groups):
     return tuple(p[k] for k in ("n", "c", "h", "w", "o", "cg", "kh", "kw", "sh", "sw", "ph", "pw", "g", "ho", "wo"))
 
 
-def _cols(x, g, cg, kh, kw, sh, sw, ph, pw, ho, wo):
-    """im2col: (G, N*Ho*Wo, Cg*kh*kw) uint64 (a contiguous copy)."""
+def _cols(x, g, cg, kh, kw, sh, sw, ph, pw, ho, wo, transposed=False):
+    """im2col: (G, N*Ho*Wo, Cg*kh*kw) uint64, or (G, Cg*kh*kw, N*Ho*Wo) ``transposed``
+    (a contiguous copy either way)."""
     n = x.shape[0]
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if (ph or pw) else x
     s = xp.strides
     view = np.lib.stride_tricks.as_strided(
         xp, shape=(n, g, cg, kh, kw, ho, wo),
         strides=(s[0], cg * s[1], s[1], s[2], s[3], sh * s[2], sw * s[3]))
+    if transposed:
+        return np.ascontiguousarray(view.transpose(1, 2, 3, 4, 0, 5, 6)).reshape(g, cg * kh * kw, n * ho * wo)
     return np.ascontiguousarray(view.transpose(1, 0, 5, 6, 2, 3, 4)).reshape(g, n * ho * wo, cg * kh * kw)
 
 
@@ -131,11 +234,11 @@ def conv2d(x, w, stride=1, padding=0, groups=1):
     x, w = np.asarray(x).view(U64), np.asarray(w).view(U64)
     n, c, h, wd, o, cg, kh, kw, sh, sw, ph, pw, g, ho, wo = _geometry(x.shape, w.shape, stride, padding, groups)
     og, k = o // g, cg * kh * kw
-    wt = np.ascontiguousarray(w.reshape(g, og, k).transpose(0, 2, 1))      # (G, K, O/g)
+    wg = np.ascontiguousarray(w.reshape(g, og, k))                         # (G, O/g, K): B^T already
     out = np.empty((n, o, ho, wo), dtype=U64)
     for a, b in _blocks(n, g * ho * wo * k * 8):
         cols = _cols(x[a:b], g, cg, kh, kw, sh, sw, ph, pw, ho, wo)
-        res = np.stack([gemm(cols[i], wt[i]) for i in range(g)])           # (G, nb*Ho*Wo, O/g)
+        res = np.stack([gemm_nt(cols[i], wg[i]) for i in range(g)])        # (G, nb*Ho*Wo, O/g)
         out[a:b] = res.reshape(g, b - a, ho, wo, og).transpose(1, 0, 4, 2, 3).reshape(b - a, o, ho, wo)
     return out
 
@@ -150,11 +253,11 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, groups=1)
     og, k = o // g, cg * kh * kw
     dw = np.zeros((g, og, k), dtype=U64)
     for a, b in _blocks(n, g * ho * wo * k * 8):
-        cols = _cols(x[a:b], g, cg, kh, kw, sh, sw, ph, pw, ho, wo)      # (G, M, K)
+        cols_t = _cols(x[a:b], g, cg, kh, kw, sh, sw, ph, pw, ho, wo, transposed=True)   # (G, K, M)
         gyt = np.ascontiguousarray(gy[a:b].reshape(b - a, g, og, ho * wo).transpose(1, 2, 0, 3)).reshape(
             g, og, (b - a) * ho * wo)                                     # (G, O/g, M)
         for i in range(g):
-            gemm(gyt[i], cols[i], out=dw[i])
+            gemm_nt(gyt[i], cols_t[i], out=dw[i])
     return dw.reshape(tuple(weight_shape))
 
 
@@ -166,13 +269,13 @@ def conv2d_grad_input(grad_out, w, input_shape, stride=1, padding=0, groups=1):
     if tuple(gy.shape) != (n, o, ho, wo):
         raise ValueError(f"conv2d_grad_input: grad_out has shape {gy.shape}, expected {(n, o, ho, wo)}")
     og, k = o // g, cg * kh * kw
-    wg = np.ascontiguousarray(w.reshape(g, og, k))                         # (G, O/g, K)
+    wgt = np.ascontiguousarray(w.reshape(g, og, k).transpose(0, 2, 1))   # (G, K, O/g): B^T
     dx = np.zeros((n, g, cg, h + 2 * ph, wd + 2 * pw), dtype=U64)
     for a, b in _blocks(n, g * ho * wo * k * 8):
         m = b - a
         rows = np.ascontiguousarray(gy[a:b].reshape(m, g, og, ho * wo).transpose(1, 0, 3, 2)).reshape(
             g, m * ho * wo, og)                                           # (G, M, O/g)
-        cols = np.stack([gemm(rows[i], wg[i]) for i in range(g)])          # (G, M, K)
+        cols = np.stack([gemm_nt(rows[i], wgt[i]) for i in range(g)])      # (G, M, K)
         cols = cols.reshape(g, m, ho, wo, cg, kh, kw)
         tgt_all = dx[a:b]
         for i in range(kh):                                               # col2im: wrapping adds
@@ -183,4 +286,4 @@ def conv2d_grad_input(grad_out, w, input_shape, stride=1, padding=0, groups=1):
     return np.ascontiguousarray(dx).reshape(n, c, h, wd)
 
 
-__all__ = ["available", "why_not", "gemm", "matmul", "conv2d", "conv2d_grad_input", "conv2d_grad_weight"]
+__all__ = ["available", "why_not", "gemm", "gemm_nt", "matmul", "conv2d", "conv2d_grad_input", "conv2d_grad_weight"]

@@ -115,3 +115,32 @@ def test_prg_state_restores_the_streams_exactly(rt):
     rt.restore(state)
     b = [rt.prg.own.uint64(5), rt.prg.next.uint64(5), rt.prg.local.uint64(5), rt.next_role()]
     assert all(np.array_equal(x, y) for x, y in zip(a[:3], b[:3])) and a[3] == b[3]
+
+
+@pytest.mark.parametrize("policy", ["spin", "sleep"])
+def test_both_wait_policies_deliver_every_message(rt, monkeypatch, policy):
+    """The party's way of waiting (MPI's busy wait, or tests with sleeps in between on an
+    oversubscribed node) changes no message: small and large exchanges, in both directions."""
+    monkeypatch.setattr(rt.comm, "waiting", policy)
+    for n in (1, 1000, 3_000_000):
+        mine = np.full(n, rt.rank + 1, dtype=np.uint64)
+        got = rt.comm.pass_next(mine)
+        assert got.shape == (n,) and (got == rt.comm.prev + 1).all()
+        back = rt.comm.pass_prev(mine)
+        assert (back == rt.comm.next + 1).all()
+
+
+def test_wait_policy_follows_cores_and_the_environment(rt, monkeypatch):
+    from mpcgpu.comm import WAIT_ENV, wait_policy
+    mpi_comm = rt.comm.comm
+    for forced in ("spin", "sleep"):
+        monkeypatch.setenv(WAIT_ENV, forced)
+        assert wait_policy(mpi_comm) == forced
+    monkeypatch.setenv(WAIT_ENV, "nap")
+    with pytest.raises(ValueError, match="spin or sleep"):
+        wait_policy(mpi_comm)
+    monkeypatch.delenv(WAIT_ENV)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))
+    assert wait_policy(mpi_comm) == "spin"                  # a core per rank
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+    assert wait_policy(mpi_comm) == "sleep"                 # three ranks on one core

@@ -628,3 +628,24 @@ def test_kernel_choice_env_and_cache(tmp_path, monkeypatch):
     again = kernels.choice(choices)                      # from the cache: no second measurement
     assert again["kernel"] == "native" and "cached" in again["why"] and len(calls) == 1
     assert (tmp_path / "mpcgpu" / "ring-kernel.json").exists()
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (4, 4, 4), (5, 1025, 7), (18, 2060, 6), (7, 3, 9), (16, 512, 4),
+                                   (2, 1025, 3), (3, 2, 1)])
+def test_native_kernels_both_layouts_vs_python_ints(rng, m, k, n):
+    """The dot-product kernel (B^T given) and the row-update kernel (B as it is), on every
+    remainder of their 4 x 4 / 2 x 2 tiles and reductions across the block of 1024."""
+    if not native.available():
+        pytest.skip(native.why_not())
+    a, b = rand(rng, m, k), rand(rng, k, n)
+    ref = np.array((a.astype(object) @ b.astype(object)) % (1 << 64), dtype=np.uint64)
+    assert (native.gemm_nt(a, np.ascontiguousarray(b.T)) == ref).all()
+    assert (native.gemm(a, b) == ref).all()                              # transposed copy or row updates
+    assert (native.gemm(a, np.ascontiguousarray(b.T).T) == ref).all()    # a transposed view: no copy
+    nt, nn = native._compile()
+    for kernel, rhs in ((nt, np.ascontiguousarray(b.T)), (nn, b)):
+        out = np.zeros((m, n), dtype=np.uint64)
+        kernel(a, rhs, out)
+        assert (out == ref).all()
+    ones = np.full((m, k), M64 - 1, dtype=np.uint64)
+    assert (native.gemm(ones, np.full((k, n), M64 - 1, dtype=np.uint64)) == np.uint64(k)).all()
