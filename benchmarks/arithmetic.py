@@ -1,10 +1,11 @@
 """Secret x secret products on three ranks, next to plaintext NumPy float64.
 
-Run: mpiexec -n 3 python benchmarks/arithmetic.py   (rank 0 prints)
+Run: mpiexec -n 3 python benchmarks/arithmetic.py   (rank 0 prints; --quick: tiny sizes)
 
 For each case: private time (max over the parties), bytes sent summed over the
 three parties, rounds, the plaintext float64 time and the ratio.
 """
+import sys
 import time
 
 import numpy as np
@@ -40,10 +41,11 @@ def _t(fn):
 
 
 def main():
+    quick = "--quick" in sys.argv[1:]            # tiny sizes: a smoke test of the script
     rt = mpcgpu.init()
     rng = np.random.default_rng(0)
     rows = []
-    for n in (512, 1024):
+    for n in ((16, 32) if quick else (512, 1024)):
         a, b = rng.uniform(-1, 1, (n, n)), rng.uniform(-1, 1, (n, n))
         sa, sb = share(a if rt.rank == 0 else None), share(b if rt.rank == 1 else None, src=1)
         t, nbytes, rounds = timed(rt, lambda: sa @ sb)

@@ -66,6 +66,7 @@ def plain_time(fn, reps):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test of the script)")
     ap.add_argument("--device", default=os.environ.get("MPCGPU_DEVICE", "cpu"))
     args = ap.parse_args()
     rt = mpcgpu.init(device=args.device)
@@ -80,15 +81,16 @@ def main():
         rows.append((name, n, t, total, total / n, rounds, tp))
 
     relu_plain = lambda x: np.maximum(x, 0)  # noqa: E731
-    for n in (10**5, 10**6):
+    sizes, channels = ((1000,), 4) if args.quick else ((10**5, 10**6), 64)
+    for n in sizes:
         bench("relu", n, (n,), compare.relu, relu_plain)
-        bench("relu + mask", n, (n,), lambda s: compare.relu(s, mask=True),
+        bench("relu + derivative", n, (n,), lambda s: compare.relu(s, grad=True),
               lambda x: (np.maximum(x, 0), x > 0))
-    bench("maxpool 2x2 1x64x32x32", 64 * 32 * 32, (1, 64, 32, 32),
+    bench(f"maxpool 2x2 1x{channels}x32x32", channels * 32 * 32, (1, channels, 32, 32),
           lambda s: s.max_pool2d(2), plain_maxpool2)
-    bench("maxpool 2x2 + indices", 64 * 32 * 32, (1, 64, 32, 32),
+    bench("maxpool 2x2 + indices", channels * 32 * 32, (1, channels, 32, 32),
           lambda s: s.max_pool2d(2, return_indices=True), plain_maxpool2)
-    n = 10**6
+    n = sizes[-1]
     bench("lt (x < 0)", n, (n,), lambda s: s < 0.0, lambda x: x < 0)
     bench("msb", n, (n,), convert.msb, lambda x: x < 0)
     bench("a2b", n, (n,), convert.a2b, lambda x: x.view(np.uint64).copy())

@@ -126,6 +126,12 @@ class PartyPRG:
         """XOR zero sharing: ``F(k_i) ^ F(k_{i+1})`` (XORs to 0 over the parties)."""
         return self._to_device(self.own.uint64(shape) ^ self.next.uint64(shape))
 
+    def zero_share_xor_parts(self, shape):
+        """The two host words ``(F(k_i), F(k_{i+1}))`` whose XOR :meth:`zero_share_xor` would
+        return (same streams, same order), for a fused CPU kernel that XORs them itself."""
+        first = self.own.uint64(shape)
+        return first, self.next.uint64(shape)
+
     def random_pair(self, shape):
         """Replicated components ``(r_i, r_{i+1})`` of an unknown uniform value."""
         return self._to_device(self.own.uint64(shape)), self._to_device(self.next.uint64(shape))

@@ -22,6 +22,18 @@ LIMIT = 2 ** 47 - 1            # largest encoding of the fixed-point range: 2^31
 NEG = -(2 ** 62)               # max-pool padding (ring units)
 
 
+@pytest.fixture(autouse=True, params=["fused", "array"])
+def msb_path(request, monkeypatch):
+    """Every test runs with the fused CPU kernels of the MSB tree and with the array-module
+    code (the GPU path and the reference)."""
+    from mpcgpu import fused
+    if request.param == "array":
+        monkeypatch.setenv(fused.ENV, "0")
+    elif fused.why_not():
+        pytest.skip(fused.why_not())
+    return request.param
+
+
 # -- helpers ---------------------------------------------------------------------------------
 
 def words(rng, *shape):
@@ -107,6 +119,22 @@ def maxpool_backward_ref(g, onehot, shape, k, s, p):
 
 
 # -- MSB ---------------------------------------------------------------------------------------
+
+def test_fused_and_array_paths_give_the_same_shares(rt, seeded, msb_path, monkeypatch):
+    """From the same PRG state both paths produce the same components (hence send the same
+    messages): the fused kernels compute the same words."""
+    from mpcgpu import fused
+    if msb_path == "array":
+        pytest.skip("one comparison is enough")
+    edges = np.array([0, 1, -1, 2**62, -2**62, 2**63 - 1, -2**63], dtype=np.int64)
+    s = arith_of(rt, np.concatenate([edges, words(seeded, 5000).view(np.int64)]), seeded)
+    state = rt.prg.state()
+    a = msb(s)
+    rt.prg.restore(state)
+    monkeypatch.setenv(fused.ENV, "0")
+    b = msb(s)
+    assert (a.first == b.first).all() and (a.second == b.second).all()
+
 
 def test_msb_exact_on_the_full_ring(rt, seeded):
     n = 1_000_000

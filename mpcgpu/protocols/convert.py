@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import numpy
 
+from .. import fused
 from ..errors import ProtocolError
 from ..sharing.arithmetic import ArithmeticShare
 from ..sharing.binary import BinaryShare, and_words
@@ -239,6 +240,9 @@ def msb(x: ArithmeticShare) -> BinaryShare:
         return BinaryShare(z, z.copy(), rt)
     xf, xs = _flat_components(x)
     pf, ps, gf, gs = _adder_inputs(xf, xs, rt)
+    if fused.enabled(rt):
+        bits = _msb_tree_fused(pf, ps, gf, gs, rt)
+        return BinaryShare(bits[0].reshape(shape), bits[1].reshape(shape), rt)
     c63, c1 = _u(xp, 63), _u(xp, 1)
     top = (pf >> c63, ps >> c63)
     m63 = _u(xp, MASK63)
@@ -270,6 +274,29 @@ def msb(x: ArithmeticShare) -> BinaryShare:
     word, shift = _lanes(n, xp, rt.backend)
     bits = [((w[word] >> shift) & c1) ^ t for w, t in zip(W, top)]
     return BinaryShare(bits[0].reshape(shape), bits[1].reshape(shape), rt)
+
+
+def _msb_tree_fused(pf, ps, gf, gs, rt):
+    """Levels 1-6 of :func:`msb` and its last step with the kernels of :mod:`mpcgpu.fused`:
+    the same words, messages and PRG calls as the array-module code above, one pass per
+    level instead of about twenty."""
+    kern = fused.kernels()
+    prg, comm = rt.prg, rt.comm
+    pf, ps, gf, gs = (numpy.ascontiguousarray(a) for a in (pf, ps, gf, gs))
+    # which of this party's slots hold component 0, which gets P63 = 1 (the public-constant rule)
+    pub_f, pub_s = (bool(v) for v in with_public(numpy.bool_(False), numpy.bool_(False), numpy.bool_(True),
+                                                 rt.rank, numpy, numpy.logical_or))
+    z, h0, h1 = kern["level1"](gf, gs, pf, ps, pub_f, pub_s, *prg.zero_share_xor_parts(gf.shape[0]))
+    z2 = comm.pass_prev(z)
+    u64 = numpy.uint64
+    for d in TREE_DISTANCES:
+        lo2, log = _level_masks(d)
+        half = (h0.shape[0] + 1) // 2
+        z, h0, h1 = kern["level"](h0, z, h1, z2, u64(lo2), u64(log), u64(2 * d), u64(2 * d + 1), u64(2 * d),
+                                  *prg.zero_share_xor_parts(half))
+        z2 = comm.pass_prev(z)
+    word, shift = _lanes(pf.shape[0], numpy, rt.backend)
+    return kern["final"](h0, z, h1, z2, word, shift, pf, ps)
 
 
 # -- bit injection and multiplication by a shared bit ------------------------------------------
