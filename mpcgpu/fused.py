@@ -26,6 +26,8 @@ import os
 
 import numpy as np
 
+from .native import numba_jit
+
 ENV = "MPCGPU_FUSED"
 _K = None
 _WHY = None
@@ -35,12 +37,9 @@ def _compile():
     global _K, _WHY
     if _K is not None or _WHY is not None:
         return _K
-    try:
-        import numba
-    except Exception as exc:
-        _WHY = f"numba is not available ({exc.__class__.__name__}: {exc})"
+    jit, _WHY = numba_jit()
+    if jit is None:
         return None
-    jit = numba.njit(cache=True, boundscheck=False, nogil=True)
     u = np.uint64
     EVEN = u(0x5555555555555555)
     M63 = u((1 << 63) - 1)

@@ -39,17 +39,24 @@ _KERNELS = None
 _WHY = None
 
 
+def numba_jit():
+    """``(jit, None)`` with mpcgpu's numba decorator (compiled once, cached on disk, no
+    bounds checks, GIL released), or ``(None, why)`` where numba does not import."""
+    try:
+        import numba
+    except Exception as exc:                      # ImportError, or a broken LLVM
+        return None, f"numba is not available ({exc.__class__.__name__}: {exc})"
+    return numba.njit(cache=True, boundscheck=False, nogil=True), None
+
+
 def _compile():
     """The two compiled kernels ``(nt, nn)``, or None (``_WHY`` says why)."""
     global _KERNELS, _WHY
     if _KERNELS is not None or _WHY is not None:
         return _KERNELS
-    try:
-        import numba
-    except Exception as exc:                      # ImportError, or a broken LLVM
-        _WHY = f"numba is not available ({exc.__class__.__name__}: {exc})"
+    jit, _WHY = numba_jit()
+    if jit is None:
         return None
-    jit = numba.njit(cache=True, boundscheck=False, nogil=True)
 
     # Loops index row slices with ``range(length)`` so that numba emits no negative-index
     # fix-up, which would keep LLVM from vectorising (64-bit multiplies: ``vpmullq``).
@@ -156,12 +163,7 @@ def _kernels():
 def gemm_nt(a, bt, out=None):
     """``a @ bt.T mod 2^64`` for 2-D uint64 (or int64) arrays (``bt`` holds B's columns as
     rows: the layout of a weight matrix ``(out, in)``)."""
-    a = np.ascontiguousarray(a).view(U64)
-    bt = np.ascontiguousarray(bt).view(U64)
-    if out is None:
-        out = np.zeros((a.shape[0], bt.shape[0]), dtype=U64)
-    _kernels()[0](a, bt, out)
-    return out
+    return _apply(0, a, bt, bt.shape[0], out)
 
 
 def gemm(a, b, out=None):
@@ -170,11 +172,16 @@ def gemm(a, b, out=None):
     :data:`MIN_ROWS_TO_TRANSPOSE` rows of ``a``, the row-update kernel."""
     if b.T.flags.c_contiguous or a.shape[0] >= MIN_ROWS_TO_TRANSPOSE:
         return gemm_nt(a, b.T, out)
+    return _apply(1, a, b, b.shape[1], out)
+
+
+def _apply(which, a, b, n, out):
+    """Kernel ``which`` (0: ``nt``, 1: ``nn``) into ``out`` (zeros of ``(rows of a, n)``)."""
     a = np.ascontiguousarray(a).view(U64)
     b = np.ascontiguousarray(b).view(U64)
     if out is None:
-        out = np.zeros((a.shape[0], b.shape[1]), dtype=U64)
-    _kernels()[1](a, b, out)
+        out = np.zeros((a.shape[0], n), dtype=U64)
+    _kernels()[which](a, b, out)
     return out
 
 
@@ -286,4 +293,5 @@ def conv2d_grad_input(grad_out, w, input_shape, stride=1, padding=0, groups=1):
     return np.ascontiguousarray(dx).reshape(n, c, h, wd)
 
 
-__all__ = ["available", "why_not", "gemm", "gemm_nt", "matmul", "conv2d", "conv2d_grad_input", "conv2d_grad_weight"]
+__all__ = ["numba_jit", "available", "why_not", "gemm", "gemm_nt", "matmul", "conv2d", "conv2d_grad_input",
+           "conv2d_grad_weight"]

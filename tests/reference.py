@@ -65,6 +65,24 @@ def received(log):
     return [a for _, got in log for a in got.values()]
 
 
+def assert_fresh_messages(comm, run, held):
+    """Run ``run()`` twice, recording what this party receives: the messages change from
+    call to call (fresh masks) and no word equals, at its position, one of this party's own
+    component arrays ``held`` (a message is never a component in clear)."""
+    logs = []
+    for _ in range(2):
+        with recording(comm) as log:
+            run()
+        logs.append(received(log))
+    assert len(logs[0]) == len(logs[1]) > 0
+    for a, b in zip(*logs):
+        assert np.mean(a == b) < 1e-3
+        for h in held:
+            h = np.asarray(h).reshape(-1)
+            m = min(a.size, h.size)
+            assert not np.any(a.reshape(-1)[:m] == h[:m])
+
+
 def shared_ring(rt, values, rng, scale=0):
     """A sharing of arbitrary ring values (int64/uint64, any magnitude) with random components
     drawn from a generator seeded alike on every rank (test-only; no range check)."""

@@ -31,6 +31,12 @@ def run(args) -> int:
     if choice.get("seconds"):
         line += "; calibration: " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in choice["seconds"].items())
     print(line + "); override with MPCGPU_RING_KERNEL=limbs|native")
+    import os
+
+    from .. import fused
+    why = fused.why_not() or ("switched off by MPCGPU_FUSED=0" if os.environ.get(fused.ENV) == "0" else None)
+    print(f"CPU protocol kernels (MSB tree): {'array code: ' + why if why else 'fused (numba)'}; "
+          "MPCGPU_FUSED=0 uses the array code")
     print("models:")
     for name in list_models():
         m = get_model(name)
