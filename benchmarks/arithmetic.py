@@ -5,6 +5,7 @@ Run: mpiexec -n 3 python benchmarks/arithmetic.py   (rank 0 prints; --quick: tin
 For each case: private time (max over the parties), bytes sent summed over the
 three parties, rounds, the plaintext float64 time and the ratio.
 """
+
 import sys
 import time
 
@@ -41,11 +42,11 @@ def _t(fn):
 
 
 def main():
-    quick = "--quick" in sys.argv[1:]            # tiny sizes: a smoke test of the script
+    quick = "--quick" in sys.argv[1:]  # tiny sizes: a smoke test of the script
     rt = mpcgpu.init()
     rng = np.random.default_rng(0)
     rows = []
-    for n in ((16, 32) if quick else (512, 1024)):
+    for n in (16, 32) if quick else (512, 1024):
         a, b = rng.uniform(-1, 1, (n, n)), rng.uniform(-1, 1, (n, n))
         sa, sb = share(a if rt.rank == 0 else None), share(b if rt.rank == 1 else None, src=1)
         t, nbytes, rounds = timed(rt, lambda: sa @ sb)
@@ -54,12 +55,15 @@ def main():
     w = rng.uniform(-0.1, 0.1, (64, 64, 3, 3))
     sx, sw = share(x if rt.rank == 0 else None), share(w if rt.rank == 1 else None, src=1)
     t, nbytes, rounds = timed(rt, lambda: sx.conv2d(sw, padding=1))
-    rows.append(("conv 1x64x32x32, 64 3x3 p1", t, nbytes, rounds,
-                 plain_time(lambda: conv_plain(x, w, 1)), 64 * 32 * 32))
+    rows.append(
+        ("conv 1x64x32x32, 64 3x3 p1", t, nbytes, rounds, plain_time(lambda: conv_plain(x, w, 1)), 64 * 32 * 32)
+    )
     if rt.rank == 0:
         print(f"mpcgpu {mpcgpu.__version__}: {rt.describe()}")
-        print(f"{'operation':<30} {'private s':>10} {'bytes (3 parties)':>18} {'B/out elem':>10} "
-              f"{'rounds':>6} {'plain s':>9} {'ratio':>7}")
+        print(
+            f"{'operation':<30} {'private s':>10} {'bytes (3 parties)':>18} {'B/out elem':>10} "
+            f"{'rounds':>6} {'plain s':>9} {'ratio':>7}"
+        )
         for name, t, nbytes, rounds, tp, nout in rows:
             print(f"{name:<30} {t:>10.4f} {nbytes:>18,} {nbytes / nout:>10.1f} {rounds:>6} {tp:>9.4f} {t / tp:>7.1f}")
 

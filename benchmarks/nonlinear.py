@@ -13,6 +13,7 @@ Set OPENBLAS_NUM_THREADS=1 and, with three ranks on few cores, MPICH's
 ``MPIR_CVAR_CH4_PROGRESS_THROTTLE=1 MPIR_CVAR_CH4_PROGRESS_THROTTLE_NO_PROGRESS_COUNT=32``
 (tests/run.sh does).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,12 +85,21 @@ def main():
     sizes, channels = ((1000,), 4) if args.quick else ((10**5, 10**6), 64)
     for n in sizes:
         bench("relu", n, (n,), compare.relu, relu_plain)
-        bench("relu + derivative", n, (n,), lambda s: compare.relu(s, grad=True),
-              lambda x: (np.maximum(x, 0), x > 0))
-    bench(f"maxpool 2x2 1x{channels}x32x32", channels * 32 * 32, (1, channels, 32, 32),
-          lambda s: s.max_pool2d(2), plain_maxpool2)
-    bench("maxpool 2x2 + indices", channels * 32 * 32, (1, channels, 32, 32),
-          lambda s: s.max_pool2d(2, return_indices=True), plain_maxpool2)
+        bench("relu + derivative", n, (n,), lambda s: compare.relu(s, grad=True), lambda x: (np.maximum(x, 0), x > 0))
+    bench(
+        f"maxpool 2x2 1x{channels}x32x32",
+        channels * 32 * 32,
+        (1, channels, 32, 32),
+        lambda s: s.max_pool2d(2),
+        plain_maxpool2,
+    )
+    bench(
+        "maxpool 2x2 + indices",
+        channels * 32 * 32,
+        (1, channels, 32, 32),
+        lambda s: s.max_pool2d(2, return_indices=True),
+        plain_maxpool2,
+    )
     n = sizes[-1]
     bench("lt (x < 0)", n, (n,), lambda s: s < 0.0, lambda x: x < 0)
     bench("msb", n, (n,), convert.msb, lambda x: x < 0)
@@ -97,11 +107,15 @@ def main():
 
     if rt.rank == 0:
         print(f"mpcgpu non-linear protocols, 3 parties on {rt.backend.describe()}, best of {args.reps}")
-        print(f"{'protocol':<26}{'elements':>10}{'first s':>9}{'best s':>9}{'MB (3 parties)':>16}"
-              f"{'B/elem':>9}{'rounds':>8}{'numpy s':>11}{'ratio':>9}")
+        print(
+            f"{'protocol':<26}{'elements':>10}{'first s':>9}{'best s':>9}{'MB (3 parties)':>16}"
+            f"{'B/elem':>9}{'rounds':>8}{'numpy s':>11}{'ratio':>9}"
+        )
         for name, n, t, total, per, rounds, tp in rows:
-            print(f"{name:<26}{n:>10}{t[0]:>9.3f}{t[1]:>9.3f}{total / 1e6:>16.2f}{per:>9.2f}{rounds:>8}"
-                  f"{tp:>11.5f}{t[1] / tp:>9.0f}x")
+            print(
+                f"{name:<26}{n:>10}{t[0]:>9.3f}{t[1]:>9.3f}{total / 1e6:>16.2f}{per:>9.2f}{rounds:>8}"
+                f"{tp:>11.5f}{t[1] / tp:>9.0f}x"
+            )
         sys.stdout.flush()
 
 

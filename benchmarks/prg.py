@@ -3,6 +3,7 @@
 Prints GB/s of AES-128-CTR keystream delivered as uint64 arrays, for several
 sizes, and of an additive zero share (two streams and a subtraction).
 """
+
 import time
 
 from mpcgpu.prg import PartyPRG, Stream, fresh_key

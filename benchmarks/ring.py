@@ -19,6 +19,7 @@ Tables:
   gather + one GEMM) vs the same im2col in int64.
 * the kernel mpcgpu chose for this machine (mpcgpu.kernels) and why.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,17 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from mpcgpu import native, ring  # noqa: E402
 
-VGG_CIFAR = [(3, 64, 32), (64, 64, 32), (64, 128, 16), (128, 128, 16), (128, 256, 8),
-             (256, 256, 8), (256, 512, 4), (512, 512, 4), (512, 512, 2)]
+VGG_CIFAR = [
+    (3, 64, 32),
+    (64, 64, 32),
+    (64, 128, 16),
+    (128, 128, 16),
+    (128, 256, 8),
+    (256, 256, 8),
+    (256, 512, 4),
+    (512, 512, 4),
+    (512, 512, 2),
+]
 
 
 def interleaved(fns, rounds, budget=None):
@@ -61,14 +71,14 @@ def interleaved(fns, rounds, budget=None):
 
 
 def rand_ring(rng, *shape):
-    return rng.integers(0, 2 ** 64, size=shape, dtype=np.uint64, endpoint=False)
+    return rng.integers(0, 2**64, size=shape, dtype=np.uint64, endpoint=False)
 
 
 def im2col(x, kh, kw, pad):
     """(N, C, H, W) -> (C*kh*kw, N*H*W) for stride 1, 'same' padding (any dtype)."""
     n, c, h, w = x.shape
     xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
-    xp[:, :, pad:pad + h, pad:pad + w] = x
+    xp[:, :, pad : pad + h, pad : pad + w] = x
     s = xp.strides
     v = np.lib.stride_tricks.as_strided(xp, (c, kh, kw, n, h, w), (s[1], s[2], s[3], s[0], s[2], s[3]))
     return np.ascontiguousarray(v).reshape(c * kh * kw, n * h * w)
@@ -76,8 +86,10 @@ def im2col(x, kh, kw, pad):
 
 def bench_matmul(rng):
     print("matmul n x n @ n x n   (ms; limbs = float64 digits, scheme K22; native = integer GEMM)")
-    print(f"{'n':>6} {'int64':>9} {'limbs':>8} {'W22':>8} {'W16':>8} {'native':>8} {'float64':>8} "
-          f"{'limbs/f64':>9} {'native/f64':>10} {'W22/f64':>8} {'W16/f64':>8}")
+    print(
+        f"{'n':>6} {'int64':>9} {'limbs':>8} {'W22':>8} {'W16':>8} {'native':>8} {'float64':>8} "
+        f"{'limbs/f64':>9} {'native/f64':>10} {'W22/f64':>8} {'W16/f64':>8}"
+    )
     for n in (256, 512, 1024):
         a, b = rand_ring(rng, n, n), rand_ring(rng, n, n)
         ai, bi = a.view(np.int64), b.view(np.int64)
@@ -85,23 +97,31 @@ def bench_matmul(rng):
         ref = (ai @ bi).view(np.uint64)
         for sc in ("K22", "W22", "W16"):
             assert (ring.matmul(a, b, scheme=sc) == ref).all()
-        fns = {"int": (lambda: ai @ bi, 2 if n == 1024 else 3),
-               "K22": lambda: ring.matmul(a, b, scheme="K22"), "W22": lambda: ring.matmul(a, b, scheme="W22"),
-               "W16": lambda: ring.matmul(a, b, scheme="W16"), "f64": lambda: af @ bf}
+        fns = {
+            "int": (lambda: ai @ bi, 2 if n == 1024 else 3),
+            "K22": lambda: ring.matmul(a, b, scheme="K22"),
+            "W22": lambda: ring.matmul(a, b, scheme="W22"),
+            "W16": lambda: ring.matmul(a, b, scheme="W16"),
+            "f64": lambda: af @ bf,
+        }
         if native.available():
             assert (native.gemm(a, b) == ref).all()
-            fns["native"] = lambda: native.gemm(a, b)           # includes transposing b
+            fns["native"] = lambda: native.gemm(a, b)  # includes transposing b
         t = interleaved(fns, rounds=5, budget=15.0)
         t_f, nat = t["f64"], t.get("native", float("nan"))
-        print(f"{n:>6} {t['int'] * 1e3:>9.1f} {t['K22'] * 1e3:>8.1f} {t['W22'] * 1e3:>8.1f} "
-              f"{t['W16'] * 1e3:>8.1f} {nat * 1e3:>8.1f} {t_f * 1e3:>8.2f} {t['K22'] / t_f:>8.2f}x "
-              f"{nat / t_f:>9.2f}x {t['W22'] / t_f:>7.2f}x {t['W16'] / t_f:>7.2f}x")
+        print(
+            f"{n:>6} {t['int'] * 1e3:>9.1f} {t['K22'] * 1e3:>8.1f} {t['W22'] * 1e3:>8.1f} "
+            f"{t['W16'] * 1e3:>8.1f} {nat * 1e3:>8.1f} {t_f * 1e3:>8.2f} {t['K22'] / t_f:>8.2f}x "
+            f"{nat / t_f:>9.2f}x {t['W22'] / t_f:>7.2f}x {t['W16'] / t_f:>7.2f}x"
+        )
 
 
 def bench_conv(rng):
     print("\nconv2d 3x3 pad 1, batch 1, VGG-16 on CIFAR-10 (ms; float64 and int64 use the same im2col)")
-    print(f"{'layer':>16} {'K':>5} {'int64':>9} {'limbs':>9} {'native':>9} {'float64':>9} {'limbs/f64':>9} "
-          f"{'native/f64':>10}")
+    print(
+        f"{'layer':>16} {'K':>5} {'int64':>9} {'limbs':>9} {'native':>9} {'float64':>9} {'limbs/f64':>9} "
+        f"{'native/f64':>10}"
+    )
     tot = {"int": 0.0, "limb": 0.0, "native": 0.0, "f64": 0.0}
     for cin, cout, hw in VGG_CIFAR:
         x, w = rand_ring(rng, 1, cin, hw, hw), rand_ring(rng, cout, cin, 3, 3)
@@ -124,18 +144,26 @@ def bench_conv(rng):
         t.setdefault("native", float("nan"))
         for key in tot:
             tot[key] += t[key]
-        print(f"{f'{cin}->{cout} {hw}x{hw}':>16} {cin * 9:>5} {t['int'] * 1e3:>9.2f} {t['limb'] * 1e3:>9.2f} "
-              f"{t['native'] * 1e3:>9.2f} {t['f64'] * 1e3:>9.2f} {t['limb'] / t['f64']:>8.2f}x "
-              f"{t['native'] / t['f64']:>9.2f}x")
-    print(f"{'total':>16} {'':>5} {tot['int'] * 1e3:>9.2f} {tot['limb'] * 1e3:>9.2f} {tot['native'] * 1e3:>9.2f} "
-          f"{tot['f64'] * 1e3:>9.2f} {tot['limb'] / tot['f64']:>8.2f}x {tot['native'] / tot['f64']:>9.2f}x")
-    print("(limbs: scheme K22, presplit weight, includes splitting x and the im2col of its slabs; "
-          "native: im2col + integer GEMM)")
+        print(
+            f"{f'{cin}->{cout} {hw}x{hw}':>16} {cin * 9:>5} {t['int'] * 1e3:>9.2f} {t['limb'] * 1e3:>9.2f} "
+            f"{t['native'] * 1e3:>9.2f} {t['f64'] * 1e3:>9.2f} {t['limb'] / t['f64']:>8.2f}x "
+            f"{t['native'] / t['f64']:>9.2f}x"
+        )
+    print(
+        f"{'total':>16} {'':>5} {tot['int'] * 1e3:>9.2f} {tot['limb'] * 1e3:>9.2f} {tot['native'] * 1e3:>9.2f} "
+        f"{tot['f64'] * 1e3:>9.2f} {tot['limb'] / tot['f64']:>8.2f}x {tot['native'] / tot['f64']:>9.2f}x"
+    )
+    print(
+        "(limbs: scheme K22, presplit weight, includes splitting x and the im2col of its slabs; "
+        "native: im2col + integer GEMM)"
+    )
 
 
 def main():
-    print(f"numpy {np.__version__}, OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}, "
-          f"{os.cpu_count()} CPUs; times are minima over repetitions\n")
+    print(
+        f"numpy {np.__version__}, OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}, "
+        f"{os.cpu_count()} CPUs; times are minima over repetitions\n"
+    )
     rng = np.random.default_rng(2024)
     t0 = time.perf_counter()
     bench_matmul(rng)

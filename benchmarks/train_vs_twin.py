@@ -13,6 +13,7 @@ schedule -- both take them from `mpcgpu.nn.schedule` -- and compares:
 
     python benchmarks/train_vs_twin.py RUN.json --train mnist_train.h5 --test mnist_test.h5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,27 +43,53 @@ def main(argv=None) -> int:
         return 2
     spec = get_model(s["model"])
     twin_losses = []
-    result = train(spec, args.train, args.test, epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"],
-                   momentum=s["momentum"], weight_decay=s["weight_decay"], schedule=s["schedule"],
-                   warmup=s["warmup"], seed=s["seed"], dtype=np.float64, limit=s.get("limit"),
-                   params=init_params(spec, rng=args.init_seed), log=lambda m: None,
-                   on_step=lambda step, loss: twin_losses.append(loss))
+    result = train(
+        spec,
+        args.train,
+        args.test,
+        epochs=s["epochs"],
+        batch_size=s["batch_size"],
+        lr=s["lr"],
+        momentum=s["momentum"],
+        weight_decay=s["weight_decay"],
+        schedule=s["schedule"],
+        warmup=s["warmup"],
+        seed=s["seed"],
+        dtype=np.float64,
+        limit=s.get("limit"),
+        params=init_params(spec, rng=args.init_seed),
+        log=lambda m: None,
+        on_step=lambda step, loss: twin_losses.append(loss),
+    )
     twin = np.array(twin_losses)
     n = min(len(twin), len(private))
     diff = np.abs(private[:n] - twin[:n])
     head = diff[:100]
     jumps = np.abs(np.diff(private[:n] - twin[:n]))
     print(f"steps compared: {n}")
-    print(f"loss difference, first 100 steps: max {head.max():.4f}, mean {head.mean():.4f} "
-          f"(twin's loss at step 1 {twin[0]:.4f}, at step 100 {twin[min(99, n - 1)]:.4f})")
-    print(f"loss difference, all steps: max {diff.max():.4f}, mean {diff.mean():.4f}; "
-          f"largest step-to-step jump of the difference {jumps.max() if len(jumps) else 0.0:.4f}")
-    print(f"test accuracy: private {100 * run['test_accuracy']:.2f}%, twin {100 * result.test_accuracy:.2f}% "
-          f"(gap {100 * abs(run['test_accuracy'] - result.test_accuracy):.2f} points)")
+    print(
+        f"loss difference, first 100 steps: max {head.max():.4f}, mean {head.mean():.4f} "
+        f"(twin's loss at step 1 {twin[0]:.4f}, at step 100 {twin[min(99, n - 1)]:.4f})"
+    )
+    print(
+        f"loss difference, all steps: max {diff.max():.4f}, mean {diff.mean():.4f}; "
+        f"largest step-to-step jump of the difference {jumps.max() if len(jumps) else 0.0:.4f}"
+    )
+    print(
+        f"test accuracy: private {100 * run['test_accuracy']:.2f}%, twin {100 * result.test_accuracy:.2f}% "
+        f"(gap {100 * abs(run['test_accuracy'] - result.test_accuracy):.2f} points)"
+    )
     if args.out:
         with open(args.out, "w") as fh:
-            json.dump({"private": private.tolist(), "twin": twin.tolist(),
-                       "private_accuracy": run["test_accuracy"], "twin_accuracy": result.test_accuracy}, fh)
+            json.dump(
+                {
+                    "private": private.tolist(),
+                    "twin": twin.tolist(),
+                    "private_accuracy": run["test_accuracy"],
+                    "twin_accuracy": result.test_accuracy,
+                },
+                fh,
+            )
     return 0
 
 

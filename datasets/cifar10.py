@@ -14,6 +14,7 @@ The batches are Python pickles.  They are read with an unpickler that only
 admits the few NumPy globals needed to rebuild arrays, so a tampered file
 cannot run code.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,16 @@ from .common import DatasetError, channel_stats, write_dataset
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 META = "batches.meta"
-DEFAULT_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                   "ship", "truck")
+DEFAULT_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
 }
 
 
@@ -45,7 +49,7 @@ class _SafeUnpickler(pickle.Unpickler):
         if (module, name) not in _ALLOWED:
             raise DatasetError(f"CIFAR batch refers to {module}.{name}: refusing to unpickle")
         if module.startswith("numpy.core.") and hasattr(np, "_core"):
-            module = "numpy._core." + module[len("numpy.core."):]
+            module = "numpy._core." + module[len("numpy.core.") :]
         return super().find_class(module, name)
 
 
@@ -56,8 +60,7 @@ def load_batch_bytes(raw: bytes, where: str = "CIFAR batch") -> dict:
     except DatasetError:
         raise
     except Exception as e:
-        raise DatasetError(f"{where}: not a readable CIFAR pickle ({type(e).__name__}: {e})") \
-            from None
+        raise DatasetError(f"{where}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from None
     if not isinstance(d, dict):
         raise DatasetError(f"{where}: expected a dict, got {type(d).__name__}")
     return {(k.decode("latin1") if isinstance(k, bytes) else str(k)): v for k, v in d.items()}
@@ -92,8 +95,7 @@ class _Source:
                 self.tar = tarfile.open(self.src, "r:*")
             except (tarfile.TarError, OSError) as e:
                 raise DatasetError(f"{self.src}: not a readable tar archive ({e})") from None
-            self.members = {os.path.basename(m.name): m for m in self.tar.getmembers()
-                            if m.isfile()}
+            self.members = {os.path.basename(m.name): m for m in self.tar.getmembers() if m.isfile()}
         else:
             raise DatasetError(f"CIFAR-10 source not found: {self.src}")
 
@@ -125,9 +127,11 @@ def load_cifar10(src):
     """((train_images, train_labels), (test_images, test_labels), class_names)."""
     s = _Source(src)
     try:
+
         def load(names):
             parts = [batch_arrays(load_batch_bytes(s.read(n), n), n) for n in names]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
         train, test = load(TRAIN_BATCHES), load((TEST_BATCH,))
         meta = s.read(META, required=False)
         classes = DEFAULT_CLASSES
@@ -147,15 +151,23 @@ def convert_cifar10(src, out_dir) -> list:
     out = []
     for split, (im, lb) in (("train", (tri, trl)), ("test", (tei, tel))):
         p = os.path.join(out_dir, f"cifar10_{split}.h5")
-        write_dataset(p, im, lb, name=f"cifar10-{split}", mean=mean, std=std, num_classes=10,
-                      classes=classes, source=f"CIFAR-10 python version ({os.path.basename(str(src))})")
+        write_dataset(
+            p,
+            im,
+            lb,
+            name=f"cifar10-{split}",
+            mean=mean,
+            std=std,
+            num_classes=10,
+            classes=classes,
+            source=f"CIFAR-10 python version ({os.path.basename(str(src))})",
+        )
         out.append(p)
     return out
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m datasets.cifar10",
-                                 description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m datasets.cifar10", description=__doc__.split("\n")[0])
     ap.add_argument("src", help="cifar-10-python.tar.gz or cifar-10-batches-py/")
     ap.add_argument("out_dir")
     a = ap.parse_args(argv)

@@ -21,6 +21,7 @@ Normalisation: ``--stats imagenet`` (default: mean 0.485/0.456/0.406, std
 0.229/0.224/0.225), ``--stats compute`` (statistics of the written images), or
 explicit ``--mean``/``--std``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,14 +54,14 @@ def read_netpbm(path) -> np.ndarray:
         raise DatasetError(f"{path}: not a binary PPM/PGM file")
     fields, pos = [], 2
     while len(fields) < 3:
-        while pos < len(data) and data[pos:pos + 1].isspace():
+        while pos < len(data) and data[pos : pos + 1].isspace():
             pos += 1
-        if data[pos:pos + 1] == b"#":
-            while pos < len(data) and data[pos:pos + 1] not in (b"\n", b"\r"):
+        if data[pos : pos + 1] == b"#":
+            while pos < len(data) and data[pos : pos + 1] not in (b"\n", b"\r"):
                 pos += 1
             continue
         start = pos
-        while pos < len(data) and data[pos:pos + 1].isdigit():
+        while pos < len(data) and data[pos : pos + 1].isdigit():
             pos += 1
         if start == pos:
             raise DatasetError(f"{path}: malformed PPM/PGM header")
@@ -98,11 +99,13 @@ def load_image(path, size: int, resize: int | None = None, channels: int = 3) ->
         if not str(path).lower().endswith((".ppm", ".pgm")):
             raise DatasetError(
                 f"{path}: decoding this image needs Pillow, which is not installed "
-                f"(pip install Pillow); without it only PPM/PGM files of the target size work")
+                f"(pip install Pillow); without it only PPM/PGM files of the target size work"
+            )
         a = read_netpbm(path)
         if a.shape[:2] != (size, size) or resize != size:
-            raise DatasetError(f"{path}: is {a.shape[1]}x{a.shape[0]}; resizing to {size}x{size} "
-                               f"needs Pillow (pip install Pillow)")
+            raise DatasetError(
+                f"{path}: is {a.shape[1]}x{a.shape[0]}; resizing to {size}x{size} needs Pillow (pip install Pillow)"
+            )
         if channels == 3 and a.ndim == 2:
             a = np.repeat(a[:, :, None], 3, axis=2)
         elif channels == 1 and a.ndim == 3:
@@ -170,10 +173,22 @@ def scan(root, classes=None, annotations=None, limit_per_class=None):
     return items, list(classes)
 
 
-def convert_imagefolder(root, out_path, *, size: int, resize: int | None = None,
-                        channels: int = 3, classes=None, annotations=None, name=None,
-                        stats: str = "imagenet", mean=None, std=None,
-                        limit_per_class=None, log=None) -> str:
+def convert_imagefolder(
+    root,
+    out_path,
+    *,
+    size: int,
+    resize: int | None = None,
+    channels: int = 3,
+    classes=None,
+    annotations=None,
+    name=None,
+    stats: str = "imagenet",
+    mean=None,
+    std=None,
+    limit_per_class=None,
+    log=None,
+) -> str:
     if isinstance(classes, (str, os.PathLike)):
         classes = read_class_list(classes)
     items, classes = scan(root, classes, annotations, limit_per_class)
@@ -185,18 +200,26 @@ def convert_imagefolder(root, out_path, *, size: int, resize: int | None = None,
     if compute:  # placeholders, replaced by the statistics of the written images
         mean, std = (0.5,) * channels, (0.25,) * channels
     name = name or os.path.basename(os.path.normpath(str(root)))
-    with DatasetWriter(out_path, len(items), (channels, size, size), name=name, mean=mean,
-                       std=std, num_classes=len(classes), classes=classes,
-                       source=f"image folder {root}") as w:
+    with DatasetWriter(
+        out_path,
+        len(items),
+        (channels, size, size),
+        name=name,
+        mean=mean,
+        std=std,
+        num_classes=len(classes),
+        classes=classes,
+        source=f"image folder {root}",
+    ) as w:
         chunk = 256
         for i in range(0, len(items), chunk):
-            part = items[i:i + chunk]
-            w.write(np.stack([load_image(p, size, resize, channels) for p, _ in part]),
-                    [lab for _, lab in part])
+            part = items[i : i + chunk]
+            w.write(np.stack([load_image(p, size, resize, channels) for p, _ in part]), [lab for _, lab in part])
             if log:
                 log(f"{min(i + chunk, len(items))}/{len(items)} images")
     if compute:
         import h5py
+
         with h5py.File(out_path, "r+") as f:
             m, s = channel_stats(f["images"])
             f.attrs["mean"], f.attrs["std"] = m, s
@@ -204,8 +227,7 @@ def convert_imagefolder(root, out_path, *, size: int, resize: int | None = None,
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m datasets.imagefolder",
-                                 description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m datasets.imagefolder", description=__doc__.split("\n")[0])
     ap.add_argument("root")
     ap.add_argument("out")
     ap.add_argument("--size", type=int, required=True, help="output side, e.g. 64 or 224")
@@ -220,13 +242,23 @@ def main(argv=None) -> int:
     ap.add_argument("--limit-per-class", type=int)
     a = ap.parse_args(argv)
     try:
-        print(convert_imagefolder(a.root, a.out, size=a.size, resize=a.resize,
-                                  channels=a.channels, classes=a.classes,
-                                  annotations=a.annotations, name=a.name, stats=a.stats,
-                                  mean=tuple(a.mean) if a.mean else None,
-                                  std=tuple(a.std) if a.std else None,
-                                  limit_per_class=a.limit_per_class,
-                                  log=lambda m: print(m, file=sys.stderr)))
+        print(
+            convert_imagefolder(
+                a.root,
+                a.out,
+                size=a.size,
+                resize=a.resize,
+                channels=a.channels,
+                classes=a.classes,
+                annotations=a.annotations,
+                name=a.name,
+                stats=a.stats,
+                mean=tuple(a.mean) if a.mean else None,
+                std=tuple(a.std) if a.std else None,
+                limit_per_class=a.limit_per_class,
+                log=lambda m: print(m, file=sys.stderr),
+            )
+        )
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -7,32 +7,43 @@ With their standard names they are checked against the published SHA-256
 (``--no-verify`` skips that, e.g. for re-compressed copies).  Images are
 stored uint8 N x 1 x 28 x 28, labels uint8, normalisation mean 0.1307, std 0.3081.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
-from mpcgpu.assets.mnist_idx import (IDXFormatError, MNIST_MEAN, MNIST_STD, load_mnist,
-                                     read_idx, verify_sha256)
+from mpcgpu.assets.mnist_idx import IDXFormatError, MNIST_MEAN, MNIST_STD, load_mnist, read_idx, verify_sha256
 
 from .common import write_dataset
 
-SPLITS = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+SPLITS = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 
 
-def convert_mnist(images_path, labels_path, out_path, *, name: str = "mnist",
-                  verify: bool = True, limit: int | None = None) -> str:
+def convert_mnist(
+    images_path, labels_path, out_path, *, name: str = "mnist", verify: bool = True, limit: int | None = None
+) -> str:
     """Convert one IDX image/label pair to a dataset file; returns ``out_path``."""
     images, labels = load_mnist(images_path, labels_path, verify=verify)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
-    write_dataset(out_path, images, labels, name=name, mean=MNIST_MEAN, std=MNIST_STD,
-                  num_classes=10, classes=[str(d) for d in range(10)],
-                  source=f"{os.path.basename(str(images_path))}, "
-                         f"{os.path.basename(str(labels_path))} (MNIST, LeCun, Cortes, Burges; "
-                         f"CC BY-SA 3.0)")
+    write_dataset(
+        out_path,
+        images,
+        labels,
+        name=name,
+        mean=MNIST_MEAN,
+        std=MNIST_STD,
+        num_classes=10,
+        classes=[str(d) for d in range(10)],
+        source=f"{os.path.basename(str(images_path))}, "
+        f"{os.path.basename(str(labels_path))} (MNIST, LeCun, Cortes, Burges; "
+        f"CC BY-SA 3.0)",
+    )
     return str(out_path)
 
 
@@ -41,8 +52,9 @@ def convert_dir(src_dir, out_dir, *, splits=("train", "test"), verify: bool = Tr
     out = []
     for split in splits:
         img, lab = (os.path.join(src_dir, f) for f in SPLITS[split])
-        out.append(convert_mnist(img, lab, os.path.join(out_dir, f"mnist_{split}.h5"),
-                                 name=f"mnist-{split}", verify=verify))
+        out.append(
+            convert_mnist(img, lab, os.path.join(out_dir, f"mnist_{split}.h5"), name=f"mnist-{split}", verify=verify)
+        )
     return out
 
 
@@ -54,8 +66,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check")
     a = ap.parse_args(argv)
     try:
-        for p in convert_dir(a.src_dir, a.out_dir, splits=[a.only] if a.only else list(SPLITS),
-                             verify=not a.no_verify):
+        for p in convert_dir(a.src_dir, a.out_dir, splits=[a.only] if a.only else list(SPLITS), verify=not a.no_verify):
             print(p)
     except (IDXFormatError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -10,6 +10,7 @@ The public face:
     print(y.reveal())                  # every rank sees the result
     print(mpcgpu.comm_stats())         # bytes and rounds of this party
 """
+
 from __future__ import annotations
 
 from .errors import BackendError, EncodingError, MPCError, ProtocolError, RankCountError, ShardError
@@ -21,9 +22,23 @@ from . import protocols  # noqa: F401  (attaches the protocols to the share type
 
 from ._version import __version__
 
-__all__ = ["__version__", "init", "get_runtime", "is_initialised", "share", "ArithmeticShare", "BinaryShare",
-           "comm_stats", "reset_comm_stats", "MPCError", "RankCountError", "EncodingError",
-           "ShardError", "ProtocolError", "BackendError"]
+__all__ = [
+    "__version__",
+    "init",
+    "get_runtime",
+    "is_initialised",
+    "share",
+    "ArithmeticShare",
+    "BinaryShare",
+    "comm_stats",
+    "reset_comm_stats",
+    "MPCError",
+    "RankCountError",
+    "EncodingError",
+    "ShardError",
+    "ProtocolError",
+    "BackendError",
+]
 
 
 def comm_stats() -> dict:
@@ -39,5 +54,6 @@ def __getattr__(name):
     # subpackages on first use: `mpcgpu.nn`, `mpcgpu.data`, ...
     if name in ("nn", "ring", "encoding", "data"):
         import importlib
+
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'mpcgpu' has no attribute {name!r}")

@@ -14,6 +14,7 @@ GPU ``local_rank % device_count``.
 Moves between host and device are always explicit (:meth:`Backend.to_device`,
 :meth:`Backend.to_host`); nothing converts implicitly.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,8 +62,13 @@ def _import_cupy():
 
 def local_rank() -> int:
     """Rank of this process among those on the same node (launcher env variables)."""
-    for var in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID",
-                "MV2_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK"):
+    for var in (
+        "MPI_LOCALRANKID",
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "SLURM_LOCALID",
+        "MV2_COMM_WORLD_LOCAL_RANK",
+        "PMI_LOCAL_RANK",
+    ):
         if var in os.environ:
             try:
                 return int(os.environ[var])
@@ -94,7 +100,8 @@ class Backend:
             if requested == "cuda":
                 raise BackendError(
                     f"device 'cuda' was requested but {why}. Install the GPU extra "
-                    "(pip install 'mpcgpu[cuda]') on a machine with an NVIDIA GPU, or use --device cpu.")
+                    "(pip install 'mpcgpu[cuda]') on a machine with an NVIDIA GPU, or use --device cpu."
+                )
             self._cpu()
             return
         self.xp = cp

@@ -5,6 +5,7 @@ Each subcommand lives in the module that holds its work; that module provides
 This file only wires them together, so it stays small and knows nothing of
 protocols.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mpcgpu",
         description="Private inference and training of CNNs by secure three-party computation. "
-                    "Jobs that compute (infer, train, bench) run on three MPI ranks: "
-                    "`mpirun -n 3 mpcgpu infer ...`. `mpcgpu demo` launches the three ranks itself.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "Jobs that compute (infer, train, bench) run on three MPI ranks: "
+        "`mpirun -n 3 mpcgpu infer ...`. `mpcgpu demo` launches the three ranks itself.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, modname in COMMANDS.items():
         try:
@@ -39,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
             p = sub.add_parser(name, help=f"(unavailable: {exc})")
             p.set_defaults(_run=None, _why=str(exc))
             continue
-        p = sub.add_parser(name, help=mod.SUMMARY, description=getattr(mod, "DESCRIPTION", mod.SUMMARY),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=mod.SUMMARY,
+            description=getattr(mod, "DESCRIPTION", mod.SUMMARY),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
@@ -59,6 +65,7 @@ def main(argv=None) -> int:
         return int(args._run(args) or 0)
     except MPCError as exc:
         from . import runtime
+
         if runtime.is_initialised():
             raise  # the runtime's excepthook prints it and aborts the three ranks together
         print(f"mpcgpu error: {exc}", file=sys.stderr)  # no parties yet (share, info, wrong rank count)

@@ -13,6 +13,7 @@ host memory.  CUDA-awareness is detected once at start-up (``MPIX_Query_cuda_sup
 in the loaded MPI library) and can be forced with ``MPCGPU_CUDA_AWARE=0|1``.
 The current stream is synchronised before any GPU buffer is sent.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,6 +31,7 @@ PARTIES = 3
 
 def _mpi():
     from mpi4py import MPI
+
     return MPI
 
 
@@ -42,8 +44,7 @@ class CommStats:
     messages: int = 0
 
     def __sub__(self, other: "CommStats") -> "CommStats":
-        return CommStats(self.bytes_sent - other.bytes_sent, self.rounds - other.rounds,
-                         self.messages - other.messages)
+        return CommStats(self.bytes_sent - other.bytes_sent, self.rounds - other.rounds, self.messages - other.messages)
 
     def copy(self) -> "CommStats":
         return CommStats(self.bytes_sent, self.rounds, self.messages)
@@ -113,9 +114,11 @@ def abort_world(code: int = 1):
 
 
 def rank_count_message(size: int) -> str:
-    return (f"mpcgpu runs exactly three parties, one per MPI rank, but this job has {size} "
-            f"rank{'s' if size != 1 else ''}. Launch it with three ranks: "
-            "`mpirun -n 3 ...` (or `srun -n 3 ...` under SLURM).")
+    return (
+        f"mpcgpu runs exactly three parties, one per MPI rank, but this job has {size} "
+        f"rank{'s' if size != 1 else ''}. Launch it with three ranks: "
+        "`mpirun -n 3 ...` (or `srun -n 3 ...` under SLURM)."
+    )
 
 
 WAIT_ENV = "MPCGPU_WAIT"
@@ -151,6 +154,7 @@ def wait_policy(mpi_comm) -> str:
 def _wait_politely(MPI, requests, statuses):
     """``Waitall`` that sleeps between tests once the messages are late (see :func:`wait_policy`)."""
     import time
+
     start = time.perf_counter()
     while time.perf_counter() - start < SPIN_SECONDS:
         if MPI.Request.Testall(requests, statuses):
@@ -250,7 +254,8 @@ class Communicator:
             if got != expected:
                 raise ProtocolError(
                     f"party {self.rank} expected {expected} bytes from party {peer} but got {got}: "
-                    "the parties disagree on a shape (are all ranks running the same program and data?)")
+                    "the parties disagree on a shape (are all ranks running the same program and data?)"
+                )
         self.stats.bytes_sent += sent
         self.stats.messages += len(sends)
         self.stats.rounds += 1

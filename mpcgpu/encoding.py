@@ -9,6 +9,7 @@ is truncated: the *safe range* of an encoded value is ``|v| < 2^(63 - 2f)``
 
 All functions work on NumPy or CuPy arrays alike (via :func:`array_module`).
 """
+
 from __future__ import annotations
 
 from .backend import array_module
@@ -38,7 +39,8 @@ def check_range(x, frac_bits: int, what: str = "value"):
         raise EncodingError(
             f"{what} has magnitude {big:.6g}, outside the fixed-point range "
             f"(-2^{63 - 2 * frac_bits}, 2^{63 - 2 * frac_bits}) = (-{limit:.6g}, {limit:.6g}) "
-            f"for {frac_bits} fractional bits; scale the data or lower the precision")
+            f"for {frac_bits} fractional bits; scale the data or lower the precision"
+        )
 
 
 def encode(x, frac_bits: int = DEFAULT_FRAC_BITS, check: bool = True):
@@ -49,7 +51,7 @@ def encode(x, frac_bits: int = DEFAULT_FRAC_BITS, check: bool = True):
         check_range(x, frac_bits)
     if x.dtype.kind in "iub":
         return x.astype(xp.int64).astype(xp.uint64) << xp.uint64(frac_bits)
-    scaled = xp.asarray(xp.rint(x.astype(xp.float64) * float(2 ** frac_bits)))
+    scaled = xp.asarray(xp.rint(x.astype(xp.float64) * float(2**frac_bits)))
     return scaled.astype(xp.int64).astype(xp.uint64)
 
 
@@ -59,4 +61,4 @@ def decode(r, frac_bits: int = DEFAULT_FRAC_BITS):
     signed = r.view(xp.int64) if r.dtype == xp.uint64 else r.astype(xp.int64)
     if frac_bits == 0:
         return signed
-    return signed.astype(xp.float64) / float(2 ** frac_bits)
+    return signed.astype(xp.float64) / float(2**frac_bits)

@@ -20,6 +20,7 @@ Kernels (``n`` words in, every output a fresh array):
   ``(z', H0', H1')`` of ``ceil(m / 2)`` words;
 * :func:`msb_final` -- ``W = H ^ z`` read at each element's lane, XOR the top bits.
 """
+
 from __future__ import annotations
 
 import os

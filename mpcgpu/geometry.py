@@ -11,6 +11,7 @@ Pure shape arithmetic on Python ints: no array library, no share data.  Errors
 are raised as the caller's error class (``error=``), so a spec reports a
 ``SpecError`` and a protocol a ``ProtocolError`` for the same rule.
 """
+
 from __future__ import annotations
 
 from .errors import MPCError
@@ -69,15 +70,13 @@ def conv_geometry(x_shape, w_shape, stride, padding, groups, error=GeometryError
     if min(sh, sw) < 1 or min(ph, pw) < 0:
         raise error("conv2d: stride must be >= 1 and padding >= 0")
     ho, wo = out_size(h, kh, sh, ph, error), out_size(w, kw, sw, pw, error)
-    return dict(n=n, c=c, h=h, w=w, o=o, cg=cg, og=o // g, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw,
-                g=g, ho=ho, wo=wo)
+    return dict(n=n, c=c, h=h, w=w, o=o, cg=cg, og=o // g, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, g=g, ho=ho, wo=wo)
 
 
 def window_index(i: int, j: int, sh: int, sw: int, ho: int, wo: int) -> tuple:
     """Index of the ``(ho, wo)`` inputs that kernel offset ``(i, j)`` meets in a padded
     NCHW array (stride ``(sh, sw)``): ``a[window_index(...)]`` has shape ``(N, C, ho, wo)``."""
-    return (slice(None), slice(None), slice(i, i + sh * (ho - 1) + 1, sh),
-            slice(j, j + sw * (wo - 1) + 1, sw))
+    return (slice(None), slice(None), slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw))
 
 
 def window_offsets(kh: int, kw: int):
@@ -87,5 +86,4 @@ def window_offsets(kh: int, kw: int):
             yield i * kw + j, i, j
 
 
-__all__ = ["GeometryError", "pair", "out_size", "pool_geometry", "conv_geometry", "window_index",
-           "window_offsets"]
+__all__ = ["GeometryError", "pair", "out_size", "pool_geometry", "conv_geometry", "window_index", "window_offsets"]

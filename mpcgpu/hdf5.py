@@ -1,5 +1,6 @@
 """HDF5 files: opening for reading with one clear error (shared by datasets, weights and
 shards), and writing under a temporary name renamed when complete."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,6 +11,7 @@ def open_for_reading(path, error, what: str):
     """``h5py.File(path, "r")``, or ``error(message)`` naming ``what`` and the problem:
     missing, not a file, or not readable as HDF5 (truncated, corrupt or another format)."""
     import h5py
+
     path = os.fspath(path)
     if not os.path.exists(path):
         raise error(f"{what} not found: {path} does not exist")

@@ -18,6 +18,7 @@ Both kernels give the same bits, so the three parties need not agree on the choi
 The GPU back end always uses the limbs (cuBLAS has no integer GEMM); a GPU integer
 kernel would be a third entry here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,14 +59,19 @@ def _cache_path() -> str:
 
 def _key() -> str:
     from ._version import __version__
+
     try:
         import numba
+
         numba_version = numba.__version__
     except Exception:
         numba_version = "none"
     from .native import REVISION
-    text = (f"{cpu_signature()} | numpy {np.__version__} | numba {numba_version} | mpcgpu {__version__}"
-            f" | native kernels r{REVISION}")
+
+    text = (
+        f"{cpu_signature()} | numpy {np.__version__} | numba {numba_version} | mpcgpu {__version__}"
+        f" | native kernels r{REVISION}"
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -75,10 +81,10 @@ def measure(kernels: dict, repeats: int = 3) -> dict:
     rng = np.random.default_rng(0)
     times = dict.fromkeys(kernels, 0.0)
     for m, k, n in CALIBRATION_SHAPES:
-        a = rng.integers(0, 2 ** 64, (m, k), dtype=np.uint64)
-        b = rng.integers(0, 2 ** 64, (k, n), dtype=np.uint64)
+        a = rng.integers(0, 2**64, (m, k), dtype=np.uint64)
+        b = rng.integers(0, 2**64, (k, n), dtype=np.uint64)
         for name, fn in kernels.items():
-            fn(a, b)                                           # compile / warm up
+            fn(a, b)  # compile / warm up
             times[name] += min(_timed(fn, a, b) for _ in range(repeats))
     return times
 
@@ -97,6 +103,7 @@ def choice(kernels: dict) -> dict:
     if _CHOICE is not None:
         return _CHOICE
     from . import native
+
     forced = os.environ.get(ENV, "auto").strip().lower() or "auto"
     if forced not in KERNELS + ("auto",):
         raise BackendError(f"{ENV}={forced!r}: choose limbs, native or auto")
@@ -119,8 +126,11 @@ def _cached_or_measured(kernels) -> dict:
         with open(path) as fh:
             cached = json.load(fh)
         if cached.get("key") == key:
-            return {"kernel": cached["kernel"], "why": f"calibrated on this machine (cached in {path})",
-                    "seconds": cached["seconds"]}
+            return {
+                "kernel": cached["kernel"],
+                "why": f"calibrated on this machine (cached in {path})",
+                "seconds": cached["seconds"],
+            }
     except (OSError, ValueError, KeyError):
         pass
     seconds = measure(kernels)
@@ -132,7 +142,7 @@ def _cached_or_measured(kernels) -> dict:
             json.dump({"key": key, "kernel": kernel, "seconds": seconds, "cpu": cpu_signature()[:200]}, fh)
         os.replace(tmp, path)
     except OSError:
-        pass                                                   # a read-only home: measure again next time
+        pass  # a read-only home: measure again next time
     return {"kernel": kernel, "why": "calibrated on this machine just now", "seconds": seconds}
 
 

@@ -51,6 +51,7 @@ Digit extraction uses only adds, shifts, masks and the "magic number"
 int->float conversion (``(u | 0x433...) as float - 2^52``), elementwise
 operations that NumPy and CuPy both provide.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,8 @@ import numpy as np  # dtypes and scalar constants only; arrays come from ``xp``
 U64 = np.uint64
 F64 = np.float64
 I64 = np.int64
-_EXACT = 2 ** 53                       # float64 holds every integer of magnitude <= 2^53
-_MAGIC = 0x4330000000000000            # bit pattern of the float 2^52
+_EXACT = 2**53  # float64 holds every integer of magnitude <= 2^53
+_MAGIC = 0x4330000000000000  # bit pattern of the float 2^52
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class Scheme:
     @property
     def bias(self) -> int:
         """``sum h_i 2^(i w) mod 2^64``: adding it turns balanced digits into plain ones."""
-        return sum(h << (i * self.width) for i, h in enumerate(self.halves)) % 2 ** 64
+        return sum(h << (i * self.width) for i, h in enumerate(self.halves)) % 2**64
 
     def slabs(self, side) -> tuple:
         return self.left if side == "left" else self.right
@@ -121,21 +122,28 @@ class Scheme:
 def _by_shift(name, width, digits):
     """The scheme that groups the products by shift ``t = i + j`` (one GEMM per t)."""
     d = digits
-    gemms = tuple(((0, t + 1), (d - 1 - t, d), (1 << (t * width)) % 2 ** 64) for t in range(d))
-    return Scheme(name, width, digits, tuple((i,) for i in range(d)),
-                  tuple((i,) for i in reversed(range(d))), gemms)
+    gemms = tuple(((0, t + 1), (d - 1 - t, d), (1 << (t * width)) % 2**64) for t in range(d))
+    return Scheme(name, width, digits, tuple((i,) for i in range(d)), tuple((i,) for i in reversed(range(d))), gemms)
 
 
 W22 = _by_shift("W22", 22, 3)
 W16 = _by_shift("W16", 16, 4)
-K22 = Scheme("K22", 22, 3, left=((1,), (0,), (2,), (0, 1)), right=((2,), (0,), (1,), (0, 1)),
-             gemms=(((1, 2), (1, 2), (1 - 2 ** 22) % 2 ** 64),        # P00 = d0 e0
-                    ((0, 1), (2, 3), (2 ** 44 - 2 ** 22) % 2 ** 64),  # P11 = d1 e1
-                    ((3, 4), (3, 4), 2 ** 22),                        # S = (d0 + d1)(e0 + e1)
-                    ((1, 3), (0, 2), 2 ** 44)))                       # Q = d0 e2 + d2 e0
+K22 = Scheme(
+    "K22",
+    22,
+    3,
+    left=((1,), (0,), (2,), (0, 1)),
+    right=((2,), (0,), (1,), (0, 1)),
+    gemms=(
+        ((1, 2), (1, 2), (1 - 2**22) % 2**64),  # P00 = d0 e0
+        ((0, 1), (2, 3), (2**44 - 2**22) % 2**64),  # P11 = d1 e1
+        ((3, 4), (3, 4), 2**22),  # S = (d0 + d1)(e0 + e1)
+        ((1, 3), (0, 2), 2**44),
+    ),
+)  # Q = d0 e2 + d2 e0
 SCHEMES = {s.name: s for s in (K22, W22, W16)}
 
-assert (K22.kmax, W22.kmax, W16.kmax) == (512, 1024, 2 ** 21)
+assert (K22.kmax, W22.kmax, W16.kmax) == (512, 1024, 2**21)
 assert (K22.products, W22.products, W16.products) == (5, 6, 10)
 
 
@@ -178,7 +186,7 @@ def scratch(xp, role, shape, dtype=F64):
     return buf[:nbytes].view(dtype).reshape(shape)
 
 
-SCRATCH_LIMIT = 256 * 2 ** 20
+SCRATCH_LIMIT = 256 * 2**20
 _LOCAL = threading.local()
 
 
@@ -197,17 +205,17 @@ def split_into(xp, src, dsts, scheme: Scheme):
     """
     w, top = scheme.width, scheme.digits - 1
     y = dsts[top].view(U64)
-    xp.add(src, U64(scheme.bias), out=y)           # wraps mod 2^64: digits of y are d_i + h_i
-    for i in list(range(top)) + [top]:              # the top digit (held in y) last
+    xp.add(src, U64(scheme.bias), out=y)  # wraps mod 2^64: digits of y are d_i + h_i
+    for i in list(range(top)) + [top]:  # the top digit (held in y) last
         u, wi, h = dsts[i].view(U64), scheme.widths[i], scheme.halves[i]
         if i == 0:
-            xp.bitwise_and(y, U64(2 ** wi - 1), out=u)
+            xp.bitwise_and(y, U64(2**wi - 1), out=u)
         else:
             xp.right_shift(y, U64(i * w), out=u)
             if i < top:
-                xp.bitwise_and(u, U64(2 ** wi - 1), out=u)
-        xp.bitwise_or(u, U64(_MAGIC), out=u)       # bits of the float 2^52 + u   (u < 2^52)
-        xp.subtract(dsts[i], F64(2 ** 52 + h), out=dsts[i])
+                xp.bitwise_and(u, U64(2**wi - 1), out=u)
+        xp.bitwise_or(u, U64(_MAGIC), out=u)  # bits of the float 2^52 + u   (u < 2^52)
+        xp.subtract(dsts[i], F64(2**52 + h), out=dsts[i])
 
 
 def split(xp, src, dst, scheme: Scheme, side: str):
@@ -227,7 +235,7 @@ def split(xp, src, dst, scheme: Scheme, side: str):
     tmp = scratch(xp, "split", (len(spec), min(src.size, SPLIT_BLOCK)))
     for idx in _blocks(src.shape, SPLIT_BLOCK):
         s = src[idx]
-        t = tmp[:, :s.size].reshape((len(spec),) + s.shape)
+        t = tmp[:, : s.size].reshape((len(spec),) + s.shape)
         _slabs_into(xp, s, t, scheme, spec)
         xp.copyto(dst[(slice(None),) + idx], t)
 
@@ -236,13 +244,13 @@ def _slabs_into(xp, src, dst, scheme, spec):
     at = {slab[0]: p for p, slab in enumerate(spec) if len(slab) == 1}
     split_into(xp, src, [dst[at[i]] for i in range(scheme.digits)], scheme)
     for p, slab in enumerate(spec):
-        if len(slab) > 1:                          # a sum of digits (exact: tiny integers)
+        if len(slab) > 1:  # a sum of digits (exact: tiny integers)
             xp.add(dst[at[slab[0]]], dst[at[slab[1]]], out=dst[p])
             for i in slab[2:]:
                 xp.add(dst[p], dst[at[i]], out=dst[p])
 
 
-SPLIT_BLOCK = 2 ** 16
+SPLIT_BLOCK = 2**16
 """Elements per block of the NumPy digit split (measured best between 2^15 and 2^17)."""
 
 
@@ -281,8 +289,8 @@ def contract(xp, left, right, scheme: Scheme, kc: int, check: bool = True):
     for c in range(left.shape[-3]):
         lc, rc = left[..., c, :, :], right[..., c, :, :]
         for (l0, l1), (r0, r1), mult in scheme.gemms:
-            xp.matmul(lc[..., l0 * kc:l1 * kc], rc[..., r0 * kc:r1 * kc, :], out=g)
-            if acc is None and mult == 1:          # exact: |G| <= 2^53; negative -> two's complement
+            xp.matmul(lc[..., l0 * kc : l1 * kc], rc[..., r0 * kc : r1 * kc, :], out=g)
+            if acc is None and mult == 1:  # exact: |G| <= 2^53; negative -> two's complement
                 acc = g.astype(I64).view(U64)
                 continue
             xp.copyto(gi.view(I64), g, casting="unsafe")
@@ -293,7 +301,7 @@ def contract(xp, left, right, scheme: Scheme, kc: int, check: bool = True):
             if acc is None:
                 acc = gi.copy()
             else:
-                xp.add(acc, gi, out=acc)           # wraps mod 2^64
+                xp.add(acc, gi, out=acc)  # wraps mod 2^64
     return acc
 
 

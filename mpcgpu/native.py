@@ -20,6 +20,7 @@ per machine; this module only computes.
 NumPy arrays only (the GPU keeps the limbs).  ``available()`` says whether numba
 imports; compiled kernels are cached on disk (``cache=True``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,7 +35,7 @@ RED_BLOCK = 1024
 #: below this many rows of A, a B that is not already transposed is used as it is (the
 #: row-update kernel) rather than transposed for the faster dot-product kernel
 MIN_ROWS_TO_TRANSPOSE = 16
-IMAGE_BLOCK_BYTES = 64 * 2 ** 20
+IMAGE_BLOCK_BYTES = 64 * 2**20
 _KERNELS = None
 _WHY = None
 
@@ -44,7 +45,7 @@ def numba_jit():
     bounds checks, GIL released), or ``(None, why)`` where numba does not import."""
     try:
         import numba
-    except Exception as exc:                      # ImportError, or a broken LLVM
+    except Exception as exc:  # ImportError, or a broken LLVM
         return None, f"numba is not available ({exc.__class__.__name__}: {exc})"
     return numba.njit(cache=True, boundscheck=False, nogil=True), None
 
@@ -61,6 +62,8 @@ def _compile():
     # Loops index row slices with ``range(length)`` so that numba emits no negative-index
     # fix-up, which would keep LLVM from vectorising (64-bit multiplies: ``vpmullq``).
 
+    # the unrolled 4 x 4 tile reads best one row of the tile per line
+    # fmt: off
     @jit
     def nt(a, bt, c):
         """``c += a @ bt.T``: every ``c[i, j]`` a dot product of two contiguous rows, in
@@ -140,6 +143,7 @@ def _compile():
                 for j in range(n):
                     c0[j] += x0 * b0[j]
 
+    # fmt: on
     _KERNELS = (nt, nn)
     return _KERNELS
 
@@ -196,7 +200,7 @@ def matmul(a, b):
     batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
     if not batch:
         out = gemm(a2, b2)
-    elif b2.ndim == 2:                            # fold a's batch into its rows: one GEMM
+    elif b2.ndim == 2:  # fold a's batch into its rows: one GEMM
         out = gemm(a2.reshape(-1, a2.shape[-1]), b2).reshape(*a2.shape[:-1], b2.shape[-1])
         out = np.broadcast_to(out, batch + out.shape[-2:])
     else:
@@ -212,6 +216,7 @@ def matmul(a, b):
 
 # -- convolutions ------------------------------------------------------------------------
 
+
 def _geometry(x_shape, w_shape, stride, padding, groups):
     p = conv_geometry(x_shape, w_shape, stride, padding, groups, ValueError)
     return tuple(p[k] for k in ("n", "c", "h", "w", "o", "cg", "kh", "kw", "sh", "sw", "ph", "pw", "g", "ho", "wo"))
@@ -224,8 +229,8 @@ def _cols(x, g, cg, kh, kw, sh, sw, ph, pw, ho, wo, transposed=False):
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if (ph or pw) else x
     s = xp.strides
     view = np.lib.stride_tricks.as_strided(
-        xp, shape=(n, g, cg, kh, kw, ho, wo),
-        strides=(s[0], cg * s[1], s[1], s[2], s[3], sh * s[2], sw * s[3]))
+        xp, shape=(n, g, cg, kh, kw, ho, wo), strides=(s[0], cg * s[1], s[1], s[2], s[3], sh * s[2], sw * s[3])
+    )
     if transposed:
         return np.ascontiguousarray(view.transpose(1, 2, 3, 4, 0, 5, 6)).reshape(g, cg * kh * kw, n * ho * wo)
     return np.ascontiguousarray(view.transpose(1, 0, 5, 6, 2, 3, 4)).reshape(g, n * ho * wo, cg * kh * kw)
@@ -241,11 +246,11 @@ def conv2d(x, w, stride=1, padding=0, groups=1):
     x, w = np.asarray(x).view(U64), np.asarray(w).view(U64)
     n, c, h, wd, o, cg, kh, kw, sh, sw, ph, pw, g, ho, wo = _geometry(x.shape, w.shape, stride, padding, groups)
     og, k = o // g, cg * kh * kw
-    wg = np.ascontiguousarray(w.reshape(g, og, k))                         # (G, O/g, K): B^T already
+    wg = np.ascontiguousarray(w.reshape(g, og, k))  # (G, O/g, K): B^T already
     out = np.empty((n, o, ho, wo), dtype=U64)
     for a, b in _blocks(n, g * ho * wo * k * 8):
         cols = _cols(x[a:b], g, cg, kh, kw, sh, sw, ph, pw, ho, wo)
-        res = np.stack([gemm_nt(cols[i], wg[i]) for i in range(g)])        # (G, nb*Ho*Wo, O/g)
+        res = np.stack([gemm_nt(cols[i], wg[i]) for i in range(g)])  # (G, nb*Ho*Wo, O/g)
         out[a:b] = res.reshape(g, b - a, ho, wo, og).transpose(1, 0, 4, 2, 3).reshape(b - a, o, ho, wo)
     return out
 
@@ -253,16 +258,18 @@ def conv2d(x, w, stride=1, padding=0, groups=1):
 def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, groups=1):
     """``dw = grad_out^T @ im2col(x)`` per group, mod 2^64 (uint64, ``weight_shape``)."""
     x, gy = np.asarray(x).view(U64), np.asarray(grad_out).view(U64)
-    n, c, h, wd, o, cg, kh, kw, sh, sw, ph, pw, g, ho, wo = _geometry(x.shape, tuple(weight_shape), stride,
-                                                                     padding, groups)
+    n, c, h, wd, o, cg, kh, kw, sh, sw, ph, pw, g, ho, wo = _geometry(
+        x.shape, tuple(weight_shape), stride, padding, groups
+    )
     if tuple(gy.shape) != (n, o, ho, wo):
         raise ValueError(f"conv2d_grad_weight: grad_out has shape {gy.shape}, expected {(n, o, ho, wo)}")
     og, k = o // g, cg * kh * kw
     dw = np.zeros((g, og, k), dtype=U64)
     for a, b in _blocks(n, g * ho * wo * k * 8):
-        cols_t = _cols(x[a:b], g, cg, kh, kw, sh, sw, ph, pw, ho, wo, transposed=True)   # (G, K, M)
+        cols_t = _cols(x[a:b], g, cg, kh, kw, sh, sw, ph, pw, ho, wo, transposed=True)  # (G, K, M)
         gyt = np.ascontiguousarray(gy[a:b].reshape(b - a, g, og, ho * wo).transpose(1, 2, 0, 3)).reshape(
-            g, og, (b - a) * ho * wo)                                     # (G, O/g, M)
+            g, og, (b - a) * ho * wo
+        )  # (G, O/g, M)
         for i in range(g):
             gemm_nt(gyt[i], cols_t[i], out=dw[i])
     return dw.reshape(tuple(weight_shape))
@@ -271,27 +278,38 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, groups=1)
 def conv2d_grad_input(grad_out, w, input_shape, stride=1, padding=0, groups=1):
     """The transposed convolution: ``col2im(grad_out @ W)`` per group, mod 2^64."""
     gy, w = np.asarray(grad_out).view(U64), np.asarray(w).view(U64)
-    n, c, h, wd, o, cg, kh, kw, sh, sw, ph, pw, g, ho, wo = _geometry(tuple(input_shape), w.shape, stride,
-                                                                     padding, groups)
+    n, c, h, wd, o, cg, kh, kw, sh, sw, ph, pw, g, ho, wo = _geometry(
+        tuple(input_shape), w.shape, stride, padding, groups
+    )
     if tuple(gy.shape) != (n, o, ho, wo):
         raise ValueError(f"conv2d_grad_input: grad_out has shape {gy.shape}, expected {(n, o, ho, wo)}")
     og, k = o // g, cg * kh * kw
-    wgt = np.ascontiguousarray(w.reshape(g, og, k).transpose(0, 2, 1))   # (G, K, O/g): B^T
+    wgt = np.ascontiguousarray(w.reshape(g, og, k).transpose(0, 2, 1))  # (G, K, O/g): B^T
     dx = np.zeros((n, g, cg, h + 2 * ph, wd + 2 * pw), dtype=U64)
     for a, b in _blocks(n, g * ho * wo * k * 8):
         m = b - a
         rows = np.ascontiguousarray(gy[a:b].reshape(m, g, og, ho * wo).transpose(1, 0, 3, 2)).reshape(
-            g, m * ho * wo, og)                                           # (G, M, O/g)
-        cols = np.stack([gemm_nt(rows[i], wgt[i]) for i in range(g)])      # (G, M, K)
+            g, m * ho * wo, og
+        )  # (G, M, O/g)
+        cols = np.stack([gemm_nt(rows[i], wgt[i]) for i in range(g)])  # (G, M, K)
         cols = cols.reshape(g, m, ho, wo, cg, kh, kw)
         tgt_all = dx[a:b]
-        for i in range(kh):                                               # col2im: wrapping adds
+        for i in range(kh):  # col2im: wrapping adds
             for j in range(kw):
-                tgt = tgt_all[:, :, :, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw]
+                tgt = tgt_all[:, :, :, i : i + (ho - 1) * sh + 1 : sh, j : j + (wo - 1) * sw + 1 : sw]
                 np.add(tgt, cols[:, :, :, :, :, i, j].transpose(1, 0, 4, 2, 3), out=tgt)
-    dx = dx[:, :, :, ph:ph + h, pw:pw + wd]
+    dx = dx[:, :, :, ph : ph + h, pw : pw + wd]
     return np.ascontiguousarray(dx).reshape(n, c, h, wd)
 
 
-__all__ = ["numba_jit", "available", "why_not", "gemm", "gemm_nt", "matmul", "conv2d", "conv2d_grad_input",
-           "conv2d_grad_weight"]
+__all__ = [
+    "numba_jit",
+    "available",
+    "why_not",
+    "gemm",
+    "gemm_nt",
+    "matmul",
+    "conv2d",
+    "conv2d_grad_input",
+    "conv2d_grad_weight",
+]

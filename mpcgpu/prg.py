@@ -22,6 +22,7 @@ From the two streams a party derives
 
 Words are generated on the host and moved to the back end explicitly.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,6 +46,7 @@ def fresh_key() -> bytes:
 def seeded_key(seed: str, label: str) -> bytes:
     """A key derived from a public seed: REPRODUCIBLE AND INSECURE (tests only)."""
     import hashlib
+
     return hashlib.sha256(f"mpcgpu-insecure:{seed}:{label}".encode()).digest()[:KEY_BYTES]
 
 

@@ -4,6 +4,7 @@ share step counts bytes.
 On a terminal the line is redrawn in place (at most every ``every`` seconds); in a log
 file (SLURM, CI) a new line is written at most every 10 seconds or 10% of the work, so
 logs stay short."""
+
 from __future__ import annotations
 
 import sys
@@ -15,8 +16,16 @@ class Progress:
 
     ``unit`` and ``scale`` format the counts (``unit="MiB", scale=2**20`` for bytes)."""
 
-    def __init__(self, total: int, label: str, enabled: bool = True, stream=None, every: float = 0.5,
-                 unit: str = "", scale: float = 1.0):
+    def __init__(
+        self,
+        total: int,
+        label: str,
+        enabled: bool = True,
+        stream=None,
+        every: float = 0.5,
+        unit: str = "",
+        scale: float = 1.0,
+    ):
         self.total, self.label, self.enabled = max(int(total), 1), label, enabled
         self.stream = stream or sys.stderr
         self.unit, self.scale = unit, float(scale)
@@ -53,8 +62,10 @@ class Progress:
         end = "\n" if finished or not self.tty else ""
         start = "\r" if self.tty else ""
         unit = f" {self.unit}" if self.unit else ""
-        self.stream.write(f"{start}{self.label} [{bar}] {self._count(self.done)}/{self._count(self.total)}{unit} "
-                          f"{elapsed:6.1f}s elapsed, {eta:6.1f}s left {extra}{end}")
+        self.stream.write(
+            f"{start}{self.label} [{bar}] {self._count(self.done)}/{self._count(self.total)}{unit} "
+            f"{elapsed:6.1f}s elapsed, {eta:6.1f}s left {extra}{end}"
+        )
         self.stream.flush()
         self._open = self.tty and not finished
 

@@ -39,6 +39,7 @@ Scratch memory: on NumPy, split operands of one call live in reusable
 scratch buffers (see :func:`mpcgpu.limbs.scratch`; ``limbs.release_scratch()``
 frees them); results and Presplit layouts never alias them.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,21 @@ import numpy as np  # dtypes and constants only
 from . import kernels, native
 from .backend import array_module
 from .geometry import conv_geometry
-from .limbs import (F64, K22, U64, W16, W22, Scheme, _broadcast_shapes, chunking, contract,
-                    release_scratch, scheme_named, scratch, split)
+from .limbs import (
+    F64,
+    K22,
+    U64,
+    W16,
+    W22,
+    Scheme,
+    _broadcast_shapes,
+    chunking,
+    contract,
+    release_scratch,
+    scheme_named,
+    scratch,
+    split,
+)
 
 __all__ = ["matmul", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "presplit", "Presplit", "kernel"]
 
@@ -60,13 +74,16 @@ shapes here, never much slower; W16 (10 products) is slower everywhere."""
 
 # --------------------------------------------------------------------------- kernel choice
 
+
 def kernel() -> dict:
     """The kernel of CPU products in this process (:mod:`mpcgpu.kernels`): the float64 limbs
     or the native integer GEMM, chosen per machine; ``{"kernel", "why", "seconds"}``."""
+
     def limb_matmul(a, b):
         out = matmul(a, b, scheme=DEFAULT_SCHEME)
         release_scratch()
         return out
+
     return kernels.choice({"limbs": limb_matmul, "native": native.gemm})
 
 
@@ -76,6 +93,7 @@ def _native(xp, scheme) -> bool:
 
 
 # --------------------------------------------------------------------------- operands
+
 
 def _ring(a):
     """uint64 view of a ring array (uint64 or int64); anything else is a TypeError."""
@@ -167,6 +185,7 @@ def _cached(op, key, build):
 
 # --------------------------------------------------------------------------- matrix layouts
 
+
 def _pad_axis(xp, a, axis, length):
     """``a`` zero-padded at the end of ``axis`` to ``length`` (``a`` itself if already that long)."""
     axis %= a.ndim
@@ -212,6 +231,7 @@ def _matrix_layout(xp, op, side, scheme, nc, kc):
         if side == "left":
             return split_left(xp, arr if arr.ndim > 1 else arr[None, :], scheme, nc, kc, persist)
         return split_right(xp, arr if arr.ndim > 1 else arr[:, None], scheme, nc, kc, persist)
+
     return _cached(op, (side, scheme.name, nc, kc), build)
 
 
@@ -219,7 +239,7 @@ def _matrix_layout(xp, op, side, scheme, nc, kc):
 
 INTEGER_FALLBACK = True
 """NumPy only: let tiny and matrix-vector products use NumPy's integer matmul."""
-INTEGER_MACS = 2 ** 18
+INTEGER_MACS = 2**18
 """... namely products of at most this many multiply-adds (and the skinny ones below)."""
 
 
@@ -228,7 +248,7 @@ def _integer_is_faster(xp, a, b, macs, out_shape):
     of Python overhead of the limb path dominate, and on matrix-vector shapes whose
     large operand would have to be split first (measured; see benchmarks/ring.py)."""
     if not INTEGER_FALLBACK or getattr(xp, "__name__", "") != "numpy":
-        return False                         # on a GPU the float64 path always wins
+        return False  # on a GPU the float64 path always wins
     if macs <= INTEGER_MACS:
         return True
     skinny = len(out_shape) < 2 or min(out_shape[-2:]) <= 2
@@ -255,7 +275,7 @@ def matmul(a, b, *, scheme=None):
     kb = rb.shape[-2] if rb.ndim > 1 else rb.shape[0]
     if k != kb:
         raise ValueError(f"matmul: reduction lengths differ: {ra.shape} @ {rb.shape}")
-    m_shape = ra.shape[:-1]                  # () for 1-D a
+    m_shape = ra.shape[:-1]  # () for 1-D a
     n_shape = rb.shape[-1:] if rb.ndim > 1 else ()
     batch = _broadcast_shapes(ra.shape[:-2], rb.shape[:-2])
     out_shape = batch + m_shape[-1:] + n_shape
@@ -264,17 +284,18 @@ def matmul(a, b, *, scheme=None):
     if _native(xp, scheme):
         return native.matmul(ra, rb)
     if scheme is None and _integer_is_faster(xp, a, b, math.prod(out_shape) * k, out_shape):
-        return xp.matmul(ra, rb)             # NumPy's integer matmul wraps mod 2^64: exact
+        return xp.matmul(ra, rb)  # NumPy's integer matmul wraps mod 2^64: exact
     scheme = scheme_named(scheme or DEFAULT_SCHEME)
     nc, kc = chunking(k, scheme.kmax)
     if rb.ndim <= 2 and ra.ndim > 2 and not isinstance(a, Presplit):
-        a = ra.reshape(-1, k)               # fold a's batch into M: one large GEMM per group
+        a = ra.reshape(-1, k)  # fold a's batch into M: one large GEMM per group
     left = _matrix_layout(xp, a, "left", scheme, nc, kc)
     right = _matrix_layout(xp, b, "right", scheme, nc, kc)
     return contract(xp, left, right, scheme, kc).reshape(out_shape)
 
 
 # --------------------------------------------------------------------------- convolutions
+
 
 def _conv_geometry(x_shape, w_shape, stride, padding, groups):
     return conv_geometry(x_shape, w_shape, stride, padding, groups, ValueError)
@@ -305,6 +326,7 @@ def _conv_weight_layout(xp, w, groups, scheme, nc, cc, kc):
 
     def build(arr, persist):
         return split_left(xp, arr.reshape(g, o // g, cg * kh * kw), scheme, nc, kc, persist)
+
     return _cached(w, ("conv", scheme.name, g, nc, kc), build)
 
 
@@ -315,7 +337,7 @@ def _digit_image(xp, x5, scheme, side, shape, pad):
     img.fill(0)
     n, g, cg, h, w = x5.shape
     ph, pw = pad
-    split(xp, x5, img[:, :n, :, :cg, ph:ph + h, pw:pw + w], scheme, side)
+    split(xp, x5, img[:, :n, :, :cg, ph : ph + h, pw : pw + w], scheme, side)
     return img
 
 
@@ -325,7 +347,7 @@ def _windows(xp, img, shape, steps):
     return xp.lib.stride_tricks.as_strided(img, shape=shape, strides=tuple(s * item for s in steps))
 
 
-BLOCK_BYTES = 64 * 2 ** 20
+BLOCK_BYTES = 64 * 2**20
 """Images are processed in blocks whose float64 im2col stays near this size (bounded memory)."""
 
 
@@ -371,11 +393,13 @@ def _conv2d_block(xp, x, left, p, sc, nc, cc, kc):
     n = x.shape[0]
     g, og, kh, kw, ho, wo, d = p["g"], p["og"], p["kh"], p["kw"], p["ho"], p["wo"], len(sc.right)
     hp, wp = p["h"] + 2 * p["ph"], p["w"] + 2 * p["pw"]
-    img = _digit_image(xp, x.reshape(n, g, p["cg"], p["h"], p["w"]), sc, "right",
-                       (n, g, nc * cc, hp, wp), (p["ph"], p["pw"]))
+    img = _digit_image(
+        xp, x.reshape(n, g, p["cg"], p["h"], p["w"]), sc, "right", (n, g, nc * cc, hp, wp), (p["ph"], p["pw"])
+    )
     s = [st // 8 for st in img.strides]
-    view = _windows(xp, img, (d, n, g, nc, cc, kh, kw, ho, wo),
-                    (s[0], s[1], s[2], cc * s[3], s[3], wp, 1, p["sh"] * wp, p["sw"]))
+    view = _windows(
+        xp, img, (d, n, g, nc, cc, kh, kw, ho, wo), (s[0], s[1], s[2], cc * s[3], s[3], wp, 1, p["sh"] * wp, p["sw"])
+    )
     cols = scratch(xp, "cols", (g, nc, d, cc, kh, kw, n, ho, wo))
     cols[...] = view.transpose(2, 3, 0, 4, 5, 6, 1, 7, 8)
     out = contract(xp, left, cols.reshape(g, nc, d * kc, n * ho * wo), sc, kc)
@@ -400,15 +424,15 @@ def conv2d_grad_input(grad_out, w, input_shape, stride=1, padding=0, groups=1, *
     p = _conv_geometry(tuple(input_shape), w.shape, stride, padding, groups)
     n, g, og, ho, wo = p["n"], p["g"], p["og"], p["ho"], p["wo"]
     if tuple(gy.shape) != (n, p["o"], ho, wo):
-        raise ValueError(f"conv2d_grad_input: grad_out has shape {gy.shape}, "
-                         f"expected {(n, p['o'], ho, wo)}")
+        raise ValueError(f"conv2d_grad_input: grad_out has shape {gy.shape}, expected {(n, p['o'], ho, wo)}")
     sc = scheme_named(scheme or DEFAULT_SCHEME)
     nc, kc = chunking(og, sc.kmax)
     k = p["cg"] * p["kh"] * p["kw"]
     blocks = _image_blocks(n, (len(sc.right) * nc * kc + 3 * k) * g * ho * wo * 8)
 
-    def build(arr, persist):                 # W^T per group: (G, K, O/groups), reduction O/groups
+    def build(arr, persist):  # W^T per group: (G, K, O/groups), reduction O/groups
         return split_left(xp, arr.reshape(g, og, k).swapaxes(-1, -2), sc, nc, kc, persist)
+
     left = _cached(_weight_operand(w, len(blocks)), ("convT", sc.name, g, nc, kc), build)
     if len(blocks) == 1:
         return _grad_input_block(xp, gy, left, p, sc, nc, kc)
@@ -425,22 +449,22 @@ def _grad_input_block(xp, gy, left, p, sc, nc, kc):
     cols = contract(xp, left, split_right(xp, rhs, sc, nc, kc, persist=False), sc, kc)
     cols = cols.reshape(g, cg, kh, kw, n, ho, wo)
     dx = xp.zeros((n, g, cg, p["h"] + 2 * ph, p["w"] + 2 * pw), dtype=U64)
-    for i in range(kh):                                   # col2im: wrapping integer adds
+    for i in range(kh):  # col2im: wrapping integer adds
         for j in range(kw):
-            tgt = dx[:, :, :, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw]
+            tgt = dx[:, :, :, i : i + (ho - 1) * sh + 1 : sh, j : j + (wo - 1) * sw + 1 : sw]
             xp.add(tgt, cols[:, :, i, j].transpose(2, 0, 1, 3, 4), out=tgt)
-    dx = dx[:, :, :, ph:ph + p["h"], pw:pw + p["w"]]
+    dx = dx[:, :, :, ph : ph + p["h"], pw : pw + p["w"]]
     return xp.ascontiguousarray(dx).reshape(n, p["c"], p["h"], p["w"])
 
 
 def _row_chunks(n, ho, wo, kmax):
     """Chunk the reduction over (images, output rows, columns): -> (nN, nb, nH, hb) or None."""
-    if ho * wo <= kmax:                      # whole images per chunk
+    if ho * wo <= kmax:  # whole images per chunk
         nn_, nb = chunking(n, kmax // (ho * wo))
         return nn_, nb, 1, ho
     if wo > kmax:
         return None
-    nh, hb = chunking(ho, kmax // wo)        # one image, hb rows per chunk
+    nh, hb = chunking(ho, kmax // wo)  # one image, hb rows per chunk
     return n, 1, nh, hb
 
 
@@ -460,10 +484,9 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, groups=1,
     p = _conv_geometry(rx.shape, tuple(weight_shape), stride, padding, groups)
     n, g, ho, wo = p["n"], p["g"], p["ho"], p["wo"]
     if tuple(gy.shape) != (n, p["o"], ho, wo):
-        raise ValueError(f"conv2d_grad_weight: grad_out has shape {gy.shape}, "
-                         f"expected {(n, p['o'], ho, wo)}")
+        raise ValueError(f"conv2d_grad_weight: grad_out has shape {gy.shape}, expected {(n, p['o'], ho, wo)}")
     sc = _fit(scheme_named(scheme or DEFAULT_SCHEME), wo, "conv2d_grad_weight: output width")
-    per_chunk = max(1, sc.kmax // (ho * wo))                # images per reduction chunk
+    per_chunk = max(1, sc.kmax // (ho * wo))  # images per reduction chunk
     k = p["cg"] * p["kh"] * p["kw"]
     dw = None
     for a, b in _image_blocks(n, len(sc.left) * (k + p["og"]) * g * ho * wo * 8, per_chunk):
@@ -480,11 +503,14 @@ def _grad_weight_block(xp, x, gy, p, sc):
     sh, sw, ph, pw = p["sh"], p["sw"], p["ph"], p["pw"]
     # left: cols (K, N*Ho*Wo) per group, gathered from the digits of x
     hx, wx = max(p["h"] + 2 * ph, (nh * hb - 1) * sh + kh), p["w"] + 2 * pw
-    img = _digit_image(xp, x.reshape(n, g, cg, p["h"], p["w"]), sc, "left",
-                       (nn_ * nb, g, cg, hx, wx), (ph, pw))
+    img = _digit_image(xp, x.reshape(n, g, cg, p["h"], p["w"]), sc, "left", (nn_ * nb, g, cg, hx, wx), (ph, pw))
     s = [st // 8 for st in img.strides]
-    view = _windows(xp, img, (dl, nn_, nb, g, cg, kh, kw, nh, hb, wo),
-                    (s[0], nb * s[1], s[1], s[2], s[3], wx, 1, hb * sh * wx, sh * wx, sw))
+    view = _windows(
+        xp,
+        img,
+        (dl, nn_, nb, g, cg, kh, kw, nh, hb, wo),
+        (s[0], nb * s[1], s[1], s[2], s[3], wx, 1, hb * sh * wx, sh * wx, sw),
+    )
     cols = scratch(xp, "cols", (g, nn_, nh, cg, kh, kw, dl, nb, hb, wo))
     cols[...] = view.transpose(3, 1, 7, 4, 5, 6, 0, 2, 8, 9)
     left = cols.reshape(g, nn_ * nh, k, dl * kc)

@@ -7,6 +7,7 @@ Start-up costs one round: each party sends its fresh 16-byte key ``k_i`` to
 party ``i-1`` (see :mod:`mpcgpu.prg`).  The counters are reset afterwards, so
 ``comm_stats()`` reports only the user's computation.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,14 +35,19 @@ def tune_malloc():
     it off."""
     import ctypes
     import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
     M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4
-    ok = (mallopt(M_MMAP_THRESHOLD, 32 << 20) and mallopt(M_MMAP_MAX, 0)
-          and mallopt(M_TRIM_THRESHOLD, 1 << 30) and mallopt(M_TOP_PAD, 256 << 20))
+    ok = (
+        mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        and mallopt(M_MMAP_MAX, 0)
+        and mallopt(M_TRIM_THRESHOLD, 1 << 30)
+        and mallopt(M_TOP_PAD, 256 << 20)
+    )
     return bool(ok)
 
 
@@ -52,7 +58,7 @@ class Runtime:
         safe_limit(precision)  # validates the number of fractional bits
         self.frac_bits = int(precision)
         mpi_comm = mpi_comm if mpi_comm is not None else world()
-        if mpi_comm.Get_size() != 3:                 # before touching a GPU
+        if mpi_comm.Get_size() != 3:  # before touching a GPU
             raise RankCountError(rank_count_message(mpi_comm.Get_size()))
         self.backend = Backend(device)
         self.xp = self.backend.xp
@@ -62,16 +68,20 @@ class Runtime:
         self.rank = self.comm.rank
         self.insecure_seed = os.environ.get(INSECURE_SEED_ENV) or None
         seed = self.insecure_seed
-        own = numpy.frombuffer(seeded_key(seed, f"pair{self.rank}") if seed else fresh_key(),
-                               dtype=numpy.uint8).copy()
-        from_next = self.comm.exchange({self.comm.prev: own},
-                                       {self.comm.next: (own.shape, own.dtype)})[self.comm.next]
+        own = numpy.frombuffer(seeded_key(seed, f"pair{self.rank}") if seed else fresh_key(), dtype=numpy.uint8).copy()
+        from_next = self.comm.exchange({self.comm.prev: own}, {self.comm.next: (own.shape, own.dtype)})[self.comm.next]
         next_key = bytes(self.backend.to_host(from_next))
-        self.prg = PartyPRG(own.tobytes(), next_key, to_device=self.backend.to_device,
-                            local_key=seeded_key(seed, f"local{self.rank}") if seed else None)
+        self.prg = PartyPRG(
+            own.tobytes(),
+            next_key,
+            to_device=self.backend.to_device,
+            local_key=seeded_key(seed, f"local{self.rank}") if seed else None,
+        )
         if seed and self.rank == 0:
-            sys.stderr.write(f"mpcgpu: WARNING: {INSECURE_SEED_ENV} is set: every mask is reproducible "
-                             "from it and NOTHING is private (reproducibility tests only)\n")
+            sys.stderr.write(
+                f"mpcgpu: WARNING: {INSECURE_SEED_ENV} is set: every mask is reproducible "
+                "from it and NOTHING is private (reproducibility tests only)\n"
+            )
         self.comm.reset_stats()
         self._role_calls = 0
 
@@ -97,8 +107,10 @@ class Runtime:
 
     def describe(self) -> str:
         insecure = f", INSECURE reproducible keys ({INSECURE_SEED_ENV})" if self.insecure_seed else ""
-        return (f"party {self.rank}/3 on {self.backend.describe()}, {self.frac_bits} fractional bits, "
-                f"CUDA-aware MPI: {self.comm.cuda_aware}{insecure}")
+        return (
+            f"party {self.rank}/3 on {self.backend.describe()}, {self.frac_bits} fractional bits, "
+            f"CUDA-aware MPI: {self.comm.cuda_aware}{insecure}"
+        )
 
 
 def init(device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None, excepthook: bool = True) -> Runtime:
@@ -113,12 +125,16 @@ def init(device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None, excepth
     global _RUNTIME
     if _RUNTIME is not None:
         if precision != _RUNTIME.frac_bits:
-            raise MPCError(f"mpcgpu is already initialised with {_RUNTIME.frac_bits} fractional bits; "
-                           f"cannot switch to {precision} in the same process")
+            raise MPCError(
+                f"mpcgpu is already initialised with {_RUNTIME.frac_bits} fractional bits; "
+                f"cannot switch to {precision} in the same process"
+            )
         wanted = Backend.requested_device(device)
         if wanted not in ("auto", _RUNTIME.backend.name):
-            raise MPCError(f"mpcgpu is already initialised on {_RUNTIME.backend.describe()}; "
-                           f"cannot switch to device {wanted!r} in the same process")
+            raise MPCError(
+                f"mpcgpu is already initialised on {_RUNTIME.backend.describe()}; "
+                f"cannot switch to device {wanted!r} in the same process"
+            )
         return _RUNTIME
     if excepthook:
         install_excepthook()
@@ -160,7 +176,7 @@ def install_excepthook():
             sys.stdout.flush()
         except Exception:
             pass
-        _write_fully(2, report.encode(errors="replace"))   # one unbuffered write, before any abort
+        _write_fully(2, report.encode(errors="replace"))  # one unbuffered write, before any abort
         if isinstance(value, RankCountError):
             os._exit(1)  # every rank detects this by itself: nothing to abort
         # let the launcher forward what was just written (and the other parties print the same

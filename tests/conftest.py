@@ -8,6 +8,7 @@ Under ``mpiexec -n 3 python -m pytest --only-mpi`` (see tests/run.sh):
   other ranks would otherwise wait in a collective forever);
 * pytest-timeout (thread method) catches a deadlock inside a blocked MPI call.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,6 +24,7 @@ def _world():
     if _WORLD is None:
         try:
             from mpi4py import MPI
+
             _WORLD = MPI.COMM_WORLD
         except Exception:  # pragma: no cover
             _WORLD = False
@@ -72,6 +74,7 @@ def pytest_runtest_makereport(item, call):
 def rt():
     """The runtime of this party (three MPI ranks, NumPy back end)."""
     import mpcgpu
+
     world = _world()
     if not world or world.Get_size() != 3:
         pytest.skip("needs three MPI ranks")
@@ -82,4 +85,5 @@ def rt():
 def seeded(rt):
     """A NumPy generator with the same seed on every rank (plaintext test data only)."""
     import numpy as np
+
     return np.random.default_rng(12345)

@@ -1,4 +1,5 @@
 """Plaintext references shared by the tests (independent of the code under test)."""
+
 import contextlib
 
 import numpy as np
@@ -16,12 +17,12 @@ def conv2d_ref(x, w, stride=1, padding=0, groups=1):
     out = np.zeros((n, o, ho, wo))
     og = o // groups
     for g in range(groups):
-        xs = xp[:, g * cg:(g + 1) * cg]
-        ws = w[g * og:(g + 1) * og]
+        xs = xp[:, g * cg : (g + 1) * cg]
+        ws = w[g * og : (g + 1) * og]
         for i in range(kh):
             for j in range(kw):
-                patch = xs[:, :, i:i + sh * ho:sh, j:j + sw * wo:sw]   # n, cg, ho, wo
-                out[:, g * og:(g + 1) * og] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
+                patch = xs[:, :, i : i + sh * ho : sh, j : j + sw * wo : sw]  # n, cg, ho, wo
+                out[:, g * og : (g + 1) * og] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
     return out
 
 
@@ -33,12 +34,13 @@ def all_components(rt, s):
 def shared(rt, x, src=0, **kw):
     """Secret-share ``x`` from party ``src`` (every party calls this; only ``src``'s data is used)."""
     from mpcgpu.sharing.arithmetic import share
+
     return share(x if rt.rank == src else None, src=src, **kw)
 
 
 def enc(x, frac_bits=16):
     """The reals a protocol actually receives: ``x`` rounded to the fixed-point grid."""
-    return np.rint(np.asarray(x, dtype=np.float64) * 2.0 ** frac_bits) / 2.0 ** frac_bits
+    return np.rint(np.asarray(x, dtype=np.float64) * 2.0**frac_bits) / 2.0**frac_bits
 
 
 @contextlib.contextmanager
@@ -49,8 +51,7 @@ def recording(comm):
 
     def wrapped(sends=None, recvs=None):
         got = original(sends, recvs)
-        log.append(({p: np.array(a) for p, a in (sends or {}).items()},
-                    {p: np.array(a) for p, a in got.items()}))
+        log.append(({p: np.array(a) for p, a in (sends or {}).items()}, {p: np.array(a) for p, a in got.items()}))
         return got
 
     comm.exchange = wrapped
@@ -87,8 +88,9 @@ def shared_ring(rt, values, rng, scale=0):
     """A sharing of arbitrary ring values (int64/uint64, any magnitude) with random components
     drawn from a generator seeded alike on every rank (test-only; no range check)."""
     from mpcgpu.sharing.arithmetic import ArithmeticShare
+
     x = np.asarray(values).astype(np.int64).view(np.uint64)
-    c0 = rng.integers(0, 2 ** 64, size=x.shape, dtype=np.uint64)
-    c1 = rng.integers(0, 2 ** 64, size=x.shape, dtype=np.uint64)
+    c0 = rng.integers(0, 2**64, size=x.shape, dtype=np.uint64)
+    c1 = rng.integers(0, 2**64, size=x.shape, dtype=np.uint64)
     comps = [c0, c1, x - c0 - c1]
     return ArithmeticShare(comps[rt.rank].copy(), comps[(rt.rank + 1) % 3].copy(), scale, rt)

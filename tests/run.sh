@@ -18,9 +18,11 @@ check() {  # pytest exit 5 means "no tests collected": a failure for us
 }
 SLOW=()
 [ "${RUN_SLOW:-0}" = "1" ] || SLOW=(-m "not slow")
-echo "== lint (ruff)"
+echo "== lint and format (ruff)"
 "$PY" -m ruff check .
 check $? "lint"
+"$PY" -m ruff format --check .
+check $? "format (run: ruff format .)"
 echo "== single-process tests"
 timeout -k 10 1200 "$PY" -m pytest -q -p no:cacheprovider --timeout=600 "${SLOW[@]}" "$@" tests
 check $? "single-process tests"

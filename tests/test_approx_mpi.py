@@ -8,6 +8,7 @@ its documented / planned count, and the bytes summed over the three parties equa
 truncation (T) counts, so no extra exchange -- a reveal, say -- can hide inside.  Reveals are also disabled
 while the protocols run.
 """
+
 import contextlib
 
 import numpy as np
@@ -19,7 +20,7 @@ from reference import enc, shared
 
 pytestmark = pytest.mark.mpi(min_size=3)
 F = 16
-ULP = 2.0 ** -F
+ULP = 2.0**-F
 
 
 def log_uniform(rng, lo, hi, n):
@@ -31,8 +32,10 @@ def log_uniform(rng, lo, hi, n):
 @contextlib.contextmanager
 def no_reveal():
     """Any reveal inside the block is a test failure (protocols must not open values)."""
+
     def forbidden(self, *a, **k):
         raise AssertionError("a protocol revealed an intermediate value")
+
     saved = ArithmeticShare.reveal, ArithmeticShare.reveal_raw
     ArithmeticShare.reveal = ArithmeticShare.reveal_raw = forbidden
     try:
@@ -55,6 +58,7 @@ def expected_bytes(n, products, truncations):
 
 # -- exp ------------------------------------------------------------------------------------
 
+
 def test_exp_accuracy_on_minus10_to_5(rt, seeded):
     n = 50_000
     x = enc(seeded.uniform(-10, 5, n))
@@ -66,25 +70,25 @@ def test_exp_accuracy_on_minus10_to_5(rt, seeded):
     got, ref = y.reveal(), np.exp(x)
     err = np.abs(got - ref)
     # relative 1e-3 where e^x is well above the resolution, else a few units in the last place
-    assert (err <= 1e-3 * ref + 2.0 ** -14).all(), np.max(err / (1e-3 * ref + 2.0 ** -14))
+    assert (err <= 1e-3 * ref + 2.0**-14).all(), np.max(err / (1e-3 * ref + 2.0**-14))
     big = ref > 0.1
     assert np.max(err[big] / ref[big]) < 5e-4
     assert abs(got[0] - 1.0) <= 4 * ULP
 
 
 def test_exp_iterations_and_very_negative_inputs(rt, seeded):
-    for it in (6, 10):   # the domain is x >= -2^iterations; failures grow like x^2 / 2^32
-        lo = -min(2.0 ** it, 64.0)
+    for it in (6, 10):  # the domain is x >= -2^iterations; failures grow like x^2 / 2^32
+        lo = -min(2.0**it, 64.0)
         x = enc(np.concatenate([seeded.uniform(lo, -12, 5000), seeded.uniform(-4, 4, 5000)]))
         x[0] = lo
         y, rounds, _ = run(rt, approx.exp, shared(rt, x), iterations=it)
         assert rounds == 2 * (it + 1)
         got, ref = y.reveal(), np.exp(x)
         small = x < -12
-        assert np.abs(got[small]).max() <= 2.0 ** -14          # e^x below the resolution: ~0
+        assert np.abs(got[small]).max() <= 2.0**-14  # e^x below the resolution: ~0
         # the documented bound: relative x^3 / (6 * 4^n) from the approximation, plus rounding
         xs, gs, rs = x[~small], got[~small], ref[~small]
-        bound = (np.abs(xs) ** 3 / (6 * 4.0 ** it) * 1.1 + 1e-4) * rs + 4 * ULP
+        bound = (np.abs(xs) ** 3 / (6 * 4.0**it) * 1.1 + 1e-4) * rs + 4 * ULP
         assert (np.abs(gs - rs) <= bound).all()
 
 
@@ -98,6 +102,7 @@ def test_exp_method_and_shapes(rt, seeded):
 
 # -- reciprocal -----------------------------------------------------------------------------
 
+
 def test_reciprocal_accuracy_on_default_domain(rt, seeded):
     n = 50_000
     x = log_uniform(seeded, 1e-2, 1e3, n)
@@ -109,7 +114,7 @@ def test_reciprocal_accuracy_on_default_domain(rt, seeded):
     err = np.abs(got - ref)
     # 1e-3 relative, except that 1/x is only a few dozen units in the last place near 1e3
     assert (err <= 1e-3 * ref + 2 * ULP).all(), np.max(err / (1e-3 * ref + 2 * ULP))
-    fine = ref >= 2.0 ** -5                              # at least 2048 units: truly relative
+    fine = ref >= 2.0**-5  # at least 2048 units: truly relative
     assert np.max(err[fine] / ref[fine]) < 1e-3
     assert np.max(err[~fine]) <= 2 * ULP
 
@@ -131,7 +136,7 @@ def test_reciprocal_iterations_parameter_and_division(rt, seeded):
     assert np.abs(y.reveal() - 1 / x).max() <= 1e-3
     a = enc(seeded.uniform(-5, 5, 5000))
     b = log_uniform(seeded, 0.1, 100, 5000)
-    q = (shared(rt, a) / shared(rt, b)).reveal()          # ArithmeticShare.__truediv__
+    q = (shared(rt, a) / shared(rt, b)).reveal()  # ArithmeticShare.__truediv__
     assert (np.abs(q - a / b) <= 1e-3 * np.abs(a / b) + 1e-3).all()
 
 
@@ -145,6 +150,7 @@ def test_reciprocal_signed(rt, seeded):
 
 
 # -- inv_sqrt, sqrt -------------------------------------------------------------------------
+
 
 def test_inv_sqrt_accuracy_on_default_domain(rt, seeded):
     n = 50_000
@@ -173,6 +179,7 @@ def test_sqrt_and_sqrt_of_zero(rt, seeded):
 
 # -- log ------------------------------------------------------------------------------------
 
+
 def test_log_accuracy_on_default_domain(rt, seeded):
     n = 50_000
     x = log_uniform(seeded, 1e-2, 1e3, n)
@@ -181,7 +188,7 @@ def test_log_accuracy_on_default_domain(rt, seeded):
     assert rounds == plan.rounds
     assert nbytes == expected_bytes(n, plan.products, plan.truncations)
     err = np.abs(y.reveal() - np.log(x))
-    assert err.max() <= 1e-3, err.max()                 # absolute error, as documented
+    assert err.max() <= 1e-3, err.max()  # absolute error, as documented
 
 
 def test_log_narrow_domain(rt, seeded):
@@ -194,6 +201,7 @@ def test_log_narrow_domain(rt, seeded):
 
 # -- softmax --------------------------------------------------------------------------------
 
+
 def softmax_ref(x, axis=-1):
     z = x - x.max(axis=axis, keepdims=True)
     e = np.exp(z)
@@ -202,7 +210,7 @@ def softmax_ref(x, axis=-1):
 
 def test_softmax_shifted_rounds_and_accuracy(rt, seeded):
     x = enc(seeded.uniform(-20, 20, (2000, 10)))
-    z = x - x.max(axis=1, keepdims=True)                 # max-subtracted in the clear
+    z = x - x.max(axis=1, keepdims=True)  # max-subtracted in the clear
     y, rounds, _ = run(rt, approx.softmax_shifted, shared(rt, z), axis=1)
     exp_rounds = approx.exp_cost(8, drop_bits=approx.SOFTMAX_DROP_BITS)["rounds"]
     assert rounds == exp_rounds + approx.plan_reciprocal((0.99, 10.1)).rounds + 2 == 40
@@ -233,10 +241,11 @@ def test_softmax_and_log_softmax_with_private_max(rt, seeded):
 
 # -- the planner ----------------------------------------------------------------------------
 
+
 def test_plans_are_deterministic_and_consistent(rt):
     p = approx.plan_reciprocal()
-    assert approx.plan_reciprocal() is p                 # cached
+    assert approx.plan_reciprocal() is p  # cached
     plans = rt.comm.allgather_object((approx.plan_reciprocal(), approx.plan_inv_sqrt(), approx.plan_log()))
-    assert plans[0] == plans[1] == plans[2]              # every party follows the same plan
+    assert plans[0] == plans[1] == plans[2]  # every party follows the same plan
     with pytest.raises(Exception, match="domain"):
         approx.plan_reciprocal((10, 1))

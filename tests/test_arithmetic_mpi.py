@@ -1,4 +1,5 @@
 """Arithmetic replicated sharing on three real MPI ranks (issue 4)."""
+
 import numpy as np
 import pytest
 
@@ -9,8 +10,8 @@ from reference import all_components, conv2d_ref, received, recording, shared
 
 pytestmark = pytest.mark.mpi(min_size=3)
 F = 16
-ULP = 2.0 ** -F
-LIMIT = 2.0 ** 31
+ULP = 2.0**-F
+LIMIT = 2.0**31
 
 
 def test_share_reveal_exact_including_range_edges(rt, seeded):
@@ -52,14 +53,14 @@ def test_share_and_reveal_costs(rt, seeded):
 
 
 def test_out_of_range_is_an_error_on_every_rank_naming_only_the_party(rt):
-    bad = np.array([1.0, 2.0 ** 31 + 5])
+    bad = np.array([1.0, 2.0**31 + 5])
     for src, value, detail in ((2, bad, "magnitude 2.14748e"), (0, np.array([np.nan]), "NaN")):
         with pytest.raises(EncodingError) as err:
             shared(rt, value, src=src)
         text = str(err.value)
-        if rt.rank == src:                       # the owner of the input sees the details
+        if rt.rank == src:  # the owner of the input sees the details
             assert detail in text
-        else:                                    # the others learn only whose input it was
+        else:  # the others learn only whose input it was
             assert f"party {src}'s input" in text
             assert "NaN" not in text and "2.14" not in text and "magnitude" not in text
             assert set(c for c in text if c.isdigit()) == {str(src)}
@@ -71,12 +72,20 @@ def test_linear_operations(rt, seeded):
     p = seeded.uniform(-100, 100, (5,))
     sx, sy = shared(rt, x), shared(rt, y, src=2)
     cases = {
-        "add": (sx + sy, x + y), "sub": (sx - sy, x - y), "neg": (-sx, -x),
-        "add_pub": (sx + p, x + p), "radd_pub": (p + sx, x + p), "sub_pub": (sx - 7.5, x - 7.5),
-        "rsub_pub": (7.5 - sx, 7.5 - x), "mul_int": (sx * 3, x * 3),
+        "add": (sx + sy, x + y),
+        "sub": (sx - sy, x - y),
+        "neg": (-sx, -x),
+        "add_pub": (sx + p, x + p),
+        "radd_pub": (p + sx, x + p),
+        "sub_pub": (sx - 7.5, x - 7.5),
+        "rsub_pub": (7.5 - sx, 7.5 - x),
+        "mul_int": (sx * 3, x * 3),
         "mul_int_arr": (sx * np.arange(5), x * np.arange(5)),
-        "sum0": (sx.sum(axis=0), x.sum(axis=0)), "sum": (sx.sum(), x.sum()),
-        "T": (sx.T, x.T), "reshape": (sx.reshape(2, 10), x.reshape(2, 10)), "index": (sx[1:3, ::2], x[1:3, ::2]),
+        "sum0": (sx.sum(axis=0), x.sum(axis=0)),
+        "sum": (sx.sum(), x.sum()),
+        "T": (sx.T, x.T),
+        "reshape": (sx.reshape(2, 10), x.reshape(2, 10)),
+        "index": (sx[1:3, ::2], x[1:3, ::2]),
         "concat": (concatenate([sx, sy], axis=1), np.concatenate([x, y], axis=1)),
         "pad": (sx.pad(((1, 0), (0, 2))), np.pad(x, ((1, 0), (0, 2)))),
     }
@@ -100,14 +109,14 @@ def test_mul_many_values(rt, seeded):
         z = sx * sy
     assert m.rounds == 2  # the product's resharing fused with the truncation
     got = z.reveal()
-    ref = encode(x).view(np.int64) * encode(y).view(np.int64) / 2.0 ** 32  # exact product of the encodings
+    ref = encode(x).view(np.int64) * encode(y).view(np.int64) / 2.0**32  # exact product of the encodings
     assert np.abs(got - ref).max() < ULP
     assert np.abs(got - x * y).max() <= 40000 * ULP + 2 * ULP
 
 
 def test_integer_mul_is_exact_mod_2_64(rt, seeded):
-    a = seeded.integers(-2 ** 20, 2 ** 20, 5000)
-    b = seeded.integers(-2 ** 20, 2 ** 20, 5000)
+    a = seeded.integers(-(2**20), 2**20, 5000)
+    b = seeded.integers(-(2**20), 2**20, 5000)
     sa, sb = shared(rt, a, integer=True), shared(rt, b, integer=True)
     with rt.comm.measure() as m:
         z = sa * sb
@@ -121,7 +130,7 @@ def test_mul_broadcasting_and_public_reals(rt, seeded):
     x = seeded.uniform(-50, 50, (3, 1, 4))
     y = seeded.uniform(-50, 50, (5, 1))
     np.testing.assert_allclose((shared(rt, x) * shared(rt, y)).reveal(), x * y, atol=200 * ULP)
-    np.testing.assert_allclose((shared(rt, x) * 0.37).reveal(), x * 0.37, rtol=2.0 ** -28, atol=2 * ULP)
+    np.testing.assert_allclose((shared(rt, x) * 0.37).reveal(), x * 0.37, rtol=2.0**-28, atol=2 * ULP)
     p = seeded.uniform(-50, 50, (1, 5, 1))
     np.testing.assert_allclose((shared(rt, x) * p).reveal(), x * p, atol=50 * ULP)
 
@@ -129,11 +138,11 @@ def test_mul_broadcasting_and_public_reals(rt, seeded):
 def test_public_reals_are_range_checked_and_promote_integers(rt, seeded):
     sx = shared(rt, seeded.uniform(-1, 1, 10))
     with pytest.raises(EncodingError, match="public factor"):
-        sx * 1e15                                        # used to wrap silently
+        sx * 1e15  # used to wrap silently
     with pytest.raises(EncodingError, match="public operand"):
         sx + 1e12
     k = shared(rt, np.arange(10), integer=True)
-    half = k + 0.5                                       # used to round 0.5 to an integer
+    half = k + 0.5  # used to round 0.5 to an integer
     assert half.scale == F
     np.testing.assert_array_equal(half.reveal(), np.arange(10) + 0.5)
     np.testing.assert_allclose((k * 0.25).reveal(), np.arange(10) * 0.25, atol=ULP)
@@ -175,8 +184,9 @@ def test_matmul_costs(rt, seeded):
     assert sorted(sent) == [16 * 200, 16 * 200, 32 * 200] and sum(sent) == 64 * 200
 
 
-@pytest.mark.parametrize("stride,padding,groups", [(1, 0, 1), (1, 1, 1), (2, 1, 1), ((2, 1), (0, 2), 1),
-                                                   (1, 1, 2), (2, 0, 4), (1, 1, 8)])
+@pytest.mark.parametrize(
+    "stride,padding,groups", [(1, 0, 1), (1, 1, 1), (2, 1, 1), ((2, 1), (0, 2), 1), (1, 1, 2), (2, 0, 4), (1, 1, 8)]
+)
 def test_conv2d_cases(rt, seeded, stride, padding, groups):
     x = seeded.uniform(-2, 2, (2, 8, 9, 7))
     w = seeded.uniform(-1, 1, (8, 8 // groups, 3, 3))
@@ -195,7 +205,7 @@ def test_mul_messages_change_and_look_uniform(rt, seeded):
     x = seeded.uniform(-3, 3, 20_000)
     sx, sy = shared(rt, x), shared(rt, x, src=1)
     with recording(rt.comm) as log:
-        for _ in range(6):          # three calls play every role once; then the same roles again
+        for _ in range(6):  # three calls play every role once; then the same roles again
             sx * sy
     runs = [got for _, got in log]
     first_run = [v for d in runs[:6] for v in d.values()]
@@ -222,7 +232,7 @@ def test_no_message_repeats_a_component_the_receiver_holds(rt, seeded, op):
     ker = shared(rt, seeded.uniform(-1, 1, (3, 2, 3, 3)), src=1)
     held = [a for s in (sx, sy, img, ker) for a in (s.first, s.second)]
     with recording(rt.comm) as log:
-        for _ in range(3):            # the truncation's roles rotate: every party opens twice
+        for _ in range(3):  # the truncation's roles rotate: every party opens twice
             if op == "mul":
                 sx * sy
             elif op == "matmul":
@@ -237,7 +247,7 @@ def test_no_message_repeats_a_component_the_receiver_holds(rt, seeded, op):
                 shared(rt, x, src=1)
     got = received(log)
     if op != "share":
-        assert got   # every party receives in these
+        assert got  # every party receives in these
     for v in got:
         for h in held:
             if v.shape == h.shape:

@@ -12,8 +12,25 @@ from reference import all_components, assert_fresh_messages, received, recording
 
 pytestmark = pytest.mark.mpi(min_size=3)
 U64 = np.uint64
-EDGES = np.array([0, 1, 2, 3, 2**32 - 1, 2**32, 2**62, 2**63 - 1, 2**63, 2**63 + 1,
-                  2**64 - 2, 2**64 - 1, 0x5555555555555555, 0xAAAAAAAAAAAAAAAA], dtype=U64)
+EDGES = np.array(
+    [
+        0,
+        1,
+        2,
+        3,
+        2**32 - 1,
+        2**32,
+        2**62,
+        2**63 - 1,
+        2**63,
+        2**63 + 1,
+        2**64 - 2,
+        2**64 - 1,
+        0x5555555555555555,
+        0xAAAAAAAAAAAAAAAA,
+    ],
+    dtype=U64,
+)
 
 
 def words(rng, *shape):
@@ -37,10 +54,8 @@ def arith_of(rt, x, rng, scale=0):
     return ArithmeticShare(comps[i].copy(), comps[(i + 1) % 3].copy(), scale, rt)
 
 
-
-
-
 # -- sharing, reveal, local gates --------------------------------------------------------------
+
 
 def test_share_reveal_from_every_party(rt, seeded):
     x = words(seeded, 1000)
@@ -63,17 +78,25 @@ def test_local_gates_are_free_and_exact(rt, seeded):
     sx, sy = binary_of(rt, x, seeded), binary_of(rt, y, seeded)
     with rt.comm.measure() as m:
         cases = {
-            "xor": (sx ^ sy, x ^ y), "xor_pub": (sx ^ c, x ^ c), "rxor_pub": (c ^ sx, x ^ c),
-            "xor_int": (sx ^ 12345, x ^ U64(12345)), "not": (~sx, ~x),
-            "shl": (sx << 7, x << U64(7)), "shr": (sx >> 63, x >> U64(63)),
-            "and_pub": (sx & c, x & c), "and_int": (sx & 0xFF, x & U64(0xFF)),
-            "or_pub": (sx | c, x | c), "bit5": (sx.bit(5), (x >> U64(5)) & U64(1)),
+            "xor": (sx ^ sy, x ^ y),
+            "xor_pub": (sx ^ c, x ^ c),
+            "rxor_pub": (c ^ sx, x ^ c),
+            "xor_int": (sx ^ 12345, x ^ U64(12345)),
+            "not": (~sx, ~x),
+            "shl": (sx << 7, x << U64(7)),
+            "shr": (sx >> 63, x >> U64(63)),
+            "and_pub": (sx & c, x & c),
+            "and_int": (sx & 0xFF, x & U64(0xFF)),
+            "or_pub": (sx | c, x | c),
+            "bit5": (sx.bit(5), (x >> U64(5)) & U64(1)),
             "not_bits": (sx.bit(0).not_bits(), ((x & U64(1)) ^ U64(1))),
-            "reshape": (sx.reshape(3, 64), x.reshape(3, 64)), "index": (sx[::3, 1], x[::3, 1]),
-            "T": (sx.transpose(), x.T), "concat": (binary.concatenate([sx, sy], axis=1),
-                                                   np.concatenate([x, y], axis=1)),
+            "reshape": (sx.reshape(3, 64), x.reshape(3, 64)),
+            "index": (sx[::3, 1], x[::3, 1]),
+            "T": (sx.transpose(), x.T),
+            "concat": (binary.concatenate([sx, sy], axis=1), np.concatenate([x, y], axis=1)),
             "stack": (binary.stack([sx, sy]), np.stack([x, y])),
-            "public": (binary.public(c), c), "zeros": (binary.zeros((2, 2)), np.zeros((2, 2), U64)),
+            "public": (binary.public(c), c),
+            "zeros": (binary.zeros((2, 2)), np.zeros((2, 2), U64)),
         }
     assert (m.rounds, m.bytes_sent) == (0, 0)
     for name, (s, want) in cases.items():
@@ -105,24 +128,24 @@ def test_public_constant_rule_changes_one_component_in_both_places(rt, seeded, c
     after = all_components(rt, BinaryShare(first, second, rt))
     for party in range(3):
         for slot in (0, 1):
-            held = (party + slot) % 3                       # the component in this slot
+            held = (party + slot) % 3  # the component in this slot
             want = before[party][slot] ^ c if held == component else before[party][slot]
             assert np.array_equal(after[party][slot], want)
     assert np.array_equal(BinaryShare(first, second, rt).reveal(), x ^ c)
     a = arith_of(rt, x, seeded)
     af, as_ = with_public(a.first, a.second, c, rt.rank, np, lambda p, q: p + q, component)
     # every pair of parties reconstructs the same value: the replicas stayed consistent
-    assert all(np.array_equal(v, x + c) for v in rt.comm.allgather_object(
-        ArithmeticShare(af, as_, 0, rt).reveal_raw()))
+    assert all(np.array_equal(v, x + c) for v in rt.comm.allgather_object(ArithmeticShare(af, as_, 0, rt).reveal_raw()))
 
 
 # -- AND ----------------------------------------------------------------------------------------
 
+
 def test_and_exact_one_round(rt, seeded):
     n = 5000
     x, y = words(seeded, n), words(seeded, n)
-    x[:len(EDGES)] = EDGES
-    y[:len(EDGES)] = EDGES[::-1]
+    x[: len(EDGES)] = EDGES
+    y[: len(EDGES)] = EDGES[::-1]
     sx, sy = binary_of(rt, x, seeded), binary_of(rt, y, seeded)
     with rt.comm.measure() as m:
         z = sx & sy
@@ -155,25 +178,27 @@ def test_batched_and_is_one_exchange(rt, seeded):
 
 # -- A2B ----------------------------------------------------------------------------------------
 
+
 def test_a2b_exact_for_arbitrary_ring_values(rt, seeded):
     n = 200_000
     x = words(seeded, n)
-    x[:len(EDGES)] = EDGES
-    x[len(EDGES):len(EDGES) + 1000] = seeded.integers(-500, 500, 1000).astype(np.int64).view(U64)
+    x[: len(EDGES)] = EDGES
+    x[len(EDGES) : len(EDGES) + 1000] = seeded.integers(-500, 500, 1000).astype(np.int64).view(U64)
     s = arith_of(rt, x, seeded)
     with rt.comm.measure() as m:
         b = a2b(s)
     assert m.rounds == 8
-    assert m.bytes_sent == 96 * n    # 8 (adder inputs) + 8 * 11 (Kogge-Stone words), every party
+    assert m.bytes_sent == 96 * n  # 8 (adder inputs) + 8 * 11 (Kogge-Stone words), every party
     assert np.array_equal(b.reveal(), x)
 
 
 def test_a2b_of_fixed_point_shares_and_shapes(rt, seeded):
-    v = seeded.uniform(-2.0**31 + 1, 2.0**31 - 1, (3, 4, 5))
+    v = seeded.uniform(-(2.0**31) + 1, 2.0**31 - 1, (3, 4, 5))
     s = share(v if rt.rank == 1 else None, src=1)
     b = a2b(s)
     assert b.shape == (3, 4, 5)
     from mpcgpu.encoding import encode
+
     assert np.array_equal(b.reveal(), encode(v))
 
 
@@ -187,6 +212,7 @@ def test_a2b_with_trivial_components(rt):
 
 
 # -- security -----------------------------------------------------------------------------------
+
 
 def _bit_frequencies(arrays):
     w = np.concatenate([a.reshape(-1).view(U64) for a in arrays])
@@ -204,9 +230,9 @@ def test_and_messages_are_fresh_uniform_and_new_to_the_receiver(rt, seeded):
             and_(sx, sy)
         logs.append(received(log))
     (a,), (b,) = logs
-    assert np.mean(a == b) < 1e-3                      # masks change call to call
+    assert np.mean(a == b) < 1e-3  # masks change call to call
     held = [sx.first, sx.second, sy.first, sy.second]
-    assert not any(np.any(a == h) for h in held)       # never a word the receiver holds
+    assert not any(np.any(a == h) for h in held)  # never a word the receiver holds
     # worst case for the masking: secret-free all-zero sharings
     zero = binary.zeros((n,))
     with recording(rt.comm) as log:
@@ -225,6 +251,6 @@ def test_a2b_messages_are_fresh_uniform_and_new_to_the_receiver(rt, seeded):
     with recording(rt.comm) as log:
         a2b(ArithmeticShare(z.copy(), z.copy(), 0, rt))
     msgs = received(log)
-    assert len(msgs) == {0: 6, 1: 7, 2: 8}[rt.rank]     # party 2 receives in rounds 1-8, ...
+    assert len(msgs) == {0: 6, 1: 7, 2: 8}[rt.rank]  # party 2 receives in rounds 1-8, ...
     freq, _ = _bit_frequencies(msgs)
     assert np.all(np.abs(freq - 0.5) < 0.05)

@@ -17,9 +17,9 @@ from reference import assert_fresh_messages, received, recording
 pytestmark = pytest.mark.mpi(min_size=3)
 U64 = np.uint64
 F = 16
-ULP = 2.0 ** -F
-LIMIT = 2 ** 47 - 1            # largest encoding of the fixed-point range: 2^31 - 2^-16
-NEG = -(2 ** 62)               # max-pool padding (ring units)
+ULP = 2.0**-F
+LIMIT = 2**47 - 1  # largest encoding of the fixed-point range: 2^31 - 2^-16
+NEG = -(2**62)  # max-pool padding (ring units)
 
 
 @pytest.fixture(autouse=True, params=["fused", "array"])
@@ -27,6 +27,7 @@ def msb_path(request, monkeypatch):
     """Every test runs with the fused CPU kernels of the MSB tree and with the array-module
     code (the GPU path and the reference)."""
     from mpcgpu import fused
+
     if request.param == "array":
         monkeypatch.setenv(fused.ENV, "0")
     elif fused.why_not():
@@ -35,6 +36,7 @@ def msb_path(request, monkeypatch):
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
 
 def words(rng, *shape):
     return rng.integers(0, 2**64, size=shape, dtype=U64, endpoint=False)
@@ -52,9 +54,9 @@ def arith_of(rt, ring, rng, scale=F):
 def fixed(rng, n):
     """Encoded fixed-point values: uniform over the range, small ones, and the edges."""
     x = rng.integers(-LIMIT, LIMIT + 1, size=n, dtype=np.int64)
-    x[1::4] = rng.integers(-2**12, 2**12, size=len(x[1::4]))        # near zero
+    x[1::4] = rng.integers(-(2**12), 2**12, size=len(x[1::4]))  # near zero
     edges = np.array([0, 1, -1, LIMIT, -LIMIT, LIMIT - 1, -LIMIT + 1, 2, -2], dtype=np.int64)
-    x[:len(edges)] = edges
+    x[: len(edges)] = edges
     return x
 
 
@@ -72,7 +74,7 @@ def tree_words(n):
 
 
 def msb_bytes(n):
-    return 8 * (n + tree_words(n))          # 8n in the adder-input rounds + the tree
+    return 8 * (n + tree_words(n))  # 8n in the adder-input rounds + the tree
 
 
 def tree_levels(k):
@@ -94,16 +96,15 @@ def max_tree_bytes(rows, k, rank, onehot=False):
     return total
 
 
-
-
-
 def maxpool_ref(x, k, s, p):
     """Max-pool on int64 NCHW with -2^62 padding: (max, one-hot of the first maximum)."""
     n, c, h, w = x.shape
     xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=NEG)
     ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    wins = np.stack([xp[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
-                     for i in range(k) for j in range(k)], axis=-1)
+    wins = np.stack(
+        [xp[:, :, i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s] for i in range(k) for j in range(k)],
+        axis=-1,
+    )
     idx = wins.argmax(axis=-1)
     return wins.max(axis=-1), np.eye(k * k, dtype=np.int64)[idx]
 
@@ -114,19 +115,21 @@ def maxpool_backward_ref(g, onehot, shape, k, s, p):
     acc = np.zeros((n, c, h + 2 * p, w + 2 * p), dtype=np.int64)
     for i in range(k):
         for j in range(k):
-            acc[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] += g * onehot[..., i * k + j]
-    return acc[:, :, p:p + h, p:p + w]
+            acc[:, :, i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s] += g * onehot[..., i * k + j]
+    return acc[:, :, p : p + h, p : p + w]
 
 
 # -- MSB ---------------------------------------------------------------------------------------
+
 
 def test_fused_and_array_paths_give_the_same_shares(rt, seeded, msb_path, monkeypatch):
     """From the same PRG state both paths produce the same components (hence send the same
     messages): the fused kernels compute the same words."""
     from mpcgpu import fused
+
     if msb_path == "array":
         pytest.skip("one comparison is enough")
-    edges = np.array([0, 1, -1, 2**62, -2**62, 2**63 - 1, -2**63], dtype=np.int64)
+    edges = np.array([0, 1, -1, 2**62, -(2**62), 2**63 - 1, -(2**63)], dtype=np.int64)
     s = arith_of(rt, np.concatenate([edges, words(seeded, 5000).view(np.int64)]), seeded)
     state = rt.prg.state()
     a = msb(s)
@@ -139,8 +142,10 @@ def test_fused_and_array_paths_give_the_same_shares(rt, seeded, msb_path, monkey
 def test_msb_exact_on_the_full_ring(rt, seeded):
     n = 1_000_000
     x = words(seeded, n)
-    x[:12] = np.array([0, 1, 2**63 - 1, 2**63, 2**63 + 1, 2**64 - 1, 2**62, 3 * 2**62,
-                       2**64 - 2**62, 2**32, 2**64 - 2**32, 5], dtype=U64)
+    x[:12] = np.array(
+        [0, 1, 2**63 - 1, 2**63, 2**63 + 1, 2**64 - 1, 2**62, 3 * 2**62, 2**64 - 2**62, 2**32, 2**64 - 2**32, 5],
+        dtype=U64,
+    )
     s = arith_of(rt, x, seeded, scale=0)
     bit = msb(s)
     assert np.array_equal(bit.reveal(), x >> U64(63))
@@ -157,7 +162,7 @@ def test_msb_cost_exact(rt, seeded, n):
 
 
 def test_msb_of_trivial_and_shaped_sharings(rt, seeded):
-    x = seeded.integers(-2**40, 2**40, size=(3, 5, 7)).astype(np.int64)
+    x = seeded.integers(-(2**40), 2**40, size=(3, 5, 7)).astype(np.int64)
     x.flat[:4] = [0, -1, 1, -(2**40)]
     xu = x.view(U64)
     z = np.zeros_like(xu)
@@ -170,6 +175,7 @@ def test_msb_of_trivial_and_shaped_sharings(rt, seeded):
 
 
 # -- bit injection / multiply by a bit -------------------------------------------------------
+
 
 def test_b2a_and_mul_bit_exact_and_costs(rt, seeded):
     n = 10_000
@@ -201,11 +207,12 @@ def test_b2a_and_mul_bit_exact_and_costs(rt, seeded):
 
 # -- comparisons ---------------------------------------------------------------------------------
 
+
 def test_comparisons_exact_on_a_million_pairs(rt, seeded):
     n = 1_000_000
     x, y = fixed(seeded, n), fixed(seeded, n)
-    y[::7] = x[::7]                          # ties
-    y[1::7] = x[1::7] + 1                    # one ulp apart
+    y[::7] = x[::7]  # ties
+    y[1::7] = x[1::7] + 1  # one ulp apart
     y[2::7] = x[2::7] - 1
     y[3::11] = -x[3::11]
     x[:4], y[:4] = [LIMIT, -LIMIT, LIMIT, 0], [-LIMIT, LIMIT, LIMIT, 0]
@@ -236,7 +243,7 @@ def test_all_comparison_flavours_with_shares_and_publics(rt, seeded):
     assert np.array_equal(raw(sv >= 1.5), (v >= 1.5).astype(np.int64))
     pub = y[:1000].astype(np.float64) / 2**F
     assert np.array_equal(raw(compare.gt(sv, pub)), (v > pub).astype(np.int64))
-    assert np.array_equal(raw(2.0 < sv), (v > 2.0).astype(np.int64))      # reflected
+    assert np.array_equal(raw(2.0 < sv), (v > 2.0).astype(np.int64))  # reflected
     # integer shares (scale 0) against public integers
     k = seeded.integers(-100, 100, 1000)
     sk = arith_of(rt, k, seeded, scale=0)
@@ -274,6 +281,7 @@ def test_sign_and_abs(rt, seeded):
 
 # -- ReLU ----------------------------------------------------------------------------------------
 
+
 def test_relu_exact_on_a_million_values(rt, seeded):
     n = 1_000_000
     x = fixed(seeded, n)
@@ -283,7 +291,7 @@ def test_relu_exact_on_a_million_values(rt, seeded):
     assert (m.rounds, m.bytes_sent) == (10, msb_bytes(n) + 24 * n)
     assert np.array_equal(raw(y), np.maximum(x, 0))
     assert y.scale == F and d.scale == 0
-    assert np.array_equal(raw(d), (x > 0).astype(np.int64))      # 0 at exactly 0
+    assert np.array_equal(raw(d), (x > 0).astype(np.int64))  # 0 at exactly 0
 
 
 def test_relu_costs_and_backward_from_the_kept_derivative(rt, seeded):
@@ -293,24 +301,25 @@ def test_relu_costs_and_backward_from_the_kept_derivative(rt, seeded):
     with rt.comm.measure() as m:
         y = s.relu()
     assert (m.rounds, m.bytes_sent) == (10, msb_bytes(n) + 16 * n)
-    assert y.shape == (100, 200) and not hasattr(y, "relu_bits")    # nothing hangs on the result
+    assert y.shape == (100, 200) and not hasattr(y, "relu_bits")  # nothing hangs on the result
     assert np.array_equal(raw(y), np.maximum(x, 0))
     y2, d = s.relu(grad=True)
     assert np.array_equal(raw(y2), raw(y)) and np.array_equal(raw(d), (x > 0).astype(np.int64))
-    g = seeded.integers(-2**20, 2**20, size=(100, 200))
+    g = seeded.integers(-(2**20), 2**20, size=(100, 200))
     sg = arith_of(rt, g, seeded)
     with rt.comm.measure() as m:
-        back = sg * d                                                  # no truncation: d has scale 0
+        back = sg * d  # no truncation: d has scale 0
     assert (m.rounds, m.bytes_sent) == (1, 8 * n)
     assert np.array_equal(raw(back), np.where(x > 0, g, 0))
 
 
 # -- max / min / argmax ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 7, 9, 10, 16, 17])
 def test_max_min_argmax_along_an_axis(rt, seeded, k):
     rows = 300
-    x = seeded.integers(-4, 4, size=(rows, k)).astype(np.int64) * 2**F      # many ties
+    x = seeded.integers(-4, 4, size=(rows, k)).astype(np.int64) * 2**F  # many ties
     x[: rows // 2] = fixed(seeded, rows // 2 * k).reshape(-1, k)
     s = arith_of(rt, x, seeded)
     with rt.comm.measure() as m:
@@ -339,8 +348,9 @@ def test_max_argmax_other_axes(rt, seeded):
         assert np.array_equal(raw(compare.min(s, axis=axis)), x.min(axis=axis)), axis
     for axis in (0, 1, 2):
         idx = x.argmax(axis=axis)
-        want = (np.arange(x.shape[axis]).reshape([-1 if a == axis else 1 for a in range(3)])
-                == np.expand_dims(idx, axis)).astype(np.int64)
+        want = (
+            np.arange(x.shape[axis]).reshape([-1 if a == axis else 1 for a in range(3)]) == np.expand_dims(idx, axis)
+        ).astype(np.int64)
         assert np.array_equal(raw(compare.argmax(s, axis=axis)), want), axis
     flat = np.zeros(x.size, dtype=np.int64)
     flat[x.argmax()] = 1
@@ -349,14 +359,14 @@ def test_max_argmax_other_axes(rt, seeded):
 
 # -- max-pooling --------------------------------------------------------------------------------
 
-POOLS = [(2, 2, 0), (3, 2, 0), (3, 2, 1)]     # AlexNet/VGG 2/2, AlexNet 3/2, ResNet 3/2 pad 1
+POOLS = [(2, 2, 0), (3, 2, 0), (3, 2, 1)]  # AlexNet/VGG 2/2, AlexNet 3/2, ResNet 3/2 pad 1
 
 
 @pytest.mark.parametrize("k,s,p", POOLS)
 def test_max_pool_matches_numpy(rt, seeded, k, s, p):
     shape = (2, 3, 13, 12)
     x = fixed(seeded, int(np.prod(shape))).reshape(shape)
-    x[1] = seeded.integers(-2, 2, size=shape[1:]) * 2**F            # ties everywhere
+    x[1] = seeded.integers(-2, 2, size=shape[1:]) * 2**F  # ties everywhere
     sx = arith_of(rt, x, seeded)
     want, want_oh = maxpool_ref(x, k, s, p)
     ho, wo = want.shape[2:]
@@ -372,7 +382,7 @@ def test_max_pool_matches_numpy(rt, seeded, k, s, p):
     assert np.array_equal(raw(out), want)
     assert oh.shape == want_oh.shape and np.array_equal(raw(oh), want_oh)
     # backward: the window gradient goes to the first maximum
-    g = seeded.integers(-2**20, 2**20, size=want.shape)
+    g = seeded.integers(-(2**20), 2**20, size=want.shape)
     sg = arith_of(rt, g, seeded)
     with rt.comm.measure() as m:
         gin = compare.max_pool2d_backward(sg, oh, shape, k, stride=s, padding=p)
@@ -393,8 +403,12 @@ def test_max_pool_matches_numpy(rt, seeded, k, s, p):
 
 def test_max_pool_network_shapes(rt, seeded):
     """The shapes of the reference networks (batch 1): LeNet/VGG 2/2, ResNet stem 3/2 pad 1."""
-    for shape, (k, s, p) in [((1, 20, 24, 24), (2, 2, 0)), ((1, 64, 16, 16), (3, 2, 1)),
-                             ((1, 64, 8, 8), (2, 2, 0)), ((1, 16, 15, 15), (3, 2, 0))]:
+    for shape, (k, s, p) in [
+        ((1, 20, 24, 24), (2, 2, 0)),
+        ((1, 64, 16, 16), (3, 2, 1)),
+        ((1, 64, 8, 8), (2, 2, 0)),
+        ((1, 16, 15, 15), (3, 2, 0)),
+    ]:
         x = fixed(seeded, int(np.prod(shape))).reshape(shape)
         out = arith_of(rt, x, seeded).max_pool2d(k, s, p)
         assert np.array_equal(raw(out), maxpool_ref(x, k, s, p)[0]), (shape, k, s, p)
@@ -403,6 +417,7 @@ def test_max_pool_network_shapes(rt, seeded):
 def test_max_pool_rejects_bad_geometry(rt):
     s = arith_of(rt, np.zeros((1, 1, 4, 4), dtype=np.int64), np.random.default_rng(0))
     from mpcgpu.errors import ProtocolError
+
     with pytest.raises(ProtocolError):
         s.max_pool2d(2, 2, 2)
     with pytest.raises(ProtocolError):
@@ -411,9 +426,10 @@ def test_max_pool_rejects_bad_geometry(rt):
 
 # -- security -------------------------------------------------------------------------------------
 
+
 def _bit_freq(arrays):
     w = np.concatenate([a.reshape(-1).view(U64) for a in arrays])
-    return (((w[:, None] >> np.arange(64, dtype=U64)) & U64(1)).mean(axis=0))
+    return ((w[:, None] >> np.arange(64, dtype=U64)) & U64(1)).mean(axis=0)
 
 
 @pytest.mark.parametrize("proto", ["msb", "relu", "maxpool"])
@@ -421,8 +437,7 @@ def test_messages_fresh_uniform_and_new_to_the_receiver(rt, seeded, proto):
     n = 4096
     x = fixed(seeded, n)
     s = arith_of(rt, x, seeded)
-    run = {"msb": msb, "relu": compare.relu,
-           "maxpool": lambda a: a.reshape(4, 4, 16, 16).max_pool2d(2)}[proto]
+    run = {"msb": msb, "relu": compare.relu, "maxpool": lambda a: a.reshape(4, 4, 16, 16).max_pool2d(2)}[proto]
     assert_fresh_messages(rt.comm, lambda: run(s), (s.first, s.second))
     # a secret-free worst case: the all-zero trivial sharing; everything received looks uniform
     z = np.zeros(n, dtype=U64)

@@ -1,5 +1,6 @@
 """Dataset converters and the embedded assets: round trips on tiny synthetic
 files, bad-file errors, the embedded MNIST test set."""
+
 from __future__ import annotations
 
 import gzip
@@ -15,19 +16,30 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import cifar10, imagefolder, mnist, synthetic  # noqa: E402
-from datasets.common import (DatasetError, DatasetWriter, channel_stats, dataset_info,  # noqa: E402
-                             normalise, read_dataset, write_dataset)
+from datasets.common import (
+    DatasetError,
+    DatasetWriter,
+    channel_stats,
+    dataset_info,  # noqa: E402
+    normalise,
+    read_dataset,
+    write_dataset,
+)
 from mpcgpu.assets import lenet_weights_path, mnist_test_idx_paths  # noqa: E402
-from mpcgpu.assets.mnist_idx import (IDXFormatError, load_mnist, parse_idx, read_idx,  # noqa: E402
-                                     verify_sha256)
+from mpcgpu.assets.mnist_idx import (
+    IDXFormatError,
+    load_mnist,
+    parse_idx,
+    read_idx,  # noqa: E402
+    verify_sha256,
+)
 
 RNG = np.random.default_rng(7)
 
 
 def idx_bytes(arr: np.ndarray, code: int) -> bytes:
     be = arr.astype(arr.dtype.newbyteorder(">"))
-    return (bytes([0, 0, code, arr.ndim]) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
-            + be.tobytes())
+    return bytes([0, 0, code, arr.ndim]) + struct.pack(">" + "I" * arr.ndim, *arr.shape) + be.tobytes()
 
 
 def write_idx(path, arr, code=0x08, gz=True):
@@ -38,6 +50,7 @@ def write_idx(path, arr, code=0x08, gz=True):
 
 
 # ------------------------------------------------------------------ IDX
+
 
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_roundtrip(tmp_path, gz):
@@ -51,8 +64,9 @@ def test_idx_roundtrip(tmp_path, gz):
     np.testing.assert_array_equal(labels, lb)
 
 
-@pytest.mark.parametrize("dtype,code", [(np.int16, 0x0B), (np.int32, 0x0C), (np.float32, 0x0D),
-                                        (np.float64, 0x0E), (np.int8, 0x09)])
+@pytest.mark.parametrize(
+    "dtype,code", [(np.int16, 0x0B), (np.int32, 0x0C), (np.float32, 0x0D), (np.float64, 0x0E), (np.int8, 0x09)]
+)
 def test_idx_other_types(dtype, code):
     a = (RNG.standard_normal((3, 4)) * 100).astype(dtype)
     back = parse_idx(idx_bytes(a, code))
@@ -111,12 +125,12 @@ def test_embedded_mnist_test_set():
     images, labels = load_mnist(ip, lp)
     assert images.shape == (10000, 1, 28, 28) and labels.shape == (10000,)
     assert labels[0] == 7
-    np.testing.assert_array_equal(np.bincount(labels),
-                                  [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
+    np.testing.assert_array_equal(np.bincount(labels), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
     assert os.path.isfile(lenet_weights_path())
 
 
 # ------------------------------------------------------------------ MNIST converter
+
 
 def test_mnist_converter(tmp_path):
     src = tmp_path / "src"
@@ -144,6 +158,7 @@ def test_mnist_converter(tmp_path):
         np.testing.assert_allclose(info["mean"], [0.1307])
         np.testing.assert_allclose(info["std"], [0.3081])
         import h5py
+
         with h5py.File(path) as f:
             assert f["images"].chunks is None and f["images"].compression is None
             assert f["images"].dtype == np.uint8
@@ -162,6 +177,7 @@ def test_mnist_converter_on_embedded_files(tmp_path):
 
 # ------------------------------------------------------------------ CIFAR-10
 
+
 def make_cifar_dir(d, n_per_batch=3, str_keys=False):
     d.mkdir(parents=True)
     batches = {}
@@ -169,8 +185,12 @@ def make_cifar_dir(d, n_per_batch=3, str_keys=False):
         data = RNG.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
         labels = [int(v) for v in RNG.integers(0, 10, n_per_batch)]
         k = (lambda s: s) if str_keys else (lambda s: s.encode())
-        obj = {k("batch_label"): k(name), k("labels"): labels, k("data"): data,
-               k("filenames"): [k(f"img{i}.png") for i in range(n_per_batch)]}
+        obj = {
+            k("batch_label"): k(name),
+            k("labels"): labels,
+            k("data"): data,
+            k("filenames"): [k(f"img{i}.png") for i in range(n_per_batch)],
+        }
         (d / name).write_bytes(pickle.dumps(obj, protocol=2))
         batches[name] = (data, labels)
     meta = {b"label_names": [c.encode() for c in cifar10.DEFAULT_CLASSES], b"num_vis": 3072}
@@ -218,8 +238,9 @@ def test_cifar10_errors(tmp_path):
     (d / "data_batch_3").unlink()
     with pytest.raises(DatasetError, match="missing data_batch_3"):
         cifar10.load_cifar10(d)
-    (d / "data_batch_3").write_bytes(pickle.dumps(
-        {b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, protocol=2))
+    (d / "data_batch_3").write_bytes(
+        pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, protocol=2)
+    )
     with pytest.raises(DatasetError, match="3072"):
         cifar10.load_cifar10(d)
     (d / "data_batch_3").write_bytes(b"garbage")
@@ -234,6 +255,7 @@ def test_cifar10_errors(tmp_path):
 
 
 # ------------------------------------------------------------------ image folders
+
 
 def write_ppm(path, img):
     h, w = img.shape[:2]
@@ -268,9 +290,9 @@ def test_imagefolder_ppm_tree(tmp_path):
     write_ppm(flat / "val_1.ppm", imgs[("n01", 0)])
     (tmp_path / "ann.txt").write_text("val_0.ppm\tn03\t0\t0\t8\t8\nval_1.ppm\tn01\t1\t1\t5\t5\n")
     (tmp_path / "wnids.txt").write_text("n01\nn02\nn03\n")
-    out = imagefolder.convert_imagefolder(flat, tmp_path / "v.h5", size=8,
-                                          classes=str(tmp_path / "wnids.txt"),
-                                          annotations=tmp_path / "ann.txt")
+    out = imagefolder.convert_imagefolder(
+        flat, tmp_path / "v.h5", size=8, classes=str(tmp_path / "wnids.txt"), annotations=tmp_path / "ann.txt"
+    )
     im, lb, info = read_dataset(out)
     assert list(lb) == [2, 0]
     np.testing.assert_array_equal(im[0], np.stack([g] * 3))
@@ -301,6 +323,7 @@ def test_imagefolder_errors(tmp_path):
 @pytest.mark.skipif(imagefolder._pillow() is None, reason="Pillow not installed")
 def test_imagefolder_pillow_resize(tmp_path):  # pragma: no cover - Pillow optional
     from PIL import Image
+
     root = tmp_path / "r" / "c0"
     root.mkdir(parents=True)
     Image.fromarray(RNG.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(root / "a.png")
@@ -310,6 +333,7 @@ def test_imagefolder_pillow_resize(tmp_path):  # pragma: no cover - Pillow optio
 
 
 # ------------------------------------------------------------------ synthetic, layout
+
 
 def test_synthetic(tmp_path):
     p = synthetic.make_synthetic(tmp_path / "s.h5", model="alexnet_cifar10", n=10, seed=3)
@@ -326,23 +350,21 @@ def test_synthetic(tmp_path):
 def test_dataset_layout_errors(tmp_path):
     im = np.zeros((3, 1, 2, 2), np.uint8)
     with pytest.raises(DatasetError, match="uint8"):
-        write_dataset(tmp_path / "a.h5", im.astype(np.float32), [0, 1, 2], name="x",
-                      mean=[0], std=[1])
+        write_dataset(tmp_path / "a.h5", im.astype(np.float32), [0, 1, 2], name="x", mean=[0], std=[1])
     with pytest.raises(DatasetError, match="labels"):
         write_dataset(tmp_path / "a.h5", im, [0, 1], name="x", mean=[0], std=[1])
     with pytest.raises(DatasetError, match="per channel"):
         write_dataset(tmp_path / "a.h5", im, [0, 1, 2], name="x", mean=[0, 0], std=[1, 1])
     with pytest.raises(DatasetError, match="outside"):
-        write_dataset(tmp_path / "a.h5", im, [0, 1, 5], name="x", mean=[0], std=[1],
-                      num_classes=3)
+        write_dataset(tmp_path / "a.h5", im, [0, 1, 5], name="x", mean=[0], std=[1], num_classes=3)
     assert not os.path.exists(tmp_path / "a.h5")
     with pytest.raises(DatasetError, match="wrote 1 of 3"):
-        with DatasetWriter(tmp_path / "b.h5", 3, (1, 2, 2), name="b", mean=[0], std=[1],
-                           num_classes=2) as w:
+        with DatasetWriter(tmp_path / "b.h5", 3, (1, 2, 2), name="b", mean=[0], std=[1], num_classes=2) as w:
             w.write(im[:1], [0])
     assert not os.path.exists(tmp_path / "b.h5")
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
     import h5py
+
     with h5py.File(tmp_path / "c.h5", "w") as f:
         f.attrs["format"] = "mpcgpu-weights/1"
     with pytest.raises(DatasetError, match="format"):

@@ -2,6 +2,7 @@
 
 Single-process test: it launches `mpiexec -n 3` itself, like `mpcgpu demo`.
 """
+
 import os
 import shutil
 import subprocess
@@ -13,8 +14,13 @@ from mpcgpu.jobs.launcher import find_mpiexec, local_env
 
 
 def run_cli(args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "mpcgpu.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=local_env("cpu"))
+    return subprocess.run(
+        [sys.executable, "-m", "mpcgpu.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=local_env("cpu"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +51,7 @@ def test_infer_rejects_mixed_model_shards_on_every_rank(demo, tmp_path):
     # a second split of the same weights: party 1 gets a shard of another set
     from mpcgpu.assets import lenet_weights_path
     from mpcgpu.data.split import split_file
+
     other = tmp_path / "other"
     split_file(lenet_weights_path(), str(other), progress=False)
     mixed = tmp_path / "mixed"
@@ -53,11 +60,24 @@ def test_infer_rejects_mixed_model_shards_on_every_rank(demo, tmp_path):
         src = other if i == 1 else shards
         shutil.copy(os.path.join(src, f"lenet_mnist.party{i}.h5"), mixed / f"lenet_mnist.party{i}.h5")
     mpiexec = find_mpiexec()
-    cmd = [mpiexec, "-n", "3", sys.executable, "-m", "mpcgpu.cli", "infer", "--model", str(mixed / "lenet_mnist"),
-           "--data", os.path.join(shards, "mnist_test"), "--limit", "10"]
+    cmd = [
+        mpiexec,
+        "-n",
+        "3",
+        sys.executable,
+        "-m",
+        "mpcgpu.cli",
+        "infer",
+        "--model",
+        str(mixed / "lenet_mnist"),
+        "--data",
+        os.path.join(shards, "mnist_test"),
+        "--limit",
+        "10",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=local_env("cpu"))
     assert p.returncode != 0
-    assert p.stderr.count("error:") >= 3, p.stderr      # one message per party
+    assert p.stderr.count("error:") >= 3, p.stderr  # one message per party
     assert "set" in p.stderr
 
 
@@ -65,6 +85,11 @@ def test_infer_help_and_bad_rank_count():
     p = run_cli(["infer", "--help"], timeout=60)
     assert p.returncode == 0 and "--reveal-to" in p.stdout and "mpirun -n 3" in p.stdout
     mpiexec = find_mpiexec()
-    p = subprocess.run([mpiexec, "-n", "1", sys.executable, "-m", "mpcgpu.cli", "infer", "--model", "x",
-                        "--data", "y"], capture_output=True, text=True, timeout=60, env=local_env("cpu"))
+    p = subprocess.run(
+        [mpiexec, "-n", "1", sys.executable, "-m", "mpcgpu.cli", "infer", "--model", "x", "--data", "y"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=local_env("cpu"),
+    )
     assert p.returncode != 0 and "exactly three parties" in p.stderr

@@ -1,5 +1,6 @@
 """Failures end the whole job quickly with a message, never a hang (single process,
 launching three ranks with mpiexec)."""
+
 import subprocess
 import sys
 import textwrap
@@ -18,8 +19,13 @@ def run_three(script, tmp_path, timeout=60):
     path = tmp_path / "job.py"
     path.write_text(textwrap.dedent(script))
     t0 = time.perf_counter()
-    p = subprocess.run([mpiexec, "-n", "3", sys.executable, str(path)], capture_output=True, text=True,
-                       timeout=timeout, env=local_env("cpu"))
+    p = subprocess.run(
+        [mpiexec, "-n", "3", sys.executable, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=local_env("cpu"),
+    )
     return p, time.perf_counter() - t0
 
 
@@ -32,33 +38,44 @@ PRELUDE = """
 
 
 def test_dead_rank_ends_the_job(tmp_path):
-    p, took = run_three(PRELUDE + """
+    p, took = run_three(
+        PRELUDE
+        + """
     if rt.rank == 1:
         os._exit(3)
     (x * x).relu().reveal()
     print("finished on", rt.rank)
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert p.returncode != 0 and "finished on" not in p.stdout
     assert took < 30
 
 
 def test_exception_on_one_rank_aborts_all_with_its_message(tmp_path):
-    p, took = run_three(PRELUDE + """
+    p, took = run_three(
+        PRELUDE
+        + """
     if rt.rank == 2:
         raise RuntimeError("boom on party two")
     (x * x).reveal()
     print("finished on", rt.rank)
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert p.returncode != 0 and "finished on" not in p.stdout
     assert "boom on party two" in p.stderr and "party 2" in p.stderr
     assert took < 30
 
 
 def test_out_of_range_input_stops_every_rank_with_a_message(tmp_path):
-    p, _ = run_three("""
+    p, _ = run_three(
+        """
     import numpy as np, mpcgpu
     rt = mpcgpu.init(device="cpu")
     mpcgpu.share(np.array([1e12]) if rt.rank == 0 else None)
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert p.returncode != 0
     assert p.stderr.count("outside the fixed-point range") >= 2, p.stderr

@@ -1,4 +1,5 @@
 """Three-rank tests of the communicator and the PRG key set-up."""
+
 import numpy as np
 import pytest
 
@@ -40,6 +41,7 @@ def test_large_exchange_does_not_deadlock(rt):
 
 def test_shape_disagreement_is_an_error(rt):
     from mpcgpu.errors import ProtocolError
+
     c = rt.comm
     # every party sends 4 words but party 1 expects 5: only party 1 can notice
     send = np.zeros(4, np.uint64)
@@ -56,7 +58,7 @@ def test_pairwise_keys_agree(rt):
     c = rt.comm
     mine_next = rt.prg.with_next((64,))
     mine_own = rt.prg.with_prev((64,))
-    from_next = c.pass_prev(mine_own)   # party i+1's own-stream words arrive at party i
+    from_next = c.pass_prev(mine_own)  # party i+1's own-stream words arrive at party i
     assert np.array_equal(from_next, mine_next)
 
 
@@ -93,6 +95,7 @@ def test_keys_differ_between_parties(rt):
 
 def test_init_twice_is_harmless(rt):
     import mpcgpu
+
     assert mpcgpu.init(device="cpu") is rt
     assert mpcgpu.get_runtime() is rt
     stats = mpcgpu.comm_stats()
@@ -101,11 +104,12 @@ def test_init_twice_is_harmless(rt):
 
 def test_init_again_with_another_device_or_precision_is_an_error(rt):
     import mpcgpu
+
     with pytest.raises(mpcgpu.MPCError, match="cannot switch to device 'cuda'"):
         mpcgpu.init(device="cuda")
     with pytest.raises(mpcgpu.MPCError, match="cannot switch to 20"):
         mpcgpu.init(device="cpu", precision=20)
-    assert mpcgpu.init(device="auto") is rt           # "auto" accepts what is running
+    assert mpcgpu.init(device="auto") is rt  # "auto" accepts what is running
 
 
 def test_prg_state_restores_the_streams_exactly(rt):
@@ -132,6 +136,7 @@ def test_both_wait_policies_deliver_every_message(rt, monkeypatch, policy):
 
 def test_wait_policy_follows_cores_and_the_environment(rt, monkeypatch):
     from mpcgpu.comm import WAIT_ENV, wait_policy
+
     mpi_comm = rt.comm.comm
     for forced in ("spin", "sleep"):
         monkeypatch.setenv(WAIT_ENV, forced)
@@ -141,6 +146,6 @@ def test_wait_policy_follows_cores_and_the_environment(rt, monkeypatch):
         wait_policy(mpi_comm)
     monkeypatch.delenv(WAIT_ENV)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))
-    assert wait_policy(mpi_comm) == "spin"                  # a core per rank
+    assert wait_policy(mpi_comm) == "spin"  # a core per rank
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
-    assert wait_policy(mpi_comm) == "sleep"                 # three ranks on one core
+    assert wait_policy(mpi_comm) == "sleep"  # three ranks on one core

@@ -4,6 +4,7 @@ one module that talks to MPI and one that imports CuPy.
 Every ``import`` statement of every module counts, at module level or inside a function:
 a circle hidden in a function is still a circle.
 """
+
 import ast
 import os
 from pathlib import Path
@@ -25,7 +26,7 @@ def _module_name(path: Path) -> str:
 def _resolve(current: str, is_package: bool, level: int, module: str | None) -> str:
     base = current.split(".") if is_package else current.split(".")[:-1]
     if level:
-        base = base[:len(base) - (level - 1)]
+        base = base[: len(base) - (level - 1)]
         return ".".join(base + ([module] if module else []))
     return module or ""
 
@@ -68,7 +69,7 @@ def find_cycle(graph):
         stack.append(n)
         for m in sorted(graph.get(n, ())):
             if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
+                return stack[stack.index(m) :] + [m]
             if m not in state:
                 found = visit(m)
                 if found:

@@ -3,6 +3,7 @@ the number of correct predictions to the result owner and nothing else (the true
 used to stay in clear); a batch-norm model gets its inverse-square-root domain from its
 shards, so small running variances stay accurate.
 """
+
 import argparse
 import os
 import shutil
@@ -31,9 +32,17 @@ def work(rt):
         from mpcgpu.assets.dataset_h5 import write_dataset
         from mpcgpu.assets.mnist_idx import MNIST_MEAN, MNIST_STD, load_mnist
         from mpcgpu.data.split import split_file
+
         imgs, labels = load_mnist(*mnist_test_idx_paths(), verify=False)
-        write_dataset(os.path.join(d, "test.h5"), imgs[:N].reshape(-1, 1, 28, 28), labels[:N], name="t",
-                      mean=MNIST_MEAN, std=MNIST_STD, num_classes=10)
+        write_dataset(
+            os.path.join(d, "test.h5"),
+            imgs[:N].reshape(-1, 1, 28, 28),
+            labels[:N],
+            name="t",
+            mean=MNIST_MEAN,
+            std=MNIST_STD,
+            num_classes=10,
+        )
         split_file(os.path.join(d, "test.h5"), os.path.join(d, "shards"), progress=False)
         split_file(lenet_weights_path(), os.path.join(d, "shards"), progress=False)
     rt.comm.barrier()
@@ -44,9 +53,20 @@ def work(rt):
 
 
 def infer_args(d, **kw):
-    args = dict(model=os.path.join(d, "shards", "lenet_mnist"), data=os.path.join(d, "shards", "test"),
-                batch_size=16, limit=None, reveal_to=OWNER, out=None, profile=False, json=None,
-                no_progress=True, no_verify=False, device="cpu", precision=None)
+    args = dict(
+        model=os.path.join(d, "shards", "lenet_mnist"),
+        data=os.path.join(d, "shards", "test"),
+        batch_size=16,
+        limit=None,
+        reveal_to=OWNER,
+        out=None,
+        profile=False,
+        json=None,
+        no_progress=True,
+        no_verify=False,
+        device="cpu",
+        precision=None,
+    )
     args.update(kw)
     return argparse.Namespace(**args)
 
@@ -58,6 +78,7 @@ def test_infer_reveals_only_predictions_and_the_count_to_the_owner(rt, work, mon
     def logged(self, to=None):
         reveals.append((tuple(self.shape), to))
         return original(self, to)
+
     monkeypatch.setattr(ArithmeticShare, "reveal_raw", logged)
     out = os.path.join(work, f"pred{rt.rank}.npy")
     assert infer.run(infer_args(work, out=out, json=os.path.join(work, "summary.json"))) == 0
@@ -65,6 +86,7 @@ def test_infer_reveals_only_predictions_and_the_count_to_the_owner(rt, work, mon
     assert reveals == [((16,), OWNER), ((16,), OWNER), ((8,), OWNER), ((), OWNER)]
     if rt.rank == OWNER:
         import json
+
         summary = json.load(open(os.path.join(work, "summary.json")))
         with h5py.File(os.path.join(work, "test.h5")) as f:
             labels = np.asarray(f["labels"])
@@ -75,8 +97,9 @@ def test_infer_reveals_only_predictions_and_the_count_to_the_owner(rt, work, mon
 
 
 def _bn_model():
-    net = S.Sequential((S.Conv2d(1, 4, 3, bias=False), S.BatchNorm2d(4), S.ReLU(), S.AdaptiveAvgPool2d(1),
-                        S.Flatten(), S.Linear(4, 3)))
+    net = S.Sequential(
+        (S.Conv2d(1, 4, 3, bias=False), S.BatchNorm2d(4), S.ReLU(), S.AdaptiveAvgPool2d(1), S.Flatten(), S.Linear(4, 3))
+    )
     return S.Model("bn-small", (1, 6, 6), 3, net)
 
 
@@ -85,6 +108,7 @@ def test_batch_norm_domain_comes_from_the_shards(rt, work, monkeypatch):
     records a domain that covers them, and inference is accurate with it."""
     from mpcgpu.data.split import split_file
     from mpcgpu.nn import models
+
     model = _bn_model()
     monkeypatch.setitem(models._REGISTRY, "bn_small", lambda: model)
     params = init_params(model, rng=3)
@@ -94,18 +118,20 @@ def test_batch_norm_domain_comes_from_the_shards(rt, work, monkeypatch):
     if rt.rank == 0:
         save_weights(path, "bn-small", params, dtype=np.float64)
         result = split_file(path, os.path.join(work, "bnshards"), progress=False)
-        assert result.public["bn_var_domain"] == [2.0 ** -9, 2.0 ** -6]
+        assert result.public["bn_var_domain"] == [2.0**-9, 2.0**-6]
     rt.comm.barrier()
     pm = infer.load_model(rt, os.path.join(work, "bnshards", "bn"))
-    assert pm.bn_domain == (2.0 ** -9, 2.0 ** -6)
+    assert pm.bn_domain == (2.0**-9, 2.0**-6)
     x = np.random.default_rng(4).standard_normal((5, 1, 6, 6)) * 0.05
     from mpcgpu.sharing.arithmetic import share
+
     got = pm.forward(share(x if rt.rank == 0 else None, src=0), exact=True).reveal()
     ref = PlainModel(model, params).forward(x, need_grad=False)
     assert np.abs(got - ref).max() <= 1e-2 * max(1.0, np.abs(ref).max())
     # a variance the precision cannot represent is refused before anything is shared
     if rt.rank == 0:
         from mpcgpu.errors import ShardError
+
         params["1.running_var"][0] = 1e-6
         save_weights(path, "bn-small", params, dtype=np.float64)
         with pytest.raises(ShardError, match="--precision"):

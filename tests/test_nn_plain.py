@@ -1,5 +1,6 @@
 """Plaintext reference: layer kernels against direct loops, gradients by finite
 differences (float64), model shapes and parameter counts, weight files, trainer."""
+
 from __future__ import annotations
 
 import os
@@ -17,6 +18,7 @@ RNG = np.random.default_rng(1234)
 
 # ------------------------------------------------------------------ direct references
 
+
 def conv_loops(x, w, b, s, p, g):
     n, c, h, wd = x.shape
     oc, cg, kh, kw = w.shape
@@ -28,7 +30,7 @@ def conv_loops(x, w, b, s, p, g):
         gi = o // ocg
         for i in range(oh):
             for j in range(ow):
-                win = xp[:, gi * cg:(gi + 1) * cg, i * s[0]:i * s[0] + kh, j * s[1]:j * s[1] + kw]
+                win = xp[:, gi * cg : (gi + 1) * cg, i * s[0] : i * s[0] + kh, j * s[1] : j * s[1] + kw]
                 y[:, o, i, j] = (win * w[o]).sum(axis=(1, 2, 3)) + (b[o] if b is not None else 0)
     return y
 
@@ -41,7 +43,7 @@ def pool_loops(x, k, s, p, op):
     y = np.zeros((n, c, oh, ow))
     for i in range(oh):
         for j in range(ow):
-            win = xp[:, :, i * s:i * s + k, j * s:j * s + k]
+            win = xp[:, :, i * s : i * s + k, j * s : j * s + k]
             y[:, :, i, j] = win.max(axis=(2, 3)) if op == "max" else win.sum(axis=(2, 3)) / (k * k)
     return y
 
@@ -50,7 +52,7 @@ def num_grad(f, a, eps=1e-6, idx=None):
     """Central differences of scalar f() w.r.t. array a (entries idx, or all)."""
     g = np.zeros_like(a)
     flat, gf = a.reshape(-1), g.reshape(-1)
-    for i in (range(a.size) if idx is None else idx):
+    for i in range(a.size) if idx is None else idx:
         old = flat[i]
         flat[i] = old + eps
         fp = f()
@@ -67,8 +69,10 @@ def close(a, b, tol=1e-6):
 
 # ------------------------------------------------------------------ kernels
 
-@pytest.mark.parametrize("s,p,g", [((1, 1), (0, 0), 1), ((2, 1), (1, 2), 1), ((2, 2), (1, 1), 2),
-                                   ((3, 3), (2, 2), 4), ((1, 1), (1, 1), 4)])
+
+@pytest.mark.parametrize(
+    "s,p,g", [((1, 1), (0, 0), 1), ((2, 1), (1, 2), 1), ((2, 2), (1, 1), 2), ((3, 3), (2, 2), 4), ((1, 1), (1, 1), 4)]
+)
 def test_conv_forward_matches_loops(s, p, g):
     x = RNG.standard_normal((2, 4, 7, 8))
     w = RNG.standard_normal((8, 4 // g, 3, 2))
@@ -93,8 +97,7 @@ def test_conv_backward_finite_differences(s, p, g):
 def test_linear_forward_backward():
     x, w, b = RNG.standard_normal((3, 5)), RNG.standard_normal((4, 5)), RNG.standard_normal(4)
     y = P.linear(x, w, b)
-    close(y, np.array([[sum(x[n, i] * w[o, i] for i in range(5)) + b[o] for o in range(4)]
-                       for n in range(3)]), 1e-12)
+    close(y, np.array([[sum(x[n, i] * w[o, i] for i in range(5)) + b[o] for o in range(4)] for n in range(3)]), 1e-12)
     dy = RNG.standard_normal(y.shape)
     f = lambda: float((P.linear(x, w, b) * dy).sum())
     dx, dw, db = P.linear_backward(x, w, dy)
@@ -130,7 +133,7 @@ def test_maxpool_ties_go_to_first_and_is_real_max():
     assert y[0, 0, 0, 0] == 0 and am[0, 0, 0, 0] == 0
     x = np.array([[[[1.0, 5.0], [3.0, -2.0]]]])
     y, am = P.maxpool2d(x, 2)
-    assert y.item() == 5.0 and am.item() == 1        # not the average (1.75)
+    assert y.item() == 5.0 and am.item() == 1  # not the average (1.75)
 
 
 def test_adaptive_avgpool_exact_and_errors():
@@ -191,20 +194,22 @@ def test_softmax_cross_entropy():
 
 # ------------------------------------------------------------------ whole networks
 
+
 def tiny_model():
-    body = S.Sequential((S.Conv2d(4, 4, 3, padding=1, bias=False), S.BatchNorm2d(4), S.ReLU(),
-                         S.Conv2d(4, 6, 3, stride=2, padding=1)))
+    body = S.Sequential(
+        (S.Conv2d(4, 4, 3, padding=1, bias=False), S.BatchNorm2d(4), S.ReLU(), S.Conv2d(4, 6, 3, stride=2, padding=1))
+    )
     short = S.Sequential((S.Conv2d(4, 6, 1, stride=2),))
     net = S.Sequential.named(
-        ("stem", S.Sequential((S.Conv2d(2, 4, 3, padding=1, groups=2), S.ReLU(),
-                               S.MaxPool2d(3, 1, 1)))),
+        ("stem", S.Sequential((S.Conv2d(2, 4, 3, padding=1, groups=2), S.ReLU(), S.MaxPool2d(3, 1, 1)))),
         ("block", S.Residual(body, short, relu=True)),
         ("block2", S.Residual(S.Sequential((S.Conv2d(6, 6, 1), S.ReLU())))),
         ("pool", S.AvgPool2d(2, 1)),
         ("gap", S.AdaptiveAvgPool2d(1)),
         ("flatten", S.Flatten()),
         ("drop", S.Dropout(0.5)),
-        ("fc", S.Linear(6, 3)))
+        ("fc", S.Linear(6, 3)),
+    )
     return S.Model("tiny", (2, 6, 6), 3, net)
 
 
@@ -219,16 +224,22 @@ def test_model_gradients_finite_differences(train):
             m.params[k][...] = RNG.random(m.params[k].shape) + 0.5
     x = RNG.standard_normal((3, 2, 6, 6))
     y = np.array([0, 2, 1])
-    if train:   # dropout would make the loss random: use BN batch statistics, no dropout
-        spec = S.Model("tiny", spec.input_shape, 3, S.Sequential(
-            tuple(layer for layer in spec.net.layers if not isinstance(layer, S.Dropout)),
-            tuple(n for n, layer in spec.net.children() if not isinstance(layer, S.Dropout))))
+    if train:  # dropout would make the loss random: use BN batch statistics, no dropout
+        spec = S.Model(
+            "tiny",
+            spec.input_shape,
+            3,
+            S.Sequential(
+                tuple(layer for layer in spec.net.layers if not isinstance(layer, S.Dropout)),
+                tuple(n for n, layer in spec.net.children() if not isinstance(layer, S.Dropout)),
+            ),
+        )
         m = P.PlainModel(spec, m.params, seed=3)
     saved = {k: v.copy() for k, v in m.params.items()}
 
     def loss():
         out = m.forward(x, train=train, need_grad=False)
-        for k in m.params:         # undo running-stat updates of train-mode forwards
+        for k in m.params:  # undo running-stat updates of train-mode forwards
             if "running" in k:
                 m.params[k][...] = saved[k]
         return P.softmax_cross_entropy(out, y)[0]
@@ -245,11 +256,11 @@ def test_model_gradients_finite_differences(train):
         a = m.params[name]
         idx = RNG.choice(a.size, size=min(a.size, 6), replace=False)
         g = num_grad(loss, a, 1e-6, idx)
-        np.testing.assert_allclose(m.grads[name].reshape(-1)[idx], g.reshape(-1)[idx],
-                                   rtol=1e-5, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(
+            m.grads[name].reshape(-1)[idx], g.reshape(-1)[idx], rtol=1e-5, atol=1e-7, err_msg=name
+        )
     idx = RNG.choice(x.size, size=12, replace=False)
-    np.testing.assert_allclose(dx.reshape(-1)[idx], num_grad(loss, x, 1e-6, idx).reshape(-1)[idx],
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dx.reshape(-1)[idx], num_grad(loss, x, 1e-6, idx).reshape(-1)[idx], rtol=1e-5, atol=1e-7)
 
 
 def test_record_and_residual_semantics():
@@ -268,8 +279,12 @@ def test_record_and_residual_semantics():
 
 
 def test_bn_running_stats_and_dropout():
-    spec = S.Model("bn", (2, 3, 3), 2, S.Sequential((
-        S.BatchNorm2d(2, momentum=0.25), S.Dropout(0.5), S.Flatten(), S.Linear(18, 2))))
+    spec = S.Model(
+        "bn",
+        (2, 3, 3),
+        2,
+        S.Sequential((S.BatchNorm2d(2, momentum=0.25), S.Dropout(0.5), S.Flatten(), S.Linear(18, 2))),
+    )
     m = P.PlainModel(spec, seed=0)
     x = RNG.standard_normal((5, 2, 3, 3)) + 3
     m.forward(x, train=True)
@@ -304,22 +319,35 @@ def test_sgd_matches_pytorch_semantics():
 
 # ------------------------------------------------------------------ registered models
 
-TORCHVISION_COUNTS = {"alexnet_imagenet": 61_100_840, "vgg16_imagenet": 138_357_544,
-                      "resnet50": 25_557_032, "resnet101": 44_549_160, "resnet152": 60_192_808}
+TORCHVISION_COUNTS = {
+    "alexnet_imagenet": 61_100_840,
+    "vgg16_imagenet": 138_357_544,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+}
 
 
 def test_all_models_shapes_and_counts():
-    expected = {"lenet", "alexnet_cifar10", "alexnet_tinyimagenet", "alexnet_imagenet",
-                "vgg16_cifar10", "vgg16_tinyimagenet", "vgg16_imagenet", "resnet50",
-                "resnet101", "resnet152"}
+    expected = {
+        "lenet",
+        "alexnet_cifar10",
+        "alexnet_tinyimagenet",
+        "alexnet_imagenet",
+        "vgg16_cifar10",
+        "vgg16_tinyimagenet",
+        "vgg16_imagenet",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+    }
     assert expected <= set(list_models())
     inputs = {"lenet": (1, 28, 28)}
     for name in list_models():
         m = get_model(name)
         assert m.name == name
         assert S.output_shape(m) == (m.num_classes,)
-        shape = inputs.get(name, {10: (3, 32, 32), 200: (3, 64, 64), 1000: (3, 224, 224)}
-                           [m.num_classes])
+        shape = inputs.get(name, {10: (3, 32, 32), 200: (3, 64, 64), 1000: (3, 224, 224)}[m.num_classes])
         assert m.input_shape == shape
         tr = S.trace(m)
         assert tr[-1].out_shape == (m.num_classes,)
@@ -338,14 +366,18 @@ def count_ok(m):
 def test_model_layer_details():
     lenet = get_model("LeNet")
     assert list(S.param_shapes(lenet).items()) == [
-        ("features.0.weight", (20, 1, 5, 5)), ("features.0.bias", (20,)),
-        ("features.3.weight", (50, 20, 5, 5)), ("features.3.bias", (50,)),
-        ("classifier.0.weight", (500, 800)), ("classifier.0.bias", (500,)),
-        ("classifier.2.weight", (10, 500)), ("classifier.2.bias", (10,))]
+        ("features.0.weight", (20, 1, 5, 5)),
+        ("features.0.bias", (20,)),
+        ("features.3.weight", (50, 20, 5, 5)),
+        ("features.3.bias", (50,)),
+        ("classifier.0.weight", (500, 800)),
+        ("classifier.0.bias", (500,)),
+        ("classifier.2.weight", (10, 500)),
+        ("classifier.2.bias", (10,)),
+    ]
     shapes = [e.out_shape for e in S.trace(get_model("alexnet_cifar10"))]
     assert shapes[0] == (64, 8, 8) and (256, 1, 1) in shapes and shapes[-1] == (10,)
-    assert [e.out_shape for e in S.trace(get_model("alexnet_tinyimagenet"))
-            if e.path == "flatten"] == [(1024,)]
+    assert [e.out_shape for e in S.trace(get_model("alexnet_tinyimagenet")) if e.path == "flatten"] == [(1024,)]
     r = get_model("resnet50")
     names = S.param_shapes(r)
     assert names["layer1.0.downsample.0.weight"] == (256, 64, 1, 1)
@@ -394,7 +426,7 @@ def test_real_models_forward_backward_small():
     loss, logits = r.loss_and_grads(RNG.standard_normal((2, 3, 32, 32)), [3, 4])
     assert logits.shape == (2, 10) and np.isfinite(loss)
     assert set(r.grads) == {p.name for p in S.param_specs(spec) if p.trainable}
-    assert np.all(r.params["bn1.running_var"] != 1.0)   # BN statistics were updated
+    assert np.all(r.params["bn1.running_var"] != 1.0)  # BN statistics were updated
 
 
 def test_init_params():
@@ -406,6 +438,7 @@ def test_init_params():
 
 
 # ------------------------------------------------------------------ weights files
+
 
 def test_weights_roundtrip_and_errors(tmp_path):
     spec = get_model("lenet")
@@ -443,6 +476,7 @@ def test_weights_roundtrip_and_errors(tmp_path):
     with pytest.raises(WeightsError, match="HDF5"):
         load_weights(tmp_path / "junk.h5")
     import h5py
+
     with h5py.File(tmp_path / "fmt.h5", "w") as f:
         f.attrs["format"] = "something/2"
     with pytest.raises(WeightsError, match="format"):
@@ -453,6 +487,7 @@ def test_embedded_lenet_weights():
     from mpcgpu.assets import lenet_weights_path, mnist_test_idx_paths
     from mpcgpu.assets.dataset_h5 import normalise
     from mpcgpu.assets.mnist_idx import MNIST_MEAN, MNIST_STD, load_mnist
+
     name, params = load_weights(lenet_weights_path(), spec=True)
     assert name == "lenet"
     meta = read_meta(lenet_weights_path())
@@ -465,20 +500,35 @@ def test_embedded_lenet_weights():
 
 # ------------------------------------------------------------------ trainer
 
+
 def test_trainer_learns_a_separable_problem():
     from mpcgpu.nn.schedule import lr_at
     from mpcgpu.nn.train_plain import train
+
     rng = np.random.default_rng(0)
     n = 512
     labels = rng.integers(0, 2, n)
     images = rng.integers(0, 60, size=(n, 1, 8, 8)).astype(np.uint8)
-    images[labels == 1, :, :4, :] += 150          # class 1: bright top half
-    spec = S.Model("toy", (1, 8, 8), 2, S.Sequential((
-        S.Conv2d(1, 4, 3, padding=1), S.ReLU(), S.MaxPool2d(2), S.Flatten(), S.Linear(64, 2))))
+    images[labels == 1, :, :4, :] += 150  # class 1: bright top half
+    spec = S.Model(
+        "toy",
+        (1, 8, 8),
+        2,
+        S.Sequential((S.Conv2d(1, 4, 3, padding=1), S.ReLU(), S.MaxPool2d(2), S.Flatten(), S.Linear(64, 2))),
+    )
     logs = []
-    res = train(spec, (images, labels, (0.3,), (0.3,)), (images[:128], labels[:128], 0.3, 0.3),
-                epochs=3, batch_size=32, lr=0.05, warmup=5, log=logs.append, log_every=10,
-                dtype=np.float64)
+    res = train(
+        spec,
+        (images, labels, (0.3,), (0.3,)),
+        (images[:128], labels[:128], 0.3, 0.3),
+        epochs=3,
+        batch_size=32,
+        lr=0.05,
+        warmup=5,
+        log=logs.append,
+        log_every=10,
+        dtype=np.float64,
+    )
     assert res.test_accuracy > 0.95
     assert res.history[-1][3] < res.history[0][3]
     assert any("test accuracy" in line for line in logs)
@@ -489,6 +539,7 @@ def test_trainer_learns_a_separable_problem():
 
 def test_learning_rate_schedules_and_batch_order():
     from mpcgpu.nn.schedule import epoch_batches, lr_at
+
     assert lr_at(50, 100, 0.1, "constant") == 0.1
     assert lr_at(25, 100, 0.1, "step", steps_per_epoch=10, step_epochs=2, gamma=0.5) == pytest.approx(0.05)
     assert lr_at(0, 100, 0.1, "cosine") == pytest.approx(0.1)

@@ -1,4 +1,5 @@
 """Private forward passes against the plaintext twins, on three ranks (issue 6)."""
+
 import numpy as np
 import pytest
 
@@ -53,8 +54,18 @@ def test_profile_and_prediction(rt):
     out, ref = private_vs_plain(rt, model, batch=3, profile=prof)
     kinds = [r.kind for r in prof.rows()]
     # a ReLU followed by a max-pool runs after it (exactly equal, 4x fewer ReLUs here)
-    assert kinds == ["Conv2d", "MaxPool2d", "ReLU", "Conv2d", "MaxPool2d", "ReLU", "Flatten",
-                     "Linear", "ReLU", "Linear"]
+    assert kinds == [
+        "Conv2d",
+        "MaxPool2d",
+        "ReLU",
+        "Conv2d",
+        "MaxPool2d",
+        "ReLU",
+        "Flatten",
+        "Linear",
+        "ReLU",
+        "Linear",
+    ]
     relu1 = prof.layers["features.1"]
     relu_bytes = sum(rt.comm.allgather_object(relu1.bytes_sent))
     assert relu_bytes == pytest.approx(119.25 * 3 * 20 * 12 * 12, rel=0.02)  # on the pooled 20x12x12
@@ -94,9 +105,21 @@ def test_batchnorm_folded_and_standalone(rt, monkeypatch):
     """BN after a conv is folded into it privately; a BN elsewhere is an affine map.  The
     folding products are batched (up to FOLD_CHUNK weights, 2 rounds each)."""
     from mpcgpu.nn import private
-    net = S.Sequential((S.BatchNorm2d(3), S.Conv2d(3, 8, 3, padding=1, bias=True), S.BatchNorm2d(8), S.ReLU(),
-                        S.Conv2d(8, 8, 3, stride=2, bias=False), S.BatchNorm2d(8), S.ReLU(),
-                        S.AdaptiveAvgPool2d(1), S.Flatten(), S.Linear(8, 4)))
+
+    net = S.Sequential(
+        (
+            S.BatchNorm2d(3),
+            S.Conv2d(3, 8, 3, padding=1, bias=True),
+            S.BatchNorm2d(8),
+            S.ReLU(),
+            S.Conv2d(8, 8, 3, stride=2, bias=False),
+            S.BatchNorm2d(8),
+            S.ReLU(),
+            S.AdaptiveAvgPool2d(1),
+            S.Flatten(),
+            S.Linear(8, 4),
+        )
+    )
     model = S.Model("bn-test", (3, 12, 12), 4, net)
     rng = np.random.default_rng(7)
     params = _random_bn_stats(model, init_params(model, rng=1), rng)
@@ -104,7 +127,7 @@ def test_batchnorm_folded_and_standalone(rt, monkeypatch):
     ref = PlainModel(model, params).forward(x, need_grad=False)
     sx = share(x if rt.rank == 0 else None, src=0)
     prep_rounds = []
-    for chunk in (private.FOLD_CHUNK, 1):               # one product for both convs, or one each
+    for chunk in (private.FOLD_CHUNK, 1):  # one product for both convs, or one each
         monkeypatch.setattr(private, "FOLD_CHUNK", chunk)
         pm = PrivateModel(model, share_params(model, params if rt.rank == 0 else None, src=0))
         with rt.comm.measure() as prep:

@@ -4,6 +4,7 @@ References are plain loops over output positions in NumPy, written from PyTorch'
 definitions (zero padding, ``count_include_pad``, adaptive windows
 ``[floor(i*H/out), ceil((i+1)*H/out))``), independent of the code under test.
 """
+
 import numpy as np
 import pytest
 
@@ -13,7 +14,7 @@ from reference import enc, shared
 
 pytestmark = pytest.mark.mpi(min_size=3)
 F = 16
-ULP = 2.0 ** -F
+ULP = 2.0**-F
 
 
 def avg_pool_ref(x, k, s, p, count_include_pad=True):
@@ -27,8 +28,8 @@ def avg_pool_ref(x, k, s, p, count_include_pad=True):
     out = np.zeros((n, c, ho, wo))
     for i in range(ho):
         for j in range(wo):
-            win = xp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
-            count = kh * kw if count_include_pad else ones[i * sh:i * sh + kh, j * sw:j * sw + kw].sum()
+            win = xp[:, :, i * sh : i * sh + kh, j * sw : j * sw + kw]
+            count = kh * kw if count_include_pad else ones[i * sh : i * sh + kh, j * sw : j * sw + kw].sum()
             out[:, :, i, j] = win.sum(axis=(2, 3)) / count
     return out
 
@@ -48,7 +49,7 @@ def adaptive_ref(x, out_hw):
 def check(rt, got, ref, x, divisor_is_power_of_two):
     """Below 1 ulp for shifts; below 2 ulp + 2^-28 relative otherwise (two truncated parts)."""
     err = np.abs(got - ref) / ULP
-    bound = 1.0 if divisor_is_power_of_two else 2.0 + np.abs(ref) / ULP * 2.0 ** -28
+    bound = 1.0 if divisor_is_power_of_two else 2.0 + np.abs(ref) / ULP * 2.0**-28
     assert (err < bound).all(), (err.max(), np.max(err - bound))
 
 
@@ -60,7 +61,7 @@ def division_bytes(outputs, kk):
 
 CASES = [  # (input shape, kernel, stride, padding): LeNet/AlexNet/VGG/ResNet-style windows
     ((4, 3, 32, 32), 2, 2, 0),
-    ((2, 8, 15, 15), 2, 2, 0),        # odd size: the last row/column is dropped (floor)
+    ((2, 8, 15, 15), 2, 2, 0),  # odd size: the last row/column is dropped (floor)
     ((2, 5, 16, 16), 3, 2, 0),
     ((2, 5, 16, 16), 3, 2, 1),
     ((2, 4, 13, 13), 3, 1, 1),
@@ -91,12 +92,12 @@ def test_avg_pool2d_count_include_pad_false(rt, seeded):
     y = pooling.avg_pool2d(shared(rt, x), 3, 2, 1, count_include_pad=False)
     ref = avg_pool_ref(x, 3, 2, 1, count_include_pad=False)
     check(rt, y.reveal(), ref, x, False)
-    y = pooling.avg_pool2d(shared(rt, x), 3, 2, 1)               # PyTorch's default
+    y = pooling.avg_pool2d(shared(rt, x), 3, 2, 1)  # PyTorch's default
     check(rt, y.reveal(), avg_pool_ref(x, 3, 2, 1), x, False)
 
 
 ADAPTIVE = [  # (input H, W) -> output: ResNet (7->1, 4->1), AlexNet (6->6, 12->6, 13->6),
-    ((7, 7), (1, 1)),               # VGG (14->7, 7->7, 1->7 on CIFAR), mixed cases
+    ((7, 7), (1, 1)),  # VGG (14->7, 7->7, 1->7 on CIFAR), mixed cases
     ((4, 4), 1),
     ((6, 6), (6, 6)),
     ((12, 12), 6),
@@ -132,22 +133,20 @@ def test_pooling_backward_is_the_adjoint(rt, seeded):
     x = enc(seeded.uniform(-4, 4, (2, 3, 13, 13)))
     sx = shared(rt, x)
     for fwd, bwd in [
-        (lambda s: pooling.avg_pool2d(s, 3, 2, 1),
-         lambda g: pooling.avg_pool2d_backward(g, x.shape, 3, 2, 1)),
-        (lambda s: pooling.avg_pool2d(s, 2, 2, 0),
-         lambda g: pooling.avg_pool2d_backward(g, x.shape, 2, 2, 0)),
-        (lambda s: pooling.avg_pool2d(s, 3, 2, 1, count_include_pad=False),
-         lambda g: pooling.avg_pool2d_backward(g, x.shape, 3, 2, 1, count_include_pad=False)),
-        (lambda s: pooling.adaptive_avg_pool2d(s, 6),
-         lambda g: pooling.adaptive_avg_pool2d_backward(g, x.shape)),
-        (lambda s: pooling.adaptive_avg_pool2d(s, 1),
-         lambda g: pooling.adaptive_avg_pool2d_backward(g, x.shape)),
+        (lambda s: pooling.avg_pool2d(s, 3, 2, 1), lambda g: pooling.avg_pool2d_backward(g, x.shape, 3, 2, 1)),
+        (lambda s: pooling.avg_pool2d(s, 2, 2, 0), lambda g: pooling.avg_pool2d_backward(g, x.shape, 2, 2, 0)),
+        (
+            lambda s: pooling.avg_pool2d(s, 3, 2, 1, count_include_pad=False),
+            lambda g: pooling.avg_pool2d_backward(g, x.shape, 3, 2, 1, count_include_pad=False),
+        ),
+        (lambda s: pooling.adaptive_avg_pool2d(s, 6), lambda g: pooling.adaptive_avg_pool2d_backward(g, x.shape)),
+        (lambda s: pooling.adaptive_avg_pool2d(s, 1), lambda g: pooling.adaptive_avg_pool2d_backward(g, x.shape)),
     ]:
         y = fwd(sx).reveal()
         g = enc(seeded.uniform(-1, 1, y.shape))
         with rt.comm.measure() as m:
             gx = bwd(shared(rt, g))
-        assert m.rounds == 4                                     # share (2) + division (2)
+        assert m.rounds == 4  # share (2) + division (2)
         gx = gx.reveal()
         assert gx.shape == x.shape
         np.testing.assert_allclose((y * g).sum(), (x * gx).sum(), rtol=1e-4, atol=1e-2)

@@ -1,4 +1,5 @@
 """PRG: known answers, fresh masks, uniformity (single process)."""
+
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes

@@ -8,6 +8,7 @@ loops, against the adjoint identities of the forward convolution, and (tiny
 shapes) against the linear map built column by column from the forward
 reference.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -18,7 +19,7 @@ from hypothesis import given, settings, strategies as st
 
 from mpcgpu import kernels, limbs, native, ring
 
-M64 = 2 ** 64
+M64 = 2**64
 ALL_ONES = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 
 
@@ -49,6 +50,7 @@ def kernel(request, monkeypatch):
 
 # ----------------------------------------------------------------------------- references
 
+
 def matmul_py(a, b):
     """Python-int matmul mod 2^64 (object arrays), numpy.matmul shapes."""
     r = np.matmul(a.astype(object), b.astype(object)) % M64
@@ -65,14 +67,14 @@ def conv_ref(x, w, stride=1, padding=0, groups=1):
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), np.uint64)
-    xp[:, :, ph:ph + h, pw:pw + wd] = x
+    xp[:, :, ph : ph + h, pw : pw + wd] = x
     ho, wo = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
     og = o // groups
     out = np.zeros((o, n, ho, wo), np.uint64)
     for g, i, j in itertools.product(range(groups), range(kh), range(kw)):
-        patch = xp[:, g * cg:(g + 1) * cg, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
-        prod = w[g * og:(g + 1) * og, :, i, j] @ patch.transpose(1, 0, 2, 3).reshape(cg, -1)
-        out[g * og:(g + 1) * og] += prod.reshape(og, n, ho, wo)
+        patch = xp[:, g * cg : (g + 1) * cg, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+        prod = w[g * og : (g + 1) * og, :, i, j] @ patch.transpose(1, 0, 2, 3).reshape(cg, -1)
+        out[g * og : (g + 1) * og] += prod.reshape(og, n, ho, wo)
     return out.transpose(1, 0, 2, 3)
 
 
@@ -103,10 +105,13 @@ def grad_input_ref(gy, w, input_shape, stride=1, padding=0, groups=1):
     og = o // groups
     dx = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), np.uint64)
     for g, i, j in itertools.product(range(groups), range(kh), range(kw)):
-        contrib = w[g * og:(g + 1) * og, :, i, j].T @ gy[:, g * og:(g + 1) * og].transpose(1, 0, 2, 3).reshape(og, -1)
-        dx[:, g * cg:(g + 1) * cg, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += \
-            contrib.reshape(cg, n, ho, wo).transpose(1, 0, 2, 3)
-    return dx[:, :, ph:ph + h, pw:pw + wd]
+        contrib = w[g * og : (g + 1) * og, :, i, j].T @ gy[:, g * og : (g + 1) * og].transpose(1, 0, 2, 3).reshape(
+            og, -1
+        )
+        dx[:, g * cg : (g + 1) * cg, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw] += contrib.reshape(
+            cg, n, ho, wo
+        ).transpose(1, 0, 2, 3)
+    return dx[:, :, ph : ph + h, pw : pw + wd]
 
 
 def grad_weight_ref(x, gy, weight_shape, stride=1, padding=0, groups=1):
@@ -117,12 +122,14 @@ def grad_weight_ref(x, gy, weight_shape, stride=1, padding=0, groups=1):
     _, _, ho, wo = gy.shape
     og = o // groups
     xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), np.uint64)
-    xp[:, :, ph:ph + h, pw:pw + wd] = x
+    xp[:, :, ph : ph + h, pw : pw + wd] = x
     dw = np.zeros(weight_shape, np.uint64)
     for g, i, j in itertools.product(range(groups), range(kh), range(kw)):
-        patch = xp[:, g * cg:(g + 1) * cg, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
-        dw[g * og:(g + 1) * og, :, i, j] = (gy[:, g * og:(g + 1) * og].transpose(1, 0, 2, 3).reshape(og, -1)
-                                           @ patch.transpose(1, 0, 2, 3).reshape(cg, -1).T)
+        patch = xp[:, g * cg : (g + 1) * cg, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+        dw[g * og : (g + 1) * og, :, i, j] = (
+            gy[:, g * og : (g + 1) * og].transpose(1, 0, 2, 3).reshape(og, -1)
+            @ patch.transpose(1, 0, 2, 3).reshape(cg, -1).T
+        )
     return dw
 
 
@@ -131,13 +138,14 @@ def dot64(a, b):
     return int(np.sum(a.astype(np.uint64) * b.astype(np.uint64), dtype=np.uint64))
 
 
-def worst_case(rng, shape, scheme=limbs.W22, spread=2 ** 10):
+def worst_case(rng, shape, scheme=limbs.W22, spread=2**10):
     """Values whose digits are all near -h_i: the largest float64 partial sums there are."""
-    base = (-scheme.bias) % M64                       # every digit exactly -h_i
+    base = (-scheme.bias) % M64  # every digit exactly -h_i
     return (np.uint64(base) + rng.integers(0, spread, size=shape, dtype=np.uint64)).astype(np.uint64)
 
 
 # ----------------------------------------------------------------------------- the references themselves
+
 
 @pytest.mark.limbs
 def test_numpy_uint64_matmul_wraps_like_python_ints(rng):
@@ -161,8 +169,12 @@ SCHEMES = [limbs.K22, limbs.W22, limbs.W16]
 @pytest.mark.limbs
 @pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
 def test_digits_reconstruct_and_stay_in_range(rng, scheme):
-    x = np.concatenate([rand(rng, 4000), np.array([0, 1, ALL_ONES, 2 ** 63, 2 ** 63 - 1,
-                                                   (-scheme.bias) % M64, scheme.bias], dtype=np.uint64)])
+    x = np.concatenate(
+        [
+            rand(rng, 4000),
+            np.array([0, 1, ALL_ONES, 2**63, 2**63 - 1, (-scheme.bias) % M64, scheme.bias], dtype=np.uint64),
+        ]
+    )
     digits = np.empty((scheme.digits,) + x.shape)
     limbs.split_into(np, x, list(digits), scheme)
     total = np.zeros(x.shape, np.uint64)
@@ -170,7 +182,7 @@ def test_digits_reconstruct_and_stay_in_range(rng, scheme):
         assert (d == np.round(d)).all() and d.min() >= -h and d.max() <= h - 1
         total += d.astype(np.int64).view(np.uint64) << np.uint64(i * scheme.width)
     assert (total == x).all()
-    for side in ("left", "right"):                    # slabs: digits and sums of digits
+    for side in ("left", "right"):  # slabs: digits and sums of digits
         spec = scheme.slabs(side)
         slabs = np.empty((len(spec),) + x.shape)
         limbs.split(np, x, slabs, scheme, side)
@@ -196,11 +208,11 @@ def test_plan_is_the_product_mod_2_64(scheme):
 def test_kmax_is_the_float64_bound():
     for sc in SCHEMES:
         worst = max(sc.bound(g) for g in sc.gemms)
-        assert sc.kmax * worst <= 2 ** 53 < (sc.kmax + 1) * worst
-    assert (limbs.K22.kmax, limbs.W22.kmax, limbs.W16.kmax) == (512, 1024, 2 ** 21)
+        assert sc.kmax * worst <= 2**53 < (sc.kmax + 1) * worst
+    assert (limbs.K22.kmax, limbs.W22.kmax, limbs.W16.kmax) == (512, 1024, 2**21)
     assert (limbs.K22.products, limbs.W22.products, limbs.W16.products) == (5, 6, 10)
-    assert limbs.K22.bound(limbs.K22.gemms[2]) == 2 ** 44          # (d0+d1)(e0+e1)
-    assert limbs.W22.bound(limbs.W22.gemms[1]) == 2 ** 43          # d0 e1 + d1 e0
+    assert limbs.K22.bound(limbs.K22.gemms[2]) == 2**44  # (d0+d1)(e0+e1)
+    assert limbs.W22.bound(limbs.W22.gemms[1]) == 2**43  # d0 e1 + d1 e0
 
 
 @pytest.mark.limbs
@@ -219,10 +231,11 @@ def test_unchunked_long_reduction_would_be_wrong(rng, scheme):
     a, b = worst_case(rng, (4, k)), worst_case(rng, (k, 3))
     left, right = ring.split_left(np, a, scheme, 1, k), ring.split_right(np, b, scheme, 1, k)
     assert not (limbs.contract(np, left, right, scheme, k, check=False) == a @ b).all()
-    assert (ring.matmul(a, b, scheme=scheme) == a @ b).all()       # chunked: exact
+    assert (ring.matmul(a, b, scheme=scheme) == a @ b).all()  # chunked: exact
 
 
 # ----------------------------------------------------------------------------- matmul
+
 
 @pytest.mark.limbs
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 7, 13), (13, 3, 1), (7, 64, 5), (1, 300, 1), (33, 257, 17)])
@@ -242,8 +255,9 @@ def test_matmul_reduction_at_and_beyond_the_bound(rng, k, scheme):
 
 
 @pytest.mark.limbs
-@pytest.mark.parametrize("scheme,k", [(s, k) for s in (limbs.K22, limbs.W22)
-                                      for k in (s.kmax, s.kmax + 1, 3 * s.kmax + 5)])
+@pytest.mark.parametrize(
+    "scheme,k", [(s, k) for s in (limbs.K22, limbs.W22) for k in (s.kmax, s.kmax + 1, 3 * s.kmax + 5)]
+)
 def test_matmul_worst_case_digits(rng, scheme, k):
     """All digits at (or near) -h_i: float64 partial sums reach 2^53 exactly at K = kmax."""
     a, b = worst_case(rng, (5, k)), worst_case(rng, (k, 6))
@@ -254,12 +268,12 @@ def test_matmul_worst_case_digits(rng, scheme, k):
 
 def test_matmul_special_values(rng):
     k = 1500
-    for fill in (ALL_ONES, np.uint64(0), np.uint64(2 ** 63), np.uint64(1)):
+    for fill in (ALL_ONES, np.uint64(0), np.uint64(2**63), np.uint64(1)):
         a = np.full((4, k), fill, np.uint64)
         b = rand(rng, k, 5)
         assert (ring.matmul(a, b) == a @ b).all()
         assert (ring.matmul(b.T, a.T) == b.T @ a.T).all()
-    ones = np.full((3, k), ALL_ONES, np.uint64)           # (-1)(-1) k times = k
+    ones = np.full((3, k), ALL_ONES, np.uint64)  # (-1)(-1) k times = k
     assert (ring.matmul(ones, ones.T) == np.uint64(k)).all()
 
 
@@ -272,8 +286,17 @@ def test_matmul_int64_inputs_and_vectors(rng):
     assert (ring.matmul(u, b) == u @ b).all() and ring.matmul(u, b).shape == (3,)
 
 
-@pytest.mark.parametrize("sa,sb", [((4, 3, 7, 5), (5, 2)), ((2, 5), (4, 3, 5, 7)), ((3, 1, 6, 20), (1, 4, 20, 3)),
-                                   ((2, 5, 1100), (2, 1100, 3)), ((7,), (2, 7, 4)), ((2, 3, 9), (9,))])
+@pytest.mark.parametrize(
+    "sa,sb",
+    [
+        ((4, 3, 7, 5), (5, 2)),
+        ((2, 5), (4, 3, 5, 7)),
+        ((3, 1, 6, 20), (1, 4, 20, 3)),
+        ((2, 5, 1100), (2, 1100, 3)),
+        ((7,), (2, 7, 4)),
+        ((2, 3, 9), (9,)),
+    ],
+)
 def test_matmul_batched_broadcast(rng, sa, sb):
     a, b = rand(rng, *sa), rand(rng, *sb)
     out = ring.matmul(a, b)
@@ -312,9 +335,9 @@ def test_integer_fallback_for_tiny_and_skinny_products(rng, monkeypatch):
         a, b = rand(rng, *sa), rand(rng, *sb)
         assert (ring.matmul(a, b) == a @ b).all()
     assert calls == []
-    a, b = rand(rng, 80, 80), rand(rng, 80, 80)                 # big enough: float64 path
+    a, b = rand(rng, 80, 80), rand(rng, 80, 80)  # big enough: float64 path
     assert (ring.matmul(a, b) == a @ b).all() and calls == [1]
-    v, w = rand(rng, 1, 3000), rand(rng, 3000, 200)            # presplit weight: float64 path
+    v, w = rand(rng, 1, 3000), rand(rng, 3000, 200)  # presplit weight: float64 path
     assert (ring.matmul(v, ring.presplit(w)) == v @ w).all() and calls == [1, 1]
     assert (ring.matmul(rand(rng, 3, 5), rand(rng, 5, 2), scheme="W22") is not None) and len(calls) == 3
 
@@ -322,6 +345,7 @@ def test_integer_fallback_for_tiny_and_skinny_products(rng, monkeypatch):
 class _OtherModule:
     """numpy under another name: drives the code path taken for CuPy (no scratch reuse, direct
     strided digit writes, no integer fallback) on the CPU."""
+
     __name__ = "not_numpy"
 
     def __getattr__(self, name):
@@ -334,7 +358,7 @@ def test_generic_array_module_path(rng, monkeypatch):
     monkeypatch.setattr(ring, "array_module", lambda *arrays: _OtherModule())
     a, b = rand(rng, 2, 7, 1100), rand(rng, 1100, 3)
     assert (ring.matmul(a, b) == a @ b).all()
-    assert (ring.matmul(rand(rng, 3), rand(rng, 3)) is not None)
+    assert ring.matmul(rand(rng, 3), rand(rng, 3)) is not None
     v, m = rand(rng, 30), rand(rng, 2, 30, 4)
     assert (ring.matmul(v, m) == v @ m).all()
     pb = ring.presplit(b)
@@ -344,8 +368,9 @@ def test_generic_array_module_path(rng, monkeypatch):
     assert (y == conv_ref(x, w, (2, 1), 1, 2)).all()
     gy = rand(rng, *y.shape)
     assert (ring.conv2d_grad_input(gy, w, x.shape, (2, 1), 1, 2) == grad_input_ref(gy, w, x.shape, (2, 1), 1, 2)).all()
-    assert (ring.conv2d_grad_weight(x, gy, w.shape, (2, 1), 1, 2)
-            == grad_weight_ref(x, gy, w.shape, (2, 1), 1, 2)).all()
+    assert (
+        ring.conv2d_grad_weight(x, gy, w.shape, (2, 1), 1, 2) == grad_weight_ref(x, gy, w.shape, (2, 1), 1, 2)
+    ).all()
 
 
 @pytest.mark.limbs
@@ -359,6 +384,7 @@ def test_presplit_4d_as_matmul_operand(rng):
 @pytest.mark.limbs
 def test_threads_do_not_share_scratch(rng):
     import threading
+
     pairs = [(rand(rng, 60, 700), rand(rng, 700, 50)) for _ in range(4)]
     results, errors = {}, []
 
@@ -369,6 +395,7 @@ def test_threads_do_not_share_scratch(rng):
                 results[i] = (ring.matmul(a, b) == a @ b).all()
         except Exception as exc:  # pragma: no cover
             errors.append(exc)
+
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
@@ -386,8 +413,13 @@ def test_results_do_not_alias_scratch(rng):
 
 
 @settings(max_examples=25, deadline=None)
-@given(m=st.integers(1, 9), k=st.integers(1, 2100), n=st.integers(1, 9),
-       batch=st.sampled_from([(), (2,), (3, 1)]), seed=st.integers(0, 2 ** 32 - 1))
+@given(
+    m=st.integers(1, 9),
+    k=st.integers(1, 2100),
+    n=st.integers(1, 9),
+    batch=st.sampled_from([(), (2,), (3, 1)]),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_matmul_hypothesis(m, k, n, batch, seed):
     r = np.random.default_rng(seed)
     a, b = rand(r, *batch, m, k), rand(r, k, n)
@@ -396,6 +428,7 @@ def test_matmul_hypothesis(m, k, n, batch, seed):
 
 
 # ----------------------------------------------------------------------------- presplit
+
 
 @pytest.mark.limbs
 def test_presplit_right_and_left_reused_without_resplitting(rng, monkeypatch):
@@ -407,7 +440,7 @@ def test_presplit_right_and_left_reused_without_resplitting(rng, monkeypatch):
     monkeypatch.setattr(ring, "split", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     assert (ring.matmul(x1, pw) == x1 @ w).all()
     assert (ring.matmul(x2, pw) == x2 @ w).all()
-    assert len(calls) == 2                           # x1 and x2 split; w never again
+    assert len(calls) == 2  # x1 and x2 split; w never again
     pl = ring.presplit(w.T, side="left")
     calls.clear()
     assert (ring.matmul(pl, x1.T) == w.T @ x1.T).all() and (ring.matmul(pl, x1.T) == w.T @ x1.T).all()
@@ -459,16 +492,16 @@ def test_presplit_conv_weight_serves_forward_and_backward(rng, monkeypatch):
 
 CONVS = [  # (N, C, H, W, O, kh, kw, stride, padding, groups)
     (1, 3, 8, 8, 4, 3, 3, 1, 1, 1),
-    (2, 4, 7, 9, 6, 3, 2, (1, 2), (1, 0), 2),     # non-square kernel, asymmetric stride/padding, groups
-    (3, 6, 6, 5, 6, 3, 3, 1, 1, 6),                # depthwise
-    (2, 4, 5, 5, 8, 3, 3, 2, 1, 4),                # depthwise with channel multiplier 2
+    (2, 4, 7, 9, 6, 3, 2, (1, 2), (1, 0), 2),  # non-square kernel, asymmetric stride/padding, groups
+    (3, 6, 6, 5, 6, 3, 3, 1, 1, 6),  # depthwise
+    (2, 4, 5, 5, 8, 3, 3, 2, 1, 4),  # depthwise with channel multiplier 2
     (1, 5, 9, 9, 3, 5, 5, 2, 2, 1),
-    (2, 7, 6, 6, 13, 1, 1, 1, 0, 1),               # 1x1
-    (1, 3, 13, 11, 2, 4, 3, (3, 2), (0, 1), 1),    # stride larger than kernel on rows
-    (2, 120, 4, 4, 3, 3, 3, 1, 1, 1),              # reduction 1080: three channel chunks of 360
-    (1, 300, 3, 3, 6, 3, 3, 1, 1, 3),              # 100 channels/group * 9 = 900: two chunks
-    (1, 2, 25, 24, 2, 23, 23, 1, 0, 1),            # window 529 > 512: whole windows need W22
-    (1, 1, 34, 34, 2, 33, 33, 1, 0, 1),            # window 1089 > 1024: falls back to W16
+    (2, 7, 6, 6, 13, 1, 1, 1, 0, 1),  # 1x1
+    (1, 3, 13, 11, 2, 4, 3, (3, 2), (0, 1), 1),  # stride larger than kernel on rows
+    (2, 120, 4, 4, 3, 3, 3, 1, 1, 1),  # reduction 1080: three channel chunks of 360
+    (1, 300, 3, 3, 6, 3, 3, 1, 1, 3),  # 100 channels/group * 9 = 900: two chunks
+    (1, 2, 25, 24, 2, 23, 23, 1, 0, 1),  # window 529 > 512: whole windows need W22
+    (1, 1, 34, 34, 2, 33, 33, 1, 0, 1),  # window 1089 > 1024: falls back to W16
 ]
 
 
@@ -495,10 +528,12 @@ def test_conv_schemes_agree(rng, scheme):
     y = ring.conv2d(x, w, stride=2, padding=1, groups=2, scheme=scheme)
     assert (y == conv_ref(x, w, 2, 1, 2)).all()
     gy = rand(rng, *y.shape)
-    assert (ring.conv2d_grad_input(gy, w, x.shape, 2, 1, 2, scheme=scheme)
-            == grad_input_ref(gy, w, x.shape, 2, 1, 2)).all()
-    assert (ring.conv2d_grad_weight(x, gy, w.shape, 2, 1, 2, scheme=scheme)
-            == grad_weight_ref(x, gy, w.shape, 2, 1, 2)).all()
+    assert (
+        ring.conv2d_grad_input(gy, w, x.shape, 2, 1, 2, scheme=scheme) == grad_input_ref(gy, w, x.shape, 2, 1, 2)
+    ).all()
+    assert (
+        ring.conv2d_grad_weight(x, gy, w.shape, 2, 1, 2, scheme=scheme) == grad_weight_ref(x, gy, w.shape, 2, 1, 2)
+    ).all()
 
 
 @pytest.mark.limbs
@@ -508,21 +543,25 @@ def test_conv_worst_case_digits_at_the_bound(rng, scheme):
     c = scheme.kmax // 4
     x, w = worst_case(rng, (1, c, 5, 5)), worst_case(rng, (3, c, 2, 2))
     assert (ring.conv2d(x, w, scheme=scheme) == conv_ref(x, w)).all()
-    x2, w2 = worst_case(rng, (1, c + 1, 5, 5)), worst_case(rng, (3, c + 1, 2, 2))      # chunked
+    x2, w2 = worst_case(rng, (1, c + 1, 5, 5)), worst_case(rng, (3, c + 1, 2, 2))  # chunked
     assert (ring.conv2d(x2, w2, scheme=scheme) == conv_ref(x2, w2)).all()
     ones = np.full((1, 2, 4, 4), ALL_ONES, np.uint64)
-    assert (ring.conv2d(ones, np.full((1, 2, 3, 3), ALL_ONES, np.uint64), padding=1) == conv_ref(
-        ones, np.full((1, 2, 3, 3), ALL_ONES, np.uint64), padding=1)).all()
+    assert (
+        ring.conv2d(ones, np.full((1, 2, 3, 3), ALL_ONES, np.uint64), padding=1)
+        == conv_ref(ones, np.full((1, 2, 3, 3), ALL_ONES, np.uint64), padding=1)
+    ).all()
 
 
 def test_grad_weight_long_reductions(rng):
     """N*Ho*Wo far beyond kmax: chunks of whole images, of rows, and rows too long for K22
     (Wo > 512: W22) or for W22 (Wo > 1024: W16)."""
-    for shape, k, s, p in [((9, 2, 12, 12), 3, 1, 1),      # 144 per image: 7 images per chunk
-                           ((2, 1, 40, 37), 3, 1, 1),      # 1480 per image: row chunks
-                           ((1, 2, 85, 71), 3, 2, 1),      # 43 x 36 outputs, stride 2: row chunks
-                           ((1, 1, 3, 700), 3, 1, 0),      # one row of 698 outputs: W22
-                           ((1, 1, 2, 1100), 2, 1, 0)]:    # one row of 1099 outputs: W16
+    for shape, k, s, p in [
+        ((9, 2, 12, 12), 3, 1, 1),  # 144 per image: 7 images per chunk
+        ((2, 1, 40, 37), 3, 1, 1),  # 1480 per image: row chunks
+        ((1, 2, 85, 71), 3, 2, 1),  # 43 x 36 outputs, stride 2: row chunks
+        ((1, 1, 3, 700), 3, 1, 0),  # one row of 698 outputs: W22
+        ((1, 1, 2, 1100), 2, 1, 0),
+    ]:  # one row of 1099 outputs: W16
         x = worst_case(rng, shape)
         w = rand(rng, 2, shape[1], k, k)
         gy = worst_case(rng, ring.conv2d(x, w, s, p).shape)
@@ -531,7 +570,7 @@ def test_grad_weight_long_reductions(rng):
 
 @pytest.mark.limbs
 def test_conv_in_several_image_blocks(rng, monkeypatch):
-    monkeypatch.setattr(ring, "BLOCK_BYTES", 1)           # one image (or one chunk of images) per block
+    monkeypatch.setattr(ring, "BLOCK_BYTES", 1)  # one image (or one chunk of images) per block
     x, w = rand(rng, 5, 4, 6, 6), rand(rng, 6, 2, 3, 3)
     y = ring.conv2d(x, w, padding=1, groups=2)
     assert (y == conv_ref(x, w, 1, 1, 2)).all()
@@ -552,7 +591,7 @@ def test_gradients_are_the_adjoint_linear_maps(rng):
             e = np.zeros(size, np.uint64)
             e[k] = 1
             cols.append(fn(e.reshape(shape)).ravel().astype(object))
-        mat = np.stack(cols, axis=1)                                  # out_size x size
+        mat = np.stack(cols, axis=1)  # out_size x size
         return ((mat.T @ gy.ravel().astype(object)) % M64).astype(np.uint64).reshape(shape)
 
     gi_ref = adjoint(lambda e: conv_py(e, w, s, p, g), x.size, x.shape)
@@ -564,11 +603,11 @@ def test_gradients_are_the_adjoint_linear_maps(rng):
 def test_conv_errors(rng):
     x = rand(rng, 1, 4, 5, 5)
     with pytest.raises(ValueError):
-        ring.conv2d(x, rand(rng, 2, 3, 3, 3))                         # channels
+        ring.conv2d(x, rand(rng, 2, 3, 3, 3))  # channels
     with pytest.raises(ValueError):
-        ring.conv2d(x, rand(rng, 3, 2, 3, 3), groups=2)               # O not divisible
+        ring.conv2d(x, rand(rng, 3, 2, 3, 3), groups=2)  # O not divisible
     with pytest.raises(ValueError):
-        ring.conv2d(x, rand(rng, 2, 4, 7, 7))                         # kernel larger than input
+        ring.conv2d(x, rand(rng, 2, 4, 7, 7))  # kernel larger than input
     with pytest.raises(ValueError):
         ring.conv2d_grad_input(rand(rng, 1, 2, 4, 4), rand(rng, 2, 4, 3, 3), x.shape)
     with pytest.raises(TypeError):
@@ -576,10 +615,21 @@ def test_conv_errors(rng):
 
 
 @settings(max_examples=20, deadline=None)
-@given(n=st.integers(1, 2), cg=st.integers(1, 3), og=st.integers(1, 3), g=st.integers(1, 3),
-       h=st.integers(1, 7), wd=st.integers(1, 7), kh=st.integers(1, 3), kw=st.integers(1, 3),
-       sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 2), pw=st.integers(0, 2),
-       seed=st.integers(0, 2 ** 32 - 1))
+@given(
+    n=st.integers(1, 2),
+    cg=st.integers(1, 3),
+    og=st.integers(1, 3),
+    g=st.integers(1, 3),
+    h=st.integers(1, 7),
+    wd=st.integers(1, 7),
+    kh=st.integers(1, 3),
+    kw=st.integers(1, 3),
+    sh=st.integers(1, 3),
+    sw=st.integers(1, 3),
+    ph=st.integers(0, 2),
+    pw=st.integers(0, 2),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_conv_hypothesis(n, cg, og, g, h, wd, kh, kw, sh, sw, ph, pw, seed):
     if h + 2 * ph < kh or wd + 2 * pw < kw:
         return
@@ -602,11 +652,12 @@ def test_long_reductions_and_all_ones(rng, k):
     a, b = rand(rng, 3, k), rand(rng, k, 4)
     assert (ring.matmul(a, b) == a @ b).all()
     ones = np.full((2, k), M64 - 1, dtype=np.uint64)
-    assert (ring.matmul(ones, ones.T) == np.uint64(k % M64)).all()     # (-1)(-1) summed k times
+    assert (ring.matmul(ones, ones.T) == np.uint64(k % M64)).all()  # (-1)(-1) summed k times
 
 
 def test_kernel_choice_env_and_cache(tmp_path, monkeypatch):
     from mpcgpu.errors import BackendError
+
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(kernels, "_CHOICE", None)
     choices = {"limbs": lambda a, b: ring.matmul(a, b, scheme="K22"), "native": native.gemm}
@@ -625,13 +676,14 @@ def test_kernel_choice_env_and_cache(tmp_path, monkeypatch):
     first = kernels.choice(choices)
     assert first["kernel"] == "native" and "just now" in first["why"] and len(calls) == 1
     monkeypatch.setattr(kernels, "_CHOICE", None)
-    again = kernels.choice(choices)                      # from the cache: no second measurement
+    again = kernels.choice(choices)  # from the cache: no second measurement
     assert again["kernel"] == "native" and "cached" in again["why"] and len(calls) == 1
     assert (tmp_path / "mpcgpu" / "ring-kernel.json").exists()
 
 
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (4, 4, 4), (5, 1025, 7), (18, 2060, 6), (7, 3, 9), (16, 512, 4),
-                                   (2, 1025, 3), (3, 2, 1)])
+@pytest.mark.parametrize(
+    "m,k,n", [(1, 1, 1), (4, 4, 4), (5, 1025, 7), (18, 2060, 6), (7, 3, 9), (16, 512, 4), (2, 1025, 3), (3, 2, 1)]
+)
 def test_native_kernels_both_layouts_vs_python_ints(rng, m, k, n):
     """The dot-product kernel (B^T given) and the row-update kernel (B as it is), on every
     remainder of their 4 x 4 / 2 x 2 tiles and reductions across the block of 1024."""
@@ -640,8 +692,8 @@ def test_native_kernels_both_layouts_vs_python_ints(rng, m, k, n):
     a, b = rand(rng, m, k), rand(rng, k, n)
     ref = np.array((a.astype(object) @ b.astype(object)) % (1 << 64), dtype=np.uint64)
     assert (native.gemm_nt(a, np.ascontiguousarray(b.T)) == ref).all()
-    assert (native.gemm(a, b) == ref).all()                              # transposed copy or row updates
-    assert (native.gemm(a, np.ascontiguousarray(b.T).T) == ref).all()    # a transposed view: no copy
+    assert (native.gemm(a, b) == ref).all()  # transposed copy or row updates
+    assert (native.gemm(a, np.ascontiguousarray(b.T).T) == ref).all()  # a transposed view: no copy
     nt, nn = native._compile()
     for kernel, rhs in ((nt, np.ascontiguousarray(b.T)), (nn, b)):
         out = np.zeros((m, n), dtype=np.uint64)

@@ -1,6 +1,7 @@
 """Public metadata of shard files: only an allow-list of the input's attributes reaches
 the servers; everything else (training recipe, seeds, source paths, statistics of the
 private data) stays with the owner unless named with --public-meta."""
+
 import os
 import struct
 
@@ -31,8 +32,14 @@ PRIVATE_DATA_ATTRS = {"seed", "source", "pixel_mean", "pixel_std", "classes", "n
 
 def secret_bytes():
     """Byte strings whose presence in a file would reveal a secret value."""
-    out = [RECIPE.encode(), b"SECRET-RECIPE", SOURCE.encode(), b"SECRET-PATIENTS",
-           struct.pack("<q", SEED), struct.pack(">q", SEED)]
+    out = [
+        RECIPE.encode(),
+        b"SECRET-RECIPE",
+        SOURCE.encode(),
+        b"SECRET-PATIENTS",
+        struct.pack("<q", SEED),
+        struct.pack(">q", SEED),
+    ]
     for arr in (PIXEL_MEAN, PIXEL_STD):
         out.append(arr.astype("<f8").tobytes())
         out += [struct.pack("<d", v) for v in arr]
@@ -62,10 +69,19 @@ def make_data(path, float_images=False):
     rng = np.random.default_rng(4)
     images = rng.integers(0, 256, (12, 3, 4, 4), dtype=np.uint8)
     labels = rng.integers(0, 10, 12)
-    write_dataset(path, images, labels, name="toy-private", mean=MEAN, std=STD, num_classes=10,
-                  classes=[f"c{i}" for i in range(10)], source=SOURCE,
-                  attrs={"seed": SEED, "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD})
-    if float_images:   # real-valued images: the file's mean/std are not applied
+    write_dataset(
+        path,
+        images,
+        labels,
+        name="toy-private",
+        mean=MEAN,
+        std=STD,
+        num_classes=10,
+        classes=[f"c{i}" for i in range(10)],
+        source=SOURCE,
+        attrs={"seed": SEED, "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD},
+    )
+    if float_images:  # real-valued images: the file's mean/std are not applied
         with h5py.File(path, "r+") as f:
             del f["images"]
             f["images"] = (images / 255.0).astype(np.float32)
@@ -113,19 +129,36 @@ def plain(v):
 
 # -- weights ----------------------------------------------------------------------------------
 
+
 def test_weights_meta_stays_private_by_default(tmp_path):
     src = make_weights(tmp_path / "w.h5")
     result = split.split_file(src, tmp_path / "out")
     assert result.public == {"format": "mpcgpu-weights/1", "model": "tiny"}
-    assert result.withheld == ["dtype", "param_count", "meta.dataset", "meta.notes", "meta.recipe",
-                               "meta.seed", "meta.test_accuracy"]
+    assert result.withheld == [
+        "dtype",
+        "param_count",
+        "meta.dataset",
+        "meta.notes",
+        "meta.recipe",
+        "meta.seed",
+        "meta.test_accuracy",
+    ]
     assert_no_secrets(result.paths, PRIVATE_WEIGHT_ATTRS)
     for i, p in enumerate(result.paths):
         attrs = all_attrs(p)
-        assert set(attrs["/"]) == {"format", "kind", "party", "parties", "set_id", "frac_bits", "name",
-                                   "source_format", "array_names", "created"}
-        assert {k: plain(v) for k, v in attrs["/public"].items()} == {"format": "mpcgpu-weights/1",
-                                                                      "model": "tiny"}
+        assert set(attrs["/"]) == {
+            "format",
+            "kind",
+            "party",
+            "parties",
+            "set_id",
+            "frac_bits",
+            "name",
+            "source_format",
+            "array_names",
+            "created",
+        }
+        assert {k: plain(v) for k, v in attrs["/public"].items()} == {"format": "mpcgpu-weights/1", "model": "tiny"}
         with Shard(p) as s:
             assert s.public == {"format": "mpcgpu-weights/1", "model": "tiny"}
             assert s.name == "tiny" and s.party == i
@@ -135,14 +168,23 @@ def test_weights_meta_stays_private_by_default(tmp_path):
     assert np.array_equal(reconstruct_local(result.paths, "conv.weight"), encode(w, 16))
 
 
-@pytest.mark.parametrize("named", [["meta.dataset", "meta.test_accuracy", "dtype"],
-                                   "meta.dataset, meta.test_accuracy,dtype",
-                                   ["meta.dataset,meta.test_accuracy", "dtype", "meta.dataset"]])
+@pytest.mark.parametrize(
+    "named",
+    [
+        ["meta.dataset", "meta.test_accuracy", "dtype"],
+        "meta.dataset, meta.test_accuracy,dtype",
+        ["meta.dataset,meta.test_accuracy", "dtype", "meta.dataset"],
+    ],
+)
 def test_named_meta_keys_are_published(tmp_path, named):
     src = make_weights(tmp_path / "w.h5")
     result = split.split_file(src, tmp_path / "out", public_meta=named)
-    expected = {"format": "mpcgpu-weights/1", "model": "tiny", "dtype": "float32",
-                "meta": {"dataset": "mnist", "test_accuracy": 0.987}}
+    expected = {
+        "format": "mpcgpu-weights/1",
+        "model": "tiny",
+        "dtype": "float32",
+        "meta": {"dataset": "mnist", "test_accuracy": 0.987},
+    }
     assert result.withheld == ["param_count", "meta.notes", "meta.recipe", "meta.seed"]
     for p in result.paths:
         with Shard(p) as s:
@@ -154,21 +196,25 @@ def test_named_meta_keys_are_published(tmp_path, named):
 def test_unknown_or_group_key_is_an_error(tmp_path):
     src = make_weights(tmp_path / "w.h5")
     out = tmp_path / "out"
-    with pytest.raises(ShardError, match=r"--public-meta names an attribute that .*w\.h5 does not have: "
-                                         r"'meta\.sede' \(its attributes are root: .*param_count; "
-                                         r"/meta: .*meta\.seed"):
+    with pytest.raises(
+        ShardError,
+        match=r"--public-meta names an attribute that .*w\.h5 does not have: "
+        r"'meta\.sede' \(its attributes are root: .*param_count; "
+        r"/meta: .*meta\.seed",
+    ):
         split.split_file(src, out, public_meta="meta.dataset,meta.sede")
     with pytest.raises(ShardError, match=r"does not have: 'seed', 'meta\.nope'"):
-        split.split_file(src, out, public_meta=["seed", "meta.nope"])   # seed is in /meta, not root
+        split.split_file(src, out, public_meta=["seed", "meta.nope"])  # seed is in /meta, not root
     with pytest.raises(ShardError, match=r"'meta' names the group /meta, not an attribute: .*meta\.KEY"):
         split.split_file(src, out, public_meta="meta")
-    assert not out.exists() or os.listdir(out) == []     # nothing written
+    assert not out.exists() or os.listdir(out) == []  # nothing written
     data = make_data(tmp_path / "d.h5")
     with pytest.raises(ShardError, match=r"does not have: 'meta\.seed' \(its attributes are root: [^;]*\)$"):
-        split.split_file(data, out, public_meta="meta.seed")   # a dataset file has no /meta
+        split.split_file(data, out, public_meta="meta.seed")  # a dataset file has no /meta
 
 
 # -- datasets ---------------------------------------------------------------------------------
+
 
 def test_dataset_extra_attrs_stay_private(tmp_path):
     src = make_data(tmp_path / "d.h5")
@@ -184,9 +230,18 @@ def test_dataset_extra_attrs_stay_private(tmp_path):
             assert s.public["mean"] == MEAN.tolist() and s.public["std"] == STD.tolist()
             info = s.arrays["images"]
             assert info.transform == "normalise" and info.mean == tuple(MEAN) and info.std == tuple(STD)
-        assert set(all_attrs(p)["/arrays/images"]) == {"shape", "dtype", "scale", "encoding", "transform",
-                                                       "mean", "std", "components", "sha256_first",
-                                                       "sha256_second"}
+        assert set(all_attrs(p)["/arrays/images"]) == {
+            "shape",
+            "dtype",
+            "scale",
+            "encoding",
+            "transform",
+            "mean",
+            "std",
+            "components",
+            "sha256_first",
+            "sha256_second",
+        }
 
 
 def test_unapplied_mean_std_stay_private(tmp_path):
@@ -206,7 +261,7 @@ def test_unapplied_mean_std_stay_private(tmp_path):
     named = split.split_file(src, tmp_path / "out2", public_meta="mean,std,source")
     with Shard(named.paths[2]) as s:
         assert s.public["mean"] == MEAN.tolist() and s.public["source"] == SOURCE
-    assert SOURCE.encode() in open(named.paths[2], "rb").read()   # the byte check can fail
+    assert SOURCE.encode() in open(named.paths[2], "rb").read()  # the byte check can fail
 
 
 def test_split_arrays_filters_its_metadata(tmp_path):
@@ -214,13 +269,15 @@ def test_split_arrays_filters_its_metadata(tmp_path):
     r = split.split_arrays(str(tmp_path), "arr", {"v": np.arange(4.0)}, kind="model", public=meta)
     assert r.public == {"name": "arr"} and r.withheld == ["seed", "meta.recipe", "meta.dataset"]
     assert_no_secrets(r.paths, {"seed", "recipe", "dataset"})
-    r = split.split_arrays(str(tmp_path), "arr2", {"v": np.arange(4.0)}, kind="model", public=meta,
-                           public_meta=["meta.dataset"])
+    r = split.split_arrays(
+        str(tmp_path), "arr2", {"v": np.arange(4.0)}, kind="model", public=meta, public_meta=["meta.dataset"]
+    )
     with Shard(r.paths[0]) as s:
         assert s.public == {"name": "arr", "meta": {"dataset": "mnist"}}
     with pytest.raises(ShardError, match=r"the metadata does not have: 'meta\.seed'"):
-        split.split_arrays(str(tmp_path), "arr3", {"v": np.arange(4.0)}, kind="model", public=meta,
-                           public_meta="meta.seed")
+        split.split_arrays(
+            str(tmp_path), "arr3", {"v": np.arange(4.0)}, kind="model", public=meta, public_meta="meta.seed"
+        )
 
 
 def test_parse_public_meta():
@@ -231,21 +288,33 @@ def test_parse_public_meta():
 
 # -- command line -----------------------------------------------------------------------------
 
+
 def test_cli_lists_public_and_private_attributes(tmp_path, capsys):
     src = make_weights(tmp_path / "w.h5")
-    rc = cli.main(["share", src, "--out", str(tmp_path / "o"), "-q", "--public-meta", "meta.dataset",
-                   "--public-meta", "meta.test_accuracy,meta.notes"])
+    rc = cli.main(
+        [
+            "share",
+            src,
+            "--out",
+            str(tmp_path / "o"),
+            "-q",
+            "--public-meta",
+            "meta.dataset",
+            "--public-meta",
+            "meta.test_accuracy,meta.notes",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     lines = out.splitlines()
     start = lines.index("public (in clear in every shard file: each server learns this):")
     end = [i for i, line in enumerate(lines) if line.startswith("kept private")][0]
-    public = lines[start + 1:end]
+    public = lines[start + 1 : end]
     with Shard(str(tmp_path / "o" / "w.party0.h5")) as s:
         set_id, created = s.set_id, s.created
     notes = repr(NOTES)[:69] + "..."
     assert public == [
-        "  array_names = '[\"conv.bias\", \"conv.weight\"]'",
+        '  array_names = \'["conv.bias", "conv.weight"]\'',
         f"  created = '{created}'",
         "  format = 'mpcgpu-shard/1'",
         "  frac_bits = 16",
@@ -259,10 +328,12 @@ def test_cli_lists_public_and_private_attributes(tmp_path, capsys):
         f"  public/meta/notes = {notes}",
         "  public/meta/test_accuracy = 0.987",
         "  and per array: the name, shape, dtype, scale and normalisation listed above, and checksums "
-        "of the components"]
+        "of the components",
+    ]
     assert len(notes) == 72
-    assert lines[end] == (f"kept private (attributes of {src} not copied to the shards): "
-                          "dtype, param_count, meta.recipe, meta.seed")
+    assert lines[end] == (
+        f"kept private (attributes of {src} not copied to the shards): dtype, param_count, meta.recipe, meta.seed"
+    )
     assert RECIPE not in out and str(SEED) not in out
 
 
@@ -271,12 +342,16 @@ def test_cli_dataset_output_and_errors(tmp_path, capsys):
     rc = cli.main(["share", src, "--out", str(tmp_path / "o"), "-q", "--public-meta", "classes"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "  images: 12x3x4x4 uint8 (scale 16, normalised with mean [0.5, 0.4, 0.3], " \
-           "std [0.25, 0.2, 0.3])" in out.splitlines()
+    assert (
+        "  images: 12x3x4x4 uint8 (scale 16, normalised with mean [0.5, 0.4, 0.3], "
+        "std [0.25, 0.2, 0.3])" in out.splitlines()
+    )
     assert "  public/classes = ['c0', 'c1', 'c2', 'c3', 'c4', 'c5', 'c6', 'c7', 'c8', 'c9']" in out
     assert "  public/num_classes = 10" in out and "  public/mean = [0.5, 0.4, 0.3]" in out
-    assert (f"kept private (attributes of {src} not copied to the shards): "
-            "normalisation, pixel_mean, pixel_std, seed, source") in out
+    assert (
+        f"kept private (attributes of {src} not copied to the shards): "
+        "normalisation, pixel_mean, pixel_std, seed, source"
+    ) in out
     assert SOURCE not in out
     rc = cli.main(["share", src, "--out", str(tmp_path / "o2"), "--public-meta", "sed"])
     err = capsys.readouterr().err
@@ -294,18 +369,26 @@ def test_share_help_documents_public_meta(capsys):
 
 # -- the embedded demo assets -----------------------------------------------------------------
 
+
 def test_demo_assets_share_with_names_only(tmp_path):
     from mpcgpu.jobs.demo import prepare
+
     model_stem, data_stem, _, _ = prepare(str(tmp_path), 8, 16)
     with Shard(f"{model_stem}.party0.h5") as s:
         assert s.public == {"format": "mpcgpu-weights/1", "model": "lenet"} and s.name == "lenet"
         assert s.kind == "model"
     with Shard(f"{data_stem}.party1.h5") as s:
-        assert s.public == {"format": "mpcgpu-dataset/1", "name": "mnist-test", "num_classes": 10,
-                            "mean": [0.1307], "std": [0.3081]}
-    for stem, private in ((model_stem, {"seed", "lr", "schedule", "trainer", "test_accuracy",
-                                        "param_count", "weight_decay"}),
-                          (data_stem, {"source", "normalisation"})):
+        assert s.public == {
+            "format": "mpcgpu-dataset/1",
+            "name": "mnist-test",
+            "num_classes": 10,
+            "mean": [0.1307],
+            "std": [0.3081],
+        }
+    for stem, private in (
+        (model_stem, {"seed", "lr", "schedule", "trainer", "test_accuracy", "param_count", "weight_decay"}),
+        (data_stem, {"source", "normalisation"}),
+    ):
         for i in range(3):
             p = f"{stem}.party{i}.h5"
             for where, a in all_attrs(p).items():

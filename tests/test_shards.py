@@ -1,4 +1,5 @@
 """Single-process tests of the share step, the shard files and the launch scripts."""
+
 import os
 import shutil
 import subprocess
@@ -91,7 +92,7 @@ def test_split_round_trip_model(tmp_path):
         assert reconstruct_local(result.paths, "bn.num_batches_tracked").view(np.int64) == 7
     s = open_shard(result.paths[0], party=0)
     assert s.name == "tiny" and s.arrays["bn.num_batches_tracked"].scale == 0
-    assert s.public == {"format": "mpcgpu-weights/1", "model": "tiny"}   # the allow-list only
+    assert s.public == {"format": "mpcgpu-weights/1", "model": "tiny"}  # the allow-list only
     assert s.arrays["features.0.weight"].shape == (4, 3, 3, 3)
     params = s.load_all()
     assert set(params) == {"features.0.weight", "features.0.bias", "bn.num_batches_tracked"}
@@ -111,7 +112,7 @@ def test_each_shard_holds_only_its_two_components(dataset_set):
             first, second = g["first"][:], g["second"][:]
         for j, c in ((i, first), ((i + 1) % 3, second)):
             if j in comps:
-                assert np.array_equal(comps[j], c)     # replicas agree
+                assert np.array_equal(comps[j], c)  # replicas agree
             comps[j] = c
     x = comps[0] + comps[1] + comps[2]
     for i, p in enumerate(result.paths):
@@ -155,8 +156,15 @@ def test_streaming_in_small_blocks(tmp_path):
     src = make_dataset(tmp_path / "toy.h5", n=37)
     with h5py.File(src) as f:
         spec = ArraySpec("images", f["images"], 16, "normalise", MEAN, STD)
-        result = write_shard_set(str(tmp_path), "blk", [spec, ArraySpec("labels", f["labels"], 0)],
-                                 kind="dataset", frac_bits=16, block_bytes=8 * 90 * 4, progress=True)
+        result = write_shard_set(
+            str(tmp_path),
+            "blk",
+            [spec, ArraySpec("labels", f["labels"], 0)],
+            kind="dataset",
+            frac_bits=16,
+            block_bytes=8 * 90 * 4,
+            progress=True,
+        )
     for i, p in enumerate(result.paths):
         open_shard(p, party=i).close()  # verifies checksums
     assert np.array_equal(reconstruct_local(result.paths, "images"), encode(plain_images(src), 16))
@@ -169,8 +177,9 @@ def test_streaming_in_small_blocks(tmp_path):
 
 
 def test_progress_line_on_stderr(tmp_path, capsys):
-    write_shard_set(str(tmp_path), "p", [ArraySpec("x", np.ones((10, 3)), 16)], kind="model",
-                    frac_bits=16, progress=True)
+    write_shard_set(
+        str(tmp_path), "p", [ArraySpec("x", np.ones((10, 3)), 16)], kind="model", frac_bits=16, progress=True
+    )
     err = capsys.readouterr().err
     assert err.startswith("sharing [") and "MiB" in err and err.rstrip().endswith("x")
 
@@ -188,7 +197,7 @@ def _flip_byte(path, array="images", ds="first", at=11):
 def test_checksum_detects_flipped_byte(dataset_set):
     _, result = dataset_set
     _flip_byte(result.paths[1], "labels", "second", at=5)
-    open_shard(result.paths[1], party=1, verify=False).close()   # header still fine
+    open_shard(result.paths[1], party=1, verify=False).close()  # header still fine
     with pytest.raises(ShardError, match=r"checksum mismatch in array 'labels' \(component 'second'\)"):
         open_shard(result.paths[1], party=1)
 
@@ -235,7 +244,7 @@ def test_stem_and_pattern_resolution(dataset_set, tmp_path):
     stem = str(tmp_path / "out" / "toy")
     assert shards.resolve_path(stem, 2) == result.paths[2]
     assert shards.resolve_path(str(tmp_path / "out" / "toy.party{party}.h5"), 1) == result.paths[1]
-    assert shards.resolve_path(result.paths[0], 2) == result.paths[0]   # explicit file: as is
+    assert shards.resolve_path(result.paths[0], 2) == result.paths[0]  # explicit file: as is
 
 
 def test_range_error_names_array_and_range(tmp_path):
@@ -271,15 +280,15 @@ def test_limit_and_refuse_overwrite(tmp_path):
 
 
 def test_scalar_and_split_arrays(tmp_path):
-    r = split.split_arrays(str(tmp_path), "arr", {"s": np.float64(-2.5), "v": np.arange(5)},
-                           kind="model", frac_bits=8)
+    r = split.split_arrays(str(tmp_path), "arr", {"s": np.float64(-2.5), "v": np.arange(5)}, kind="model", frac_bits=8)
     assert reconstruct_local(r.paths, "s").view(np.int64) == -640
     assert np.array_equal(reconstruct_local(r.paths, "v"), np.arange(5, dtype=np.uint64))
 
 
 def test_cli_help():
-    out = subprocess.run([sys.executable, "-m", "mpcgpu.cli", "share", "--help"], cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "mpcgpu.cli", "share", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0
     assert "STEM.party0.h5  -> server 0 only" in out.stdout and "--precision" in out.stdout
     assert "--public-meta meta.KEY" in out.stdout
@@ -309,8 +318,9 @@ LOCAL = os.path.join(REPO, "launch", "local.sh")
 def test_launcher_help_and_dry_run():
     out = subprocess.run([LOCAL, "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "mpiexec -n 3" in out.stdout
-    out = subprocess.run([LOCAL, "--dry-run", "--device", "cpu", "infer", "--data", "a b"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [LOCAL, "--dry-run", "--device", "cpu", "infer", "--data", "a b"], capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0
     assert "MPCGPU_DEVICE=cpu" in out.stdout and "-n 3" in out.stdout
     assert "-m mpcgpu.cli infer --data a\\ b" in out.stdout
@@ -318,17 +328,20 @@ def test_launcher_help_and_dry_run():
     assert bad.returncode == 2 and "cpu, cuda or auto" in bad.stderr
 
 
-@pytest.mark.skipif(shutil.which("mpiexec", path=os.path.dirname(sys.executable)) is None,
-                    reason="no mpiexec next to python")
+@pytest.mark.skipif(
+    shutil.which("mpiexec", path=os.path.dirname(sys.executable)) is None, reason="no mpiexec next to python"
+)
 def test_launcher_runs_three_ranks_and_passes_exit_code(tmp_path):
     script = tmp_path / "ranks.py"
     script.write_text(
         "import os, sys\nfrom mpi4py import MPI\nr = MPI.COMM_WORLD.Get_rank()\n"
         "open(os.path.join(os.path.dirname(__file__), f'r{r}'), 'w').write(str(os.environ.get('MPCGPU_DEVICE')))\n"
-        "sys.exit(int(sys.argv[1]) if r == 1 else 0)\n")
+        "sys.exit(int(sys.argv[1]) if r == 1 else 0)\n"
+    )
     env = dict(os.environ, PYTHON=sys.executable)
-    ok = subprocess.run([LOCAL, "--device", "cpu", str(script), "0"], capture_output=True, text=True,
-                        timeout=120, env=env)
+    ok = subprocess.run(
+        [LOCAL, "--device", "cpu", str(script), "0"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert ok.returncode == 0, ok.stderr
     assert [(tmp_path / f"r{r}").read_text() for r in range(3)] == ["cpu"] * 3
     failed = subprocess.run([LOCAL, str(script), "3"], capture_output=True, text=True, timeout=120, env=env)

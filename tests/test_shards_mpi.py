@@ -1,4 +1,5 @@
 """Three-rank tests: each party opens only its own shard; every bad case fails on every rank."""
+
 import os
 import shutil
 import tempfile
@@ -59,6 +60,7 @@ def _truncate(path):
 def _fewer_rows(path):
     """Rewrite the images of one shard with 10 rows, consistently (valid checksums)."""
     import hashlib
+
     with h5py.File(path, "r+") as f:
         g = f["arrays/images"]
         for ds in ("first", "second"):
@@ -136,7 +138,7 @@ def _fails_everywhere(rt, path, match, **kw):
 
 def test_wrong_party_file_on_one_rank(rt, sets):
     good = os.path.join(sets, "good", "toy")
-    path = f"{good}.party1.h5" if rt.rank == 0 else good   # party 0 is given party 1's file
+    path = f"{good}.party1.h5" if rt.rank == 0 else good  # party 0 is given party 1's file
     _fails_everywhere(rt, path, r"party 0: shard .*toy.party1.h5 belongs to party 1 but this is party 0")
 
 
@@ -159,8 +161,11 @@ def test_truncated_shard_on_one_rank(rt, sets):
 
 
 def test_shape_mismatch(rt, sets):
-    _fails_everywhere(rt, os.path.join(sets, "shape", "toy"),
-                      r"party 0 and party 2 disagree.*'images' has shape \(20, 1, 8, 8\) vs \(10, 1, 8, 8\)")
+    _fails_everywhere(
+        rt,
+        os.path.join(sets, "shape", "toy"),
+        r"party 0 and party 2 disagree.*'images' has shape \(20, 1, 8, 8\) vs \(10, 1, 8, 8\)",
+    )
 
 
 def test_frac_bits_mismatch(rt, sets):
@@ -182,6 +187,7 @@ def test_still_in_step_after_failures(rt, sets):
 def test_as_share_wraps_the_pair(rt, sets):
 
     from mpcgpu.data import as_share
+
     images, _ = _plain_images(sets)
     with open_shard(os.path.join(sets, "good", "toy"), rt) as shard:
         x = as_share(shard.load("images"), shard.arrays["images"].scale)

@@ -2,6 +2,7 @@
 shards in, shards and plaintext weights out; a rank killed mid-epoch; `--resume` giving
 a result bit-identical to an uninterrupted run; what is revealed.
 """
+
 import json
 import os
 import subprocess
@@ -33,23 +34,47 @@ def shards(tmp_path_factory):
     from mpcgpu.assets.dataset_h5 import write_dataset
     from mpcgpu.assets.mnist_idx import MNIST_MEAN, MNIST_STD, load_mnist
     from mpcgpu.data.split import split_file
+
     work = tmp_path_factory.mktemp("train")
     imgs, labels = load_mnist(*mnist_test_idx_paths(), verify=False)
     imgs = imgs.reshape(-1, 1, 28, 28)
     for part, sl in (("train", slice(0, TRAIN)), ("test", slice(5000, 5000 + TEST))):
         path = str(work / f"{part}.h5")
-        write_dataset(path, imgs[sl], labels[sl], name=f"mnist-{part}", mean=MNIST_MEAN, std=MNIST_STD,
-                      num_classes=10)
+        write_dataset(path, imgs[sl], labels[sl], name=f"mnist-{part}", mean=MNIST_MEAN, std=MNIST_STD, num_classes=10)
         split_file(path, str(work / "shards"), progress=False)
     return work
 
 
 def train_args(work, tag, *extra):
-    return ["train", "--model", "lenet", "--init-seed", "3", "--data", str(work / "shards" / "train"),
-            "--test-data", str(work / "shards" / "test"), "--epochs", "2", "--batch-size", str(BATCH),
-            "--lr", "0.02", "--checkpoint-dir", str(work / tag / "ckpt"), "--checkpoint-every", "2",
-            "--out", str(work / tag / "w"), "--reveal-to", "1", "--json", str(work / tag / "run.json"),
-            "--no-progress", *extra]
+    return [
+        "train",
+        "--model",
+        "lenet",
+        "--init-seed",
+        "3",
+        "--data",
+        str(work / "shards" / "train"),
+        "--test-data",
+        str(work / "shards" / "test"),
+        "--epochs",
+        "2",
+        "--batch-size",
+        str(BATCH),
+        "--lr",
+        "0.02",
+        "--checkpoint-dir",
+        str(work / tag / "ckpt"),
+        "--checkpoint-every",
+        "2",
+        "--out",
+        str(work / tag / "w"),
+        "--reveal-to",
+        "1",
+        "--json",
+        str(work / tag / "run.json"),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def weights(path):
@@ -70,7 +95,7 @@ def uninterrupted(shards):
 def test_train_writes_shards_weights_and_json(shards, uninterrupted):
     out = uninterrupted.stdout
     assert "private test accuracy" in out and "only the count revealed" in out
-    assert "INSECURE" in uninterrupted.stderr                      # the seed is announced
+    assert "INSECURE" in uninterrupted.stderr  # the seed is announced
     summary = json.load(open(shards / "a" / "run.json"))
     steps = (TRAIN // BATCH) * 2
     assert len(summary["steps"]) == steps and len(summary["epochs"]) == 2
@@ -82,11 +107,21 @@ def test_train_writes_shards_weights_and_json(shards, uninterrupted):
     # plaintext weights only at party 1; shards for every party, accepted by `mpcgpu infer`
     assert (shards / "a" / "w.weights.h5").exists()
     assert all((shards / "a" / f"w.party{i}.h5").exists() for i in range(3))
-    proc = mpirun(["infer", "--model", str(shards / "a" / "w"), "--data", str(shards / "shards" / "test"),
-                   "--batch-size", "20", "--no-progress"])
+    proc = mpirun(
+        [
+            "infer",
+            "--model",
+            str(shards / "a" / "w"),
+            "--data",
+            str(shards / "shards" / "test"),
+            "--batch-size",
+            "20",
+            "--no-progress",
+        ]
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     acc = float(proc.stdout.split("private accuracy: ")[1].split("%")[0]) / 100
-    assert abs(acc - summary["test_accuracy"]) <= 2 / TEST      # the same weights, exactly rounded
+    assert abs(acc - summary["test_accuracy"]) <= 2 / TEST  # the same weights, exactly rounded
 
 
 def test_killed_rank_then_resume_is_bit_identical(shards, uninterrupted):

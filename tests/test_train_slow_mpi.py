@@ -2,6 +2,7 @@
 plaintext twins over 20 steps, a batch-norm variant included (issue 11).  Minutes each:
 marked slow (``RUN_SLOW=1 bash tests/run.sh``, or ``-m slow``).
 """
+
 import numpy as np
 import pytest
 
@@ -25,8 +26,9 @@ def synthetic(rng, batch, shape, classes):
     return enc(x), labels
 
 
-@pytest.mark.parametrize("name,batch,lr", [("alexnet_cifar10", 8, 0.01), ("vgg16_cifar10", 4, 0.005),
-                                           ("vgg16_bn_cifar10", 4, 0.01)])
+@pytest.mark.parametrize(
+    "name,batch,lr", [("alexnet_cifar10", 8, 0.01), ("vgg16_cifar10", 4, 0.005), ("vgg16_bn_cifar10", 4, 0.01)]
+)
 def test_twenty_steps_track_the_twin(rt, name, batch, lr):
     model = get_model(name)
     params = {k: enc(v) for k, v in bench_params(model, 1).items()}
@@ -41,12 +43,12 @@ def test_twenty_steps_track_the_twin(rt, name, batch, lr):
     losses, ref = [], []
     for _ in range(STEPS):
         logits = pm.forward(sx, train=True)
-        losses.append(float(cross_entropy(logits, oh).reveal()))        # diagnostic reveal
+        losses.append(float(cross_entropy(logits, oh).reveal()))  # diagnostic reveal
         pm.set_params(opt.step(pm.backward(cross_entropy_grad(logits, oh)), batch))
         loss, d = softmax_cross_entropy(plain.forward(x, train=True), y)
         plain.backward(d)
         popt.step(plain.grads)
         ref.append(loss)
     losses, ref = np.array(losses), np.array(ref)
-    assert ref[-1] < ref[0]                                       # the twin learns something
+    assert ref[-1] < ref[0]  # the twin learns something
     assert np.all(np.abs(losses - ref) <= 0.05 * np.abs(ref) + 0.02), np.c_[losses, ref]

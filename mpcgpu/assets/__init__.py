@@ -7,6 +7,7 @@ Also home of the small readers the installed CLI needs: ``mnist_idx`` (IDX ->
 arrays) and ``dataset_h5`` (the plaintext dataset HDF5 layout).  Attribution
 and checksums: ``README.md`` here and in ``mnist/``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,10 @@ def _existing(p: Path) -> str:
 
 def mnist_test_idx_paths() -> tuple[str, str]:
     """Paths of the embedded MNIST test images and labels (t10k, IDX gzip)."""
-    return (_existing(_HERE / "mnist" / "t10k-images-idx3-ubyte.gz"),
-            _existing(_HERE / "mnist" / "t10k-labels-idx1-ubyte.gz"))
+    return (
+        _existing(_HERE / "mnist" / "t10k-images-idx3-ubyte.gz"),
+        _existing(_HERE / "mnist" / "t10k-labels-idx1-ubyte.gz"),
+    )
 
 
 def lenet_weights_path() -> str:

@@ -8,6 +8,7 @@ uint32 per dimension and the data, big-endian, C order.
     arr = read_idx(path)                                    # any IDX array
     verify_sha256(path)                                     # for the standard file names
 """
+
 from __future__ import annotations
 
 import gzip
@@ -28,14 +29,10 @@ _TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E:
 
 #: SHA-256 and size of the original MNIST distribution files (see assets/mnist/README.md).
 KNOWN_FILES = {
-    "train-images-idx3-ubyte.gz": (
-        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609", 9912422),
-    "train-labels-idx1-ubyte.gz": (
-        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c", 28881),
-    "t10k-images-idx3-ubyte.gz": (
-        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6", 1648877),
-    "t10k-labels-idx1-ubyte.gz": (
-        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", 4542),
+    "train-images-idx3-ubyte.gz": ("440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609", 9912422),
+    "train-labels-idx1-ubyte.gz": ("3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c", 28881),
+    "t10k-images-idx3-ubyte.gz": ("8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6", 1648877),
+    "t10k-labels-idx1-ubyte.gz": ("f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", 4542),
 }
 
 #: Per-channel normalisation conventionally used for MNIST (training-set statistics).
@@ -65,8 +62,10 @@ def verify_sha256(path, required: bool = False) -> bool:
     want, size = KNOWN_FILES[base]
     got = sha256_of(path)
     if got != want:
-        raise IDXFormatError(f"{path}: SHA-256 {got} does not match the published {want} "
-                             f"(expected {size} bytes, file has {os.path.getsize(path)})")
+        raise IDXFormatError(
+            f"{path}: SHA-256 {got} does not match the published {want} "
+            f"(expected {size} bytes, file has {os.path.getsize(path)})"
+        )
     return True
 
 
@@ -99,8 +98,7 @@ def parse_idx(data: bytes, where: str = "IDX data") -> np.ndarray:
     dt = np.dtype(_TYPES[code])
     need = head + int(np.prod(dims, dtype=np.int64)) * dt.itemsize
     if len(data) < need:
-        raise IDXFormatError(f"{where}: truncated: dims {dims} need {need} bytes, "
-                             f"file has {len(data)}")
+        raise IDXFormatError(f"{where}: truncated: dims {dims} need {need} bytes, file has {len(data)}")
     if len(data) > need:
         raise IDXFormatError(f"{where}: {len(data) - need} trailing bytes after dims {dims}")
     arr = np.frombuffer(data, dt, offset=head).reshape(dims)
@@ -122,11 +120,9 @@ def load_mnist(images_path, labels_path, verify: bool = True):
         verify_sha256(labels_path)
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise IDXFormatError(f"{images_path}: expected N x H x W uint8 images, got "
-                             f"{images.shape} {images.dtype}")
+        raise IDXFormatError(f"{images_path}: expected N x H x W uint8 images, got {images.shape} {images.dtype}")
     if labels.ndim != 1 or labels.dtype != np.uint8:
-        raise IDXFormatError(f"{labels_path}: expected N uint8 labels, got "
-                             f"{labels.shape} {labels.dtype}")
+        raise IDXFormatError(f"{labels_path}: expected N uint8 labels, got {labels.shape} {labels.dtype}")
     if len(images) != len(labels):
         raise IDXFormatError(f"{len(images)} images but {len(labels)} labels")
     if len(labels) and labels.max() > 9:
@@ -134,5 +130,14 @@ def load_mnist(images_path, labels_path, verify: bool = True):
     return np.ascontiguousarray(images[:, None]), labels
 
 
-__all__ = ["IDXFormatError", "KNOWN_FILES", "MNIST_MEAN", "MNIST_STD", "sha256_of",
-           "verify_sha256", "parse_idx", "read_idx", "load_mnist"]
+__all__ = [
+    "IDXFormatError",
+    "KNOWN_FILES",
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "sha256_of",
+    "verify_sha256",
+    "parse_idx",
+    "read_idx",
+    "load_mnist",
+]

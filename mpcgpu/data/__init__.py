@@ -6,10 +6,34 @@
   of the file's own metadata only an allow-list (and what the owner names with
   ``--public-meta``) is stored in clear.
 """
-from .shards import (FORMAT, ArrayInfo, ArraySpec, Shard, ShardSet, as_share, open_shard,
-                     reconstruct_local, resolve_path, shard_path, write_shard_set)
+
+from .shards import (
+    FORMAT,
+    ArrayInfo,
+    ArraySpec,
+    Shard,
+    ShardSet,
+    as_share,
+    open_shard,
+    reconstruct_local,
+    resolve_path,
+    shard_path,
+    write_shard_set,
+)
 from .split import split_arrays, split_file
 
-__all__ = ["FORMAT", "ArrayInfo", "ArraySpec", "Shard", "ShardSet", "as_share", "open_shard",
-           "reconstruct_local", "resolve_path", "shard_path", "split_arrays", "split_file",
-           "write_shard_set"]
+__all__ = [
+    "FORMAT",
+    "ArrayInfo",
+    "ArraySpec",
+    "Shard",
+    "ShardSet",
+    "as_share",
+    "open_shard",
+    "reconstruct_local",
+    "resolve_path",
+    "shard_path",
+    "split_arrays",
+    "split_file",
+    "write_shard_set",
+]

@@ -5,6 +5,7 @@ train on their concatenation.  Each rank opens only its own files; the row order
 is public (a permutation from a seed, :func:`mpcgpu.nn.schedule.epoch_batches`),
 so rows are read by index and nothing depends on the data.
 """
+
 from __future__ import annotations
 
 import numpy
@@ -53,6 +54,7 @@ class ShardedDataset:
     def _gather(self, name, rows):
         """The sorted global ``rows`` of array ``name`` as one share (scale of the shards)."""
         from ..sharing.arithmetic import ArithmeticShare, to_scale
+
         xp = self.rt.xp
         rows = numpy.asarray(rows, dtype=numpy.int64)
         firsts, seconds, scale = [], [], None
@@ -66,15 +68,17 @@ class ShardedDataset:
                 scale = s.info(name).scale
         share = ArithmeticShare(xp.concatenate(firsts), xp.concatenate(seconds), scale, self.rt)
         if name == "images" and share.scale < self.rt.frac_bits:
-            share = to_scale(share, self.rt.frac_bits)      # exact: a shift
+            share = to_scale(share, self.rt.frac_bits)  # exact: a shift
         return share
 
     def batch(self, rows):
         """``(images, labels or None)`` shares for the sorted global row indices ``rows``."""
         images = self._gather("images", rows)
         if images.scale != self.rt.frac_bits:
-            raise ShardError(f"the images were shared with {images.scale} fractional bits, more than the "
-                             f"{self.rt.frac_bits} of this run (use --precision {images.scale})")
+            raise ShardError(
+                f"the images were shared with {images.scale} fractional bits, more than the "
+                f"{self.rt.frac_bits} of this run (use --precision {images.scale})"
+            )
         labels = self._gather("labels", rows) if self.has_labels else None
         return images, labels
 

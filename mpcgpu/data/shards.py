@@ -55,6 +55,7 @@ every rank, naming the party and the reason, before any computation.
 Checksums are never sent to other parties: the hash of a component would let
 a party that lacks it test guesses of a low-entropy secret.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -89,6 +90,7 @@ def shard_path(stem: str, party: int) -> str:
 
 def _h5py():
     import h5py
+
     return h5py
 
 
@@ -105,6 +107,7 @@ def _blocks(n_rows: int, rows: int):
 # ----------------------------------------------------------------------------------------
 # writer
 # ----------------------------------------------------------------------------------------
+
 
 @dataclass
 class ArraySpec:
@@ -168,8 +171,7 @@ class ArraySpec:
             for label, v in (("mean", self.mean), ("std", self.std)):
                 v = numpy.asarray(v, numpy.float64).ravel()
                 if v.size not in (1, shape[1]):
-                    raise EncodingError(f"array {self.name!r}: {label} has {v.size} values for "
-                                        f"{shape[1]} channels")
+                    raise EncodingError(f"array {self.name!r}: {label} has {v.size} values for {shape[1]} channels")
                 if not numpy.isfinite(v).all():
                     raise EncodingError(f"array {self.name!r}: {label} is not finite")
             if (numpy.asarray(self.std, numpy.float64) <= 0).any():
@@ -186,16 +188,26 @@ class ShardSet:
     set_id: str
     kind: str
     frac_bits: int
-    arrays: dict                 # name -> {"shape", "dtype", "scale"}
-    sizes: list = field(default_factory=list)   # bytes per file
+    arrays: dict  # name -> {"shape", "dtype", "scale"}
+    sizes: list = field(default_factory=list)  # bytes per file
     public: dict = field(default_factory=dict)  # what /public holds (sub-groups as dicts)
     withheld: list = field(default_factory=list)  # input attrs kept private (set by the share step)
 
 
-def write_shard_set(out_dir: str, stem: str, arrays, *, kind: str, frac_bits: int,
-                    name: str = "", source_format: str = "arrays", public: dict | None = None,
-                    overwrite: bool = False, progress: bool | None = None,
-                    block_bytes: int = BLOCK_BYTES) -> ShardSet:
+def write_shard_set(
+    out_dir: str,
+    stem: str,
+    arrays,
+    *,
+    kind: str,
+    frac_bits: int,
+    name: str = "",
+    source_format: str = "arrays",
+    public: dict | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    block_bytes: int = BLOCK_BYTES,
+) -> ShardSet:
     """Secret-share ``arrays`` (a list of :class:`ArraySpec`) into three shard files.
 
     The components ``x0, x1`` are drawn from a fresh AES-CTR stream
@@ -226,14 +238,15 @@ def write_shard_set(out_dir: str, stem: str, arrays, *, kind: str, frac_bits: in
     if not overwrite:
         existing = [p for p in paths if os.path.exists(p)]
         if existing:
-            raise ShardError(f"shard file(s) already exist: {', '.join(existing)} "
-                             "(remove them or pass --force / overwrite=True)")
+            raise ShardError(
+                f"shard file(s) already exist: {', '.join(existing)} (remove them or pass --force / overwrite=True)"
+            )
     tmp = [p + ".partial" for p in paths]
 
     set_id = secrets.token_hex(16)
     total = 3 * 2 * 8 * sum(int(numpy.prod(a.shape, dtype=numpy.int64)) for a in arrays)
     show = (total > PROGRESS_BYTES) if progress is None else bool(progress)
-    meter = Progress(total, "sharing", enabled=show, unit="MiB", scale=2 ** 20)
+    meter = Progress(total, "sharing", enabled=show, unit="MiB", scale=2**20)
     stream = Stream(fresh_key())
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     files = []
@@ -241,8 +254,18 @@ def write_shard_set(out_dir: str, stem: str, arrays, *, kind: str, frac_bits: in
         for i in range(PARTIES):
             f = h5py.File(tmp[i], "w")
             files.append(f)
-            _write_header(f, i, kind=kind, set_id=set_id, frac_bits=frac_bits, name=name,
-                          source_format=source_format, names=names, created=created, public=public)
+            _write_header(
+                f,
+                i,
+                kind=kind,
+                set_id=set_id,
+                frac_bits=frac_bits,
+                name=name,
+                source_format=source_format,
+                names=names,
+                created=created,
+                public=public,
+            )
         info = {}
         for a in arrays:
             info[a.name] = _write_array(files, a, stream, meter, block_bytes)
@@ -265,9 +288,15 @@ def write_shard_set(out_dir: str, stem: str, arrays, *, kind: str, frac_bits: in
         raise
     finally:
         meter.close()
-    return ShardSet(paths=paths, set_id=set_id, kind=kind, frac_bits=int(frac_bits), arrays=info,
-                    sizes=[os.path.getsize(p) for p in paths],
-                    public={k: dict(v) if isinstance(v, dict) else v for k, v in (public or {}).items()})
+    return ShardSet(
+        paths=paths,
+        set_id=set_id,
+        kind=kind,
+        frac_bits=int(frac_bits),
+        arrays=info,
+        sizes=[os.path.getsize(p) for p in paths],
+        public={k: dict(v) if isinstance(v, dict) else v for k, v in (public or {}).items()},
+    )
 
 
 def _write_header(f, party: int, *, kind, set_id, frac_bits, name, source_format, names, created, public):
@@ -303,8 +332,18 @@ def _array_group(f, party: int, name: str, shape, dtype: str, scale: int):
     return g
 
 
-def write_party_shard(path: str, party: int, arrays: dict, *, kind: str, set_id: str, frac_bits: int,
-                      name: str, public: dict | None = None, source_format: str = "mpcgpu-train") -> str:
+def write_party_shard(
+    path: str,
+    party: int,
+    arrays: dict,
+    *,
+    kind: str,
+    set_id: str,
+    frac_bits: int,
+    name: str,
+    public: dict | None = None,
+    source_format: str = "mpcgpu-train",
+) -> str:
     """Write ONE party's file of a shard set that the three parties produce together (e.g.
     trained weights): ``arrays`` is ``{name: (first, second, scale)}`` -- this party's own
     two components, host uint64 arrays -- and ``set_id`` is common to the three files.
@@ -313,8 +352,18 @@ def write_party_shard(path: str, party: int, arrays: dict, *, kind: str, set_id:
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
-        _write_header(f, party, kind=kind, set_id=set_id, frac_bits=frac_bits, name=name,
-                      source_format=source_format, names=list(arrays), created=created, public=public)
+        _write_header(
+            f,
+            party,
+            kind=kind,
+            set_id=set_id,
+            frac_bits=frac_bits,
+            name=name,
+            source_format=source_format,
+            names=list(arrays),
+            created=created,
+            public=public,
+        )
         for key, (first, second, scale) in arrays.items():
             first = numpy.ascontiguousarray(first, dtype=_U64)
             second = numpy.ascontiguousarray(second, dtype=_U64)
@@ -337,10 +386,11 @@ def _write_array(files, a: ArraySpec, stream, meter: Progress, block_bytes: int)
             g.attrs["mean"] = numpy.asarray(a.mean, numpy.float64).ravel()
             g.attrs["std"] = numpy.asarray(a.std, numpy.float64).ravel()
         # contiguous, uncompressed: shares are random and read in row blocks
-        dsets.append((g.create_dataset("first", shape=shape, dtype=_U64),
-                      g.create_dataset("second", shape=shape, dtype=_U64)))
+        dsets.append(
+            (g.create_dataset("first", shape=shape, dtype=_U64), g.create_dataset("second", shape=shape, dtype=_U64))
+        )
         groups.append(g)
-    hashes = [hashlib.sha256() for _ in range(PARTIES)]   # one per component x_j
+    hashes = [hashlib.sha256() for _ in range(PARTIES)]  # one per component x_j
     what = f"array {a.name!r}"
     n_rows = shape[0] if shape else 1
     for start, stop in _blocks(n_rows, _rows_per_block(shape, block_bytes)):
@@ -349,7 +399,7 @@ def _write_array(files, a: ArraySpec, stream, meter: Progress, block_bytes: int)
         x = numpy.ascontiguousarray(encode(plain, a.scale, check=False), dtype=_U64)
         x0 = stream.uint64(x.shape)
         x1 = stream.uint64(x.shape)
-        x2 = x - x0 - x1                      # wraps mod 2^64
+        x2 = x - x0 - x1  # wraps mod 2^64
         comps = (x0, x1, x2)
         for j, c in enumerate(comps):
             hashes[j].update(memoryview(numpy.ascontiguousarray(c, dtype=_U64)).cast("B"))
@@ -369,14 +419,15 @@ def _write_array(files, a: ArraySpec, stream, meter: Progress, block_bytes: int)
 # reader
 # ----------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ArrayInfo:
     """Public description of one shared array."""
 
     name: str
     shape: tuple
-    dtype: str            # plaintext dtype of the source
-    scale: int            # fractional bits (0: integers)
+    dtype: str  # plaintext dtype of the source
+    scale: int  # fractional bits (0: integers)
     transform: str = "none"
     mean: tuple | None = None
     std: tuple | None = None
@@ -445,10 +496,15 @@ class Shard:
         f, path = self._file, self.path
         fmt = _attr_str(f.attrs.get("format", ""))
         if fmt != FORMAT:
-            raise ShardError(f"{path} is not an mpcgpu shard: format tag {fmt or '(none)'!r}, expected "
-                             f"{FORMAT!r}" + (" (this looks like plaintext input: run `mpcgpu share` on it "
-                                              "first)" if fmt.startswith(("mpcgpu-dataset", "mpcgpu-weights"))
-                                              else ""))
+            raise ShardError(
+                f"{path} is not an mpcgpu shard: format tag {fmt or '(none)'!r}, expected "
+                f"{FORMAT!r}"
+                + (
+                    " (this looks like plaintext input: run `mpcgpu share` on it first)"
+                    if fmt.startswith(("mpcgpu-dataset", "mpcgpu-weights"))
+                    else ""
+                )
+            )
         self.party = _attr_int(f.attrs, "party", path)
         parties = _attr_int(f.attrs, "parties", path)
         if parties != PARTIES or not 0 <= self.party < PARTIES:
@@ -486,22 +542,27 @@ class Shard:
             shape = tuple(int(s) for s in numpy.asarray(g.attrs["shape"]).ravel())
             comps = tuple(int(c) for c in numpy.asarray(g.attrs.get("components", [-1, -1])).ravel())
             if comps != (self.party, (self.party + 1) % PARTIES):
-                raise ShardError(f"{where}: holds components {comps}, but party {self.party} holds "
-                                 f"({self.party}, {(self.party + 1) % PARTIES})")
+                raise ShardError(
+                    f"{where}: holds components {comps}, but party {self.party} holds "
+                    f"({self.party}, {(self.party + 1) % PARTIES})"
+                )
             for ds in ("first", "second"):
                 if ds not in g or not isinstance(g[ds], _h5py().Dataset):
                     raise ShardError(f"{where}: component dataset {ds!r} is missing")
                 d = g[ds]
                 if tuple(d.shape) != shape or d.dtype != _U64:
-                    raise ShardError(f"{where}: component {ds!r} is {d.dtype}{tuple(d.shape)}, "
-                                     f"expected uint64{shape}")
+                    raise ShardError(f"{where}: component {ds!r} is {d.dtype}{tuple(d.shape)}, expected uint64{shape}")
             mean = g.attrs.get("mean")
             std = g.attrs.get("std")
             arrays[name] = ArrayInfo(
-                name=name, shape=shape, dtype=_attr_str(g.attrs.get("dtype", "")),
-                scale=int(g.attrs["scale"]), transform=_attr_str(g.attrs.get("transform", "none")),
+                name=name,
+                shape=shape,
+                dtype=_attr_str(g.attrs.get("dtype", "")),
+                scale=int(g.attrs["scale"]),
+                transform=_attr_str(g.attrs.get("transform", "none")),
                 mean=None if mean is None else tuple(float(v) for v in numpy.ravel(mean)),
-                std=None if std is None else tuple(float(v) for v in numpy.ravel(std)))
+                std=None if std is None else tuple(float(v) for v in numpy.ravel(std)),
+            )
         self.arrays = arrays
 
     def check_party(self, party: int):
@@ -524,26 +585,35 @@ class Shard:
                             block = numpy.ascontiguousarray(d[start:stop], dtype=_U64)
                             h.update(memoryview(block).cast("B"))
                 except OSError as exc:
-                    raise ShardError(f"shard {self.path}: array {name!r} cannot be read "
-                                     f"(truncated or corrupt file): {exc}") from None
+                    raise ShardError(
+                        f"shard {self.path}: array {name!r} cannot be read (truncated or corrupt file): {exc}"
+                    ) from None
                 expected = _attr_str(g.attrs[f"sha256_{ds}"])
                 if h.hexdigest() != expected:
-                    raise ShardError(f"shard {self.path}: checksum mismatch in array {name!r} "
-                                     f"(component {ds!r}): the file is corrupt; copy it again")
+                    raise ShardError(
+                        f"shard {self.path}: checksum mismatch in array {name!r} "
+                        f"(component {ds!r}): the file is corrupt; copy it again"
+                    )
 
     def summary(self) -> dict:
         """Public facts compared across the parties (never checksums or data)."""
-        return {"set_id": self.set_id, "kind": self.kind, "frac_bits": self.frac_bits,
-                "party": self.party, "name": self.name,
-                "arrays": [(n, list(a.shape), a.scale) for n, a in self.arrays.items()]}
+        return {
+            "set_id": self.set_id,
+            "kind": self.kind,
+            "frac_bits": self.frac_bits,
+            "party": self.party,
+            "name": self.name,
+            "arrays": [(n, list(a.shape), a.scale) for n, a in self.arrays.items()],
+        }
 
     # -- data -----------------------------------------------------------------------
     def info(self, name: str) -> ArrayInfo:
         try:
             return self.arrays[name]
         except KeyError:
-            raise ShardError(f"shard {self.path} has no array {name!r} "
-                             f"(it has: {', '.join(self.arrays) or 'none'})") from None
+            raise ShardError(
+                f"shard {self.path} has no array {name!r} (it has: {', '.join(self.arrays) or 'none'})"
+            ) from None
 
     def rows(self, name: str) -> int:
         return self.info(name).rows
@@ -559,8 +629,10 @@ class Shard:
             if not info.shape:
                 return (numpy.asarray(g["first"][()], _U64), numpy.asarray(g["second"][()], _U64))
             sl = slice(start, info.shape[0] if stop is None else stop)
-            return (numpy.ascontiguousarray(g["first"][sl], dtype=_U64),
-                    numpy.ascontiguousarray(g["second"][sl], dtype=_U64))
+            return (
+                numpy.ascontiguousarray(g["first"][sl], dtype=_U64),
+                numpy.ascontiguousarray(g["second"][sl], dtype=_U64),
+            )
         except OSError as exc:
             raise ShardError(f"shard {self.path}: array {name!r} cannot be read: {exc}") from None
 
@@ -574,8 +646,7 @@ class Shard:
             raise ShardError(f"row index out of range for {name!r} ({self.rows(name)} rows)")
         g = self._file[f"arrays/{name}"]
         try:
-            return tuple(self._dev(numpy.ascontiguousarray(g[c][rows], dtype=_U64))
-                         for c in ("first", "second"))
+            return tuple(self._dev(numpy.ascontiguousarray(g[c][rows], dtype=_U64)) for c in ("first", "second"))
         except OSError as exc:
             raise ShardError(f"shard {self.path}: array {name!r} cannot be read: {exc}") from None
 
@@ -588,8 +659,7 @@ class Shard:
         """Every array as ``{name: (first, second)}`` on the back end, in file order."""
         return {name: self.load(name) for name in self.arrays}
 
-    def batches(self, names, batch_size: int, *, start: int = 0, stop: int | None = None,
-                drop_last: bool = False):
+    def batches(self, names, batch_size: int, *, start: int = 0, stop: int | None = None, drop_last: bool = False):
         """Iterate row batches on the back end.
 
         ``names`` is one array name (yields pairs) or a sequence of names with the
@@ -624,8 +694,10 @@ class Shard:
         self.close()
 
     def __repr__(self):
-        return (f"Shard({self.path!r}, party={self.party}, kind={self.kind!r}, set={self.set_id[:8]}, "
-                f"frac_bits={self.frac_bits}, arrays={list(self.arrays)})")
+        return (
+            f"Shard({self.path!r}, party={self.party}, kind={self.kind!r}, set={self.set_id[:8]}, "
+            f"frac_bits={self.frac_bits}, arrays={list(self.arrays)})"
+        )
 
 
 def _plain(v):
@@ -653,8 +725,15 @@ def _open_local(path, party, backend, verify, kind):
     return shard
 
 
-def open_shard(path, rt=None, *, party: int | None = None, kind: str | None = None,
-               verify: bool = True, collective: bool | None = None) -> Shard:
+def open_shard(
+    path,
+    rt=None,
+    *,
+    party: int | None = None,
+    kind: str | None = None,
+    verify: bool = True,
+    collective: bool | None = None,
+) -> Shard:
     """Open and validate this party's shard; returns a :class:`Shard`.
 
     ``path``: the shard file, a stem (``out/mnist`` -> ``out/mnist.party<i>.h5``) or a
@@ -669,6 +748,7 @@ def open_shard(path, rt=None, *, party: int | None = None, kind: str | None = No
     """
     if rt is None:
         from .. import runtime
+
         if runtime.is_initialised():
             rt = runtime.get()
     if collective is None:
@@ -711,21 +791,26 @@ def _collective_problem(reports) -> str | None:
     summaries = [s for (_, _, s), _ in reports]
     ids = [s["set_id"] for s in summaries]
     if len(set(ids)) != 1:
-        return ("the parties' shards come from different splits (shard-set ids "
-                + ", ".join(f"party {p}: {i[:12]}" for p, i in enumerate(ids))
-                + "): give every party its file of the same `mpcgpu share` run")
+        return (
+            "the parties' shards come from different splits (shard-set ids "
+            + ", ".join(f"party {p}: {i[:12]}" for p, i in enumerate(ids))
+            + "): give every party its file of the same `mpcgpu share` run"
+        )
     kinds = [s["kind"] for s in summaries]
     if len(set(kinds)) != 1:
         return "the parties' shards are of different kinds: " + ", ".join(
-            f"party {p}: {k}" for p, k in enumerate(kinds))
+            f"party {p}: {k}" for p, k in enumerate(kinds)
+        )
     for p, s in enumerate(summaries):
         if s["party"] != p:
             return f"party {p} opened the shard of party {s['party']}"
     fbits = [s["frac_bits"] for s in summaries]
     for p, ((_, _, s), rt_bits) in enumerate(reports):
         if s["frac_bits"] != rt_bits:
-            return (f"the shards were split with {s['frac_bits']} fractional bits but party {p} runs "
-                    f"with {rt_bits} (use --precision {s['frac_bits']}, or split again)")
+            return (
+                f"the shards were split with {s['frac_bits']} fractional bits but party {p} runs "
+                f"with {rt_bits} (use --precision {s['frac_bits']}, or split again)"
+            )
     if len(set(fbits)) != 1:
         return f"the parties' shards disagree on the fractional bits: {fbits}"
     layouts = [s["arrays"] for s in summaries]
@@ -754,6 +839,7 @@ def _layout_diff(a, b) -> str:
 def as_share(pair, scale: int):
     """Wrap ``(first, second)`` as the share tensor type (imported lazily)."""
     from ..sharing.arithmetic import ArithmeticShare
+
     first, second = pair
     return ArithmeticShare(first, second, scale)
 

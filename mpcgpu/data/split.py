@@ -26,6 +26,7 @@ accuracy, a dataset's seed or source path, ...) stays on the owner's machine
 unless the owner names it with ``public_meta`` / ``--public-meta KEY`` (a root
 attribute) or ``meta.KEY`` (an attribute of ``/meta``, stored in ``/public/meta``).
 """
+
 from __future__ import annotations
 
 import os
@@ -125,8 +126,9 @@ def parse_public_meta(values) -> list:
     return keys
 
 
-def select_public(attrs: dict, groups: dict | None = None, *, default=(), public_meta=None,
-                  where: str = "the input") -> tuple:
+def select_public(
+    attrs: dict, groups: dict | None = None, *, default=(), public_meta=None, where: str = "the input"
+) -> tuple:
     """Choose the public metadata: ``(public, withheld)``.
 
     ``attrs`` are the input's root attrs, ``groups`` its sub-groups' attrs
@@ -147,26 +149,32 @@ def select_public(attrs: dict, groups: dict | None = None, *, default=(), public
         if dot and group in groups and sub in groups[group]:
             named_sub.setdefault(group, []).append(sub)
         elif key in groups:
-            raise ShardError(f"--public-meta {key!r} names the group /{key}, not an attribute: name its "
-                             f"attributes one by one as {key}.KEY (it has: "
-                             f"{', '.join(groups[key]) or 'none'})")
+            raise ShardError(
+                f"--public-meta {key!r} names the group /{key}, not an attribute: name its "
+                f"attributes one by one as {key}.KEY (it has: "
+                f"{', '.join(groups[key]) or 'none'})"
+            )
         else:
             missing.append(key)
     if missing:
         have = [f"root: {', '.join(attrs) or 'none'}"]
         for group, sub_attrs in groups.items():
             have.append(f"/{group}: " + (", ".join(f"{group}.{k}" for k in sub_attrs) or "none"))
-        raise ShardError(f"--public-meta names {'an attribute' if len(missing) == 1 else 'attributes'} "
-                         f"that {where} does not have: {', '.join(repr(k) for k in missing)} "
-                         f"(its attributes are {'; '.join(have)})")
+        raise ShardError(
+            f"--public-meta names {'an attribute' if len(missing) == 1 else 'attributes'} "
+            f"that {where} does not have: {', '.join(repr(k) for k in missing)} "
+            f"(its attributes are {'; '.join(have)})"
+        )
     public = {k: v for k, v in attrs.items() if k in default or k in named_root}
     withheld = [k for k in attrs if k not in public]
     for group, sub_attrs in groups.items():
         chosen = named_sub.get(group, [])
         if chosen:
             if group in public:
-                raise ShardError(f"cannot publish both the attribute {group!r} and attributes of the "
-                                 f"group /{group}: they would share one name in /public")
+                raise ShardError(
+                    f"cannot publish both the attribute {group!r} and attributes of the "
+                    f"group /{group}: they would share one name in /public"
+                )
             public[group] = {k: v for k, v in sub_attrs.items() if k in chosen}
         withheld += [f"{group}.{k}" for k in sub_attrs if k not in chosen]
     return public, withheld
@@ -178,17 +186,15 @@ def _str_attr(f, key, default=""):
 
 
 def detect_kind(f) -> str:
-    """"dataset" or "model" from the format tag (or, without one, from the contents)."""
+    """ "dataset" or "model" from the format tag (or, without one, from the contents)."""
     fmt = _fmt(f)
     if fmt.startswith("mpcgpu-dataset/"):
         if fmt != "mpcgpu-dataset/1":
-            raise ShardError(f"{f.filename}: unsupported dataset format {fmt!r} (this mpcgpu reads "
-                             "mpcgpu-dataset/1)")
+            raise ShardError(f"{f.filename}: unsupported dataset format {fmt!r} (this mpcgpu reads mpcgpu-dataset/1)")
         return "dataset"
     if fmt.startswith("mpcgpu-weights/"):
         if fmt != "mpcgpu-weights/1":
-            raise ShardError(f"{f.filename}: unsupported weights format {fmt!r} (this mpcgpu reads "
-                             "mpcgpu-weights/1)")
+            raise ShardError(f"{f.filename}: unsupported weights format {fmt!r} (this mpcgpu reads mpcgpu-weights/1)")
         return "model"
     if fmt.startswith("mpcgpu-shard/"):
         raise ShardError(f"{f.filename} is already a shard file; split the plaintext file instead")
@@ -196,8 +202,10 @@ def detect_kind(f) -> str:
         return "dataset"
     if "params" in f:
         return "model"
-    raise ShardError(f"{f.filename}: cannot tell whether this is a dataset or a model (format tag "
-                     f"{fmt or '(none)'!r}, no 'images' dataset, no 'params' group); pass --kind")
+    raise ShardError(
+        f"{f.filename}: cannot tell whether this is a dataset or a model (format tag "
+        f"{fmt or '(none)'!r}, no 'images' dataset, no 'params' group); pass --kind"
+    )
 
 
 def _dataset_arrays(f, frac_bits: int, limit: int | None) -> list:
@@ -251,7 +259,7 @@ def _model_arrays(f, frac_bits: int) -> list:
 #: the fewest significant bits an encoded ``running_var + eps`` may keep
 BN_MIN_BITS = 4
 #: the inverse square root's limits on a domain (see mpcgpu.protocols.approx)
-BN_MAX_HI, BN_MAX_SPAN = 2.0 ** 20, 2.0 ** 24
+BN_MAX_HI, BN_MAX_SPAN = 2.0**20, 2.0**24
 
 
 def bn_var_domain(arrays, model_name: str, frac_bits: int, where: str):
@@ -262,6 +270,7 @@ def bn_var_domain(arrays, model_name: str, frac_bits: int, where: str):
     norms.  The executor computes ``1/sqrt(running_var + eps)`` on this domain, so a value
     outside it could never reach the servers (ShardError here instead)."""
     import numpy
+
     variances = [a for a in arrays if a.name.endswith("running_var")]
     if not variances:
         return None
@@ -269,11 +278,12 @@ def bn_var_domain(arrays, model_name: str, frac_bits: int, where: str):
     try:
         from ..nn import spec as S
         from ..nn.models import get_model
+
         for path, layer in S.walk(get_model(model_name)):
             if isinstance(layer, S.BatchNorm2d):
                 eps[S.join_path(path, "running_var")] = float(layer.eps)
     except Exception:
-        pass                                     # not a registered model: PyTorch's default eps
+        pass  # not a registered model: PyTorch's default eps
     lo, hi = numpy.inf, 0.0
     for a in variances:
         v = numpy.asarray(a.source[()], dtype=numpy.float64) + eps.get(a.name, 1e-5)
@@ -282,18 +292,23 @@ def bn_var_domain(arrays, model_name: str, frac_bits: int, where: str):
         lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
     lo2 = 2.0 ** numpy.floor(numpy.log2(lo))
     hi2 = 2.0 ** numpy.ceil(numpy.log2(hi))
-    if lo * 2.0 ** frac_bits < 2.0 ** BN_MIN_BITS:
+    if lo * 2.0**frac_bits < 2.0**BN_MIN_BITS:
         need = int(numpy.ceil(BN_MIN_BITS - numpy.log2(lo)))
-        raise ShardError(f"{where}: a batch norm's running_var + eps is {lo:.3g}, below what {frac_bits} "
-                         f"fractional bits represent accurately; share with --precision {need} or more")
+        raise ShardError(
+            f"{where}: a batch norm's running_var + eps is {lo:.3g}, below what {frac_bits} "
+            f"fractional bits represent accurately; share with --precision {need} or more"
+        )
     if hi2 >= BN_MAX_HI or hi2 / lo2 > BN_MAX_SPAN:
-        raise ShardError(f"{where}: batch norm running_var + eps spans [{lo:.3g}, {hi:.3g}], outside what the "
-                         f"private inverse square root handles (below 2^20, a ratio below 2^24)")
+        raise ShardError(
+            f"{where}: batch norm running_var + eps spans [{lo:.3g}, {hi:.3g}], outside what the "
+            f"private inverse square root handles (below 2^20, a ratio below 2^24)"
+        )
     return [float(lo2), float(hi2)]
 
 
 def _h5py():
     import h5py
+
     return h5py
 
 
@@ -305,9 +320,18 @@ def default_stem(path: str) -> str:
     return base
 
 
-def split_file(input_path, out_dir, *, frac_bits: int = DEFAULT_FRAC_BITS, kind: str = "auto",
-               limit: int | None = None, stem: str | None = None, overwrite: bool = False,
-               progress: bool | None = None, public_meta=None) -> ShardSet:
+def split_file(
+    input_path,
+    out_dir,
+    *,
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    kind: str = "auto",
+    limit: int | None = None,
+    stem: str | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    public_meta=None,
+) -> ShardSet:
     """Split a plaintext dataset or model file into ``<out_dir>/<stem>.party{0,1,2}.h5``.
 
     ``kind``: "auto" (from the format tag), "dataset" or "model".  ``limit``: share
@@ -329,7 +353,7 @@ def split_file(input_path, out_dir, *, frac_bits: int = DEFAULT_FRAC_BITS, kind:
         if detected == "dataset":
             arrays = _dataset_arrays(f, frac_bits, limit)
             name = _str_attr(f, "name", default_stem(input_path))
-            if arrays[0].transform == "normalise":   # applied: stored per array anyway
+            if arrays[0].transform == "normalise":  # applied: stored per array anyway
                 default += [k for k in ("mean", "std") if k in attrs]
         else:
             if limit is not None:
@@ -337,23 +361,42 @@ def split_file(input_path, out_dir, *, frac_bits: int = DEFAULT_FRAC_BITS, kind:
             arrays = _model_arrays(f, frac_bits)
             name = _str_attr(f, "model", _str_attr(f, "name", default_stem(input_path)))
             if "model" not in attrs:
-                default.append("name")               # the model name was taken from it
-        public, withheld = select_public(attrs, groups, default=default, public_meta=public_meta,
-                                         where=input_path)
+                default.append("name")  # the model name was taken from it
+        public, withheld = select_public(attrs, groups, default=default, public_meta=public_meta, where=input_path)
         if detected == "model":
             domain = bn_var_domain(arrays, name, frac_bits, input_path)
             if domain is not None:
                 public["bn_var_domain"] = domain
-        result = write_shard_set(out_dir, stem or default_stem(input_path), arrays, kind=detected,
-                                 frac_bits=frac_bits, name=name, source_format=_fmt(f) or "unknown",
-                                 public=public, overwrite=overwrite, progress=progress)
+        result = write_shard_set(
+            out_dir,
+            stem or default_stem(input_path),
+            arrays,
+            kind=detected,
+            frac_bits=frac_bits,
+            name=name,
+            source_format=_fmt(f) or "unknown",
+            public=public,
+            overwrite=overwrite,
+            progress=progress,
+        )
     result.withheld = withheld
     return result
 
 
-def split_arrays(out_dir, stem: str, arrays: dict, *, kind: str, frac_bits: int = DEFAULT_FRAC_BITS,
-                 name: str = "", public: dict | None = None, scales: dict | None = None,
-                 overwrite: bool = False, progress: bool | None = None, public_meta=None) -> ShardSet:
+def split_arrays(
+    out_dir,
+    stem: str,
+    arrays: dict,
+    *,
+    kind: str,
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    name: str = "",
+    public: dict | None = None,
+    scales: dict | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    public_meta=None,
+) -> ShardSet:
     """Split in-memory arrays ``{name: array}``: floats with ``frac_bits``, integers with
     scale 0 unless ``scales[name]`` says otherwise.
 
@@ -370,16 +413,24 @@ def split_arrays(out_dir, stem: str, arrays: dict, *, kind: str, frac_bits: int 
     default = list(PUBLIC_BY_DEFAULT[kind])
     if kind == "model" and "model" not in attrs:
         default.append("name")
-    chosen, withheld = select_public(attrs, groups, default=default, public_meta=public_meta,
-                                     where="the metadata")
+    chosen, withheld = select_public(attrs, groups, default=default, public_meta=public_meta, where="the metadata")
     specs = []
     for key, value in arrays.items():
         value = numpy.asarray(value)
         default = 0 if value.dtype.kind in "biu" else frac_bits
         specs.append(ArraySpec(key, value, int((scales or {}).get(key, default))))
-    result = write_shard_set(out_dir, stem, specs, kind=kind, frac_bits=frac_bits, name=name,
-                             source_format="arrays", public=chosen, overwrite=overwrite,
-                             progress=progress)
+    result = write_shard_set(
+        out_dir,
+        stem,
+        specs,
+        kind=kind,
+        frac_bits=frac_bits,
+        name=name,
+        source_format="arrays",
+        public=chosen,
+        overwrite=overwrite,
+        progress=progress,
+    )
     result.withheld = withheld
     return result
 
@@ -395,6 +446,7 @@ def human_size(n: int) -> str:
 # ---------------------------------------------------------------------------------------
 # command line: `mpcgpu share`
 # ---------------------------------------------------------------------------------------
+
 
 def show_value(value, limit: int = 72) -> str:
     """A metadata value for the terminal: ``repr`` of its plain form, cut at ``limit`` chars."""
@@ -428,39 +480,63 @@ def clear_attributes(path) -> tuple:
         def visit(name, obj):
             if isinstance(obj, h5py.Group) and "shape" in obj.attrs:
                 arrays[name] = dict(obj.attrs.items())
+
         if "arrays" in f:
             f["arrays"].visititems(visit)
     return entries, arrays
 
 
 def add_arguments(parser):
-    parser.add_argument("input", metavar="INPUT.h5",
-                        help="plaintext dataset (mpcgpu-dataset/1) or model weights (mpcgpu-weights/1)")
-    parser.add_argument("--out", "-o", required=True, metavar="DIR",
-                        help="directory for the three shard files (created if missing)")
-    parser.add_argument("--precision", type=int, default=DEFAULT_FRAC_BITS, metavar="F",
-                        help="fractional bits of the fixed-point encoding (default %(default)s); "
-                             "the servers must run with the same value")
-    parser.add_argument("--kind", choices=("auto", "dataset", "model"), default="auto",
-                        help="what INPUT holds (default: from its format tag)")
-    parser.add_argument("--limit", type=int, default=None, metavar="N",
-                        help="share only the first N examples of a dataset")
-    parser.add_argument("--stem", default=None,
-                        help="file name stem of the shards (default: INPUT's name without .h5)")
-    parser.add_argument("--public-meta", action="append", default=None, metavar="KEY",
-                        help="also publish this attribute of INPUT (KEY: a root attribute; meta.KEY: "
-                             "one of a weights file's /meta group); repeatable, comma-separated "
-                             "lists allowed; everything not named stays private")
+    parser.add_argument(
+        "input", metavar="INPUT.h5", help="plaintext dataset (mpcgpu-dataset/1) or model weights (mpcgpu-weights/1)"
+    )
+    parser.add_argument(
+        "--out", "-o", required=True, metavar="DIR", help="directory for the three shard files (created if missing)"
+    )
+    parser.add_argument(
+        "--precision",
+        type=int,
+        default=DEFAULT_FRAC_BITS,
+        metavar="F",
+        help="fractional bits of the fixed-point encoding (default %(default)s); "
+        "the servers must run with the same value",
+    )
+    parser.add_argument(
+        "--kind",
+        choices=("auto", "dataset", "model"),
+        default="auto",
+        help="what INPUT holds (default: from its format tag)",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="share only the first N examples of a dataset"
+    )
+    parser.add_argument("--stem", default=None, help="file name stem of the shards (default: INPUT's name without .h5)")
+    parser.add_argument(
+        "--public-meta",
+        action="append",
+        default=None,
+        metavar="KEY",
+        help="also publish this attribute of INPUT (KEY: a root attribute; meta.KEY: "
+        "one of a weights file's /meta group); repeatable, comma-separated "
+        "lists allowed; everything not named stays private",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite existing shard files")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress line")
 
 
 def run(args) -> int:
     try:
-        result = split_file(args.input, args.out, frac_bits=args.precision, kind=args.kind,
-                            limit=args.limit, stem=args.stem, overwrite=args.force,
-                            progress=False if args.quiet else None,
-                            public_meta=getattr(args, "public_meta", None))
+        result = split_file(
+            args.input,
+            args.out,
+            frac_bits=args.precision,
+            kind=args.kind,
+            limit=args.limit,
+            stem=args.stem,
+            overwrite=args.force,
+            progress=False if args.quiet else None,
+            public_meta=getattr(args, "public_meta", None),
+        )
     except MPCError as exc:
         print(f"mpcgpu share: error: {exc}", file=sys.stderr)
         return 1
@@ -473,14 +549,17 @@ def run(args) -> int:
         shape = "x".join(str(s) for s in a["shape"]) or "scalar"
         extra = ""
         if arrays.get(name, {}).get("transform") == "normalise":
-            extra = (f", normalised with mean {show_value(arrays[name].get('mean'))}, "
-                     f"std {show_value(arrays[name].get('std'))}")
+            extra = (
+                f", normalised with mean {show_value(arrays[name].get('mean'))}, "
+                f"std {show_value(arrays[name].get('std'))}"
+            )
         print(f"  {name}: {shape} {a['dtype']} (scale {a['scale']}{extra})")
     print("public (in clear in every shard file: each server learns this):")
     for key, value in root:
         print(f"  {key} = {show_value(value)}")
-    print("  and per array: the name, shape, dtype, scale and normalisation listed above, "
-          "and checksums of the components")
+    print(
+        "  and per array: the name, shape, dtype, scale and normalisation listed above, and checksums of the components"
+    )
     withheld = ", ".join(result.withheld) if result.withheld else "none"
     print(f"kept private (attributes of {args.input} not copied to the shards): {withheld}")
     print(f"shard set {result.set_id}")

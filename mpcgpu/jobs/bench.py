@@ -19,6 +19,7 @@ Printed and written as JSON: private time, bytes sent by the three parties, roun
 the plaintext time and their ratio (and for inference the largest difference between
 private and plaintext logits); the peers' published GPU figures ride along.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,40 +28,65 @@ import time
 import numpy
 
 SUMMARY = "time private inference or training of the paper's networks (run under mpirun -n 3)"
-DESCRIPTION = __doc__ + """
+DESCRIPTION = (
+    __doc__
+    + """
 Example:
   mpirun -n 3 mpcgpu bench inference --json bench.json
   mpirun -n 3 mpcgpu bench inference --models lenet,alexnet_cifar10
   mpirun -n 3 mpcgpu bench training --models lenet --profile
 """
+)
 
-INFERENCE_MODELS = ("lenet", "alexnet_cifar10", "vgg16_cifar10", "alexnet_tinyimagenet", "vgg16_tinyimagenet",
-                    "alexnet_imagenet", "vgg16_imagenet", "resnet50", "resnet101", "resnet152")
+INFERENCE_MODELS = (
+    "lenet",
+    "alexnet_cifar10",
+    "vgg16_cifar10",
+    "alexnet_tinyimagenet",
+    "vgg16_tinyimagenet",
+    "alexnet_imagenet",
+    "vgg16_imagenet",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+)
 #: (model, batch) of the training comparisons of CryptGPU (Table) and Piranha's artifact
-TRAINING = (("lenet", 128), ("alexnet_cifar10", 128), ("vgg16_cifar10", 32),
-            ("alexnet_tinyimagenet", 128), ("vgg16_tinyimagenet", 8))
+TRAINING = (
+    ("lenet", 128),
+    ("alexnet_cifar10", 128),
+    ("vgg16_cifar10", 32),
+    ("alexnet_tinyimagenet", 128),
+    ("vgg16_tinyimagenet", 8),
+)
 
 # what the peers published (docs/design.md §9): seconds, MB
-PEERS = {"lenet": {"cryptgpu_s": 0.38, "cryptgpu_mb": 3, "piranha_s": 0.031, "piranha_mb": 2.5},
-         "alexnet_cifar10": {"cryptgpu_s": 0.91, "cryptgpu_mb": 2.4, "piranha_s": 0.131, "piranha_mb": 2.0},
-         "vgg16_cifar10": {"cryptgpu_s": 2.14, "cryptgpu_mb": 56, "piranha_s": 0.469, "piranha_mb": 88},
-         "alexnet_imagenet": {"cryptgpu_s": 1.5}, "resnet152": {"cryptgpu_s": 25.0}}
-PEERS_TRAINING = {"lenet": {"cryptgpu_s": 2.21, "cryptgpu_mb": 1140, "piranha_s": 0.89, "piranha_mb": 420},
-                  "alexnet_cifar10": {"cryptgpu_s": 2.91, "cryptgpu_mb": 1370, "piranha_s": 1.42,
-                                      "piranha_mb": 580},
-                  "vgg16_cifar10": {"cryptgpu_s": 12.14, "cryptgpu_mb": 7550, "piranha_s": 7.47,
-                                    "piranha_mb": 4260}}
+PEERS = {
+    "lenet": {"cryptgpu_s": 0.38, "cryptgpu_mb": 3, "piranha_s": 0.031, "piranha_mb": 2.5},
+    "alexnet_cifar10": {"cryptgpu_s": 0.91, "cryptgpu_mb": 2.4, "piranha_s": 0.131, "piranha_mb": 2.0},
+    "vgg16_cifar10": {"cryptgpu_s": 2.14, "cryptgpu_mb": 56, "piranha_s": 0.469, "piranha_mb": 88},
+    "alexnet_imagenet": {"cryptgpu_s": 1.5},
+    "resnet152": {"cryptgpu_s": 25.0},
+}
+PEERS_TRAINING = {
+    "lenet": {"cryptgpu_s": 2.21, "cryptgpu_mb": 1140, "piranha_s": 0.89, "piranha_mb": 420},
+    "alexnet_cifar10": {"cryptgpu_s": 2.91, "cryptgpu_mb": 1370, "piranha_s": 1.42, "piranha_mb": 580},
+    "vgg16_cifar10": {"cryptgpu_s": 12.14, "cryptgpu_mb": 7550, "piranha_s": 7.47, "piranha_mb": 4260},
+}
 
 
 def add_arguments(p):
     p.add_argument("what", choices=("inference", "training"), help="what to benchmark")
-    p.add_argument("--models", default=None,
-                   help="comma-separated model names (default: the paper's table for WHAT)")
-    p.add_argument("--batch", type=int, default=None,
-                   help="batch size (default: 1 for inference, the paper's for training)")
-    p.add_argument("--steps", type=int, default=1,
-                   help="timed passes (inference) or steps (training) per model, after one untimed "
-                        "first one (default 1; the median is reported)")
+    p.add_argument("--models", default=None, help="comma-separated model names (default: the paper's table for WHAT)")
+    p.add_argument(
+        "--batch", type=int, default=None, help="batch size (default: 1 for inference, the paper's for training)"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=1,
+        help="timed passes (inference) or steps (training) per model, after one untimed "
+        "first one (default 1; the median is reported)",
+    )
     p.add_argument("--profile", action="store_true", help="per-layer time, bytes and rounds")
     p.add_argument("--json", default=None, help="output JSON (rank 0; default bench_<what>.json)")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
@@ -70,11 +96,15 @@ def add_arguments(p):
 def bench_params(model, seed):
     from ..nn import spec as S
     from ..nn.plain import init_params
+
     params = init_params(model, rng=seed)
     for path, layer in S.walk(model):
         if isinstance(layer, S.Residual):
-            bns = [S.join_path(S.join_path(path, layer.body_name), n) for n, child in layer.body.children()
-                   if isinstance(child, S.BatchNorm2d)]
+            bns = [
+                S.join_path(S.join_path(path, layer.body_name), n)
+                for n, child in layer.body.children()
+                if isinstance(child, S.BatchNorm2d)
+            ]
             if bns:
                 params[bns[-1] + ".weight"] *= 0.2
     return params
@@ -83,6 +113,7 @@ def bench_params(model, seed):
 def _warm_up(rt):
     """Load the compiled ring kernels (and calibrate on a new machine) before any timing."""
     from .. import ring
+
     xp = rt.xp
     a = xp.ones((4, 4), dtype=xp.uint64)
     ring.matmul(a, a)
@@ -101,6 +132,7 @@ def _inference(rt, model, args, batch):
     from ..nn.plain import PlainModel
     from ..nn.private import PrivateModel, Profile, share_params
     from ..sharing.arithmetic import share
+
     comm = rt.comm
     rng = numpy.random.default_rng(args.seed)
     params = bench_params(model, args.seed) if rt.rank == 0 else None
@@ -108,12 +140,12 @@ def _inference(rt, model, args, batch):
     private = PrivateModel(model, share_params(model, params, src=0))
     sx = share(x, src=0)
     comm.barrier()
-    with comm.measure() as prep:   # once per model: batch norms folded into the convolutions
+    with comm.measure() as prep:  # once per model: batch norms folded into the convolutions
         t0 = time.perf_counter()
         private.prepare()
         prepare_s = comm.allreduce_max(time.perf_counter() - t0)
     profile = Profile() if args.profile else None
-    first = _timed(comm, lambda: private.forward(sx, exact=True))[1]     # first touch of memory
+    first = _timed(comm, lambda: private.forward(sx, exact=True))[1]  # first touch of memory
     times = []
     for _ in range(max(args.steps, 1)):
         with comm.measure() as m:
@@ -121,10 +153,18 @@ def _inference(rt, model, args, batch):
         times.append(elapsed)
     total_bytes = comm.allreduce_sum(m.bytes_sent)
     revealed = logits.reveal(to=0)
-    row = {"model": model.name, "input_shape": list(model.input_shape), "batch": batch,
-           "private_seconds": float(numpy.median(times)), "first_seconds": first,
-           "bytes_all_parties": total_bytes, "rounds": m.rounds - 1,      # less the time's allreduce
-           "steps": len(times), "prepare_seconds": prepare_s, "prepare_rounds": prep.rounds}
+    row = {
+        "model": model.name,
+        "input_shape": list(model.input_shape),
+        "batch": batch,
+        "private_seconds": float(numpy.median(times)),
+        "first_seconds": first,
+        "bytes_all_parties": total_bytes,
+        "rounds": m.rounds - 1,  # less the time's allreduce
+        "steps": len(times),
+        "prepare_seconds": prepare_s,
+        "prepare_rounds": prep.rounds,
+    }
     if rt.rank == 0:
         plain = PlainModel(model, params)
         plain.forward(x, need_grad=False)
@@ -141,6 +181,7 @@ def _training(rt, model, args, batch):
     from ..nn.private import PrivateModel, Profile, share_params
     from ..nn.trainer import train_step
     from ..sharing.arithmetic import share
+
     comm = rt.comm
     rng = numpy.random.default_rng(args.seed)
     params = bench_params(model, args.seed) if rt.rank == 0 else None
@@ -150,16 +191,23 @@ def _training(rt, model, args, batch):
     opt = PrivateSGD(private.params, private.trainable(), lr=0.01, momentum=0.9)
     sx, sy = share(x, src=0), share(y, src=0, integer=True)
     profile = Profile() if args.profile else None
-    first = _timed(comm, lambda: train_step(private, opt, sx, sy, 0.01))[1]   # first touch of memory
+    first = _timed(comm, lambda: train_step(private, opt, sx, sy, 0.01))[1]  # first touch of memory
     times, sent, rounds = [], [], 0
     for _ in range(max(args.steps, 1)):
         with comm.measure() as m:
             times.append(_timed(comm, lambda: train_step(private, opt, sx, sy, 0.01, profile=profile))[1])
         sent.append(comm.allreduce_sum(m.bytes_sent))
-        rounds = m.rounds - 1            # the allreduce of the time
-    row = {"model": model.name, "input_shape": list(model.input_shape), "batch": batch,
-           "private_seconds": float(numpy.median(times)), "first_seconds": first,
-           "bytes_all_parties": int(numpy.median(sent)), "rounds": rounds, "steps": len(times)}
+        rounds = m.rounds - 1  # the allreduce of the time
+    row = {
+        "model": model.name,
+        "input_shape": list(model.input_shape),
+        "batch": batch,
+        "private_seconds": float(numpy.median(times)),
+        "first_seconds": first,
+        "bytes_all_parties": int(numpy.median(sent)),
+        "rounds": rounds,
+        "steps": len(times),
+    }
     if rt.rank == 0:
         plain = PlainModel(model, params)
         popt = SGD(plain.params, 0.01, momentum=0.9, spec=model)
@@ -183,13 +231,19 @@ def run(args) -> int:
         default = (lambda n: dict(TRAINING).get(n, 128)) if training else (lambda n: 1)
         plan = [(n, args.batch or default(n)) for n in names]
     else:
-        plan = [(n, args.batch or b) for n, b in TRAINING] if training else \
-            [(n, args.batch or 1) for n in INFERENCE_MODELS]
+        plan = (
+            [(n, args.batch or b) for n, b in TRAINING]
+            if training
+            else [(n, args.batch or 1) for n in INFERENCE_MODELS]
+        )
     peers = PEERS_TRAINING if training else PEERS
     if rt.rank == 0:
         print(f"mpcgpu bench {args.what}, {rt.describe()}", flush=True)
-        print(f"{'model':<22} {'batch':>5} {'private s':>10} {'first s':>8} {'MB (3 parties)':>15} "
-              f"{'rounds':>7} {'plain s':>9} {'ratio':>7}" + ("" if training else f" {'max |diff|':>11}"), flush=True)
+        print(
+            f"{'model':<22} {'batch':>5} {'private s':>10} {'first s':>8} {'MB (3 parties)':>15} "
+            f"{'rounds':>7} {'plain s':>9} {'ratio':>7}" + ("" if training else f" {'max |diff|':>11}"),
+            flush=True,
+        )
     results = []
     for name, batch in plan:
         model = get_model(name)
@@ -197,10 +251,13 @@ def run(args) -> int:
         if rt.rank == 0:
             row["ratio"] = row["private_seconds"] / row["plain_seconds"]
             row["peers"] = peers.get(name, {})
-            print(f"{name:<22} {batch:>5} {row['private_seconds']:>10.3f} {row['first_seconds']:>8.2f} "
-                  f"{row['bytes_all_parties'] / 1e6:>15.1f} "
-                  f"{row['rounds']:>7} {row['plain_seconds']:>9.4f} {row['ratio']:>7.0f}"
-                  + ("" if training else f" {row['max_abs_diff']:>11.2e}"), flush=True)
+            print(
+                f"{name:<22} {batch:>5} {row['private_seconds']:>10.3f} {row['first_seconds']:>8.2f} "
+                f"{row['bytes_all_parties'] / 1e6:>15.1f} "
+                f"{row['rounds']:>7} {row['plain_seconds']:>9.4f} {row['ratio']:>7.0f}"
+                + ("" if training else f" {row['max_abs_diff']:>11.2e}"),
+                flush=True,
+            )
             results.append(row)
         if profile is not None:
             profile.report(rt.comm)

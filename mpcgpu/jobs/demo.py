@@ -11,6 +11,7 @@ on the first ``--train-images`` of the embedded images and test it on the last
 1000; a plaintext twin is trained alongside from the same initial weights, in the
 same sample order, and both test accuracies are printed.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,20 +21,25 @@ import time
 import numpy
 
 SUMMARY = "install check and showcase: private LeNet on real MNIST, three local ranks"
-DESCRIPTION = __doc__ + """
+DESCRIPTION = (
+    __doc__
+    + """
 Example:
   mpcgpu demo                 # 1000 test images
   mpcgpu demo --images 10000  # the whole MNIST test set
   mpcgpu demo --train         # private training of LeNet on 4000 images (a few minutes)
 """
+)
 
 
 def add_arguments(p):
     p.add_argument("--images", type=int, default=1000, help="MNIST test images to classify (default 1000, max 10000)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="images per private pass (default 100; with --train 128)")
-    p.add_argument("--workdir", default="mpcgpu-demo",
-                   help="where the HDF5 files and shards go (default ./mpcgpu-demo)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="images per private pass (default 100; with --train 128)"
+    )
+    p.add_argument(
+        "--workdir", default="mpcgpu-demo", help="where the HDF5 files and shards go (default ./mpcgpu-demo)"
+    )
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="array back end of the three ranks")
     p.add_argument("--precision", type=int, default=16, help="fractional bits (default 16)")
     p.add_argument("--profile", action="store_true", help="per-layer time and communication")
@@ -55,8 +61,16 @@ def prepare(workdir: str, images: int, precision: int):
     imgs, labels = imgs[:images], labels[:images]
     mean, std = (0.1307,), (0.3081,)
     data_h5 = os.path.join(workdir, "mnist_test.h5")
-    write_dataset(data_h5, imgs.reshape(-1, 1, 28, 28), labels, name="mnist-test", mean=mean, std=std,
-                  num_classes=10, source="MNIST t10k (embedded)")
+    write_dataset(
+        data_h5,
+        imgs.reshape(-1, 1, 28, 28),
+        labels,
+        name="mnist-test",
+        mean=mean,
+        std=std,
+        num_classes=10,
+        source="MNIST t10k (embedded)",
+    )
     shards = os.path.join(workdir, "shards")
     split_file(data_h5, shards, frac_bits=precision, overwrite=True, progress=False)
     split_file(lenet_weights_path(), shards, frac_bits=precision, overwrite=True, progress=False)
@@ -86,8 +100,21 @@ def run(args) -> int:
     if os.path.exists(out):
         os.remove(out)
     print("[servers] three MPI ranks, each with its own shards:", flush=True)
-    cmd = ["infer", "--model", model_stem, "--data", data_stem, "--batch-size", str(args.batch_size or 100),
-           "--out", out, "--json", summary, "--precision", str(args.precision)]
+    cmd = [
+        "infer",
+        "--model",
+        model_stem,
+        "--data",
+        data_stem,
+        "--batch-size",
+        str(args.batch_size or 100),
+        "--out",
+        out,
+        "--json",
+        summary,
+        "--precision",
+        str(args.precision),
+    ]
     if args.profile:
         cmd.append("--profile")
     rc = run_three(cmd, device=args.device)
@@ -126,28 +153,63 @@ def run_training(args) -> int:
     batch = args.batch_size or 128
     n = max(batch, min(args.train_images, 10000 - TEST_IMAGES))
     os.makedirs(args.workdir, exist_ok=True)
-    print(f"[owners] {n} training and {TEST_IMAGES} test images of the embedded MNIST set, "
-          f"shared in {args.workdir}/ ...", flush=True)
+    print(
+        f"[owners] {n} training and {TEST_IMAGES} test images of the embedded MNIST set, shared in {args.workdir}/ ...",
+        flush=True,
+    )
     imgs, labels = load_mnist(*mnist_test_idx_paths(), verify=True)
     imgs = imgs.reshape(-1, 1, 28, 28)
     paths = {}
     for part, sl in (("train", slice(0, n)), ("test", slice(10000 - TEST_IMAGES, 10000))):
         paths[part] = os.path.join(args.workdir, f"mnist_{part}.h5")
-        write_dataset(paths[part], imgs[sl], labels[sl], name=f"mnist-{part}", mean=MNIST_MEAN, std=MNIST_STD,
-                      num_classes=10, source="MNIST t10k (embedded)")
-        split_file(paths[part], os.path.join(args.workdir, "shards"), frac_bits=args.precision,
-                   overwrite=True, progress=False)
+        write_dataset(
+            paths[part],
+            imgs[sl],
+            labels[sl],
+            name=f"mnist-{part}",
+            mean=MNIST_MEAN,
+            std=MNIST_STD,
+            num_classes=10,
+            source="MNIST t10k (embedded)",
+        )
+        split_file(
+            paths[part], os.path.join(args.workdir, "shards"), frac_bits=args.precision, overwrite=True, progress=False
+        )
     summary = os.path.join(args.workdir, "train_summary.json")
-    settings = dict(batch_size=batch, lr=0.05, momentum=0.9,
-                    weight_decay=0.0, schedule="cosine", warmup=100, seed=0, init_seed=0)
-    cmd = ["train", "--model", "lenet", "--init-seed", str(settings["init_seed"]),
-           "--data", os.path.join(args.workdir, "shards", "mnist_train"),
-           "--test-data", os.path.join(args.workdir, "shards", "mnist_test"),
-           "--epochs", str(args.epochs), "--batch-size", str(settings["batch_size"]),
-           "--lr", str(settings["lr"]), "--momentum", str(settings["momentum"]),
-           "--weight-decay", str(settings["weight_decay"]), "--schedule", settings["schedule"],
-           "--warmup", str(settings["warmup"]), "--seed", str(settings["seed"]),
-           "--precision", str(args.precision), "--json", summary]
+    settings = dict(
+        batch_size=batch, lr=0.05, momentum=0.9, weight_decay=0.0, schedule="cosine", warmup=100, seed=0, init_seed=0
+    )
+    cmd = [
+        "train",
+        "--model",
+        "lenet",
+        "--init-seed",
+        str(settings["init_seed"]),
+        "--data",
+        os.path.join(args.workdir, "shards", "mnist_train"),
+        "--test-data",
+        os.path.join(args.workdir, "shards", "mnist_test"),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(settings["batch_size"]),
+        "--lr",
+        str(settings["lr"]),
+        "--momentum",
+        str(settings["momentum"]),
+        "--weight-decay",
+        str(settings["weight_decay"]),
+        "--schedule",
+        settings["schedule"],
+        "--warmup",
+        str(settings["warmup"]),
+        "--seed",
+        str(settings["seed"]),
+        "--precision",
+        str(args.precision),
+        "--json",
+        summary,
+    ]
     print("[servers] three MPI ranks train LeNet privately (`mpcgpu train`):", flush=True)
     if os.path.exists(summary):
         os.remove(summary)
@@ -159,10 +221,22 @@ def run_training(args) -> int:
         info = json.load(fh)
     print("[check] the plaintext twin: same initial weights, sample order and schedule ...", flush=True)
     spec = get_model("lenet")
-    twin = train(spec, paths["train"], paths["test"], epochs=args.epochs, batch_size=settings["batch_size"],
-                 lr=settings["lr"], momentum=settings["momentum"], weight_decay=settings["weight_decay"],
-                 schedule=settings["schedule"], warmup=settings["warmup"], seed=settings["seed"],
-                 dtype=numpy.float64, params=init_params(spec, rng=settings["init_seed"]), log=lambda m: None)
+    twin = train(
+        spec,
+        paths["train"],
+        paths["test"],
+        epochs=args.epochs,
+        batch_size=settings["batch_size"],
+        lr=settings["lr"],
+        momentum=settings["momentum"],
+        weight_decay=settings["weight_decay"],
+        schedule=settings["schedule"],
+        warmup=settings["warmup"],
+        seed=settings["seed"],
+        dtype=numpy.float64,
+        params=init_params(spec, rng=settings["init_seed"]),
+        log=lambda m: None,
+    )
     steps = info["steps"]
     step_s = float(numpy.mean([s["seconds"] for s in steps])) if steps else float("nan")
     step_mb = float(numpy.mean([s["bytes"] for s in steps])) / 1e6 if steps else float("nan")

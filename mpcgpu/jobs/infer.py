@@ -1,4 +1,5 @@
 """`mpcgpu infer`: private inference from model shards and data shards (three MPI ranks)."""
+
 from __future__ import annotations
 
 import json
@@ -22,20 +23,29 @@ Example:
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, metavar="STEM",
-                   help="model shard set (stem, file of this party, or pattern with {party})")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="STEM",
+        help="model shard set (stem, file of this party, or pattern with {party})",
+    )
     p.add_argument("--data", required=True, metavar="STEM", help="dataset shard set")
     p.add_argument("--batch-size", type=int, default=64, help="images per private forward pass (default 64)")
     p.add_argument("--limit", type=int, default=None, help="classify only the first N images")
     p.add_argument("--reveal-to", type=int, default=0, choices=(0, 1, 2), help="result owner (default 0)")
     p.add_argument("--out", default=None, metavar="FILE.npy", help="result owner writes the predicted labels here")
     p.add_argument("--profile", action="store_true", help="print per-layer time and communication")
-    p.add_argument("--json", default=None, metavar="FILE",
-                   help="result owner writes a summary (accuracy, time, bytes) as JSON")
+    p.add_argument(
+        "--json", default=None, metavar="FILE", help="result owner writes a summary (accuracy, time, bytes) as JSON"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     p.add_argument("--no-verify", action="store_true", help="skip re-hashing the shard files (large sets)")
-    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
-                   help="array back end (default: MPCGPU_DEVICE or auto)")
+    p.add_argument(
+        "--device",
+        default=None,
+        choices=("auto", "cpu", "cuda"),
+        help="array back end (default: MPCGPU_DEVICE or auto)",
+    )
     p.add_argument("--precision", type=int, default=None, help="fractional bits (default: the shards')")
 
 
@@ -44,6 +54,7 @@ def load_model(rt, stem, verify=True):
     from ..data.shards import as_share, open_shard
     from ..nn.models import get_model
     from ..nn.private import DEFAULT_BN_DOMAIN, PrivateModel
+
     shard = open_shard(stem, rt, kind="model", verify=verify)
     with shard:
         model = get_model(shard.name)
@@ -56,6 +67,7 @@ def peek_frac_bits(stem, rank):
     """The fractional bits recorded in this party's shard (for init before the collective checks)."""
     import h5py
     from ..data.shards import resolve_path
+
     try:
         with h5py.File(resolve_path(stem, rank), "r") as f:
             return int(f.attrs.get("frac_bits", 16))
@@ -82,15 +94,19 @@ def run(args) -> int:
         raise mpcgpu.MPCError(f"dataset shards {args.data} have no 'images' array")
     shape = tuple(data.info("images").shape)
     if shape[1:] != tuple(model.spec.input_shape):
-        raise mpcgpu.MPCError(f"model {model.spec.name} expects images of shape {model.spec.input_shape}, "
-                              f"the dataset has {shape[1:]}")
+        raise mpcgpu.MPCError(
+            f"model {model.spec.name} expects images of shape {model.spec.input_shape}, the dataset has {shape[1:]}"
+        )
     has_labels = "labels" in data.arrays
     n = shape[0] if args.limit is None else min(args.limit, shape[0])
     load_s = time.perf_counter() - t_load
     comm.reset_stats()
     if rt.rank == 0:
-        print(f"mpcgpu infer: model {model.spec.name}, {n} images of {data.name}, batch {args.batch_size}, "
-              f"{rt.describe()}", flush=True)
+        print(
+            f"mpcgpu infer: model {model.spec.name}, {n} images of {data.name}, batch {args.batch_size}, "
+            f"{rt.describe()}",
+            flush=True,
+        )
     profile = Profile() if args.profile else None
     preds, correct = [], None
     bar = Progress(n, "private inference", enabled=(rt.rank == 0 and not args.no_progress))
@@ -115,22 +131,37 @@ def run(args) -> int:
     mine = comm.stats.as_dict()
     everyone = comm.allgather_object(mine)
     total_bytes = sum(s["bytes_sent"] for s in everyone)
-    summary = {"model": model.spec.name, "dataset": data.name, "images": n, "batch_size": args.batch_size,
-               "seconds": elapsed, "seconds_per_image": elapsed / max(n, 1), "load_seconds": load_s,
-               "bytes_all_parties": total_bytes, "rounds": mine["rounds"], "device": rt.backend.describe()}
+    summary = {
+        "model": model.spec.name,
+        "dataset": data.name,
+        "images": n,
+        "batch_size": args.batch_size,
+        "seconds": elapsed,
+        "seconds_per_image": elapsed / max(n, 1),
+        "load_seconds": load_s,
+        "bytes_all_parties": total_bytes,
+        "rounds": mine["rounds"],
+        "device": rt.backend.describe(),
+    }
     if is_owner:
         pred = numpy.concatenate(preds).astype(numpy.int64) if preds else numpy.zeros(0, numpy.int64)
         if args.out:
             numpy.save(args.out, pred)
-        print(f"party {owner} (result owner): {n} predictions in {elapsed:.2f} s "
-              f"({1000 * elapsed / max(n, 1):.1f} ms/image), {total_bytes / 1e6:.1f} MB sent by the three parties, "
-              f"{mine['rounds']} rounds", flush=True)
+        print(
+            f"party {owner} (result owner): {n} predictions in {elapsed:.2f} s "
+            f"({1000 * elapsed / max(n, 1):.1f} ms/image), {total_bytes / 1e6:.1f} MB sent by the three parties, "
+            f"{mine['rounds']} rounds",
+            flush=True,
+        )
         if right is not None:
             count = int(right)
             summary["correct"] = count
             summary["accuracy"] = count / n if n else 0.0
-            print(f"private accuracy: {100 * summary['accuracy']:.2f}% ({count}/{n}; computed under MPC, "
-                  "only the count is revealed)", flush=True)
+            print(
+                f"private accuracy: {100 * summary['accuracy']:.2f}% ({count}/{n}; computed under MPC, "
+                "only the count is revealed)",
+                flush=True,
+            )
         if args.out:
             print(f"predictions written to {args.out}", flush=True)
         if args.json:

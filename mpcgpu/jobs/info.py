@@ -1,4 +1,5 @@
 """`mpcgpu info`: what this installation can do (back ends, MPI, models)."""
+
 from __future__ import annotations
 
 SUMMARY = "show versions, back ends, MPI library and the registered models"
@@ -15,9 +16,11 @@ def run(args) -> int:
     from ..errors import BackendError
     from ..nn.models import get_model, list_models
     from ..nn.spec import count_params
+
     print(f"mpcgpu {mpcgpu.__version__}, numpy {numpy.__version__}")
     try:
         from ..comm import mpi_library_version
+
         print(f"MPI: {mpi_library_version()} (mpi4py)")
     except Exception as exc:  # pragma: no cover
         print(f"MPI: unavailable ({exc})")
@@ -26,6 +29,7 @@ def run(args) -> int:
     except BackendError as exc:
         print(f"back end: {exc}")
     from ..ring import kernel
+
     choice = kernel()
     line = f"CPU ring products: {choice['kernel']} ({choice['why']}"
     if choice.get("seconds"):
@@ -34,9 +38,12 @@ def run(args) -> int:
     import os
 
     from .. import fused
+
     why = fused.why_not() or ("switched off by MPCGPU_FUSED=0" if os.environ.get(fused.ENV) == "0" else None)
-    print(f"CPU protocol kernels (MSB tree): {'array code: ' + why if why else 'fused (numba)'}; "
-          "MPCGPU_FUSED=0 uses the array code")
+    print(
+        f"CPU protocol kernels (MSB tree): {'array code: ' + why if why else 'fused (numba)'}; "
+        "MPCGPU_FUSED=0 uses the array code"
+    )
     print("models:")
     for name in list_models():
         m = get_model(name)

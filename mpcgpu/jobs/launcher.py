@@ -5,6 +5,7 @@ in the environment's ``bin/``) or on ``PATH``, and sets the variables that keep
 three ranks on few cores responsive (single-threaded BLAS; MPICH progress
 throttling, see docs/design.md §10).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,9 @@ def find_mpiexec() -> str:
         return here
     found = shutil.which("mpiexec") or shutil.which("mpirun")
     if not found:
-        raise MPCError("no mpiexec found: install the MPI wheel (pip install 'mpcgpu[mpich]') "
-                       "or load your cluster's MPI module")
+        raise MPCError(
+            "no mpiexec found: install the MPI wheel (pip install 'mpcgpu[mpich]') or load your cluster's MPI module"
+        )
     return found
 
 

@@ -1,4 +1,5 @@
 """`mpcgpu train`: private training on three MPI ranks, from shards to shards."""
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,12 @@ Example:
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, metavar="STEM|NAME",
-                   help="initial weights: model shard set, or a registered model name (with --init-seed)")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="STEM|NAME",
+        help="initial weights: model shard set, or a registered model name (with --init-seed)",
+    )
     p.add_argument("--init-seed", type=int, default=0, help="seed of party 0's initial weights for a model name")
     p.add_argument("--data", required=True, metavar="STEM[,STEM...]", help="training shard set(s)")
     p.add_argument("--test-data", default=None, metavar="STEM", help="test shard set (accuracy after each epoch)")
@@ -55,28 +60,45 @@ def add_arguments(p):
     p.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--schedule", default="cosine", choices=("constant", "cosine", "linear", "step"),
-                   help="learning-rate schedule over the run (default cosine)")
-    p.add_argument("--warmup", type=int, default=100,
-                   help="linear warm-up steps (default 100, at most a fifth of the run)")
+    p.add_argument(
+        "--schedule",
+        default="cosine",
+        choices=("constant", "cosine", "linear", "step"),
+        help="learning-rate schedule over the run (default cosine)",
+    )
+    p.add_argument(
+        "--warmup", type=int, default=100, help="linear warm-up steps (default 100, at most a fifth of the run)"
+    )
     p.add_argument("--step-epochs", type=int, default=1, help="'step' schedule: epochs between decays")
     p.add_argument("--gamma", type=float, default=0.1, help="'step' schedule: decay factor")
     p.add_argument("--seed", type=int, default=0, help="seed of the (public) sample order and dropout masks")
     p.add_argument("--limit", type=int, default=None, help="train on the first N samples only")
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test samples only")
     p.add_argument("--out", default=None, metavar="STEM", help="write the trained weights as shards STEM.party<i>.h5")
-    p.add_argument("--reveal-to", type=int, default=None, choices=(0, 1, 2),
-                   help="also write the plaintext weights at this party only (STEM.weights.h5; needs --out)")
-    p.add_argument("--owner", type=int, default=0, choices=(0, 1, 2),
-                   help="result owner: learns the test accuracy (and loss) and writes the JSON (default 0)")
+    p.add_argument(
+        "--reveal-to",
+        type=int,
+        default=None,
+        choices=(0, 1, 2),
+        help="also write the plaintext weights at this party only (STEM.weights.h5; needs --out)",
+    )
+    p.add_argument(
+        "--owner",
+        type=int,
+        default=0,
+        choices=(0, 1, 2),
+        help="result owner: learns the test accuracy (and loss) and writes the JSON (default 0)",
+    )
     p.add_argument("--reveal-loss", action="store_true", help="reveal each step's training loss to --owner")
     p.add_argument("--checkpoint-dir", default=None, metavar="DIR")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="also checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
-    p.add_argument("--json", default=None, metavar="FILE",
-                   help="result owner writes settings, per-epoch and per-step records")
-    p.add_argument("--plot", default=None, metavar="FILE.png",
-                   help="curves as PNG (default next to --json; needs matplotlib)")
+    p.add_argument(
+        "--json", default=None, metavar="FILE", help="result owner writes settings, per-epoch and per-step records"
+    )
+    p.add_argument(
+        "--plot", default=None, metavar="FILE.png", help="curves as PNG (default next to --json; needs matplotlib)"
+    )
     p.add_argument("--precision", type=int, default=None, help="fractional bits (default: the training shards')")
     p.add_argument("--extra-bits", type=int, default=8, help="extra fractional bits of the master weights (default 8)")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
@@ -95,6 +117,7 @@ def _maybe_die(rank: int, step: int):
         at, who = (int(v) for v in spec.split(":"))
         if step == at and rank == who:
             import signal
+
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -106,6 +129,7 @@ def _initial_model(rt, args):
     from ..nn.plain import init_params
     from ..nn.private import PrivateModel, share_params
     from ..errors import MPCError
+
     here = resolve_path(args.model, rt.rank)
     is_name = args.model.strip().lower().replace("-", "_") in list_models()
     found = rt.comm.allgather_object(os.path.isfile(here))
@@ -124,8 +148,9 @@ def _initial_model(rt, args):
         params = share_params(spec, plain, src=0)
         source = f"{spec.name}, He initialisation drawn by party 0 (seed {args.init_seed})"
     else:
-        raise MPCError(f"--model {args.model!r} is neither a model shard set nor a registered model "
-                       f"({', '.join(list_models())})")
+        raise MPCError(
+            f"--model {args.model!r} is neither a model shard set nor a registered model ({', '.join(list_models())})"
+        )
     model = PrivateModel(spec, params, bn_domain=TRAIN_BN_DOMAIN, dropout_seed=args.seed)
     return model, source
 
@@ -135,15 +160,22 @@ class _Run:
 
     def __init__(self, settings):
         self.settings = settings
-        self.epoch = 0            # current epoch
-        self.pos = 0              # next batch within the epoch
-        self.step = 0             # steps done
-        self.epochs = []          # per-epoch records (owner's values where revealed)
-        self.steps = []           # per-step records: step, seconds, bytes (this party), loss
+        self.epoch = 0  # current epoch
+        self.pos = 0  # next batch within the epoch
+        self.step = 0  # steps done
+        self.epochs = []  # per-epoch records (owner's values where revealed)
+        self.steps = []  # per-step records: step, seconds, bytes (this party), loss
 
     def meta(self, dropout_state):
-        return {"settings": self.settings, "epoch": self.epoch, "pos": self.pos, "step": self.step,
-                "epochs": self.epochs, "steps": self.steps, "dropout": dropout_state}
+        return {
+            "settings": self.settings,
+            "epoch": self.epoch,
+            "pos": self.pos,
+            "step": self.step,
+            "epochs": self.epochs,
+            "steps": self.steps,
+            "dropout": dropout_state,
+        }
 
     def load(self, meta):
         for key in ("epoch", "pos", "step", "epochs", "steps"):
@@ -152,13 +184,23 @@ class _Run:
 
 def _checkpoint(rt, args, run, model, opt, run_id):
     from ..nn import checkpoint
+
     host = rt.backend.to_host
     params = {n: (host(s.first), host(s.second), s.scale) for n, s in model.params.items()}
     state = opt.state()
-    state = dict(state, master=tuple(host(a) for a in state["master"]),
-                 velocity=tuple(host(a) for a in state["velocity"]))
-    checkpoint.save(args.checkpoint_dir, rt.rank, run.step, run_id=run_id, params=params, optim=state,
-                    rng=rt.state(), meta=run.meta(model.dropout_rng.bit_generator.state))
+    state = dict(
+        state, master=tuple(host(a) for a in state["master"]), velocity=tuple(host(a) for a in state["velocity"])
+    )
+    checkpoint.save(
+        args.checkpoint_dir,
+        rt.rank,
+        run.step,
+        run_id=run_id,
+        params=params,
+        optim=state,
+        rng=rt.state(),
+        meta=run.meta(model.dropout_rng.bit_generator.state),
+    )
 
 
 def _resume(rt, args, run, model, opt):
@@ -166,19 +208,24 @@ def _resume(rt, args, run, model, opt):
     from ..errors import MPCError
     from ..nn import checkpoint
     from ..sharing.arithmetic import ArithmeticShare
+
     step = checkpoint.latest_common(rt.comm, args.checkpoint_dir)
     if step is None:
         if rt.rank == 0:
-            print(f"mpcgpu train: no checkpoint in {args.checkpoint_dir} that all three parties have: "
-                  "starting afresh", flush=True)
+            print(
+                f"mpcgpu train: no checkpoint in {args.checkpoint_dir} that all three parties have: starting afresh",
+                flush=True,
+            )
         return None
     state = checkpoint.load(args.checkpoint_dir, rt.rank, step)
     rt.comm.agree(state["run_id"], "the run id of the checkpoints")
     saved = state["meta"]["settings"]
     for key in ("model", "batch_size", "data", "precision", "extra_bits", "seed", "limit"):
         if saved.get(key) != run.settings.get(key):
-            raise MPCError(f"the checkpoint was made with {key}={saved.get(key)!r}, this run has "
-                           f"{run.settings.get(key)!r}: resume with the same settings")
+            raise MPCError(
+                f"the checkpoint was made with {key}={saved.get(key)!r}, this run has "
+                f"{run.settings.get(key)!r}: resume with the same settings"
+            )
     dev = rt.backend.to_device
     model.set_params({n: ArithmeticShare(dev(f), dev(s), scale, rt) for n, (f, s, scale) in state["params"].items()})
     opt.load_state(state["optim"])
@@ -197,17 +244,28 @@ def _write_outputs(rt, args, model, opt, run_id):
     from ..nn import spec as S
     from ..nn.layers import TRAIN_BN_DOMAIN
     from ..nn.weights import save_weights
+
     set_id = rt.comm.bcast_object(secrets.token_hex(16) if rt.rank == 0 else None, root=0)
-    weights = opt.weights(exact=True)                        # f-bit weights rounded exactly
+    weights = opt.weights(exact=True)  # f-bit weights rounded exactly
     params = dict(model.params, **weights)
     host = rt.backend.to_host
     public = {"format": "mpcgpu-weights/1", "model": model.spec.name}
     if any(isinstance(layer, S.BatchNorm2d) for _, layer in S.walk(model.spec)):
         public["bn_var_domain"] = list(TRAIN_BN_DOMAIN)
-    arrays = {p.name: (host(params[p.name].first), host(params[p.name].second), params[p.name].scale)
-              for p in S.param_specs(model.spec)}
-    path = write_party_shard(shard_path(args.out, rt.rank), rt.rank, arrays, kind="model", set_id=set_id,
-                             frac_bits=rt.frac_bits, name=model.spec.name, public=public)
+    arrays = {
+        p.name: (host(params[p.name].first), host(params[p.name].second), params[p.name].scale)
+        for p in S.param_specs(model.spec)
+    }
+    path = write_party_shard(
+        shard_path(args.out, rt.rank),
+        rt.rank,
+        arrays,
+        kind="model",
+        set_id=set_id,
+        frac_bits=rt.frac_bits,
+        name=model.spec.name,
+        public=public,
+    )
     rt.comm.barrier()
     if rt.rank == 0:
         print(f"trained weights written as shards {args.out}.party{{0,1,2}}.h5 (set {set_id[:12]})", flush=True)
@@ -215,8 +273,13 @@ def _write_outputs(rt, args, model, opt, run_id):
         clear = {p.name: params[p.name].reveal(to=args.reveal_to) for p in S.param_specs(model.spec)}
         if rt.rank == args.reveal_to:
             out = f"{args.out}.weights.h5"
-            save_weights(out, model.spec.name, clear, dtype=numpy.float64,
-                         meta={"trainer": "mpcgpu train (private)", "run": run_id})
+            save_weights(
+                out,
+                model.spec.name,
+                clear,
+                dtype=numpy.float64,
+                meta={"trainer": "mpcgpu train (private)", "run": run_id},
+            )
             print(f"party {rt.rank}: plaintext trained weights written to {out}", flush=True)
     return path
 
@@ -224,6 +287,7 @@ def _write_outputs(rt, args, model, opt, run_id):
 def _plot(path, summary):
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -265,6 +329,7 @@ def run(args) -> int:
     if args.batch_size < 1 or args.epochs < 1:
         raise MPCError("--batch-size and --epochs must be positive")
     from .infer import peek_frac_bits
+
     precision = args.precision or peek_frac_bits(args.data.split(",")[0], world_rank())
     rt = mpcgpu.init(device=args.device, precision=precision)
     comm, owner = rt.comm, args.owner
@@ -274,31 +339,57 @@ def run(args) -> int:
         raise MPCError(f"training shards {args.data} have no 'labels' array")
     model, source = _initial_model(rt, args)
     if data.sample_shape != tuple(model.spec.input_shape):
-        raise MPCError(f"model {model.spec.name} expects samples of shape {model.spec.input_shape}, "
-                       f"the training data has {data.sample_shape}")
+        raise MPCError(
+            f"model {model.spec.name} expects samples of shape {model.spec.input_shape}, "
+            f"the training data has {data.sample_shape}"
+        )
     steps_per_epoch = len(data) // args.batch_size
     if steps_per_epoch < 1:
         raise MPCError(f"{len(data)} training samples: fewer than one batch of {args.batch_size}")
     total = steps_per_epoch * args.epochs
-    warmup = min(args.warmup, total // 5)         # as the plaintext trainer: never a long warm-up
-    opt = PrivateSGD(model.params, model.trainable(), lr=args.lr, momentum=args.momentum,
-                     weight_decay=args.weight_decay, extra_bits=args.extra_bits)
-    settings = {"model": model.spec.name, "model_source": source, "data": args.data, "test_data": args.test_data,
-                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum,
-                "weight_decay": args.weight_decay, "schedule": args.schedule, "warmup": warmup,
-                "seed": args.seed, "limit": args.limit, "precision": rt.frac_bits, "extra_bits": args.extra_bits,
-                "reveal_loss": bool(args.reveal_loss), "owner": owner, "device": rt.backend.describe()}
+    warmup = min(args.warmup, total // 5)  # as the plaintext trainer: never a long warm-up
+    opt = PrivateSGD(
+        model.params,
+        model.trainable(),
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        extra_bits=args.extra_bits,
+    )
+    settings = {
+        "model": model.spec.name,
+        "model_source": source,
+        "data": args.data,
+        "test_data": args.test_data,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "momentum": args.momentum,
+        "weight_decay": args.weight_decay,
+        "schedule": args.schedule,
+        "warmup": warmup,
+        "seed": args.seed,
+        "limit": args.limit,
+        "precision": rt.frac_bits,
+        "extra_bits": args.extra_bits,
+        "reveal_loss": bool(args.reveal_loss),
+        "owner": owner,
+        "device": rt.backend.describe(),
+    }
     run_ = _Run(settings)
     run_id = _resume(rt, args, run_, model, opt) if args.resume else None
     if run_id is None:
         import secrets
+
         run_id = comm.bcast_object(secrets.token_hex(8) if rt.rank == 0 else None, root=0)
     if rt.rank == 0:
-        print(f"mpcgpu train: {model.spec.name} ({source}) on {len(data)} samples of {', '.join(data.names)}; "
-              f"{args.epochs} epoch(s) of {steps_per_epoch} steps, batch {args.batch_size}, lr {args.lr} "
-              f"({args.schedule}, {warmup} warm-up steps), momentum {args.momentum}, "
-              f"weight decay {args.weight_decay}; {rt.describe()}",
-              flush=True)
+        print(
+            f"mpcgpu train: {model.spec.name} ({source}) on {len(data)} samples of {', '.join(data.names)}; "
+            f"{args.epochs} epoch(s) of {steps_per_epoch} steps, batch {args.batch_size}, lr {args.lr} "
+            f"({args.schedule}, {warmup} warm-up steps), momentum {args.momentum}, "
+            f"weight decay {args.weight_decay}; {rt.describe()}",
+            flush=True,
+        )
     bar = Progress(total, "private training", enabled=(rt.rank == 0 and not args.no_progress))
     bar.done = run_.step
     comm.barrier()
@@ -311,13 +402,23 @@ def run(args) -> int:
                 t0 = time.perf_counter()
                 with comm.measure() as m:
                     images, labels = data.batch(rows)
-                    lr = lr_at(run_.step, total, args.lr, args.schedule, warmup,
-                               steps_per_epoch, args.step_epochs, args.gamma)
-                    result = train_step(model, opt, images, labels, lr,
-                                        reveal_loss_to=owner if args.reveal_loss else None)
+                    lr = lr_at(
+                        run_.step, total, args.lr, args.schedule, warmup, steps_per_epoch, args.step_epochs, args.gamma
+                    )
+                    result = train_step(
+                        model, opt, images, labels, lr, reveal_loss_to=owner if args.reveal_loss else None
+                    )
                 seconds = time.perf_counter() - t0
-                run_.steps.append({"step": run_.step + 1, "seconds": seconds, "bytes": m.bytes_sent,
-                                   "rounds": m.rounds, "lr": lr, "loss": result.loss})
+                run_.steps.append(
+                    {
+                        "step": run_.step + 1,
+                        "seconds": seconds,
+                        "bytes": m.bytes_sent,
+                        "rounds": m.rounds,
+                        "lr": lr,
+                        "loss": result.loss,
+                    }
+                )
                 run_.step += 1
                 run_.pos += 1
                 extra = f"{len(rows) / seconds:6.1f} samples/s"
@@ -328,15 +429,23 @@ def run(args) -> int:
                     _checkpoint(rt, args, run_, model, opt, run_id)
                 _maybe_die(rt.rank, run_.step)
             epoch_seconds = time.perf_counter() - t_epoch
-        record = {"epoch": run_.epoch + 1, "seconds": epoch_seconds, "bytes": epoch_stats.bytes_sent,
-                  "rounds": epoch_stats.rounds, "test_accuracy": None}
+        record = {
+            "epoch": run_.epoch + 1,
+            "seconds": epoch_seconds,
+            "bytes": epoch_stats.bytes_sent,
+            "rounds": epoch_stats.rounds,
+            "test_accuracy": None,
+        }
         if test is not None:
             correct, n = evaluate(model, test, max(args.batch_size, 100), owner, args.test_limit)
             if rt.rank == owner:
                 record["test_accuracy"] = correct / n if n else None
                 record["test_correct"], record["test_samples"] = correct, n
-                print(f"epoch {run_.epoch + 1}: private test accuracy {100 * record['test_accuracy']:.2f}% "
-                      f"({correct}/{n}; computed under MPC, only the count revealed)", flush=True)
+                print(
+                    f"epoch {run_.epoch + 1}: private test accuracy {100 * record['test_accuracy']:.2f}% "
+                    f"({correct}/{n}; computed under MPC, only the count revealed)",
+                    flush=True,
+                )
         run_.epochs.append(record)
         run_.epoch += 1
         run_.pos = 0
@@ -360,17 +469,27 @@ def _summary(rt, args, run_, owner):
         return
     steps = []
     for i, s in enumerate(run_.steps):
-        steps.append({"step": s["step"], "seconds": max(p[i][1] for p in per_party),
-                      "bytes": sum(p[i][0] for p in per_party), "rounds": s["rounds"], "lr": s["lr"],
-                      "loss": s["loss"]})
+        steps.append(
+            {
+                "step": s["step"],
+                "seconds": max(p[i][1] for p in per_party),
+                "bytes": sum(p[i][0] for p in per_party),
+                "rounds": s["rounds"],
+                "lr": s["lr"],
+                "loss": s["loss"],
+            }
+        )
     epochs = [dict(e, bytes=sum(b[i] for b in epochs_bytes)) for i, e in enumerate(run_.epochs)]
     last = next((e["test_accuracy"] for e in reversed(epochs) if e.get("test_accuracy") is not None), None)
     summary = {"test_accuracy": last, "epochs": epochs, "steps": steps, "settings": run_.settings}
     if steps:
         mean_s = float(numpy.mean([s["seconds"] for s in steps]))
         mean_b = float(numpy.mean([s["bytes"] for s in steps]))
-        print(f"{len(steps)} steps: {mean_s:.2f} s/step, {mean_b / 1e6:.1f} MB/step (three parties), "
-              f"{steps[-1]['rounds']} rounds/step", flush=True)
+        print(
+            f"{len(steps)} steps: {mean_s:.2f} s/step, {mean_b / 1e6:.1f} MB/step (three parties), "
+            f"{steps[-1]['rounds']} rounds/step",
+            flush=True,
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(summary, fh, indent=1)

@@ -16,6 +16,7 @@ either the previous checkpoint or the new one.  :func:`latest_common` picks the 
 step that all three parties have (one may have died while writing); the two newest are
 kept.  Nothing here is sent to another party but the list of step numbers.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,19 +53,22 @@ def _read_pair(g):
     return numpy.asarray(g["first"][()], dtype=numpy.uint64), numpy.asarray(g["second"][()], dtype=numpy.uint64)
 
 
-def save(directory: str, party: int, step: int, *, run_id: str, params: dict, optim: dict,
-         rng: dict, meta: dict) -> str:
+def save(
+    directory: str, party: int, step: int, *, run_id: str, params: dict, optim: dict, rng: dict, meta: dict
+) -> str:
     """Write this party's checkpoint of ``step`` atomically; keep the newest ``KEEP``.
 
     ``params``: ``{name: (first, second, scale)}`` host arrays; ``optim``: the optimiser's
     :meth:`~mpcgpu.nn.optim.PrivateSGD.state` (host arrays); ``rng``: the runtime's
     :meth:`~mpcgpu.runtime.Runtime.state`; ``meta``: JSON-serialisable."""
     import h5py
+
     os.makedirs(directory, exist_ok=True)
     path = checkpoint_path(directory, step, party)
     with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update({"format": FORMAT, "party": int(party), "step": int(step),
-                        "run_id": run_id, "meta": json.dumps(meta)})
+        f.attrs.update(
+            {"format": FORMAT, "party": int(party), "step": int(step), "run_id": run_id, "meta": json.dumps(meta)}
+        )
         pg = f.create_group("params")
         for name, (first, second, scale) in params.items():
             _pair(pg, name, (first, second), scale)
@@ -113,19 +117,32 @@ def load(directory: str, party: int, step: int) -> dict:
     path = checkpoint_path(directory, step, party)
     with open_for_reading(path, CheckpointError, "checkpoint") as f:
         try:
-            if f.attrs.get("format") != FORMAT or int(f.attrs["party"]) != int(party) \
-                    or int(f.attrs["step"]) != int(step):
+            if (
+                f.attrs.get("format") != FORMAT
+                or int(f.attrs["party"]) != int(party)
+                or int(f.attrs["step"]) != int(step)
+            ):
                 raise CheckpointError(f"{path} is not party {party}'s checkpoint of step {step}")
             params = {name: (*_read_pair(g), int(g.attrs["scale"])) for name, g in f["params"].items()}
             og = f["optim"]
-            optim = {"master": _read_pair(og["master"]), "velocity": _read_pair(og["velocity"]),
-                     "scale": int(og.attrs["scale"]), "steps": int(og.attrs["steps"])}
+            optim = {
+                "master": _read_pair(og["master"]),
+                "velocity": _read_pair(og["velocity"]),
+                "scale": int(og.attrs["scale"]),
+                "steps": int(og.attrs["steps"]),
+            }
             rg = f["rng"]
-            prg = {s: (bytes(numpy.asarray(rg.attrs[f"{s}_key"], dtype=numpy.uint8)), int(rg.attrs[f"{s}_calls"]))
-                   for s in ("own", "next", "local")}
-            return {"run_id": str(f.attrs["run_id"]), "params": params, "optim": optim,
-                    "rng": {"prg": prg, "role_calls": int(rg.attrs["role_calls"])},
-                    "meta": json.loads(f.attrs["meta"])}
+            prg = {
+                s: (bytes(numpy.asarray(rg.attrs[f"{s}_key"], dtype=numpy.uint8)), int(rg.attrs[f"{s}_calls"]))
+                for s in ("own", "next", "local")
+            }
+            return {
+                "run_id": str(f.attrs["run_id"]),
+                "params": params,
+                "optim": optim,
+                "rng": {"prg": prg, "role_calls": int(rg.attrs["role_calls"])},
+                "meta": json.loads(f.attrs["meta"]),
+            }
         except (KeyError, ValueError, OSError) as exc:
             raise CheckpointError(f"{path} is incomplete or corrupt: {exc}") from None
 

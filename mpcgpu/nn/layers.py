@@ -25,6 +25,7 @@ BatchNorm2d            inference: folded (0 per image);     through the batch st
 Flatten, Dropout       local (a public mask in training)    local
 =====================  ===================================  ================================
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from ..sharing.arithmetic import conv2d_grad_input, conv2d_grad_weight, to_scale
 from . import spec as S
 
 #: inverse square root domain for batch statistics in training (var + eps)
-TRAIN_BN_DOMAIN = (2.0 ** -10, 2.0 ** 12)
+TRAIN_BN_DOMAIN = (2.0**-10, 2.0**12)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ def _param(run, path, name):
 
 
 # -- Conv2d, Linear ------------------------------------------------------------------------
+
 
 def _untruncated(run, path) -> bool:
     """The product of ``path`` keeps all its fractional bits: the output layer rounds it
@@ -68,8 +70,13 @@ def _finish(run, path, y, bias, shape_b):
 
 def conv_forward(run, layer, path, x):
     weight, bias = run.conv_weights(path, layer)
-    y = x.conv2d(weight, stride=layer.stride, padding=layer.padding, groups=layer.groups,
-                 trunc=False if _untruncated(run, path) else None)
+    y = x.conv2d(
+        weight,
+        stride=layer.stride,
+        padding=layer.padding,
+        groups=layer.groups,
+        trunc=False if _untruncated(run, path) else None,
+    )
     if run.training:
         run.keep(path, x)
     return _finish(run, path, y, bias, (1, -1, 1, 1))
@@ -108,6 +115,7 @@ def linear_backward(run, layer, path, dy):
 
 # -- ReLU, pooling ---------------------------------------------------------------------------
 
+
 def relu_forward(run, layer, path, x):
     if not run.training:
         return x.relu()
@@ -117,7 +125,7 @@ def relu_forward(run, layer, path, x):
 
 
 def relu_backward(run, layer, path, dy):
-    return dy * run.kept(path)              # d has scale 0: no truncation, 1 round
+    return dy * run.kept(path)  # d has scale 0: no truncation, 1 round
 
 
 def maxpool_forward(run, layer, path, x):
@@ -127,7 +135,7 @@ def maxpool_forward(run, layer, path, x):
     else:
         y, levels = compare.max_pool2d(x, *geo, return_bits=True)
         run.keep(path, (levels, x.shape))
-    return to_scale(y, x.rt.frac_bits) if y.scale > x.rt.frac_bits else y   # a deferred truncation
+    return to_scale(y, x.rt.frac_bits) if y.scale > x.rt.frac_bits else y  # a deferred truncation
 
 
 def maxpool_backward(run, layer, path, dy):
@@ -157,6 +165,7 @@ def adaptive_backward(run, layer, path, dy):
 
 # -- shape-only layers -------------------------------------------------------------------------
 
+
 def flatten_forward(run, layer, path, x):
     if run.training:
         run.keep(path, x.shape)
@@ -173,7 +182,7 @@ def dropout_forward(run, layer, path, x):
     if not run.training or layer.p == 0.0:
         return x
     keep = run.dropout_rng.random(x.shape) >= layer.p
-    mask = keep / (1.0 - layer.p)                     # public reals (2 for p = 0.5: exact)
+    mask = keep / (1.0 - layer.p)  # public reals (2 for p = 0.5: exact)
     run.keep(path, mask)
     return x * mask
 
@@ -186,10 +195,11 @@ def dropout_backward(run, layer, path, dy):
 
 # -- batch norm -----------------------------------------------------------------------------------
 
+
 def batchnorm_forward(run, layer, path, x):
     if not run.training:
         if run.is_folded(path):
-            return x                                   # folded into the convolution before it
+            return x  # folded into the convolution before it
         scale, shift = run.bn_affine(path)
         return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
     return _batchnorm_train(run, layer, path, x)

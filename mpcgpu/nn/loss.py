@@ -12,6 +12,7 @@ and the number of correct predictions -- all on shares.
 * :func:`count_correct` -- ``sum(pred_onehot * label_onehot)``: one integer product
   round; only this count (and what the caller chooses) is revealed.
 """
+
 from __future__ import annotations
 
 from ..protocols.compare import one_hot
@@ -35,10 +36,10 @@ def cross_entropy(logits: ArithmeticShare, onehot: ArithmeticShare) -> Arithmeti
     rounded exactly by ``q`` bits, with ``q`` as large as the ring allows for losses below
     ``2^8`` per sample: no probabilistic rounding touches the value that is revealed."""
     logp = logits.log_softmax(axis=1)
-    total = -(logp * onehot).sum()            # onehot has scale 0: no truncation (1 round)
+    total = -(logp * onehot).sum()  # onehot has scale 0: no truncation (1 round)
     b = logits.shape[0]
     q = 61 - (max(b, 1).bit_length() + LOSS_BITS + total.scale)
-    k = total.xp.uint64(round(2.0 ** q / b))
+    k = total.xp.uint64(round(2.0**q / b))
     scaled = total._new(total.first * k, total.second * k, total.scale + q)
     return round_exact(scaled, q, total.scale)
 

@@ -39,23 +39,38 @@ Exact variants (all max-pools are real max-pools):
 Parameter names follow torchvision where the model is torchvision-shaped
 (``features.N``, ``classifier.N``, ``conv1``, ``layerK.B.bn2``, ``fc``).
 """
+
 from __future__ import annotations
 
 from typing import Callable
 
-from .spec import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d,
-                   Model, ReLU, Residual, Sequential, SpecError)
+from .spec import (
+    AdaptiveAvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    Model,
+    ReLU,
+    Residual,
+    Sequential,
+    SpecError,
+)
 
 _REGISTRY: dict[str, Callable[[], Model]] = {}
 
 
 def register(name: str):
     """Decorator: make a zero-argument model builder available as ``get_model(name)``."""
+
     def deco(fn):
         if name in _REGISTRY:
             raise SpecError(f"model {name!r} registered twice")
         _REGISTRY[name] = fn
         return fn
+
     return deco
 
 
@@ -83,55 +98,90 @@ def _top(features, classifier, pool=None) -> Sequential:
 # ---------------------------------------------------------------- LeNet
 @register("lenet")
 def lenet() -> Model:
-    features = Sequential((Conv2d(1, 20, 5), ReLU(), MaxPool2d(2),
-                           Conv2d(20, 50, 5), ReLU(), MaxPool2d(2)))
+    features = Sequential((Conv2d(1, 20, 5), ReLU(), MaxPool2d(2), Conv2d(20, 50, 5), ReLU(), MaxPool2d(2)))
     classifier = Sequential((Linear(800, 500), ReLU(), Linear(500, 10)))
-    return Model("lenet", (1, 28, 28), 10, _top(features, classifier),
-                 "LeNet for MNIST (the reference variant, docs/design.md §8)")
+    return Model(
+        "lenet",
+        (1, 28, 28),
+        10,
+        _top(features, classifier),
+        "LeNet for MNIST (the reference variant, docs/design.md §8)",
+    )
 
 
 # ---------------------------------------------------------------- AlexNet
 def _alexnet_small_features() -> Sequential:
-    return Sequential((
-        Conv2d(3, 64, 11, stride=4, padding=5), ReLU(), MaxPool2d(2),
-        Conv2d(64, 192, 5, padding=2), ReLU(), MaxPool2d(2),
-        Conv2d(192, 384, 3, padding=1), ReLU(),
-        Conv2d(384, 256, 3, padding=1), ReLU(),
-        Conv2d(256, 256, 3, padding=1), ReLU(), MaxPool2d(2)))
+    return Sequential(
+        (
+            Conv2d(3, 64, 11, stride=4, padding=5),
+            ReLU(),
+            MaxPool2d(2),
+            Conv2d(64, 192, 5, padding=2),
+            ReLU(),
+            MaxPool2d(2),
+            Conv2d(192, 384, 3, padding=1),
+            ReLU(),
+            Conv2d(384, 256, 3, padding=1),
+            ReLU(),
+            Conv2d(256, 256, 3, padding=1),
+            ReLU(),
+            MaxPool2d(2),
+        )
+    )
 
 
 @register("alexnet_cifar10")
 def alexnet_cifar10() -> Model:
-    return Model("alexnet_cifar10", (3, 32, 32), 10,
-                 _top(_alexnet_small_features(), Sequential((Linear(256, 10),))),
-                 "AlexNet, small CIFAR-10 variant (the reference variant, docs/design.md §8)")
+    return Model(
+        "alexnet_cifar10",
+        (3, 32, 32),
+        10,
+        _top(_alexnet_small_features(), Sequential((Linear(256, 10),))),
+        "AlexNet, small CIFAR-10 variant (the reference variant, docs/design.md §8)",
+    )
 
 
 @register("alexnet_tinyimagenet")
 def alexnet_tinyimagenet() -> Model:
     cls = Sequential((Linear(1024, 1024), ReLU(), Linear(1024, 1024), ReLU(), Linear(1024, 200)))
-    return Model("alexnet_tinyimagenet", (3, 64, 64), 200,
-                 _top(_alexnet_small_features(), cls),
-                 "AlexNet small-variant features on 64x64, 3-layer classifier")
+    return Model(
+        "alexnet_tinyimagenet",
+        (3, 64, 64),
+        200,
+        _top(_alexnet_small_features(), cls),
+        "AlexNet small-variant features on 64x64, 3-layer classifier",
+    )
 
 
 @register("alexnet_imagenet")
 def alexnet_imagenet() -> Model:
-    features = Sequential((
-        Conv2d(3, 64, 11, stride=4, padding=2), ReLU(), MaxPool2d(3, 2),
-        Conv2d(64, 192, 5, padding=2), ReLU(), MaxPool2d(3, 2),
-        Conv2d(192, 384, 3, padding=1), ReLU(),
-        Conv2d(384, 256, 3, padding=1), ReLU(),
-        Conv2d(256, 256, 3, padding=1), ReLU(), MaxPool2d(3, 2)))
-    cls = Sequential((Dropout(0.5), Linear(9216, 4096), ReLU(),
-                      Dropout(0.5), Linear(4096, 4096), ReLU(), Linear(4096, 1000)))
-    return Model("alexnet_imagenet", (3, 224, 224), 1000,
-                 _top(features, cls, AdaptiveAvgPool2d(6)), "torchvision AlexNet")
+    features = Sequential(
+        (
+            Conv2d(3, 64, 11, stride=4, padding=2),
+            ReLU(),
+            MaxPool2d(3, 2),
+            Conv2d(64, 192, 5, padding=2),
+            ReLU(),
+            MaxPool2d(3, 2),
+            Conv2d(192, 384, 3, padding=1),
+            ReLU(),
+            Conv2d(384, 256, 3, padding=1),
+            ReLU(),
+            Conv2d(256, 256, 3, padding=1),
+            ReLU(),
+            MaxPool2d(3, 2),
+        )
+    )
+    cls = Sequential(
+        (Dropout(0.5), Linear(9216, 4096), ReLU(), Dropout(0.5), Linear(4096, 4096), ReLU(), Linear(4096, 1000))
+    )
+    return Model(
+        "alexnet_imagenet", (3, 224, 224), 1000, _top(features, cls, AdaptiveAvgPool2d(6)), "torchvision AlexNet"
+    )
 
 
 # ---------------------------------------------------------------- VGG-16
-VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-             512, 512, 512, "M")
+VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
 def vgg_features(cfg=VGG16_CFG, in_ch: int = 3, batch_norm: bool = False) -> Sequential:
@@ -151,38 +201,58 @@ def vgg_features(cfg=VGG16_CFG, in_ch: int = 3, batch_norm: bool = False) -> Seq
 
 @register("vgg16_cifar10")
 def vgg16_cifar10() -> Model:
-    return Model("vgg16_cifar10", (3, 32, 32), 10,
-                 _top(vgg_features(), Sequential((Linear(512, 10),))),
-                 "VGG-16 for CIFAR-10: 13 conv + maxpool, fc 512->10")
+    return Model(
+        "vgg16_cifar10",
+        (3, 32, 32),
+        10,
+        _top(vgg_features(), Sequential((Linear(512, 10),))),
+        "VGG-16 for CIFAR-10: 13 conv + maxpool, fc 512->10",
+    )
 
 
 @register("vgg16_bn_cifar10")
 def vgg16_bn_cifar10() -> Model:
-    return Model("vgg16_bn_cifar10", (3, 32, 32), 10,
-                 _top(vgg_features(batch_norm=True), Sequential((Linear(512, 10),))),
-                 "VGG-16 with BatchNorm for CIFAR-10, fc 512->10")
+    return Model(
+        "vgg16_bn_cifar10",
+        (3, 32, 32),
+        10,
+        _top(vgg_features(batch_norm=True), Sequential((Linear(512, 10),))),
+        "VGG-16 with BatchNorm for CIFAR-10, fc 512->10",
+    )
 
 
 @register("vgg16_cifar10_fc3")
 def vgg16_cifar10_fc3() -> Model:
     cls = Sequential((Linear(512, 256), ReLU(), Linear(256, 256), ReLU(), Linear(256, 10)))
-    return Model("vgg16_cifar10_fc3", (3, 32, 32), 10, _top(vgg_features(), cls),
-                 "VGG-16 for CIFAR-10 with the Falcon/Piranha classifier 512-256-256-10")
+    return Model(
+        "vgg16_cifar10_fc3",
+        (3, 32, 32),
+        10,
+        _top(vgg_features(), cls),
+        "VGG-16 for CIFAR-10 with the Falcon/Piranha classifier 512-256-256-10",
+    )
 
 
 @register("vgg16_tinyimagenet")
 def vgg16_tinyimagenet() -> Model:
     cls = Sequential((Linear(2048, 512), ReLU(), Linear(512, 512), ReLU(), Linear(512, 200)))
-    return Model("vgg16_tinyimagenet", (3, 64, 64), 200, _top(vgg_features(), cls),
-                 "VGG-16 for Tiny ImageNet: 13 conv + maxpool, fc 2048-512-512-200")
+    return Model(
+        "vgg16_tinyimagenet",
+        (3, 64, 64),
+        200,
+        _top(vgg_features(), cls),
+        "VGG-16 for Tiny ImageNet: 13 conv + maxpool, fc 2048-512-512-200",
+    )
 
 
 @register("vgg16_imagenet")
 def vgg16_imagenet() -> Model:
-    cls = Sequential((Linear(25088, 4096), ReLU(), Dropout(0.5),
-                      Linear(4096, 4096), ReLU(), Dropout(0.5), Linear(4096, 1000)))
-    return Model("vgg16_imagenet", (3, 224, 224), 1000,
-                 _top(vgg_features(), cls, AdaptiveAvgPool2d(7)), "torchvision VGG-16")
+    cls = Sequential(
+        (Linear(25088, 4096), ReLU(), Dropout(0.5), Linear(4096, 4096), ReLU(), Dropout(0.5), Linear(4096, 1000))
+    )
+    return Model(
+        "vgg16_imagenet", (3, 224, 224), 1000, _top(vgg_features(), cls, AdaptiveAvgPool2d(7)), "torchvision VGG-16"
+    )
 
 
 # ---------------------------------------------------------------- ResNet
@@ -190,23 +260,29 @@ def bottleneck(in_ch: int, width: int, stride: int = 1, expansion: int = 4) -> R
     """Bottleneck block (v1.5: stride on the 3x3 conv), ReLU after the residual add."""
     out_ch = width * expansion
     body = Sequential.named(
-        ("conv1", Conv2d(in_ch, width, 1, bias=False)), ("bn1", BatchNorm2d(width)),
+        ("conv1", Conv2d(in_ch, width, 1, bias=False)),
+        ("bn1", BatchNorm2d(width)),
         ("relu1", ReLU()),
         ("conv2", Conv2d(width, width, 3, stride=stride, padding=1, bias=False)),
-        ("bn2", BatchNorm2d(width)), ("relu2", ReLU()),
-        ("conv3", Conv2d(width, out_ch, 1, bias=False)), ("bn3", BatchNorm2d(out_ch)))
+        ("bn2", BatchNorm2d(width)),
+        ("relu2", ReLU()),
+        ("conv3", Conv2d(width, out_ch, 1, bias=False)),
+        ("bn3", BatchNorm2d(out_ch)),
+    )
     shortcut = None
     if stride != 1 or in_ch != out_ch:
-        shortcut = Sequential((Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
-                               BatchNorm2d(out_ch)))
+        shortcut = Sequential((Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), BatchNorm2d(out_ch)))
     return Residual(body, shortcut, relu=True)
 
 
-def resnet_bottleneck(name: str, blocks, num_classes: int = 1000,
-                      input_shape=(3, 224, 224)) -> Model:
+def resnet_bottleneck(name: str, blocks, num_classes: int = 1000, input_shape=(3, 224, 224)) -> Model:
     """A torchvision-shaped bottleneck ResNet (stage ``layerK`` holds ``Residual`` blocks)."""
-    pairs = [("conv1", Conv2d(3, 64, 7, stride=2, padding=3, bias=False)),
-             ("bn1", BatchNorm2d(64)), ("relu", ReLU()), ("maxpool", MaxPool2d(3, 2, 1))]
+    pairs = [
+        ("conv1", Conv2d(3, 64, 7, stride=2, padding=3, bias=False)),
+        ("bn1", BatchNorm2d(64)),
+        ("relu", ReLU()),
+        ("maxpool", MaxPool2d(3, 2, 1)),
+    ]
     in_ch = 64
     for i, (n, width) in enumerate(zip(blocks, (64, 128, 256, 512))):
         stage = []
@@ -215,10 +291,14 @@ def resnet_bottleneck(name: str, blocks, num_classes: int = 1000,
             stage.append(bottleneck(in_ch, width, stride))
             in_ch = width * 4
         pairs.append((f"layer{i + 1}", Sequential(tuple(stage))))
-    pairs += [("avgpool", AdaptiveAvgPool2d(1)), ("flatten", Flatten()),
-              ("fc", Linear(in_ch, num_classes))]
-    return Model(name, input_shape, num_classes, Sequential.named(*pairs),
-                 f"torchvision-style {name} (bottleneck blocks {list(blocks)})")
+    pairs += [("avgpool", AdaptiveAvgPool2d(1)), ("flatten", Flatten()), ("fc", Linear(in_ch, num_classes))]
+    return Model(
+        name,
+        input_shape,
+        num_classes,
+        Sequential.named(*pairs),
+        f"torchvision-style {name} (bottleneck blocks {list(blocks)})",
+    )
 
 
 def _resnet(name, blocks):
@@ -240,8 +320,24 @@ def resnet152() -> Model:
     return _resnet("resnet152", (3, 8, 36, 3))
 
 
-__all__ = ["register", "list_models", "get_model", "lenet", "alexnet_cifar10",
-           "alexnet_tinyimagenet", "alexnet_imagenet", "vgg_features", "VGG16_CFG",
-           "vgg16_cifar10", "vgg16_bn_cifar10", "vgg16_cifar10_fc3", "vgg16_tinyimagenet",
-           "vgg16_imagenet", "bottleneck", "resnet_bottleneck", "resnet50", "resnet101",
-           "resnet152"]
+__all__ = [
+    "register",
+    "list_models",
+    "get_model",
+    "lenet",
+    "alexnet_cifar10",
+    "alexnet_tinyimagenet",
+    "alexnet_imagenet",
+    "vgg_features",
+    "VGG16_CFG",
+    "vgg16_cifar10",
+    "vgg16_bn_cifar10",
+    "vgg16_cifar10_fc3",
+    "vgg16_tinyimagenet",
+    "vgg16_imagenet",
+    "bottleneck",
+    "resnet_bottleneck",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+]

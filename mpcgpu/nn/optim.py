@@ -30,6 +30,7 @@ itself, far below the noise of stochastic rounding.
 Batch-norm running statistics are not trained (they are updated in the forward
 pass).  Magnitudes: weights and velocities must stay below ``2^MAX_BITS``.
 """
+
 from __future__ import annotations
 
 import numpy
@@ -55,8 +56,9 @@ class PrivateSGD:
     weights and velocities (this party's components) for checkpoints.
     """
 
-    def __init__(self, params: dict, names, lr: float, momentum: float = 0.0,
-                 weight_decay: float = 0.0, extra_bits: int = 8):
+    def __init__(
+        self, params: dict, names, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, extra_bits: int = 8
+    ):
         self.names = list(names)
         if not self.names:
             raise MPCError("nothing to train: the model has no trainable parameters")
@@ -69,7 +71,7 @@ class PrivateSGD:
         self.shapes = [tuple(params[n].shape) for n in self.names]
         self.sizes = [int(numpy.prod(s)) for s in self.shapes]
         flat = concatenate([params[n].reshape(-1) for n in self.names])
-        self.master = to_scale(flat, self.scale)                 # exact (a shift)
+        self.master = to_scale(flat, self.scale)  # exact (a shift)
         z = self.master.xp.zeros(self.master.shape, dtype=self.master.xp.uint64)
         self.velocity = ArithmeticShare(z, z.copy(), self.scale, self.rt)
         self.steps = 0
@@ -77,7 +79,7 @@ class PrivateSGD:
     def _split(self, flat: ArithmeticShare) -> dict:
         out, at = {}, 0
         for name, shape, size in zip(self.names, self.shapes, self.sizes):
-            out[name] = flat[at:at + size].reshape(*shape)
+            out[name] = flat[at : at + size].reshape(*shape)
             at += size
         return out
 
@@ -90,7 +92,7 @@ class PrivateSGD:
         g = to_scale(concatenate([grads[n].reshape(-1) for n in self.names]), self.scale)
         m, wd, inv_b = self.momentum, self.weight_decay, 1.0 / int(batch_size)
         velocity, master = [], []
-        for lo in range(0, self.master.size, CHUNK):      # bounded memory: one call per chunk
+        for lo in range(0, self.master.size, CHUNK):  # bounded memory: one call per chunk
             hi = min(self.master.size, lo + CHUNK)
             v, w = self._update(self.velocity[lo:hi], g[lo:hi], self.master[lo:hi], m, inv_b, wd, lr)
             velocity.append(v)
@@ -107,15 +109,18 @@ class PrivateSGD:
         terms = [(t, c) for t, c in ((v, m), (g, inv_b), (w, wd)) if c != 0.0]
         shares = [t for t, _ in terms]
         rows = [[c for _, c in terms], [lr * c for _, c in terms]]
-        new_v, step = public_combinations(shares, rows, bound=2.0 ** MAX_BITS)
+        new_v, step = public_combinations(shares, rows, bound=2.0**MAX_BITS)
         return new_v, w - step
 
     # -- checkpoints ----------------------------------------------------------------------
     def state(self) -> dict:
         """This party's components of the master weights and velocities, and the step."""
-        return {"master": (self.master.first, self.master.second),
-                "velocity": (self.velocity.first, self.velocity.second),
-                "scale": self.scale, "steps": self.steps}
+        return {
+            "master": (self.master.first, self.master.second),
+            "velocity": (self.velocity.first, self.velocity.second),
+            "scale": self.scale,
+            "steps": self.steps,
+        }
 
     def load_state(self, state: dict):
         if int(state["scale"]) != self.scale:
@@ -132,6 +137,7 @@ class PrivateSGD:
         if not exact:
             return self._split(to_scale(self.master, self.f))
         from ..protocols.rounding import round_exact
+
         return self._split(round_exact(self.master, self.extra_bits, self.f))
 
 

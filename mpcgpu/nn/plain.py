@@ -29,6 +29,7 @@ Model level::
     m.predict(x, batch_size=256) -> labels;  m.evaluate(x, labels) -> accuracy
     opt = SGD(m.params, lr, momentum=0.9, weight_decay=0.0); opt.step(m.grads)
 """
+
 from __future__ import annotations
 
 from typing import Mapping
@@ -52,7 +53,7 @@ _out = S.conv_out_size
 def _windows(xp, kernel, stride, oh, ow):
     """View (N, C, OH, OW, kh, kw) of the windows of a padded NCHW array."""
     v = sliding_window_view(xp, kernel, axis=(2, 3))
-    return v[:, :, ::stride[0], ::stride[1]][:, :, :oh, :ow]
+    return v[:, :, :: stride[0], :: stride[1]][:, :, :oh, :ow]
 
 
 def _pad(x, padding, value=0.0):
@@ -70,7 +71,7 @@ def _scatter_windows(dxp, contrib, kernel, stride, oh, ow):
 
 def _unpad(xp, padding):
     ph, pw = padding
-    return xp[:, :, ph:xp.shape[2] - ph, pw:xp.shape[3] - pw]
+    return xp[:, :, ph : xp.shape[2] - ph, pw : xp.shape[3] - pw]
 
 
 # ------------------------------------------------------------------ convolution
@@ -81,7 +82,7 @@ def _im2col(x, kernel, stride, padding, groups):
     n, c, h, w = x.shape
     kh, kw = kernel
     oh, ow = _out(h, kh, stride[0], padding[0]), _out(w, kw, stride[1], padding[1])
-    win = _windows(_pad(x, padding), kernel, stride, oh, ow)       # N C OH OW kh kw
+    win = _windows(_pad(x, padding), kernel, stride, oh, ow)  # N C OH OW kh kw
     cg = c // groups
     cols = win.reshape(n, groups, cg, oh, ow, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
     return np.ascontiguousarray(cols).reshape(groups, n * oh * ow, cg * kh * kw), (oh, ow)
@@ -95,7 +96,7 @@ def _conv_fwd(x, w, b, stride, padding, groups):
         raise S.SpecError(f"conv2d: input has {c} channels, weight {w.shape} with groups={groups}")
     cols, (oh, ow) = _im2col(x, (kh, kw), stride, padding, groups)
     wg = w.reshape(groups, oc // groups, cg * kh * kw)
-    y = np.matmul(cols, wg.transpose(0, 2, 1))                       # G, N*OH*OW, OC/G
+    y = np.matmul(cols, wg.transpose(0, 2, 1))  # G, N*OH*OW, OC/G
     y = y.reshape(groups, n, oh, ow, oc // groups).transpose(1, 0, 4, 2, 3).reshape(n, oc, oh, ow)
     if b is not None:
         y = y + b.reshape(1, -1, 1, 1)
@@ -120,7 +121,7 @@ def _conv_bwd(cols, x_shape, w, dy, stride, padding, groups, need_dx=True):
         return None, dw, db
     dcols = np.matmul(dyg, w.reshape(groups, oc // groups, cg * kh * kw))
     dcols = dcols.reshape(groups, n, oh, ow, cg, kh, kw).transpose(1, 0, 4, 2, 3, 5, 6)
-    dcols = dcols.reshape(n, c, oh, ow, kh, kw)                      # N C OH OW kh kw
+    dcols = dcols.reshape(n, c, oh, ow, kh, kw)  # N C OH OW kh kw
     dxp = np.zeros((n, c, h + 2 * padding[0], wd + 2 * padding[1]), dtype=dy.dtype)
     _scatter_windows(dxp, lambda i, j: dcols[:, :, :, :, i, j], (kh, kw), stride, oh, ow)
     return np.ascontiguousarray(_unpad(dxp, padding)), dw, db
@@ -161,8 +162,7 @@ def _pool_geom(x_shape, kernel, stride, padding):
     stride = kernel if stride is None else _pair(stride)
     padding = _pair(padding)
     h, w = x_shape[2:]
-    return kernel, stride, padding, _out(h, kernel[0], stride[0], padding[0]), \
-        _out(w, kernel[1], stride[1], padding[1])
+    return kernel, stride, padding, _out(h, kernel[0], stride[0], padding[0]), _out(w, kernel[1], stride[1], padding[1])
 
 
 def maxpool2d(x, kernel, stride=None, padding=0):
@@ -235,8 +235,10 @@ def batchnorm2d_train_backward(cache, dy):
     dgamma = (dy * xhat).sum(axis=axes)
     dxhat = dy * gamma.reshape(1, -1, 1, 1)
     dx = (inv_std.reshape(1, -1, 1, 1) / m) * (
-        m * dxhat - dxhat.sum(axis=axes).reshape(1, -1, 1, 1)
-        - xhat * (dxhat * xhat).sum(axis=axes).reshape(1, -1, 1, 1))
+        m * dxhat
+        - dxhat.sum(axis=axes).reshape(1, -1, 1, 1)
+        - xhat * (dxhat * xhat).sum(axis=axes).reshape(1, -1, 1, 1)
+    )
     return dx, dgamma, dbeta
 
 
@@ -377,8 +379,7 @@ class _Conv(_Leaf):
 
     def bwd(self, P, dy, G):
         L = self.layer
-        dx, dw, db = _conv_bwd(self.cols, self.x_shape, P[self.name("weight")], dy,
-                               L.stride, L.padding, L.groups)
+        dx, dw, db = _conv_bwd(self.cols, self.x_shape, P[self.name("weight")], dy, L.stride, L.padding, L.groups)
         G[self.name("weight")] = dw
         if L.bias:
             G[self.name("bias")] = db
@@ -452,9 +453,9 @@ class _BN(_Leaf):
             y, self.cache = batchnorm2d_train(x, g, b, L.eps)
             mean, var_u = self.cache[3], self.cache[4]
             mom = L.momentum
-            rm *= (1 - mom)
+            rm *= 1 - mom
             rm += mom * mean.astype(rm.dtype)
-            rv *= (1 - mom)
+            rv *= 1 - mom
             rv += mom * var_u.astype(rv.dtype)
             return y
         if keep:
@@ -502,9 +503,16 @@ class _Dropout(_Leaf):
         return dy if self.mask is None else dy * self.mask
 
 
-_LEAVES = {S.Conv2d: _Conv, S.Linear: _Linear, S.ReLU: _ReLU, S.MaxPool2d: _MaxPool,
-           S.AvgPool2d: _AvgPool, S.AdaptiveAvgPool2d: _Adaptive, S.BatchNorm2d: _BN,
-           S.Flatten: _Flatten}
+_LEAVES = {
+    S.Conv2d: _Conv,
+    S.Linear: _Linear,
+    S.ReLU: _ReLU,
+    S.MaxPool2d: _MaxPool,
+    S.AvgPool2d: _AvgPool,
+    S.AdaptiveAvgPool2d: _Adaptive,
+    S.BatchNorm2d: _BN,
+    S.Flatten: _Flatten,
+}
 
 
 class PlainModel:
@@ -519,6 +527,7 @@ class PlainModel:
     def __init__(self, spec, params: Mapping | None = None, *, seed=0, dtype=np.float64):
         if isinstance(spec, str):
             from .models import get_model
+
             spec = get_model(spec)
         self.spec = spec
         self.dtype = np.dtype(dtype)
@@ -527,8 +536,7 @@ class PlainModel:
             params = init_params(spec, self.rng, self.dtype)
         else:
             S.check_params(spec, params)
-            params = {k: np.array(params[k], dtype=self.dtype)
-                      for k in S.param_shapes(spec)}
+            params = {k: np.array(params[k], dtype=self.dtype) for k in S.param_shapes(spec)}
         self.params: dict = params
         self.grads: dict = {}
         self._op = self._build(S._root(spec), "")
@@ -539,8 +547,7 @@ class PlainModel:
             return _Seq([self._build(c, S._join(path, n)) for n, c in layer.children()])
         if isinstance(layer, S.Residual):
             body = self._build(layer.body, S._join(path, layer.body_name))
-            short = (None if layer.shortcut is None
-                     else self._build(layer.shortcut, S._join(path, layer.shortcut_name)))
+            short = None if layer.shortcut is None else self._build(layer.shortcut, S._join(path, layer.shortcut_name))
             return _Res(body, short, layer.relu, path)
         if isinstance(layer, S.Dropout):
             return _Dropout(layer, path, self)
@@ -552,12 +559,13 @@ class PlainModel:
     def _check_input(self, x):
         x = np.asarray(x)
         if isinstance(self.spec, S.Model) and tuple(x.shape[1:]) != self.spec.input_shape:
-            raise S.SpecError(f"input batch shape {x.shape} does not fit model {self.spec.name} "
-                              f"(N, {', '.join(map(str, self.spec.input_shape))})")
+            raise S.SpecError(
+                f"input batch shape {x.shape} does not fit model {self.spec.name} "
+                f"(N, {', '.join(map(str, self.spec.input_shape))})"
+            )
         return x.astype(self.dtype, copy=False)
 
-    def forward(self, x, train: bool = False, record: dict | None = None,
-                need_grad: bool = True):
+    def forward(self, x, train: bool = False, record: dict | None = None, need_grad: bool = True):
         """Logits for a batch.  ``train`` uses batch statistics (updating the BN
         running statistics) and dropout.  ``record``, if a dict, receives every
         leaf's output under its path.  ``need_grad=False`` keeps no caches.
@@ -586,8 +594,7 @@ class PlainModel:
 
     def predict_logits(self, x, batch_size: int = 256):
         x = np.asarray(x)
-        out = [self.forward(x[i:i + batch_size], need_grad=False)
-               for i in range(0, len(x), batch_size)]
+        out = [self.forward(x[i : i + batch_size], need_grad=False) for i in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0,) + tuple(self.spec.output_shape))
 
     def predict(self, x, batch_size: int = 256):
@@ -605,8 +612,15 @@ class SGD:
     if nesterov else v)``; only trainable parameters (not BN running stats) move.
     """
 
-    def __init__(self, params: dict, lr: float, momentum: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, spec=None):
+    def __init__(
+        self,
+        params: dict,
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        spec=None,
+    ):
         self.params, self.lr, self.momentum = params, float(lr), float(momentum)
         self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
         self.trainable = None
@@ -632,8 +646,27 @@ class SGD:
             p -= (self.lr * g).astype(p.dtype, copy=False)
 
 
-__all__ = ["conv2d", "conv2d_backward", "linear", "linear_backward", "relu", "relu_backward",
-           "maxpool2d", "maxpool2d_backward", "avgpool2d", "avgpool2d_backward",
-           "adaptive_avgpool2d", "adaptive_avgpool2d_backward", "batchnorm2d_train",
-           "batchnorm2d_train_backward", "batchnorm2d_eval", "fold_batchnorm", "log_softmax",
-           "softmax", "softmax_cross_entropy", "init_params", "PlainModel", "SGD"]
+__all__ = [
+    "conv2d",
+    "conv2d_backward",
+    "linear",
+    "linear_backward",
+    "relu",
+    "relu_backward",
+    "maxpool2d",
+    "maxpool2d_backward",
+    "avgpool2d",
+    "avgpool2d_backward",
+    "adaptive_avgpool2d",
+    "adaptive_avgpool2d_backward",
+    "batchnorm2d_train",
+    "batchnorm2d_train_backward",
+    "batchnorm2d_eval",
+    "fold_batchnorm",
+    "log_softmax",
+    "softmax",
+    "softmax_cross_entropy",
+    "init_params",
+    "PlainModel",
+    "SGD",
+]

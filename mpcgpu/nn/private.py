@@ -20,6 +20,7 @@ reveals the output (or only the argmax), and ``forward(..., exact=True)``
 rounds the output layer exactly (:func:`~mpcgpu.protocols.rounding.round_exact`)
 so that a revealed output's last bit depends on the value alone.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,6 +48,7 @@ FOLD_CHUNK = 1 << 22
 @dataclass
 class LayerProfile:
     """Time and communication of one leaf layer (per party)."""
+
     path: str
     kind: str
     seconds: float = 0.0
@@ -82,6 +84,7 @@ class Profile:
         """Print the table on party 0: per layer the slowest party's seconds, the bytes of the
         three parties together and the rounds (a collective: every party calls it)."""
         import sys
+
         rows = [(r.path, r.kind, r.seconds, r.bytes_sent, r.rounds) for r in self.rows()]
         gathered = comm.allgather_object(rows)
         if comm.rank != 0:
@@ -102,8 +105,7 @@ def schedule(seq: S.Sequential):
     children = seq.children()
     out, i = [], 0
     while i < len(children):
-        if (i + 1 < len(children) and isinstance(children[i][1], S.ReLU)
-                and isinstance(children[i + 1][1], S.MaxPool2d)):
+        if i + 1 < len(children) and isinstance(children[i][1], S.ReLU) and isinstance(children[i + 1][1], S.MaxPool2d):
             out += [children[i + 1], children[i]]
             i += 2
         else:
@@ -121,8 +123,14 @@ class PrivateModel:
     ``dropout_seed``: seed of the PUBLIC dropout masks (the same on every party).
     """
 
-    def __init__(self, model: S.Model, params: dict, bn_domain=DEFAULT_BN_DOMAIN,
-                 train_bn_domain=TRAIN_BN_DOMAIN, dropout_seed: int = 0):
+    def __init__(
+        self,
+        model: S.Model,
+        params: dict,
+        bn_domain=DEFAULT_BN_DOMAIN,
+        train_bn_domain=TRAIN_BN_DOMAIN,
+        dropout_seed: int = 0,
+    ):
         S.check_params(model, params, what="shared parameters")
         self.spec = model
         self.params = dict(params)
@@ -132,20 +140,23 @@ class PrivateModel:
         self.training = False
         self.exact_output = False
         self.grads: dict = {}
-        self.version = 0               # bumped whenever parameters change
+        self.version = 0  # bumped whenever parameters change
         self._kept: dict = {}
         self._input_grad = False
         self._prepared_version = None
-        self._affine: dict = {}        # batch-norm path -> (scale, shift), not folded
-        self._folded: dict = {}        # conv path -> (weight', bias'); its batch norm becomes identity
-        self._skip: set = set()        # batch-norm paths folded away
+        self._affine: dict = {}  # batch-norm path -> (scale, shift), not folded
+        self._folded: dict = {}  # conv path -> (weight', bias'); its batch norm becomes identity
+        self._skip: set = set()  # batch-norm paths folded away
         leaves = list(self._leaf_order(self.spec.net, ""))
         order = [path for path, _ in leaves]
         self._first_leaf, self._output_leaf = order[0], order[-1]
         # a product whose next layer is a max-pool is truncated after the pool (4x fewer
         # elements for 2x2): comparisons work at any scale
-        self._deferred = {path for (path, layer), (_, nxt) in zip(leaves, leaves[1:])
-                          if isinstance(layer, (S.Conv2d, S.Linear)) and isinstance(nxt, S.MaxPool2d)}
+        self._deferred = {
+            path
+            for (path, layer), (_, nxt) in zip(leaves, leaves[1:])
+            if isinstance(layer, (S.Conv2d, S.Linear)) and isinstance(nxt, S.MaxPool2d)
+        }
 
     # -- the spec walk ---------------------------------------------------------------------
     def _leaf_order(self, layer, path):
@@ -168,8 +179,11 @@ class PrivateModel:
             return x
         if isinstance(layer, S.Residual):
             body = self._run(layer.body, S.join_path(path, layer.body_name), x, profile)
-            short = x if layer.shortcut is None else self._run(
-                layer.shortcut, S.join_path(path, layer.shortcut_name), x, profile)
+            short = (
+                x
+                if layer.shortcut is None
+                else self._run(layer.shortcut, S.join_path(path, layer.shortcut_name), x, profile)
+            )
             out = body + short
             if layer.relu:
                 out = self._leaf(S.ReLU(), S.join_path(path, RESIDUAL_RELU), out, profile, forward=True)
@@ -185,8 +199,11 @@ class PrivateModel:
             if layer.relu:
                 dy = self._leaf(S.ReLU(), S.join_path(path, RESIDUAL_RELU), dy, profile, forward=False)
             d_body = self._back(layer.body, S.join_path(path, layer.body_name), dy, profile)
-            d_short = dy if layer.shortcut is None else self._back(
-                layer.shortcut, S.join_path(path, layer.shortcut_name), dy, profile)
+            d_short = (
+                dy
+                if layer.shortcut is None
+                else self._back(layer.shortcut, S.join_path(path, layer.shortcut_name), dy, profile)
+            )
             if d_body is None or d_short is None:
                 return d_body if d_short is None else d_short
             return d_body + d_short
@@ -239,27 +256,30 @@ class PrivateModel:
         statistics), all in one public product (one truncation call)."""
         olds = [self.params[n] for n in names]
         flat = concatenate([s.reshape(-1) for s in olds + list(stats)])
-        factors = numpy.concatenate([numpy.full(s.size, decay) for s in olds]
-                                    + [numpy.full(s.size, c) for s, c in zip(stats, coefs)])
+        factors = numpy.concatenate(
+            [numpy.full(s.size, decay) for s in olds] + [numpy.full(s.size, c) for s, c in zip(stats, coefs)]
+        )
         prod = flat * factors
         at = sum(s.size for s in olds)
         start = 0
         for name, old in zip(names, olds):
             n = old.size
-            self.params[name] = (prod[start:start + n] + prod[at + start:at + start + n]).reshape(*old.shape)
+            self.params[name] = (prod[start : start + n] + prod[at + start : at + start + n]).reshape(*old.shape)
             start += n
         self.version += 1
 
     # -- running ---------------------------------------------------------------------------
-    def forward(self, x: ArithmeticShare, train: bool = False, profile: Profile | None = None,
-                exact: bool = False) -> ArithmeticShare:
+    def forward(
+        self, x: ArithmeticShare, train: bool = False, profile: Profile | None = None, exact: bool = False
+    ) -> ArithmeticShare:
         """Logits (shared) for a shared NCHW / NF batch.  ``train`` uses batch statistics
         and keeps what :meth:`backward` needs; ``exact`` rounds the output layer exactly
         (for outputs that will be revealed)."""
         expected = tuple(self.spec.input_shape)
         if tuple(x.shape[1:]) != expected:
-            raise MPCError(f"model {self.spec.name} expects inputs of shape (N, {', '.join(map(str, expected))}),"
-                           f" got {x.shape}")
+            raise MPCError(
+                f"model {self.spec.name} expects inputs of shape (N, {', '.join(map(str, expected))}), got {x.shape}"
+            )
         self.training = bool(train)
         self.exact_output = bool(exact)
         self._kept.clear()
@@ -353,10 +373,10 @@ class PrivateModel:
         for bn, conv, lo, hi in group:
             wshape = p[S.join_path(conv[0], "weight")].shape
             n = int(numpy.prod(wshape))
-            w_new = prod[at:at + n].reshape(*wshape)
+            w_new = prod[at : at + n].reshape(*wshape)
             at += n
             if conv[1].bias:
-                b_new = prod[at:at + wshape[0]] + shift[lo:hi]
+                b_new = prod[at : at + wshape[0]] + shift[lo:hi]
                 at += wshape[0]
             else:
                 b_new = shift[lo:hi]

@@ -3,6 +3,7 @@ by step: the order of the samples and the learning rate of every step.
 
 Both are public: they depend on a seed and on counts, never on data.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,11 +21,19 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, drop_last: boo
         raise ValueError("batch_size must be positive")
     perm = np.random.default_rng([int(seed), int(epoch)]).permutation(int(n))
     stop = (n // batch_size) * batch_size if drop_last else n
-    return [np.sort(perm[i:i + batch_size]) for i in range(0, stop, batch_size)]
+    return [np.sort(perm[i : i + batch_size]) for i in range(0, stop, batch_size)]
 
 
-def lr_at(step: int, total: int, base: float, schedule: str = "cosine", warmup: int = 0,
-          steps_per_epoch: int = 1, step_epochs: int = 1, gamma: float = 0.1) -> float:
+def lr_at(
+    step: int,
+    total: int,
+    base: float,
+    schedule: str = "cosine",
+    warmup: int = 0,
+    steps_per_epoch: int = 1,
+    step_epochs: int = 1,
+    gamma: float = 0.1,
+) -> float:
     """Learning rate at ``step`` (0-based) of ``total``: a linear warm-up over ``warmup``
     steps, then "constant", "cosine" (to 0 at ``total``), "linear" (to 0) or "step"
     (times ``gamma`` every ``step_epochs`` epochs of ``steps_per_epoch`` steps)."""

@@ -37,6 +37,7 @@ Semantics fixed here (both executors must follow them):
 * ``Dropout(p)``: inverted dropout in training, identity in inference.
 * ``ReLU`` gradient at exactly 0 is 0.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -81,13 +82,15 @@ def adaptive_pool_window(in_hw, out_hw) -> tuple[int, int]:
     if oh < 1 or ow < 1 or h % oh or w % ow:
         raise SpecError(
             f"AdaptiveAvgPool2d to {oh}x{ow} needs input sides that are multiples of the "
-            f"output sides (exact windows); got input {h}x{w}")
+            f"output sides (exact windows); got input {h}x{w}"
+        )
     return h // oh, w // ow
 
 
 @dataclass(frozen=True)
 class ParamSpec:
     """One named array of a model: ``kind`` is weight, bias, running_mean or running_var."""
+
     name: str
     shape: tuple
     kind: str
@@ -139,8 +142,7 @@ class Conv2d(Layer):
         for f in ("kernel", "stride", "padding"):
             object.__setattr__(self, f, _pair(getattr(self, f), f))
         if self.groups < 1 or self.in_ch % self.groups or self.out_ch % self.groups:
-            raise SpecError(f"Conv2d groups={self.groups} must divide in_ch={self.in_ch} "
-                            f"and out_ch={self.out_ch}")
+            raise SpecError(f"Conv2d groups={self.groups} must divide in_ch={self.in_ch} and out_ch={self.out_ch}")
         if min(self.kernel) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
             raise SpecError(f"bad Conv2d geometry {self}")
 
@@ -155,9 +157,11 @@ class Conv2d(Layer):
         c, h, w = _need_image(self, in_shape)
         if c != self.in_ch:
             raise SpecError(f"Conv2d expects {self.in_ch} input channels, got {c}")
-        return (self.out_ch,
-                conv_out_size(h, self.kernel[0], self.stride[0], self.padding[0]),
-                conv_out_size(w, self.kernel[1], self.stride[1], self.padding[1]))
+        return (
+            self.out_ch,
+            conv_out_size(h, self.kernel[0], self.stride[0], self.padding[0]),
+            conv_out_size(w, self.kernel[1], self.stride[1], self.padding[1]),
+        )
 
 
 @dataclass(frozen=True)
@@ -174,8 +178,10 @@ class Linear(Layer):
 
     def out_shape(self, in_shape):
         if tuple(in_shape) != (self.in_f,):
-            raise SpecError(f"Linear expects input ({self.in_f},), got {tuple(in_shape)}"
-                            + (" (missing Flatten?)" if len(in_shape) > 1 else ""))
+            raise SpecError(
+                f"Linear expects input ({self.in_f},), got {tuple(in_shape)}"
+                + (" (missing Flatten?)" if len(in_shape) > 1 else "")
+            )
         return (self.out_f,)
 
 
@@ -188,13 +194,12 @@ class ReLU(Layer):
 @dataclass(frozen=True)
 class _Pool(Layer):
     kernel: Union[int, tuple] = 2
-    stride: Union[int, tuple, None] = None   # None: same as kernel
+    stride: Union[int, tuple, None] = None  # None: same as kernel
     padding: Union[int, tuple] = 0
 
     def __post_init__(self):
         object.__setattr__(self, "kernel", _pair(self.kernel, "kernel"))
-        object.__setattr__(self, "stride", _pair(self.kernel if self.stride is None else self.stride,
-                                                 "stride"))
+        object.__setattr__(self, "stride", _pair(self.kernel if self.stride is None else self.stride, "stride"))
         object.__setattr__(self, "padding", _pair(self.padding, "padding"))
         if min(self.kernel) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
             raise SpecError(f"bad pooling geometry {self}")
@@ -203,8 +208,11 @@ class _Pool(Layer):
 
     def out_shape(self, in_shape):
         c, h, w = _need_image(self, in_shape)
-        return (c, conv_out_size(h, self.kernel[0], self.stride[0], self.padding[0]),
-                conv_out_size(w, self.kernel[1], self.stride[1], self.padding[1]))
+        return (
+            c,
+            conv_out_size(h, self.kernel[0], self.stride[0], self.padding[0]),
+            conv_out_size(w, self.kernel[1], self.stride[1], self.padding[1]),
+        )
 
 
 @dataclass(frozen=True)
@@ -243,9 +251,12 @@ class BatchNorm2d(Layer):
 
     def local_params(self):
         c = (self.channels,)
-        return [("weight", c, "weight", True), ("bias", c, "bias", True),
-                ("running_mean", c, "running_mean", False),
-                ("running_var", c, "running_var", False)]
+        return [
+            ("weight", c, "weight", True),
+            ("bias", c, "bias", True),
+            ("running_mean", c, "running_mean", False),
+            ("running_var", c, "running_var", False),
+        ]
 
     def out_shape(self, in_shape):
         c = _need_image(self, in_shape)[0]
@@ -278,12 +289,13 @@ class Dropout(Layer):
 @dataclass(frozen=True)
 class Sequential(Layer):
     layers: tuple = ()
-    names: Union[tuple, None] = None    # None: "0", "1", ...
+    names: Union[tuple, None] = None  # None: "0", "1", ...
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
-        names = (tuple(str(i) for i in range(len(self.layers))) if self.names is None
-                 else tuple(str(n) for n in self.names))
+        names = (
+            tuple(str(i) for i in range(len(self.layers))) if self.names is None else tuple(str(n) for n in self.names)
+        )
         if len(names) != len(self.layers):
             raise SpecError("Sequential: one name per layer")
         if len(set(names)) != len(names) or any("." in n or "/" in n or not n for n in names):
@@ -322,6 +334,7 @@ class Sequential(Layer):
 @dataclass(frozen=True)
 class Residual(Layer):
     """``body(x) + shortcut(x)``, then ReLU if ``relu``; ``shortcut=None`` is the identity."""
+
     body: Sequential = field(default_factory=Sequential)
     shortcut: Union[Sequential, None] = None
     relu: bool = False
@@ -349,10 +362,10 @@ class Residual(Layer):
         return a
 
 
-
 @dataclass(frozen=True)
 class Model:
     """A named network with its per-sample input shape and number of classes."""
+
     name: str
     input_shape: tuple
     num_classes: int
@@ -416,6 +429,7 @@ def output_shape(m: SpecLike, in_shape: Shape | None = None) -> Shape:
 @dataclass(frozen=True)
 class TraceEntry:
     """One leaf layer in execution order, with its path and per-sample shapes."""
+
     path: str
     layer: Layer
     in_shape: tuple
@@ -452,21 +466,25 @@ def trace(m: SpecLike, in_shape: Shape | None = None) -> list[TraceEntry]:
 
 def walk(m: SpecLike) -> Iterator[tuple[str, Layer]]:
     """Every node (containers included), pre-order, as (path, layer)."""
+
     def rec(layer, path):
         yield path, layer
         for name, child in layer.children():
             yield from rec(child, _join(path, name))
+
     yield from rec(_root(m), "")
 
 
-def check_params(m: SpecLike, params: Mapping, *, allow_extra: bool = False,
-                 what: str = "parameters") -> None:
+def check_params(m: SpecLike, params: Mapping, *, allow_extra: bool = False, what: str = "parameters") -> None:
     """Raise ``ParamMismatchError`` naming every missing, unexpected or mis-shaped array."""
     expected = param_shapes(m)
     missing = [n for n in expected if n not in params]
     extra = [n for n in params if n not in expected]
-    wrong = [f"{n}: expected {expected[n]}, got {tuple(params[n].shape)}"
-             for n in expected if n in params and tuple(params[n].shape) != expected[n]]
+    wrong = [
+        f"{n}: expected {expected[n]}, got {tuple(params[n].shape)}"
+        for n in expected
+        if n in params and tuple(params[n].shape) != expected[n]
+    ]
     problems = []
     if missing:
         problems.append(f"missing {missing}")
@@ -490,8 +508,7 @@ def summary(m: SpecLike, in_shape: Shape | None = None) -> str:
     for p, r, o, n in rows:
         lines.append(f"{p:<{w0}}  {o:>14}  {n:>11,}  {r}")
     total = count_params(m, trainable_only=False)
-    lines.append(f"total parameters (incl. BN buffers): {total:,}; trainable: "
-                 f"{count_params(m):,}")
+    lines.append(f"total parameters (incl. BN buffers): {total:,}; trainable: {count_params(m):,}")
     return "\n".join(lines)
 
 
@@ -503,9 +520,34 @@ def _prod(s) -> int:
 
 
 __all__ = [
-    "Shape", "SpecError", "ParamMismatchError", "ParamSpec", "Layer", "Conv2d", "Linear", "ReLU",
-    "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm2d", "Flatten", "Dropout",
-    "Sequential", "Residual", "Model", "SpecLike", "join_path", "conv_out_size", "adaptive_pool_window",
-    "param_specs", "param_shapes", "count_params", "output_shape", "TraceEntry", "trace", "walk",
-    "check_params", "summary",
+    "Shape",
+    "SpecError",
+    "ParamMismatchError",
+    "ParamSpec",
+    "Layer",
+    "Conv2d",
+    "Linear",
+    "ReLU",
+    "MaxPool2d",
+    "AvgPool2d",
+    "AdaptiveAvgPool2d",
+    "BatchNorm2d",
+    "Flatten",
+    "Dropout",
+    "Sequential",
+    "Residual",
+    "Model",
+    "SpecLike",
+    "join_path",
+    "conv_out_size",
+    "adaptive_pool_window",
+    "param_specs",
+    "param_shapes",
+    "count_params",
+    "output_shape",
+    "TraceEntry",
+    "trace",
+    "walk",
+    "check_params",
+    "summary",
 ]

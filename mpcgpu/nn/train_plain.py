@@ -12,6 +12,7 @@ Command line (set ``OPENBLAS_NUM_THREADS`` before starting: BLAS reads it once):
         --epochs 2 --batch-size 64 --lr 0.05 --out lenet_mnist.h5
     python -m mpcgpu.nn.train_plain --model lenet --mnist-dir DIR ...   # raw IDX files
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,7 @@ from .weights import save_weights
 @dataclass
 class ArrayData:
     """uint8 images N x C x H x W with labels and per-channel normalisation."""
+
     images: np.ndarray
     labels: np.ndarray
     mean: tuple
@@ -57,8 +59,7 @@ def load_data(src, limit: int | None = None) -> ArrayData:
         d = src
     elif isinstance(src, (str, os.PathLike)):
         images, labels, info = read_dataset(src, 0, limit)
-        return ArrayData(images, labels, tuple(info["mean"]), tuple(info["std"]),
-                         str(info.get("name", src)))
+        return ArrayData(images, labels, tuple(info["mean"]), tuple(info["std"]), str(info.get("name", src)))
     else:
         images, labels, mean, std = src
         d = ArrayData(np.asarray(images), labels, tuple(np.ravel(mean)), tuple(np.ravel(std)))
@@ -72,7 +73,7 @@ class TrainResult:
     params: dict
     test_accuracy: float | None
     train_seconds: float
-    history: list = field(default_factory=list)   # (step, epoch, lr, mean loss, batch acc)
+    history: list = field(default_factory=list)  # (step, epoch, lr, mean loss, batch acc)
 
 
 def evaluate(model: PlainModel, data: ArrayData, batch_size: int = 500) -> float:
@@ -83,11 +84,27 @@ def evaluate(model: PlainModel, data: ArrayData, batch_size: int = 500) -> float
     return correct / max(1, len(data))
 
 
-def train(model, train_data, test_data=None, *, epochs: float = 2, batch_size: int = 64,
-          lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4,
-          nesterov: bool = False, schedule: str = "cosine", warmup: int = 100, seed: int = 0,
-          dtype=np.float32, params=None, log=print, log_every: int = 100,
-          limit: int | None = None, on_step=None) -> TrainResult:
+def train(
+    model,
+    train_data,
+    test_data=None,
+    *,
+    epochs: float = 2,
+    batch_size: int = 64,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    nesterov: bool = False,
+    schedule: str = "cosine",
+    warmup: int = 100,
+    seed: int = 0,
+    dtype=np.float32,
+    params=None,
+    log=print,
+    log_every: int = 100,
+    limit: int | None = None,
+    on_step=None,
+) -> TrainResult:
     """Train ``model`` (spec or registered name) with minibatch SGD; returns float64 params.
 
     ``epochs`` may be fractional.  Each epoch is a fresh permutation (seeded).
@@ -100,19 +117,21 @@ def train(model, train_data, test_data=None, *, epochs: float = 2, batch_size: i
     tr = load_data(train_data, limit)
     te = load_data(test_data) if test_data is not None else None
     if isinstance(spec, S.Model) and tuple(tr.images.shape[1:]) != spec.input_shape:
-        raise S.SpecError(f"training images {tr.images.shape[1:]} do not fit model "
-                          f"{spec.name} input {spec.input_shape}")
+        raise S.SpecError(
+            f"training images {tr.images.shape[1:]} do not fit model {spec.name} input {spec.input_shape}"
+        )
     pm = PlainModel(spec, params, seed=seed, dtype=dtype)
-    opt = SGD(pm.params, lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
-              spec=spec)
+    opt = SGD(pm.params, lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, spec=spec)
     steps_per_epoch = len(tr) // batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"{len(tr)} training samples: fewer than one batch of {batch_size}")
     total = max(1, int(round(epochs * steps_per_epoch)))
-    warmup = min(int(warmup), total // 5)     # never warm up for more than a fifth of the run
-    log(f"training {getattr(spec, 'name', 'model')} on {tr.name}: {len(tr)} samples, "
+    warmup = min(int(warmup), total // 5)  # never warm up for more than a fifth of the run
+    log(
+        f"training {getattr(spec, 'name', 'model')} on {tr.name}: {len(tr)} samples, "
         f"batch {batch_size}, {total} steps ({epochs} epochs), lr {lr} {schedule}, "
-        f"momentum {momentum}, weight decay {weight_decay}, {np.dtype(dtype).name}")
+        f"momentum {momentum}, weight decay {weight_decay}, {np.dtype(dtype).name}"
+    )
     hist, t0 = [], time.perf_counter()
     run_loss = run_acc = 0.0
     n_run = 0
@@ -138,9 +157,11 @@ def train(model, train_data, test_data=None, *, epochs: float = 2, batch_size: i
         if step % log_every == 0 or step == total:
             ep = step / steps_per_epoch
             hist.append((step, ep, opt.lr, run_loss / n_run, run_acc / n_run))
-            log(f"step {step:6d}/{total} epoch {ep:5.2f} lr {opt.lr:.4f} "
+            log(
+                f"step {step:6d}/{total} epoch {ep:5.2f} lr {opt.lr:.4f} "
                 f"loss {run_loss / n_run:.4f} acc {run_acc / n_run:.4f} "
-                f"({time.perf_counter() - t0:.0f} s)")
+                f"({time.perf_counter() - t0:.0f} s)"
+            )
             run_loss = run_acc = 0.0
             n_run = 0
     secs = time.perf_counter() - t0
@@ -154,17 +175,19 @@ def train(model, train_data, test_data=None, *, epochs: float = 2, batch_size: i
 
 def _mnist_dir(d):
     from ..assets.mnist_idx import MNIST_MEAN, MNIST_STD, load_mnist
-    tri, trl = load_mnist(os.path.join(d, "train-images-idx3-ubyte.gz"),
-                          os.path.join(d, "train-labels-idx1-ubyte.gz"))
-    tei, tel = load_mnist(os.path.join(d, "t10k-images-idx3-ubyte.gz"),
-                          os.path.join(d, "t10k-labels-idx1-ubyte.gz"))
-    return (ArrayData(tri, trl, MNIST_MEAN, MNIST_STD, "mnist-train"),
-            ArrayData(tei, tel, MNIST_MEAN, MNIST_STD, "mnist-test"))
+
+    tri, trl = load_mnist(os.path.join(d, "train-images-idx3-ubyte.gz"), os.path.join(d, "train-labels-idx1-ubyte.gz"))
+    tei, tel = load_mnist(os.path.join(d, "t10k-images-idx3-ubyte.gz"), os.path.join(d, "t10k-labels-idx1-ubyte.gz"))
+    return (
+        ArrayData(tri, trl, MNIST_MEAN, MNIST_STD, "mnist-train"),
+        ArrayData(tei, tel, MNIST_MEAN, MNIST_STD, "mnist-test"),
+    )
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mpcgpu.nn.train_plain",
-                                 description="Plaintext SGD training of a registered model.")
+    ap = argparse.ArgumentParser(
+        prog="python -m mpcgpu.nn.train_plain", description="Plaintext SGD training of a registered model."
+    )
     ap.add_argument("--model", required=True, help="registered model name, e.g. lenet")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--train", help="training dataset file (mpcgpu-dataset/1)")
@@ -191,16 +214,37 @@ def main(argv=None) -> int:
         tr, te = _mnist_dir(a.mnist_dir)
     else:
         tr, te = a.train, a.test
-    res = train(a.model, tr, te, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                momentum=a.momentum, weight_decay=a.weight_decay, schedule=a.schedule,
-                warmup=a.warmup, seed=a.seed, dtype=np.dtype(a.dtype), log=log,
-                log_every=a.log_every, limit=a.limit)
+    res = train(
+        a.model,
+        tr,
+        te,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        momentum=a.momentum,
+        weight_decay=a.weight_decay,
+        schedule=a.schedule,
+        warmup=a.warmup,
+        seed=a.seed,
+        dtype=np.dtype(a.dtype),
+        log=log,
+        log_every=a.log_every,
+        limit=a.limit,
+    )
     if a.out:
-        meta = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
-                "momentum": a.momentum, "weight_decay": a.weight_decay, "schedule": a.schedule,
-                "warmup": a.warmup, "seed": a.seed, "train_dtype": a.dtype,
-                "train_seconds": round(res.train_seconds, 1),
-                "trainer": "mpcgpu.nn.train_plain"}
+        meta = {
+            "epochs": a.epochs,
+            "batch_size": a.batch_size,
+            "lr": a.lr,
+            "momentum": a.momentum,
+            "weight_decay": a.weight_decay,
+            "schedule": a.schedule,
+            "warmup": a.warmup,
+            "seed": a.seed,
+            "train_dtype": a.dtype,
+            "train_seconds": round(res.train_seconds, 1),
+            "trainer": "mpcgpu.nn.train_plain",
+        }
         if res.test_accuracy is not None:
             meta["test_accuracy"] = res.test_accuracy
         save_weights(a.out, get_model(a.model).name, res.params, meta=meta)

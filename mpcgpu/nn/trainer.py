@@ -7,6 +7,7 @@ asks for the loss (``reveal_loss_to``: a stated disclosure to one party).
 :func:`evaluate`: predictions on a sharded test set; only the number of correct
 predictions is revealed, to ``owner``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,14 +20,22 @@ from .private import PrivateModel, Profile
 
 @dataclass
 class StepResult:
-    loss: float | None          # revealed to ``reveal_loss_to`` only (None elsewhere / not asked)
+    loss: float | None  # revealed to ``reveal_loss_to`` only (None elsewhere / not asked)
 
 
-def train_step(model: PrivateModel, opt: PrivateSGD, images, labels, lr: float,
-               reveal_loss_to: int | None = None, profile: Profile | None = None) -> StepResult:
+def train_step(
+    model: PrivateModel,
+    opt: PrivateSGD,
+    images,
+    labels,
+    lr: float,
+    reveal_loss_to: int | None = None,
+    profile: Profile | None = None,
+) -> StepResult:
     """One SGD step on a batch of shared ``images`` and integer ``labels`` (scale 0)."""
-    section = (lambda *a: contextlib.nullcontext()) if profile is None else \
-        (lambda *a: profile.section(images.rt.comm, *a))
+    section = (
+        (lambda *a: contextlib.nullcontext()) if profile is None else (lambda *a: profile.section(images.rt.comm, *a))
+    )
     onehot = one_hot(labels, model.spec.num_classes)
     logits = model.forward(images, train=True, profile=profile)
     with section("loss", "softmax CE gradient"):

@@ -18,6 +18,7 @@ BatchNorm buffers (``running_mean``, ``running_var``) are stored like weights.
 Loading checks the format and, given a spec, that the names and shapes match
 exactly (``WeightsError`` lists every missing, unexpected or mis-shaped array).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -40,16 +41,20 @@ def _resolve(spec):
     if spec is None or isinstance(spec, (S.Model, S.Layer)):
         return spec
     from .models import get_model
+
     return get_model(str(spec))
 
 
-def save_weights(path, model_name: str, params: Mapping, *, dtype=np.float32,
-                 meta: Mapping | None = None, spec=None) -> None:
+def save_weights(
+    path, model_name: str, params: Mapping, *, dtype=np.float32, meta: Mapping | None = None, spec=None
+) -> None:
     """Write ``params`` ({name: array}) as ``dtype``.  ``spec`` (a Model, layer or
     registered name; defaults to ``model_name`` if registered) is checked first."""
     import h5py
+
     if spec is None:
         from .models import list_models
+
         if model_name in list_models():
             spec = model_name
     spec = _resolve(spec)
@@ -78,8 +83,7 @@ def save_weights(path, model_name: str, params: Mapping, *, dtype=np.float32,
                     raise WeightsError(f"parameter {n} has non-finite values")
                 g.create_dataset(n, data=a.astype(dtype))
             m = f.create_group("meta")
-            m.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
-                timespec="seconds")
+            m.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             for k, v in (meta or {}).items():
                 m.attrs[str(k)] = v
         os.replace(tmp, path)
@@ -95,6 +99,7 @@ def load_weights(path, spec=None, *, dtype=np.float64) -> tuple[str, dict]:
     file's own model name) the names and shapes are checked exactly.
     """
     from ..hdf5 import open_for_reading
+
     with open_for_reading(path, WeightsError, "weights file") as f:
         fmt = f.attrs.get("format")
         if isinstance(fmt, bytes):
@@ -121,6 +126,7 @@ def load_weights(path, spec=None, *, dtype=np.float64) -> tuple[str, dict]:
 def read_meta(path) -> dict:
     """The attrs of ``/meta`` (and the root) as a plain dict."""
     import h5py
+
     with h5py.File(path, "r") as f:
         out = {k: _plain(v) for k, v in f.attrs.items()}
         if "meta" in f:

@@ -5,4 +5,5 @@ approximations (:mod:`.approx`) and exact rounding (:mod:`.rounding`).
 Importing this package attaches them to the share type as methods
 (:mod:`.methods`, the one place that does so).
 """
+
 from . import methods  # noqa: F401  (attaches x.relu(), x < y, x.softmax(), ...)

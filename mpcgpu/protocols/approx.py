@@ -87,6 +87,7 @@ No large errors: every truncation is the MSB-corrected one (never off by more
 than a unit in the last place while its ring value is below ``2^62``); the
 functions keep their ring values near those of an ordinary product of the inputs.
 """
+
 from __future__ import annotations
 
 import functools
@@ -99,14 +100,15 @@ from ..errors import ProtocolError
 from ..sharing.arithmetic import ArithmeticShare, mul, mul_trunc, stack, to_scale, truncate
 
 LN2 = math.log(2.0)
-CHAIN_EXTRA_BITS = 2        # the guess chain runs at f + 2 fractional bits
-TARGET = 2.0 ** -20         # error the refinement iterations drive the guess to
+CHAIN_EXTRA_BITS = 2  # the guess chain runs at f + 2 fractional bits
+TARGET = 2.0**-20  # error the refinement iterations drive the guess to
 DEFAULT_DOMAIN = (1e-2, 1e3)
 
 
 # ---------------------------------------------------------------------------------------
 # ring-level plumbing: products and truncations with explicit scales
 # ---------------------------------------------------------------------------------------
+
 
 def _relabel(x: ArithmeticShare, scale: int) -> ArithmeticShare:
     """The same ring elements read with ``scale`` fractional bits (free)."""
@@ -142,7 +144,7 @@ def _const(c: float, bits: int = 12):
     if c == 0:
         return 0, 0
     q = bits - 1 - math.floor(math.log2(abs(c)))
-    return int(round(c * 2.0 ** q)), q
+    return int(round(c * 2.0**q)), q
 
 
 def _times_public(x: ArithmeticShare, c: float, scale: int, bits: int = 12) -> ArithmeticShare:
@@ -164,13 +166,13 @@ def _weighted_sum(terms, weights, scale_out: int) -> ArithmeticShare:
     Each weight is encoded with ``scale_out`` fractional bits; the sum is truncated once."""
     acc = None
     for t, w in zip(terms, weights):
-        k = int(round(w * 2.0 ** scale_out))
+        k = int(round(w * 2.0**scale_out))
         if k == 0:
             continue
         part = _relabel(t, 0) * k
         acc = part if acc is None else acc + part
     s_in = terms[0].scale
-    if acc is None:                                   # every weight rounds to 0
+    if acc is None:  # every weight rounds to 0
         return _relabel(terms[0] * 0, scale_out)
     return truncate(_relabel(acc, s_in + scale_out), s_in, scale_out)
 
@@ -178,6 +180,7 @@ def _weighted_sum(terms, weights, scale_out: int) -> ArithmeticShare:
 # ---------------------------------------------------------------------------------------
 # exp
 # ---------------------------------------------------------------------------------------
+
 
 def exp_cost(iterations: int = 8, drop_bits: int = 0) -> dict:
     """Rounds, fused products and standalone truncations per input element of :func:`exp`."""
@@ -234,14 +237,14 @@ def _exp(x: ArithmeticShare, n: int, out_extra: int = 0, drop_bits: int = 0) -> 
     s = x.scale + n
     # u_0 = t + t^2/2 with t = x / 2^n: the ring elements of x read at f + n bits are t
     t = _relabel(x, s)
-    u = t + _mul_trunc(t, t, s + 1, s)          # t^2 / 2 at scale s
+    u = t + _mul_trunc(t, t, s + 1, s)  # t^2 / 2 at scale s
     for k in range(n):
         s_in = s - k
         s_out = s_in - 1 if k < n - 1 else f + out_extra
         # u' = 2u + u^2 at s_out bits: 2u is u's ring read at s_in - 1 bits (shifted if needed)
         two_u = _relabel(_shift_up(u, s_out - s_in + 1), s_out)
         u = two_u + _mul_trunc(u, u, 2 * s_in - s_out, s_out)
-    if u.scale != f + out_extra:                           # n == 0
+    if u.scale != f + out_extra:  # n == 0
         u = _to_scale(u, f + out_extra)
     return u + 1
 
@@ -249,6 +252,7 @@ def _exp(x: ArithmeticShare, n: int, out_extra: int = 0, drop_bits: int = 0) -> 
 # ---------------------------------------------------------------------------------------
 # the guess chain and its planner (public numbers only)
 # ---------------------------------------------------------------------------------------
+
 
 def _chain(x: ArithmeticShare, H: float, n: int):
     """``D_0 = x/H``, ``D_{k+1} = 2 D_k - D_k^2`` (so ``1 - D_k = (1 - x/H)^(2^k)``) at
@@ -265,7 +269,7 @@ def _chain(x: ArithmeticShare, H: float, n: int):
 
 def _grid(lo: float, hi: float, f: int, points: int = 4001):
     x = _np.exp(_np.linspace(math.log(lo), math.log(hi), points))
-    return _np.unique(_np.clip(_np.rint(x * 2.0 ** f), 1, None))   # ring elements of x
+    return _np.unique(_np.clip(_np.rint(x * 2.0**f), 1, None))  # ring elements of x
 
 
 def _model_chain(xr, H: float, n: int, f: int, high: bool):
@@ -276,10 +280,10 @@ def _model_chain(xr, H: float, n: int, f: int, high: bool):
     S = f + CHAIN_EXTRA_BITS
     k, q = _const(1.0 / H)
     shift = f + q - S
-    d = _np.floor(xr * k / 2.0 ** shift) + (1 if high else 0)
+    d = _np.floor(xr * k / 2.0**shift) + (1 if high else 0)
     out = [d]
     for _ in range(n):
-        sq = _np.floor(d * d / 2.0 ** S) + (0 if high else 1)
+        sq = _np.floor(d * d / 2.0**S) + (0 if high else 1)
         d = 2 * d - sq
         out.append(d)
     return out
@@ -289,8 +293,8 @@ def _model_weighted(chain, weights, f: int):
     S = f + CHAIN_EXTRA_BITS
     acc = 0
     for d, w in zip(chain, weights):
-        acc = acc + d * int(round(w * 2.0 ** f))
-    return _np.floor(acc / 2.0 ** S)
+        acc = acc + d * int(round(w * 2.0**f))
+    return _np.floor(acc / 2.0**S)
 
 
 def _chain_rounds(n: int) -> int:
@@ -304,38 +308,39 @@ class Plan:
 
     ``rounds``: communication rounds; ``products``/``truncations``: product and truncation
     elements per input element (see the module's cost model)."""
+
     kind: str
     domain: tuple
     chain: int
     H: float
-    offset: float          # guess = offset + sum_k weights[k] * D_k (log) or offset - ... (powers)
+    offset: float  # guess = offset + sum_k weights[k] * D_k (log) or offset - ... (powers)
     weights: tuple
     iterations: int
     rounds: int
     products: int
     truncations: int
-    guess_range: tuple     # x*y0 (reciprocal), x*y0^2 (inv_sqrt) or y0 - log x (log)
-    order: int = 0         # log: series order
+    guess_range: tuple  # x*y0 (reciprocal), x*y0^2 (inv_sqrt) or y0 - log x (log)
+    order: int = 0  # log: series order
     exp_iterations: int = 0
     exp_extra: int = 0
 
 
 def _power_weights(n: int, H: float, s: float):
     """Laplace-quadrature weights of ``x^-s`` on the chain: guess = A - sum W_k D_k."""
-    b = [2.0 ** k / H for k in range(n + 1)]
-    w = [LN2 * bk ** s / math.gamma(s) for bk in b]
-    tail = LN2 * b[0] ** s / math.gamma(s) / (2.0 ** s - 1.0)
+    b = [2.0**k / H for k in range(n + 1)]
+    w = [LN2 * bk**s / math.gamma(s) for bk in b]
+    tail = LN2 * b[0] ** s / math.gamma(s) / (2.0**s - 1.0)
     return sum(w) + tail, w
 
 
 def _power_guess_range(lo, hi, n, s, A, W, f):
     """Bounds of ``x^s * y0`` over the domain for the guess ``y0 = A - sum W_k D_k``."""
     xr = _grid(lo, hi, f)
-    x = xr / 2.0 ** f
-    a_ring = round(A * 2.0 ** f)
-    y_hi = (a_ring - _model_weighted(_model_chain(xr, hi, n, f, False), W, f)) / 2.0 ** f
-    y_lo = (a_ring - _model_weighted(_model_chain(xr, hi, n, f, True), W, f) - 1) / 2.0 ** f
-    return float((x ** s * y_lo).min()), float((x ** s * y_hi).max())
+    x = xr / 2.0**f
+    a_ring = round(A * 2.0**f)
+    y_hi = (a_ring - _model_weighted(_model_chain(xr, hi, n, f, False), W, f)) / 2.0**f
+    y_lo = (a_ring - _model_weighted(_model_chain(xr, hi, n, f, True), W, f) - 1) / 2.0**f
+    return float((x**s * y_lo).min()), float((x**s * y_hi).max())
 
 
 def _newton_steps(e_lo: float, e_hi: float, step) -> int | None:
@@ -354,9 +359,9 @@ def _newton_steps(e_lo: float, e_hi: float, step) -> int | None:
 
 def _check_domain(domain):
     lo, hi = float(domain[0]), float(domain[1])
-    if not (0 < lo < hi) or hi >= 2.0 ** 20:
+    if not (0 < lo < hi) or hi >= 2.0**20:
         raise ProtocolError(f"domain must satisfy 0 < lo < hi < 2^20, got {domain}")
-    if hi / lo > 2.0 ** 24:
+    if hi / lo > 2.0**24:
         raise ProtocolError(f"domain {domain} spans more than 2^24: not supported")
     return lo, hi
 
@@ -370,7 +375,7 @@ def _plan_power(kind: str, lo: float, hi: float, f: int, iterations) -> Plan:
     for n in range(0, n_max + 1):
         try:
             cand = _power_candidate(kind, lo, hi, f, iterations, n, s, margin)
-        except OverflowError:                    # a chain this long overflows the model: skip it
+        except OverflowError:  # a chain this long overflows the model: skip it
             continue
         if cand is not None and (best is None or cand[0] < best[0]):
             best = cand
@@ -386,9 +391,9 @@ def _power_candidate(kind, lo, hi, f, iterations, n, s, margin):
     if g_lo <= 0:
         return None
     if kind == "reciprocal":
-        gamma = min(2.0 / (g_lo + g_hi), 1.6 / g_hi)     # centre x*y0 on 1, keep it <= 1.6
+        gamma = min(2.0 / (g_lo + g_hi), 1.6 / g_hi)  # centre x*y0 on 1, keep it <= 1.6
     else:
-        r_lo, r_hi = g_lo ** 2, g_hi ** 2
+        r_lo, r_hi = g_lo**2, g_hi**2
         gamma = math.sqrt(_best_isqrt_scale(r_lo, r_hi))
     W = [gamma * wk for wk in w]
     g_lo, g_hi = _power_guess_range(lo, hi, n, s, gamma * A, W, f)
@@ -397,7 +402,7 @@ def _power_candidate(kind, lo, hi, f, iterations, n, s, margin):
         m = _newton_steps(1 - g_hi, 1 - g_lo, lambda e: e * e)
         e_range = (g_lo, g_hi)
     else:
-        r_lo, r_hi = g_lo ** 2, g_hi ** 2
+        r_lo, r_hi = g_lo**2, g_hi**2
         m = _newton_steps(1 - r_hi, 1 - r_lo, _isqrt_err)
         e_range = (r_lo, r_hi)
     if m is None or e_range[0] < 0.01 or e_range[1] > 1.9:
@@ -410,14 +415,15 @@ def _power_candidate(kind, lo, hi, f, iterations, n, s, margin):
     else:
         short = 0
     cost = _power_cost(kind, n, m)
-    plan = Plan(kind, (lo, hi), n, hi, gamma * A, tuple(W), m, cost["rounds"],
-                cost["products"], cost["truncations"], e_range)
+    plan = Plan(
+        kind, (lo, hi), n, hi, gamma * A, tuple(W), m, cost["rounds"], cost["products"], cost["truncations"], e_range
+    )
     return (short, plan.rounds), plan
 
 
 def _isqrt_err(e: float) -> float:
     """Error map of the inverse-square-root Newton step, for ``e = 1 - x y^2``."""
-    return (3 * e * e + e ** 3) / 4
+    return (3 * e * e + e**3) / 4
 
 
 def _best_isqrt_scale(r_lo: float, r_hi: float) -> float:
@@ -440,8 +446,8 @@ def _best_isqrt_scale(r_lo: float, r_hi: float) -> float:
 def _power_cost(kind: str, n: int, m: int) -> dict:
     """Rounds / product elements / truncation elements of reciprocal or inv_sqrt."""
     rounds = _chain_rounds(n)
-    prods = n                # the chain's squarings
-    truncs = 2               # chain start and the weighted sum
+    prods = n  # the chain's squarings
+    truncs = 2  # chain start and the weighted sum
     if kind == "reciprocal":
         # d0 = x y0; m-2 joint steps (y, d) *= 2 - d; y *= 2 - d; final Newton (2 products)
         if m >= 2:
@@ -476,6 +482,7 @@ def plan_inv_sqrt(domain=DEFAULT_DOMAIN, iterations=None, rt=None) -> Plan:
 
 def _rt():
     from ..runtime import get
+
     return get()
 
 
@@ -491,8 +498,8 @@ def _guess(x: ArithmeticShare, plan: Plan, sign: int) -> ArithmeticShare:
 # reciprocal, inv_sqrt, sqrt
 # ---------------------------------------------------------------------------------------
 
-def reciprocal(x: ArithmeticShare, iterations=None, domain=DEFAULT_DOMAIN,
-               signed: bool = False) -> ArithmeticShare:
+
+def reciprocal(x: ArithmeticShare, iterations=None, domain=DEFAULT_DOMAIN, signed: bool = False) -> ArithmeticShare:
     """``1 / x`` for ``x`` in ``domain`` (default ``[1e-2, 1e3]``), positive; with
     ``signed=True`` for ``|x|`` in the domain, either sign.
 
@@ -516,6 +523,7 @@ def reciprocal(x: ArithmeticShare, iterations=None, domain=DEFAULT_DOMAIN,
     x = _to_scale(x, x.rt.frac_bits)
     if signed:
         from .convert import msb, mul_bit
+
         negative = msb(x)
         y = reciprocal(x - mul_bit(x, negative) * 2, iterations=iterations, domain=domain)
         return y - mul_bit(y, negative) * 2
@@ -557,7 +565,7 @@ def inv_sqrt(x: ArithmeticShare, iterations=None, domain=DEFAULT_DOMAIN) -> Arit
             d = g * y
             r3 = 3 - d
             if i < m - 2:
-                yg = _mul_trunc(stack([y, g]), r3, f + 1, f)   # (y, g) * (3 - d) / 2
+                yg = _mul_trunc(stack([y, g]), r3, f + 1, f)  # (y, g) * (3 - d) / 2
                 y, g = yg[0], yg[1]
             else:
                 y = _mul_trunc(y, r3, f + 1, f)
@@ -576,9 +584,10 @@ def sqrt(x: ArithmeticShare, iterations=None, domain=DEFAULT_DOMAIN) -> Arithmet
 # log
 # ---------------------------------------------------------------------------------------
 
+
 def _log_weights(n: int, H: float):
     """Frullani quadrature on the chain: guess = C + sum_k W_k D_k (before the shift)."""
-    b = [2.0 ** k / H for k in range(n + 1)]
+    b = [2.0**k / H for k in range(n + 1)]
     C = LN2 * (sum(math.exp(-bk) for bk in b) - (n + 1) - b[0])
     W = [2 * LN2] + [LN2] * n
     return C, W
@@ -594,14 +603,14 @@ def _series_cost(order: int) -> tuple:
 @functools.lru_cache(maxsize=64)
 def _plan_log(lo: float, hi: float, f: int, iterations: int, order, exp_iterations) -> Plan:
     xr = _grid(lo, hi, f)
-    lx = _np.log(xr / 2.0 ** f)
+    lx = _np.log(xr / 2.0**f)
     tol = 1e-4
     best = None
     for n in range(0, math.ceil(math.log2(hi / lo)) + 4):
         C, W = _log_weights(n, hi)
-        c_ring = round(C * 2.0 ** f)
-        g_lo = (c_ring + _model_weighted(_model_chain(xr, hi, n, f, False), W, f)) / 2.0 ** f - lx
-        g_hi = (c_ring + _model_weighted(_model_chain(xr, hi, n, f, True), W, f) + 1) / 2.0 ** f - lx
+        c_ring = round(C * 2.0**f)
+        g_lo = (c_ring + _model_weighted(_model_chain(xr, hi, n, f, False), W, f)) / 2.0**f - lx
+        g_hi = (c_ring + _model_weighted(_model_chain(xr, hi, n, f, True), W, f) + 1) / 2.0**f - lx
         d_lo, d_hi = float(g_lo.min()) - 0.01, float(g_hi.max()) + 0.01
         if d_lo < -3 or d_hi > 3:
             continue
@@ -618,20 +627,34 @@ def _plan_log(lo: float, hi: float, f: int, iterations: int, order, exp_iteratio
         y_lo, y_hi = math.log(lo) + d_lo + beta, math.log(hi) + d_hi + beta
         ymax = max(abs(y_lo), abs(y_hi))
         ne = 1
-        while ymax ** 3 / (6 * 4.0 ** ne) > tol and ne < 20:
+        while ymax**3 / (6 * 4.0**ne) > tol and ne < 20:
             ne += 1
         if exp_iterations is not None:
             ne = int(exp_iterations)
-        if -y_hi < -2.0 ** ne:
+        if -y_hi < -(2.0**ne):
             continue
-        emax = math.exp(-y_lo) * 1.1                   # largest e^{-y0}
+        emax = math.exp(-y_lo) * 1.1  # largest e^{-y0}
         extra = max(0, min(8, math.floor(15 - math.log2(max(emax, 1.0)))))
         s_rounds, s_prods = _series_cost(K)
         rounds = _chain_rounds(n) + iterations * (2 * (ne + 1) + 2 + s_rounds)
         prods = n + iterations * ((ne + 1) + 1 + s_prods)
         truncs = 2 + iterations * (1 if K > 1 else 0)
-        cand = Plan("log", (lo, hi), n, hi, C + beta, tuple(W), iterations, rounds, prods, truncs,
-                    (d_lo + beta, d_hi + beta), K, ne, extra)
+        cand = Plan(
+            "log",
+            (lo, hi),
+            n,
+            hi,
+            C + beta,
+            tuple(W),
+            iterations,
+            rounds,
+            prods,
+            truncs,
+            (d_lo + beta, d_hi + beta),
+            K,
+            ne,
+            extra,
+        )
         if best is None or cand.rounds < best.rounds:
             best = cand
     if best is None:
@@ -639,8 +662,7 @@ def _plan_log(lo: float, hi: float, f: int, iterations: int, order, exp_iteratio
     return best
 
 
-def plan_log(domain=DEFAULT_DOMAIN, iterations: int = 1, order=None, exp_iterations=None,
-             rt=None) -> Plan:
+def plan_log(domain=DEFAULT_DOMAIN, iterations: int = 1, order=None, exp_iterations=None, rt=None) -> Plan:
     """The plan :func:`log` follows for ``domain``."""
     f = (rt or _rt()).frac_bits
     lo, hi = _check_domain(domain)
@@ -659,15 +681,16 @@ def _log1p_series(eps: ArithmeticShare, order: int) -> ArithmeticShare:
     while len(powers) < order:
         m = len(powers)
         top = powers[-1] if (m & (m - 1)) == 0 else powers[(1 << (m.bit_length() - 1)) - 1]
-        take = powers[:min(m, order - m)]
+        take = powers[: min(m, order - m)]
         new = stack(take) * top
         powers.extend(new[i] for i in range(len(take)))
     coef = [(-1.0) ** (j + 1) / j for j in range(1, order + 1)]
     return _weighted_sum(powers, coef, f)
 
 
-def log(x: ArithmeticShare, iterations: int = 1, domain=DEFAULT_DOMAIN, order=None,
-        exp_iterations=None) -> ArithmeticShare:
+def log(
+    x: ArithmeticShare, iterations: int = 1, domain=DEFAULT_DOMAIN, order=None, exp_iterations=None
+) -> ArithmeticShare:
     """Natural logarithm for ``x`` in ``domain`` (default ``[1e-2, 1e3]``).
 
     A Frullani-quadrature guess ``y0`` from the chain (module docstring), then
@@ -698,6 +721,7 @@ def log(x: ArithmeticShare, iterations: int = 1, domain=DEFAULT_DOMAIN, order=No
 # softmax
 # ---------------------------------------------------------------------------------------
 
+
 def _keepdims_shape(shape, axis):
     axis = axis % len(shape)
     return tuple(1 if i == axis else s for i, s in enumerate(shape))
@@ -717,8 +741,9 @@ def _sum_domain(n: int):
 SOFTMAX_DROP_BITS = 0
 
 
-def softmax_shifted(z: ArithmeticShare, axis: int = -1, exp_iterations: int = 8,
-                    drop_bits: int = SOFTMAX_DROP_BITS) -> ArithmeticShare:
+def softmax_shifted(
+    z: ArithmeticShare, axis: int = -1, exp_iterations: int = 8, drop_bits: int = SOFTMAX_DROP_BITS
+) -> ArithmeticShare:
     """Softmax of ``z`` whose maximum along ``axis`` is exactly 0 (e.g. ``x - max x``).
 
     ``e = exp(z)``, ``s = sum e`` (in ``[1, n]``), result ``e * reciprocal(s)``.
@@ -734,8 +759,9 @@ def softmax_shifted(z: ArithmeticShare, axis: int = -1, exp_iterations: int = 8,
     return e * r
 
 
-def log_softmax_shifted(z: ArithmeticShare, axis: int = -1, exp_iterations: int = 8,
-                        drop_bits: int = SOFTMAX_DROP_BITS) -> ArithmeticShare:
+def log_softmax_shifted(
+    z: ArithmeticShare, axis: int = -1, exp_iterations: int = 8, drop_bits: int = SOFTMAX_DROP_BITS
+) -> ArithmeticShare:
     """Log-softmax of ``z`` whose maximum along ``axis`` is 0: ``z - log(sum exp z)``.
 
     Cost: exp (as in :func:`softmax_shifted`) + log on ``[0.99, 1.01 n]`` (see
@@ -746,8 +772,9 @@ def log_softmax_shifted(z: ArithmeticShare, axis: int = -1, exp_iterations: int 
     return z - log(s, domain=_sum_domain(z.shape[axis]))
 
 
-def softmax(x: ArithmeticShare, axis: int = -1, exp_iterations: int = 8,
-            drop_bits: int = SOFTMAX_DROP_BITS) -> ArithmeticShare:
+def softmax(
+    x: ArithmeticShare, axis: int = -1, exp_iterations: int = 8, drop_bits: int = SOFTMAX_DROP_BITS
+) -> ArithmeticShare:
     """Softmax along ``axis``: ``exp(x - max) / sum``, max-subtracted so that every exp
     argument is ``<= 0`` and the sum lies in ``[1, n]``.
 
@@ -759,8 +786,9 @@ def softmax(x: ArithmeticShare, axis: int = -1, exp_iterations: int = 8,
     return softmax_shifted(_shifted(x, axis), axis, exp_iterations, drop_bits)
 
 
-def log_softmax(x: ArithmeticShare, axis: int = -1, exp_iterations: int = 8,
-                drop_bits: int = SOFTMAX_DROP_BITS) -> ArithmeticShare:
+def log_softmax(
+    x: ArithmeticShare, axis: int = -1, exp_iterations: int = 8, drop_bits: int = SOFTMAX_DROP_BITS
+) -> ArithmeticShare:
     """Log-softmax along ``axis``: ``(x - max) - log(sum exp(x - max))``.
 
     Cost: the max + :func:`log_softmax_shifted`; absolute error below 1e-3."""

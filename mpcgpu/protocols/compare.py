@@ -34,9 +34,10 @@ Edge conventions:
 * max-pool pads with ``-2^62`` (ring units), a value that never wins against
   inputs with ``|x| < 2^62`` (all fixed-point values).
 """
+
 from __future__ import annotations
 
-import numpy   # host-side constants only
+import numpy  # host-side constants only
 
 from ..errors import ProtocolError
 from ..geometry import pool_geometry, window_index, window_offsets
@@ -48,7 +49,7 @@ from ..sharing.binary import public as binary_public
 from ..sharing.binary import stack as binary_stack
 from .convert import b2a, msb, mul_bit
 
-NEVER_WINS = (1 << 64) - (1 << 62)   # -2^62 in the ring: the max-pool padding value
+NEVER_WINS = (1 << 64) - (1 << 62)  # -2^62 in the ring: the max-pool padding value
 
 
 def _diff(x: ArithmeticShare, y) -> ArithmeticShare:
@@ -59,6 +60,7 @@ def _diff(x: ArithmeticShare, y) -> ArithmeticShare:
 
 
 # -- comparisons --------------------------------------------------------------------------------
+
 
 def lt(x: ArithmeticShare, y) -> ArithmeticShare:
     """``[x < y]`` as an arithmetic 0/1 share (scale 0): MSB of ``x - y``; 10 rounds."""
@@ -107,6 +109,7 @@ def relu(x: ArithmeticShare, grad: bool = False):
 
 # -- tree of comparisons --------------------------------------------------------------------------
 
+
 def _tree_max(v: ArithmeticShare, onehot: bool, levels: list | None = None):
     """Max over the last axis of a 2-D share ``(B, K)`` by a tree of comparisons.
 
@@ -129,22 +132,23 @@ def _tree_max(v: ArithmeticShare, onehot: bool, levels: list | None = None):
     while vf.shape[1] > 1:
         cnt = vf.shape[1]
         q = cnt // 2
-        af, bf = vf[:, 0:2 * q:2], vf[:, 1:2 * q:2]
-        as_, bs = vs[:, 0:2 * q:2], vs[:, 1:2 * q:2]
+        af, bf = vf[:, 0 : 2 * q : 2], vf[:, 1 : 2 * q : 2]
+        as_, bs = vs[:, 0 : 2 * q : 2], vs[:, 1 : 2 * q : 2]
         df, ds = af - bf, as_ - bs
-        m = msb(ArithmeticShare(df, ds, v.scale, rt))                  # (B, q)
+        m = msb(ArithmeticShare(df, ds, v.scale, rt))  # (B, q)
         if levels is not None:
             levels.append((m, cnt))
         if onehot:
-            lf, ls = of[:, 0:2 * q:2], os_[:, 0:2 * q:2]               # (B, q, S)
-            rf, rs = of[:, 1:2 * q:2], os_[:, 1:2 * q:2]
-            X = ArithmeticShare(xp.concatenate([df[..., None], lf, rf], axis=2),
-                                xp.concatenate([ds[..., None], ls, rs], axis=2), 0, rt)
+            lf, ls = of[:, 0 : 2 * q : 2], os_[:, 0 : 2 * q : 2]  # (B, q, S)
+            rf, rs = of[:, 1 : 2 * q : 2], os_[:, 1 : 2 * q : 2]
+            X = ArithmeticShare(
+                xp.concatenate([df[..., None], lf, rf], axis=2), xp.concatenate([ds[..., None], ls, rs], axis=2), 0, rt
+            )
             prod = mul_bit(X, m.reshape(B, q, 1))
             pf, ps = prod.first, prod.second
             nvf, nvs = af - pf[..., 0], as_ - ps[..., 0]
-            nof = xp.concatenate([lf - pf[..., 1:1 + S], pf[..., 1 + S:]], axis=2)
-            nos = xp.concatenate([ls - ps[..., 1:1 + S], ps[..., 1 + S:]], axis=2)
+            nof = xp.concatenate([lf - pf[..., 1 : 1 + S], pf[..., 1 + S :]], axis=2)
+            nos = xp.concatenate([ls - ps[..., 1 : 1 + S], ps[..., 1 + S :]], axis=2)
         else:
             prod = mul_bit(ArithmeticShare(df, ds, v.scale, rt), m)
             nvf, nvs = af - prod.first, as_ - prod.second
@@ -175,14 +179,14 @@ def winner_bits(levels, rt) -> BinaryShare:
     for m, cnt in reversed(levels):
         q = cnt // 2
         B = m.shape[0]
-        chosen = binary_stack([m.not_bits(), m], axis=2).reshape(B, 2 * q)      # left, right, ...
+        chosen = binary_stack([m.not_bits(), m], axis=2).reshape(B, 2 * q)  # left, right, ...
         if cnt % 2:
             chosen = binary_concatenate([chosen, binary_public(numpy.ones((B, 1), numpy.uint64), rt)], axis=1)
         if sel is None:
-            sel = chosen                                      # under the root: the parent is 1
+            sel = chosen  # under the root: the parent is 1
             continue
-        parent = numpy.minimum(numpy.arange(cnt) // 2, q)    # the lone last candidate: parent q
-        sel = and_(sel[:, parent], chosen).and_public(1)     # a bit share: components 0/1
+        parent = numpy.minimum(numpy.arange(cnt) // 2, q)  # the lone last candidate: parent q
+        sel = and_(sel[:, parent], chosen).and_public(1)  # a bit share: components 0/1
     return sel
 
 
@@ -230,7 +234,7 @@ def argmax(x: ArithmeticShare, axis=None) -> ArithmeticShare:
     xp = x.xp
     rows, kept, perm = _to_rows(x, axis)
     _, oh = _tree_max(rows, onehot=True)
-    shape_perm = kept + tuple(x.shape[a] for a in perm[len(kept):])
+    shape_perm = kept + tuple(x.shape[a] for a in perm[len(kept) :])
     inv = [0] * len(perm)
     for i, a in enumerate(perm):
         inv[a] = i
@@ -257,17 +261,17 @@ def one_hot(labels: ArithmeticShare, classes: int) -> ArithmeticShare:
     if k == 1:
         return col * 0 + 1
     thresholds = numpy.arange(1, k, dtype=numpy.int64)
-    below = b2a(msb(col - thresholds))                                  # [l < j], j = 1..k-1
+    below = b2a(msb(col - thresholds))  # [l < j], j = 1..k-1
     ones = public(xp.ones(labels.shape + (1,), dtype=xp.int64), scale=0, rt=labels.rt)
-    lt = concatenate([below, ones], axis=-1)                            # [l < j], j = 1..k
+    lt = concatenate([below, ones], axis=-1)  # [l < j], j = 1..k
     zero = lt[..., :1] * 0
     return lt - concatenate([zero, lt[..., :-1]], axis=-1)
 
 
 # -- max-pooling ----------------------------------------------------------------------------------
 
-def max_pool2d(x: ArithmeticShare, kernel, stride=None, padding=0, return_indices=False,
-               return_bits=False):
+
+def max_pool2d(x: ArithmeticShare, kernel, stride=None, padding=0, return_indices=False, return_bits=False):
     """Max-pooling of an NCHW share (real max-pool; output size rounded down).
 
     Padding uses ``-2^62`` (never wins).  Windows are gathered into ``(N, C, Ho, Wo,
@@ -281,19 +285,21 @@ def max_pool2d(x: ArithmeticShare, kernel, stride=None, padding=0, return_indice
     (``q`` = number of pairs of the level over all windows).
     """
     rt, xp = x.rt, x.xp
-    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(x.shape, kernel, stride, padding, "max_pool2d",
-                                                   ProtocolError)
+    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(x.shape, kernel, stride, padding, "max_pool2d", ProtocolError)
     n, c, h, w = x.shape
     if ph or pw:
         x = x.pad(((0, 0), (0, 0), (ph, ph), (pw, pw)))
         border = numpy.full((h + 2 * ph, w + 2 * pw), NEVER_WINS, dtype=numpy.uint64)
-        border[ph:ph + h, pw:pw + w] = 0
-        x = x._new(*with_public(x.first, x.second, rt.backend.to_device(border), rt.rank, xp,
-                                lambda a, b: a + b))
+        border[ph : ph + h, pw : pw + w] = 0
+        x = x._new(*with_public(x.first, x.second, rt.backend.to_device(border), rt.rank, xp, lambda a, b: a + b))
     idx = [window_index(i, j, sh, sw, ho, wo) for _, i, j in window_offsets(kh, kw)]
     K = kh * kw
-    rows = ArithmeticShare(xp.stack([x.first[t] for t in idx], axis=-1).reshape(-1, K),
-                           xp.stack([x.second[t] for t in idx], axis=-1).reshape(-1, K), x.scale, rt)
+    rows = ArithmeticShare(
+        xp.stack([x.first[t] for t in idx], axis=-1).reshape(-1, K),
+        xp.stack([x.second[t] for t in idx], axis=-1).reshape(-1, K),
+        x.scale,
+        rt,
+    )
     levels = [] if return_bits else None
     out, oh = _tree_max(rows, onehot=return_indices, levels=levels)
     out = out.reshape(n, c, ho, wo)
@@ -304,8 +310,9 @@ def max_pool2d(x: ArithmeticShare, kernel, stride=None, padding=0, return_indice
     return out, oh.reshape(n, c, ho, wo, K)
 
 
-def max_pool2d_backward(grad: ArithmeticShare, onehot: ArithmeticShare, input_shape, kernel,
-                        stride=None, padding=0) -> ArithmeticShare:
+def max_pool2d_backward(
+    grad: ArithmeticShare, onehot: ArithmeticShare, input_shape, kernel, stride=None, padding=0
+) -> ArithmeticShare:
     """Gradient of :func:`max_pool2d` w.r.t. its input: each window's gradient goes to its
     (first) maximum.  ``grad``: ``(N, C, Ho, Wo)``; ``onehot`` from ``return_indices=True``.
     1 round (``grad * onehot``, no truncation: the one-hot has scale 0), 8 bytes per
@@ -316,8 +323,9 @@ def max_pool2d_backward(grad: ArithmeticShare, onehot: ArithmeticShare, input_sh
     return _scatter_windows(grad.reshape(n, c, ho, wo, 1) * onehot, input_shape, geo)
 
 
-def max_pool2d_backward_bits(grad: ArithmeticShare, levels, input_shape, kernel, stride=None,
-                             padding=0) -> ArithmeticShare:
+def max_pool2d_backward_bits(
+    grad: ArithmeticShare, levels, input_shape, kernel, stride=None, padding=0
+) -> ArithmeticShare:
     """:func:`max_pool2d_backward` from the comparison bits of ``return_bits=True``: the
     one-hot as bit shares (:func:`winner_bits`, ``L - 1`` AND rounds for ``L`` levels),
     then ``grad * bit`` by bit injection (:func:`~mpcgpu.protocols.convert.mul_bit`, 2
@@ -342,11 +350,25 @@ def _scatter_windows(prod: ArithmeticShare, input_shape, geo) -> ArithmeticShare
         acc = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=xp.uint64)
         for k, i, j in window_offsets(kh, kw):
             acc[window_index(i, j, sh, sw, ho, wo)] += comp[..., k]
-        outs.append(xp.ascontiguousarray(acc[:, :, ph:ph + h, pw:pw + w]))
+        outs.append(xp.ascontiguousarray(acc[:, :, ph : ph + h, pw : pw + w]))
     return ArithmeticShare(outs[0], outs[1], prod.scale, rt)
 
 
-__all__ = ["lt", "gt", "le", "ge", "sign", "abs", "relu", "max", "min",
-           "argmax", "one_hot", "max_pool2d", "max_pool2d_backward", "max_pool2d_backward_bits",
-           "winner_bits", "NEVER_WINS"]
-
+__all__ = [
+    "lt",
+    "gt",
+    "le",
+    "ge",
+    "sign",
+    "abs",
+    "relu",
+    "max",
+    "min",
+    "argmax",
+    "one_hot",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "max_pool2d_backward_bits",
+    "winner_bits",
+    "NEVER_WINS",
+]

@@ -65,6 +65,7 @@ receiver lacks, or a zero share), so it is uniform to its receiver; nothing is
 revealed.  Each PRG stream is called in the same order by the two parties that
 share its key.
 """
+
 from __future__ import annotations
 
 import numpy
@@ -78,7 +79,7 @@ from ..sharing.replicated import with_public
 MASK63 = (1 << 63) - 1
 BIT63 = 1 << 63
 EVEN = 0x5555555555555555
-TREE_DISTANCES = (1, 2, 4, 8, 16)   # levels 2..6 of the MSB tree, in 2-bit units
+TREE_DISTANCES = (1, 2, 4, 8, 16)  # levels 2..6 of the MSB tree, in 2-bit units
 
 
 def _u(xp, v):
@@ -86,6 +87,7 @@ def _u(xp, v):
 
 
 # -- rounds 1-2: the two addends a = x0 + x1 and b = x2 -------------------------------------
+
 
 def _adder_inputs(xf, xs, rt):
     """Binary sharings of propagate ``p = a ^ b`` and generate ``g = a & b`` for ``x = a + b``.
@@ -98,7 +100,7 @@ def _adder_inputs(xf, xs, rt):
     shape, u64 = xf.shape, xp.uint64
     # round 1: party 0 inputs a = x0 + x1 as (a ^ rho, rho, 0)
     if rank == 0:
-        rho = prg.with_next(shape)                       # key of parties 0, 1
+        rho = prg.with_next(shape)  # key of parties 0, 1
         a0 = (xf + xs) ^ rho
         comm.exchange({2: a0}, {})
     elif rank == 1:
@@ -108,23 +110,23 @@ def _adder_inputs(xf, xs, rt):
         a0 = comm.exchange({}, {0: (shape, u64)})[0]
     # round 2: g = a & x2, 2-out-of-2 between parties 1, 2, made replicated
     if rank == 0:
-        mu = prg.with_next(shape)                        # g1 (parties 0, 1)
-        nu = prg.with_prev(shape)                        # g0 (parties 0, 2)
+        mu = prg.with_next(shape)  # g1 (parties 0, 1)
+        nu = prg.with_prev(shape)  # g0 (parties 0, 2)
         comm.exchange({}, {})
-        return a0, rho, nu, mu                           # p = (a0, a1), g = (g0, g1)
+        return a0, rho, nu, mu  # p = (a0, a1), g = (g0, g1)
     if rank == 1:
         x2 = xs
         mu = prg.with_prev(shape)
         v1 = (rho & x2) ^ mu
         v2 = comm.exchange({2: v1}, {2: (shape, u64)})[2]
         v1 ^= v2
-        return rho, x2, mu, v1                           # p = (a1, x2), g = (g1, g2)
+        return rho, x2, mu, v1  # p = (a1, x2), g = (g1, g2)
     x2 = xf
     nu = prg.with_next(shape)
     v2 = (a0 & x2) ^ nu
     v1 = comm.exchange({1: v2}, {1: (shape, u64)})[1]
     v1 ^= v2
-    return x2, a0, v1, nu                                # p = (x2, a0), g = (g2, g0)
+    return x2, a0, v1, nu  # p = (x2, a0), g = (g2, g0)
 
 
 def _flat_components(x: ArithmeticShare):
@@ -132,6 +134,7 @@ def _flat_components(x: ArithmeticShare):
 
 
 # -- A2B ---------------------------------------------------------------------------------------
+
 
 def a2b(x: ArithmeticShare) -> BinaryShare:
     """Bit decomposition: the binary sharing of the ring value of ``x`` (any uint64).
@@ -193,7 +196,7 @@ def _fold(a, bits, xp):
     h = (m + 1) // 2
     out = a[:h].copy()
     if m - h:
-        out[:m - h] |= a[h:] << _u(xp, bits)
+        out[: m - h] |= a[h:] << _u(xp, bits)
     return out
 
 
@@ -219,7 +222,7 @@ def _lanes(n, xp, backend):
             word[sel] -= h
             off[sel] += numpy.uint64(d)
             m = h
-        if len(_LANE_CACHE) >= 32:    # a few sizes repeat (layers, tree levels): keep them
+        if len(_LANE_CACHE) >= 32:  # a few sizes repeat (layers, tree levels): keep them
             _LANE_CACHE.pop(next(iter(_LANE_CACHE)))
         _LANE_CACHE[key] = (backend.to_device(word), backend.to_device(off * numpy.uint64(2)))
     return _LANE_CACHE[key]
@@ -246,16 +249,16 @@ def msb(x: ArithmeticShare) -> BinaryShare:
     c63, c1 = _u(xp, 63), _u(xp, 1)
     top = (pf >> c63, ps >> c63)
     m63 = _u(xp, MASK63)
-    G = [gf & m63, gs & m63]          # G63 = 0
+    G = [gf & m63, gs & m63]  # G63 = 0
     P = list(with_public(pf & m63, ps & m63, _u(xp, BIT63), rt.rank, xp, lambda a, b: a | b))  # P63 = 1
     # level 1: positions (2j+1, 2j) -> unit j of W (G at bit 2j, P at bit 2j+1)
     ev = _u(xp, EVEN)
     X, Y, H = [], [], []
     for g, p in zip(G, P):
-        lo = (p >> c1) & ev                          # P_hi at bit 2j
+        lo = (p >> c1) & ev  # P_hi at bit 2j
         Y.append(lo | (lo << c1))
-        X.append((g & ev) | ((p & ev) << c1))        # G_lo at 2j, P_lo at 2j+1
-        H.append((g >> c1) & ev)                     # G_hi at 2j
+        X.append((g & ev) | ((p & ev) << c1))  # G_lo at 2j, P_lo at 2j+1
+        H.append((g >> c1) & ev)  # G_hi at 2j
     del G, P
     zf, zs = and_words(X[0], X[1], Y[0], Y[1], rt)
     W = [H[0] ^ zf, H[1] ^ zs]
@@ -284,22 +287,28 @@ def _msb_tree_fused(pf, ps, gf, gs, rt):
     prg, comm = rt.prg, rt.comm
     pf, ps, gf, gs = (numpy.ascontiguousarray(a) for a in (pf, ps, gf, gs))
     # which of this party's slots hold component 0, which gets P63 = 1 (the public-constant rule)
-    pub_f, pub_s = (bool(v) for v in with_public(numpy.bool_(False), numpy.bool_(False), numpy.bool_(True),
-                                                 rt.rank, numpy, numpy.logical_or))
+    pub_f, pub_s = (
+        bool(v)
+        for v in with_public(
+            numpy.bool_(False), numpy.bool_(False), numpy.bool_(True), rt.rank, numpy, numpy.logical_or
+        )
+    )
     z, h0, h1 = kern["level1"](gf, gs, pf, ps, pub_f, pub_s, *prg.zero_share_xor_parts(gf.shape[0]))
     z2 = comm.pass_prev(z)
     u64 = numpy.uint64
     for d in TREE_DISTANCES:
         lo2, log = _level_masks(d)
         half = (h0.shape[0] + 1) // 2
-        z, h0, h1 = kern["level"](h0, z, h1, z2, u64(lo2), u64(log), u64(2 * d), u64(2 * d + 1), u64(2 * d),
-                                  *prg.zero_share_xor_parts(half))
+        z, h0, h1 = kern["level"](
+            h0, z, h1, z2, u64(lo2), u64(log), u64(2 * d), u64(2 * d + 1), u64(2 * d), *prg.zero_share_xor_parts(half)
+        )
         z2 = comm.pass_prev(z)
     word, shift = _lanes(pf.shape[0], numpy, rt.backend)
     return kern["final"](h0, z, h1, z2, word, shift, pf, ps)
 
 
 # -- bit injection and multiplication by a shared bit ------------------------------------------
+
 
 def _inject(bit: BinaryShare, x: ArithmeticShare | None, with_bit: bool):
     """Core of :func:`b2a` / :func:`mul_bit` (2 rounds).  Returns ``(x*b or None, b or None)``."""
@@ -308,18 +317,18 @@ def _inject(bit: BinaryShare, x: ArithmeticShare | None, with_bit: bool):
     u64 = xp.uint64
     bshape = bit.shape
     if x is not None:
-        xshape = numpy.broadcast_shapes(x.shape, bshape)   # shapes only (host)
+        xshape = numpy.broadcast_shapes(x.shape, bshape)  # shapes only (host)
         if xshape != x.shape:
             raise ProtocolError(f"bit shape {bshape} does not broadcast to the value shape {x.shape}")
     zero = u64(0)
     # -- round 1: t = b0 ^ b1 shared by party 0 as (t - rho, rho, 0); y = x * b2 reshared
     if rank == 0:
-        rho = prg.with_next(bshape)                            # t1 (parties 0, 1)
+        rho = prg.with_next(bshape)  # t1 (parties 0, 1)
         t0 = (bit.first ^ bit.second) - rho
         T = (t0, rho)
         if x is not None:
-            mu = prg.with_next(xshape)                         # y1 (parties 0, 1)
-            nu = prg.with_prev(xshape)                         # y0 (parties 0, 2)
+            mu = prg.with_next(xshape)  # y1 (parties 0, 1)
+            nu = prg.with_prev(xshape)  # y0 (parties 0, 2)
             Yc = (nu, mu)
         comm.exchange({2: t0}, {})
     elif rank == 1:
@@ -328,7 +337,7 @@ def _inject(bit: BinaryShare, x: ArithmeticShare | None, with_bit: bool):
         if x is not None:
             b2 = bit.second
             mu = prg.with_prev(xshape)
-            v1 = (x.first + x.second) * b2 - mu                # (x1 + x2) b2 - mu
+            v1 = (x.first + x.second) * b2 - mu  # (x1 + x2) b2 - mu
             v2 = comm.exchange({2: v1}, {2: (xshape, u64)})[2]
             Yc = (mu, v1 + v2)
         else:
@@ -338,7 +347,7 @@ def _inject(bit: BinaryShare, x: ArithmeticShare | None, with_bit: bool):
         recvs = {0: (bshape, u64)}
         if x is not None:
             nu = prg.with_next(xshape)
-            v2 = x.second * b2 - nu                            # x0 b2 - nu
+            v2 = x.second * b2 - nu  # x0 b2 - nu
             got = comm.exchange({1: v2}, {**recvs, 1: (xshape, u64)})
             Yc = (got[1] + v2, nu)
         else:
@@ -355,11 +364,11 @@ def _inject(bit: BinaryShare, x: ArithmeticShare | None, with_bit: bool):
         # the bit itself: "x" = public 1 = (1, 0, 0), "y" = b2 = (0, 0, b2)
         one = u64(1)
         if rank == 0:
-            zb = Tsum.copy()                                   # x = (1, 0), y = (0, 0)
+            zb = Tsum.copy()  # x = (1, 0), y = (0, 0)
         elif rank == 1:
-            zb = (zero - (bit.second << one)) * T[0]           # x = (0, 0), y = (0, b2)
+            zb = (zero - (bit.second << one)) * T[0]  # x = (0, 0), y = (0, b2)
         else:
-            b2 = bit.first                                     # x = (0, 1), y = (b2, 0)
+            b2 = bit.first  # x = (0, 1), y = (b2, 0)
             zb = (zero - (b2 << one)) * Tsum + T[0] + b2
         parts.append(zb.reshape(-1))
     z = xp.concatenate(parts) if len(parts) > 1 else parts[0]

@@ -8,6 +8,7 @@ them available as methods and operators (``x.relu()``, ``x < y``,
 from :mod:`mpcgpu.protocols`.  It runs once, when :mod:`mpcgpu.protocols` is
 imported (``import mpcgpu`` does that).
 """
+
 from __future__ import annotations
 
 from ..sharing.arithmetic import ArithmeticShare
@@ -16,14 +17,26 @@ from . import approx, compare, pooling, rounding
 #: method name -> protocol function (its first argument is the share)
 METHODS = {
     "relu": compare.relu,
-    "__lt__": compare.lt, "__gt__": compare.gt, "__le__": compare.le, "__ge__": compare.ge,
-    "sign": compare.sign, "abs": compare.abs, "__abs__": compare.abs,
-    "max": compare.max, "min": compare.min, "argmax": compare.argmax,
+    "__lt__": compare.lt,
+    "__gt__": compare.gt,
+    "__le__": compare.le,
+    "__ge__": compare.ge,
+    "sign": compare.sign,
+    "abs": compare.abs,
+    "__abs__": compare.abs,
+    "max": compare.max,
+    "min": compare.min,
+    "argmax": compare.argmax,
     "max_pool2d": compare.max_pool2d,
-    "avg_pool2d": pooling.avg_pool2d, "adaptive_avg_pool2d": pooling.adaptive_avg_pool2d,
-    "exp": approx.exp, "reciprocal": approx.reciprocal, "inv_sqrt": approx.inv_sqrt,
-    "sqrt": approx.sqrt, "log": approx.log,
-    "softmax": approx.softmax, "log_softmax": approx.log_softmax,
+    "avg_pool2d": pooling.avg_pool2d,
+    "adaptive_avg_pool2d": pooling.adaptive_avg_pool2d,
+    "exp": approx.exp,
+    "reciprocal": approx.reciprocal,
+    "inv_sqrt": approx.inv_sqrt,
+    "sqrt": approx.sqrt,
+    "log": approx.log,
+    "softmax": approx.softmax,
+    "log_softmax": approx.log_softmax,
     "round_exact": rounding.round_exact,
 }
 

@@ -24,10 +24,11 @@ sizes round down (``ceil_mode`` is not supported).  Adaptive pooling uses
 PyTorch's windows ``[floor(i*H/out), ceil((i+1)*H/out))`` for every size pair,
 so it is exact wherever PyTorch's is (same divisors, same rounding bounds).
 """
+
 from __future__ import annotations
 
 
-import numpy   # public geometry only
+import numpy  # public geometry only
 
 from ..errors import ProtocolError
 from ..geometry import pool_geometry, window_index, window_offsets
@@ -36,13 +37,14 @@ from ..sharing.arithmetic import ArithmeticShare, mul_public
 
 # -- local window sums -------------------------------------------------------------------
 
+
 def _window_sum(a, xp, kh, kw, sh, sw, ph, pw, ho, wo):
     """Sum of every (kh, kw) window of one padded component (uint64, wraps mod 2^64)."""
     if ph or pw:
         a = xp.pad(a, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     n, c = a.shape[:2]
     if (kh, kw) == (sh, sw):
-        a = a[:, :, :ho * kh, :wo * kw]
+        a = a[:, :, : ho * kh, : wo * kw]
         return a.reshape(n, c, ho, kh, wo, kw).sum(axis=(3, 5), dtype=a.dtype)
     acc = None
     for _, i, j in window_offsets(kh, kw):
@@ -59,12 +61,12 @@ def _window_scatter(g, xp, in_hw, kh, kw, sh, sw, ph, pw):
         full = xp.broadcast_to(g[:, :, :, None, :, None], (n, c, ho, kh, wo, kw))
         full = full.reshape(n, c, ho * kh, wo * kw)
         out = xp.zeros((n, c, h, w), dtype=g.dtype)
-        out[:, :, :ho * kh, :wo * kw] = full
+        out[:, :, : ho * kh, : wo * kw] = full
         return out
     acc = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=g.dtype)
     for _, i, j in window_offsets(kh, kw):
         acc[window_index(i, j, sh, sw, ho, wo)] += g
-    return xp.ascontiguousarray(acc[:, :, ph:ph + h, pw:pw + w])
+    return xp.ascontiguousarray(acc[:, :, ph : ph + h, pw : pw + w])
 
 
 def _window_counts(in_hw, kh, kw, sh, sw, ph, pw, ho, wo):
@@ -79,6 +81,7 @@ def _window_counts(in_hw, kh, kw, sh, sw, ph, pw, ho, wo):
 
 # -- division by a public window size -------------------------------------------------------
 
+
 def _divide(s: ArithmeticShare, divisor) -> ArithmeticShare:
     """``s / divisor`` for a public positive integer (or integer array broadcast over the
     trailing axes): see the module docstring; 0 rounds when the divisor is 1."""
@@ -92,8 +95,8 @@ def _divide(s: ArithmeticShare, divisor) -> ArithmeticShare:
 
 # -- average pooling -----------------------------------------------------------------------
 
-def avg_pool2d(x: ArithmeticShare, kernel, stride=None, padding=0,
-               count_include_pad: bool = True) -> ArithmeticShare:
+
+def avg_pool2d(x: ArithmeticShare, kernel, stride=None, padding=0, count_include_pad: bool = True) -> ArithmeticShare:
     """Average pooling of an NCHW share, PyTorch semantics (zero padding, output size
     rounded down, ``count_include_pad=True`` by default: the divisor is ``kh*kw``).
 
@@ -101,39 +104,40 @@ def avg_pool2d(x: ArithmeticShare, kernel, stride=None, padding=0,
     window, 2 otherwise; 0 rounds for a 1x1 kernel).  Accuracy: below 1 ulp for
     power-of-two windows, else below 2 ulp + ``2^-28`` relative (module docstring).
     """
-    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(x.shape, kernel, stride, padding, "average pooling",
-                                                   ProtocolError)
+    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(x.shape, kernel, stride, padding, "average pooling", ProtocolError)
     xp = x.xp
     geo = (kh, kw, sh, sw, ph, pw, ho, wo)
-    total = ArithmeticShare(_window_sum(x.first, xp, *geo), _window_sum(x.second, xp, *geo),
-                            x.scale, x.rt)
+    total = ArithmeticShare(_window_sum(x.first, xp, *geo), _window_sum(x.second, xp, *geo), x.scale, x.rt)
     if count_include_pad or not (ph or pw):
         return _divide(total, kh * kw)
     return _divide(total, _window_counts(x.shape[2:], *geo))
 
 
-def avg_pool2d_backward(grad: ArithmeticShare, input_shape, kernel, stride=None, padding=0,
-                        count_include_pad: bool = True) -> ArithmeticShare:
+def avg_pool2d_backward(
+    grad: ArithmeticShare, input_shape, kernel, stride=None, padding=0, count_include_pad: bool = True
+) -> ArithmeticShare:
     """Gradient of :func:`avg_pool2d` w.r.t. its input: each output gradient divided by its
     divisor and spread over its window.  The division costs as in :func:`avg_pool2d`; the
     scatter-add is local."""
     input_shape = tuple(input_shape)
-    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(input_shape, kernel, stride, padding, "average pooling",
-                                                   ProtocolError)
+    kh, kw, sh, sw, ph, pw, ho, wo = pool_geometry(
+        input_shape, kernel, stride, padding, "average pooling", ProtocolError
+    )
     if tuple(grad.shape) != (*input_shape[:2], ho, wo):
-        raise ProtocolError(f"gradient shape {grad.shape} does not match the pooling output "
-                            f"{(*input_shape[:2], ho, wo)}")
+        raise ProtocolError(
+            f"gradient shape {grad.shape} does not match the pooling output {(*input_shape[:2], ho, wo)}"
+        )
     if count_include_pad or not (ph or pw):
         g = _divide(grad, kh * kw)
     else:
         g = _divide(grad, _window_counts(input_shape[2:], kh, kw, sh, sw, ph, pw, ho, wo))
     xp = grad.xp
     geo = (input_shape[2:], kh, kw, sh, sw, ph, pw)
-    return ArithmeticShare(_window_scatter(g.first, xp, *geo), _window_scatter(g.second, xp, *geo),
-                           grad.scale, grad.rt)
+    return ArithmeticShare(_window_scatter(g.first, xp, *geo), _window_scatter(g.second, xp, *geo), grad.scale, grad.rt)
 
 
 # -- adaptive average pooling ----------------------------------------------------------------
+
 
 def _pair_or_none(v):
     if isinstance(v, (tuple, list)):
@@ -152,18 +156,18 @@ def _adaptive_windows(size: int, out: int):
 
 def _axis_sum(a, xp, axis: int, size: int, out: int):
     """Window sums of one component along ``axis`` (local, exact mod 2^64)."""
-    if size % out == 0:                                    # equal windows of k: reshape + sum
+    if size % out == 0:  # equal windows of k: reshape + sum
         k = size // out
         if k == 1:
             return a
         shape = list(a.shape)
-        shape[axis:axis + 1] = [out, k]
+        shape[axis : axis + 1] = [out, k]
         return a.reshape(shape).sum(axis=axis + 1, dtype=a.dtype)
-    if out % size == 0:                                    # every window is one input: repeat
+    if out % size == 0:  # every window is one input: repeat
         return xp.repeat(a, out // size, axis=axis)
     index = [slice(None)] * a.ndim
     parts = []
-    for s, e in _adaptive_windows(size, out):             # a loop over output rows, not pixels
+    for s, e in _adaptive_windows(size, out):  # a loop over output rows, not pixels
         index[axis] = slice(s, e)
         parts.append(a[tuple(index)].sum(axis=axis, keepdims=True, dtype=a.dtype))
     return xp.concatenate(parts, axis=axis)
@@ -175,7 +179,7 @@ def _axis_spread(g, xp, axis: int, size: int, out: int):
         return xp.repeat(g, size // out, axis=axis)
     if out % size == 0:
         shape = list(g.shape)
-        shape[axis:axis + 1] = [size, out // size]
+        shape[axis : axis + 1] = [size, out // size]
         return g.reshape(shape).sum(axis=axis + 1, dtype=g.dtype)
     shape = list(g.shape)
     shape[axis] = size
@@ -189,8 +193,7 @@ def _axis_spread(g, xp, axis: int, size: int, out: int):
 
 def _adaptive_divisor(in_hw, out_hw):
     """The window sizes: an int when all windows are equal, else a public (oh, ow) array."""
-    counts = [numpy.array([e - s for s, e in _adaptive_windows(size, out)])
-              for size, out in zip(in_hw, out_hw)]
+    counts = [numpy.array([e - s for s, e in _adaptive_windows(size, out)]) for size, out in zip(in_hw, out_hw)]
     grid = numpy.outer(counts[0], counts[1]).astype(numpy.int64)
     return int(grid.flat[0]) if (grid == grid.flat[0]).all() else grid
 

@@ -26,6 +26,7 @@ injection's 16 (party 0) / 8 (parties 1, 2).  Use it where a value leaves the
 computation, not inside it.  Precondition as for the truncation:
 ``|x| < 2^62`` (ring units).
 """
+
 from __future__ import annotations
 
 from ..errors import ProtocolError
@@ -41,7 +42,7 @@ def round_exact(x: ArithmeticShare, bits: int | None = None, new_scale: int | No
     elements); see the module docstring."""
     if x.size > CHUNK:
         flat = x.reshape(-1)
-        pieces = [round_exact(flat[lo:lo + CHUNK], bits, new_scale) for lo in range(0, x.size, CHUNK)]
+        pieces = [round_exact(flat[lo : lo + CHUNK], bits, new_scale) for lo in range(0, x.size, CHUNK)]
         return concatenate(pieces).reshape(*x.shape)
     rt, xp = x.rt, x.xp
     if bits is None:
@@ -53,17 +54,18 @@ def round_exact(x: ArithmeticShare, bits: int | None = None, new_scale: int | No
     if bits > 62:
         raise ProtocolError(f"round_exact needs bits <= 62, got {bits}")
     (first, second), (opener_component, c_lo, r_lo) = msb_corrected(
-        rt, x.shape, bits, rss=(x.first, x.second), offset=1 << (bits - 1), keep=True)
+        rt, x.shape, bits, rss=(x.first, x.second), offset=1 << (bits - 1), keep=True
+    )
     up = xp.uint64(63 - bits)
     v_first, v_second = -(r_lo[0] << up), -(r_lo[1] << up)
     if c_lo is not None:
         c_lo = c_lo << up
-    v_first, v_second = with_public(v_first, v_second, c_lo, rt.rank, xp, lambda a, b: a + b,
-                                    component=opener_component)
+    v_first, v_second = with_public(
+        v_first, v_second, c_lo, rt.rank, xp, lambda a, b: a + b, component=opener_component
+    )
     carry = b2a(msb(ArithmeticShare(v_first, v_second, 0, rt)))
     shape = x.shape
-    return ArithmeticShare((first - carry.first).reshape(shape), (second - carry.second).reshape(shape),
-                           new_scale, rt)
+    return ArithmeticShare((first - carry.first).reshape(shape), (second - carry.second).reshape(shape), new_scale, rt)
 
 
 __all__ = ["round_exact"]

@@ -41,6 +41,7 @@ The non-linear functions (``relu``, comparisons, ``exp``, ...) are protocols
 place, :mod:`mpcgpu.protocols.methods`, so this module imports nothing from
 them.  All share data stays on the runtime's back end (NumPy or CuPy).
 """
+
 from __future__ import annotations
 
 import math
@@ -63,7 +64,7 @@ class ArithmeticShare(ReplicatedPair):
     def __init__(self, first, second, scale: int, rt=None):
         self.rt = rt or _runtime()
         xp = self.rt.xp
-        if not isinstance(first, xp.ndarray):   # 0-d results of reductions come back as scalars
+        if not isinstance(first, xp.ndarray):  # 0-d results of reductions come back as scalars
             first, second = xp.asarray(first), xp.asarray(second)
         if first.shape != second.shape:
             raise ProtocolError(f"component shapes differ: {first.shape} vs {second.shape}")
@@ -111,8 +112,7 @@ class ArithmeticShare(ReplicatedPair):
         xp, f = self.xp, self.rt.frac_bits
         if _is_int(value):
             if abs(int(value)) >= safe_limit(f):
-                raise EncodingError(f"public integer {value} is outside the fixed-point range "
-                                    f"(|v| < 2^{63 - 2 * f})")
+                raise EncodingError(f"public integer {value} is outside the fixed-point range (|v| < 2^{63 - 2 * f})")
             return xp.asarray((int(value) << scale) % (1 << 64), dtype=xp.uint64)
         arr = value if isinstance(value, xp.ndarray) else self.rt.backend.to_device(numpy.asarray(value))
         check_range(arr, f, "public operand")
@@ -217,6 +217,7 @@ class ArithmeticShare(ReplicatedPair):
 
 # -- helpers ----------------------------------------------------------------------------
 
+
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -232,6 +233,7 @@ def _axis_count(shape, axis):
 
 
 # -- construction ------------------------------------------------------------------------
+
 
 def share(x=None, src: int = 0, integer: bool = False, rt=None) -> ArithmeticShare:
     """Secret-share the array ``x`` held by party ``src`` (other parties pass ``None``).
@@ -284,6 +286,7 @@ def to_scale(x: ArithmeticShare, scale: int, mode=None) -> ArithmeticShare:
 
 # -- the multiplication family -----------------------------------------------------------
 
+
 def _product(x: ArithmeticShare, y: ArithmeticShare, op, trunc, bits=None, out_scale=None) -> ArithmeticShare:
     """``op`` is bilinear (elementwise mul, matmul, conv and its gradients).
 
@@ -331,26 +334,38 @@ def conv2d(x: ArithmeticShare, w, stride=1, padding=0, groups=1, trunc=None) -> 
 
     Shared weight: like :func:`mul`.  Public weight: local products of each component,
     then one truncation of the replicated result."""
+
     def op(a, b):
         return ring.conv2d(a, b, stride=stride, padding=padding, groups=groups)
+
     if isinstance(w, ArithmeticShare):
         return _product(x, w, op, trunc)
     wpub = x._encode_public(w, x.rt.frac_bits)
     return _rescale(x._new(op(x.first, wpub), op(x.second, wpub), x.scale + x.rt.frac_bits), trunc)
 
 
-def conv2d_grad_input(grad: ArithmeticShare, w: ArithmeticShare, input_shape, stride=1, padding=0,
-                      groups=1, trunc=None) -> ArithmeticShare:
+def conv2d_grad_input(
+    grad: ArithmeticShare, w: ArithmeticShare, input_shape, stride=1, padding=0, groups=1, trunc=None
+) -> ArithmeticShare:
     """Gradient of a convolution w.r.t. its input (the transposed convolution), two shares."""
-    return _product(grad, w, lambda a, b: ring.conv2d_grad_input(
-        a, b, input_shape, stride=stride, padding=padding, groups=groups), trunc)
+    return _product(
+        grad,
+        w,
+        lambda a, b: ring.conv2d_grad_input(a, b, input_shape, stride=stride, padding=padding, groups=groups),
+        trunc,
+    )
 
 
-def conv2d_grad_weight(x: ArithmeticShare, grad: ArithmeticShare, weight_shape, stride=1, padding=0,
-                       groups=1, trunc=None) -> ArithmeticShare:
+def conv2d_grad_weight(
+    x: ArithmeticShare, grad: ArithmeticShare, weight_shape, stride=1, padding=0, groups=1, trunc=None
+) -> ArithmeticShare:
     """Gradient of a convolution w.r.t. its weight (correlation of input and output grads)."""
-    return _product(x, grad, lambda a, b: ring.conv2d_grad_weight(
-        a, b, weight_shape, stride=stride, padding=padding, groups=groups), trunc)
+    return _product(
+        x,
+        grad,
+        lambda a, b: ring.conv2d_grad_weight(a, b, weight_shape, stride=stride, padding=padding, groups=groups),
+        trunc,
+    )
 
 
 def _rescale(s: ArithmeticShare, trunc=None) -> ArithmeticShare:
@@ -371,7 +386,7 @@ def matmul_public(x: ArithmeticShare, w, left: bool = False, trunc=None) -> Arit
     return _rescale(x._new(a, b, x.scale + x.rt.frac_bits), trunc)
 
 
-def public_factor_parts(c, scale_in: int, frac_bits: int, bound=None, rel: float = 2.0 ** -28):
+def public_factor_parts(c, scale_in: int, frac_bits: int, bound=None, rel: float = 2.0**-28):
     """How :func:`mul_public` multiplies by public reals ``c``: a list of ``(K, shift)``.
 
     The result is ``sum_i trunc(X * K_i, shift_i)`` for ring values ``X`` at
@@ -389,24 +404,25 @@ def public_factor_parts(c, scale_in: int, frac_bits: int, bound=None, rel: float
     limit = safe_limit(frac_bits)
     big = float(numpy.abs(c).max()) if c.size else 0.0
     if big >= limit:
-        raise EncodingError(f"public factor of magnitude {big:.6g} is outside the fixed-point range "
-                            f"(|c| < 2^{63 - 2 * frac_bits})")
+        raise EncodingError(
+            f"public factor of magnitude {big:.6g} is outside the fixed-point range (|c| < 2^{63 - 2 * frac_bits})"
+        )
     up = max(scale_in, frac_bits) - scale_in
     if big == 0.0:
         return []
     if c.ndim == 0:
         m, e = math.frexp(abs(float(c)))
-        if m == 0.5:                                         # +-2^(e-1): one exact shift
+        if m == 0.5:  # +-2^(e-1): one exact shift
             return [(-1 if c < 0 else 1, -(e - 1 + up))]
     value_bits = 63 - 2 * frac_bits if bound is None else math.ceil(math.log2(bound))
-    kb = max(4, min(31, 62 - value_bits - scale_in))         # |K| < 2^kb keeps |X K| < 2^62
+    kb = max(4, min(31, 62 - value_bits - scale_in))  # |K| < 2^kb keeps |X K| < 2^62
     mag = numpy.where(c != 0, numpy.abs(c), 1.0)
     q = (kb - 2 - numpy.floor(numpy.log2(mag))).astype(numpy.int64)
-    q = numpy.maximum(q, up + 1)                             # a huge factor: its result must fit
+    q = numpy.maximum(q, up + 1)  # a huge factor: its result must fit
     parts, rest = [], c.copy()
     for _ in range(3):
         k = numpy.rint(rest * numpy.exp2(q)).astype(numpy.int64)
-        shift = numpy.minimum(q - up, 62)                    # beyond 62 bits: below one unit
+        shift = numpy.minimum(q - up, 62)  # beyond 62 bits: below one unit
         if numpy.any(k):
             parts.append((k, shift) if c.ndim else (int(k), int(shift)))
         rest = rest - k / numpy.exp2(q)
@@ -416,7 +432,7 @@ def public_factor_parts(c, scale_in: int, frac_bits: int, bound=None, rel: float
     return parts
 
 
-def mul_public(x: ArithmeticShare, c, trunc=None, bound=None, rel: float = 2.0 ** -28) -> ArithmeticShare:
+def mul_public(x: ArithmeticShare, c, trunc=None, bound=None, rel: float = 2.0**-28) -> ArithmeticShare:
     """Multiply by a public value.  Integers: exact and free.  Reals (a number or an array
     broadcasting against ``x``): split into at most three integer factors of bounded size
     (:func:`public_factor_parts`; ``bound``: a public bound on ``|x|`` that allows wider
@@ -464,9 +480,10 @@ def public_combinations(shares, rows, bound: float) -> list:
         else:
             q = min(62, head - math.ceil(math.log2(total)))
             if q < 1:
-                raise EncodingError(f"constants summing to {total:.6g} times values up to {bound:.6g} "
-                                    f"leave the ring at scale {scale}")
-            ks = [round(float(c) * 2.0 ** q) for c in row]
+                raise EncodingError(
+                    f"constants summing to {total:.6g} times values up to {bound:.6g} leave the ring at scale {scale}"
+                )
+            ks = [round(float(c) * 2.0**q) for c in row]
         a = b = None
         for k, s in zip(ks, shares):
             if k == 0:
@@ -515,6 +532,7 @@ def _times_parts(x: ArithmeticShare, parts, shape, trunc) -> ArithmeticShare:
 
 
 # -- truncation ----------------------------------------------------------------------------
+
 
 def truncate(x: ArithmeticShare, bits, new_scale: int | None = None, mode=None) -> ArithmeticShare:
     """Divide the ring value of ``x`` by ``2^bits`` (int, or an array broadcast against

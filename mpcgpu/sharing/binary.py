@@ -29,9 +29,10 @@ needs it as its second component.
 Public constants (XOR, NOT) change component 0 in *both* places it is held:
 party 0's first and party 2's second slot.
 """
+
 from __future__ import annotations
 
-import numpy   # shape arithmetic only; share data uses the runtime's array module
+import numpy  # shape arithmetic only; share data uses the runtime's array module
 
 from ..errors import EncodingError, ProtocolError
 from ..runtime import get as _runtime
@@ -84,8 +85,7 @@ class BinaryShare(ReplicatedPair):
 
     def xor_public(self, c):
         """XOR a public word into component 0 (see :func:`~mpcgpu.sharing.replicated.with_public`); 0 rounds."""
-        first, second = with_public(self.first, self.second, self._public(c), self.rt.rank, self.xp,
-                                    lambda a, b: a ^ b)
+        first, second = with_public(self.first, self.second, self._public(c), self.rt.rank, self.xp, lambda a, b: a ^ b)
         return self._new(first, second)
 
     # -- local gates ----------------------------------------------------------------------
@@ -142,6 +142,7 @@ class BinaryShare(ReplicatedPair):
 
 # -- construction ------------------------------------------------------------------------------
 
+
 def zeros(shape, rt=None) -> BinaryShare:
     """A trivial sharing of zero words."""
     rt = rt or _runtime()
@@ -177,6 +178,7 @@ stack = replicated.stack
 
 
 # -- AND ----------------------------------------------------------------------------------------
+
 
 def _and_local(xf, xs, yf, ys):
     """This party's 3-out-of-3 term ``x_i&y_i ^ x_i&y_{i+1} ^ x_{i+1}&y_i`` (no mask)."""
@@ -230,6 +232,6 @@ def and_batch(pairs) -> list:
         n = 1
         for s in shape:
             n *= s
-        out.append(BinaryShare(z[start:start + n].reshape(shape), second[start:start + n].reshape(shape), rt))
+        out.append(BinaryShare(z[start : start + n].reshape(shape), second[start : start + n].reshape(shape), rt))
         start += n
     return out

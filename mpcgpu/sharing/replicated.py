@@ -12,6 +12,7 @@ Party ``i`` holds the pair ``(x_i, x_{i+1})`` (indices mod 3) of a secret
 * :func:`concatenate`, :func:`stack` -- for either kind;
 * :func:`distribute` -- secret-sharing an array held by one party.
 """
+
 from __future__ import annotations
 
 import numpy  # shapes only (broadcast_shapes on tuples); never share data
@@ -201,17 +202,19 @@ def distribute(x, src: int, rt, encode, mask):
     if failed:
         if local_error is not None:
             raise local_error
-        raise EncodingError(f"party {src}'s input could not be encoded (it is outside the fixed-point "
-                            "range or not a finite number); only that party sees the details")
+        raise EncodingError(
+            f"party {src}'s input could not be encoded (it is outside the fixed-point "
+            "range or not a finite number); only that party sees the details"
+        )
     shape = tuple(shape)
     rank = comm.rank
     if rank == src:
-        own = rt.prg.with_prev(shape)     # x_src   (key k_src, shared with src-1)
-        nxt = rt.prg.with_next(shape)     # x_src+1 (key k_src+1, shared with src+1)
-        rest = mask(words, own, nxt)      # x_src+2
+        own = rt.prg.with_prev(shape)  # x_src   (key k_src, shared with src-1)
+        nxt = rt.prg.with_next(shape)  # x_src+1 (key k_src+1, shared with src+1)
+        rest = mask(words, own, nxt)  # x_src+2
         comm.exchange({(src + 1) % PARTIES: rest, (src + 2) % PARTIES: rest}, {})
         return own, nxt
     got = comm.exchange({}, {src: (shape, xp.uint64)})[src]
-    if rank == (src + 1) % PARTIES:       # holds (x_src+1, x_src+2)
+    if rank == (src + 1) % PARTIES:  # holds (x_src+1, x_src+2)
         return rt.prg.with_prev(shape), got
-    return got, rt.prg.with_next(shape)   # src+2 == src-1: holds (x_src+2, x_src)
+    return got, rt.prg.with_next(shape)  # src+2 == src-1: holds (x_src+2, x_src)

@@ -56,6 +56,7 @@ two parties hold.  Use it only where both are acceptable.
 ``bits`` may be an int or an array (one shift per element, broadcast against
 ``x``), so truncations by different amounts run in the same two rounds.
 """
+
 from __future__ import annotations
 
 import numpy  # host-side shape arithmetic only
@@ -71,8 +72,10 @@ MASK63 = (1 << 63) - 1
 def check_mode(mode) -> str:
     mode = DEFAULT_MODE if mode is None else mode
     if mode not in MODES:
-        raise ProtocolError(f"unknown truncation mode {mode!r}; choose one of {', '.join(MODES)} "
-                            "(exact rounding: mpcgpu.protocols.rounding.round_exact)")
+        raise ProtocolError(
+            f"unknown truncation mode {mode!r}; choose one of {', '.join(MODES)} "
+            "(exact rounding: mpcgpu.protocols.rounding.round_exact)"
+        )
     return mode
 
 
@@ -108,9 +111,14 @@ def msb_corrected(rt, shape, bits, *, rss=None, summand=None, offset=0, keep=Fal
     for lo in range(0, n, CHUNK):
         hi = min(n, lo + CHUNK)
         piece = [a[lo:hi] for a in parts]
-        f, s = _msb_corrected_call(rt, (hi - lo,), flat_bits[lo:hi] if numpy.ndim(flat_bits) else flat_bits,
-                                   rss=tuple(piece) if rss is not None else None,
-                                   summand=piece[0] if summand is not None else None, offset=offset)
+        f, s = _msb_corrected_call(
+            rt,
+            (hi - lo,),
+            flat_bits[lo:hi] if numpy.ndim(flat_bits) else flat_bits,
+            rss=tuple(piece) if rss is not None else None,
+            summand=piece[0] if summand is not None else None,
+            offset=offset,
+        )
         firsts.append(f)
         seconds.append(s)
     return xp.concatenate(firsts).reshape(shape), xp.concatenate(seconds).reshape(shape)
@@ -127,10 +135,17 @@ def _msb_corrected_call(rt, shape, bits, *, rss=None, summand=None, offset=0, ke
     and this party's replicated pair of ``r_lo`` (D deals it in round 1: +16
     bytes/element from D), for an exact correction of the carry.
     """
-    if tuple(shape) == ():        # 0-d arrays turn into NumPy scalars, which warn on wrap-around
-        as_1d = _msb_corrected_call(rt, (1,), bits, rss=None if rss is None else (rss[0].reshape(1), rss[1].reshape(1)),
-                              summand=None if summand is None else summand.reshape(1), offset=offset, keep=keep)
-        out, aux = (as_1d if keep else (as_1d, None))
+    if tuple(shape) == ():  # 0-d arrays turn into NumPy scalars, which warn on wrap-around
+        as_1d = _msb_corrected_call(
+            rt,
+            (1,),
+            bits,
+            rss=None if rss is None else (rss[0].reshape(1), rss[1].reshape(1)),
+            summand=None if summand is None else summand.reshape(1),
+            offset=offset,
+            keep=keep,
+        )
+        out, aux = as_1d if keep else (as_1d, None)
         out = (out[0].reshape(()), out[1].reshape(()))
         return (out, aux) if keep else out
     xp, comm, prg, me = rt.xp, rt.comm, rt.prg, rt.rank
@@ -141,8 +156,8 @@ def _msb_corrected_call(rt, shape, bits, *, rss=None, summand=None, offset=0, ke
         raise ProtocolError("msb_corrected needs exactly one of rss= and summand=")
     j = rt.next_role()
     D, A, B = j, (j + 1) % 3, (j + 2) % 3
-    na = 4 + fused + keep          # from the key of D and A: r_A, T_A, m_A, v, [nu], [rho_A]
-    nb = 2 + fused + keep          # from the key of D and B: r_B, u, [mu], [rho_D]
+    na = 4 + fused + keep  # from the key of D and A: r_A, T_A, m_A, v, [nu], [rho_A]
+    nb = 2 + fused + keep  # from the key of D and B: r_B, u, [mu], [rho_D]
     one = u64(1)
     if me == D:
         ka = prg.with_next((na,) + tuple(shape))
@@ -153,8 +168,8 @@ def _msb_corrected_call(rt, shape, bits, *, rss=None, summand=None, offset=0, ke
         to_b = [t - ka[1], r_mid - ka[2]]
         to_a = []
         if fused:
-            to_a.append(summand + kb[2])                   # masked by mu (known to B only)
-            to_b.append(summand + ka[4])                   # masked by nu (known to A only)
+            to_a.append(summand + kb[2])  # masked by mu (known to B only)
+            to_b.append(summand + ka[4])  # masked by nu (known to A only)
         if keep:
             r_lo = r & ((one << d) - one)
             rho_b = r_lo - kb[-1] - ka[-1]
@@ -165,16 +180,16 @@ def _msb_corrected_call(rt, shape, bits, *, rss=None, summand=None, offset=0, ke
             sends[A] = xp.stack(to_a)
         comm.exchange(sends, {})
         comm.exchange({}, {})
-        out = (kb[1], ka[3])                                # components D (u) and A (v)
+        out = (kb[1], ka[3])  # components D (u) and A (v)
         return (out, (B, None, (kb[-1], ka[-1]))) if keep else out
     from_d = (2 + fused + keep) if me == B else (fused + keep)
     if me == A:
-        k = prg.with_prev((na,) + tuple(shape))             # the key of D and A
-        own = summand if fused else rss[0]                  # A's term: x_A
+        k = prg.with_prev((na,) + tuple(shape))  # the key of D and A
+        own = summand if fused else rss[0]  # A's term: x_A
         msg = own + k[0] - (k[4] if fused else u64(0))
     else:
-        k = prg.with_next((nb,) + tuple(shape))             # the key of D and B
-        own = summand if fused else rss[0] + rss[1]         # B's term: x_B + x_D
+        k = prg.with_next((nb,) + tuple(shape))  # the key of D and B
+        own = summand if fused else rss[0] + rss[1]  # B's term: x_B + x_D
         msg = own + k[0] - (k[2] if fused else u64(0))
     other = B if me == A else A
     recvs = {other: (tuple(shape), u64)}
@@ -193,9 +208,9 @@ def _msb_corrected_call(rt, shape, bits, *, rss=None, summand=None, offset=0, ke
         t_half, m_half, mask_out = dealt[0], dealt[1], k[1]
     c += u64((SHIFT + int(offset)) % (1 << 64))
     c_msb = c >> u64(63)
-    sign = one - (c_msb << one)                             # 1 - 2 c_msb, as a ring element
+    sign = one - (c_msb << one)  # 1 - 2 c_msb, as a ring element
     half = sign * t_half - m_half - mask_out
-    if me == A:                                             # the public part, added once
+    if me == A:  # the public part, added once
         half += ((c & u64(MASK63)) >> d) + (c_msb << (u64(63) - d)) - (one << (u64(62) - d))
     comp_b = half + comm.exchange({other: half}, {other: (tuple(shape), u64)})[other]
     out = (mask_out, comp_b) if me == A else (comp_b, mask_out)
@@ -218,7 +233,7 @@ def aby3(rt, first, second, bits):
     shape = tuple(first.shape)
     if rank == j:
         a = (first + second).view(xp.int64) >> shift
-        r = rt.prg.with_next(shape)                         # y_{j+1}, known to j and j+1
+        r = rt.prg.with_next(shape)  # y_{j+1}, known to j and j+1
         y_j = a.view(xp.uint64) - r
         comm.exchange({(j + 2) % 3: y_j}, {})
         return y_j, r
