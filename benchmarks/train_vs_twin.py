@@ -2,7 +2,7 @@
 
 The private run is `mpcgpu train ... --reveal-loss --json RUN.json` (the loss of every
 step revealed to the result owner: a stated disclosure, for this diagnostic).  This
-script trains the plaintext twin (`mpcgpu.nn.train_plain.train`, float64) with the same
+script trains the plaintext twin (`mpcgpu.nn.train_plain.train_twin`, float64) with the same
 initial weights (`--init-seed`), sample order (`--seed`), batch size and learning-rate
 schedule -- both take them from `mpcgpu.nn.schedule` -- and compares:
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from mpcgpu.nn.models import get_model
 from mpcgpu.nn.plain import init_params
-from mpcgpu.nn.train_plain import train
+from mpcgpu.nn.train_plain import train_twin
 
 
 def main(argv=None) -> int:
@@ -43,21 +43,14 @@ def main(argv=None) -> int:
         return 2
     spec = get_model(s["model"])
     twin_losses = []
-    result = train(
+    result = train_twin(
         spec,
+        s,
         args.train,
         args.test,
+        init_params(spec, rng=args.init_seed),
         epochs=s["epochs"],
-        batch_size=s["batch_size"],
-        lr=s["lr"],
-        momentum=s["momentum"],
-        weight_decay=s["weight_decay"],
-        schedule=s["schedule"],
-        warmup=s["warmup"],
-        seed=s["seed"],
-        dtype=np.float64,
         limit=s.get("limit"),
-        params=init_params(spec, rng=args.init_seed),
         log=lambda m: None,
         on_step=lambda step, loss: twin_losses.append(loss),
     )

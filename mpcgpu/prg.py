@@ -126,7 +126,8 @@ class PartyPRG:
 
     def zero_share_xor(self, shape):
         """XOR zero sharing: ``F(k_i) ^ F(k_{i+1})`` (XORs to 0 over the parties)."""
-        return self._to_device(self.own.uint64(shape) ^ self.next.uint64(shape))
+        first, second = self.zero_share_xor_parts(shape)
+        return self._to_device(first ^ second)
 
     def zero_share_xor_parts(self, shape):
         """The two host words ``(F(k_i), F(k_{i+1}))`` whose XOR :meth:`zero_share_xor` would

@@ -147,7 +147,7 @@ def run_training(args) -> int:
     from ..data.split import split_file
     from ..nn.models import get_model
     from ..nn.plain import init_params
-    from ..nn.train_plain import train
+    from ..nn.train_plain import train_twin
     from .launcher import run_three
 
     batch = args.batch_size or 128
@@ -221,20 +221,13 @@ def run_training(args) -> int:
         info = json.load(fh)
     print("[check] the plaintext twin: same initial weights, sample order and schedule ...", flush=True)
     spec = get_model("lenet")
-    twin = train(
+    twin = train_twin(
         spec,
+        settings,
         paths["train"],
         paths["test"],
+        init_params(spec, rng=settings["init_seed"]),
         epochs=args.epochs,
-        batch_size=settings["batch_size"],
-        lr=settings["lr"],
-        momentum=settings["momentum"],
-        weight_decay=settings["weight_decay"],
-        schedule=settings["schedule"],
-        warmup=settings["warmup"],
-        seed=settings["seed"],
-        dtype=numpy.float64,
-        params=init_params(spec, rng=settings["init_seed"]),
         log=lambda m: None,
     )
     steps = info["steps"]

@@ -71,15 +71,6 @@ class Profile:
     def rows(self):
         return list(self.layers.values())
 
-    @contextlib.contextmanager
-    def section(self, comm, path: str, kind: str):
-        """``with profile.section(comm, "optimizer", "SGD"): ...`` -- a row for work outside
-        the layers."""
-        t0 = time.perf_counter()
-        with comm.measure() as m:
-            yield
-        self.add(path, kind, time.perf_counter() - t0, m)
-
     def report(self, comm, stream=None) -> None:
         """Print the table on party 0: per layer the slowest party's seconds, the bytes of the
         three parties together and the rounds (a collective: every party calls it)."""
@@ -96,6 +87,19 @@ class Profile:
             worst = max(g[i][2] for g in gathered)
             out.write(f"  {path or '(root)':<30} {kind:<22} {worst:>8.3f} {mb:>15.2f} {rounds:>7}\n")
         out.flush()
+
+
+@contextlib.contextmanager
+def section(profile: Profile | None, comm, path: str, kind: str):
+    """``with section(profile, comm, path, kind): ...`` adds the block's time, bytes and rounds
+    as a row of ``profile`` (nothing without one): a layer, or work outside the layers."""
+    if profile is None:
+        yield
+        return
+    t0 = time.perf_counter()
+    with comm.measure() as m:
+        yield
+    profile.add(path, kind, time.perf_counter() - t0, m)
 
 
 def schedule(seq: S.Sequential):
@@ -216,7 +220,7 @@ class PrivateModel:
         if profile is None:
             return fn(self, layer, path, x)
         kind = type(layer).__name__ + ("" if forward else " (backward)")
-        with profile.section(x.rt.comm, path if forward else path + " <-", kind):
+        with section(profile, x.rt.comm, path if forward else path + " <-", kind):
             return fn(self, layer, path, x)
 
     # -- what the layers ask of the executor -------------------------------------------------

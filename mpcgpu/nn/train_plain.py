@@ -173,6 +173,19 @@ def train(
     return TrainResult(params, acc, secs, hist)
 
 
+#: the settings of a private run (``mpcgpu train --json``: its ``settings``) that its plaintext
+#: twin shares, so that both see the same batches with the same learning rates
+TWIN_SETTINGS = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "warmup", "seed")
+
+
+def train_twin(model, settings: dict, train_data, test_data, params, **kw) -> TrainResult:
+    """The float64 plaintext twin of a private run: :func:`train` from the same initial
+    ``params`` with the run's :data:`TWIN_SETTINGS` (``kw``: epochs, limit, log, ...)."""
+    return train(
+        model, train_data, test_data, dtype=np.float64, params=params, **{k: settings[k] for k in TWIN_SETTINGS}, **kw
+    )
+
+
 def _mnist_dir(d):
     from ..assets.mnist_idx import MNIST_MEAN, MNIST_STD, load_mnist
 

@@ -10,12 +10,11 @@ predictions is revealed, to ``owner``.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 from .loss import count_correct, cross_entropy, cross_entropy_grad, one_hot
 from .optim import PrivateSGD
-from .private import PrivateModel, Profile
+from .private import PrivateModel, Profile, section
 
 
 @dataclass
@@ -33,19 +32,17 @@ def train_step(
     profile: Profile | None = None,
 ) -> StepResult:
     """One SGD step on a batch of shared ``images`` and integer ``labels`` (scale 0)."""
-    section = (
-        (lambda *a: contextlib.nullcontext()) if profile is None else (lambda *a: profile.section(images.rt.comm, *a))
-    )
+    comm = images.rt.comm
     onehot = one_hot(labels, model.spec.num_classes)
     logits = model.forward(images, train=True, profile=profile)
-    with section("loss", "softmax CE gradient"):
+    with section(profile, comm, "loss", "softmax CE gradient"):
         dlogits = cross_entropy_grad(logits, onehot)
     loss = None
     if reveal_loss_to is not None:
         loss = cross_entropy(logits, onehot).reveal(to=reveal_loss_to)
         loss = None if loss is None else float(loss)
     grads = model.backward(dlogits, profile=profile)
-    with section("optimizer", "SGD step"):
+    with section(profile, comm, "optimizer", "SGD step"):
         model.set_params(opt.step(grads, images.shape[0], lr=lr))
     return StepResult(loss)
 
