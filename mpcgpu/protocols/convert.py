@@ -284,8 +284,8 @@ def _msb_tree_fused(pf, ps, gf, gs, rt):
     the same words, messages and PRG calls as the array-module code above, one pass per
     level instead of about twenty."""
     kern = fused.kernels()
-    prg, comm = rt.prg, rt.comm
-    pf, ps, gf, gs = (numpy.ascontiguousarray(a) for a in (pf, ps, gf, gs))
+    prg, comm, xp = rt.prg, rt.comm, rt.xp
+    pf, ps, gf, gs = (xp.ascontiguousarray(a) for a in (pf, ps, gf, gs))
     # which of this party's slots hold component 0, which gets P63 = 1 (the public-constant rule)
     pub_f, pub_s = (
         bool(v)
@@ -295,15 +295,23 @@ def _msb_tree_fused(pf, ps, gf, gs, rt):
     )
     z, h0, h1 = kern["level1"](gf, gs, pf, ps, pub_f, pub_s, *prg.zero_share_xor_parts(gf.shape[0]))
     z2 = comm.pass_prev(z)
-    u64 = numpy.uint64
     for d in TREE_DISTANCES:
         lo2, log = _level_masks(d)
         half = (h0.shape[0] + 1) // 2
         z, h0, h1 = kern["level"](
-            h0, z, h1, z2, u64(lo2), u64(log), u64(2 * d), u64(2 * d + 1), u64(2 * d), *prg.zero_share_xor_parts(half)
+            h0,
+            z,
+            h1,
+            z2,
+            _u(xp, lo2),
+            _u(xp, log),
+            _u(xp, 2 * d),
+            _u(xp, 2 * d + 1),
+            _u(xp, 2 * d),
+            *prg.zero_share_xor_parts(half),
         )
         z2 = comm.pass_prev(z)
-    word, shift = _lanes(pf.shape[0], numpy, rt.backend)
+    word, shift = _lanes(pf.shape[0], xp, rt.backend)
     return kern["final"](h0, z, h1, z2, word, shift, pf, ps)
 
 
