@@ -20,6 +20,7 @@ COMMANDS = {
     "infer": "mpcgpu.jobs.infer",
     "train": "mpcgpu.jobs.train",
     "bench": "mpcgpu.jobs.bench",
+    "plot": "mpcgpu.jobs.plot",
     "demo": "mpcgpu.jobs.demo",
     "info": "mpcgpu.jobs.info",
 }

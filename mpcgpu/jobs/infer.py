@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import json
+import argparse
+import os
 import time
+from dataclasses import dataclass
 
 import numpy
 
@@ -12,14 +14,77 @@ DESCRIPTION = """\
 Private inference on three MPI ranks. Each rank opens only its own shards:
   --model STEM   the model shards made by `mpcgpu share weights.h5` (STEM.party<i>.h5)
   --data STEM    the dataset shards made by `mpcgpu share dataset.h5`
-Nothing is revealed but the predicted labels, and only to the result owner
-(--reveal-to, default party 0). With labels in the data shards the accuracy is
-computed privately (the true labels stay secret) and only the number of correct
-predictions is revealed to the result owner.
+Only the result owner (--reveal-to, default party 0) learns the output; the other two
+parties learn nothing (not even the predicted class). What is revealed, --output:
+  label     the predicted class of each image (default)
+  logits    the output layer, rounded exactly to the fixed-point grid (2^-f)
+  probs     softmax of those logits, computed by the owner in float64: the owner
+            learns the logits (the probabilities up to one additive constant per
+            image), which is what the probabilities say plus that constant; chosen
+            over a private softmax, whose exp/reciprocal approximations would cost
+            many rounds and still be approximate
+  topk:K    the K most likely classes per image and their logits, in decreasing
+            order (ties: lower class first), selected privately: the other
+            logits stay secret; 1 <= K <= number of classes
+With labels in the data shards the accuracy is computed privately (the true labels
+stay secret) and only the number of correct predictions is revealed to the owner.
+
+Files (result owner only; written under a temporary name and renamed):
+  --out FILE.npy   labels (N,) int64 | logits or probs (N, classes) float64 |
+                   top-K classes (N, K) int64 with their logits in FILE.scores.npy
+  FILE.json        metadata next to it: model, dataset, mode, count, sample order, files
 
 Example:
   mpirun -n 3 mpcgpu infer --model shards/lenet_mnist --data shards/mnist_test --limit 1000
+  mpirun -n 3 mpcgpu infer --model shards/lenet_mnist --data shards/mnist_test --output topk:3 --out top3.npy
 """
+
+MODES = ("label", "logits", "probs", "topk")
+
+
+@dataclass(frozen=True)
+class Output:
+    """What `infer` reveals to the result owner: ``mode`` in :data:`MODES`, ``k`` for topk."""
+
+    mode: str = "label"
+    k: int | None = None
+
+    def __str__(self) -> str:
+        return f"topk:{self.k}" if self.mode == "topk" else self.mode
+
+    def check(self, classes: int) -> None:
+        """A clear error if K does not fit the model (before any computation)."""
+        from ..errors import MPCError
+
+        if self.mode == "topk" and not 1 <= self.k <= classes:
+            raise MPCError(f"--output topk:{self.k}: K must be between 1 and {classes} (the model's classes)")
+
+
+def parse_output(text: str) -> Output:
+    """``label | logits | probs | topk:K`` -> :class:`Output` (MPCError otherwise)."""
+    from ..errors import MPCError
+
+    t = str(text).strip().lower()
+    if t in ("label", "logits", "probs"):
+        return Output(t)
+    if t.startswith("topk"):
+        _, sep, k = t.partition(":")
+        if not sep or not k.strip().lstrip("+-").isdigit():
+            raise MPCError(f"--output {text!r}: write topk:K with an integer K, e.g. topk:5")
+        k = int(k)
+        if k < 1:
+            raise MPCError(f"--output {text!r}: K must be at least 1")
+        return Output("topk", k)
+    raise MPCError(f"--output {text!r} not understood: use label, logits, probs or topk:K (e.g. topk:5)")
+
+
+def _output_type(text: str) -> Output:
+    from ..errors import MPCError
+
+    try:
+        return parse_output(text)
+    except MPCError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(p):
@@ -33,7 +98,19 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=64, help="images per private forward pass (default 64)")
     p.add_argument("--limit", type=int, default=None, help="classify only the first N images")
     p.add_argument("--reveal-to", type=int, default=0, choices=(0, 1, 2), help="result owner (default 0)")
-    p.add_argument("--out", default=None, metavar="FILE.npy", help="result owner writes the predicted labels here")
+    p.add_argument(
+        "--output",
+        type=_output_type,
+        default=Output(),
+        metavar="label|logits|probs|topk:K",
+        help="what the result owner learns per image (default label; see above)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE.npy",
+        help="result owner writes the revealed output here (and metadata to FILE.json)",
+    )
     p.add_argument("--profile", action="store_true", help="print per-layer time and communication")
     p.add_argument(
         "--json", default=None, metavar="FILE", help="result owner writes a summary (accuracy, time, bytes) as JSON"
@@ -75,20 +152,152 @@ def peek_frac_bits(stem, rank):
         return 16  # open_shard reports the real problem on every rank
 
 
+def output_paths(out: str | None, output: Output) -> dict:
+    """The files the result owner writes for ``--out`` (empty without it): ``main`` (the
+    output array), ``scores`` (topk), ``meta`` (JSON)."""
+    if not out:
+        return {}
+    main = out if out.endswith(".npy") else out + ".npy"
+    stem = main[: -len(".npy")]
+    paths = {"main": main, "meta": stem + ".json"}
+    if output.mode == "topk":
+        paths["scores"] = stem + ".scores.npy"
+    return paths
+
+
+def softmax(logits: numpy.ndarray) -> numpy.ndarray:
+    """Row-wise softmax in float64 (shifted by the row maximum: no overflow)."""
+    z = numpy.asarray(logits, dtype=numpy.float64)
+    e = numpy.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def classify(rt, model, data, n: int, batch_size: int, output: Output, owner: int, profile=None, bar=None):
+    """Private inference of the first ``n`` images of ``data``; the result owner gets
+    ``(arrays, correct)`` -- ``arrays`` by name (``labels`` | ``logits`` | ``probs`` |
+    ``labels`` and ``scores`` for topk), ``correct`` the privately counted number of right
+    predictions (None without labels) -- and the other parties ``(None, None)``.
+
+    Per batch of B images and C classes, on top of the forward pass, to the owner only
+    (1 round, 8 bytes per element from one party): label: argmax, B labels; logits /
+    probs: the output layer rounded exactly (``round_exact``, 12 rounds), B x C values;
+    topk:K: exact logits, K argmaxes and one selection round
+    (:func:`~mpcgpu.protocols.topk.topk`), B x K labels and B x K logits.  With labels
+    in the shards: the argmax one-hot (free for label and topk) times the true one-hot,
+    one round, and one revealed count at the end."""
+    from ..data.shards import as_share
+    from ..nn.loss import count_correct, one_hot
+    from ..protocols.topk import topk
+
+    has_labels = "labels" in data.arrays
+    names = ("images", "labels") if has_labels else "images"
+    classes = model.spec.num_classes
+    output.check(classes)
+    pieces: dict[str, list] = {}
+    correct = None
+    for batch in data.batches(names, batch_size, stop=n):
+        img_pair, lab_pair = batch if has_labels else (batch, None)
+        x = as_share(img_pair, data.info("images").scale)
+        revealed = {}
+        if output.mode == "label":
+            onehot = model.predict_onehot(x, profile)
+            xp = onehot.xp
+            revealed["labels"] = (onehot * xp.arange(classes, dtype=xp.int64)).sum(axis=1).reveal(to=owner)
+        else:
+            logits = model.forward(x, profile=profile, exact=True)
+            if output.mode == "topk":
+                values, indices, chosen = topk(logits, output.k, with_onehots=True)
+                onehot = chosen[:, 0, :] if has_labels else None
+                revealed["labels"] = indices.reveal(to=owner)
+                revealed["scores"] = values.reveal(to=owner)
+            else:
+                onehot = logits.argmax(axis=1) if has_labels else None
+                revealed["logits"] = logits.reveal(to=owner)
+        if has_labels:
+            right = count_correct(onehot, one_hot(as_share(lab_pair, data.info("labels").scale), classes))
+            correct = right if correct is None else correct + right
+        if rt.rank == owner:
+            for name, value in revealed.items():
+                pieces.setdefault(name, []).append(value)
+        if bar is not None:
+            bar.update(x.shape[0])
+    count = correct.reveal(to=owner) if correct is not None else None
+    if rt.rank != owner:
+        return None, None
+    shapes = {"labels": (0,), "logits": (0, classes)} if output.mode != "topk" else {"labels": (0, output.k)}
+    shapes["scores"] = (0, output.k or 0)
+    wanted = {"label": ("labels",), "topk": ("labels", "scores")}.get(output.mode, ("logits",))
+    arrays = {}
+    for name in wanted:
+        dtype = numpy.int64 if name == "labels" else numpy.float64
+        got = pieces.get(name)
+        arrays[name] = numpy.concatenate(got).astype(dtype) if got else numpy.zeros(shapes[name], dtype)
+    if output.mode == "probs":
+        arrays = {"probs": softmax(arrays.pop("logits"))}
+    return arrays, (int(count) if count is not None else None)
+
+
+def write_outputs(paths: dict, arrays: dict, meta: dict) -> list:
+    """The owner's files: arrays first, the metadata JSON last (its presence says the set
+    is complete); each written atomically.  Returns the paths written."""
+    from ..results import save_json, save_npy
+
+    order = [("main", name) for name in arrays if name != "scores"] + (
+        [("scores", "scores")] if "scores" in arrays else []
+    )
+    files, written = {}, []
+    for key, name in order:
+        path = paths[key]
+        save_npy(path, arrays[name])
+        files[name] = {
+            "file": os.path.basename(path),
+            "shape": list(arrays[name].shape),
+            "dtype": str(arrays[name].dtype),
+        }
+        written.append(path)
+    save_json(paths["meta"], dict(meta, files=files))
+    written.append(paths["meta"])
+    return written
+
+
+def _check_files(comm, owner: int, paths: dict, summary_json: str | None) -> None:
+    """Before any computation: the owner's output files can be written (else the same
+    error on every rank)."""
+    from ..errors import MPCError
+    from ..results import writable_problem
+
+    problem = None
+    if comm.rank == owner:
+        targets = list(paths.values()) + ([summary_json] if summary_json else [])
+        if summary_json and os.path.abspath(summary_json) in {os.path.abspath(p) for p in paths.values()}:
+            problem = f"--json {summary_json} is also an output file of --out: choose another name"
+        for p in targets:
+            problem = problem or writable_problem(p)
+    problem = comm.bcast_object(problem, root=owner)
+    if problem:
+        raise MPCError(f"result owner (party {owner}): {problem}")
+
+
 def run(args) -> int:
     import mpcgpu
     from ..comm import world_rank
-    from ..data.shards import as_share, open_shard
-    from ..nn.loss import count_correct, one_hot
+    from ..data.shards import open_shard
     from ..nn.private import Profile
     from ..progress import Progress
+    from ..results import save_json
 
+    output = getattr(args, "output", None) or Output()
+    if isinstance(output, str):
+        output = parse_output(output)
     precision = args.precision or peek_frac_bits(args.model, world_rank())
     rt = mpcgpu.init(device=args.device, precision=precision)
     comm, owner = rt.comm, args.reveal_to
     is_owner = rt.rank == owner
     t_load = time.perf_counter()
     model = load_model(rt, args.model, verify=not args.no_verify)
+    output.check(model.spec.num_classes)
+    paths = output_paths(args.out, output)
+    _check_files(comm, owner, paths, args.json)
     data = open_shard(args.data, rt, kind="dataset", verify=not args.no_verify)
     if "images" not in data.arrays:
         raise mpcgpu.MPCError(f"dataset shards {args.data} have no 'images' array")
@@ -97,35 +306,21 @@ def run(args) -> int:
         raise mpcgpu.MPCError(
             f"model {model.spec.name} expects images of shape {model.spec.input_shape}, the dataset has {shape[1:]}"
         )
-    has_labels = "labels" in data.arrays
-    n = shape[0] if args.limit is None else min(args.limit, shape[0])
+    if args.batch_size < 1:
+        raise mpcgpu.MPCError(f"--batch-size must be at least 1, got {args.batch_size}")
+    n = shape[0] if args.limit is None else max(0, min(args.limit, shape[0]))
     load_s = time.perf_counter() - t_load
     comm.reset_stats()
     if rt.rank == 0:
         print(
             f"mpcgpu infer: model {model.spec.name}, {n} images of {data.name}, batch {args.batch_size}, "
-            f"{rt.describe()}",
+            f"output {output} to party {owner}, {rt.describe()}",
             flush=True,
         )
     profile = Profile() if args.profile else None
-    preds, correct = [], None
     bar = Progress(n, "private inference", enabled=(rt.rank == 0 and not args.no_progress))
-    names = ("images", "labels") if has_labels else "images"
-    classes = model.spec.num_classes
     t0 = time.perf_counter()
-    for batch in data.batches(names, args.batch_size, stop=n):
-        img_pair, lab_pair = batch if has_labels else (batch, None)
-        x = as_share(img_pair, data.info("images").scale)
-        onehot = model.predict_onehot(x, profile)
-        xp = onehot.xp
-        p = (onehot * xp.arange(classes, dtype=xp.int64)).sum(axis=1).reveal(to=owner)
-        if has_labels:
-            right = count_correct(onehot, one_hot(as_share(lab_pair, data.info("labels").scale), classes))
-            correct = right if correct is None else correct + right
-        if is_owner:
-            preds.append(p)
-        bar.update(x.shape[0])
-    right = correct.reveal(to=owner) if correct is not None else None
+    arrays, right = classify(rt, model, data, n, args.batch_size, output, owner, profile, bar)
     elapsed = time.perf_counter() - t0
     data.close()
     mine = comm.stats.as_dict()
@@ -135,6 +330,7 @@ def run(args) -> int:
         "model": model.spec.name,
         "dataset": data.name,
         "images": n,
+        "output": str(output),
         "batch_size": args.batch_size,
         "seconds": elapsed,
         "seconds_per_image": elapsed / max(n, 1),
@@ -144,9 +340,6 @@ def run(args) -> int:
         "device": rt.backend.describe(),
     }
     if is_owner:
-        pred = numpy.concatenate(preds).astype(numpy.int64) if preds else numpy.zeros(0, numpy.int64)
-        if args.out:
-            numpy.save(args.out, pred)
         print(
             f"party {owner} (result owner): {n} predictions in {elapsed:.2f} s "
             f"({1000 * elapsed / max(n, 1):.1f} ms/image), {total_bytes / 1e6:.1f} MB sent by the three parties, "
@@ -154,19 +347,50 @@ def run(args) -> int:
             flush=True,
         )
         if right is not None:
-            count = int(right)
-            summary["correct"] = count
-            summary["accuracy"] = count / n if n else 0.0
+            summary["correct"] = right
+            summary["accuracy"] = right / n if n else 0.0
             print(
-                f"private accuracy: {100 * summary['accuracy']:.2f}% ({count}/{n}; computed under MPC, "
+                f"private accuracy: {100 * summary['accuracy']:.2f}% ({right}/{n}; computed under MPC, "
                 "only the count is revealed)",
                 flush=True,
             )
-        if args.out:
-            print(f"predictions written to {args.out}", flush=True)
+        if paths:
+            meta = {
+                "model": model.spec.name,
+                "dataset": data.name,
+                "dataset_set_id": getattr(data, "set_id", None),
+                "mode": output.mode,
+                "k": output.k,
+                "classes": model.spec.num_classes,
+                "count": n,
+                "order": f"row i is sample i of the dataset shards in stored order (samples 0..{n - 1})",
+                "revealed_to": owner,
+                "frac_bits": rt.frac_bits,
+                "values": VALUES_NOTE[output.mode],
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            written = write_outputs(paths, arrays, meta)
+            print(f"{output} written to {', '.join(written)}", flush=True)
+        else:
+            _preview(arrays, output)
         if args.json:
-            with open(args.json, "w") as fh:
-                json.dump(summary, fh, indent=2)
+            save_json(args.json, summary)
     if profile is not None:
         profile.report(comm)
     return 0
+
+
+VALUES_NOTE = {
+    "label": "predicted class (argmax of the logits, ties to the lower class)",
+    "logits": "output layer revealed exactly rounded to the fixed-point grid (round_exact, 2^-frac_bits)",
+    "probs": "softmax in float64, at the result owner, of the exactly rounded logits",
+    "topk": "classes by decreasing logit (ties: lower class first), selected privately; scores: their "
+    "exactly rounded logits",
+}
+
+
+def _preview(arrays, output, rows: int = 5):
+    """No --out: show the owner the first rows (nothing is saved)."""
+    numpy.set_printoptions(precision=4, suppress=True)
+    for name, a in arrays.items():
+        print(f"{name} (first {min(rows, len(a))} of {len(a)}; use --out FILE.npy to save):\n{a[:rows]}", flush=True)

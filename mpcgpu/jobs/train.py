@@ -285,31 +285,15 @@ def _write_outputs(rt, args, model, opt, run_id):
 
 
 def _plot(path, summary):
-    try:
-        import matplotlib
+    """The training curves as PNG (:func:`mpcgpu.plots.training_figure`); None without matplotlib."""
+    from ..errors import MPCError
+    from ..plots import training_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(matplotlib is not installed: no plot; pip install 'mpcgpu[plot]')", flush=True)
+    try:
+        return training_figure(summary, path)
+    except MPCError as exc:
+        print(f"(no plot: {exc})", flush=True)
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    steps = summary["steps"]
-    if steps and steps[0].get("loss") is not None:
-        axes[0].plot([s["step"] for s in steps], [s["loss"] for s in steps], lw=0.8)
-        axes[0].set_ylabel("training loss (revealed)")
-    else:
-        axes[0].plot([s["step"] for s in steps], [s["seconds"] for s in steps], lw=0.8)
-        axes[0].set_ylabel("seconds per step")
-    axes[0].set_xlabel("step")
-    ep = [e for e in summary["epochs"] if e.get("test_accuracy") is not None]
-    axes[1].plot([e["epoch"] for e in ep], [100 * e["test_accuracy"] for e in ep], "o-")
-    axes[1].set_xlabel("epoch")
-    axes[1].set_ylabel("test accuracy (%)")
-    fig.suptitle(f"private training of {summary['settings']['model']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
 
 
 def run(args) -> int:
