@@ -34,7 +34,8 @@ Named profiles (``--network lan|wan``):
 
 A custom network is ``BANDWIDTH,RTT`` with units, e.g. ``1Gbit,10ms``,
 ``25Gbit/s,0.05ms``, ``100MB/s,2ms`` (bits: ``bit, kbit, Mbit, Gbit``; bytes: ``B, kB,
-MB, GB``; decimal prefixes; an optional ``/s`` or ``ps``; time: ``s, ms, us``).
+MB, GB``; decimal prefixes; an optional ``/s``; ``Gbps`` means bits; time: ``s, ms,
+us``).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ PROFILES = {
 }
 
 _PREFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)(bit|b)(?:/s|ps)?\s*$", re.IGNORECASE)
+_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)(bit|b)(/s|ps)?\s*$", re.IGNORECASE)
 _TIME = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(s|ms|us|µs)\s*$", re.IGNORECASE)
 _TIME_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
 
@@ -71,14 +72,16 @@ _TIME_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
 def parse_rate(text: str) -> float:
     """``'10Gbit'``, ``'100 Mbit/s'``, ``'1Gbps'``, ``'125MB/s'`` -> bytes per second.
 
-    ``bit`` (any case of the prefix) counts bits, ``B`` bytes; ``b`` alone is ambiguous
-    and refused."""
+    ``bit`` and ``bps`` count bits, ``B`` bytes (``B/s``); ``b`` or ``b/s`` alone is
+    ambiguous and refused."""
     m = _RATE.match(text)
     if not m:
         raise MPCError(
             f"bandwidth {text!r} not understood: give a number and a unit, e.g. 10Gbit, 100Mbit/s, 1Gbps, 125MB/s"
         )
-    number, prefix, unit = float(m.group(1)), m.group(2).lower(), m.group(3)
+    number, prefix, unit, per = float(m.group(1)), m.group(2).lower(), m.group(3), (m.group(4) or "").lower()
+    if unit == "b" and per == "ps":
+        unit = "bit"  # 1Gbps: bits per second, as everyone writes it
     if unit == "b":
         raise MPCError(f"bandwidth {text!r}: write 'bit' for bits or 'B' for bytes (e.g. 10Gbit or 125MB/s)")
     per_s = number * _PREFIX[prefix] / (8.0 if unit.lower() == "bit" else 1.0)

@@ -12,7 +12,7 @@ import json
 import os
 
 from .errors import MPCError
-from .results import atomic_path
+from .results import atomic_path, check_writable
 
 INSTALL_HINT = "plots need matplotlib, which is not installed: pip install 'mpcgpu[plots]' (or pip install matplotlib)"
 
@@ -72,7 +72,7 @@ def bench_figure(summary: dict, path) -> str:
             next((p["seconds"] for p in r.get("projections", []) if p["network"] == net), float("nan")) for r in rows
         ]
         series.append((f"projected, {net}", vals))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.3 * len(rows) + 4), 4.5))
     width = 0.8 / len(series)
     xs = list(range(len(rows)))
     for i, (label, vals) in enumerate(series):
@@ -86,7 +86,7 @@ def bench_figure(summary: dict, path) -> str:
     ax.set_yscale("log")
     ax.set_ylabel("seconds" + (" per step" if summary.get("what") == "training" else " per pass"))
     ax.set_title(f"mpcgpu bench {summary.get('what', '')}: {summary.get('device', '')}", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _save(fig, path)
 
@@ -123,6 +123,7 @@ def plot_file(json_path, png_path=None) -> str:
         raise MPCError(f"{json_path} is not valid JSON: {exc}") from None
     kind = kind_of(summary)
     png = png_path or os.path.splitext(os.fspath(json_path))[0] + ".png"
+    check_writable(png)
     return (bench_figure if kind == "bench" else training_figure)(summary, png)
 
 

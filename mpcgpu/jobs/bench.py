@@ -15,14 +15,25 @@ Each model runs once untimed first ("first s": it includes the first touch of th
 process's memory, which on a virtual machine can cost more than the work), then
 ``--steps`` timed passes or steps, whose median is reported.
 
-Printed and written as JSON: private time, bytes sent by the three parties, rounds,
-the plaintext time and their ratio (and for inference the largest difference between
-private and plaintext logits); the peers' published GPU figures ride along.
+Printed and written as JSON: private time, bytes sent by the three parties and by the
+busiest one, rounds, the plaintext time and their ratio (and for inference the largest
+difference between private and plaintext logits); the peers' published GPU figures ride
+along.
+
+Where it will run (--network, repeatable): each row projected onto a network between
+three machines, from its measured time, rounds and bytes per party
+(mpcgpu.netmodel):  projected = measured + rounds x RTT + busiest party's bytes / bandwidth.
+  lan                10 Gbit/s, 0.2 ms RTT (one data centre: the peers' setting)
+  wan                100 Mbit/s, 40 ms RTT (regions of one continent)
+  BANDWIDTH,RTT      e.g. 1Gbit,10ms or 100MB/s,2ms
+The measured time is an upper bound on the compute (three parties share this machine's
+cores), a round costs a full RTT and nothing overlaps: a projection, not a measurement.
+--plot FILE.png draws the rows (and projections, and the peers) with matplotlib
+(pip install 'mpcgpu[plots]'); `mpcgpu plot FILE.json` draws a saved result later.
 """
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy
@@ -33,6 +44,7 @@ DESCRIPTION = (
     + """
 Example:
   mpirun -n 3 mpcgpu bench inference --json bench.json
+  mpirun -n 3 mpcgpu bench inference --models lenet --network lan --network wan --plot lenet.png
   mpirun -n 3 mpcgpu bench inference --models lenet,alexnet_cifar10
   mpirun -n 3 mpcgpu bench training --models lenet --profile
 """
@@ -88,6 +100,14 @@ def add_arguments(p):
         "first one (default 1; the median is reported)",
     )
     p.add_argument("--profile", action="store_true", help="per-layer time, bytes and rounds")
+    p.add_argument(
+        "--network",
+        action="append",
+        default=None,
+        metavar="lan|wan|BANDWIDTH,RTT",
+        help="also project every row onto this network (repeatable; see above)",
+    )
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="draw the results as PNG (needs matplotlib)")
     p.add_argument("--json", default=None, help="output JSON (rank 0; default bench_<what>.json)")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
@@ -152,6 +172,8 @@ def _inference(rt, model, args, batch):
             logits, elapsed = _timed(comm, lambda: private.forward(sx, exact=True, profile=profile))
         times.append(elapsed)
     total_bytes = comm.allreduce_sum(m.bytes_sent)
+    busiest = comm.allreduce_max(m.bytes_sent)
+    rounds = comm.allreduce_max(m.rounds - 1)  # less the time's allreduce
     revealed = logits.reveal(to=0)
     row = {
         "model": model.name,
@@ -160,7 +182,8 @@ def _inference(rt, model, args, batch):
         "private_seconds": float(numpy.median(times)),
         "first_seconds": first,
         "bytes_all_parties": total_bytes,
-        "rounds": m.rounds - 1,  # less the time's allreduce
+        "bytes_busiest_party": busiest,
+        "rounds": rounds,
         "steps": len(times),
         "prepare_seconds": prepare_s,
         "prepare_rounds": prep.rounds,
@@ -192,12 +215,13 @@ def _training(rt, model, args, batch):
     sx, sy = share(x, src=0), share(y, src=0, integer=True)
     profile = Profile() if args.profile else None
     first = _timed(comm, lambda: train_step(private, opt, sx, sy, 0.01))[1]  # first touch of memory
-    times, sent, rounds = [], [], 0
+    times, sent, busiest, rounds = [], [], [], 0
     for _ in range(max(args.steps, 1)):
         with comm.measure() as m:
             times.append(_timed(comm, lambda: train_step(private, opt, sx, sy, 0.01, profile=profile))[1])
         sent.append(comm.allreduce_sum(m.bytes_sent))
-        rounds = m.rounds - 1  # the allreduce of the time
+        busiest.append(comm.allreduce_max(m.bytes_sent))
+        rounds = comm.allreduce_max(m.rounds - 1)  # less the allreduce of the time
     row = {
         "model": model.name,
         "input_shape": list(model.input_shape),
@@ -205,6 +229,7 @@ def _training(rt, model, args, batch):
         "private_seconds": float(numpy.median(times)),
         "first_seconds": first,
         "bytes_all_parties": int(numpy.median(sent)),
+        "bytes_busiest_party": int(numpy.median(busiest)),
         "rounds": rounds,
         "steps": len(times),
     }
@@ -219,10 +244,29 @@ def _training(rt, model, args, batch):
     return row, profile
 
 
+def project_row(row: dict, networks) -> list:
+    """The row's projections onto ``networks`` (:func:`mpcgpu.netmodel.project`)."""
+    from ..netmodel import project
+
+    return [project(row["private_seconds"], row["rounds"], row["bytes_busiest_party"], net) for net in networks or ()]
+
+
 def run(args) -> int:
     import mpcgpu
+    from ..netmodel import parse_network
     from ..nn.models import get_model
 
+    # everything the user can get wrong is checked before the parties start working
+    networks = [parse_network(t) for t in (getattr(args, "network", None) or [])]
+    plot = getattr(args, "plot", None)
+    out = args.json or f"bench_{args.what}.json"
+    from ..results import check_writable
+
+    check_writable(out, plot)
+    if plot:
+        from ..plots import pyplot
+
+        pyplot()  # MPCError with the install hint, on every rank
     rt = mpcgpu.init(device=args.device)
     _warm_up(rt)
     training = args.what == "training"
@@ -239,9 +283,13 @@ def run(args) -> int:
     peers = PEERS_TRAINING if training else PEERS
     if rt.rank == 0:
         print(f"mpcgpu bench {args.what}, {rt.describe()}", flush=True)
+        for net in networks:
+            print(f"  projected onto {net.describe()}: measured s + rounds x RTT + busiest party's bytes / bandwidth")
         print(
             f"{'model':<22} {'batch':>5} {'private s':>10} {'first s':>8} {'MB (3 parties)':>15} "
-            f"{'rounds':>7} {'plain s':>9} {'ratio':>7}" + ("" if training else f" {'max |diff|':>11}"),
+            f"{'rounds':>7} {'plain s':>9} {'ratio':>7}"
+            + ("" if training else f" {'max |diff|':>11}")
+            + "".join(f" {net.name[:12]:>12}" for net in networks),
             flush=True,
         )
     results = []
@@ -251,19 +299,32 @@ def run(args) -> int:
         if rt.rank == 0:
             row["ratio"] = row["private_seconds"] / row["plain_seconds"]
             row["peers"] = peers.get(name, {})
+            row["projections"] = project_row(row, networks)
             print(
                 f"{name:<22} {batch:>5} {row['private_seconds']:>10.3f} {row['first_seconds']:>8.2f} "
                 f"{row['bytes_all_parties'] / 1e6:>15.1f} "
                 f"{row['rounds']:>7} {row['plain_seconds']:>9.4f} {row['ratio']:>7.0f}"
-                + ("" if training else f" {row['max_abs_diff']:>11.2e}"),
+                + ("" if training else f" {row['max_abs_diff']:>11.2e}")
+                + "".join(f" {p['seconds']:>11.3f}s" for p in row["projections"]),
                 flush=True,
             )
             results.append(row)
         if profile is not None:
             profile.report(rt.comm)
-    out = args.json or f"bench_{args.what}.json"
     if rt.rank == 0:
-        with open(out, "w") as fh:
-            json.dump({"what": args.what, "device": rt.backend.describe(), "results": results}, fh, indent=2)
+        from ..results import save_json
+
+        summary = {
+            "what": args.what,
+            "device": rt.backend.describe(),
+            "networks": [vars(net) for net in networks],
+            "network_model": "measured + rounds * rtt + bytes_busiest_party / bandwidth (mpcgpu.netmodel)",
+            "results": results,
+        }
+        save_json(out, summary)
         print(f"written {out}")
+        if plot:
+            from ..plots import bench_figure
+
+            print(f"written {bench_figure(summary, plot)}")
     return 0
