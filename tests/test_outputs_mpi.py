@@ -286,3 +286,16 @@ def test_topk_reveals_nothing_inside_and_costs_what_it_says(rt, seeded, monkeypa
     words = np.concatenate([a.reshape(-1) for _, got in log for a in got.values()]).view(np.uint64)
     bits = np.unpackbits(words.view(np.uint8)).mean()
     assert 0.45 < bits < 0.55
+
+
+def test_without_out_the_owner_sees_the_first_rows_and_nobody_writes(rt, work, capsys):
+    before = sorted(os.listdir(work["dir"]))
+    args = infer_args(work["dir"], output=infer.parse_output("topk:2"), limit=6)
+    assert infer.run(args) == 0
+    rt.comm.barrier()
+    out = capsys.readouterr().out
+    if rt.rank == OWNER:
+        assert "labels (first 5 of 6; use --out FILE.npy to save)" in out and "scores (first 5 of 6" in out
+    else:
+        assert "labels (first" not in out and "scores" not in out
+    assert sorted(os.listdir(work["dir"])) == before

@@ -391,6 +391,6 @@ VALUES_NOTE = {
 
 def _preview(arrays, output, rows: int = 5):
     """No --out: show the owner the first rows (nothing is saved)."""
-    numpy.set_printoptions(precision=4, suppress=True)
     for name, a in arrays.items():
-        print(f"{name} (first {min(rows, len(a))} of {len(a)}; use --out FILE.npy to save):\n{a[:rows]}", flush=True)
+        shown = numpy.array2string(a[:rows], precision=4, suppress_small=True)
+        print(f"{name} (first {min(rows, len(a))} of {len(a)}; use --out FILE.npy to save):\n{shown}", flush=True)
