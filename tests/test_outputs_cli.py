@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from mpcgpu.jobs.launcher import find_mpiexec, local_env
@@ -59,3 +60,26 @@ def test_bad_values_fail_on_every_rank_before_any_work(tmp_path):
     assert p.stderr.count("K must be at least 1") == 3, p.stderr
     p = mpirun(["infer", "--model", "m", "--data", "d", "--output", "soft"], tmp_path, timeout=120)
     assert p.returncode != 0 and p.stderr.count("use label, logits, probs or topk:K") == 3, p.stderr
+
+
+def test_topk_above_the_classes_stops_every_rank_with_one_message(tmp_path):
+    from mpcgpu.assets import lenet_weights_path, mnist_test_idx_paths
+    from mpcgpu.assets.dataset_h5 import write_dataset
+    from mpcgpu.assets.mnist_idx import MNIST_MEAN, MNIST_STD, load_mnist
+    from mpcgpu.data.split import split_file
+
+    imgs, labels = load_mnist(*mnist_test_idx_paths(), verify=False)
+    write_dataset(
+        str(tmp_path / "d.h5"), imgs[:4].reshape(-1, 1, 28, 28), labels[:4], name="d", mean=MNIST_MEAN, std=MNIST_STD
+    )
+    split_file(str(tmp_path / "d.h5"), str(tmp_path / "s"), progress=False)
+    split_file(lenet_weights_path(), str(tmp_path / "s"), progress=False)
+    args = ["infer", "--model", str(tmp_path / "s" / "lenet_mnist"), "--data", str(tmp_path / "s" / "d")]
+    p = mpirun([*args, "--output", "topk:11", "--out", str(tmp_path / "t.npy"), "--no-progress"], tmp_path)
+    assert p.returncode != 0
+    assert p.stderr.count("K must be between 1 and 10") == 3, p.stderr  # one message per party
+    assert "Traceback" not in p.stderr and not list(tmp_path.glob("t*"))
+    p = mpirun([*args, "--output", "topk:10", "--out", str(tmp_path / "t.npy"), "--no-progress"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert np.load(tmp_path / "t.npy").shape == (4, 10) and np.load(tmp_path / "t.scores.npy").shape == (4, 10)
+    assert json.loads((tmp_path / "t.json").read_text())["k"] == 10
