@@ -55,6 +55,10 @@ def test_bad_values_fail_on_every_rank_before_any_work(tmp_path):
     assert p.returncode != 0
     assert p.stderr.count("'bit' for bits") == 3, p.stderr  # one message per party
     assert "Traceback" not in p.stderr and not (tmp_path / "bench_inference.json").exists()
+    # a --plot that rank 0 could not write at the end: refused at the start
+    p = mpirun(["bench", "inference", "--models", "lenet", "--plot", str(tmp_path / "no" / "b.png")], tmp_path)
+    assert p.returncode != 0 and "party 0: cannot write" in p.stderr and "does not exist" in p.stderr, p.stderr
+    assert "lenet " not in p.stdout  # nothing was timed
     p = mpirun(["infer", "--model", "m", "--data", "d", "--output", "topk:0"], tmp_path, timeout=120)
     assert p.returncode != 0
     assert p.stderr.count("K must be at least 1") == 3, p.stderr
@@ -77,7 +81,9 @@ def test_topk_above_the_classes_stops_every_rank_with_one_message(tmp_path):
     args = ["infer", "--model", str(tmp_path / "s" / "lenet_mnist"), "--data", str(tmp_path / "s" / "d")]
     p = mpirun([*args, "--output", "topk:11", "--out", str(tmp_path / "t.npy"), "--no-progress"], tmp_path)
     assert p.returncode != 0
-    assert p.stderr.count("K must be between 1 and 10") == 3, p.stderr  # one message per party
+    # every party raises it (tests/test_outputs_mpi.py checks that in process); here the first
+    # abort may end a party, on a loaded machine, before it has printed: at least two lines
+    assert p.stderr.count("K must be between 1 and 10") >= 2, p.stderr
     assert "Traceback" not in p.stderr and not list(tmp_path.glob("t*"))
     p = mpirun([*args, "--output", "topk:10", "--out", str(tmp_path / "t.npy"), "--no-progress"], tmp_path)
     assert p.returncode == 0, p.stderr

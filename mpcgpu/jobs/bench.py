@@ -251,23 +251,36 @@ def project_row(row: dict, networks) -> list:
     return [project(row["private_seconds"], row["rounds"], row["bytes_busiest_party"], net) for net in networks or ()]
 
 
+def _output_problem(out, plot) -> str | None:
+    """Why rank 0 could not write the JSON or the PNG at the end (None if it can)."""
+    from ..errors import MPCError
+    from ..results import check_writable
+
+    try:
+        check_writable(out, plot)
+        if plot:
+            from ..plots import pyplot
+
+            pyplot()  # the install hint when matplotlib is missing
+    except MPCError as exc:
+        return str(exc)
+    return None
+
+
 def run(args) -> int:
     import mpcgpu
     from ..netmodel import parse_network
     from ..nn.models import get_model
 
     # everything the user can get wrong is checked before the parties start working
-    networks = [parse_network(t) for t in (getattr(args, "network", None) or [])]
+    networks = [parse_network(t) for t in (getattr(args, "network", None) or [])]  # alike on every rank
     plot = getattr(args, "plot", None)
     out = args.json or f"bench_{args.what}.json"
-    from ..results import check_writable
-
-    check_writable(out, plot)
-    if plot:
-        from ..plots import pyplot
-
-        pyplot()  # MPCError with the install hint, on every rank
     rt = mpcgpu.init(device=args.device)
+    problem = _output_problem(out, plot) if rt.rank == 0 else None  # rank 0 writes the files
+    problem = rt.comm.bcast_object(problem, root=0)
+    if problem:
+        raise mpcgpu.MPCError(f"party 0: {problem}")
     _warm_up(rt)
     training = args.what == "training"
     if args.models:
