@@ -76,7 +76,12 @@ PEERS_TRAINING = {
 
 def add_arguments(p):
     p.add_argument("what", choices=("inference", "training"), help="what to benchmark")
-    p.add_argument("--models", default=None, help="comma-separated model names (default: the paper's table for WHAT)")
+    p.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated registered model names or weights files (an imported network runs at its "
+        "own input size and class count; default: the paper's table for WHAT)",
+    )
     p.add_argument(
         "--batch", type=int, default=None, help="batch size (default: 1 for inference, the paper's for training)"
     )
@@ -221,7 +226,7 @@ def _training(rt, model, args, batch):
 
 def run(args) -> int:
     import mpcgpu
-    from ..nn.models import get_model
+    from ..nn.weights import model_by_name_or_file
 
     rt = mpcgpu.init(device=args.device)
     _warm_up(rt)
@@ -246,7 +251,7 @@ def run(args) -> int:
         )
     results = []
     for name, batch in plan:
-        model = get_model(name)
+        model = model_by_name_or_file(name)
         row, profile = (_training if training else _inference)(rt, model, args, batch)
         if rt.rank == 0:
             row["ratio"] = row["private_seconds"] / row["plain_seconds"]
