@@ -106,7 +106,7 @@ def _auto_pad(a, where):
 
 def _short(v) -> float:
     """A float32 attribute as the decimal it was written as (1e-3, not 0.0010000000474974513)."""
-    return float(repr(numpy.float32(v)))
+    return float(str(numpy.float32(v)))
 
 
 def _finite(name, arr, where):
