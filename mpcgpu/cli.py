@@ -22,6 +22,8 @@ COMMANDS = {
     "bench": "mpcgpu.jobs.bench",
     "demo": "mpcgpu.jobs.demo",
     "info": "mpcgpu.jobs.info",
+    "import": "mpcgpu.interop.importer",
+    "export": "mpcgpu.interop.export",
 }
 
 

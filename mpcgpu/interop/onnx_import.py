@@ -172,8 +172,12 @@ def _convert(gr: _Graph) -> tuple[list, str]:
     """Every node -> _Op (or an error list); returns (ops, output mode)."""
     ops, problems, output = [], [], "logits"
     producer = {}
-    n_nodes = len(gr.nodes)
-    for i, node in enumerate(gr.nodes):
+    tail, by_out = {gr.output}, {n.output[0]: n for n in gr.nodes if n.output}
+    t = gr.output
+    while t in by_out and by_out[t].op_type == "Identity":  # trailing Identity nodes
+        t = by_out[t].input[0]
+        tail.add(t)
+    for node in gr.nodes:
         op = node.op_type
         where = f"node {node.name or node.output[0]!r} ({op})"
         a = _attrs(node)
@@ -235,9 +239,7 @@ def _convert(gr: _Graph) -> tuple[list, str]:
                 pad = (0, 0) if valid else _sym_pads(a.get("pads"), where)
                 stride = tuple(int(s) for s in a.get("strides", [1, 1]))
                 if op == "AveragePool" and any(pad) and not int(a.get("count_include_pad", 0)):
-                    raise ImportError_(
-                        f"{where}: padded average pooling must count the padding (count_include_pad=1)"
-                    )
+                    raise ImportError_(f"{where}: padded average pooling must count the padding (count_include_pad=1)")
                 cls = S.MaxPool2d if op == "MaxPool" else S.AvgPool2d
                 ops.append(_Op("layer", [x], out, cls(k, stride, pad), node=where))
             elif op == "GlobalAveragePool":
@@ -272,7 +274,7 @@ def _convert(gr: _Graph) -> tuple[list, str]:
             elif op == "Identity":
                 ops.append(_Op("identity", [x], out, node=where))
             elif op in ("Softmax", "LogSoftmax"):
-                if out != gr.output or i != n_nodes - 1:
+                if out not in tail:
                     raise ImportError_(f"{where}: {op} is supported only as the last node of the graph")
                 if int(a.get("axis", -1)) not in (-1, 1):
                     raise ImportError_(f"{where}: {op} must be over the class axis")
@@ -414,20 +416,26 @@ def _collect(net: S.Sequential) -> dict:
     return params
 
 
+def load_onnx(path):
+    """The ``ModelProto`` of an ONNX file, with a clear error for a missing or bad file."""
+    onnx = _onnx()
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImportError_(f"{path}: no such file")
+    try:
+        return onnx.load(path)
+    except Exception as e:
+        raise ImportError_(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+
+
 def import_onnx(model_or_path, *, name: str | None = None, input_shape=None) -> tuple:
     """``(Model spec, {name: float64 array})`` of an ONNX model (a path or ``ModelProto``).
 
     ``input_shape``: per-sample shape ``(C, H, W)`` or ``(F,)`` when the graph leaves it
     symbolic.  ``name`` defaults to the file name without extension."""
-    onnx = _onnx()
     if isinstance(model_or_path, (str, os.PathLike)):
         path = os.fspath(model_or_path)
-        try:
-            proto = onnx.load(path)
-        except FileNotFoundError:
-            raise ImportError_(f"{path}: no such file") from None
-        except Exception as e:
-            raise ImportError_(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+        proto = load_onnx(path)
         name = name or os.path.splitext(os.path.basename(path))[0]
     else:
         proto = model_or_path
@@ -466,4 +474,4 @@ def _clean(model: S.Model) -> S.Model:
     return from_dict(to_dict(model))
 
 
-__all__ = ["SUPPORTED_OPS", "ImportError_", "import_onnx"]
+__all__ = ["SUPPORTED_OPS", "ImportError_", "load_onnx", "import_onnx"]

@@ -202,7 +202,8 @@ __all__ = [
     "READABLE",
     "WeightsError",
     "save_weights",
-    "load_weights", "read_architecture",
+    "load_weights",
+    "read_architecture",
     "model_by_name_or_file",
     "read_meta",
 ]
