@@ -121,12 +121,6 @@ def import_model(path, *, arch=None, num_classes=None, input_size=None, input_sh
     if ext in (".safetensors", ".pt", ".pth"):
         if input_shape is not None:
             raise MPCError("--input-shape applies to ONNX; for a state dict use --input-size")
-        if not arch:
-            from ..nn.models import list_models
-
-            raise MPCError(
-                f"a state dict needs --arch, the zoo architecture it belongs to ({', '.join(list_models())})"
-            )
         from .torch_names import import_state_dict
 
         size = None if input_size is None else _shape(input_size)
