@@ -173,6 +173,9 @@ def to_onnx(model: S.Model, params):
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mpcgpu", doc_string=model.description
     )
     proto.ir_version = 8
+    from ..nn.spec_io import to_json
+
+    helper.set_model_props(proto, {"mpcgpu-spec": to_json(model)})  # mpcgpu import keeps the layer names
     onnx.checker.check_model(proto)
     return proto
 

@@ -31,6 +31,7 @@ Parameter names in the result are the spec's own (``"3.weight"``, ``"5.downsampl
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -433,6 +434,7 @@ def import_onnx(model_or_path, *, name: str | None = None, input_shape=None) -> 
 
     ``input_shape``: per-sample shape ``(C, H, W)`` or ``(F,)`` when the graph leaves it
     symbolic.  ``name`` defaults to the file name without extension."""
+    given = name
     if isinstance(model_or_path, (str, os.PathLike)):
         path = os.fspath(model_or_path)
         proto = load_onnx(path)
@@ -453,7 +455,42 @@ def import_onnx(model_or_path, *, name: str | None = None, input_shape=None) -> 
     model = S.Model(name, gr.input_shape, int(shape[0]), net, f"imported from ONNX ({len(ops)} nodes)", output)
     _check_flatten_targets(model, ops)
     S.check_params(model, params)
-    return _clean(model), params
+    model = _clean(model)
+    stored = _stored_spec(proto)
+    if stored is not None and _same_network(stored, model):
+        # a graph written by `mpcgpu export`: keep its architecture's layer names
+        names = [p.name for p in S.param_specs(stored)]
+        params = dict(zip(names, (params[p.name] for p in S.param_specs(model))))
+        model = stored if given is None else dataclasses.replace(stored, name=given)
+    return model, params
+
+
+#: key of the architecture in the metadata of an ONNX file written by mpcgpu export
+SPEC_METADATA = "mpcgpu-spec"
+
+
+def _stored_spec(proto):
+    from ..nn.spec_io import from_json
+
+    for prop in proto.metadata_props:
+        if prop.key == SPEC_METADATA:
+            try:
+                return from_json(prop.value)
+            except S.SpecError:
+                return None  # not ours to trust: the graph itself is the architecture
+    return None
+
+
+def _same_network(a: S.Model, b: S.Model) -> bool:
+    """The same computation: leaves, shapes and parameter shapes in the same order."""
+    ta, tb = S.trace(a), S.trace(b)
+    return (
+        a.input_shape == b.input_shape
+        and a.output == b.output
+        and len(ta) == len(tb)
+        and all(x.layer == y.layer and x.in_shape == y.in_shape for x, y in zip(ta, tb))
+        and [p.shape for p in S.param_specs(a)] == [p.shape for p in S.param_specs(b)]
+    )
 
 
 def _check_flatten_targets(model, ops):
