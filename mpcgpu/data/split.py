@@ -450,10 +450,10 @@ def split_file(
                 check_model_arrays(arrays, model, input_path)
         public, withheld = select_public(attrs, groups, default=default, public_meta=public_meta, where=input_path)
         if detected == "model":
-            if model is not None:
+            if model is not None and "spec" in public:  # a stored architecture, checked, canonical form
                 from ..nn.spec_io import to_json
 
-                public["spec"] = to_json(model)  # the checked architecture, canonical
+                public["spec"] = to_json(model)
             domain = bn_var_domain(arrays, model if model is not None else name, frac_bits, input_path)
             if domain is not None:
                 public["bn_var_domain"] = domain
