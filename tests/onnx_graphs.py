@@ -212,7 +212,7 @@ def torch_models(kind, seed=0):
         def forward(self, x):
             x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
             x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
-            return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+            return self.fc2(torch.relu(self.fc1(x.view(x.size(0), -1))))  # Shape/Gather/Concat/Reshape
 
     class Block(nn.Module):
         def __init__(self, cin, cout, stride):

@@ -137,6 +137,17 @@ def test_weights_v2_carry_the_architecture_and_v1_still_reads(tmp_path):
         read_architecture(tmp_path / "l.h5")
 
 
+def test_bench_takes_a_registered_name_or_a_weights_file(tmp_path):
+    from mpcgpu.nn.weights import model_by_name_or_file
+
+    m = zoo_model("vgg16_cifar10", num_classes=7, name="vgg7")
+    save_weights(tmp_path / "v.h5", m.name, init_params(m, rng=0), spec=m)
+    assert model_by_name_or_file(str(tmp_path / "v.h5")) == m
+    assert model_by_name_or_file("lenet") == get_model("lenet")
+    with pytest.raises(S.SpecError, match="weights file"):
+        model_by_name_or_file(str(tmp_path / "missing.h5"))
+
+
 def test_architecture_prefers_the_stored_spec():
     m = zoo_model("lenet", num_classes=3, name="lenet")
     assert architecture("lenet", {"spec": spec_io.to_json(m)}).num_classes == 3
@@ -329,6 +340,31 @@ def test_bad_weights_and_structure_are_refused():
     y = b.op("Flatten", [y], axis=1)
     y = b.op("Gemm", [y, b.w(3, 72)], transB=1)
     with pytest.raises(ImportError_, match="flatten"):
+        import_onnx(b.model((2, 6, 6), y, 3))
+
+
+def test_shape_arithmetic_before_a_reshape_is_folded():
+    """PyTorch's x.view(x.size(0), -1): Shape, Gather, Unsqueeze, Concat -> Reshape."""
+    b = Builder(2)
+    y = b.op("Conv", ["x", b.w(4, 2, 3, 3)], kernel_shape=[3, 3])
+    y = b.op("Relu", [y])
+    shape = b.op("Shape", [y])
+    n = b.op("Gather", [shape, b.const(np.array(0), np.int64)], axis=0)
+    n = b.op("Unsqueeze", [n, b.const(np.array([0]), np.int64)])
+    target = b.op("Concat", [n, b.const(np.array([-1]), np.int64)], axis=0)
+    y = b.op("Reshape", [y, target])
+    y = b.op("Gemm", [y, b.w(3, 64)], transB=1)
+    m = b.model((2, 6, 6), y, 3)
+    spec, params = import_onnx(m)
+    assert [type(e.layer).__name__ for e in S.trace(spec)] == ["Conv2d", "ReLU", "Flatten", "Linear"]
+    x = np.random.default_rng(0).standard_normal((4, 2, 6, 6))
+    assert _rel(PlainModel(spec, params).forward(x, need_grad=False), ort_run(m, x)) < 1e-5
+    # shape arithmetic on activations' values is not shape arithmetic: refused by name
+    b = Builder(2)
+    y = b.op("Flatten", ["x"], axis=1)
+    g = b.op("Gather", [y, b.const(np.array([0, 1]), np.int64)], axis=1)
+    y = b.op("Gemm", [g, b.w(3, 2)], transB=1)
+    with pytest.raises(ImportError_, match="unsupported operator Gather"):
         import_onnx(b.model((2, 6, 6), y, 3))
 
 

@@ -14,7 +14,10 @@ MaxPool, AveragePool   symmetric pads; ``ceil_mode`` 0; AveragePool with pads ne
 GlobalAveragePool      ``AdaptiveAvgPool2d(1)``
 BatchNormalization     inference form; its ``epsilon`` is kept in the spec
 Flatten, Reshape       only as a flatten to (N, features): Flatten ``axis=1``, Reshape to
-                       ``[0|-1|N, F|-1]``
+                       ``[0|-1|N, F|-1]``, also when that shape is computed by Shape,
+                       Gather, Unsqueeze, Squeeze, Concat, Cast, Slice (PyTorch's
+                       ``x.view(x.size(0), -1)``): such shape arithmetic is evaluated
+                       at import
 Add                    of two activations branching from one tensor: a residual block
                        (``Residual``), a Relu right after it folded in
 Identity               dropped
@@ -160,6 +163,38 @@ class _Graph:
         self.input_shape = shape
         self.nodes = [n for n in g.node if n.op_type != "Constant"]
         self.onnx = onnx
+        self._fold_shapes(model)
+
+    def _fold_shapes(self, model):
+        """Evaluate shape arithmetic (``x.view(x.size(0), -1)`` exports as Shape, Gather,
+        Unsqueeze, Concat -> Reshape) to constants.  The batch dimension becomes 0, which
+        Reshape reads as "copy this dimension": exactly a flatten's first entry."""
+        if not any(n.op_type in _SHAPE_OPS for n in self.nodes):
+            return
+        try:
+            inferred = self.onnx.shape_inference.infer_shapes(model)
+        except Exception:
+            return  # the nodes stay and are reported as unsupported
+        shapes = {}
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+            dims = [
+                int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in vi.type.tensor_type.shape.dim
+            ]
+            shapes[vi.name] = dims
+        keep = []
+        for node in self.nodes:
+            value = None
+            if node.op_type in _SHAPE_OPS:
+                try:
+                    value = _fold(node, self.consts, shapes, self.input)
+                except (ValueError, IndexError, TypeError, KeyError):
+                    value = None
+            if value is None:
+                keep.append(node)
+            else:
+                self.consts[node.output[0]] = numpy.asarray(value)
+        self.nodes = keep
 
     def const(self, name, node, what):
         if name not in self.consts:
@@ -167,6 +202,57 @@ class _Graph:
                 f"node {node}: its {what} {name!r} is computed by the graph, not a constant: not supported"
             )
         return self.consts[name].astype(numpy.float64)
+
+
+#: shape arithmetic evaluated at import (never part of the private graph)
+_SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice")
+
+
+def _fold(node, consts, shapes, graph_input):
+    """The constant value of one shape-arithmetic node, or None if it is not constant."""
+    a = _attrs(node)
+    op = node.op_type
+    if op == "Shape":
+        x = node.input[0]
+        dims = shapes.get(x) if x != graph_input else shapes.get(graph_input)
+        if dims is None or any(d is None for d in dims[1:]):
+            return None
+        vals = [0] + list(dims[1:])  # the batch dimension: Reshape's "copy"
+        start, end = int(a.get("start", 0)), a.get("end")
+        return numpy.array(vals[start : None if end is None else int(end)], numpy.int64)
+    ins = [consts.get(v) if v else None for v in node.input]
+    if op in ("Unsqueeze", "Squeeze"):
+        if ins[0] is None:
+            return None
+        axes = a.get("axes")
+        if axes is None and len(ins) > 1 and ins[1] is not None:
+            axes = [int(v) for v in ins[1].reshape(-1)]
+        v = ins[0]
+        if op == "Squeeze":
+            return numpy.squeeze(v, axis=None if axes is None else tuple(axes))
+        for ax in sorted(int(x) for x in axes):
+            v = numpy.expand_dims(v, ax)
+        return v
+    if any(ins[i] is None for i in range(len(ins)) if node.input[i]):
+        return None  # computed from activations, not from shapes
+    if op == "Gather":
+        return numpy.take(ins[0], ins[1].astype(numpy.int64), axis=int(a.get("axis", 0)))
+    if op == "Concat":
+        return numpy.concatenate([numpy.atleast_1d(v) for v in ins], axis=int(a.get("axis", 0)))
+    if op == "Cast":
+        from onnx import helper
+
+        return ins[0].astype(helper.tensor_dtype_to_np_dtype(int(a["to"])))
+    if op == "Slice":
+        v = ins[0]
+        starts, ends = ins[1].reshape(-1), ins[2].reshape(-1)
+        axes = ins[3].reshape(-1) if len(ins) > 3 and ins[3] is not None else range(len(starts))
+        steps = ins[4].reshape(-1) if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+        index = [slice(None)] * v.ndim
+        for st, en, ax, sp in zip(starts, ends, axes, steps):
+            index[int(ax)] = slice(int(st), int(en), int(sp))
+        return v[tuple(index)]
+    return None
 
 
 def _convert(gr: _Graph) -> tuple[list, str]:
