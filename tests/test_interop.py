@@ -564,7 +564,11 @@ def test_cli_import_share_export(tmp_path, capsys):
     assert main(["import", str(tmp_path / "r.onnx"), "--out", w]) == 1  # exists
     assert "--force" in capsys.readouterr().err
     assert main(["share", w, "--out", str(tmp_path / "sh"), "-q"]) == 0
-    assert "public/spec" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "public/spec" in out and "meta.imported_from" in out.split("kept private")[1]
+    for p in range(3):  # the architecture is public; the owner's file name is not
+        raw = open(tmp_path / "sh" / f"r.party{p}.h5", "rb").read()
+        assert b"mpcgpu-spec/1" in raw and b"r.onnx" not in raw
     assert main(["export", w, "--onnx", str(tmp_path / "e.onnx"), "--safetensors", str(tmp_path / "e.st")]) == 0
     assert "onnxruntime agrees" in capsys.readouterr().out
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
