@@ -28,7 +28,7 @@ Softmax, LogSoftmax    only as the last node, over the class axis: dropped from 
 
 Anything else -- another operator, a graph that is not a chain of layers and residual
 blocks, a weight that is computed rather than constant, NaN/Inf weights, an epsilon
-that is not positive -- raises :class:`ImportError_` naming every offending node.
+that is not positive -- raises :class:`ModelImportError` naming every offending node.
 Parameter names in the result are the spec's own (``"3.weight"``, ``"5.downsample.0.bias"``).
 """
 
@@ -63,7 +63,7 @@ SUPPORTED_OPS = (
 )
 
 
-class ImportError_(MPCError, ValueError):
+class ModelImportError(MPCError, ValueError):
     """A model file cannot be imported (unsupported node, bad structure, bad weights)."""
 
 
@@ -71,7 +71,7 @@ def _onnx():
     try:
         import onnx
     except ImportError:  # pragma: no cover - the extra is installed in tests
-        raise ImportError_(
+        raise ModelImportError(
             "importing ONNX needs the 'onnx' package: pip install 'mpcgpu[onnx]' (no PyTorch needed)"
         ) from None
     return onnx
@@ -94,9 +94,9 @@ def _attrs(node) -> dict:
 def _sym_pads(pads, where):
     pads = list(pads or [0, 0, 0, 0])
     if len(pads) != 4:
-        raise ImportError_(f"{where}: only 2-D operators are supported (pads {pads})")
+        raise ModelImportError(f"{where}: only 2-D operators are supported (pads {pads})")
     if pads[0] != pads[2] or pads[1] != pads[3]:
-        raise ImportError_(f"{where}: asymmetric padding {pads} is not supported")
+        raise ModelImportError(f"{where}: asymmetric padding {pads} is not supported")
     return (int(pads[0]), int(pads[1]))
 
 
@@ -104,7 +104,7 @@ def _auto_pad(a, where):
     ap = a.get("auto_pad", b"NOTSET")
     ap = ap.decode() if isinstance(ap, bytes) else str(ap)
     if ap not in ("NOTSET", "VALID"):
-        raise ImportError_(f"{where}: auto_pad={ap} is not supported (export with explicit pads)")
+        raise ModelImportError(f"{where}: auto_pad={ap} is not supported (export with explicit pads)")
     return ap == "VALID"
 
 
@@ -115,7 +115,7 @@ def _short(v) -> float:
 
 def _finite(name, arr, where):
     if not numpy.isfinite(arr).all():
-        raise ImportError_(
+        raise ModelImportError(
             f"{where}: weight {name!r} has {int(numpy.isnan(arr).sum())} NaN and "
             f"{int(numpy.isinf(arr).sum())} Inf values"
         )
@@ -135,13 +135,13 @@ class _Graph:
             if node.op_type == "Constant":
                 a = _attrs(node)
                 if "value" not in a:
-                    raise ImportError_(f"node {node.name or node.output[0]!r}: Constant without a tensor value")
+                    raise ModelImportError(f"node {node.name or node.output[0]!r}: Constant without a tensor value")
                 self.consts[node.output[0]] = numpy.asarray(numpy_helper.to_array(a["value"]))
         inputs = [v for v in g.input if v.name not in self.consts]
         if len(inputs) != 1:
-            raise ImportError_(f"the graph needs exactly one data input, it has {[v.name for v in inputs]}")
+            raise ModelImportError(f"the graph needs exactly one data input, it has {[v.name for v in inputs]}")
         if len(g.output) != 1:
-            raise ImportError_(f"the graph needs exactly one output, it has {[v.name for v in g.output]}")
+            raise ModelImportError(f"the graph needs exactly one output, it has {[v.name for v in g.output]}")
         self.input = inputs[0].name
         self.output = g.output[0].name
         dims = []
@@ -150,12 +150,12 @@ class _Graph:
         if input_shape is not None:
             shape = tuple(int(v) for v in input_shape)
             if dims and len(dims) != len(shape) + 1:
-                raise ImportError_(f"--input-shape {shape} has not the rank of the graph's input {dims[1:]}")
+                raise ModelImportError(f"--input-shape {shape} has not the rank of the graph's input {dims[1:]}")
             if any(d is not None and d != s for d, s in zip(dims[1:], shape)):
-                raise ImportError_(f"--input-shape {shape} contradicts the graph's input shape {dims[1:]}")
+                raise ModelImportError(f"--input-shape {shape} contradicts the graph's input shape {dims[1:]}")
         else:
             if len(dims) not in (2, 4) or any(d is None for d in dims[1:]):
-                raise ImportError_(
+                raise ModelImportError(
                     f"the graph's input {self.input!r} has shape {['?' if d is None else d for d in dims]}: "
                     "give the per-sample shape (C,H,W or F) with --input-shape"
                 )
@@ -198,7 +198,7 @@ class _Graph:
 
     def const(self, name, node, what):
         if name not in self.consts:
-            raise ImportError_(
+            raise ModelImportError(
                 f"node {node}: its {what} {name!r} is computed by the graph, not a constant: not supported"
             )
         return self.consts[name].astype(numpy.float64)
@@ -277,14 +277,14 @@ def _convert(gr: _Graph) -> tuple[list, str]:
             if op == "Conv":
                 w = _finite("W", gr.const(node.input[1], where, "weight"), where)
                 if w.ndim != 4:
-                    raise ImportError_(f"{where}: only 2-D convolutions are supported")
+                    raise ModelImportError(f"{where}: only 2-D convolutions are supported")
                 if any(int(d) != 1 for d in a.get("dilations", [1, 1])):
-                    raise ImportError_(f"{where}: dilation {a['dilations']} is not supported")
+                    raise ModelImportError(f"{where}: dilation {a['dilations']} is not supported")
                 valid = _auto_pad(a, where)
                 groups = int(a.get("group", 1))
                 kh, kw = int(w.shape[2]), int(w.shape[3])
                 if list(a.get("kernel_shape", [kh, kw])) != [kh, kw]:
-                    raise ImportError_(f"{where}: kernel_shape {a['kernel_shape']} disagrees with W {w.shape}")
+                    raise ModelImportError(f"{where}: kernel_shape {a['kernel_shape']} disagrees with W {w.shape}")
                 pad = (0, 0) if valid else _sym_pads(a.get("pads"), where)
                 stride = tuple(int(s) for s in a.get("strides", [1, 1]))
                 params = {"weight": w}
@@ -296,17 +296,17 @@ def _convert(gr: _Graph) -> tuple[list, str]:
                 ops.append(_Op("layer", [x], out, layer, params, where))
             elif op in ("Gemm", "MatMul"):
                 if op == "Gemm" and int(a.get("transA", 0)):
-                    raise ImportError_(f"{where}: transA=1 is not supported")
+                    raise ModelImportError(f"{where}: transA=1 is not supported")
                 b = _finite("B", gr.const(node.input[1], where, "weight"), where)
                 if b.ndim != 2:
-                    raise ImportError_(f"{where}: the weight must be a matrix, got shape {b.shape}")
+                    raise ModelImportError(f"{where}: the weight must be a matrix, got shape {b.shape}")
                 w = b.T if (op == "MatMul" or not int(a.get("transB", 0))) else b
                 w = w * float(a.get("alpha", 1.0))
                 params = {"weight": numpy.ascontiguousarray(w)}
                 if op == "Gemm" and len(node.input) > 2 and node.input[2]:
                     c = _finite("C", gr.const(node.input[2], where, "bias"), where) * float(a.get("beta", 1.0))
                     if c.size not in (1, w.shape[0]):
-                        raise ImportError_(f"{where}: bias C of shape {c.shape} for {w.shape[0]} outputs")
+                        raise ModelImportError(f"{where}: bias C of shape {c.shape} for {w.shape[0]} outputs")
                     params["bias"] = numpy.broadcast_to(c.reshape(-1), (w.shape[0],)).copy()
                 layer = S.Linear(int(w.shape[1]), int(w.shape[0]), "bias" in params)
                 ops.append(_Op("layer", [x], out, layer, params, where))
@@ -314,44 +314,48 @@ def _convert(gr: _Graph) -> tuple[list, str]:
                 ops.append(_Op("layer", [x], out, S.ReLU(), node=where))
             elif op in ("MaxPool", "AveragePool"):
                 if int(a.get("ceil_mode", 0)):
-                    raise ImportError_(f"{where}: ceil_mode=1 is not supported (export with ceil_mode=False)")
+                    raise ModelImportError(f"{where}: ceil_mode=1 is not supported (export with ceil_mode=False)")
                 if any(int(d) != 1 for d in a.get("dilations", [1, 1])):
-                    raise ImportError_(f"{where}: dilated pooling is not supported")
+                    raise ModelImportError(f"{where}: dilated pooling is not supported")
                 if len(node.output) > 1 and node.output[1]:
-                    raise ImportError_(f"{where}: the indices output of MaxPool is not supported")
+                    raise ModelImportError(f"{where}: the indices output of MaxPool is not supported")
                 valid = _auto_pad(a, where)
                 k = tuple(int(v) for v in a["kernel_shape"])
                 if len(k) != 2:
-                    raise ImportError_(f"{where}: only 2-D pooling is supported")
+                    raise ModelImportError(f"{where}: only 2-D pooling is supported")
                 pad = (0, 0) if valid else _sym_pads(a.get("pads"), where)
                 stride = tuple(int(s) for s in a.get("strides", [1, 1]))
                 if op == "AveragePool" and any(pad) and not int(a.get("count_include_pad", 0)):
-                    raise ImportError_(f"{where}: padded average pooling must count the padding (count_include_pad=1)")
+                    raise ModelImportError(
+                        f"{where}: padded average pooling must count the padding (count_include_pad=1)"
+                    )
                 cls = S.MaxPool2d if op == "MaxPool" else S.AvgPool2d
                 ops.append(_Op("layer", [x], out, cls(k, stride, pad), node=where))
             elif op == "GlobalAveragePool":
                 ops.append(_Op("layer", [x], out, S.AdaptiveAvgPool2d(1), node=where))
             elif op == "BatchNormalization":
                 if int(a.get("training_mode", 0)) or len(node.output) > 1 and any(node.output[1:]):
-                    raise ImportError_(f"{where}: a training-mode batch norm is not supported (export in eval mode)")
+                    raise ModelImportError(
+                        f"{where}: a training-mode batch norm is not supported (export in eval mode)"
+                    )
                 eps = _short(a.get("epsilon", 1e-5))
                 if not (eps > 0 and math.isfinite(eps)):
-                    raise ImportError_(f"{where}: epsilon {eps!r} must be finite and positive")
+                    raise ModelImportError(f"{where}: epsilon {eps!r} must be finite and positive")
                 names = ("weight", "bias", "running_mean", "running_var")
                 params = {n: _finite(n, gr.const(v, where, n), where) for n, v in zip(names, node.input[1:5])}
                 if (params["running_var"] < 0).any():
-                    raise ImportError_(f"{where}: negative running variance")
+                    raise ModelImportError(f"{where}: negative running variance")
                 momentum = _short(1.0 - _short(a.get("momentum", 0.9)))
                 layer = S.BatchNorm2d(int(params["weight"].shape[0]), eps, min(max(momentum, 0.0), 1.0))
                 ops.append(_Op("layer", [x], out, layer, params, where))
             elif op == "Flatten":
                 if int(a.get("axis", 1)) != 1:
-                    raise ImportError_(f"{where}: only Flatten with axis=1 is supported")
+                    raise ModelImportError(f"{where}: only Flatten with axis=1 is supported")
                 ops.append(_Op("layer", [x], out, S.Flatten(), node=where))
             elif op == "Reshape":
                 shape = [int(v) for v in gr.const(node.input[1], where, "shape").reshape(-1)]
                 if len(shape) != 2 or shape[0] not in (0, -1) and shape[0] < 1:
-                    raise ImportError_(f"{where}: Reshape to {shape} is supported only as a flatten to (N, F)")
+                    raise ModelImportError(f"{where}: Reshape to {shape} is supported only as a flatten to (N, F)")
                 ops.append(_Op("layer", [x], out, S.Flatten(), {"check": numpy.array(shape)}, where))
             elif op == "Dropout":
                 p = float(a.get("ratio", 0.5))
@@ -362,9 +366,9 @@ def _convert(gr: _Graph) -> tuple[list, str]:
                 ops.append(_Op("identity", [x], out, node=where))
             elif op in ("Softmax", "LogSoftmax"):
                 if out not in tail:
-                    raise ImportError_(f"{where}: {op} is supported only as the last node of the graph")
+                    raise ModelImportError(f"{where}: {op} is supported only as the last node of the graph")
                 if int(a.get("axis", -1)) not in (-1, 1):
-                    raise ImportError_(f"{where}: {op} must be over the class axis")
+                    raise ModelImportError(f"{where}: {op} must be over the class axis")
                 output = "softmax" if op == "Softmax" else "log_softmax"
                 ops.append(_Op("identity", [x], out, node=where))
             elif op == "Add":
@@ -376,11 +380,11 @@ def _convert(gr: _Graph) -> tuple[list, str]:
                     prev = producer.get(other[0]) if len(other) == 1 else None
                     c = _finite("bias", gr.const(consts[0], where, "bias"), where)
                     if prev is None or prev.kind != "layer" or "bias" in prev.params:
-                        raise ImportError_(f"{where}: Add of a constant is supported only as the bias of a MatMul")
+                        raise ModelImportError(f"{where}: Add of a constant is supported only as the bias of a MatMul")
                     L = prev.layer
                     nout = L.out_f if isinstance(L, S.Linear) else getattr(L, "out_ch", None)
                     if nout is None or c.size != nout:
-                        raise ImportError_(f"{where}: Add of a constant is supported only as the bias of a MatMul")
+                        raise ModelImportError(f"{where}: Add of a constant is supported only as the bias of a MatMul")
                     prev.params["bias"] = c.reshape(-1).copy()
                     prev.layer = (
                         S.Linear(L.in_f, L.out_f, True)
@@ -391,10 +395,10 @@ def _convert(gr: _Graph) -> tuple[list, str]:
             producer[out] = ops[-1]
         except (S.SpecError, KeyError, IndexError) as e:
             problems.append(f"{where}: {e}")
-        except ImportError_ as e:
+        except ModelImportError as e:
             problems.append(str(e))
     if problems:
-        raise ImportError_(
+        raise ModelImportError(
             "cannot import this ONNX model:\n  "
             + "\n  ".join(problems)
             + f"\n(supported operators: {', '.join(SUPPORTED_OPS)})"
@@ -427,7 +431,7 @@ def _tree(ops, gr: _Graph):
         while t != start:
             op = producer.get(t)
             if op is None:
-                raise ImportError_(
+                raise ModelImportError(
                     f"the graph is not a chain of layers and residual blocks (tensor {t!r} "
                     f"does not come from {start!r})"
                 )
@@ -453,11 +457,11 @@ def _tree(ops, gr: _Graph):
 
     def residual(add, relu):
         if len(add.inputs) != 2:
-            raise ImportError_(f"{add.node}: Add needs two inputs")
+            raise ModelImportError(f"{add.node}: Add needs two inputs")
         a, b = add.inputs
         common = ancestors(a) & ancestors(b)
         if not common:
-            raise ImportError_(f"{add.node}: the two inputs of the Add do not branch from one tensor")
+            raise ModelImportError(f"{add.node}: the two inputs of the Add do not branch from one tensor")
         p = max(common, key=lambda t: order.get(t, -2))
         ca, cb = chain(a, p), chain(b, p)
         if len(cb) > len(ca):
@@ -470,7 +474,7 @@ def _tree(ops, gr: _Graph):
     layer_ops = [op for op in ops if op.kind in ("layer", "add")]
     counted = [op for op in used if op.kind in ("layer", "add")]
     if len(counted) != len(layer_ops) or len({id(o) for o in counted}) != len(counted):
-        raise ImportError_(
+        raise ModelImportError(
             "the graph is not a chain of layers and residual blocks (a tensor feeds more than "
             "one place outside a residual Add, or nodes do not lead to the output)"
         )
@@ -508,11 +512,11 @@ def load_onnx(path):
     onnx = _onnx()
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ImportError_(f"{path}: no such file")
+        raise ModelImportError(f"{path}: no such file")
     try:
         return onnx.load(path)
     except Exception as e:
-        raise ImportError_(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+        raise ModelImportError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
 
 
 def import_onnx(model_or_path, *, name: str | None = None, input_shape=None) -> tuple:
@@ -535,9 +539,11 @@ def import_onnx(model_or_path, *, name: str | None = None, input_shape=None) -> 
     try:
         shape = net.out_shape(gr.input_shape)
     except S.SpecError as e:
-        raise ImportError_(f"the graph does not fit its input shape {gr.input_shape}: {e}") from None
+        raise ModelImportError(f"the graph does not fit its input shape {gr.input_shape}: {e}") from None
     if len(shape) != 1:
-        raise ImportError_(f"the network's output has shape {shape} per sample; a classifier must end in (classes,)")
+        raise ModelImportError(
+            f"the network's output has shape {shape} per sample; a classifier must end in (classes,)"
+        )
     model = S.Model(name, gr.input_shape, int(shape[0]), net, f"imported from ONNX ({len(ops)} nodes)", output)
     _check_flatten_targets(model, ops)
     S.check_params(model, params)
@@ -587,7 +593,7 @@ def _check_flatten_targets(model, ops):
             f = int(op.params["check"][1])
             got = feats.get(id(op.layer))
             if f != -1 and got is not None and f != got:
-                raise ImportError_(f"{op.node}: Reshape to [{op.params['check'][0]}, {f}] but the input has {got}")
+                raise ModelImportError(f"{op.node}: Reshape to [{op.params['check'][0]}, {f}] but the input has {got}")
 
 
 def _clean(model: S.Model) -> S.Model:
@@ -597,4 +603,4 @@ def _clean(model: S.Model) -> S.Model:
     return from_dict(to_dict(model))
 
 
-__all__ = ["SUPPORTED_OPS", "ImportError_", "load_onnx", "import_onnx"]
+__all__ = ["SUPPORTED_OPS", "ModelImportError", "load_onnx", "import_onnx"]
