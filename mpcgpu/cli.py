@@ -23,6 +23,8 @@ COMMANDS = {
     "plot": "mpcgpu.jobs.plot",
     "demo": "mpcgpu.jobs.demo",
     "info": "mpcgpu.jobs.info",
+    "import": "mpcgpu.interop.importer",
+    "export": "mpcgpu.interop.export",
 }
 
 

@@ -11,9 +11,12 @@ Inputs:
 * dataset (``format = "mpcgpu-dataset/1"``): ``images`` (uint8, N x C x H x W)
   are normalised to ``(pixel/255 - mean[c]) / std[c]`` (file attrs ``mean``,
   ``std``) and encoded with ``frac_bits``; ``labels`` (integers) with scale 0.
-* model (``format = "mpcgpu-weights/1"``): every dataset under ``/params``
+* model (``format = "mpcgpu-weights/2"`` or ``/1``): every dataset under ``/params``
   (name = its path below ``/params``, e.g. ``features.0.weight``); floats with
-  ``frac_bits``, integers with scale 0.
+  ``frac_bits``, integers with scale 0.  When the architecture is known (the file's
+  ``spec``, or a registered model name) the arrays are checked against it first --
+  names, shapes, float dtypes, finite values -- and a mismatch is refused here, before
+  any shard is written; the architecture is copied to the shards (``/public`` ``spec``).
 
 Metadata: a shard stores in clear only what the servers need (format, shapes,
 dtypes, scales, the applied normalisation, ``frac_bits``, set id, checksums,
@@ -61,7 +64,12 @@ dtypes and scales, the normalisation applied to the images (mean, std), the
 precision, the dataset or model name, a shard-set id, the time of the split and
 checksums. Of INPUT's own attributes only these are copied (to the /public
 group): its format tag, the name (a dataset's `name`, a model's `model`), a
-dataset's `num_classes`, and `mean`/`std` if they were applied to the images.
+model's architecture (`spec`: layers, input size, class count; the servers need
+it), a dataset's `num_classes`, and `mean`/`std` if they were applied to the images.
+
+A model is checked against its architecture before anything is written: every
+array name, shape and dtype must match, no NaN or Inf (a PyTorch state dict with
+`num_batches_tracked` or other names is refused here; `mpcgpu import` converts it).
 Everything else stays private -- a weights file's /meta group (training recipe,
 seed, accuracy, ...), a dataset's seed, source path, statistics, class names --
 unless you name it:
@@ -89,8 +97,11 @@ def _fmt(f) -> str:
 
 #: attributes of the input copied to the shards' /public group without being named
 #: (besides ``mean`` and ``std`` of a dataset whose images they normalise, and the
-#: attribute the model name was taken from)
-PUBLIC_BY_DEFAULT = {"dataset": ("format", "name", "num_classes"), "model": ("format", "model")}
+#: attribute the model name was taken from); a model's ``spec`` is its architecture,
+#: which the servers need to run it
+PUBLIC_BY_DEFAULT = {"dataset": ("format", "name", "num_classes"), "model": ("format", "model", "spec")}
+#: the weights formats the share step reads (:mod:`mpcgpu.nn.weights`)
+WEIGHTS_FORMATS = ("mpcgpu-weights/1", "mpcgpu-weights/2")
 
 #: the sub-group of a weights file whose attrs ``--public-meta meta.KEY`` names
 META_GROUP = "meta"
@@ -193,8 +204,10 @@ def detect_kind(f) -> str:
             raise ShardError(f"{f.filename}: unsupported dataset format {fmt!r} (this mpcgpu reads mpcgpu-dataset/1)")
         return "dataset"
     if fmt.startswith("mpcgpu-weights/"):
-        if fmt != "mpcgpu-weights/1":
-            raise ShardError(f"{f.filename}: unsupported weights format {fmt!r} (this mpcgpu reads mpcgpu-weights/1)")
+        if fmt not in WEIGHTS_FORMATS:
+            raise ShardError(
+                f"{f.filename}: unsupported weights format {fmt!r} (this mpcgpu reads {', '.join(WEIGHTS_FORMATS)})"
+            )
         return "model"
     if fmt.startswith("mpcgpu-shard/"):
         raise ShardError(f"{f.filename} is already a shard file; split the plaintext file instead")
@@ -262,7 +275,74 @@ BN_MIN_BITS = 4
 BN_MAX_HI, BN_MAX_SPAN = 2.0**20, 2.0**24
 
 
-def bn_var_domain(arrays, model_name: str, frac_bits: int, where: str):
+def model_architecture(f, name: str):
+    """The architecture a weights file is checked against: its stored spec (``/2``), else
+    the registered model ``name``; None for a ``/1`` file of an unregistered name (its
+    arrays are shared as they are, unchecked)."""
+    from ..nn.models import SPEC_KEY, architecture, list_models
+    from ..nn.spec import SpecError
+
+    stored = f.attrs.get(SPEC_KEY)
+    if isinstance(stored, bytes):
+        stored = stored.decode()
+    registered = name.strip().lower().replace("-", "_") in list_models()
+    if stored is None and not registered:
+        return None
+    try:
+        return architecture(name, {SPEC_KEY: stored} if stored is not None else None)
+    except SpecError as e:
+        raise ShardError(f"{f.filename}: {e}") from None
+
+
+def check_model_arrays(arrays, model, where: str) -> None:
+    """Names, shapes, dtypes and values of a model's arrays against its architecture, on
+    the owner's machine, before anything is written: every problem is listed at once
+    (missing, unexpected such as PyTorch's ``num_batches_tracked``, mis-shaped,
+    non-float, NaN or Inf)."""
+    from ..nn import spec as S
+
+    expected = S.param_shapes(model)
+    have = {a.name: a for a in arrays}
+    problems = []
+    missing = [n for n in expected if n not in have]
+    if missing:
+        problems.append(f"missing {missing}")
+    extra = [n for n in have if n not in expected]
+    if extra:
+        hint = (
+            " (num_batches_tracked is a PyTorch training counter, not a parameter: drop it, "
+            "or use `mpcgpu import`, which does)"
+            if any(n.endswith("num_batches_tracked") for n in extra)
+            else ""
+        )
+        problems.append(f"unexpected {extra}{hint}")
+    wrong = [
+        f"{n}: expected {expected[n]}, got {have[n].shape}"
+        for n in expected
+        if n in have and tuple(have[n].shape) != tuple(expected[n])
+    ]
+    if wrong:
+        problems.append("wrong shape: " + "; ".join(wrong))
+    kinds = [f"{n}: {have[n].dtype}" for n in expected if n in have and have[n].dtype.kind != "f"]
+    if kinds:
+        problems.append("not floating point: " + "; ".join(kinds))
+    if not problems:
+        bad = []
+        for n in expected:
+            v = numpy.asarray(have[n].source[()])
+            if not numpy.isfinite(v).all():
+                bad.append(f"{n} ({int(numpy.isnan(v).sum())} NaN, {int(numpy.isinf(v).sum())} Inf)")
+        if bad:
+            problems.append("non-finite values in " + ", ".join(bad))
+    if problems:
+        raise ShardError(
+            f"{where}: the weights do not match the architecture of model {model.name}: "
+            + ". ".join(problems)
+            + ". Nothing was written."
+        )
+
+
+def bn_var_domain(arrays, model_name, frac_bits: int, where: str):
     """The public domain ``[lo, hi]`` (powers of two) of every batch norm's
     ``running_var + eps`` of a model, checked on the owner's plaintext: finite, positive,
     representable with ``frac_bits`` fractional bits to ``BN_MIN_BITS`` bits at least, and
@@ -275,15 +355,18 @@ def bn_var_domain(arrays, model_name: str, frac_bits: int, where: str):
     if not variances:
         return None
     eps = {}
-    try:
-        from ..nn import spec as S
-        from ..nn.models import get_model
+    from ..nn import spec as S
 
-        for path, layer in S.walk(get_model(model_name)):
+    try:
+        if not isinstance(model_name, S.Model):
+            from ..nn.models import get_model
+
+            model_name = get_model(model_name)
+        for path, layer in S.walk(model_name):
             if isinstance(layer, S.BatchNorm2d):
                 eps[S.join_path(path, "running_var")] = float(layer.eps)
-    except Exception:
-        pass  # not a registered model: PyTorch's default eps
+    except S.SpecError:
+        pass  # no architecture known: PyTorch's default eps
     lo, hi = numpy.inf, 0.0
     for a in variances:
         v = numpy.asarray(a.source[()], dtype=numpy.float64) + eps.get(a.name, 1e-5)
@@ -349,7 +432,7 @@ def split_file(
         if detected not in ("dataset", "model"):
             raise ShardError(f"--kind must be auto, dataset or model, not {kind!r}")
         attrs, groups = _input_metadata(f)
-        default = list(PUBLIC_BY_DEFAULT[detected])
+        default, model = list(PUBLIC_BY_DEFAULT[detected]), None
         if detected == "dataset":
             arrays = _dataset_arrays(f, frac_bits, limit)
             name = _str_attr(f, "name", default_stem(input_path))
@@ -362,9 +445,16 @@ def split_file(
             name = _str_attr(f, "model", _str_attr(f, "name", default_stem(input_path)))
             if "model" not in attrs:
                 default.append("name")  # the model name was taken from it
+            model = model_architecture(f, name)
+            if model is not None:
+                check_model_arrays(arrays, model, input_path)
         public, withheld = select_public(attrs, groups, default=default, public_meta=public_meta, where=input_path)
         if detected == "model":
-            domain = bn_var_domain(arrays, name, frac_bits, input_path)
+            if model is not None and "spec" in public:  # a stored architecture, checked, canonical form
+                from ..nn.spec_io import to_json
+
+                public["spec"] = to_json(model)
+            domain = bn_var_domain(arrays, model if model is not None else name, frac_bits, input_path)
             if domain is not None:
                 public["bn_var_domain"] = domain
         result = write_shard_set(
@@ -488,7 +578,9 @@ def clear_attributes(path) -> tuple:
 
 def add_arguments(parser):
     parser.add_argument(
-        "input", metavar="INPUT.h5", help="plaintext dataset (mpcgpu-dataset/1) or model weights (mpcgpu-weights/1)"
+        "input",
+        metavar="INPUT.h5",
+        help="plaintext dataset (mpcgpu-dataset/1) or model weights (mpcgpu-weights/2 or /1)",
     )
     parser.add_argument(
         "--out", "-o", required=True, metavar="DIR", help="directory for the three shard files (created if missing)"

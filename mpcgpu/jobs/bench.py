@@ -88,7 +88,12 @@ PEERS_TRAINING = {
 
 def add_arguments(p):
     p.add_argument("what", choices=("inference", "training"), help="what to benchmark")
-    p.add_argument("--models", default=None, help="comma-separated model names (default: the paper's table for WHAT)")
+    p.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated registered model names or weights files (an imported network runs at its "
+        "own input size and class count; default: the paper's table for WHAT)",
+    )
     p.add_argument(
         "--batch", type=int, default=None, help="batch size (default: 1 for inference, the paper's for training)"
     )
@@ -270,7 +275,7 @@ def _output_problem(out, plot) -> str | None:
 def run(args) -> int:
     import mpcgpu
     from ..netmodel import parse_network
-    from ..nn.models import get_model
+    from ..nn.weights import model_by_name_or_file
 
     # everything the user can get wrong is checked before the parties start working
     networks = [parse_network(t) for t in (getattr(args, "network", None) or [])]  # alike on every rank
@@ -307,7 +312,7 @@ def run(args) -> int:
         )
     results = []
     for name, batch in plan:
-        model = get_model(name)
+        model = model_by_name_or_file(name)
         row, profile = (_training if training else _inference)(rt, model, args, batch)
         if rt.rank == 0:
             row["ratio"] = row["private_seconds"] / row["plain_seconds"]

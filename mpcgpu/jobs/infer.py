@@ -129,12 +129,12 @@ def add_arguments(p):
 def load_model(rt, stem, verify=True):
     """Open a model shard set and wrap its parameters as shares; returns PrivateModel."""
     from ..data.shards import as_share, open_shard
-    from ..nn.models import get_model
+    from ..nn.models import architecture
     from ..nn.private import DEFAULT_BN_DOMAIN, PrivateModel
 
     shard = open_shard(stem, rt, kind="model", verify=verify)
     with shard:
-        model = get_model(shard.name)
+        model = architecture(shard.name, shard.public)
         params = {name: as_share(shard.load(name), shard.info(name).scale) for name in shard.arrays}
         domain = shard.public.get("bn_var_domain")
     return PrivateModel(model, params, bn_domain=tuple(domain) if domain is not None else DEFAULT_BN_DOMAIN)

@@ -125,7 +125,7 @@ def _initial_model(rt, args):
     """``(PrivateModel, description of the source)`` from model shards or a registered name."""
     from ..data.shards import as_share, open_shard, resolve_path
     from ..nn.layers import TRAIN_BN_DOMAIN
-    from ..nn.models import get_model, list_models
+    from ..nn.models import architecture, get_model, list_models
     from ..nn.plain import init_params
     from ..nn.private import PrivateModel, share_params
     from ..errors import MPCError
@@ -139,7 +139,7 @@ def _initial_model(rt, args):
     if all(found):
         shard = open_shard(args.model, rt, kind="model", verify=not args.no_verify)
         with shard:
-            spec = get_model(shard.name)
+            spec = architecture(shard.name, shard.public)
             params = {n: as_share(shard.load(n), shard.info(n).scale) for n in shard.arrays}
         source = f"shards {args.model}"
     elif is_name:
@@ -249,7 +249,11 @@ def _write_outputs(rt, args, model, opt, run_id):
     weights = opt.weights(exact=True)  # f-bit weights rounded exactly
     params = dict(model.params, **weights)
     host = rt.backend.to_host
-    public = {"format": "mpcgpu-weights/1", "model": model.spec.name}
+    from ..nn.models import SPEC_KEY
+    from ..nn.spec_io import to_json
+    from ..nn.weights import FORMAT
+
+    public = {"format": FORMAT, "model": model.spec.name, SPEC_KEY: to_json(model.spec)}
     if any(isinstance(layer, S.BatchNorm2d) for _, layer in S.walk(model.spec)):
         public["bn_var_domain"] = list(TRAIN_BN_DOMAIN)
     arrays = {
@@ -279,6 +283,7 @@ def _write_outputs(rt, args, model, opt, run_id):
                 clear,
                 dtype=numpy.float64,
                 meta={"trainer": "mpcgpu train (private)", "run": run_id},
+                spec=model.spec,
             )
             print(f"party {rt.rank}: plaintext trained weights written to {out}", flush=True)
     return path

@@ -87,6 +87,29 @@ def get_model(name: str) -> Model:
         raise SpecError(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
 
 
+#: key of the architecture spec (``mpcgpu-spec/1`` JSON) in a weights file's root attrs
+#: and in a model shard's ``/public`` group
+SPEC_KEY = "spec"
+
+
+def architecture(name: str, public=None) -> Model:
+    """The architecture of a weights file or model shard set: the spec it carries
+    (``public[SPEC_KEY]``, :mod:`mpcgpu.nn.spec_io`) when it has one, else the model
+    registered as ``name``.  The one place jobs resolve what network to run."""
+    text = (public or {}).get(SPEC_KEY)
+    if text is not None:
+        from .spec_io import from_json
+
+        return from_json(text)
+    try:
+        return get_model(name)
+    except SpecError:
+        raise SpecError(
+            f"model {name!r} carries no architecture spec and is not a registered model "
+            f"({', '.join(list_models())}); import it with `mpcgpu import` to store its architecture"
+        ) from None
+
+
 def _top(features, classifier, pool=None) -> Sequential:
     pairs = [("features", features)]
     if pool is not None:
@@ -321,6 +344,8 @@ def resnet152() -> Model:
 
 
 __all__ = [
+    "SPEC_KEY",
+    "architecture",
     "register",
     "list_models",
     "get_model",

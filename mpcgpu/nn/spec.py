@@ -249,6 +249,13 @@ class BatchNorm2d(Layer):
     eps: float = 1e-5
     momentum: float = 0.1
 
+    def __post_init__(self):
+        eps = float(self.eps)
+        if not (eps > 0.0 and eps < float("inf")):
+            raise SpecError(f"BatchNorm2d eps must be finite and positive, got {self.eps!r}")
+        if not 0.0 <= float(self.momentum) <= 1.0:
+            raise SpecError(f"BatchNorm2d momentum must be in [0, 1], got {self.momentum!r}")
+
     def local_params(self):
         c = (self.channels,)
         return [
@@ -362,18 +369,31 @@ class Residual(Layer):
         return a
 
 
+#: what the network's original output stage applied after the logits (``Model.output``):
+#: the private graph always ends at the logits; the output stage may apply this
+OUTPUTS = ("logits", "softmax", "log_softmax")
+
+
 @dataclass(frozen=True)
 class Model:
-    """A named network with its per-sample input shape and number of classes."""
+    """A named network with its per-sample input shape and number of classes.
+
+    ``output`` records what the original network applied after its last layer
+    (``"logits"``: nothing; ``"softmax"`` / ``"log_softmax"``, e.g. from an ONNX graph
+    that ends with one): the private graph stops at the logits either way, and an output
+    stage that reveals probabilities may apply it."""
 
     name: str
     input_shape: tuple
     num_classes: int
     net: Sequential
     description: str = ""
+    output: str = "logits"
 
     def __post_init__(self):
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+        if self.output not in OUTPUTS:
+            raise SpecError(f"model {self.name}: output must be one of {OUTPUTS}, got {self.output!r}")
         out = self.net.out_shape(self.input_shape)
         if out != (self.num_classes,):
             raise SpecError(f"model {self.name}: output shape {out} != ({self.num_classes},)")
@@ -537,6 +557,7 @@ __all__ = [
     "Sequential",
     "Residual",
     "Model",
+    "OUTPUTS",
     "SpecLike",
     "join_path",
     "conv_out_size",

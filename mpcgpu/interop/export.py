@@ -1,0 +1,261 @@
+"""Export plaintext weights (e.g. those ``mpcgpu train --reveal-to`` revealed to their owner)
+to safetensors and ONNX, loadable by PyTorch and onnxruntime.
+
+* safetensors: one float32 tensor per parameter under the spec's names (torchvision's for
+  the torchvision-shaped zoo models, so ``model.load_state_dict(load_file(path))`` works
+  there); the architecture is kept in the file's metadata (``mpcgpu-spec``).
+* ONNX (opset 17): the spec as a graph -- Conv, Gemm (transB=1), Relu, MaxPool,
+  AveragePool (count_include_pad=1), GlobalAveragePool, BatchNormalization (with its eps),
+  Flatten, Add (+ Relu) for residual blocks, Dropout (the identity at inference, kept so
+  that a re-import gives the same layer names); a recorded Softmax/LogSoftmax is appended.
+  Initializers carry the spec's names.  The batch dimension is symbolic (``N``).
+
+Both are written to a temporary file and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy
+
+from ..errors import MPCError
+from ..nn import spec as S
+
+OPSET = 17
+
+
+class ExportError(MPCError, ValueError):
+    """Weights cannot be exported (missing packages, mismatch with the architecture)."""
+
+
+def _atomic(path, write):
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _checked(model, params):
+    try:
+        S.check_params(model, params, what="weights")
+    except S.ParamMismatchError as e:
+        raise ExportError(str(e)) from None
+    out = {}
+    for name in S.param_shapes(model):
+        a = numpy.asarray(params[name], numpy.float64)
+        if not numpy.isfinite(a).all():
+            raise ExportError(f"parameter {name} has non-finite values")
+        out[name] = a
+    return out
+
+
+def export_safetensors(path, model: S.Model, params) -> str:
+    """Write ``params`` as float32 safetensors with the architecture in the metadata."""
+    try:
+        from safetensors.numpy import save_file
+    except ImportError:  # pragma: no cover
+        raise ExportError("exporting safetensors needs: pip install 'mpcgpu[onnx]'") from None
+    from ..nn.spec_io import to_json
+
+    tensors = {k: numpy.ascontiguousarray(v, numpy.float32) for k, v in _checked(model, params).items()}
+    return _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"mpcgpu-spec": to_json(model)}))
+
+
+class _Emitter:
+    def __init__(self, params):
+        self.params, self.nodes, self.inits, self.n = params, [], [], 0
+
+    def init(self, name, arr):
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(numpy.asarray(arr, numpy.float32), name))
+        return name
+
+    def node(self, kind, inputs, name, **attrs):
+        from onnx import helper
+
+        self.n += 1
+        out = f"{name or kind}:{self.n}"
+        self.nodes.append(helper.make_node(kind, list(inputs), [out], name=f"{name or kind}:{self.n}", **attrs))
+        return out
+
+    def emit(self, layer, path, x, shape):
+        """Nodes of ``layer`` on tensor ``x`` of per-sample ``shape``: (tensor, shape)."""
+        if isinstance(layer, S.Sequential):
+            for name, child in layer.children():
+                x, shape = self.emit(child, S.join_path(path, name), x, shape)
+            return x, shape
+        if isinstance(layer, S.Residual):
+            body, out = self.emit(layer.body, S.join_path(path, layer.body_name), x, shape)
+            short = x
+            if layer.shortcut is not None:
+                short, _ = self.emit(layer.shortcut, S.join_path(path, layer.shortcut_name), x, shape)
+            y = self.node("Add", [body, short], S.join_path(path, "add"))
+            if layer.relu:
+                y = self.node("Relu", [y], S.join_path(path, "relu"))
+            return y, out
+        out = layer.out_shape(shape)
+        P = lambda local: S.join_path(path, local)  # noqa: E731
+        if isinstance(layer, S.Conv2d):
+            ins = [x, self.init(P("weight"), self.params[P("weight")])]
+            if layer.bias:
+                ins.append(self.init(P("bias"), self.params[P("bias")]))
+            ph, pw = layer.padding
+            y = self.node(
+                "Conv",
+                ins,
+                path,
+                kernel_shape=list(layer.kernel),
+                strides=list(layer.stride),
+                pads=[ph, pw, ph, pw],
+                group=layer.groups,
+            )
+        elif isinstance(layer, S.Linear):
+            ins = [x, self.init(P("weight"), self.params[P("weight")])]
+            if layer.bias:
+                ins.append(self.init(P("bias"), self.params[P("bias")]))
+            y = self.node("Gemm", ins, path, transB=1)
+        elif isinstance(layer, S.ReLU):
+            y = self.node("Relu", [x], path)
+        elif isinstance(layer, (S.MaxPool2d, S.AvgPool2d)):
+            ph, pw = layer.padding
+            attrs = dict(kernel_shape=list(layer.kernel), strides=list(layer.stride), pads=[ph, pw, ph, pw])
+            if isinstance(layer, S.AvgPool2d):
+                attrs["count_include_pad"] = 1
+            y = self.node("MaxPool" if isinstance(layer, S.MaxPool2d) else "AveragePool", [x], path, **attrs)
+        elif isinstance(layer, S.AdaptiveAvgPool2d):
+            kh, kw = layer.window(shape)
+            if layer.out_hw == (1, 1):
+                y = self.node("GlobalAveragePool", [x], path)
+            elif (kh, kw) == (1, 1):
+                y = x  # already at the output size
+            else:
+                y = self.node("AveragePool", [x], path, kernel_shape=[kh, kw], strides=[kh, kw])
+        elif isinstance(layer, S.BatchNorm2d):
+            ins = [x] + [self.init(P(n), self.params[P(n)]) for n in ("weight", "bias", "running_mean", "running_var")]
+            y = self.node(
+                "BatchNormalization", ins, path, epsilon=float(layer.eps), momentum=1.0 - float(layer.momentum)
+            )
+        elif isinstance(layer, S.Flatten):
+            y = self.node("Flatten", [x], path, axis=1)
+        elif isinstance(layer, S.Dropout):  # identity at inference; kept so the layer indices survive
+            y = self.node("Dropout", [x, self.init(P("ratio"), numpy.array(layer.p))], path)
+        else:  # pragma: no cover - every spec leaf is handled above
+            raise ExportError(f"{path}: no ONNX form for {type(layer).__name__}")
+        return y, out
+
+
+def to_onnx(model: S.Model, params):
+    """The ``onnx.ModelProto`` of ``model`` with ``params``."""
+    try:
+        import onnx
+        from onnx import TensorProto, helper
+    except ImportError:  # pragma: no cover
+        raise ExportError("exporting ONNX needs: pip install 'mpcgpu[onnx]'") from None
+    em = _Emitter(_checked(model, params))
+    y, _ = em.emit(model.net, "", "input", tuple(model.input_shape))
+    if model.output != "logits":
+        y = em.node("Softmax" if model.output == "softmax" else "LogSoftmax", [y], model.output, axis=1)
+    graph = helper.make_graph(
+        em.nodes,
+        model.name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N"] + list(model.input_shape))],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["N", model.num_classes])],
+        em.inits,
+    )
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mpcgpu", doc_string=model.description
+    )
+    proto.ir_version = 8
+    from ..nn.spec_io import to_json
+
+    helper.set_model_props(proto, {"mpcgpu-spec": to_json(model)})  # mpcgpu import keeps the layer names
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def export_onnx(path, model: S.Model, params) -> str:
+    """Write ``model`` with ``params`` as an ONNX file (float32, batch dimension ``N``)."""
+    proto = to_onnx(model, params)
+    return _atomic(path, lambda tmp: open(tmp, "wb").write(proto.SerializeToString()))
+
+
+# ---------------------------------------------------------------------------------------
+# command line: `mpcgpu export`
+# ---------------------------------------------------------------------------------------
+SUMMARY = "export plaintext weights (e.g. revealed by train --reveal-to) to ONNX and safetensors"
+DESCRIPTION = """\
+Write a plaintext mpcgpu weights file -- e.g. STEM.weights.h5, the trained weights that
+`mpcgpu train --out STEM --reveal-to P` revealed to their owner -- as
+
+  --onnx FILE.onnx                 an ONNX graph (opset 17, float32, batch dimension N),
+                                   runs in onnxruntime and anything that reads ONNX
+  --safetensors FILE.safetensors   a state dict under the architecture's parameter names
+                                   (torchvision's for the torchvision-shaped zoo models):
+                                   model.load_state_dict(safetensors.torch.load_file(FILE))
+
+Runs on the owner's machine (no MPI). With onnxruntime installed the ONNX file is run on
+random inputs and compared with mpcgpu's plaintext executor before it is kept.
+
+Example:
+  mpcgpu export shards/lenet_private.weights.h5 --onnx lenet.onnx --safetensors lenet.safetensors
+"""
+
+
+def add_arguments(p):
+    p.add_argument("weights", metavar="WEIGHTS.h5", help="plaintext weights file (mpcgpu-weights/1 or /2)")
+    p.add_argument("--onnx", default=None, metavar="FILE.onnx", help="write an ONNX model")
+    p.add_argument("--safetensors", default=None, metavar="FILE.safetensors", help="write a safetensors state dict")
+    p.add_argument("--no-check", action="store_true", help="skip running the ONNX file in onnxruntime")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
+def run(args) -> int:
+    import sys
+
+    from ..nn.weights import load_weights, read_architecture
+
+    try:
+        outs = [p for p in (args.onnx, args.safetensors) if p]
+        if not outs:
+            raise ExportError("nothing to do: give --onnx FILE and/or --safetensors FILE")
+        for p in outs:
+            if os.path.exists(p) and not args.force:
+                raise ExportError(f"{p} exists (use --force to overwrite)")
+        model = read_architecture(args.weights)
+        _, params = load_weights(args.weights, model)
+        if args.onnx:
+            proto = to_onnx(model, params)
+            note = ""
+            if not args.no_check:
+                try:
+                    from .importer import check_against_onnxruntime
+
+                    diff = check_against_onnxruntime(proto, model, params)
+                except ImportError:
+                    note = " (onnxruntime not installed: not checked)"
+                else:
+                    if diff > 1e-3:
+                        raise ExportError(f"onnxruntime disagrees with the weights file by {diff:.2e}: not written")
+                    note = f" (onnxruntime agrees to {diff:.1e} relative)"
+            _atomic(args.onnx, lambda tmp: open(tmp, "wb").write(proto.SerializeToString()))
+            print(f"written {args.onnx}: ONNX opset {OPSET}, input (N, {', '.join(map(str, model.input_shape))}){note}")
+        if args.safetensors:
+            export_safetensors(args.safetensors, model, params)
+            print(f"written {args.safetensors}: {len(params)} float32 tensors of model {model.name}")
+    except MPCError as exc:
+        print(f"mpcgpu export: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"mpcgpu export: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["ExportError", "export_safetensors", "to_onnx", "export_onnx", "SUMMARY", "add_arguments", "run"]
