@@ -22,6 +22,7 @@ COMMANDS = {
     "bench": "mpcgpu.jobs.bench",
     "demo": "mpcgpu.jobs.demo",
     "info": "mpcgpu.jobs.info",
+    "keygen": "mpcgpu.jobs.keygen",
 }
 
 

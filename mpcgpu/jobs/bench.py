@@ -27,6 +27,8 @@ import time
 
 import numpy
 
+from .channel_args import add_channel_arguments, channel_config
+
 SUMMARY = "time private inference or training of the paper's networks (run under mpirun -n 3)"
 DESCRIPTION = (
     __doc__
@@ -91,6 +93,7 @@ def add_arguments(p):
     p.add_argument("--json", default=None, help="output JSON (rank 0; default bench_<what>.json)")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
+    add_channel_arguments(p)
 
 
 def bench_params(model, seed):
@@ -223,7 +226,7 @@ def run(args) -> int:
     import mpcgpu
     from ..nn.models import get_model
 
-    rt = mpcgpu.init(device=args.device)
+    rt = mpcgpu.init(device=args.device, channels=channel_config(args))
     _warm_up(rt)
     training = args.what == "training"
     if args.models:
