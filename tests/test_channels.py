@@ -232,3 +232,24 @@ def test_config_from_arguments_and_environment(monkeypatch):
         ChannelConfig.resolve(peer_timeout=-1)
     assert "NOT authenticated" in ChannelConfig("ephemeral").describe()
     assert "staged through host" in ChannelConfig("ephemeral").describe(gpu_staged=True)
+
+
+@pytest.mark.parametrize("command", ["infer", "train", "bench"])
+def test_compute_jobs_take_the_channel_options(command, monkeypatch, capsys):
+    from mpcgpu.cli import build_parser
+    from mpcgpu.jobs.channel_args import channel_config
+
+    for var in ("MPCGPU_KEY", "MPCGPU_PARTIES", "MPCGPU_INSECURE_CHANNELS", "MPCGPU_PEER_TIMEOUT"):
+        monkeypatch.delenv(var, raising=False)
+    base = {"infer": ["--model", "m", "--data", "d"], "train": ["--model", "lenet", "--data", "d"]}
+    base["bench"] = ["inference"]
+    parser = build_parser()
+    args = parser.parse_args([command, *base[command]])
+    assert channel_config(args) == ChannelConfig("ephemeral")
+    args = parser.parse_args([command, *base[command], "--insecure-channels", "--peer-timeout", "10"])
+    assert channel_config(args) == ChannelConfig("insecure", None, None, 10.0)
+    args = parser.parse_args([command, *base[command], "--key", "k{party}", "--parties", "p.json"])
+    assert channel_config(args) == ChannelConfig("authenticated", "k{party}", "p.json")
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "--help"])
+    assert "--peer-timeout" in capsys.readouterr().out
