@@ -1,10 +1,16 @@
 """Cost of the encrypted channels: `python benchmarks/channels.py` (launches mpiexec itself).
 
 1. AES-256-GCM throughput on one core (seal and open, as mpcgpu.channels does them).
-2. Batch-1 private inference (`mpcgpu bench inference`) with sealed channels (the default)
-   and with ``--insecure-channels``, the two runs interleaved ``--reps`` times so that the
-   load of a shared machine hits both alike; per model: the medians, and the median of the
-   paired ratios (sealed / clear) as the overhead.
+2. The work of the channels inside a batch-1 private inference: the seconds each party
+   spends sealing and opening (``comm.wire["seconds"]``) per forward pass, against the
+   pass's time (three ranks with sealed channels; the worker mode of this script).  This
+   is the overhead where every party has cores of its own.
+3. End to end: `mpcgpu bench inference` with sealed channels (the default) and with
+   ``--insecure-channels``, the two runs interleaved ``--reps`` times so that the load of
+   a shared machine hits both alike; per model: the medians, and the median of the paired
+   ratios (sealed / clear).  With three ranks on two cores a party that waits sleeps, and
+   any work on the path of a message is paid again in scheduling delays: this figure is
+   an upper bound there, not the cost of the cipher.
 
     python benchmarks/channels.py --models lenet,vgg16_cifar10 --reps 5 --steps 3
 """
@@ -70,6 +76,59 @@ def bench_run(models, steps, insecure):
         os.remove(path)
 
 
+def worker(models, steps):
+    """Under mpiexec: per model, forward-pass seconds and the seconds of sealing/opening."""
+    import mpcgpu
+    from mpcgpu.jobs.bench import _warm_up, bench_params
+    from mpcgpu.nn.models import get_model
+    from mpcgpu.nn.private import PrivateModel, share_params
+    from mpcgpu.sharing.arithmetic import share
+
+    rt = mpcgpu.init(device="cpu")
+    comm = rt.comm
+    _warm_up(rt)
+    rows = []
+    for name in models:
+        model = get_model(name)
+        params = bench_params(model, 0) if rt.rank == 0 else None
+        x = numpy.random.default_rng(0).standard_normal((1,) + tuple(model.input_shape)) if rt.rank == 0 else None
+        private = PrivateModel(model, share_params(model, params, src=0))
+        sx = share(x, src=0)
+        private.prepare()
+        private.forward(sx, exact=True)
+        passes, crypto = [], []
+        for _ in range(steps):
+            comm.barrier()
+            w0, t0 = comm.wire["seconds"], time.perf_counter()
+            private.forward(sx, exact=True)
+            passes.append(time.perf_counter() - t0)
+            crypto.append(comm.wire["seconds"] - w0)
+        mine = (float(numpy.median(passes)), float(numpy.median(crypto)))
+        everyone = comm.allgather_object(mine)
+        rows.append(
+            {
+                "model": name,
+                "pass_s": max(p for p, _ in everyone),
+                "channel_s_per_party": [c for _, c in everyone],
+                "channel_share": max(c for _, c in everyone) / max(p for p, _ in everyone),
+            }
+        )
+    if rt.rank == 0:
+        print("WORKER " + json.dumps(rows), flush=True)
+
+
+def channel_work(models, steps):
+    cmd = [find_mpiexec(), "-n", "3", sys.executable, os.path.abspath(__file__), "--worker"]
+    cmd += ["--models", ",".join(models), "--steps", str(steps)]
+    env = local_env("cpu")
+    env.pop("MPCGPU_INSECURE_CHANNELS", None)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    lines = [line for line in p.stdout.splitlines() if line.startswith("WORKER ")]
+    if p.returncode != 0 or not lines:
+        raise SystemExit(f"worker failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    return json.loads(lines[-1][len("WORKER ") :])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="lenet,vgg16_cifar10")
@@ -77,9 +136,12 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=3, help="timed passes per run (median; default 3)")
     ap.add_argument("--quick", action="store_true", help="smoke run: lenet, one pair, small AEAD sizes")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     models = ["lenet"] if args.quick else args.models.split(",")
     reps, steps = (1, 1) if args.quick else (args.reps, args.steps)
+    if args.worker:
+        return worker(models, steps)
     sizes = (1 << 12, 1 << 16) if args.quick else (1 << 12, 1 << 16, 1 << 20, 1 << 23)
 
     aead = aead_throughput(sizes, 3 if args.quick else 15)
@@ -87,6 +149,13 @@ def main(argv=None):
     print(f"{'bytes':>10} {'seal GB/s':>10} {'open GB/s':>10}")
     for r in aead:
         print(f"{r['bytes']:>10} {r['seal_GBps']:>10.2f} {r['open_GBps']:>10.2f}")
+
+    work = channel_work(models, max(steps, 5))
+    print("\nsealing and opening inside one batch-1 private inference (three ranks, median of passes)")
+    print(f"{'model':<16} {'pass s':>8} {'channel s per party':>24} {'share':>7}")
+    for r in work:
+        per = " ".join(f"{c:.4f}" for c in r["channel_s_per_party"])
+        print(f"{r['model']:<16} {r['pass_s']:>8.3f} {per:>24} {100 * r['channel_share']:>6.1f}%")
 
     runs = {"sealed": [], "clear": []}
     for rep in range(reps):
@@ -117,7 +186,7 @@ def main(argv=None):
         )
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"aead": aead, "inference": rows}, fh, indent=2)
+            json.dump({"aead": aead, "channel_work": work, "inference": rows}, fh, indent=2)
 
 
 if __name__ == "__main__":

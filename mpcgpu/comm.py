@@ -208,8 +208,8 @@ class Communicator:
         self.peer_timeout = self.channels.peer_timeout or None  # 0: wait for ever
         self.sealed = self.channels.mode != "insecure"
         self._direct_gpu = self.cuda_aware and not self.sealed  # sealing happens on the host
-        #: what the channels add on the wire: sealed messages and their tag bytes
-        self.wire = {"messages": 0, "tag_bytes": 0}
+        #: what the channels add: sealed messages, their tag bytes, seconds spent sealing and opening
+        self.wire = {"messages": 0, "tag_bytes": 0, "seconds": 0.0}
         self._directions = {}
         self._payload_sent = 0
         self.hosts = None
@@ -383,7 +383,9 @@ class Communicator:
             if seal:
                 direction = self._directions[peer][0]
                 counter = direction.counter
+                t0 = time.perf_counter()
                 wire = direction.seal(buf)
+                self.wire["seconds"] += time.perf_counter() - t0
                 self.wire["messages"] += 1
                 self.wire["tag_bytes"] += TAG_BYTES
                 if hook is not None:
@@ -408,11 +410,13 @@ class Communicator:
         if not seal:
             return {peer: buf for peer, (buf, _, _) in incoming.items()}
         out = {}
+        t0 = time.perf_counter()
         for peer, (buf, shape, dtype) in incoming.items():
             try:
                 out[peer] = self._directions[peer][1].open(buf, shape, dtype)
             except ChannelError as exc:
                 self._fatal(str(exc))
+        self.wire["seconds"] += time.perf_counter() - t0
         return out
 
     def _check_peer(self, peer):
