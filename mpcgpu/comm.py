@@ -403,6 +403,9 @@ class Communicator:
             got = st.Get_count(MPI.BYTE)
             if got != expected:
                 extra = TAG_BYTES if seal else 0
+                if seal:  # the message is consumed unread: keep the channel's counter in step
+                    for p in incoming:
+                        self._directions[p][1].counter += 1
                 raise ProtocolError(
                     f"party {self.rank} expected {expected - extra} bytes from party {peer} but got {got - extra}: "
                     "the parties disagree on a shape (are all ranks running the same program and data?)"

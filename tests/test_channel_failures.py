@@ -4,6 +4,7 @@ a wrong, impostor or missing key, ranks on different hosts without a parties fil
 silent (SIGSTOPped) party; and the PRG keys never cross the wire in clear."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -223,14 +224,14 @@ def test_stopped_party_ends_the_job_within_the_peer_timeout(tmp_path):
         pytest.skip("no mpiexec")
     script = """
     rt = mpcgpu.init(device="cpu")
-    print("pid", R, os.getpid(), flush=True)
+    sys.stdout.write(f"pid {R} {os.getpid()}\\n")  # one write: lines of the ranks do not interleave
     x = mpcgpu.share(np.ones(1000) if R == 0 else None)
     i = 0
     while True:
         (x * x).relu()
         i += 1
         if i == 20:
-            print("running", R, flush=True)
+            sys.stdout.write(f"running {R}\\n")
     """
     path = write_job(tmp_path, script)
     proc = subprocess.Popen(
@@ -247,12 +248,10 @@ def test_stopped_party_ends_the_job_within_the_peer_timeout(tmp_path):
             line = proc.stdout.readline()
             if not line:
                 break
-            parts = line.split()
-            if parts[:1] == ["pid"]:
-                pids[int(parts[1])] = int(parts[2])
-            elif parts[:1] == ["running"]:
-                running.add(int(parts[1]))
-        assert len(running) == 3, proc.stderr.read() if proc.poll() is not None else "ranks did not start"
+            for rank, pid in re.findall(r"pid (\d) (\d+)", line):
+                pids[int(rank)] = int(pid)
+            running.update(int(rank) for rank in re.findall(r"running (\d)", line))
+        assert len(running) == 3 and len(pids) == 3, proc.stderr.read() if proc.poll() is not None else "no start"
         os.kill(pids[1], signal.SIGSTOP)
         t0 = time.monotonic()
         try:

@@ -87,3 +87,19 @@ def test_object_collectives_over_the_channels(rt):
 
     clear = pickle.dumps(("p", rt.rank))
     assert not any(clear in bytes(wire) for _, _, wire in w.sent)  # the pickles are not in clear
+
+
+def test_a_shape_disagreement_leaves_the_channels_in_step(rt):
+    from mpcgpu.errors import ProtocolError
+
+    c = rt.comm
+    send = np.arange(4, dtype=np.uint64)
+    expect = 5 if c.rank == 1 else 4  # only party 1 notices; it discards the message unread
+    if c.rank == 1:
+        with pytest.raises(ProtocolError, match="expected 40 bytes from party 0 but got 32"):
+            c.exchange({c.next: send}, {c.prev: ((expect,), np.uint64)})
+    else:
+        c.exchange({c.next: send}, {c.prev: ((expect,), np.uint64)})
+    for _ in range(3):  # the next messages on every channel still open
+        assert np.array_equal(c.pass_next(send + c.rank), send + c.prev)
+        assert np.array_equal(c.pass_prev(send + c.rank), send + c.next)
