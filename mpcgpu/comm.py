@@ -267,6 +267,13 @@ class Communicator:
             except OSError:
                 break
         time.sleep(0.5)  # let the launcher forward the message before the abort
+        # MPI_Abort can block when the launcher is already tearing the job down around a
+        # stopped process: this party then ends by itself
+        import threading
+
+        watchdog = threading.Timer(2.0, os._exit, args=(1,))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             self.comm.Abort(1)
         finally:
