@@ -261,6 +261,7 @@ def test_stopped_party_ends_the_job_within_the_peer_timeout(tmp_path):
         alive = [r for r in (0, 2) if _alive(pids[r])]
         errfile.seek(0)
         err = errfile.read()
+        print(f"SIGSTOP: live ranks ended {took:.1f} s after the stop")
         assert not alive, f"still running after {took:.0f} s: {alive}; stderr: {err}"
         assert took < 25, (took, err)
         assert "no message from party 1 for 10 s" in err, err
