@@ -228,7 +228,7 @@ class Communicator:
                 {p: ((HELLO_BYTES,), numpy.uint8) for p in peers},
                 raw=True,
             )
-            self.hosts = hs.receive_hellos(got)
+            self.hosts = hs.receive_hellos({p: _host(a) for p, a in got.items()})  # device buffers: CUDA-aware
             if self.channels.mode == "ephemeral" and len(set(self.hosts)) > 1:
                 raise ChannelError(
                     f"the parties run on different hosts ({', '.join(self.hosts)}) without a parties file: "
