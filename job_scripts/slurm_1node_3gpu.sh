@@ -7,6 +7,8 @@
 # data/model owner's machine) and put the three shard files where the job can read them.
 # With all parties on one node this is a test and benchmark set-up: the three servers
 # (and their shards) share one machine, so it is not a deployment with separate trust.
+# The channels between the ranks are encrypted with ephemeral keys (one host: no parties
+# file needed); for the real deployment see slurm_3nodes_1gpu.sh.
 #
 # ADAPT the #SBATCH lines (partition, account, time, GPU request) and the marked
 # placeholders below; check the script with `bash -n` after editing.

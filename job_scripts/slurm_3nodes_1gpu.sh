@@ -1,12 +1,19 @@
 #!/bin/bash
 # mpcgpu on THREE nodes with ONE GPU each: one MPI task per node, party i on node i.
 #
-#   sbatch job_scripts/slurm_3nodes_1gpu.sh infer --model /scratch/shards/lenet --data /scratch/shards/mnist
+#   sbatch job_scripts/slurm_3nodes_1gpu.sh infer --model /local/mpcgpu/lenet --data /local/mpcgpu/mnist
 #
-# All arguments are passed to `python -m mpcgpu.cli`.  Each party reads only its own
-# shard STEM.party<i>.h5 (i = SLURM_PROCID), so each node needs only its own file:
-# stage party i's file on node i (node-local disk), e.g. see STAGE below.  Party i runs
-# on the i-th node of the allocation (block distribution); the log prints the mapping.
+# All arguments are passed to `python -m mpcgpu.cli`.  The deployment this script assumes
+# (README.md "Deployment on three nodes"; docs/design.md §1):
+#   * each node i holds ONLY its own shard files STEM.party<i>.h5, in a directory that the
+#     other two servers cannot read (node-local disk, or a per-party directory with its own
+#     permissions) -- never all three shards on one shared /scratch, where whoever reads the
+#     directory reads every secret;
+#   * each node i holds ONLY its own private key KEY_DIR/party<i>.key (made on that node by
+#     `mpcgpu keygen --out KEY_DIR --party i`, mode 0600);
+#   * the parties file (the three PUBLIC keys, `mpcgpu keygen --parties ...`) may be shared.
+# The channels between the parties are then encrypted AND authenticated (AES-256-GCM after
+# a signed key exchange); without a parties file the job refuses to start across nodes.
 #
 # ADAPT the #SBATCH lines (partition, account, time, GPU request) and the marked
 # placeholders below; check the script with `bash -n` after editing.
@@ -50,11 +57,24 @@ export OPENBLAS_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
 export PYTHONUNBUFFERED=1
 # (no MPICH progress throttle here: every party has a node of its own)
 
-# ---- optional: stage each party's shard to its node (ADAPT or delete) ---------------
-# STAGE: copy party i's file from shared storage to node i's local disk, one task per node:
-# srun --ntasks=3 --ntasks-per-node=1 bash -c \
-#   'mkdir -p /tmp/mpcgpu && cp /shared/shards/mnist.party${SLURM_PROCID}.h5 /tmp/mpcgpu/'
-# then pass --data /tmp/mpcgpu/mnist to mpcgpu.
+# ---- channels between the parties (ADAPT the two paths) -----------------------------
+# KEY_DIR is a NODE-LOCAL directory: on node i it holds party<i>.key only.  {party} is
+# replaced by each task's party index.  PARTIES is the parties file (public keys).
+KEY_DIR=${KEY_DIR:-/etc/mpcgpu}                       # ADAPT
+export MPCGPU_PARTIES=${MPCGPU_PARTIES:-$HOME/mpcgpu/parties.json}   # ADAPT
+export MPCGPU_KEY=${MPCGPU_KEY:-$KEY_DIR/party{party\}.key}
+# a party silent for this long (stopped, crashed, partitioned) aborts the job on every node
+export MPCGPU_PEER_TIMEOUT=${MPCGPU_PEER_TIMEOUT:-600}
+if [ "${MPCGPU_INSECURE_CHANNELS:-0}" != "1" ] && [ ! -f "$MPCGPU_PARTIES" ]; then
+  echo "no parties file $MPCGPU_PARTIES: make the keys (mpcgpu keygen --help) or set" \
+       "MPCGPU_INSECURE_CHANNELS=1 to send everything in clear (trusted network only)" >&2
+  exit 2
+fi
+
+# ---- each party's shards on its own node (ADAPT) ------------------------------------
+# The data and model owners copy party i's files (STEM.party<i>.h5) to node i only, e.g.
+#   scp mnist.party1.h5 lenet.party1.h5 node1:/local/mpcgpu/
+# and pass the stem (--data /local/mpcgpu/mnist): each rank opens only its own file.
 
 # ---- launch ----------------------------------------------------------------------
 # --mpi: the PMI plugin your MPI speaks (list them with `srun --mpi=list`):

@@ -25,6 +25,7 @@ COMMANDS = {
     "info": "mpcgpu.jobs.info",
     "import": "mpcgpu.interop.importer",
     "export": "mpcgpu.interop.export",
+    "keygen": "mpcgpu.jobs.keygen",
 }
 
 

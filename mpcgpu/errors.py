@@ -23,3 +23,8 @@ class ShardError(MPCError):
 
 class ProtocolError(MPCError):
     """Parties disagree (shapes, counters) or a protocol was misused."""
+
+
+class ChannelError(MPCError):
+    """A channel between two parties failed: a message did not authenticate, a key is wrong
+    or missing, or a peer fell silent (the peer timeout)."""

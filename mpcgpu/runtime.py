@@ -3,8 +3,10 @@
 ``mpcgpu.init()`` builds it once per process (a second call returns the same
 object) and every share and protocol finds it through :func:`get`.
 
-Start-up costs one round: each party sends its fresh 16-byte key ``k_i`` to
-party ``i-1`` (see :mod:`mpcgpu.prg`).  The counters are reset afterwards, so
+Start-up: the communicator agrees on channel keys with both peers (see
+:mod:`mpcgpu.channels`), then one round: each party sends its fresh 16-byte key
+``k_i`` to party ``i-1`` (see :mod:`mpcgpu.prg`), over those channels (sealed).
+The counters are reset afterwards, so
 ``comm_stats()`` reports only the user's computation.
 """
 
@@ -54,7 +56,7 @@ def tune_malloc():
 class Runtime:
     """Everything a party needs to run protocols."""
 
-    def __init__(self, device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None):
+    def __init__(self, device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None, channels=None):
         safe_limit(precision)  # validates the number of fractional bits
         self.frac_bits = int(precision)
         mpi_comm = mpi_comm if mpi_comm is not None else world()
@@ -64,7 +66,7 @@ class Runtime:
         self.xp = self.backend.xp
         if not self.backend.is_gpu and os.environ.get("MPCGPU_TUNE_MALLOC", "1") != "0":
             tune_malloc()
-        self.comm = Communicator(mpi_comm, self.backend)
+        self.comm = Communicator(mpi_comm, self.backend, channels=channels)
         self.rank = self.comm.rank
         self.insecure_seed = os.environ.get(INSECURE_SEED_ENV) or None
         seed = self.insecure_seed
@@ -109,18 +111,22 @@ class Runtime:
         insecure = f", INSECURE reproducible keys ({INSECURE_SEED_ENV})" if self.insecure_seed else ""
         return (
             f"party {self.rank}/3 on {self.backend.describe()}, {self.frac_bits} fractional bits, "
-            f"CUDA-aware MPI: {self.comm.cuda_aware}{insecure}"
+            f"CUDA-aware MPI: {self.comm.cuda_aware}{insecure}; {self.comm.describe_channels()}"
         )
 
 
-def init(device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None, excepthook: bool = True) -> Runtime:
+def init(
+    device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None, excepthook: bool = True, channels=None
+) -> Runtime:
     """Set up (once) and return the runtime of this party.
 
     Must be called on all three ranks.  ``device``: "auto", "cpu" or "cuda"
     (default: ``MPCGPU_DEVICE`` or auto).  ``precision``: fractional bits of the
     fixed-point encoding.  With ``excepthook`` an uncaught exception on any rank
     prints its message and aborts all three ranks instead of leaving the others
-    waiting.
+    waiting.  ``channels``: a :class:`mpcgpu.channels.ChannelConfig` (default: from the
+    environment, ``MPCGPU_PARTIES`` / ``MPCGPU_KEY`` / ``MPCGPU_INSECURE_CHANNELS`` /
+    ``MPCGPU_PEER_TIMEOUT``; without them, encrypted channels with ephemeral keys).
     """
     global _RUNTIME
     if _RUNTIME is not None:
@@ -138,7 +144,7 @@ def init(device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None, excepth
         return _RUNTIME
     if excepthook:
         install_excepthook()
-    _RUNTIME = Runtime(device=device, precision=precision, mpi_comm=mpi_comm)
+    _RUNTIME = Runtime(device=device, precision=precision, mpi_comm=mpi_comm, channels=channels)
     return _RUNTIME
 
 

@@ -38,6 +38,8 @@ import time
 
 import numpy
 
+from .channel_args import add_channel_arguments, channel_config
+
 SUMMARY = "time private inference or training of the paper's networks (run under mpirun -n 3)"
 DESCRIPTION = (
     __doc__
@@ -116,6 +118,7 @@ def add_arguments(p):
     p.add_argument("--json", default=None, help="output JSON (rank 0; default bench_<what>.json)")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
+    add_channel_arguments(p)
 
 
 def bench_params(model, seed):
@@ -281,7 +284,7 @@ def run(args) -> int:
     networks = [parse_network(t) for t in (getattr(args, "network", None) or [])]  # alike on every rank
     plot = getattr(args, "plot", None)
     out = args.json or f"bench_{args.what}.json"
-    rt = mpcgpu.init(device=args.device)
+    rt = mpcgpu.init(device=args.device, channels=channel_config(args))
     problem = _output_problem(out, plot) if rt.rank == 0 else None  # rank 0 writes the files
     problem = rt.comm.bcast_object(problem, root=0)
     if problem:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy
 
+from .channel_args import add_channel_arguments, channel_config
+
 SUMMARY = "privately classify a sharded dataset with a sharded model (run under mpirun -n 3)"
 DESCRIPTION = """\
 Private inference on three MPI ranks. Each rank opens only its own shards:
@@ -124,6 +126,7 @@ def add_arguments(p):
         help="array back end (default: MPCGPU_DEVICE or auto)",
     )
     p.add_argument("--precision", type=int, default=None, help="fractional bits (default: the shards')")
+    add_channel_arguments(p)
 
 
 def load_model(rt, stem, verify=True):
@@ -290,7 +293,7 @@ def run(args) -> int:
     if isinstance(output, str):
         output = parse_output(output)
     precision = args.precision or peek_frac_bits(args.model, world_rank())
-    rt = mpcgpu.init(device=args.device, precision=precision)
+    rt = mpcgpu.init(device=args.device, precision=precision, channels=channel_config(args))
     comm, owner = rt.comm, args.reveal_to
     is_owner = rt.rank == owner
     t_load = time.perf_counter()

@@ -8,6 +8,8 @@ import time
 
 import numpy
 
+from .channel_args import add_channel_arguments, channel_config
+
 SUMMARY = "privately train a network on sharded data (run under mpirun -n 3)"
 DESCRIPTION = """\
 Private training on three MPI ranks. Inputs, labels and weights stay secret-shared
@@ -104,6 +106,7 @@ def add_arguments(p):
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-verify", action="store_true", help="skip re-hashing the shard files")
+    add_channel_arguments(p)
 
 
 #: fault injection for tests: "STEP:RANK" kills that rank (SIGKILL, no clean-up) right
@@ -320,7 +323,7 @@ def run(args) -> int:
     from .infer import peek_frac_bits
 
     precision = args.precision or peek_frac_bits(args.data.split(",")[0], world_rank())
-    rt = mpcgpu.init(device=args.device, precision=precision)
+    rt = mpcgpu.init(device=args.device, precision=precision, channels=channel_config(args))
     comm, owner = rt.comm, args.owner
     data = ShardedDataset(args.data, rt, limit=args.limit, verify=not args.no_verify)
     test = ShardedDataset(args.test_data, rt, verify=not args.no_verify) if args.test_data else None

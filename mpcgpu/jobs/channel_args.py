@@ -1,0 +1,51 @@
+"""The command-line options of the channels, shared by every job that computes
+(infer, train, bench): one helper adds them, one turns them into a ChannelConfig."""
+
+from __future__ import annotations
+
+from ..channels import DEFAULT_PEER_TIMEOUT, INSECURE_ENV, KEY_ENV, PARTIES_ENV, TIMEOUT_ENV, ChannelConfig
+
+
+def add_channel_arguments(p):
+    g = p.add_argument_group(
+        "channels between the parties",
+        "By default every message is encrypted (AES-256-GCM). With a parties file the channels are "
+        "also authenticated (needed when the parties run on different hosts); without one the keys "
+        "are ephemeral (one machine only). See `mpcgpu keygen --help`.",
+    )
+    g.add_argument(
+        "--key",
+        default=None,
+        metavar="FILE",
+        help=f"this party's private key (made by `mpcgpu keygen`; may contain {{party}}; env {KEY_ENV})",
+    )
+    g.add_argument(
+        "--parties",
+        default=None,
+        metavar="FILE",
+        help=f"the parties file listing the three public keys (env {PARTIES_ENV})",
+    )
+    g.add_argument(
+        "--insecure-channels",
+        action="store_true",
+        default=None,
+        help=f"send every message in clear (trusted network only; env {INSECURE_ENV}=1)",
+    )
+    g.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"abort when a party is silent this long (default {DEFAULT_PEER_TIMEOUT:g}; 0: wait for ever; "
+        f"env {TIMEOUT_ENV})",
+    )
+
+
+def channel_config(args) -> ChannelConfig:
+    """The channel configuration of a job's arguments (falling back to the environment)."""
+    return ChannelConfig.resolve(
+        key=getattr(args, "key", None),
+        parties=getattr(args, "parties", None),
+        insecure=getattr(args, "insecure_channels", None),
+        peer_timeout=getattr(args, "peer_timeout", None),
+    )
