@@ -41,8 +41,9 @@ RESIDUAL_RELU = "out_relu"
 #: domain a model's shards declare, see ``mpcgpu share``)
 DEFAULT_BN_DOMAIN = (1e-2, 1e3)
 
-#: weights folded per product at :meth:`PrivateModel.prepare` (2 rounds each): bounds its memory
-FOLD_CHUNK = 1 << 22
+#: weights folded per product at :meth:`PrivateModel.prepare` (2 rounds each): bounds its
+#: memory (about 200 bytes per element at the dealer of the truncation, i.e. ~200 MB)
+FOLD_CHUNK = 1 << 20
 
 
 @dataclass
@@ -125,6 +126,10 @@ class PrivateModel:
     ``bn_domain``: the range of ``running_var + eps`` the inference batch norms are
     accurate on; ``train_bn_domain``: that of ``batch variance + eps`` in training.
     ``dropout_seed``: seed of the PUBLIC dropout masks (the same on every party).
+    ``inference_only``: :meth:`prepare` replaces the weights of every convolution that
+    absorbs a batch norm by the folded ones: the original weights and that batch norm's
+    parameters leave :attr:`params`, so the model holds its weights once instead of
+    twice (ResNet-152: 1 GB less per party); such a model cannot train.
     """
 
     def __init__(
@@ -134,6 +139,7 @@ class PrivateModel:
         bn_domain=DEFAULT_BN_DOMAIN,
         train_bn_domain=TRAIN_BN_DOMAIN,
         dropout_seed: int = 0,
+        inference_only: bool = False,
     ):
         S.check_params(model, params, what="shared parameters")
         self.spec = model
@@ -141,6 +147,7 @@ class PrivateModel:
         self.bn_domain = tuple(bn_domain)
         self.train_bn_domain = tuple(train_bn_domain)
         self.dropout_rng = numpy.random.default_rng(dropout_seed)
+        self.inference_only = bool(inference_only)
         self.training = False
         self.exact_output = False
         self.grads: dict = {}
@@ -284,6 +291,11 @@ class PrivateModel:
             raise MPCError(
                 f"model {self.spec.name} expects inputs of shape (N, {', '.join(map(str, expected))}), got {x.shape}"
             )
+        if train and self.inference_only:
+            raise MPCError(
+                f"model {self.spec.name} was built with inference_only=True (its batch norms are folded "
+                "into the convolutions and the original weights dropped): it cannot train"
+            )
         self.training = bool(train)
         self.exact_output = bool(exact)
         self._kept.clear()
@@ -326,6 +338,12 @@ class PrivateModel:
         (all parties call it together; :meth:`forward` does)."""
         if self._prepared_version == self.version:
             return
+        if self.inference_only and self._prepared_version is not None:
+            # the folded weights replaced the originals: folding again would scale them twice
+            raise MPCError(
+                f"model {self.spec.name} (inference_only=True) cannot be prepared again after its "
+                "parameters changed; build a new PrivateModel from the original parameters"
+            )
         self._prepared_version = self.version
         self._affine, self._folded, self._skip = {}, {}, set()
         pairs = _batchnorm_sites(self.spec.net, "")
@@ -386,6 +404,11 @@ class PrivateModel:
                 b_new = shift[lo:hi]
             self._folded[conv[0]] = (w_new, b_new)
             self._skip.add(bn)
+            if self.inference_only:  # the folded weights replace the originals (memory held once)
+                for name in ("weight", "bias"):
+                    p.pop(S.join_path(conv[0], name), None)
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    p.pop(S.join_path(bn, name), None)
 
     # -- outputs -----------------------------------------------------------------------------
     def predict_onehot(self, x: ArithmeticShare, profile: Profile | None = None) -> ArithmeticShare:
