@@ -1,7 +1,7 @@
 """Peak resident memory per party of batch-1 private inference, per phase and per layer.
 
     mpiexec -n 3 python benchmarks/memory.py --model resnet50
-    mpiexec -n 3 python benchmarks/memory.py --model vgg16_imagenet --hw 112 --layers 8
+    mpiexec -n 3 python benchmarks/memory.py --model vgg16_features --hw 112 --layers 8
 
 Phases: ``base`` (runtime and kernels loaded), ``share`` (the parameters secret-shared
 from party 0, whose plaintext is then dropped), ``prepare`` (batch norms folded),
@@ -9,7 +9,8 @@ from party 0, whose plaintext is then dropped), ``prepare`` (batch norms folded)
 peak resident set size (VmHWM, reset between phases) of every party; with
 ``--layers N`` the N layers of the second pass whose peak is the highest, and the
 resident size held after them.  ``--hw`` builds the model for another input size
-(same layers).  ``--json`` writes every figure.  Weights are random (as
+(same layers); ``vgg16_features`` is VGG-16's convolutions with one small fully
+connected layer (its activations without its 120M classifier weights).  ``--json`` writes every figure.  Weights are random (as
 ``mpcgpu bench``), nothing is revealed except the logits to party 0 with ``--check``
 (compared with the plaintext twin; costs plaintext memory on party 0).
 """
@@ -56,8 +57,16 @@ def main(argv=None):
 
     rt = mpcgpu.init(device=os.environ.get("MPCGPU_DEVICE", "cpu"))
     comm = rt.comm
-    model = get_model(args.model)
-    if args.hw:
+    if args.model == "vgg16_features":  # VGG-16's 13 convolutions and a small classifier
+        from mpcgpu.nn import spec as S
+        from mpcgpu.nn.models import _top, vgg_features
+
+        side = (args.hw or 224) // 32
+        cls = S.Sequential((S.Linear(512 * side * side, 10),))
+        model = S.Model("vgg16_features", (3, args.hw or 224, args.hw or 224), 10, _top(vgg_features(), cls))
+    else:
+        model = get_model(args.model)
+    if args.hw and model.input_shape[1] != args.hw:
         model = dataclasses.replace(model, input_shape=(model.input_shape[0], args.hw, args.hw))
     _warm_up(rt)
     phases = {}
