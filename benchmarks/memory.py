@@ -51,10 +51,24 @@ def main(argv=None):
         action="store_true",
         help="keep the original weights next to the folded ones (PrivateModel inference_only=False)",
     )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="MODULE.NAME=INT",
+        help="override a size constant, e.g. mpcgpu.nn.layers.PIECE=1099511627776 (A/B timing)",
+    )
+    ap.add_argument("--trace", action="store_true", help="also report live bytes (tracemalloc: slow)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
+    import importlib
+
+    for item in args.set:
+        target, value = item.split("=")
+        mod, name = target.rsplit(".", 1)
+        setattr(importlib.import_module(mod), name, int(value))
     rt = mpcgpu.init(device=os.environ.get("MPCGPU_DEVICE", "cpu"))
     comm = rt.comm
     if args.model == "vgg16_features":  # VGG-16's 13 convolutions and a small classifier
@@ -78,9 +92,18 @@ def main(argv=None):
         out = fn()
         seconds = comm.allreduce_max(time.perf_counter() - t0)
         phases[name] = {"peak": memstat.peak_bytes(), "after": memstat.current_bytes(), "seconds": seconds}
+        if args.trace:
+            import tracemalloc
+
+            phases[name]["live"], phases[name]["live_peak"] = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
         return out
 
     phases["base"] = {"peak": memstat.peak_bytes(), "after": memstat.current_bytes(), "seconds": 0.0}
+    if args.trace:
+        import tracemalloc
+
+        tracemalloc.start()
 
     def shared_model():
         params = bench_params(model, args.seed) if rt.rank == 0 else None
@@ -116,19 +139,30 @@ def main(argv=None):
     if rt.rank == 0:
         print(f"{model.name} input {model.input_shape}, {rt.describe()}")
         print(f"MPCGPU_TUNE_MALLOC={os.environ.get('MPCGPU_TUNE_MALLOC', '1')}")
-        print(f"{'phase':<10} {'seconds':>8}  " + "  ".join(f"{'peak MB p' + str(r):>12} {'held':>7}" for r in range(3)))
+        print(
+            f"{'phase':<10} {'seconds':>8}  " + "  ".join(f"{'peak MB p' + str(r):>12} {'held':>7}" for r in range(3))
+        )
         for name in phases:
             cells = []
             for r in range(3):
                 ph = everyone[r]["phases"][name]
                 cells.append(f"{ph['peak'] / MB:>12.0f} {(ph['after'] or 0) / MB:>7.0f}")
             print(f"{name:<10} {phases[name]['seconds']:>8.2f}  " + "  ".join(cells))
+        if args.trace:
+            for name in list(phases)[1:]:
+                ph = [everyone[r]["phases"][name] for r in range(3)]
+                print(
+                    f"  traced {name:<8} live MB "
+                    + ", ".join(f"{p['live'] / MB:.0f}" for p in ph)
+                    + "   live peak MB "
+                    + ", ".join(f"{p['live_peak'] / MB:.0f}" for p in ph)
+                )
         overall = [max(p["peak"] for p in everyone[r]["phases"].values()) for r in range(3)]
         print("overall peak MB per party: " + ", ".join(f"{v / MB:.0f}" for v in overall))
         if args.layers:
-            rows = sorted(
-                range(len(layer_rows)), key=lambda i: -max(everyone[r]["layers"][i][2] for r in range(3))
-            )[: args.layers]
+            rows = sorted(range(len(layer_rows)), key=lambda i: -max(everyone[r]["layers"][i][2] for r in range(3)))[
+                : args.layers
+            ]
             print(f"  {'layer':<34} {'type':<18} {'peak MB (max party)':>20} {'held MB':>8}")
             for i in rows:
                 path, kind = layer_rows[i][:2]

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from mpcgpu.errors import MPCError
 from mpcgpu.jobs.bench import bench_params
 from mpcgpu.nn import spec as S
 from mpcgpu.nn.models import get_model
@@ -127,13 +128,19 @@ def test_batchnorm_folded_and_standalone(rt, monkeypatch):
     ref = PlainModel(model, params).forward(x, need_grad=False)
     sx = share(x if rt.rank == 0 else None, src=0)
     prep_rounds = []
-    for chunk in (private.FOLD_CHUNK, 1):  # one product for both convs, or one each
-        monkeypatch.setattr(private, "FOLD_CHUNK", chunk)
-        pm = PrivateModel(model, share_params(model, params if rt.rank == 0 else None, src=0))
+    folded = 8 * 3 * 9 + 8 + 8 * 8 * 9  # conv weights and bias: 800 elements in one stream
+    for chunk, inference_only in ((private.FOLD_CHUNK, False), (300, True), (97, False), (800, True)):
+        monkeypatch.setattr(private, "FOLD_CHUNK", chunk)  # one product, or weights cut across
+        pm = PrivateModel(
+            model, share_params(model, params if rt.rank == 0 else None, src=0), inference_only=inference_only
+        )
         with rt.comm.measure() as prep:
             pm.prepare()
-        prep_rounds.append(prep.rounds)
+        prep_rounds.append(prep.rounds - 2 * -(-folded // min(chunk, folded)))
         assert sorted(pm._skip) == ["2", "5"] and sorted(pm._affine) == ["0"]
+        # inference_only: the folded convolutions' weights and their batch norms leave params
+        gone = {"1.weight", "1.bias", "4.weight", "2.weight", "2.bias", "2.running_mean", "2.running_var"}
+        assert gone.isdisjoint(pm.params) == inference_only and ("0.weight" in pm.params)
         with rt.comm.measure() as fwd:
             y = pm.forward(sx)
         out = y.reveal()
@@ -141,7 +148,9 @@ def test_batchnorm_folded_and_standalone(rt, monkeypatch):
         # one forward after preparation: bn0 (2) + conv+bn (2) + relu (10) + conv+bn (2) + relu (10)
         # + avgpool (2) + linear (2) rounds: the folded batch norms cost nothing
         assert fwd.rounds == 2 + 2 + 10 + 2 + 10 + 2 + 2
-    assert prep_rounds[1] == prep_rounds[0] + 2
+    assert len(set(prep_rounds)) == 1  # the rest of the preparation does not depend on the pieces
+    with pytest.raises(MPCError, match="inference_only"):
+        pm.forward(sx, train=True)
 
 
 def test_vgg16_bn_matches_plaintext(rt):

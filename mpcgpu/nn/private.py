@@ -42,8 +42,8 @@ RESIDUAL_RELU = "out_relu"
 DEFAULT_BN_DOMAIN = (1e-2, 1e3)
 
 #: weights folded per product at :meth:`PrivateModel.prepare` (2 rounds each): bounds its
-#: memory (about 200 bytes per element at the dealer of the truncation, i.e. ~200 MB)
-FOLD_CHUNK = 1 << 20
+#: memory (about 250 bytes per element at once, i.e. ~130 MB)
+FOLD_CHUNK = 1 << 19
 
 
 @dataclass
@@ -362,44 +362,79 @@ class PrivateModel:
         for _, layer, _ in pairs:
             offsets.append((at, at + layer.channels))
             at += layer.channels
-        # fold into the preceding convolutions: batched products of up to FOLD_CHUNK elements
-        group, size = [], 0
+        # fold into the preceding convolutions: products of up to FOLD_CHUNK elements
+        folds = []
         for (bn, _, conv), (lo, hi) in zip(pairs, offsets):
             if conv is None:
                 self._affine[bn] = (scale[lo:hi], shift[lo:hi])
-                continue
-            group.append((bn, conv, lo, hi))
-            size += p[S.join_path(conv[0], "weight")].size
-            if size >= FOLD_CHUNK:
-                self._fold(group, scale, shift)
-                group, size = [], 0
-        if group:
-            self._fold(group, scale, shift)
+            else:
+                folds.append((bn, conv, lo, hi))
+        if folds:
+            self._fold(folds, scale, shift)
 
-    def _fold(self, group, scale, shift):
-        """Scale the weights (and biases) of the convolutions in ``group`` by their batch
-        norms' ``gamma / sqrt(var + eps)`` in one product (2 rounds)."""
-        p = self.params
-        left, right = [], []
-        for _, conv, lo, hi in group:
+    def _fold(self, folds, scale, shift):
+        """Scale the weights (and biases) of the convolutions in ``folds`` by their batch
+        norms' ``gamma / sqrt(var + eps)``: the weights of all of them, flattened, form one
+        stream of elements multiplied in pieces of :data:`FOLD_CHUNK` (2 rounds each; a
+        weight may span pieces), each piece's product written into place.  With
+        ``inference_only`` a convolution's original weights are dropped as soon as its
+        folded ones are complete, so the memory of the weights is held about once."""
+        p, xp = self.params, scale.xp
+        segments = []  # (conv index, "weight"/"bias", flat share, factor of elements [a, b), n)
+        for i, (_, conv, lo, hi) in enumerate(folds):
             w = p[S.join_path(conv[0], "weight")]
             per_out = w.size // w.shape[0]
-            left.append(w.reshape(-1))
-            right.append(scale[lo:hi].reshape(-1, 1).broadcast_to((w.shape[0], per_out)).reshape(-1))
+            sc = scale[lo:hi]
+            factor = lambda a, b, sc=sc, k=per_out: sc[xp.arange(a, b) // k]  # noqa: E731
+            segments.append((i, "weight", w.reshape(-1), factor, w.size))
             if conv[1].bias:
-                left.append(p[S.join_path(conv[0], "bias")])
-                right.append(scale[lo:hi])
-        prod = concatenate(left) * concatenate(right)
-        del left, right
+                segments.append((i, "bias", p[S.join_path(conv[0], "bias")], lambda a, b, sc=sc: sc[a:b], hi - lo))
+        out = {}  # (conv index, kind) -> (first, second) being filled
+        remaining = {}  # conv index -> segments not yet complete
+        for i, kind, _, _, n in segments:
+            out[(i, kind)] = (xp.empty(n, dtype=xp.uint64), xp.empty(n, dtype=xp.uint64))
+            remaining[i] = remaining.get(i, 0) + 1
+        pending, size = [], 0  # (segment, a, b) of the next product
+        for seg in segments:
+            a, n = 0, seg[4]
+            while a < n:  # fill the current piece up to FOLD_CHUNK elements
+                take = min(n - a, FOLD_CHUNK - size)
+                pending.append((seg, a, a + take))
+                size += take
+                a += take
+                if size == FOLD_CHUNK:
+                    self._fold_piece(pending, out, remaining, folds, shift)
+                    pending, size = [], 0
+        if pending:
+            self._fold_piece(pending, out, remaining, folds, shift)
+
+    def _fold_piece(self, pending, out, remaining, folds, shift):
+        """One product of the fold (2 rounds): ``pending`` lists (segment, a, b) ranges."""
+        p = self.params
+        lefts = [seg[2][a:b] for seg, a, b in pending]
+        rights = [seg[3](a, b) for seg, a, b in pending]
+        prod = (concatenate(lefts) if len(lefts) > 1 else lefts[0]) * (
+            concatenate(rights) if len(rights) > 1 else rights[0]
+        )
+        del lefts, rights
         at = 0
-        for bn, conv, lo, hi in group:
+        for seg, a, b in pending:
+            i, kind, _, _, n = seg
+            first, second = out[(i, kind)]
+            first[a:b], second[a:b] = prod.first[at : at + b - a], prod.second[at : at + b - a]
+            at += b - a
+            if b < n:
+                continue
+            remaining[i] -= 1  # this segment is complete
+            if remaining[i]:
+                continue
+            bn, conv, lo, hi = folds[i]
             wshape = p[S.join_path(conv[0], "weight")].shape
-            n = int(numpy.prod(wshape))
-            w_new = prod[at : at + n].reshape(*wshape)
-            at += n
+            wf, ws = out.pop((i, "weight"))
+            w_new = ArithmeticShare(wf.reshape(wshape), ws.reshape(wshape), prod.scale, prod.rt)
             if conv[1].bias:
-                b_new = prod[at : at + wshape[0]] + shift[lo:hi]
-                at += wshape[0]
+                bf, bs = out.pop((i, "bias"))
+                b_new = ArithmeticShare(bf, bs, prod.scale, prod.rt) + shift[lo:hi]
             else:
                 b_new = shift[lo:hi]
             self._folded[conv[0]] = (w_new, b_new)

@@ -180,7 +180,8 @@ def _msb_corrected_call(rt, shape, bits, *, rss=None, summand=None, offset=0, ke
             sends[A] = xp.stack(to_a)
         comm.exchange(sends, {})
         comm.exchange({}, {})
-        out = (kb[1], ka[3])  # components D (u) and A (v)
+        # components D (u) and A (v), copied: a view would keep all 8 words per element alive
+        out = (kb[1].copy(), ka[3].copy())
         return (out, (B, None, (kb[-1], ka[-1]))) if keep else out
     from_d = (2 + fused + keep) if me == B else (fused + keep)
     if me == A:
@@ -213,6 +214,7 @@ def _msb_corrected_call(rt, shape, bits, *, rss=None, summand=None, offset=0, ke
     if me == A:  # the public part, added once
         half += ((c & u64(MASK63)) >> d) + (c_msb << (u64(63) - d)) - (one << (u64(62) - d))
     comp_b = half + comm.exchange({other: half}, {other: (tuple(shape), u64)})[other]
+    mask_out = mask_out.copy()  # a view would keep the whole PRG block (3-6 words/element) alive
     out = (mask_out, comp_b) if me == A else (comp_b, mask_out)
     if not keep:
         return out
