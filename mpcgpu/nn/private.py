@@ -126,10 +126,11 @@ class PrivateModel:
     ``bn_domain``: the range of ``running_var + eps`` the inference batch norms are
     accurate on; ``train_bn_domain``: that of ``batch variance + eps`` in training.
     ``dropout_seed``: seed of the PUBLIC dropout masks (the same on every party).
-    ``inference_only``: :meth:`prepare` replaces the weights of every convolution that
-    absorbs a batch norm by the folded ones: the original weights and that batch norm's
-    parameters leave :attr:`params`, so the model holds its weights once instead of
-    twice (ResNet-152: 1 GB less per party); such a model cannot train.
+    ``inference_only``: :meth:`prepare` writes the folded weights of every convolution
+    that absorbs a batch norm over the original ones (the model takes ownership of the
+    parameter arrays passed in: do not use them elsewhere afterwards), and the original
+    weights and that batch norm's parameters leave :attr:`params`, so the model holds its
+    weights once instead of twice (ResNet-152: 1 GB less per party); it cannot train.
     """
 
     def __init__(
@@ -386,13 +387,12 @@ class PrivateModel:
             per_out = w.size // w.shape[0]
             sc = scale[lo:hi]
             factor = lambda a, b, sc=sc, k=per_out: sc[xp.arange(a, b) // k]  # noqa: E731
-            segments.append((i, "weight", w.reshape(-1), factor, w.size))
+            segments.append((i, "weight", w, factor, w.size))
             if conv[1].bias:
                 segments.append((i, "bias", p[S.join_path(conv[0], "bias")], lambda a, b, sc=sc: sc[a:b], hi - lo))
-        out = {}  # (conv index, kind) -> (first, second) being filled
+        out = {}  # (conv index, kind) -> (first, second) being filled, made at its first piece
         remaining = {}  # conv index -> segments not yet complete
-        for i, kind, _, _, n in segments:
-            out[(i, kind)] = (xp.empty(n, dtype=xp.uint64), xp.empty(n, dtype=xp.uint64))
+        for i, *_ in segments:
             remaining[i] = remaining.get(i, 0) + 1
         pending, size = [], 0  # (segment, a, b) of the next product
         for seg in segments:
@@ -408,10 +408,21 @@ class PrivateModel:
         if pending:
             self._fold_piece(pending, out, remaining, folds, shift)
 
+    def _fold_target(self, src):
+        """Flat arrays for the folded values of the share ``src``: ``src``'s own memory for an
+        ``inference_only`` model (it owns its parameters; each piece is read before it is
+        written), else new arrays."""
+        xp = src.xp
+        if self.inference_only and all(
+            a.flags.c_contiguous and getattr(a.flags, "writeable", True) for a in (src.first, src.second)
+        ):
+            return src.first.reshape(-1), src.second.reshape(-1)
+        return xp.empty(src.size, dtype=xp.uint64), xp.empty(src.size, dtype=xp.uint64)
+
     def _fold_piece(self, pending, out, remaining, folds, shift):
         """One product of the fold (2 rounds): ``pending`` lists (segment, a, b) ranges."""
         p = self.params
-        lefts = [seg[2][a:b] for seg, a, b in pending]
+        lefts = [seg[2].reshape(-1)[a:b] for seg, a, b in pending]
         rights = [seg[3](a, b) for seg, a, b in pending]
         prod = (concatenate(lefts) if len(lefts) > 1 else lefts[0]) * (
             concatenate(rights) if len(rights) > 1 else rights[0]
@@ -419,7 +430,9 @@ class PrivateModel:
         del lefts, rights
         at = 0
         for seg, a, b in pending:
-            i, kind, _, _, n = seg
+            i, kind, src, _, n = seg
+            if (i, kind) not in out:
+                out[(i, kind)] = self._fold_target(src)
             first, second = out[(i, kind)]
             first[a:b], second[a:b] = prod.first[at : at + b - a], prod.second[at : at + b - a]
             at += b - a
