@@ -11,9 +11,8 @@ peak resident set size (VmHWM, reset between phases) of every party; with
 resident size held after them.  ``--hw`` builds the model for another input size
 (same layers); ``vgg16_features`` is VGG-16's convolutions with one small fully
 connected layer (its activations without its 120M classifier weights).  ``--json``
-writes every figure.  Weights are random (as
-``mpcgpu bench``), nothing is revealed except the logits to party 0 with ``--check``
-(compared with the plaintext twin; costs plaintext memory on party 0).
+writes every figure.  Weights are random (as ``mpcgpu bench``), nothing is revealed
+except the logits to party 0 with ``--check`` (compared with the plaintext twin).
 """
 
 from __future__ import annotations

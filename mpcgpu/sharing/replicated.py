@@ -181,9 +181,10 @@ def distribute(x, src: int, rt, encode, mask):
 
     Cost: 1 round of 8 bytes/element to each of the two others (16 bytes/element from
     ``src`` only; one round per :data:`DISTRIBUTE_CHUNK` elements), after one small
-    metadata round carrying the shape and whether the input could be encoded.  That verdict is all the others learn of a bad input: the
-    error they raise names the party, never a value, a magnitude or NaN-ness (the source
-    party's own error carries the details).  Returns ``(first, second)``.
+    metadata round carrying the shape and whether the input could be encoded.  That
+    verdict is all the others learn of a bad input: the error they raise names the party,
+    never a value, a magnitude or NaN-ness (the source party's own error carries the
+    details).  Returns ``(first, second)``.
     """
     comm, xp = rt.comm, rt.xp
     local_error = words = None
