@@ -247,26 +247,31 @@ def share(x=None, src: int = 0, integer: bool = False, rt=None) -> ArithmeticSha
     rt = rt or _runtime()
     scale = 0 if integer else rt.frac_bits
 
-    def encoded(arr):
+    def checked(arr):  # block by block: the temporaries of the check stay small
         if integer and arr.dtype.kind == "f":
             raise EncodingError("integer=True needs an integer array")
+        flat = arr.reshape(-1)
+        for lo in range(0, max(flat.size, 1), SHARE_BLOCK):
+            check_range(flat[lo : lo + SHARE_BLOCK], rt.frac_bits, "shared value")
+
+    def encoded_checked(arr):
         if arr.size <= SHARE_BLOCK:
-            check_range(arr, rt.frac_bits, "shared value")
             return encode(arr, scale, check=False)
-        # block by block: the temporaries of the check and the encoding stay small
         flat = arr.reshape(-1)
         words = rt.xp.empty(flat.size, dtype=rt.xp.uint64)
         for lo in range(0, flat.size, SHARE_BLOCK):
-            block = flat[lo : lo + SHARE_BLOCK]
-            check_range(block, rt.frac_bits, "shared value")
-            words[lo : lo + SHARE_BLOCK] = encode(block, scale, check=False)
+            words[lo : lo + SHARE_BLOCK] = encode(flat[lo : lo + SHARE_BLOCK], scale, check=False)
         return words.reshape(arr.shape)
+
+    def encoded(arr):
+        checked(arr)
+        return encoded_checked(arr)
 
     def masked(words, a, b):  # x_src+2 = words - x_src - x_src+1, in place (words are ours)
         rt.xp.subtract(words, a, out=words)
         return rt.xp.subtract(words, b, out=words)
 
-    first, second = replicated.distribute(x, src, rt, encoded, masked)
+    first, second = replicated.distribute(x, src, rt, encoded, masked, checked, encoded_checked)
     return ArithmeticShare(first, second, scale, rt)
 
 

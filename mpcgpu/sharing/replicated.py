@@ -171,11 +171,14 @@ def stack(shares, axis=0):
     return _joined(shares, "stack", axis)
 
 
-def distribute(x, src: int, rt, encode, mask):
+def distribute(x, src: int, rt, encode, mask, check=None, encode_checked=None):
     """Secret-share the array ``x`` held by party ``src`` (other parties pass None).
 
     ``encode(array) -> ring words`` runs on ``src`` and may raise EncodingError;
     ``mask(words, r1, r2) -> x_{src+2}`` removes the two pseudo-random components.
+    Optionally ``check(array)`` (raises EncodingError) and ``encode_checked(array)`` (the
+    words of a checked array): an array sent in pieces is then checked whole first and
+    encoded piece by piece, so its words never exist whole.
     Components ``x_src`` and ``x_{src+1}`` come from the keys ``src`` shares with its
     neighbours (no communication); ``src`` sends ``x_{src+2}`` to both other parties.
 
@@ -193,7 +196,11 @@ def distribute(x, src: int, rt, encode, mask):
             raise ProtocolError(f"party {src} is the source of share() but passed no data")
         arr = x if isinstance(x, xp.ndarray) else rt.backend.to_device(numpy.asarray(x))
         try:
-            words = encode(arr)
+            if check is not None and encode_checked is not None and arr.size > DISTRIBUTE_CHUNK:
+                check(arr)
+                words = arr.reshape(-1)  # encoded piece by piece below
+            else:
+                words, encode_checked = encode(arr), None
         except EncodingError as exc:
             local_error, words = exc, None
         meta = (tuple(arr.shape), local_error is not None)
@@ -211,13 +218,15 @@ def distribute(x, src: int, rt, encode, mask):
     n = int(numpy.prod(shape, dtype=numpy.int64))
     if n <= DISTRIBUTE_CHUNK:
         return _distribute_words(comm, rt, src, shape, words, mask)
-    # a large array goes in pieces written into place: besides its encoding and the result,
-    # the source holds one piece's masks at a time (1 round per piece)
+    # a large array goes in pieces written into place: besides its input (and its encoding,
+    # without encode_checked) and the result, the source holds one piece's masks at a time
     flat = words.reshape(-1) if words is not None else None
     first, second = xp.empty(n, dtype=xp.uint64), xp.empty(n, dtype=xp.uint64)
     for lo in range(0, n, DISTRIBUTE_CHUNK):
         hi = min(n, lo + DISTRIBUTE_CHUNK)
         piece = flat[lo:hi] if flat is not None else None
+        if piece is not None and encode_checked is not None:
+            piece = encode_checked(piece)
         first[lo:hi], second[lo:hi] = _distribute_words(comm, rt, src, (hi - lo,), piece, mask)
     return first.reshape(shape), second.reshape(shape)
 
