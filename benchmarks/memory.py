@@ -89,9 +89,15 @@ def main(argv=None):
         comm.barrier()
         memstat.reset_peak()
         t0 = time.perf_counter()
-        out = fn()
+        with comm.measure() as m:
+            out = fn()
         seconds = comm.allreduce_max(time.perf_counter() - t0)
-        phases[name] = {"peak": memstat.peak_bytes(), "after": memstat.current_bytes(), "seconds": seconds}
+        phases[name] = {
+            "peak": memstat.peak_bytes(),
+            "after": memstat.current_bytes(),
+            "seconds": seconds,
+            "rounds": m.rounds,
+        }
         if args.trace:
             import tracemalloc
 
@@ -99,7 +105,7 @@ def main(argv=None):
             tracemalloc.reset_peak()
         return out
 
-    phases["base"] = {"peak": memstat.peak_bytes(), "after": memstat.current_bytes(), "seconds": 0.0}
+    phases["base"] = {"peak": memstat.peak_bytes(), "after": memstat.current_bytes(), "seconds": 0.0, "rounds": 0}
     if args.trace:
         import tracemalloc
 
@@ -140,14 +146,15 @@ def main(argv=None):
         print(f"{model.name} input {model.input_shape}, {rt.describe()}")
         print(f"MPCGPU_TUNE_MALLOC={os.environ.get('MPCGPU_TUNE_MALLOC', '1')}")
         print(
-            f"{'phase':<10} {'seconds':>8}  " + "  ".join(f"{'peak MB p' + str(r):>12} {'held':>7}" for r in range(3))
+            f"{'phase':<10} {'seconds':>8} {'rounds':>6}  "
+            + "  ".join(f"{'peak MB p' + str(r):>12} {'held':>7}" for r in range(3))
         )
         for name in phases:
             cells = []
             for r in range(3):
                 ph = everyone[r]["phases"][name]
                 cells.append(f"{ph['peak'] / MB:>12.0f} {(ph['after'] or 0) / MB:>7.0f}")
-            print(f"{name:<10} {phases[name]['seconds']:>8.2f}  " + "  ".join(cells))
+            print(f"{name:<10} {phases[name]['seconds']:>8.2f} {phases[name]['rounds']:>6}  " + "  ".join(cells))
         if args.trace:
             for name in list(phases)[1:]:
                 ph = [everyone[r]["phases"][name] for r in range(3)]
