@@ -604,6 +604,27 @@ def test_native_conv_in_blocks_of_output_rows(rng, monkeypatch, shape, o, k, s, 
         assert (native.conv2d(x, w, s, p, g) == whole).all()
 
 
+@pytest.mark.limbs
+@pytest.mark.parametrize("block", [1, 3000, 20000])
+def test_limb_conv_in_blocks_of_output_rows(rng, monkeypatch, block):
+    """An image whose digit im2col exceeds BLOCK_BYTES goes in blocks of output rows (the
+    float64 path, also the GPU's): the same words as the Python-int reference."""
+    monkeypatch.setattr(ring, "BLOCK_BYTES", block)
+    for shape, o, k, s, p, g in [
+        ((1, 4, 13, 11), 6, 3, 1, 1, 1),
+        ((2, 6, 15, 9), 4, 3, 2, (2, 1), 2),
+        ((1, 3, 17, 17), 5, 7, 2, 3, 1),
+        ((1, 2, 6, 5), 3, (2, 3), (1, 2), 0, 1),
+        ((1, 70, 5, 5), 2, 3, 1, 1, 1),  # 630 > 512: two reduction chunks
+    ]:
+        kh, kw = (k, k) if np.isscalar(k) else k
+        x, w = rand(rng, *shape), rand(rng, o, shape[1] // g, kh, kw)
+        x[0, 0, 0, :3] = [0, 1, M64 - 1]
+        assert (ring.conv2d(x, w, s, p, g) == conv_ref(x, w, s, p, g)).all()
+        pre = ring.presplit(w, groups=g)
+        assert (ring.conv2d(x, pre, s, p, g) == conv_ref(x, w, s, p, g)).all()
+
+
 def test_gradients_are_the_adjoint_linear_maps(rng):
     """Tiny shapes: build conv's matrix in x and in w column by column (Python ints), transpose."""
     n, c, h, wd, o, kh, kw, s, p, g = 1, 2, 4, 5, 4, 2, 3, (2, 1), (1, 1), 2
