@@ -35,7 +35,11 @@ RED_BLOCK = 1024
 #: below this many rows of A, a B that is not already transposed is used as it is (the
 #: row-update kernel) rather than transposed for the faster dot-product kernel
 MIN_ROWS_TO_TRANSPOSE = 16
+#: images per im2col block: bounds its memory
 IMAGE_BLOCK_BYTES = 64 * 2**20
+#: output rows per im2col block of an image whose im2col exceeds IMAGE_BLOCK_BYTES (VGG-16's
+#: 64-channel layers at 224 x 224: 231 MB whole; blocks of 16 MB measured as fast or faster)
+ROW_BLOCK_BYTES = 16 * 2**20
 _KERNELS = None
 _WHY = None
 
@@ -248,6 +252,17 @@ def conv2d(x, w, stride=1, padding=0, groups=1):
     og, k = o // g, cg * kh * kw
     wg = np.ascontiguousarray(w.reshape(g, og, k))  # (G, O/g, K): B^T already
     out = np.empty((n, o, ho, wo), dtype=U64)
+    if g * ho * wo * k * 8 > IMAGE_BLOCK_BYTES:  # one image's im2col is large: blocks of rows
+        xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if (ph or pw) else x
+        rows = max(1, ROW_BLOCK_BYTES // (g * wo * k * 8))
+        for i in range(n):
+            for r0 in range(0, ho, rows):
+                r1 = min(ho, r0 + rows)
+                part = xpad[i : i + 1, :, r0 * sh : (r1 - 1) * sh + kh]
+                cols = _cols(part, g, cg, kh, kw, sh, sw, 0, 0, r1 - r0, wo)
+                res = np.stack([gemm_nt(cols[j], wg[j]) for j in range(g)])  # (G, rows*Wo, O/g)
+                out[i, :, r0:r1] = res.reshape(g, r1 - r0, wo, og).transpose(0, 3, 1, 2).reshape(o, r1 - r0, wo)
+        return out
     for a, b in _blocks(n, g * ho * wo * k * 8):
         cols = _cols(x[a:b], g, cg, kh, kw, sh, sw, ph, pw, ho, wo)
         res = np.stack([gemm_nt(cols[i], wg[i]) for i in range(g)])  # (G, nb*Ho*Wo, O/g)

@@ -379,13 +379,33 @@ def conv2d(x, w, stride=1, padding=0, groups=1, *, scheme=None):
         return native.conv2d(rx, _raw(w), stride, padding, groups)
     p = _conv_geometry(rx.shape, w.shape, stride, padding, groups)
     sc, nc, cc, kc = _conv_chunks(p["cg"], p["kh"] * p["kw"], scheme_named(scheme or DEFAULT_SCHEME))
-    blocks = _image_blocks(p["n"], len(sc.right) * nc * kc * p["g"] * p["ho"] * p["wo"] * 8)
+    per_image = len(sc.right) * nc * kc * p["g"] * p["ho"] * p["wo"] * 8
+    if per_image > BLOCK_BYTES and p["ho"] > 1:  # one image's im2col is large: blocks of rows
+        left = _conv_weight_layout(xp, _weight_operand(w, 2), p["g"], sc, nc, cc, kc)
+        return _conv2d_rows(xp, rx, left, p, sc, nc, cc, kc, max(1, BLOCK_BYTES * p["ho"] // per_image))
+    blocks = _image_blocks(p["n"], per_image)
     left = _conv_weight_layout(xp, _weight_operand(w, len(blocks)), p["g"], sc, nc, cc, kc)
     if len(blocks) == 1:
         return _conv2d_block(xp, rx, left, p, sc, nc, cc, kc)
     out = xp.empty((p["n"], p["o"], p["ho"], p["wo"]), dtype=U64)
     for a, b in blocks:
         out[a:b] = _conv2d_block(xp, rx[a:b], left, p, sc, nc, cc, kc)
+    return out
+
+
+def _conv2d_rows(xp, x, left, p, sc, nc, cc, kc, rows):
+    """:func:`conv2d` image by image, ``rows`` output rows at a time: each block is the
+    convolution (without padding) of the input rows it reads from the zero-padded image."""
+    ph, pw, sh, kh, ho = p["ph"], p["pw"], p["sh"], p["kh"], p["ho"]
+    xpad = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if (ph or pw) else x
+    q = dict(p, n=1, ph=0, pw=0, w=p["w"] + 2 * pw)
+    out = xp.empty((p["n"], p["o"], ho, p["wo"]), dtype=U64)
+    for i in range(p["n"]):
+        for r0 in range(0, ho, rows):
+            r1 = min(ho, r0 + rows)
+            part = xpad[i : i + 1, :, r0 * sh : (r1 - 1) * sh + kh]
+            q.update(h=part.shape[2], ho=r1 - r0)
+            out[i : i + 1, :, r0:r1] = _conv2d_block(xp, xp.ascontiguousarray(part), left, q, sc, nc, cc, kc)
     return out
 
 

@@ -52,6 +52,62 @@ def test_share_and_reveal_costs(rt, seeded):
         assert np.abs(v - x).max() <= ULP
 
 
+def test_large_arrays_are_shared_in_pieces_exactly(rt, seeded, monkeypatch):
+    """Encoded in blocks of SHARE_BLOCK, sent in pieces of DISTRIBUTE_CHUNK (one round each):
+    the same ring words as a whole, consistent replicas, the same bytes, and a bad value in
+    a late block is still an error on every rank before anything is sent."""
+    from mpcgpu.sharing import arithmetic, replicated
+
+    monkeypatch.setattr(arithmetic, "SHARE_BLOCK", 300)
+    monkeypatch.setattr(replicated, "DISTRIBUTE_CHUNK", 1000)
+    x = seeded.uniform(-1000, 1000, (50, 50))
+    x.flat[:6] = [0.0, ULP, -ULP, LIMIT - 1, -(LIMIT - 1), LIMIT - ULP]
+    for src in range(3):
+        with rt.comm.measure() as m:
+            s = shared(rt, x, src=src)
+        assert m.rounds == 1 + 3  # shape and verdict, then 3 pieces
+        assert m.bytes_sent == (16 * x.size if rt.rank == src else 0)
+        assert s.shape == x.shape and np.array_equal(s.reveal_raw(), encode(x))
+        comps = all_components(rt, s)
+        assert all(np.array_equal(comps[i][1], comps[(i + 1) % 3][0]) for i in range(3))
+    ints = seeded.integers(-(2**30), 2**30, 2345)
+    assert np.array_equal(shared(rt, ints, integer=True).reveal(), ints)
+    bad = x.copy()
+    bad.flat[-1] = 2.0**31 + 5  # in the last block
+    with rt.comm.measure() as m, pytest.raises(EncodingError, match="party 1" if rt.rank != 1 else "magnitude"):
+        shared(rt, bad, src=1)
+    assert m.bytes_sent < 1000
+
+
+def test_matmul_by_column_blocks_of_a_large_weight_is_exact(rt, seeded, monkeypatch):
+    """A shared matmul whose right operand exceeds MATMUL_BLOCK goes by blocks of its
+    columns: the same summand words as the whole product, and exact integer results."""
+    from mpcgpu import ring
+    from mpcgpu.sharing import arithmetic
+
+    monkeypatch.setattr(arithmetic, "MATMUL_BLOCK", 200)
+    for sa, sb, transposed in (((3, 40), (40, 37), True), ((40,), (40, 9), False), ((2, 2, 40), (40, 11), True)):
+        a = seeded.integers(-(2**20), 2**20, sa)
+        b = seeded.integers(-(2**20), 2**20, sb)
+        a[..., :3] = [0, -1, 2**20]
+        xa = shared(rt, a, integer=True)
+        xb = shared(rt, np.ascontiguousarray(b.T), src=2, integer=True).transpose() if transposed else None
+        xb = xb if transposed else shared(rt, b, src=2, integer=True)
+        whole = ring.matmul(xa.first, xb.first + xb.second) + ring.matmul(xa.second, xb.first)
+        assert np.array_equal(arithmetic._blocked_matmul_summand(xa, xb), whole)
+        with rt.comm.measure() as m:
+            prod = xa @ xb
+        assert m.rounds == 1  # an integer product: one resharing round, however many blocks
+        got = prod.reveal()
+        exact = (a.astype(object) @ b.astype(object)).astype(np.int64)
+        assert np.array_equal(got, exact)
+    # reals through a Linear-like product: truncated, within the usual tolerance
+    w = seeded.uniform(-1, 1, (30, 40))
+    v = seeded.uniform(-1, 1, (2, 40))
+    got = (shared(rt, v) @ shared(rt, w, src=1).transpose()).reveal()
+    np.testing.assert_allclose(got, v @ w.T, atol=40 * 4 * ULP)
+
+
 def test_out_of_range_is_an_error_on_every_rank_naming_only_the_party(rt):
     bad = np.array([1.0, 2.0**31 + 5])
     for src, value, detail in ((2, bad, "magnitude 2.14748e"), (0, np.array([np.nan]), "NaN")):

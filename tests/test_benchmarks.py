@@ -17,6 +17,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     [
         ("nonlinear.py", ["--quick", "--reps", "1"], ["relu", "relu + derivative", "maxpool 2x2", "msb", "a2b"]),
         ("arithmetic.py", ["--quick"], ["matmul 16x16", "matmul 32x32", "conv 1x64x32x32"]),
+        (
+            "memory.py",
+            ["--model", "lenet", "--layers", "3", "--check"],
+            ["base", "share", "forward", "overall", "max |"],
+        ),
     ],
 )
 def test_benchmark_script_runs(script, args, rows):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from mpcgpu.errors import MPCError
 from mpcgpu.jobs.bench import bench_params
 from mpcgpu.nn import spec as S
 from mpcgpu.nn.models import get_model
@@ -127,13 +128,19 @@ def test_batchnorm_folded_and_standalone(rt, monkeypatch):
     ref = PlainModel(model, params).forward(x, need_grad=False)
     sx = share(x if rt.rank == 0 else None, src=0)
     prep_rounds = []
-    for chunk in (private.FOLD_CHUNK, 1):  # one product for both convs, or one each
-        monkeypatch.setattr(private, "FOLD_CHUNK", chunk)
-        pm = PrivateModel(model, share_params(model, params if rt.rank == 0 else None, src=0))
+    folded = 8 * 3 * 9 + 8 + 8 * 8 * 9  # conv weights and bias: 800 elements in one stream
+    for chunk, inference_only in ((private.FOLD_CHUNK, False), (300, True), (97, False), (800, True)):
+        monkeypatch.setattr(private, "FOLD_CHUNK", chunk)  # one product, or weights cut across
+        pm = PrivateModel(
+            model, share_params(model, params if rt.rank == 0 else None, src=0), inference_only=inference_only
+        )
         with rt.comm.measure() as prep:
             pm.prepare()
-        prep_rounds.append(prep.rounds)
+        prep_rounds.append(prep.rounds - 2 * -(-folded // min(chunk, folded)))
         assert sorted(pm._skip) == ["2", "5"] and sorted(pm._affine) == ["0"]
+        # inference_only: the folded convolutions' weights and their batch norms leave params
+        gone = {"1.weight", "1.bias", "4.weight", "2.weight", "2.bias", "2.running_mean", "2.running_var"}
+        assert gone.isdisjoint(pm.params) == inference_only and ("0.weight" in pm.params)
         with rt.comm.measure() as fwd:
             y = pm.forward(sx)
         out = y.reveal()
@@ -141,7 +148,9 @@ def test_batchnorm_folded_and_standalone(rt, monkeypatch):
         # one forward after preparation: bn0 (2) + conv+bn (2) + relu (10) + conv+bn (2) + relu (10)
         # + avgpool (2) + linear (2) rounds: the folded batch norms cost nothing
         assert fwd.rounds == 2 + 2 + 10 + 2 + 10 + 2 + 2
-    assert prep_rounds[1] == prep_rounds[0] + 2
+    assert len(set(prep_rounds)) == 1  # the rest of the preparation does not depend on the pieces
+    with pytest.raises(MPCError, match="inference_only"):
+        pm.forward(sx, train=True)
 
 
 def test_vgg16_bn_matches_plaintext(rt):
@@ -153,3 +162,41 @@ def test_vgg16_bn_matches_plaintext(rt):
     out = pm.forward(share(x if rt.rank == 0 else None, src=0)).reveal()
     ref = PlainModel(model, params).forward(x, need_grad=False)
     assert np.abs(out - ref).max() <= 5e-3 * max(1.0, np.abs(ref).max())
+
+
+@pytest.mark.parametrize("piece", [1 << 20, 700, 64])
+def test_relu_and_maxpool_in_pieces_are_exact(rt, monkeypatch, piece):
+    """At inference ReLU and max-pool take inputs of more than PIECE elements in pieces
+    (the same rounds per piece): the results are the exact ReLU / max of the inputs'
+    ring values, whatever the piece size, and own their memory."""
+    from mpcgpu.nn import layers
+
+    monkeypatch.setattr(layers, "PIECE", piece)
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((2, 5, 12, 10)) * 8
+    x[0, 0, 0, :4] = [0.0, 2.0**-16, -(2.0**-16), 0.0]
+    pm = PrivateModel(S.Model("pieces", (5, 12, 10), 5 * 12 * 10, S.Sequential((S.Flatten(),))), {})
+    sx = share(x if rt.rank == 0 else None, src=0)
+    raw = sx.reveal_raw().view(np.int64)
+    calls = -(-x.size // piece) if x.size > piece else 1
+    with rt.comm.measure() as m:
+        y = layers.relu_forward(pm, S.ReLU(), "r", sx)
+    assert y.shape == x.shape and y.scale == sx.scale
+    assert np.array_equal(y.reveal_raw().view(np.int64), np.maximum(raw, 0))
+    relu_rounds = m.rounds
+    for pool in (S.MaxPool2d(2), S.MaxPool2d(3, 2, 1)):
+        with rt.comm.measure() as m:
+            z = layers.maxpool_forward(pm, pool, "p", sx)
+        k, s, p = pool.kernel, pool.stride, pool.padding
+        padded = np.pad(raw, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])), constant_values=-(2**62))
+        ho, wo = z.shape[2], z.shape[3]
+        ref = np.full(z.shape, -(2**63), dtype=np.int64)
+        for i in range(k[0]):
+            for j in range(k[1]):
+                ref = np.maximum(ref, padded[:, :, i : i + s[0] * ho : s[0], j : j + s[1] * wo : s[1]])
+        assert np.array_equal(z.reveal_raw().view(np.int64), ref)
+        per_channel = 2 * 12 * 10
+        pieces = 1 if x.size <= piece else -(-5 // max(1, piece // per_channel))
+        assert m.rounds % pieces == 0 and m.rounds // pieces >= 10
+    if piece < x.size:
+        assert relu_rounds == calls * 10

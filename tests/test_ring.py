@@ -579,6 +579,52 @@ def test_conv_in_several_image_blocks(rng, monkeypatch):
     assert (ring.conv2d_grad_weight(x, gy, w.shape, 1, 1, 2) == grad_weight_ref(x, gy, w.shape, 1, 1, 2)).all()
 
 
+@pytest.mark.parametrize(
+    "shape,o,k,s,p,g",
+    [
+        ((1, 4, 13, 11), 6, 3, 1, 1, 1),  # 13 output rows: blocks of 1, 2, 5 rows
+        ((2, 6, 15, 9), 4, 3, 2, (2, 1), 2),  # two images, stride 2, groups, uneven padding
+        ((1, 3, 17, 17), 5, 7, 2, 3, 1),  # ResNet's first layer, small
+        ((1, 2, 6, 5), 3, (2, 3), (1, 2), 0, 1),  # no padding, rectangular window and stride
+    ],
+)
+def test_native_conv_in_blocks_of_output_rows(rng, monkeypatch, shape, o, k, s, p, g):
+    """One image whose im2col exceeds IMAGE_BLOCK_BYTES goes in blocks of output rows: the
+    same words as the whole im2col and as the Python-int reference, for any block size."""
+    if not native.available():
+        pytest.skip(native.why_not())
+    kh, kw = (k, k) if np.isscalar(k) else k
+    x, w = rand(rng, *shape), rand(rng, o, shape[1] // g, kh, kw)
+    x[0, 0, 0, :3] = [0, 1, M64 - 1]  # edge words
+    whole = native.conv2d(x, w, s, p, g)
+    assert (whole == conv_ref(x, w, s, p, g)).all()
+    monkeypatch.setattr(native, "IMAGE_BLOCK_BYTES", 1)
+    for row_bytes in (1, 2 * (shape[1] // g) * kh * kw * 8 * shape[3], 5 * 8 * shape[1] * kh * kw * shape[3]):
+        monkeypatch.setattr(native, "ROW_BLOCK_BYTES", row_bytes)
+        assert (native.conv2d(x, w, s, p, g) == whole).all()
+
+
+@pytest.mark.limbs
+@pytest.mark.parametrize("block", [1, 3000, 20000])
+def test_limb_conv_in_blocks_of_output_rows(rng, monkeypatch, block):
+    """An image whose digit im2col exceeds BLOCK_BYTES goes in blocks of output rows (the
+    float64 path, also the GPU's): the same words as the Python-int reference."""
+    monkeypatch.setattr(ring, "BLOCK_BYTES", block)
+    for shape, o, k, s, p, g in [
+        ((1, 4, 13, 11), 6, 3, 1, 1, 1),
+        ((2, 6, 15, 9), 4, 3, 2, (2, 1), 2),
+        ((1, 3, 17, 17), 5, 7, 2, 3, 1),
+        ((1, 2, 6, 5), 3, (2, 3), (1, 2), 0, 1),
+        ((1, 70, 5, 5), 2, 3, 1, 1, 1),  # 630 > 512: two reduction chunks
+    ]:
+        kh, kw = (k, k) if np.isscalar(k) else k
+        x, w = rand(rng, *shape), rand(rng, o, shape[1] // g, kh, kw)
+        x[0, 0, 0, :3] = [0, 1, M64 - 1]
+        assert (ring.conv2d(x, w, s, p, g) == conv_ref(x, w, s, p, g)).all()
+        pre = ring.presplit(w, groups=g)
+        assert (ring.conv2d(x, pre, s, p, g) == conv_ref(x, w, s, p, g)).all()
+
+
 def test_gradients_are_the_adjoint_linear_maps(rng):
     """Tiny shapes: build conv's matrix in x and in w column by column (Python ints), transpose."""
     n, c, h, wd, o, kh, kw, s, p, g = 1, 2, 4, 5, 4, 2, 3, (2, 1), (1, 1), 2

@@ -106,6 +106,37 @@ def test_whole_encodable_range_and_per_element_shifts(rt, seeded):
     assert set(np.unique(d)) <= {0.0, 1.0}
 
 
+def _owns_memory(a):
+    """``a`` is not a window on a larger buffer (e.g. a slice of a PRG block)."""
+    return a.base is None or a.base.nbytes == a.nbytes
+
+
+def test_chunked_truncation_is_exact_costs_2_rounds_a_chunk_and_owns_its_memory(rt, seeded, monkeypatch):
+    from mpcgpu.sharing import truncation
+
+    raw = seeded.integers(-(2**61), 2**61, (7, 450))  # 3150 elements
+    raw.flat[:6] = [0, 1, -1, 2**61 - 1, -(2**61), 2**16]
+    bits = seeded.integers(1, 40, (7, 1))
+    s = shared_ring(rt, raw, seeded)
+    for chunk, calls in ((truncation.CHUNK, 1), (1000, 4), (3150, 1), (449, 8)):
+        monkeypatch.setattr(truncation, "CHUNK", chunk)
+        for shift in (16, bits):
+            with rt.comm.measure() as m:
+                t = truncate(s, shift, 0)
+            assert m.rounds == 2 * calls
+            assert t.shape == raw.shape and _owns_memory(t.first) and _owns_memory(t.second)
+            exact = [
+                [int(v) >> int(np.broadcast_to(shift, raw.shape)[i, j]) for j, v in enumerate(row)]
+                for i, row in enumerate(raw.tolist())
+            ]
+            d = t.reveal_raw().view(np.int64).astype(object) - np.array(exact, dtype=object)
+            assert set(np.unique(d.astype(np.int64))) <= {0, 1}
+        # fused with a product (the truncation takes the three summands): within 2 ulp
+        a, b = big_operands(seeded, 2500)
+        got = (shared(rt, a) * shared(rt, b, src=1)).reveal()
+        assert np.abs(got - exact_products(a, b)).max() < 2 * ULP
+
+
 def test_costs_of_a_standalone_truncation_and_of_exact_rounding(rt, seeded):
     n = 10_000
     s = shared_ring(rt, seeded.integers(-(2**40), 2**40, n), seeded)

@@ -116,9 +116,37 @@ def linear_backward(run, layer, path, dy):
 # -- ReLU, pooling ---------------------------------------------------------------------------
 
 
+#: elements per call of a non-linear layer at inference (ReLU; max-pool by whole channels):
+#: bounds the memory of the comparison protocols (~200 bytes per element at once); a larger
+#: layer (VGG-16 at 224 x 224: 3.2M elements) takes several calls of the same rounds each
+PIECE = 1 << 20
+
+
+def _pieces(x, fn, axis_len, per_index, out_shape):
+    """``fn`` applied to slices of ``x`` along axis 1 (``axis_len`` long, ``per_index``
+    elements of ``x`` per index) of about :data:`PIECE` elements, written into one result
+    of ``out_shape``; ``fn(x)`` itself when ``x`` is small."""
+    step = max(1, PIECE // max(1, per_index))
+    if step >= axis_len:
+        return fn(x)
+    xp = x.xp
+    first = xp.empty(out_shape, dtype=xp.uint64)
+    second = xp.empty(out_shape, dtype=xp.uint64)
+    scale = None
+    for lo in range(0, axis_len, step):
+        y = fn(x[:, lo : lo + step])
+        first[:, lo : lo + step], second[:, lo : lo + step] = y.first, y.second
+        scale = y.scale
+    return y._new(first, second, scale)
+
+
 def relu_forward(run, layer, path, x):
     if not run.training:
-        return x.relu()
+        if x.size <= PIECE:
+            return x.relu()
+        flat = x.reshape(x.shape[0], -1)
+        n = flat.shape[1]
+        return _pieces(flat, lambda piece: piece.relu(), n, flat.shape[0], flat.shape).reshape(*x.shape)
     y, d = x.relu(grad=True)
     run.keep(path, d)
     return y
@@ -131,7 +159,9 @@ def relu_backward(run, layer, path, dy):
 def maxpool_forward(run, layer, path, x):
     geo = (layer.kernel, layer.stride, layer.padding)
     if not run.training:
-        y = x.max_pool2d(*geo)
+        n, c, h, w = x.shape
+        out_shape = (n,) + tuple(layer.out_shape((c, h, w)))
+        y = _pieces(x, lambda piece: piece.max_pool2d(*geo), c, n * h * w, out_shape)
     else:
         y, levels = compare.max_pool2d(x, *geo, return_bits=True)
         run.keep(path, (levels, x.shape))

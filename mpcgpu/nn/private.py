@@ -41,8 +41,9 @@ RESIDUAL_RELU = "out_relu"
 #: domain a model's shards declare, see ``mpcgpu share``)
 DEFAULT_BN_DOMAIN = (1e-2, 1e3)
 
-#: weights folded per product at :meth:`PrivateModel.prepare` (2 rounds each): bounds its memory
-FOLD_CHUNK = 1 << 22
+#: weights folded per product at :meth:`PrivateModel.prepare` (2 rounds each): bounds its
+#: memory (about 250 bytes per element at once, i.e. ~130 MB)
+FOLD_CHUNK = 1 << 19
 
 
 @dataclass
@@ -125,6 +126,11 @@ class PrivateModel:
     ``bn_domain``: the range of ``running_var + eps`` the inference batch norms are
     accurate on; ``train_bn_domain``: that of ``batch variance + eps`` in training.
     ``dropout_seed``: seed of the PUBLIC dropout masks (the same on every party).
+    ``inference_only``: :meth:`prepare` writes the folded weights of every convolution
+    that absorbs a batch norm over the original ones (the model takes ownership of the
+    parameter arrays passed in: do not use them elsewhere afterwards), and the original
+    weights and that batch norm's parameters leave :attr:`params`, so the model holds its
+    weights once instead of twice (ResNet-152: 1 GB less per party); it cannot train.
     """
 
     def __init__(
@@ -134,6 +140,7 @@ class PrivateModel:
         bn_domain=DEFAULT_BN_DOMAIN,
         train_bn_domain=TRAIN_BN_DOMAIN,
         dropout_seed: int = 0,
+        inference_only: bool = False,
     ):
         S.check_params(model, params, what="shared parameters")
         self.spec = model
@@ -141,6 +148,7 @@ class PrivateModel:
         self.bn_domain = tuple(bn_domain)
         self.train_bn_domain = tuple(train_bn_domain)
         self.dropout_rng = numpy.random.default_rng(dropout_seed)
+        self.inference_only = bool(inference_only)
         self.training = False
         self.exact_output = False
         self.grads: dict = {}
@@ -284,6 +292,11 @@ class PrivateModel:
             raise MPCError(
                 f"model {self.spec.name} expects inputs of shape (N, {', '.join(map(str, expected))}), got {x.shape}"
             )
+        if train and self.inference_only:
+            raise MPCError(
+                f"model {self.spec.name} was built with inference_only=True (its batch norms are folded "
+                "into the convolutions and the original weights dropped): it cannot train"
+            )
         self.training = bool(train)
         self.exact_output = bool(exact)
         self._kept.clear()
@@ -326,6 +339,12 @@ class PrivateModel:
         (all parties call it together; :meth:`forward` does)."""
         if self._prepared_version == self.version:
             return
+        if self.inference_only and self._prepared_version is not None:
+            # the folded weights replaced the originals: folding again would scale them twice
+            raise MPCError(
+                f"model {self.spec.name} (inference_only=True) cannot be prepared again after its "
+                "parameters changed; build a new PrivateModel from the original parameters"
+            )
         self._prepared_version = self.version
         self._affine, self._folded, self._skip = {}, {}, set()
         pairs = _batchnorm_sites(self.spec.net, "")
@@ -344,48 +363,100 @@ class PrivateModel:
         for _, layer, _ in pairs:
             offsets.append((at, at + layer.channels))
             at += layer.channels
-        # fold into the preceding convolutions: batched products of up to FOLD_CHUNK elements
-        group, size = [], 0
+        # fold into the preceding convolutions: products of up to FOLD_CHUNK elements
+        folds = []
         for (bn, _, conv), (lo, hi) in zip(pairs, offsets):
             if conv is None:
                 self._affine[bn] = (scale[lo:hi], shift[lo:hi])
-                continue
-            group.append((bn, conv, lo, hi))
-            size += p[S.join_path(conv[0], "weight")].size
-            if size >= FOLD_CHUNK:
-                self._fold(group, scale, shift)
-                group, size = [], 0
-        if group:
-            self._fold(group, scale, shift)
+            else:
+                folds.append((bn, conv, lo, hi))
+        if folds:
+            self._fold(folds, scale, shift)
 
-    def _fold(self, group, scale, shift):
-        """Scale the weights (and biases) of the convolutions in ``group`` by their batch
-        norms' ``gamma / sqrt(var + eps)`` in one product (2 rounds)."""
-        p = self.params
-        left, right = [], []
-        for _, conv, lo, hi in group:
+    def _fold(self, folds, scale, shift):
+        """Scale the weights (and biases) of the convolutions in ``folds`` by their batch
+        norms' ``gamma / sqrt(var + eps)``: the weights of all of them, flattened, form one
+        stream of elements multiplied in pieces of :data:`FOLD_CHUNK` (2 rounds each; a
+        weight may span pieces), each piece's product written into place.  With
+        ``inference_only`` a convolution's original weights are dropped as soon as its
+        folded ones are complete, so the memory of the weights is held about once."""
+        p, xp = self.params, scale.xp
+        segments = []  # (conv index, "weight"/"bias", flat share, factor of elements [a, b), n)
+        for i, (_, conv, lo, hi) in enumerate(folds):
             w = p[S.join_path(conv[0], "weight")]
             per_out = w.size // w.shape[0]
-            left.append(w.reshape(-1))
-            right.append(scale[lo:hi].reshape(-1, 1).broadcast_to((w.shape[0], per_out)).reshape(-1))
+            sc = scale[lo:hi]
+            factor = lambda a, b, sc=sc, k=per_out: sc[xp.arange(a, b) // k]  # noqa: E731
+            segments.append((i, "weight", w, factor, w.size))
             if conv[1].bias:
-                left.append(p[S.join_path(conv[0], "bias")])
-                right.append(scale[lo:hi])
-        prod = concatenate(left) * concatenate(right)
-        del left, right
+                segments.append((i, "bias", p[S.join_path(conv[0], "bias")], lambda a, b, sc=sc: sc[a:b], hi - lo))
+        out = {}  # (conv index, kind) -> (first, second) being filled, made at its first piece
+        remaining = {}  # conv index -> segments not yet complete
+        for i, *_ in segments:
+            remaining[i] = remaining.get(i, 0) + 1
+        pending, size = [], 0  # (segment, a, b) of the next product
+        for seg in segments:
+            a, n = 0, seg[4]
+            while a < n:  # fill the current piece up to FOLD_CHUNK elements
+                take = min(n - a, FOLD_CHUNK - size)
+                pending.append((seg, a, a + take))
+                size += take
+                a += take
+                if size == FOLD_CHUNK:
+                    self._fold_piece(pending, out, remaining, folds, shift)
+                    pending, size = [], 0
+        if pending:
+            self._fold_piece(pending, out, remaining, folds, shift)
+
+    def _fold_target(self, src):
+        """Flat arrays for the folded values of the share ``src``: ``src``'s own memory for an
+        ``inference_only`` model (it owns its parameters; each piece is read before it is
+        written), else new arrays."""
+        xp = src.xp
+        if self.inference_only and all(
+            a.flags.c_contiguous and getattr(a.flags, "writeable", True) for a in (src.first, src.second)
+        ):
+            return src.first.reshape(-1), src.second.reshape(-1)
+        return xp.empty(src.size, dtype=xp.uint64), xp.empty(src.size, dtype=xp.uint64)
+
+    def _fold_piece(self, pending, out, remaining, folds, shift):
+        """One product of the fold (2 rounds): ``pending`` lists (segment, a, b) ranges."""
+        p = self.params
+        lefts = [seg[2].reshape(-1)[a:b] for seg, a, b in pending]
+        rights = [seg[3](a, b) for seg, a, b in pending]
+        prod = (concatenate(lefts) if len(lefts) > 1 else lefts[0]) * (
+            concatenate(rights) if len(rights) > 1 else rights[0]
+        )
+        del lefts, rights
         at = 0
-        for bn, conv, lo, hi in group:
+        for seg, a, b in pending:
+            i, kind, src, _, n = seg
+            if (i, kind) not in out:
+                out[(i, kind)] = self._fold_target(src)
+            first, second = out[(i, kind)]
+            first[a:b], second[a:b] = prod.first[at : at + b - a], prod.second[at : at + b - a]
+            at += b - a
+            if b < n:
+                continue
+            remaining[i] -= 1  # this segment is complete
+            if remaining[i]:
+                continue
+            bn, conv, lo, hi = folds[i]
             wshape = p[S.join_path(conv[0], "weight")].shape
-            n = int(numpy.prod(wshape))
-            w_new = prod[at : at + n].reshape(*wshape)
-            at += n
+            wf, ws = out.pop((i, "weight"))
+            w_new = ArithmeticShare(wf.reshape(wshape), ws.reshape(wshape), prod.scale, prod.rt)
             if conv[1].bias:
-                b_new = prod[at : at + wshape[0]] + shift[lo:hi]
-                at += wshape[0]
+                bf, bs = out.pop((i, "bias"))
+                b_new = ArithmeticShare(bf, bs, prod.scale, prod.rt) + shift[lo:hi]
             else:
                 b_new = shift[lo:hi]
             self._folded[conv[0]] = (w_new, b_new)
             self._skip.add(bn)
+            if self.inference_only:  # the folded weights replace the originals (memory held once)
+                for name in ("weight", "bias"):
+                    p.pop(S.join_path(conv[0], name), None)
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    p.pop(S.join_path(bn, name), None)
 
     # -- outputs -----------------------------------------------------------------------------
     def predict_onehot(self, x: ArithmeticShare, profile: Profile | None = None) -> ArithmeticShare:

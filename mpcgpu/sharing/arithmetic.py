@@ -247,14 +247,36 @@ def share(x=None, src: int = 0, integer: bool = False, rt=None) -> ArithmeticSha
     rt = rt or _runtime()
     scale = 0 if integer else rt.frac_bits
 
-    def encoded(arr):
+    def checked(arr):  # block by block: the temporaries of the check stay small
         if integer and arr.dtype.kind == "f":
             raise EncodingError("integer=True needs an integer array")
-        check_range(arr, rt.frac_bits, "shared value")
-        return encode(arr, scale, check=False)
+        flat = arr.reshape(-1)
+        for lo in range(0, max(flat.size, 1), SHARE_BLOCK):
+            check_range(flat[lo : lo + SHARE_BLOCK], rt.frac_bits, "shared value")
 
-    first, second = replicated.distribute(x, src, rt, encoded, lambda w, a, b: w - a - b)
+    def encoded_checked(arr):
+        if arr.size <= SHARE_BLOCK:
+            return encode(arr, scale, check=False)
+        flat = arr.reshape(-1)
+        words = rt.xp.empty(flat.size, dtype=rt.xp.uint64)
+        for lo in range(0, flat.size, SHARE_BLOCK):
+            words[lo : lo + SHARE_BLOCK] = encode(flat[lo : lo + SHARE_BLOCK], scale, check=False)
+        return words.reshape(arr.shape)
+
+    def encoded(arr):
+        checked(arr)
+        return encoded_checked(arr)
+
+    def masked(words, a, b):  # x_src+2 = words - x_src - x_src+1, in place (words are ours)
+        rt.xp.subtract(words, a, out=words)
+        return rt.xp.subtract(words, b, out=words)
+
+    first, second = replicated.distribute(x, src, rt, encoded, masked, checked, encoded_checked)
     return ArithmeticShare(first, second, scale, rt)
+
+
+#: elements encoded at a time by :func:`share` (bounds its temporaries on the source party)
+SHARE_BLOCK = 1 << 20
 
 
 def zeros(shape, scale=None, rt=None) -> ArithmeticShare:
@@ -287,7 +309,9 @@ def to_scale(x: ArithmeticShare, scale: int, mode=None) -> ArithmeticShare:
 # -- the multiplication family -----------------------------------------------------------
 
 
-def _product(x: ArithmeticShare, y: ArithmeticShare, op, trunc, bits=None, out_scale=None) -> ArithmeticShare:
+def _product(
+    x: ArithmeticShare, y: ArithmeticShare, op, trunc, bits=None, out_scale=None, summand=None
+) -> ArithmeticShare:
     """``op`` is bilinear (elementwise mul, matmul, conv and its gradients).
 
     Local: ``L_i = op(x_i, y_i + y_{i+1}) + op(x_{i+1}, y_i)`` (two ring products), a
@@ -298,7 +322,8 @@ def _product(x: ArithmeticShare, y: ArithmeticShare, op, trunc, bits=None, out_s
     resharing round, 8 bytes/element.
     """
     rt = x.rt
-    summand = op(x.first, y.first + y.second) + op(x.second, y.first)
+    if summand is None:  # (a caller may have computed it in blocks)
+        summand = op(x.first, y.first + y.second) + op(x.second, y.first)
     scale = x.scale + y.scale
     if bits is None:
         bits, out_scale = scale - rt.frac_bits, rt.frac_bits
@@ -325,8 +350,35 @@ def mul(x: ArithmeticShare, y: ArithmeticShare, trunc=None) -> ArithmeticShare:
 
 
 def matmul(x: ArithmeticShare, y: ArithmeticShare, trunc=None) -> ArithmeticShare:
-    """Matrix product of two shares (numpy.matmul semantics, exact mod 2^64 via limb GEMMs)."""
+    """Matrix product of two shares (numpy.matmul semantics, exact mod 2^64 via limb GEMMs).
+
+    A large 2-D right operand (a weight: VGG-16's first fully connected layer holds 103M
+    elements) is taken in blocks of columns (:data:`MATMUL_BLOCK` elements each), so the
+    sum of its two components never exists whole (822 MB for that layer)."""
+    if y.ndim == 2 and x.ndim >= 1 and y.size > MATMUL_BLOCK and y.shape[1] > 1:
+        return _product(x, y, ring.matmul, trunc, summand=_blocked_matmul_summand(x, y))
     return _product(x, y, ring.matmul, trunc)
+
+
+#: elements of the right operand of a shared matmul taken at a time (see :func:`matmul`)
+MATMUL_BLOCK = 1 << 22
+
+
+def _blocked_matmul_summand(x: ArithmeticShare, y: ArithmeticShare):
+    """``x_i @ (y_i + y_{i+1}) + x_{i+1} @ y_i`` by blocks of columns of ``y`` (exact: each
+    output column depends on its own column of ``y`` only)."""
+    xp = x.xp
+    k, n = y.shape
+    step = max(1, MATMUL_BLOCK // max(k, 1))
+    out = None
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        y0, y1 = y.first[:, lo:hi], y.second[:, lo:hi]
+        part = ring.matmul(x.first, y0 + y1) + ring.matmul(x.second, y0)
+        if out is None:
+            out = xp.empty(part.shape[:-1] + (n,), dtype=xp.uint64)
+        out[..., lo:hi] = part
+    return out
 
 
 def conv2d(x: ArithmeticShare, w, stride=1, padding=0, groups=1, trunc=None) -> ArithmeticShare:

@@ -171,28 +171,36 @@ def stack(shares, axis=0):
     return _joined(shares, "stack", axis)
 
 
-def distribute(x, src: int, rt, encode, mask):
+def distribute(x, src: int, rt, encode, mask, check=None, encode_checked=None):
     """Secret-share the array ``x`` held by party ``src`` (other parties pass None).
 
     ``encode(array) -> ring words`` runs on ``src`` and may raise EncodingError;
     ``mask(words, r1, r2) -> x_{src+2}`` removes the two pseudo-random components.
+    Optionally ``check(array)`` (raises EncodingError) and ``encode_checked(array)`` (the
+    words of a checked array): an array sent in pieces is then checked whole first and
+    encoded piece by piece, so its words never exist whole.
     Components ``x_src`` and ``x_{src+1}`` come from the keys ``src`` shares with its
     neighbours (no communication); ``src`` sends ``x_{src+2}`` to both other parties.
 
     Cost: 1 round of 8 bytes/element to each of the two others (16 bytes/element from
-    ``src`` only), after one small metadata round carrying the shape and whether the
-    input could be encoded.  That verdict is all the others learn of a bad input: the
-    error they raise names the party, never a value, a magnitude or NaN-ness (the source
-    party's own error carries the details).  Returns ``(first, second)``.
+    ``src`` only; one round per :data:`DISTRIBUTE_CHUNK` elements), after one small
+    metadata round carrying the shape and whether the input could be encoded.  That
+    verdict is all the others learn of a bad input: the error they raise names the party,
+    never a value, a magnitude or NaN-ness (the source party's own error carries the
+    details).  Returns ``(first, second)``.
     """
     comm, xp = rt.comm, rt.xp
-    local_error = None
+    local_error = words = None
     if comm.rank == src:
         if x is None:
             raise ProtocolError(f"party {src} is the source of share() but passed no data")
         arr = x if isinstance(x, xp.ndarray) else rt.backend.to_device(numpy.asarray(x))
         try:
-            words = encode(arr)
+            if check is not None and encode_checked is not None and arr.size > DISTRIBUTE_CHUNK:
+                check(arr)
+                words = arr.reshape(-1)  # encoded piece by piece below
+            else:
+                words, encode_checked = encode(arr), None
         except EncodingError as exc:
             local_error, words = exc, None
         meta = (tuple(arr.shape), local_error is not None)
@@ -207,6 +215,28 @@ def distribute(x, src: int, rt, encode, mask):
             "range or not a finite number); only that party sees the details"
         )
     shape = tuple(shape)
+    n = int(numpy.prod(shape, dtype=numpy.int64))
+    if n <= DISTRIBUTE_CHUNK:
+        return _distribute_words(comm, rt, src, shape, words, mask)
+    # a large array goes in pieces written into place: besides its input (and its encoding,
+    # without encode_checked) and the result, the source holds one piece's masks at a time
+    flat = words.reshape(-1) if words is not None else None
+    first, second = xp.empty(n, dtype=xp.uint64), xp.empty(n, dtype=xp.uint64)
+    for lo in range(0, n, DISTRIBUTE_CHUNK):
+        hi = min(n, lo + DISTRIBUTE_CHUNK)
+        piece = flat[lo:hi] if flat is not None else None
+        if piece is not None and encode_checked is not None:
+            piece = encode_checked(piece)
+        first[lo:hi], second[lo:hi] = _distribute_words(comm, rt, src, (hi - lo,), piece, mask)
+    return first.reshape(shape), second.reshape(shape)
+
+
+#: elements per message of :func:`distribute` (larger arrays go in pieces, 1 round each)
+DISTRIBUTE_CHUNK = 1 << 22
+
+
+def _distribute_words(comm, rt, src, shape, words, mask):
+    """One round of :func:`distribute`: ``src`` masks ``words`` (ring words of ``shape``)."""
     rank = comm.rank
     if rank == src:
         own = rt.prg.with_prev(shape)  # x_src   (key k_src, shared with src-1)
@@ -214,7 +244,7 @@ def distribute(x, src: int, rt, encode, mask):
         rest = mask(words, own, nxt)  # x_src+2
         comm.exchange({(src + 1) % PARTIES: rest, (src + 2) % PARTIES: rest}, {})
         return own, nxt
-    got = comm.exchange({}, {src: (shape, xp.uint64)})[src]
+    got = comm.exchange({}, {src: (shape, rt.xp.uint64)})[src]
     if rank == (src + 1) % PARTIES:  # holds (x_src+1, x_src+2)
         return rt.prg.with_prev(shape), got
     return got, rt.prg.with_next(shape)  # src+2 == src-1: holds (x_src+2, x_src)

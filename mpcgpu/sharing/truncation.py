@@ -94,24 +94,26 @@ def _shift_amounts(xp, bits, shape):
 
 
 #: elements per call of the protocol: larger inputs go in chunks of this size (2 rounds each),
-#: which bounds the memory of the dealt randomness (about 80 bytes per element at the dealer)
-CHUNK = 1 << 22
+#: which bounds the memory of the dealt randomness (about 120 bytes per element at the dealer,
+#: so ~130 MB per call) -- a VGG-16 layer at 224 x 224 (3.2M elements) takes 4 calls
+CHUNK = 1 << 20
 
 
 def msb_corrected(rt, shape, bits, *, rss=None, summand=None, offset=0, keep=False):
     """The ``"prob"`` protocol (module docstring); see :func:`_msb_corrected_call`.  Inputs of
-    more than :data:`CHUNK` elements (without ``keep``) go in chunks, 2 rounds each."""
+    more than :data:`CHUNK` elements (without ``keep``) go in chunks, 2 rounds each, written
+    into the result as they come (no concatenation of the pieces)."""
     n = int(numpy.prod(shape, dtype=numpy.int64)) if tuple(shape) else 1
     if keep or n <= CHUNK:
         return _msb_corrected_call(rt, shape, bits, rss=rss, summand=summand, offset=offset, keep=keep)
     xp = rt.xp
     flat_bits = numpy.broadcast_to(numpy.asarray(bits), tuple(shape)).reshape(-1) if numpy.ndim(bits) else bits
     parts = (rss[0].reshape(-1), rss[1].reshape(-1)) if rss is not None else (summand.reshape(-1),)
-    firsts, seconds = [], []
+    first, second = xp.empty(n, dtype=xp.uint64), xp.empty(n, dtype=xp.uint64)
     for lo in range(0, n, CHUNK):
         hi = min(n, lo + CHUNK)
         piece = [a[lo:hi] for a in parts]
-        f, s = _msb_corrected_call(
+        first[lo:hi], second[lo:hi] = _msb_corrected_call(
             rt,
             (hi - lo,),
             flat_bits[lo:hi] if numpy.ndim(flat_bits) else flat_bits,
@@ -119,9 +121,7 @@ def msb_corrected(rt, shape, bits, *, rss=None, summand=None, offset=0, keep=Fal
             summand=piece[0] if summand is not None else None,
             offset=offset,
         )
-        firsts.append(f)
-        seconds.append(s)
-    return xp.concatenate(firsts).reshape(shape), xp.concatenate(seconds).reshape(shape)
+    return first.reshape(shape), second.reshape(shape)
 
 
 def _msb_corrected_call(rt, shape, bits, *, rss=None, summand=None, offset=0, keep=False):
@@ -180,7 +180,8 @@ def _msb_corrected_call(rt, shape, bits, *, rss=None, summand=None, offset=0, ke
             sends[A] = xp.stack(to_a)
         comm.exchange(sends, {})
         comm.exchange({}, {})
-        out = (kb[1], ka[3])  # components D (u) and A (v)
+        # components D (u) and A (v), copied: a view would keep all 8 words per element alive
+        out = (kb[1].copy(), ka[3].copy())
         return (out, (B, None, (kb[-1], ka[-1]))) if keep else out
     from_d = (2 + fused + keep) if me == B else (fused + keep)
     if me == A:
@@ -213,6 +214,7 @@ def _msb_corrected_call(rt, shape, bits, *, rss=None, summand=None, offset=0, ke
     if me == A:  # the public part, added once
         half += ((c & u64(MASK63)) >> d) + (c_msb << (u64(63) - d)) - (one << (u64(62) - d))
     comp_b = half + comm.exchange({other: half}, {other: (tuple(shape), u64)})[other]
+    mask_out = mask_out.copy()  # a view would keep the whole PRG block (3-6 words/element) alive
     out = (mask_out, comp_b) if me == A else (comp_b, mask_out)
     if not keep:
         return out
