@@ -165,7 +165,7 @@ def _inference(rt, model, args, batch):
     rng = numpy.random.default_rng(args.seed)
     params = bench_params(model, args.seed) if rt.rank == 0 else None
     x = rng.standard_normal((batch,) + tuple(model.input_shape)) if rt.rank == 0 else None
-    private = PrivateModel(model, share_params(model, params, src=0))
+    private = PrivateModel(model, share_params(model, params, src=0), inference_only=True)
     sx = share(x, src=0)
     comm.barrier()
     with comm.measure() as prep:  # once per model: batch norms folded into the convolutions
@@ -277,6 +277,8 @@ def _output_problem(out, plot) -> str | None:
 
 def run(args) -> int:
     import mpcgpu
+
+    from .. import memstat
     from ..netmodel import parse_network
     from ..nn.weights import model_by_name_or_file
 
@@ -308,7 +310,7 @@ def run(args) -> int:
             print(f"  projected onto {net.describe()}: measured s + rounds x RTT + busiest party's bytes / bandwidth")
         print(
             f"{'model':<22} {'batch':>5} {'private s':>10} {'first s':>8} {'MB (3 parties)':>15} "
-            f"{'rounds':>7} {'plain s':>9} {'ratio':>7}"
+            f"{'rounds':>7} {'peak GB':>7} {'plain s':>9} {'ratio':>7}"
             + ("" if training else f" {'max |diff|':>11}")
             + "".join(f" {net.name[:12]:>12}" for net in networks),
             flush=True,
@@ -316,7 +318,9 @@ def run(args) -> int:
     results = []
     for name, batch in plan:
         model = model_by_name_or_file(name)
+        memstat.reset_peak()
         row, profile = (_training if training else _inference)(rt, model, args, batch)
+        row["peak_bytes_per_party"] = rt.comm.allgather_object(memstat.peak_bytes())
         if rt.rank == 0:
             row["ratio"] = row["private_seconds"] / row["plain_seconds"]
             row["peers"] = peers.get(name, {})
@@ -324,7 +328,8 @@ def run(args) -> int:
             print(
                 f"{name:<22} {batch:>5} {row['private_seconds']:>10.3f} {row['first_seconds']:>8.2f} "
                 f"{row['bytes_all_parties'] / 1e6:>15.1f} "
-                f"{row['rounds']:>7} {row['plain_seconds']:>9.4f} {row['ratio']:>7.0f}"
+                f"{row['rounds']:>7} {max(row['peak_bytes_per_party']) / 2**30:>7.2f} "
+                f"{row['plain_seconds']:>9.4f} {row['ratio']:>7.0f}"
                 + ("" if training else f" {row['max_abs_diff']:>11.2e}")
                 + "".join(f" {p['seconds']:>11.3f}s" for p in row["projections"]),
                 flush=True,

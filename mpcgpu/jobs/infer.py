@@ -140,7 +140,9 @@ def load_model(rt, stem, verify=True):
         model = architecture(shard.name, shard.public)
         params = {name: as_share(shard.load(name), shard.info(name).scale) for name in shard.arrays}
         domain = shard.public.get("bn_var_domain")
-    return PrivateModel(model, params, bn_domain=tuple(domain) if domain is not None else DEFAULT_BN_DOMAIN)
+    return PrivateModel(
+        model, params, bn_domain=tuple(domain) if domain is not None else DEFAULT_BN_DOMAIN, inference_only=True
+    )
 
 
 def peek_frac_bits(stem, rank):
