@@ -103,6 +103,10 @@ class Runtime:
         self._role_calls += 1
         return role
 
+    def peek_role(self) -> int:
+        """The party :meth:`next_role` will return next (without drawing it)."""
+        return self._role_calls % 3
+
     @property
     def scale(self) -> int:
         return 1 << self.frac_bits

@@ -93,7 +93,7 @@ def test_matmul_by_column_blocks_of_a_large_weight_is_exact(rt, seeded, monkeypa
         xa = shared(rt, a, integer=True)
         xb = shared(rt, np.ascontiguousarray(b.T), src=2, integer=True).transpose() if transposed else None
         xb = xb if transposed else shared(rt, b, src=2, integer=True)
-        whole = ring.matmul(xa.first, xb.first + xb.second) + ring.matmul(xa.second, xb.first)
+        whole = arithmetic.product_summand(rt, xa.first, xa.second, xb.first, xb.second, ring.matmul)
         assert np.array_equal(arithmetic._blocked_matmul_summand(xa, xb), whole)
         with rt.comm.measure() as m:
             prod = xa @ xb
@@ -308,3 +308,40 @@ def test_no_message_repeats_a_component_the_receiver_holds(rt, seeded, op):
         for h in held:
             if v.shape == h.shape:
                 assert np.count_nonzero(v == h) < 2, op
+
+
+def test_product_summands_sum_to_the_product_with_five_ring_products(rt, seeded):
+    """The three parties' terms (:func:`product_summand`) add up to ``op(x, y)`` exactly for
+    every choice of the light party, over full-range ring words; the light party computes
+    one ring product, the other two two each (five in all, not six)."""
+    from mpcgpu import ring
+    from mpcgpu.sharing.arithmetic import product_summand
+
+    from reference import shared_ring
+
+    ops = {
+        "mul": (lambda a, b: a * b, (7, 5), (7, 5)),
+        "matmul": (ring.matmul, (6, 9), (9, 4)),
+        "conv": (lambda a, b: ring.conv2d(a, b, stride=1, padding=1), (2, 3, 5, 5), (4, 3, 3, 3)),
+    }
+    for name, (op, sx, sy) in ops.items():
+        words = [seeded.integers(-(2**63), 2**63, shape, dtype=np.int64) for shape in (sx, sy)]
+        for w in words:  # edge words
+            w.flat[:3] = [-(2**63), 2**63 - 1, -1]
+        xs, ys = (shared_ring(rt, w, seeded) for w in words)
+        x_plain, y_plain = xs.reveal_raw(), ys.reveal_raw()
+        want = op(x_plain, y_plain)
+        for _ in range(3):  # each party light once
+            calls = []
+
+            def counting(a, b, _op=op, calls=calls):
+                calls.append(1)
+                return _op(a, b)
+
+            term = product_summand(rt, xs.first, xs.second, ys.first, ys.second, counting)
+            terms = rt.comm.allgather_object(term)
+            counts = rt.comm.allgather_object(len(calls))
+            light = rt.peek_role()
+            assert counts[light] == 1 and sorted(counts) == [1, 2, 2], (name, counts)
+            assert np.array_equal(terms[0] + terms[1] + terms[2], want), name
+            rt.next_role()

@@ -314,8 +314,8 @@ def _product(
 ) -> ArithmeticShare:
     """``op`` is bilinear (elementwise mul, matmul, conv and its gradients).
 
-    Local: ``L_i = op(x_i, y_i + y_{i+1}) + op(x_{i+1}, y_i)`` (two ring products), a
-    three-out-of-three sharing of the product.  A result with more than ``rt.frac_bits``
+    Local: a three-out-of-three sharing of the product from five ring products in all
+    (:func:`product_summand`).  A result with more than ``rt.frac_bits``
     fractional bits is truncated back (or by ``bits``, read at ``out_scale``) in the same
     two rounds as the resharing (``trunc``: None = the default mode, "prob" or "aby3";
     ``False`` keeps all ``x.scale + y.scale`` bits, 1 round).  An integer result: 1
@@ -323,7 +323,7 @@ def _product(
     """
     rt = x.rt
     if summand is None:  # (a caller may have computed it in blocks)
-        summand = op(x.first, y.first + y.second) + op(x.second, y.first)
+        summand = product_summand(rt, x.first, x.second, y.first, y.second, op)
     scale = x.scale + y.scale
     if bits is None:
         bits, out_scale = scale - rt.frac_bits, rt.frac_bits
@@ -336,6 +336,29 @@ def _product(
     else:
         first, second = aby3(rt, *reshare(rt, summand), bits)
     return ArithmeticShare(first, second, out_scale, rt)
+
+
+def product_summand(rt, x0, x1, y0, y1, op):
+    """This party's term of a three-out-of-three sharing of ``op(x, y)`` from its pairs
+    ``(x0, x1) = (x_i, x_{i+1})`` and ``(y0, y1)``: the nine cross terms ``op(x_a, y_b)``
+    split so that the three parties compute **five** ring products in all, not six.
+
+    The *light* party ``L`` (the dealer of the next truncation, :meth:`peek_role`, so the
+    party with the most to send has the least to compute) takes the four terms of its block
+    in one product, ``op(x_L + x_{L+1}, y_L + y_{L+1})``; party ``L+1`` takes
+    ``op(x_{L+2}, y_{L+1} + y_{L+2}) + op(x_{L+1}, y_{L+2})`` and party ``L+2``
+    ``op(x_{L+2}, y_L) + op(x_L, y_{L+2})`` (two each).  Every term of every party is a
+    function of its own components; the sum is ``op(x, y)`` exactly (bilinearity mod 2^64),
+    and the resharing or truncation that follows masks each term with fresh randomness,
+    so what is sent is as before.  (Over a field three products would do; mod 2^64 the
+    split needs two units summing to one, which no ring of even order has.)"""
+    light = rt.peek_role()
+    me = rt.rank
+    if me == light:
+        return op(x0 + x1, y0 + y1)
+    if me == (light + 1) % 3:
+        return op(x1, y0 + y1) + op(x0, y1)
+    return op(x0, y1) + op(x1, y0)
 
 
 def mul_trunc(x: ArithmeticShare, y: ArithmeticShare, bits: int, out_scale: int, mode=None) -> ArithmeticShare:
@@ -365,7 +388,7 @@ MATMUL_BLOCK = 1 << 22
 
 
 def _blocked_matmul_summand(x: ArithmeticShare, y: ArithmeticShare):
-    """``x_i @ (y_i + y_{i+1}) + x_{i+1} @ y_i`` by blocks of columns of ``y`` (exact: each
+    """:func:`product_summand` of a matmul by blocks of columns of ``y`` (exact: each
     output column depends on its own column of ``y`` only)."""
     xp = x.xp
     k, n = y.shape
@@ -373,8 +396,7 @@ def _blocked_matmul_summand(x: ArithmeticShare, y: ArithmeticShare):
     out = None
     for lo in range(0, n, step):
         hi = min(n, lo + step)
-        y0, y1 = y.first[:, lo:hi], y.second[:, lo:hi]
-        part = ring.matmul(x.first, y0 + y1) + ring.matmul(x.second, y0)
+        part = product_summand(x.rt, x.first, x.second, y.first[:, lo:hi], y.second[:, lo:hi], ring.matmul)
         if out is None:
             out = xp.empty(part.shape[:-1] + (n,), dtype=xp.uint64)
         out[..., lo:hi] = part
