@@ -161,6 +161,45 @@ def _write_fully(fd: int, data: bytes):
         data = data[written:]
 
 
+def _pending_bytes(fd: int) -> int:
+    """Bytes written to ``fd`` that its reader has not taken yet (a pipe: FIONREAD works on
+    either end; a socket: the unsent output queue); 0 for anything else."""
+    import array
+    import fcntl
+    import stat
+    import termios
+
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISFIFO(mode):
+            request = termios.FIONREAD
+        elif stat.S_ISSOCK(mode):
+            request = termios.TIOCOUTQ
+        else:
+            return 0
+        count = array.array("i", [0])
+        fcntl.ioctl(fd, request, count, True)
+        return int(count[0])
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def report_then_wait(text: str, fd: int = 2, limit: float = 10.0):
+    """Write ``text`` to ``fd`` in full, then make sure it left this process before an abort
+    can tear the job down: a file is fsync'ed; a pipe or socket (the MPI launcher's proxy
+    reads ranks' stderr through one) is waited on until the reader has taken every byte
+    (at most ``limit`` seconds).  Used by the excepthook: without the wait, the abort raced
+    the launcher's read and the exception's text was lost in about one run of 40."""
+    _write_fully(fd, text.encode(errors="replace"))
+    try:
+        os.fsync(fd)  # a regular file; EINVAL for a pipe or a terminal
+    except OSError:
+        pass
+    deadline = time.monotonic() + limit
+    while _pending_bytes(fd) > 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def install_excepthook():
     """On an uncaught exception: print it (a one-line message for MPCError), then abort all ranks."""
     if getattr(sys.excepthook, "_mpcgpu", False):
@@ -176,11 +215,15 @@ def install_excepthook():
             sys.stdout.flush()
         except Exception:
             pass
-        _write_fully(2, report.encode(errors="replace"))  # one unbuffered write, before any abort
+        try:
+            sys.stderr.flush()
+        except Exception:
+            pass
+        report_then_wait(report)  # unbuffered, complete, and read by the launcher before any abort
         if isinstance(value, RankCountError):
             os._exit(1)  # every rank detects this by itself: nothing to abort
-        # let the launcher forward what was just written (and the other parties print the same
-        # message first) before the abort tears the job down
+        # the launcher has read the report; give it (and the other parties, which may be
+        # printing the same message) a moment to pass it on before the abort ends the job
         time.sleep(0.5)
         abort_world(1)
         os._exit(1)
