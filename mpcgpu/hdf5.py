@@ -3,8 +3,9 @@ shards), and writing under a temporary name renamed when complete."""
 
 from __future__ import annotations
 
-import contextlib
 import os
+
+from . import atomic as _atomic
 
 
 def open_for_reading(path, error, what: str):
@@ -23,19 +24,5 @@ def open_for_reading(path, error, what: str):
         raise error(f"{what} {path} cannot be opened as HDF5 (truncated, corrupt or not HDF5): {exc}") from None
 
 
-@contextlib.contextmanager
-def written_atomically(path):
-    """``with written_atomically(path) as tmp:`` write ``tmp``; on success it becomes ``path``
-    (a rename: readers see the old file or the new one, never half of one); on an error it
-    is removed."""
-    path = os.fspath(path)
-    tmp = path + ".partial"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+# writing: a temporary name in the same directory, fsync, rename (mpcgpu.atomic)
+written_atomically = _atomic.written_atomically

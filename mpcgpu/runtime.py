@@ -18,6 +18,7 @@ import traceback
 import numpy
 
 from .backend import Backend
+from .crashreport import report_then_wait
 from .comm import Communicator, abort_world, rank_count_message, world, world_rank
 from .encoding import DEFAULT_FRAC_BITS, safe_limit
 from .errors import MPCError, RankCountError
@@ -150,54 +151,6 @@ def get() -> Runtime:
 
 def is_initialised() -> bool:
     return _RUNTIME is not None
-
-
-def _write_fully(fd: int, data: bytes):
-    while data:
-        try:
-            written = os.write(fd, data)
-        except OSError:
-            return
-        data = data[written:]
-
-
-def _pending_bytes(fd: int) -> int:
-    """Bytes written to ``fd`` that its reader has not taken yet (a pipe: FIONREAD works on
-    either end; a socket: the unsent output queue); 0 for anything else."""
-    import array
-    import fcntl
-    import stat
-    import termios
-
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISFIFO(mode):
-            request = termios.FIONREAD
-        elif stat.S_ISSOCK(mode):
-            request = termios.TIOCOUTQ
-        else:
-            return 0
-        count = array.array("i", [0])
-        fcntl.ioctl(fd, request, count, True)
-        return int(count[0])
-    except (OSError, ValueError, AttributeError):
-        return 0
-
-
-def report_then_wait(text: str, fd: int = 2, limit: float = 10.0):
-    """Write ``text`` to ``fd`` in full, then make sure it left this process before an abort
-    can tear the job down: a file is fsync'ed; a pipe or socket (the MPI launcher's proxy
-    reads ranks' stderr through one) is waited on until the reader has taken every byte
-    (at most ``limit`` seconds).  Used by the excepthook: without the wait, the abort raced
-    the launcher's read and the exception's text was lost in about one run of 40."""
-    _write_fully(fd, text.encode(errors="replace"))
-    try:
-        os.fsync(fd)  # a regular file; EINVAL for a pipe or a terminal
-    except OSError:
-        pass
-    deadline = time.monotonic() + limit
-    while _pending_bytes(fd) > 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
 
 
 def install_excepthook():

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from mpcgpu.runtime import _pending_bytes, report_then_wait
+from mpcgpu.crashreport import pending_bytes, report_then_wait
 from test_failures import run_three
 
 
@@ -26,7 +26,7 @@ def test_report_waits_until_the_reader_took_every_byte():
     reader.start()
     report_then_wait(text, fd=w, limit=10.0)
     waited = time.monotonic() - t0
-    assert _pending_bytes(w) == 0
+    assert pending_bytes(w) == 0
     os.close(w)
     reader.join()
     assert waited >= 0.35  # it did wait for the reader
@@ -39,7 +39,7 @@ def test_report_gives_up_after_the_limit_when_nobody_reads():
         t0 = time.monotonic()
         report_then_wait("x" * 100, fd=w, limit=0.3)
         assert 0.25 <= time.monotonic() - t0 < 3
-        assert _pending_bytes(w) == 100
+        assert pending_bytes(w) == 100
     finally:
         os.close(r)
         os.close(w)

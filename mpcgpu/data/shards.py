@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 
 import numpy
 
+from .. import atomic, faults
 from ..encoding import check_range, encode, safe_limit
 from ..errors import EncodingError, ShardError
 from ..hdf5 import open_for_reading, written_atomically
@@ -267,13 +268,18 @@ def write_shard_set(
                 public=public,
             )
         info = {}
-        for a in arrays:
+        for k, a in enumerate(arrays):
             info[a.name] = _write_array(files, a, stream, meter, block_bytes)
+            if k == 0:
+                faults.point("write-shard")  # tests: killed with the files half-written
         for f in files:
             f.close()
         files = []
+        for t in tmp:
+            atomic.fsync_file(t)
         for t, p in zip(tmp, paths):
             os.replace(t, p)
+        atomic.fsync_file(os.path.abspath(out_dir or "."), directory=True)
     except BaseException:
         for f in files:
             try:
@@ -351,7 +357,7 @@ def write_party_shard(
     h5py = _h5py()
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
+    with written_atomically(path, "write-shard") as tmp, h5py.File(tmp, "w") as f:
         _write_header(
             f,
             party,
@@ -485,6 +491,7 @@ class Shard:
 
     # -- local validation -------------------------------------------------------------
     def _open(self):
+        faults.point("read-shard")
         self._file = open_for_reading(self.path, ShardError, "shard file")
         try:
             self._read_header()

@@ -7,6 +7,8 @@ import time
 
 import numpy
 
+from .. import atomic
+
 SUMMARY = "privately classify a sharded dataset with a sharded model (run under mpirun -n 3)"
 DESCRIPTION = """\
 Private inference on three MPI ranks. Each rank opens only its own shards:
@@ -146,7 +148,7 @@ def run(args) -> int:
     if is_owner:
         pred = numpy.concatenate(preds).astype(numpy.int64) if preds else numpy.zeros(0, numpy.int64)
         if args.out:
-            numpy.save(args.out, pred)
+            atomic.save_npy(args.out, pred, fault="write-predictions")  # whole or not at all
         print(
             f"party {owner} (result owner): {n} predictions in {elapsed:.2f} s "
             f"({1000 * elapsed / max(n, 1):.1f} ms/image), {total_bytes / 1e6:.1f} MB sent by the three parties, "
@@ -165,8 +167,7 @@ def run(args) -> int:
         if args.out:
             print(f"predictions written to {args.out}", flush=True)
         if args.json:
-            with open(args.json, "w") as fh:
-                json.dump(summary, fh, indent=2)
+            atomic.write_text(args.json, json.dumps(summary, indent=2))
     if profile is not None:
         profile.report(comm)
     return 0

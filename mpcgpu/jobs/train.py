@@ -8,6 +8,8 @@ import time
 
 import numpy
 
+from .. import atomic
+
 SUMMARY = "privately train a network on sharded data (run under mpirun -n 3)"
 DESCRIPTION = """\
 Private training on three MPI ranks. Inputs, labels and weights stay secret-shared
@@ -491,7 +493,7 @@ def _summary(rt, args, run_, owner):
             flush=True,
         )
     if args.json:
-        with open(args.json, "w") as fh:
+        with atomic.written_atomically(args.json) as tmp, open(tmp, "w") as fh:
             json.dump(summary, fh, indent=1)
         plot = args.plot or os.path.splitext(args.json)[0] + ".png"
         if _plot(plot, summary):

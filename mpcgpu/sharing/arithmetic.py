@@ -49,7 +49,7 @@ import numbers
 
 import numpy  # public constants and shapes only (host); share data uses rt.xp
 
-from .. import ring
+from .. import faults, ring
 from ..encoding import check_range, decode, encode, safe_limit
 from ..errors import EncodingError, ProtocolError
 from ..runtime import get as _runtime
@@ -253,6 +253,7 @@ def share(x=None, src: int = 0, integer: bool = False, rt=None) -> ArithmeticSha
         check_range(arr, rt.frac_bits, "shared value")
         return encode(arr, scale, check=False)
 
+    faults.point("share")  # tests: a party lost while the others wait in the share
     first, second = replicated.distribute(x, src, rt, encoded, lambda w, a, b: w - a - b)
     return ArithmeticShare(first, second, scale, rt)
 
