@@ -457,6 +457,17 @@ def resolve_path(path: str, party: int) -> str:
     return path
 
 
+#: what h5py raises on a damaged file beyond OSError (RuntimeError, KeyError "unable to open
+#: object", ValueError / TypeError on a garbled datatype): all mean "this file is damaged"
+_DAMAGE = (OSError, RuntimeError, KeyError, ValueError, TypeError, OverflowError)
+
+
+def _damaged(path, exc) -> str:
+    return (
+        f"shard file {path} is damaged (truncated or corrupt; HDF5 says {exc.__class__.__name__}: {exc}); copy it again"
+    )
+
+
 def _attr_str(v) -> str:
     if isinstance(v, bytes):
         return v.decode()
@@ -495,6 +506,9 @@ class Shard:
         self._file = open_for_reading(self.path, ShardError, "shard file")
         try:
             self._read_header()
+        except _DAMAGE as exc:  # h5py on damaged metadata (found by tests/test_fuzz_readers.py)
+            self.close()
+            raise ShardError(_damaged(self.path, exc)) from None
         except BaseException:
             self.close()
             raise
@@ -579,6 +593,12 @@ class Shard:
 
     def verify_checksums(self, block_bytes: int = BLOCK_BYTES):
         """Recompute the SHA-256 of every stored component (read in row blocks)."""
+        try:
+            self._verify_checksums(block_bytes)
+        except _DAMAGE as exc:
+            raise ShardError(_damaged(self.path, exc)) from None
+
+    def _verify_checksums(self, block_bytes):
         for name, info in self.arrays.items():
             g = self._file[f"arrays/{name}"]
             for ds in ("first", "second"):
@@ -631,8 +651,8 @@ class Shard:
     def read(self, name: str, start: int = 0, stop: int | None = None):
         """Rows ``start:stop`` of ``name`` as a pair of *host* uint64 arrays."""
         info = self.info(name)
-        g = self._file[f"arrays/{name}"]
         try:
+            g = self._file[f"arrays/{name}"]
             if not info.shape:
                 return (numpy.asarray(g["first"][()], _U64), numpy.asarray(g["second"][()], _U64))
             sl = slice(start, info.shape[0] if stop is None else stop)
@@ -640,7 +660,7 @@ class Shard:
                 numpy.ascontiguousarray(g["first"][sl], dtype=_U64),
                 numpy.ascontiguousarray(g["second"][sl], dtype=_U64),
             )
-        except OSError as exc:
+        except _DAMAGE as exc:
             raise ShardError(f"shard {self.path}: array {name!r} cannot be read: {exc}") from None
 
     def take(self, name: str, rows):
@@ -651,10 +671,10 @@ class Shard:
             raise ShardError("take() needs increasing row indices")
         if rows.size and (rows[0] < 0 or rows[-1] >= self.rows(name)):
             raise ShardError(f"row index out of range for {name!r} ({self.rows(name)} rows)")
-        g = self._file[f"arrays/{name}"]
         try:
+            g = self._file[f"arrays/{name}"]
             return tuple(self._dev(numpy.ascontiguousarray(g[c][rows], dtype=_U64)) for c in ("first", "second"))
-        except OSError as exc:
+        except _DAMAGE as exc:
             raise ShardError(f"shard {self.path}: array {name!r} cannot be read: {exc}") from None
 
     def load(self, name: str):
