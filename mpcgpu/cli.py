@@ -68,7 +68,11 @@ def main(argv=None) -> int:
 
         if runtime.is_initialised():
             raise  # the runtime's excepthook prints it and aborts the three ranks together
-        print(f"mpcgpu error: {exc}", file=sys.stderr)  # no parties yet (share, info, wrong rank count)
+        # no parties yet (share, info, wrong rank count): one write, so that the ranks' lines never interleave
+        from .crashreport import write_fully
+
+        sys.stderr.flush()
+        write_fully(2, f"mpcgpu error: {exc}\n".encode(errors="replace"))
         return 1
 
 

@@ -179,6 +179,7 @@ class Communicator:
         self.stats = CommStats()
         self._tag = 7
         self.waiting = wait_policy(self.comm)
+        self._settle_comm = self.comm.Dup()  # only for settle(): never matches a protocol's call
 
     # -- accounting -----------------------------------------------------------------
     def reset_stats(self):
@@ -302,3 +303,15 @@ class Communicator:
 
     def abort(self, code: int = 1):
         self.comm.Abort(code)
+
+    def settle(self, limit: float) -> bool:
+        """For the excepthook before an abort: wait (at most ``limit`` s) until every party has
+        reached this call, on a communicator of its own, so that an error raised on all ranks
+        is printed by all of them before the first abort ends the job.  True if all came."""
+        request = self._settle_comm.Ibarrier()
+        deadline = time.monotonic() + limit
+        while not request.Test():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True

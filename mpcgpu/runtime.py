@@ -175,9 +175,15 @@ def install_excepthook():
         report_then_wait(report)  # unbuffered, complete, and read by the launcher before any abort
         if isinstance(value, RankCountError):
             os._exit(1)  # every rank detects this by itself: nothing to abort
-        # the launcher has read the report; give it (and the other parties, which may be
-        # printing the same message) a moment to pass it on before the abort ends the job
-        time.sleep(0.5)
+        if isinstance(value, MPCError) and _RUNTIME is not None:
+            # usually raised on every rank alike (a collective check): wait until all three have
+            # written theirs (at most 3 s, for an error of one party only)
+            try:
+                _RUNTIME.comm.settle(3.0)
+            except Exception:
+                pass
+        # the launcher has read the report; give it a moment to pass it on before the abort
+        time.sleep(0.3)
         abort_world(1)
         os._exit(1)
 

@@ -8,6 +8,7 @@ import time
 import numpy
 
 from .. import atomic
+from . import checks
 
 SUMMARY = "privately classify a sharded dataset with a sharded model (run under mpirun -n 3)"
 DESCRIPTION = """\
@@ -85,9 +86,12 @@ def run(args) -> int:
     from ..nn.private import Profile
     from ..progress import Progress
 
+    checks.at_least(args, 1, "batch_size", "limit")
     precision = args.precision or peek_frac_bits(args.model, world_rank())
     rt = mpcgpu.init(device=args.device, precision=precision)
     comm, owner = rt.comm, args.reveal_to
+    for path, option in ((args.out, "--out"), (args.json, "--json")):
+        checks.output_file(rt, path, owner, option)
     is_owner = rt.rank == owner
     t_load = time.perf_counter()
     model = load_model(rt, args.model, verify=not args.no_verify)

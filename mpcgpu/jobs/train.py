@@ -9,6 +9,7 @@ import time
 import numpy
 
 from .. import atomic
+from . import checks
 
 SUMMARY = "privately train a network on sharded data (run under mpirun -n 3)"
 DESCRIPTION = """\
@@ -330,6 +331,9 @@ def run(args) -> int:
         raise MPCError("--resume needs --checkpoint-dir")
     if args.batch_size < 1 or args.epochs < 1:
         raise MPCError("--batch-size and --epochs must be positive")
+    checks.at_least(args, 1, "limit", "test_limit", "step_epochs")
+    checks.at_least(args, 0, "checkpoint_every")
+    checks.finite(args, "lr", "momentum", "weight_decay", "gamma", positive=("lr",))
     from .infer import peek_frac_bits
 
     precision = args.precision or peek_frac_bits(args.data.split(",")[0], world_rank())
