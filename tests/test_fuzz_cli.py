@@ -18,11 +18,15 @@ from mpcgpu import cli
 from mpcgpu.jobs import checks
 from mpcgpu.jobs.launcher import find_mpiexec, local_env
 
-settings.register_profile(
-    "ci", max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+SLOW = os.environ.get("HYPOTHESIS_PROFILE") == "slow"
+#: CI: 60 fixed (derandomized) examples per property; HYPOTHESIS_PROFILE=slow: 1000 random ones
+FUZZ = settings(
+    max_examples=1000 if SLOW else 60,
+    deadline=None,
+    derandomize=not SLOW,
+    database=None,
+    suppress_health_check=list(HealthCheck),
 )
-settings.register_profile("slow", max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 VALUES = st.sampled_from(
     [
@@ -108,6 +112,7 @@ def parse(argv):
             return None, err.getvalue()
 
 
+@FUZZ
 @given(argv=st.one_of(*(argv_for(c) for c in OPTIONS)))
 def test_random_arguments_parse_or_exit_with_a_usage_error(argv):
     args, _ = parse(argv)
@@ -148,6 +153,7 @@ def inputs(tmp_path_factory):
     return d
 
 
+@FUZZ
 @given(
     src=st.sampled_from(["ok.h5", "text.h5", "dir.h5", "missing.h5"]),
     rest=st.lists(st.one_of(st.sampled_from(OPTIONS["share"]), VALUES), max_size=6),

@@ -4,7 +4,7 @@ a dataset of the wrong dtype or shape, NaN/Inf, a missing piece, swapped or mixe
 the reader either raises an MPCError with a message, or returns exactly what was written --
 never another exception, never a wrong result.
 
-CI runs the "ci" profile (a few dozen examples per property, well under a minute);
+CI runs a few dozen fixed examples per property (well under a minute);
 ``HYPOTHESIS_PROFILE=slow`` runs many more.
 """
 
@@ -23,11 +23,15 @@ from mpcgpu.data.split import split_file
 from mpcgpu.errors import MPCError
 from mpcgpu.nn.weights import load_weights, save_weights
 
-settings.register_profile(
-    "ci", max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+SLOW = os.environ.get("HYPOTHESIS_PROFILE") == "slow"
+#: CI: 25 fixed (derandomized) examples per property; HYPOTHESIS_PROFILE=slow: 400 random ones
+FUZZ = settings(
+    max_examples=400 if SLOW else 25,
+    deadline=None,
+    derandomize=not SLOW,
+    database=None,
+    suppress_health_check=list(HealthCheck),
 )
-settings.register_profile("slow", max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 N = 12
 
@@ -95,6 +99,7 @@ def assert_same_arrays(got, good_dir, party):
             assert g.dtype == w.dtype and np.array_equal(g, w), f"wrong data read from a damaged shard: {name}"
 
 
+@FUZZ
 @given(party=st.integers(0, 2), where=flips)
 def test_shard_with_flipped_bits_is_refused_or_read_exactly(good, tmp_path_factory, party, where):
     d, _ = good
@@ -106,6 +111,7 @@ def test_shard_with_flipped_bits_is_refused_or_read_exactly(good, tmp_path_facto
         assert_same_arrays(got, d, party)
 
 
+@FUZZ
 @given(party=st.integers(0, 2), frac=st.floats(0, 1, exclude_max=True))
 def test_truncated_shard_is_refused(good, tmp_path_factory, party, frac):
     d, _ = good
@@ -116,6 +122,7 @@ def test_truncated_shard_is_refused(good, tmp_path_factory, party, frac):
     assert not ok, "a truncated shard was accepted"
 
 
+@FUZZ
 @given(party=st.integers(0, 2), claimed=st.integers(0, 2), other_set=st.booleans())
 def test_swapped_or_mixed_shards_are_refused(good, tmp_path_factory, party, claimed, other_set):
     d, _ = good
@@ -265,6 +272,7 @@ def check_split(src, out, stem, kind):
     return True
 
 
+@FUZZ
 @given(how=damage)
 def test_damaged_dataset_is_refused_or_shared_exactly(good, tmp_path_factory, how):
     d, _ = good
@@ -275,6 +283,7 @@ def test_damaged_dataset_is_refused_or_shared_exactly(good, tmp_path_factory, ho
     check_split(src, str(work / "out"), "data", "dataset")
 
 
+@FUZZ
 @given(where=flips)
 def test_dataset_with_flipped_bits_is_refused_or_shared_exactly(good, tmp_path_factory, where):
     d, _ = good
@@ -285,6 +294,7 @@ def test_dataset_with_flipped_bits_is_refused_or_shared_exactly(good, tmp_path_f
     check_split(src, str(work / "out"), "data", "dataset")
 
 
+@FUZZ
 @given(how=damage)
 def test_damaged_weights_are_refused_or_loaded_exactly(good, tmp_path_factory, how):
     d, _ = good
@@ -302,6 +312,7 @@ def test_damaged_weights_are_refused_or_loaded_exactly(good, tmp_path_factory, h
     check_split(src, str(work / "out"), "weights", "model")
 
 
+@FUZZ
 @given(where=flips)
 def test_weights_with_flipped_bits_are_refused_or_shared_exactly(good, tmp_path_factory, where):
     d, _ = good
@@ -313,6 +324,7 @@ def test_weights_with_flipped_bits_are_refused_or_shared_exactly(good, tmp_path_
     check_split(src, str(work / "out"), "weights", "model")
 
 
+@FUZZ
 @given(frac=st.floats(0, 1, exclude_max=True), which=st.sampled_from(["data.h5", "weights.h5"]))
 def test_truncated_inputs_are_refused(good, tmp_path_factory, frac, which):
     d, _ = good
