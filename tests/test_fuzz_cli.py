@@ -209,8 +209,6 @@ def shards(tmp_path_factory):
 BAD_JOBS = {
     "infer batch 0": ("infer", "--batch-size", "0"),
     "infer batch negative": ("infer", "--batch-size", "-3"),
-    "infer limit negative": ("infer", "--limit", "-1"),
-    "infer limit 0": ("infer", "--limit", "0"),
     "infer out in a missing directory": ("infer", "--out", "/nonexistent/dir/p.npy"),
     "infer precision too large": ("infer", "--precision", "70"),
     "infer model is a dataset": ("infer", "--model", "{d}/s/test"),

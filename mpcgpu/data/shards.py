@@ -70,7 +70,7 @@ import numpy
 from .. import atomic, faults
 from ..encoding import check_range, encode, safe_limit
 from ..errors import EncodingError, ShardError
-from ..hdf5 import open_for_reading, written_atomically
+from ..hdf5 import DAMAGE, damaged_message, open_for_reading, written_atomically
 from ..progress import Progress
 
 FORMAT = "mpcgpu-shard/1"
@@ -457,15 +457,11 @@ def resolve_path(path: str, party: int) -> str:
     return path
 
 
-#: what h5py raises on a damaged file beyond OSError (RuntimeError, KeyError "unable to open
-#: object", ValueError / TypeError on a garbled datatype): all mean "this file is damaged"
-_DAMAGE = (OSError, RuntimeError, KeyError, ValueError, TypeError, OverflowError)
+_DAMAGE = DAMAGE  # h5py's errors on a damaged file (mpcgpu.hdf5)
 
 
 def _damaged(path, exc) -> str:
-    return (
-        f"shard file {path} is damaged (truncated or corrupt; HDF5 says {exc.__class__.__name__}: {exc}); copy it again"
-    )
+    return damaged_message("shard file", path, exc) + "; copy it again"
 
 
 def _attr_str(v) -> str:

@@ -27,8 +27,6 @@ import time
 
 import numpy
 
-from .. import atomic
-
 SUMMARY = "time private inference or training of the paper's networks (run under mpirun -n 3)"
 DESCRIPTION = (
     __doc__
@@ -265,7 +263,7 @@ def run(args) -> int:
             profile.report(rt.comm)
     out = args.json or f"bench_{args.what}.json"
     if rt.rank == 0:
-        with atomic.written_atomically(out) as tmp, open(tmp, "w") as fh:
+        with open(out, "w") as fh:
             json.dump({"what": args.what, "device": rt.backend.describe(), "results": results}, fh, indent=2)
         print(f"written {out}")
     return 0

@@ -100,22 +100,17 @@ def load_weights(path, spec=None, *, dtype=np.float64) -> tuple[str, dict]:
     """
     from ..hdf5 import open_for_reading
 
-    try:
-        with open_for_reading(path, WeightsError, "weights file") as f:
-            fmt = f.attrs.get("format")
-            if isinstance(fmt, bytes):
-                fmt = fmt.decode()
-            if fmt != FORMAT:
-                raise WeightsError(f"{path}: format {fmt!r}, expected {FORMAT!r}")
-            name = f.attrs.get("model", "")
-            name = name.decode() if isinstance(name, bytes) else str(name)
-            if "params" not in f:
-                raise WeightsError(f"{path}: no /params group")
-            params = {k: np.asarray(d[()], dtype=dtype) for k, d in f["params"].items()}
-    except WeightsError:
-        raise
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:  # h5py on a damaged file
-        raise WeightsError(f"weights file {path} is damaged ({exc.__class__.__name__}: {exc}); copy it again") from None
+    with open_for_reading(path, WeightsError, "weights file") as f:
+        fmt = f.attrs.get("format")
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode()
+        if fmt != FORMAT:
+            raise WeightsError(f"{path}: format {fmt!r}, expected {FORMAT!r}")
+        name = f.attrs.get("model", "")
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        if "params" not in f:
+            raise WeightsError(f"{path}: no /params group")
+        params = {k: np.asarray(d[()], dtype=dtype) for k, d in f["params"].items()}
     if spec is True:
         spec = name
     spec = _resolve(spec)
