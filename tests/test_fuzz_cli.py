@@ -165,17 +165,23 @@ def test_random_share_commands_run_or_give_one_clear_error(inputs, tmp_path_fact
     if args is None:
         return
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            rc = cli.main(argv)
-        except SystemExit as exc:  # argparse inside main (the same parse)
-            rc = exc.code
+    here = os.getcwd()
+    os.chdir(out)  # a generated "--out ." writes here, not into the checkout
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                rc = cli.main(argv)
+            except SystemExit as exc:  # argparse inside main (the same parse)
+                rc = exc.code
+    finally:
+        os.chdir(here)
     text = err.getvalue()
     assert "Traceback" not in text
     assert rc in (0, 1, 2), (argv, rc, text)
     if rc == 0:
         assert src == "ok.h5"
         assert not [f for f in os.listdir(out) if f.endswith(".partial")]
+    assert not [f for f in os.listdir(here) if f.endswith(".h5")], "the share step wrote into the checkout"
 
 
 # -- malformed values reaching a three-rank job -------------------------------------------------------------
