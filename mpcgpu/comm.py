@@ -177,9 +177,9 @@ class Communicator:
         on_gpu = backend is not None and backend.is_gpu
         self.cuda_aware = bool(on_gpu and (detect_cuda_aware() if cuda_aware is None else cuda_aware))
         self.stats = CommStats()
+        self._settle_comm = self.comm.Dup()  # only for settle(): never matches a protocol's call
         self._tag = 7
         self.waiting = wait_policy(self.comm)
-        self._settle_comm = self.comm.Dup()  # only for settle(): never matches a protocol's call
 
     # -- accounting -----------------------------------------------------------------
     def reset_stats(self):

@@ -8,9 +8,6 @@ import time
 
 import numpy
 
-from .. import atomic
-from . import checks
-
 SUMMARY = "privately train a network on sharded data (run under mpirun -n 3)"
 DESCRIPTION = """\
 Private training on three MPI ranks. Inputs, labels and weights stay secret-shared
@@ -331,6 +328,8 @@ def run(args) -> int:
         raise MPCError("--resume needs --checkpoint-dir")
     if args.batch_size < 1 or args.epochs < 1:
         raise MPCError("--batch-size and --epochs must be positive")
+    from . import checks
+
     checks.at_least(args, 1, "limit", "test_limit", "step_epochs")
     checks.at_least(args, 0, "checkpoint_every")
     checks.finite(args, "lr", "momentum", "weight_decay", "gamma", positive=("lr",))
@@ -497,6 +496,8 @@ def _summary(rt, args, run_, owner):
             flush=True,
         )
     if args.json:
+        from .. import atomic
+
         with atomic.written_atomically(args.json) as tmp, open(tmp, "w") as fh:
             json.dump(summary, fh, indent=1)
         plot = args.plot or os.path.splitext(args.json)[0] + ".png"
