@@ -301,9 +301,6 @@ class Communicator:
     def barrier(self):
         self.comm.Barrier()
 
-    def abort(self, code: int = 1):
-        self.comm.Abort(code)
-
     def settle(self, limit: float) -> bool:
         """For the excepthook before an abort: wait (at most ``limit`` s) until every party has
         reached this call, on a communicator of its own, so that an error raised on all ranks
@@ -315,3 +312,6 @@ class Communicator:
                 return False
             time.sleep(0.005)
         return True
+
+    def abort(self, code: int = 1):
+        self.comm.Abort(code)
