@@ -68,11 +68,10 @@ def main(argv=None) -> int:
 
         if runtime.is_initialised():
             raise  # the runtime's excepthook prints it and aborts the three ranks together
-        # no parties yet (share, info, wrong rank count): one write, so that the ranks' lines never interleave
-        from .crashreport import write_fully
-
+        # no parties yet (share, info, wrong rank count): the line in one write (print() writes the
+        # newline apart, and the three ranks' lines interleaved)
+        sys.stderr.write(f"mpcgpu error: {exc}\n")
         sys.stderr.flush()
-        write_fully(2, f"mpcgpu error: {exc}\n".encode(errors="replace"))
         return 1
 
 
