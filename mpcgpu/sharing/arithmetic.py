@@ -244,6 +244,7 @@ def share(x=None, src: int = 0, integer: bool = False, rt=None) -> ArithmeticSha
     party whose input it was.  Cost: see :func:`mpcgpu.sharing.replicated.distribute`
     (16 bytes/element from ``src``, 2 rounds with the metadata round).
     """
+    faults.point("share")  # tests: a party lost while the others wait in the share
     rt = rt or _runtime()
     scale = 0 if integer else rt.frac_bits
 
@@ -253,7 +254,6 @@ def share(x=None, src: int = 0, integer: bool = False, rt=None) -> ArithmeticSha
         check_range(arr, rt.frac_bits, "shared value")
         return encode(arr, scale, check=False)
 
-    faults.point("share")  # tests: a party lost while the others wait in the share
     first, second = replicated.distribute(x, src, rt, encoded, lambda w, a, b: w - a - b)
     return ArithmeticShare(first, second, scale, rt)
 
