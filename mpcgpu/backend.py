@@ -5,9 +5,11 @@ asks for the array module through :func:`array_module` (given an array) or
 :attr:`Backend.xp` (given the runtime), so protocol code is written once and
 runs on both.
 
-Device choice: ``device="auto" | "cpu" | "cuda"`` or the environment variable
-``MPCGPU_DEVICE``.  ``auto`` picks CUDA when CuPy is installed and a GPU is
-usable, else the CPU.  Asking for ``cuda`` where there is none is a
+Device choice: ``device="auto" | "cpu" | "cuda" | "strict"`` or the environment variable
+``MPCGPU_DEVICE``.  ``strict`` is for tests: :mod:`mpcgpu.strict`, NumPy arithmetic behind
+CuPy's rules (no implicit host conversion, no NumPy-only functions, no host/device mixing),
+run through the GPU code paths (staged MPI buffers, no CPU-only kernels).  ``auto`` picks
+CUDA when CuPy is installed and a GPU is usable, else the CPU.  Asking for ``cuda`` where there is none is a
 :class:`~mpcgpu.errors.BackendError`, not a crash.  Each MPI rank is mapped to
 GPU ``local_rank % device_count``.
 
@@ -24,15 +26,24 @@ import numpy
 
 from .errors import BackendError
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "strict")
 
 
 def _cupy_if_loaded():
     return sys.modules.get("cupy")
 
 
+def _strict_if_loaded():
+    return sys.modules.get("mpcgpu.strict")
+
+
 def array_module(*arrays):
-    """The module (numpy or cupy) that owns ``arrays``; numpy if none is a CuPy array."""
+    """The module (numpy, cupy or mpcgpu.strict) that owns ``arrays``; numpy if none is a device array."""
+    st = _strict_if_loaded()
+    if st is not None:
+        for a in arrays:
+            if isinstance(a, st.ndarray):
+                return st
     cp = _cupy_if_loaded()
     if cp is not None:
         for a in arrays:
@@ -42,6 +53,10 @@ def array_module(*arrays):
 
 
 def is_device_array(a) -> bool:
+    """A CuPy array, or an array of the strict test back end (which stands in for one)."""
+    st = _strict_if_loaded()
+    if st is not None and isinstance(a, st.ndarray):
+        return True
     cp = _cupy_if_loaded()
     return cp is not None and isinstance(a, cp.ndarray)
 
@@ -78,7 +93,8 @@ def local_rank() -> int:
 
 
 class Backend:
-    """Where share data lives.  ``xp`` is numpy or cupy; ``name`` is "cpu" or "cuda"."""
+    """Where share data lives.  ``xp`` is numpy, cupy or mpcgpu.strict; ``name`` is "cpu",
+    "cuda" or "strict"."""
 
     @staticmethod
     def requested_device(device: str | None = None) -> str:
@@ -94,6 +110,12 @@ class Backend:
         self.device_id = None
         if requested == "cpu":
             self._cpu()
+            return
+        if requested == "strict":
+            from . import strict
+
+            self.xp = strict
+            self.name = "strict"
             return
         cp, why = _import_cupy()
         if cp is None:
@@ -116,11 +138,15 @@ class Backend:
 
     @property
     def is_gpu(self) -> bool:
-        return self.name == "cuda"
+        """Whether arrays live off the host: CUDA, or the strict back end standing in for it
+        (so that tests run the GPU code paths: staged MPI buffers, no CPU-only kernels)."""
+        return self.name in ("cuda", "strict")
 
     def to_device(self, a):
         """Host (NumPy) array -> this back end's array (a copy on the GPU; as is on the CPU)."""
         if self.is_gpu:
+            if self.name == "strict" and not is_device_array(a):
+                a = numpy.array(a, copy=True)  # a copy, as a host -> device move is
             return self.xp.asarray(a)
         return numpy.asarray(a)
 
@@ -131,13 +157,15 @@ class Backend:
         return numpy.asarray(a)
 
     def synchronize(self):
-        """Wait for queued GPU work (a no-op on the CPU)."""
-        if self.is_gpu:
+        """Wait for queued GPU work (a no-op on the CPU and the strict back end)."""
+        if self.name == "cuda":
             self.xp.cuda.get_current_stream().synchronize()
 
     def describe(self) -> str:
-        if self.is_gpu:
+        if self.name == "cuda":
             return f"cuda:{self.device_id}"
+        if self.name == "strict":
+            return "strict (NumPy arrays under CuPy's rules, for tests)"
         return "cpu"
 
     def __repr__(self):

@@ -72,7 +72,10 @@ def main(argv=None) -> int:
 
         if runtime.is_initialised():
             raise  # the runtime's excepthook prints it and aborts the three ranks together
-        print(f"mpcgpu error: {exc}", file=sys.stderr)  # no parties yet (share, info, wrong rank count)
+        # no parties yet (share, info, wrong rank count): the line in one write (print() writes the
+        # newline apart, and the three ranks' lines interleaved)
+        sys.stderr.write(f"mpcgpu error: {exc}\n")
+        sys.stderr.flush()
         return 1
 
 

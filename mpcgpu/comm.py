@@ -202,6 +202,7 @@ class Communicator:
         on_gpu = backend is not None and backend.is_gpu
         self.cuda_aware = bool(on_gpu and (detect_cuda_aware() if cuda_aware is None else cuda_aware))
         self.stats = CommStats()
+        self._settle_comm = self.comm.Dup()  # only for settle(): never matches a protocol's call
         self._tag = 7
         self.waiting = wait_policy(self.comm)
         self.channels = channels if channels is not None else ChannelConfig.resolve()
@@ -501,6 +502,18 @@ class Communicator:
         peers = (self.prev, self.next)
         empty = numpy.empty(0, dtype=numpy.uint8)
         self._transfer({p: empty for p in peers}, {p: ((0,), numpy.uint8) for p in peers})
+
+    def settle(self, limit: float) -> bool:
+        """For the excepthook before an abort: wait (at most ``limit`` s) until every party has
+        reached this call, on a communicator of its own, so that an error raised on all ranks
+        is printed by all of them before the first abort ends the job.  True if all came."""
+        request = self._settle_comm.Ibarrier()
+        deadline = time.monotonic() + limit
+        while not request.Test():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     def abort(self, code: int = 1):
         self.comm.Abort(code)

@@ -7,53 +7,27 @@ even if the job is killed while writing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 
 import numpy
 
+from .atomic import written_atomically as atomic_path  # the one atomic writer
 from .errors import MPCError
 
 
-@contextlib.contextmanager
-def atomic_path(path):
-    """``with atomic_path(path) as tmp:`` write the file ``tmp``; on success it is renamed to
-    ``path``, on an error removed."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".partial", dir=folder)
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result gets the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def save_npy(path, array) -> str:
-    """``numpy.save`` to exactly ``path`` (no ``.npy`` appended), atomically."""
-    with atomic_path(path) as tmp:
+def save_npy(path, array, fault: str = "write-output") -> str:
+    """``numpy.save`` to exactly ``path`` (no ``.npy`` appended), atomically (``fault``: the
+    fault point of :mod:`mpcgpu.faults` reached before the rename)."""
+    with atomic_path(path, fault) as tmp:
         with open(tmp, "wb") as fh:
             numpy.save(fh, numpy.asarray(array), allow_pickle=False)
     return os.fspath(path)
 
 
-def save_json(path, obj, indent=2) -> str:
+def save_json(path, obj, indent=2, fault: str = "write-output") -> str:
     """``json.dump`` to ``path``, atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, fault) as tmp:
         with open(tmp, "w") as fh:
             json.dump(obj, fh, indent=indent)
             fh.write("\n")

@@ -20,6 +20,7 @@ import traceback
 import numpy
 
 from .backend import Backend
+from .crashreport import report_then_wait
 from .comm import Communicator, abort_world, rank_count_message, world, world_rank
 from .encoding import DEFAULT_FRAC_BITS, safe_limit
 from .errors import MPCError, RankCountError
@@ -162,15 +163,6 @@ def is_initialised() -> bool:
     return _RUNTIME is not None
 
 
-def _write_fully(fd: int, data: bytes):
-    while data:
-        try:
-            written = os.write(fd, data)
-        except OSError:
-            return
-        data = data[written:]
-
-
 def install_excepthook():
     """On an uncaught exception: print it (a one-line message for MPCError), then abort all ranks."""
     if getattr(sys.excepthook, "_mpcgpu", False):
@@ -186,12 +178,22 @@ def install_excepthook():
             sys.stdout.flush()
         except Exception:
             pass
-        _write_fully(2, report.encode(errors="replace"))  # one unbuffered write, before any abort
+        try:
+            sys.stderr.flush()
+        except Exception:
+            pass
+        report_then_wait(report)  # unbuffered, complete, and read by the launcher before any abort
         if isinstance(value, RankCountError):
             os._exit(1)  # every rank detects this by itself: nothing to abort
-        # let the launcher forward what was just written (and the other parties print the same
-        # message first) before the abort tears the job down
-        time.sleep(0.5)
+        if isinstance(value, MPCError) and _RUNTIME is not None:
+            # usually raised on every rank alike (a collective check): wait until all three have
+            # written theirs (at most 3 s, for an error of one party only)
+            try:
+                _RUNTIME.comm.settle(3.0)
+            except Exception:
+                pass
+        # the launcher has read the report; give it a moment to pass it on before the abort
+        time.sleep(0.3)
         abort_world(1)
         os._exit(1)
 

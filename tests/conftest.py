@@ -70,15 +70,24 @@ def pytest_runtest_makereport(item, call):
     world.Abort(1)
 
 
+def test_device() -> str:
+    """The back end of the test runtime: ``MPCGPU_DEVICE`` (default ``cpu``); tests/run.sh runs
+    the three-rank suite once more with ``strict`` (CuPy's rules over NumPy, mpcgpu.strict)."""
+    return os.environ.get("MPCGPU_DEVICE", "").strip().lower() or "cpu"
+
+
+test_device.__test__ = False  # a helper, not a test
+
+
 @pytest.fixture(scope="session")
 def rt():
-    """The runtime of this party (three MPI ranks, NumPy back end)."""
+    """The runtime of this party (three MPI ranks, the back end of :func:`test_device`)."""
     import mpcgpu
 
     world = _world()
     if not world or world.Get_size() != 3:
         pytest.skip("needs three MPI ranks")
-    return mpcgpu.init(device="cpu", excepthook=False)
+    return mpcgpu.init(device=test_device(), excepthook=False)
 
 
 @pytest.fixture

@@ -124,7 +124,8 @@ def test_public_constant_rule_changes_one_component_in_both_places(rt, seeded, c
     c = words(seeded, 50)
     sx = binary_of(rt, x, seeded)
     before = all_components(rt, sx)
-    first, second = with_public(sx.first, sx.second, c, rt.rank, np, lambda a, b: a ^ b, component)
+    cd = rt.backend.to_device(c)  # a public constant on the back end, as product code holds it
+    first, second = with_public(sx.first, sx.second, cd, rt.rank, rt.xp, lambda a, b: a ^ b, component)
     after = all_components(rt, BinaryShare(first, second, rt))
     for party in range(3):
         for slot in (0, 1):
@@ -133,7 +134,7 @@ def test_public_constant_rule_changes_one_component_in_both_places(rt, seeded, c
             assert np.array_equal(after[party][slot], want)
     assert np.array_equal(BinaryShare(first, second, rt).reveal(), x ^ c)
     a = arith_of(rt, x, seeded)
-    af, as_ = with_public(a.first, a.second, c, rt.rank, np, lambda p, q: p + q, component)
+    af, as_ = with_public(a.first, a.second, cd, rt.rank, rt.xp, lambda p, q: p + q, component)
     # every pair of parties reconstructs the same value: the replicas stayed consistent
     assert all(np.array_equal(v, x + c) for v in rt.comm.allgather_object(ArithmeticShare(af, as_, 0, rt).reveal_raw()))
 

@@ -96,7 +96,7 @@ def test_keys_differ_between_parties(rt):
 def test_init_twice_is_harmless(rt):
     import mpcgpu
 
-    assert mpcgpu.init(device="cpu") is rt
+    assert mpcgpu.init(device=rt.backend.name) is rt
     assert mpcgpu.get_runtime() is rt
     stats = mpcgpu.comm_stats()
     assert set(stats) == {"bytes_sent", "rounds", "messages"}
@@ -108,7 +108,7 @@ def test_init_again_with_another_device_or_precision_is_an_error(rt):
     with pytest.raises(mpcgpu.MPCError, match="cannot switch to device 'cuda'"):
         mpcgpu.init(device="cuda")
     with pytest.raises(mpcgpu.MPCError, match="cannot switch to 20"):
-        mpcgpu.init(device="cpu", precision=20)
+        mpcgpu.init(device=rt.backend.name, precision=20)
     assert mpcgpu.init(device="auto") is rt  # "auto" accepts what is running
 
 

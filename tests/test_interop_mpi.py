@@ -12,6 +12,7 @@ import shutil
 import tempfile
 
 import numpy as np
+from conftest import test_device
 import pytest
 
 from mpcgpu.jobs import infer
@@ -124,7 +125,7 @@ def test_infer_job_runs_an_imported_model_at_its_own_size(rt, work):
         json=None,
         no_progress=True,
         no_verify=False,
-        device="cpu",
+        device=test_device(),
         precision=None,
     )
     assert infer.run(args) == 0

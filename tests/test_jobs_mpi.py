@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import test_device
 from mpcgpu.jobs import infer
 from mpcgpu.nn import spec as S
 from mpcgpu.nn.plain import PlainModel, init_params
@@ -64,7 +65,7 @@ def infer_args(d, **kw):
         json=None,
         no_progress=True,
         no_verify=False,
-        device="cpu",
+        device=test_device(),
         precision=None,
     )
     args.update(kw)

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 
 import numpy as np
+from conftest import test_device
 import pytest
 
 from mpcgpu.errors import MPCError
@@ -73,7 +74,7 @@ def infer_args(d, **kw):
         json=None,
         no_progress=True,
         no_verify=True,
-        device="cpu",
+        device=test_device(),
         precision=None,
     )
     args.update(kw)

@@ -67,9 +67,10 @@ from dataclasses import dataclass, field
 
 import numpy
 
+from .. import atomic, faults
 from ..encoding import check_range, encode, safe_limit
 from ..errors import EncodingError, ShardError
-from ..hdf5 import open_for_reading, written_atomically
+from ..hdf5 import DAMAGE, damaged_message, open_for_reading, written_atomically
 from ..progress import Progress
 
 FORMAT = "mpcgpu-shard/1"
@@ -267,13 +268,18 @@ def write_shard_set(
                 public=public,
             )
         info = {}
-        for a in arrays:
+        for k, a in enumerate(arrays):
             info[a.name] = _write_array(files, a, stream, meter, block_bytes)
+            if k == 0:
+                faults.point("write-shard")  # tests: killed with the files half-written
         for f in files:
             f.close()
         files = []
+        for t in tmp:
+            atomic.fsync_file(t)
         for t, p in zip(tmp, paths):
             os.replace(t, p)
+        atomic.fsync_file(os.path.abspath(out_dir or "."), directory=True)
     except BaseException:
         for f in files:
             try:
@@ -351,7 +357,7 @@ def write_party_shard(
     h5py = _h5py()
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
+    with written_atomically(path, "write-shard") as tmp, h5py.File(tmp, "w") as f:
         _write_header(
             f,
             party,
@@ -451,6 +457,13 @@ def resolve_path(path: str, party: int) -> str:
     return path
 
 
+_DAMAGE = DAMAGE  # h5py's errors on a damaged file (mpcgpu.hdf5)
+
+
+def _damaged(path, exc) -> str:
+    return damaged_message("shard file", path, exc) + "; copy it again"
+
+
 def _attr_str(v) -> str:
     if isinstance(v, bytes):
         return v.decode()
@@ -485,9 +498,13 @@ class Shard:
 
     # -- local validation -------------------------------------------------------------
     def _open(self):
+        faults.point("read-shard")
         self._file = open_for_reading(self.path, ShardError, "shard file")
         try:
             self._read_header()
+        except _DAMAGE as exc:  # h5py on damaged metadata (found by tests/test_fuzz_readers.py)
+            self.close()
+            raise ShardError(_damaged(self.path, exc)) from None
         except BaseException:
             self.close()
             raise
@@ -572,6 +589,12 @@ class Shard:
 
     def verify_checksums(self, block_bytes: int = BLOCK_BYTES):
         """Recompute the SHA-256 of every stored component (read in row blocks)."""
+        try:
+            self._verify_checksums(block_bytes)
+        except _DAMAGE as exc:
+            raise ShardError(_damaged(self.path, exc)) from None
+
+    def _verify_checksums(self, block_bytes):
         for name, info in self.arrays.items():
             g = self._file[f"arrays/{name}"]
             for ds in ("first", "second"):
@@ -624,8 +647,8 @@ class Shard:
     def read(self, name: str, start: int = 0, stop: int | None = None):
         """Rows ``start:stop`` of ``name`` as a pair of *host* uint64 arrays."""
         info = self.info(name)
-        g = self._file[f"arrays/{name}"]
         try:
+            g = self._file[f"arrays/{name}"]
             if not info.shape:
                 return (numpy.asarray(g["first"][()], _U64), numpy.asarray(g["second"][()], _U64))
             sl = slice(start, info.shape[0] if stop is None else stop)
@@ -633,7 +656,7 @@ class Shard:
                 numpy.ascontiguousarray(g["first"][sl], dtype=_U64),
                 numpy.ascontiguousarray(g["second"][sl], dtype=_U64),
             )
-        except OSError as exc:
+        except _DAMAGE as exc:
             raise ShardError(f"shard {self.path}: array {name!r} cannot be read: {exc}") from None
 
     def take(self, name: str, rows):
@@ -644,10 +667,10 @@ class Shard:
             raise ShardError("take() needs increasing row indices")
         if rows.size and (rows[0] < 0 or rows[-1] >= self.rows(name)):
             raise ShardError(f"row index out of range for {name!r} ({self.rows(name)} rows)")
-        g = self._file[f"arrays/{name}"]
         try:
+            g = self._file[f"arrays/{name}"]
             return tuple(self._dev(numpy.ascontiguousarray(g[c][rows], dtype=_U64)) for c in ("first", "second"))
-        except OSError as exc:
+        except _DAMAGE as exc:
             raise ShardError(f"shard {self.path}: array {name!r} cannot be read: {exc}") from None
 
     def load(self, name: str):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy
 
 from .channel_args import add_channel_arguments, channel_config
+from . import checks
 
 SUMMARY = "privately classify a sharded dataset with a sharded model (run under mpirun -n 3)"
 DESCRIPTION = """\
@@ -253,7 +254,7 @@ def write_outputs(paths: dict, arrays: dict, meta: dict) -> list:
     files, written = {}, []
     for key, name in order:
         path = paths[key]
-        save_npy(path, arrays[name])
+        save_npy(path, arrays[name], fault="write-predictions")
         files[name] = {
             "file": os.path.basename(path),
             "shape": list(arrays[name].shape),
@@ -294,6 +295,7 @@ def run(args) -> int:
     output = getattr(args, "output", None) or Output()
     if isinstance(output, str):
         output = parse_output(output)
+    checks.at_least(args, 1, "batch_size", "limit")
     precision = args.precision or peek_frac_bits(args.model, world_rank())
     rt = mpcgpu.init(device=args.device, precision=precision, channels=channel_config(args))
     comm, owner = rt.comm, args.reveal_to

@@ -320,6 +320,11 @@ def run(args) -> int:
         raise MPCError("--resume needs --checkpoint-dir")
     if args.batch_size < 1 or args.epochs < 1:
         raise MPCError("--batch-size and --epochs must be positive")
+    from . import checks
+
+    checks.at_least(args, 1, "limit", "test_limit", "step_epochs")
+    checks.at_least(args, 0, "checkpoint_every")
+    checks.finite(args, "lr", "momentum", "weight_decay", "gamma", positive=("lr",))
     from .infer import peek_frac_bits
 
     precision = args.precision or peek_frac_bits(args.data.split(",")[0], world_rank())
@@ -483,7 +488,9 @@ def _summary(rt, args, run_, owner):
             flush=True,
         )
     if args.json:
-        with open(args.json, "w") as fh:
+        from .. import atomic
+
+        with atomic.written_atomically(args.json) as tmp, open(tmp, "w") as fh:
             json.dump(summary, fh, indent=1)
         plot = args.plot or os.path.splitext(args.json)[0] + ".png"
         if _plot(plot, summary):

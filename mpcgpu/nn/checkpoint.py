@@ -65,7 +65,7 @@ def save(
 
     os.makedirs(directory, exist_ok=True)
     path = checkpoint_path(directory, step, party)
-    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
+    with written_atomically(path, "write-checkpoint") as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update(
             {"format": FORMAT, "party": int(party), "step": int(step), "run_id": run_id, "meta": json.dumps(meta)}
         )

@@ -62,7 +62,12 @@ Goldschmidt's first steps, while ``x y`` is still small, double ``x y`` every
 2 rounds -- as cheap per octave as the chain -- so for ``1/x`` the planner
 mostly picks short chains; ``inv_sqrt`` and ``log`` gain more from the chain.
 All parties compute the same plan from the same public numbers (deterministic
-float64 code); nothing about the data enters it.
+float64 code); nothing about the data enters it.  Before a plan is first used, the
+parties check that they agree on it (:func:`agreed`: a SHA-256 of the plan, 64 hex digits per
+party, one round, once per plan and process; a set-up message like the key exchange, not
+counted in a protocol's rounds): parties on machines whose floating point differs (another
+libm, another NumPy) would otherwise follow different plans and compute silently wrong
+results.
 
 Costs (``f = 16``; ``P``/``T`` fused products / standalone truncations per element;
 bytes in all per element ``8 (8 P + 6 T)``):
@@ -91,6 +96,7 @@ functions keep their ring values near those of an ordinary product of the inputs
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -466,6 +472,34 @@ def _power_cost(kind: str, n: int, m: int) -> dict:
     return {"rounds": rounds, "products": prods, "truncations": truncs}
 
 
+_AGREED = set()
+
+
+def plan_digest(plan: Plan) -> str:
+    """SHA-256 of a plan's every field (floats by their exact shortest repr)."""
+    return hashlib.sha256(repr(plan).encode()).hexdigest()
+
+
+def agreed(plan: Plan, rt) -> Plan:
+    """``plan``, once the three parties have checked that they hold the same one (collective:
+    call on every rank).  The first use of a plan in a process costs one round of a 64-hex-digit
+    digest per party, not counted in the communicator's statistics (set-up, like the key
+    exchange); later uses are free.  ProtocolError on every rank on a disagreement."""
+    digest = plan_digest(plan)
+    key = (id(rt), digest)
+    if key in _AGREED:
+        return plan
+    saved = rt.comm.stats.copy()
+    try:
+        rt.comm.agree(
+            digest, f"the {plan.kind} plan for domain {plan.domain} (different floating point on the parties?)"
+        )
+    finally:
+        rt.comm.stats = saved
+    _AGREED.add(key)
+    return plan
+
+
 def plan_reciprocal(domain=DEFAULT_DOMAIN, iterations=None, rt=None) -> Plan:
     """The plan :func:`reciprocal` follows for ``domain`` (public; see :class:`Plan`)."""
     f = (rt or _rt()).frac_bits
@@ -519,7 +553,7 @@ def reciprocal(x: ArithmeticShare, iterations=None, domain=DEFAULT_DOMAIN, signe
     element as in the plan.  ``signed=True`` adds 12 rounds: the sign bit (MSB, 8 rounds)
     and two multiplications by it (``|x|`` before, the sign after; 2 rounds each).
     """
-    plan = plan_reciprocal(domain, iterations, x.rt)
+    plan = agreed(plan_reciprocal(domain, iterations, x.rt), x.rt)
     x = _to_scale(x, x.rt.frac_bits)
     if signed:
         from .convert import msb, mul_bit
@@ -554,7 +588,7 @@ def inv_sqrt(x: ArithmeticShare, iterations=None, domain=DEFAULT_DOMAIN) -> Arit
     Cost: ``plan_inv_sqrt(domain).rounds`` rounds (54 for the default domain, 26 for
     ``(0.99, 10)``).
     """
-    plan = plan_inv_sqrt(domain, iterations, x.rt)
+    plan = agreed(plan_inv_sqrt(domain, iterations, x.rt), x.rt)
     f = x.rt.frac_bits
     x = _to_scale(x, f)
     y = _guess(x, plan, -1)
@@ -706,7 +740,7 @@ def log(
     Cost: ``plan_log(domain).rounds`` rounds (66 for the default domain, 34 for
     ``(0.99, 10)``).
     """
-    plan = plan_log(domain, iterations, order, exp_iterations, x.rt)
+    plan = agreed(plan_log(domain, iterations, order, exp_iterations, x.rt), x.rt)
     f = x.rt.frac_bits
     x = _to_scale(x, f)
     y = _guess(x, plan, +1)

@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import numpy
 
-from .. import fused
+from .. import faults, fused
 from ..errors import ProtocolError
 from ..sharing.arithmetic import ArithmeticShare
 from ..sharing.binary import BinaryShare, and_words
@@ -148,6 +148,7 @@ def a2b(x: ArithmeticShare) -> BinaryShare:
     n = x.size
     xf, xs = _flat_components(x)
     pf, ps, gf, gs = _adder_inputs(xf, xs, rt)
+    faults.point("a2b")  # tests: a party lost between the rounds of the protocol
     Gf, Gs, Pf, Ps = gf, gs, pf, ps
     for k in range(6):
         d = _u(xp, 1 << k)
@@ -243,6 +244,7 @@ def msb(x: ArithmeticShare) -> BinaryShare:
         return BinaryShare(z, z.copy(), rt)
     xf, xs = _flat_components(x)
     pf, ps, gf, gs = _adder_inputs(xf, xs, rt)
+    faults.point("a2b")  # tests: a party lost between the rounds of the protocol
     if fused.enabled(rt):
         bits = _msb_tree_fused(pf, ps, gf, gs, rt)
         return BinaryShare(bits[0].reshape(shape), bits[1].reshape(shape), rt)

@@ -49,7 +49,7 @@ import numbers
 
 import numpy  # public constants and shapes only (host); share data uses rt.xp
 
-from .. import ring
+from .. import faults, ring
 from ..encoding import check_range, decode, encode, safe_limit
 from ..errors import EncodingError, ProtocolError
 from ..runtime import get as _runtime
@@ -244,6 +244,7 @@ def share(x=None, src: int = 0, integer: bool = False, rt=None) -> ArithmeticSha
     party whose input it was.  Cost: see :func:`mpcgpu.sharing.replicated.distribute`
     (16 bytes/element from ``src``, 2 rounds with the metadata round).
     """
+    faults.point("share")  # tests: a party lost while the others wait in the share
     rt = rt or _runtime()
     scale = 0 if integer else rt.frac_bits
 
