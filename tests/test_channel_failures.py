@@ -55,6 +55,8 @@ PRELUDE = """
     import mpcgpu, mpcgpu.comm as C
     from mpcgpu.channels import ChannelConfig
     R = C.world_rank()
+    def say(*words):  # one write per line: the three ranks share the launcher's stdout
+        os.write(1, (" ".join(str(w) for w in words) + "\\n").encode())
 """
 
 #: rank 1 corrupts its 4th message (counter 3) to party 2, as MODE says
@@ -83,7 +85,7 @@ TAMPER = """
     for i in range(8):
         got = rt.comm.pass_next(np.arange(1000, dtype=np.uint64) + i)
         assert (got == np.arange(1000, dtype=np.uint64) + i).all()
-    print("finished on", R, flush=True)
+    say("finished on", R)
 """
 
 
@@ -108,7 +110,7 @@ def test_prg_keys_never_cross_the_wire_in_clear(tmp_path):
     C.WIRE_HOOK = lambda comm, peer, counter, wire, reseal: seen.append(bytes(wire))
     rt = mpcgpu.init(device="cpu")
     keys = [rt.prg.own.key, rt.prg.next.key]
-    print("rank", R, "clear" if any(k in w for k in keys for w in seen) else "hidden", len(seen), flush=True)
+    say("rank", R, "clear" if any(k in w for k in keys for w in seen) else "hidden", len(seen))
     """
     p, _ = run_three(script, tmp_path)
     assert p.returncode == 0, p.stderr
@@ -132,7 +134,7 @@ KEYED = """
     key = os.environ["T_KEY"] if mine else os.environ["T_DEFAULT_KEY"]
     rt = mpcgpu.init(device="cpu", channels=ChannelConfig.resolve(key=key, parties=os.environ["T_PARTIES"]))
     x = mpcgpu.share(np.arange(5.0) if R == 0 else None)
-    print("finished on", R, (x * x).reveal().tolist(), rt.describe(), flush=True)
+    say("finished on", R, (x * x).reveal().tolist(), rt.describe())
 """
 
 
@@ -182,7 +184,7 @@ def test_missing_key_aborts_naming_the_party(tmp_path, keys):
     script = """
     key = None if R == 2 else os.environ["T_KEY"]
     rt = mpcgpu.init(device="cpu", channels=ChannelConfig.resolve(key=key, parties=os.environ["T_PARTIES"]))
-    print("finished on", R, flush=True)
+    say("finished on", R)
     """
     p, took = run_three(script, tmp_path, T_KEY=f"{keys}/party{{party}}.key", T_PARTIES=keys / "parties.json")
     assert p.returncode != 0 and "finished on" not in p.stdout
@@ -193,7 +195,7 @@ def test_missing_key_aborts_naming_the_party(tmp_path, keys):
 def test_mixed_modes_abort(tmp_path):
     script = """
     rt = mpcgpu.init(device="cpu", channels=ChannelConfig.resolve(insecure=(R == 0)))
-    print("finished on", R, flush=True)
+    say("finished on", R)
     """
     p, _ = run_three(script, tmp_path)
     assert p.returncode != 0 and "finished on" not in p.stdout
@@ -204,7 +206,7 @@ HOSTS = """
     import socket
     socket.gethostname = lambda: f"node{R}"  # as if each party ran on its own host
     rt = mpcgpu.init(device="cpu")
-    print("finished on", R, rt.describe(), flush=True)
+    say("finished on", R, rt.describe())
 """
 
 
