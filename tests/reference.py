@@ -94,3 +94,21 @@ def shared_ring(rt, values, rng, scale=0):
     c1 = rng.integers(0, 2**64, size=x.shape, dtype=np.uint64)
     comps = [c0, c1, x - c0 - c1]
     return ArithmeticShare(comps[rt.rank].copy(), comps[(rt.rank + 1) % 3].copy(), scale, rt)
+
+
+def infer_args(model: str, data: str, **overrides):
+    """The arguments of ``mpcgpu infer --model MODEL --data DATA`` as the real parser makes
+    them (its defaults), on the test device, without a progress bar; ``overrides`` replace
+    any of them (``batch_size=16``, ``out=...``)."""
+    import os
+
+    from mpcgpu.cli import build_parser
+
+    args = build_parser().parse_args(["infer", "--model", model, "--data", data])
+    args.device = os.environ.get("MPCGPU_DEVICE", "").strip().lower() or "cpu"  # as conftest.test_device
+    args.no_progress = True
+    for name, value in overrides.items():
+        if not hasattr(args, name):
+            raise AttributeError(f"mpcgpu infer has no argument {name!r}")
+        setattr(args, name, value)
+    return args

@@ -6,13 +6,12 @@ onnxruntime (or the plaintext executor) to the fixed-point floor.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
 
 import numpy as np
-from conftest import test_device
+import reference
 import pytest
 
 from mpcgpu.jobs import infer
@@ -114,19 +113,11 @@ def test_infer_job_runs_an_imported_model_at_its_own_size(rt, work):
         )
     rt.comm.barrier()
     out = os.path.join(work, "pred.npy")
-    args = argparse.Namespace(
-        model=os.path.join(work, "shards", "chain_job"),
-        data=os.path.join(work, "shards", "chain_data"),
+    args = reference.infer_args(
+        os.path.join(work, "shards", "chain_job"),
+        os.path.join(work, "shards", "chain_data"),
         batch_size=10,
-        limit=None,
-        reveal_to=0,
         out=out,
-        profile=False,
-        json=None,
-        no_progress=True,
-        no_verify=False,
-        device=test_device(),
-        precision=None,
     )
     assert infer.run(args) == 0
     if rt.rank == 0:

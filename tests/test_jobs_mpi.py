@@ -4,16 +4,15 @@ used to stay in clear); a batch-norm model gets its inverse-square-root domain f
 shards, so small running variances stay accurate.
 """
 
-import argparse
 import os
 import shutil
 import tempfile
 
 import h5py
 import numpy as np
+import reference
 import pytest
 
-from conftest import test_device
 from mpcgpu.jobs import infer
 from mpcgpu.nn import spec as S
 from mpcgpu.nn.plain import PlainModel, init_params
@@ -54,22 +53,9 @@ def work(rt):
 
 
 def infer_args(d, **kw):
-    args = dict(
-        model=os.path.join(d, "shards", "lenet_mnist"),
-        data=os.path.join(d, "shards", "test"),
-        batch_size=16,
-        limit=None,
-        reveal_to=OWNER,
-        out=None,
-        profile=False,
-        json=None,
-        no_progress=True,
-        no_verify=False,
-        device=test_device(),
-        precision=None,
-    )
-    args.update(kw)
-    return argparse.Namespace(**args)
+    kw.setdefault("batch_size", 16)
+    kw.setdefault("reveal_to", OWNER)
+    return reference.infer_args(os.path.join(d, "shards", "lenet_mnist"), os.path.join(d, "shards", "test"), **kw)
 
 
 def test_infer_reveals_only_predictions_and_the_count_to_the_owner(rt, work, monkeypatch):

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 
 import numpy as np
-from conftest import test_device
+import reference
 import pytest
 
 from mpcgpu.errors import MPCError
@@ -62,23 +62,10 @@ def work(rt):
 
 
 def infer_args(d, **kw):
-    args = dict(
-        model=os.path.join(d, "shards", "lenet_mnist"),
-        data=os.path.join(d, "shards", "test"),
-        batch_size=16,
-        limit=None,
-        reveal_to=OWNER,
-        output=infer.Output(),
-        out=None,
-        profile=False,
-        json=None,
-        no_progress=True,
-        no_verify=True,
-        device=test_device(),
-        precision=None,
-    )
-    args.update(kw)
-    return argparse.Namespace(**args)
+    kw.setdefault("batch_size", 16)
+    kw.setdefault("reveal_to", OWNER)
+    kw.setdefault("no_verify", True)
+    return reference.infer_args(os.path.join(d, "shards", "lenet_mnist"), os.path.join(d, "shards", "test"), **kw)
 
 
 def run_mode(rt, work, text, tag):
