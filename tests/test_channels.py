@@ -253,3 +253,18 @@ def test_compute_jobs_take_the_channel_options(command, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args([command, "--help"])
     assert "--peer-timeout" in capsys.readouterr().out
+
+
+def test_info_shows_the_channels_a_job_would_use(monkeypatch, capsys, tmp_path):
+    for name in ("MPCGPU_KEY", "MPCGPU_PARTIES", "MPCGPU_INSECURE_CHANNELS"):
+        monkeypatch.delenv(name, raising=False)
+    assert cli_main(["info"]) == 0
+    assert "encrypted but NOT authenticated" in capsys.readouterr().out
+    monkeypatch.setenv("MPCGPU_INSECURE_CHANNELS", "1")
+    assert cli_main(["info"]) == 0
+    assert "channels: INSECURE" in capsys.readouterr().out
+    monkeypatch.delenv("MPCGPU_INSECURE_CHANNELS")
+    monkeypatch.setenv("MPCGPU_PARTIES", str(tmp_path / "missing.json"))
+    assert cli_main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "authenticated by the parties file" in out and "cannot read the parties file" in out

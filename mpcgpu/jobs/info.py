@@ -13,7 +13,7 @@ def run(args) -> int:
     import numpy
     import mpcgpu
     from ..backend import Backend
-    from ..errors import BackendError
+    from ..errors import BackendError, MPCError
     from ..nn.models import get_model, list_models
     from ..nn.spec import count_params
 
@@ -28,6 +28,17 @@ def run(args) -> int:
         print(f"back end: {Backend(args.device).describe()}")
     except BackendError as exc:
         print(f"back end: {exc}")
+    try:  # what a job started from this environment would use (--key/--parties/--insecure-channels)
+        from ..channels import ChannelConfig
+
+        from ..channels import load_parties
+
+        config = ChannelConfig.resolve()
+        print(config.describe())
+        if config.parties:
+            load_parties(config.parties)  # a missing or malformed parties file is reported here
+    except MPCError as exc:
+        print(f"channels: {exc}")
     from ..ring import kernel
 
     choice = kernel()
