@@ -22,7 +22,8 @@ on, GPU messages are staged through host memory; ``--insecure-channels`` keeps t
 CUDA-aware path and sends in clear.  A message that does not open, or a peer silent
 for longer than the peer timeout, prints a message naming the peer and aborts every
 rank.  Small Python objects (``bcast_object`` and friends) travel over the same
-channels (two point-to-point steps: sizes, then pickles).
+channels (two point-to-point steps: sizes, then pickles, unpickled as plain data only: a peer
+can send values, never code).
 """
 
 from __future__ import annotations
@@ -173,6 +174,35 @@ def _wait_politely(MPI, requests, statuses):
     while not MPI.Request.Testall(requests, statuses):
         time.sleep(pause)
         pause = min(2 * pause, SLEEP_CAP)
+
+
+#: what a peer's pickle may name: plain data only (containers, numbers, strings, NumPy arrays,
+#: dtypes and scalars, the strict back end's arrays), never a callable that runs code
+_PICKLE_ALLOWED = frozenset(
+    [("builtins", name) for name in ("set", "frozenset", "slice", "complex", "range", "bytearray")]
+    + [("collections", "OrderedDict"), ("numpy", "dtype"), ("numpy", "ndarray"), ("mpcgpu.strict", "ndarray")]
+    + [(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")]
+    + [("numpy.dtypes", name) for name in dir(numpy.dtypes) if name.endswith("DType")]
+)
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Unpickles data, refuses anything else: a peer that is authenticated but not trusted
+    with our process (another organisation's server) can send values, not code."""
+
+    def find_class(self, module, name):
+        if (module, name) in _PICKLE_ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+
+
+def _data_only_loads(data: bytes, peer: int):
+    import io
+
+    try:
+        return _DataOnlyUnpickler(io.BytesIO(data)).load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"party {peer} sent a message that is not plain data ({exc})") from None
 
 
 #: TEST-ONLY hook, called for every outgoing message as ``WIRE_HOOK(comm, peer, counter,
@@ -453,7 +483,7 @@ class Communicator:
             {p: ((1,), numpy.int64) for p in sources},
         )
         got = self._transfer(data, {p: ((int(_host(sizes[p])[0]),), numpy.uint8) for p in sources})
-        return {p: pickle.loads(_host(got[p]).tobytes()) for p in sources}
+        return {p: _data_only_loads(_host(got[p]).tobytes(), p) for p in sources}
 
     def bcast_object(self, obj, root: int = 0):
         """Broadcast a small picklable object (shapes, ids); counts one round."""

@@ -268,3 +268,46 @@ def test_info_shows_the_channels_a_job_would_use(monkeypatch, capsys, tmp_path):
     assert cli_main(["info"]) == 0
     out = capsys.readouterr().out
     assert "authenticated by the parties file" in out and "cannot read the parties file" in out
+
+
+def test_object_messages_carry_data_never_code():
+    """What the object collectives (bcast_object and friends) unpickle from a peer: plain
+    data round-trips; a pickle that names a callable (code to run) is refused with the
+    peer's name, before anything runs."""
+    import pickle
+
+    from mpcgpu import comm
+    from mpcgpu.errors import ProtocolError
+
+    samples = [
+        None,
+        "text",
+        (1, 2.5, True, -(2**70)),
+        {"a": [1, np.float64(2.0)], "b": {3, 4}},
+        np.arange(7, dtype=np.uint64),
+        np.zeros((2, 3))[:, :2],
+        np.dtype("int32"),
+        np.int64(-3),
+        b"\x00\xff",
+        complex(1, 2),
+    ]
+    for obj in samples:
+        back = comm._data_only_loads(pickle.dumps(obj), 1)
+        assert type(back) is type(obj)
+        if isinstance(obj, np.ndarray):
+            assert back.dtype == obj.dtype and np.array_equal(back, obj)
+        else:
+            assert back == obj
+
+    ran = []
+
+    class Code:
+        def __reduce__(self):
+            return (ran.append, ("ran",))
+
+    for payload in (pickle.dumps(Code()), pickle.dumps(os.system), pickle.dumps(eval)):
+        with pytest.raises(ProtocolError, match="party 2 sent a message that is not plain data"):
+            comm._data_only_loads(payload, 2)
+    assert ran == []
+    with pytest.raises(ProtocolError, match="party 1"):
+        comm._data_only_loads(b"\x80\x05garbage", 1)

@@ -12,6 +12,7 @@ import tempfile
 
 import numpy as np
 import reference
+from mpcgpu.nn import spec_io
 import pytest
 
 from mpcgpu.jobs import infer
@@ -51,7 +52,9 @@ def _import_and_share(rt, work, stem, make):
         save_weights(os.path.join(work, f"{stem}.h5"), stem, params, spec=model)
         split_file(os.path.join(work, f"{stem}.h5"), os.path.join(work, "shards"), progress=False)
     rt.comm.barrier()
-    return rt.comm.bcast_object((model, params))
+    # peers send plain data only: the architecture travels as its JSON form
+    spec, params = rt.comm.bcast_object((spec_io.to_dict(model) if model is not None else None, params))
+    return spec_io.from_dict(spec), params
 
 
 @pytest.mark.parametrize(
@@ -146,7 +149,8 @@ def _resnet50(rt, work, size, classes, stem):
         split_file(os.path.join(work, f"{stem}.h5"), os.path.join(work, "shards"), progress=False)
         os.remove(os.path.join(work, f"{stem}.h5"))
     rt.comm.barrier()
-    model, params = rt.comm.bcast_object((model, params) if rt.rank == 0 else None)
+    spec, params = rt.comm.bcast_object((spec_io.to_dict(model), params) if rt.rank == 0 else None)
+    model = spec_io.from_dict(spec)
     pm = infer.load_model(rt, os.path.join(work, "shards", stem))
     assert pm.spec.input_shape == (3, size, size) and pm.spec.num_classes == classes
     x = np.random.default_rng(size).standard_normal((1, 3, size, size))
