@@ -287,17 +287,13 @@ class Communicator:
         """Print ``message`` (flushed, one write) and abort every rank: a channel that
         failed cannot be trusted, and a silent peer would otherwise leave the others
         waiting for ever.  Nothing secret is in the message."""
+        from .crashreport import report_then_wait
+
         try:
             sys.stdout.flush()
         except Exception:
             pass
-        data = f"mpcgpu [party {self.rank}] error: {message}\n".encode(errors="replace")
-        while data:
-            try:
-                data = data[os.write(2, data) :]
-            except OSError:
-                break
-        time.sleep(0.5)  # let the launcher forward the message before the abort
+        report_then_wait(f"mpcgpu [party {self.rank}] error: {message}\n")  # read by the launcher before the abort
         # MPI_Abort can block when the launcher is already tearing the job down around a
         # stopped process: this party then ends by itself
         import threading

@@ -362,7 +362,7 @@ def test_dataset_layout_errors(tmp_path):
         with DatasetWriter(tmp_path / "b.h5", 3, (1, 2, 2), name="b", mean=[0], std=[1], num_classes=2) as w:
             w.write(im[:1], [0])
     assert not os.path.exists(tmp_path / "b.h5")
-    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p or p.endswith(".partial")]
     import h5py
 
     with h5py.File(tmp_path / "c.h5", "w") as f:

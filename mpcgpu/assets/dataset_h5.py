@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from ..atomic import written_atomically
 from ..errors import MPCError
 
 FORMAT = "mpcgpu-dataset/1"
@@ -52,26 +53,20 @@ def write_dataset(
     images = np.asarray(images)
     labels = np.asarray(labels)
     _check_arrays(images, labels, mean, std, num_classes)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("images", data=np.ascontiguousarray(images, dtype=np.uint8))
-            f.create_dataset("labels", data=labels.astype(np.uint8 if labels.dtype == np.uint8 else np.int64))
-            _write_attrs(
-                f,
-                images.shape[1],
-                name=name,
-                mean=mean,
-                std=std,
-                num_classes=num_classes if num_classes is not None else (int(labels.max()) + 1 if labels.size else 0),
-                classes=classes,
-                source=source,
-                attrs=attrs,
-            )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("images", data=np.ascontiguousarray(images, dtype=np.uint8))
+        f.create_dataset("labels", data=labels.astype(np.uint8 if labels.dtype == np.uint8 else np.int64))
+        _write_attrs(
+            f,
+            images.shape[1],
+            name=name,
+            mean=mean,
+            std=std,
+            num_classes=num_classes if num_classes is not None else (int(labels.max()) + 1 if labels.size else 0),
+            classes=classes,
+            source=source,
+            attrs=attrs,
+        )
 
 
 class DatasetWriter:

@@ -9,7 +9,6 @@ in a protocol, ``--out`` in a missing directory crashed after the whole inferenc
 from __future__ import annotations
 
 import math
-import os
 
 from ..errors import MPCError
 
@@ -32,20 +31,3 @@ def finite(args, *names, positive: tuple = ()):
             raise MPCError(f"--{name.replace('_', '-')} must be a finite number, not {v}")
         if name in positive and v <= 0:
             raise MPCError(f"--{name.replace('_', '-')} must be positive, not {v}")
-
-
-def output_file(rt, path, writer: int, option: str):
-    """Collective: the party ``writer`` checks that it can create ``path`` (its directory exists
-    and is writable); every rank raises the same MPCError if not.  1 small round."""
-    problem = None
-    if path and rt.rank == writer:
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            problem = f"{option} {path}: directory {directory} does not exist (on party {writer})"
-        elif not os.access(directory, os.W_OK):
-            problem = f"{option} {path}: directory {directory} is not writable (on party {writer})"
-        elif os.path.isdir(path):
-            problem = f"{option} {path} is a directory (on party {writer})"
-    problem = rt.comm.bcast_object(problem, root=writer)
-    if problem:
-        raise MPCError(problem)

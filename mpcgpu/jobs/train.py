@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -488,10 +487,9 @@ def _summary(rt, args, run_, owner):
             flush=True,
         )
     if args.json:
-        from .. import atomic
+        from ..results import save_json
 
-        with atomic.written_atomically(args.json) as tmp, open(tmp, "w") as fh:
-            json.dump(summary, fh, indent=1)
+        save_json(args.json, summary, indent=1)
         plot = args.plot or os.path.splitext(args.json)[0] + ".png"
         if _plot(plot, summary):
             print(f"written {args.json} and {plot}", flush=True)

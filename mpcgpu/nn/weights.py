@@ -31,6 +31,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ..atomic import written_atomically
 from ..errors import MPCError
 from . import spec as S
 
@@ -77,32 +78,26 @@ def save_weights(
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise WeightsError(f"weights are stored as float32 or float64, not {dtype}")
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with h5py.File(tmp, "w", track_order=True) as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["model"] = str(model_name)
-            if isinstance(spec, S.Model):
-                from .models import SPEC_KEY
-                from .spec_io import to_json
+    with written_atomically(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["model"] = str(model_name)
+        if isinstance(spec, S.Model):
+            from .models import SPEC_KEY
+            from .spec_io import to_json
 
-                f.attrs[SPEC_KEY] = to_json(spec)
-            f.attrs["dtype"] = dtype.name
-            f.attrs["param_count"] = int(sum(np.asarray(params[n]).size for n in names))
-            g = f.create_group("params", track_order=True)
-            for n in names:
-                a = np.asarray(params[n])
-                if not np.all(np.isfinite(a)):
-                    raise WeightsError(f"parameter {n} has non-finite values")
-                g.create_dataset(n, data=a.astype(dtype))
-            m = f.create_group("meta")
-            m.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            for k, v in (meta or {}).items():
-                m.attrs[str(k)] = v
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            f.attrs[SPEC_KEY] = to_json(spec)
+        f.attrs["dtype"] = dtype.name
+        f.attrs["param_count"] = int(sum(np.asarray(params[n]).size for n in names))
+        g = f.create_group("params", track_order=True)
+        for n in names:
+            a = np.asarray(params[n])
+            if not np.all(np.isfinite(a)):
+                raise WeightsError(f"parameter {n} has non-finite values")
+            g.create_dataset(n, data=a.astype(dtype))
+        m = f.create_group("meta")
+        m.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        for k, v in (meta or {}).items():
+            m.attrs[str(k)] = v
 
 
 def load_weights(path, spec=None, *, dtype=np.float64) -> tuple[str, dict]:
