@@ -313,9 +313,7 @@ def run(args) -> int:
         raise mpcgpu.MPCError(
             f"model {model.spec.name} expects images of shape {model.spec.input_shape}, the dataset has {shape[1:]}"
         )
-    if args.batch_size < 1:
-        raise mpcgpu.MPCError(f"--batch-size must be at least 1, got {args.batch_size}")
-    n = shape[0] if args.limit is None else max(0, min(args.limit, shape[0]))
+    n = shape[0] if args.limit is None else min(args.limit, shape[0])  # both >= 1: checks.at_least above
     load_s = time.perf_counter() - t_load
     comm.reset_stats()
     if rt.rank == 0:
