@@ -3,7 +3,8 @@
     mpiexec -n 3 python benchmarks/memory.py --model resnet50
     mpiexec -n 3 python benchmarks/memory.py --model vgg16_features --hw 112 --layers 8
 
-Phases: ``base`` (runtime and kernels loaded), ``share`` (the parameters secret-shared
+Phases: ``base`` (runtime and kernels loaded), ``share`` (the parameters secret-shared, large ones compactly:
+:mod:`mpcgpu.sharing.compact`, unless ``--held-weights``,
 from party 0, whose plaintext is then dropped), ``prepare`` (batch norms folded),
 ``first`` (the first forward pass) and ``forward`` (a second one).  For each, the
 peak resident set size (VmHWM, reset between phases) of every party; with
@@ -46,6 +47,11 @@ def main(argv=None):
     ap.add_argument("--hw", type=int, default=None, help="input height = width (default: the model's)")
     ap.add_argument("--layers", type=int, default=0, help="print the N layers with the highest peak")
     ap.add_argument("--check", action="store_true", help="compare the logits with the plaintext twin")
+    ap.add_argument(
+        "--held-weights",
+        action="store_true",
+        help="hold both components of every weight (no compact shares: the A/B baseline)",
+    )
     ap.add_argument(
         "--keep-unfolded",
         action="store_true",
@@ -115,7 +121,9 @@ def main(argv=None):
         params = bench_params(model, args.seed) if rt.rank == 0 else None
         out = {}
         for p in P.S.param_specs(model):  # one plaintext array at a time leaves party 0
-            out[p.name] = share(params.pop(p.name) if params is not None else None, src=0)
+            compact = P.wants_compact(model) and not (args.keep_unfolded or args.held_weights)
+            compact = compact and p.size >= P.COMPACT_MIN
+            out[p.name] = share(params.pop(p.name) if params is not None else None, src=0, compact=compact)
         return P.PrivateModel(model, out, inference_only=not args.keep_unfolded)
 
     rng = numpy.random.default_rng(args.seed)

@@ -153,3 +153,67 @@ class PartyPRG:
     def private(self, shape):
         """Words known to this party alone."""
         return self._to_device(self.local.uint64(shape))
+
+
+# -- words regenerated instead of stored -------------------------------------------------
+
+
+class Recipe:
+    """How to draw again the ``count`` words of one earlier call of a stream: its key and
+    call number.  A share component that is a PRG output (two of the three components of a
+    dealt secret are) can be held as recipes -- 24 bytes instead of 8 bytes per word -- and
+    regenerated where it is used (:mod:`mpcgpu.sharing.components`).  It holds a key this
+    party already has; it is never sent."""
+
+    __slots__ = ("key", "call", "count")
+
+    def __init__(self, key: bytes, call: int, count: int):
+        self.key, self.call, self.count = bytes(key), int(call), int(count)
+
+    def __reduce__(self):
+        raise TypeError("a PRG recipe holds a key: it is never pickled, sent or saved")
+
+    def words(self, start: int = 0, stop: int | None = None, out=None) -> numpy.ndarray:
+        """Words ``start:stop`` of that call (a host uint64 array; into ``out``, a contiguous
+        host array of that many words, if given), without drawing the ones before: the
+        counter block of word ``w`` is ``(call || w // 2)``, so the keystream is entered at
+        the block holding ``start``.  The keystream is written straight into the result."""
+        stop = self.count if stop is None else int(stop)
+        start = int(start)
+        if not 0 <= start <= stop <= self.count:
+            raise ValueError(f"words {start}:{stop} outside a call of {self.count} words")
+        n = stop - start
+        out = numpy.empty(n, dtype=numpy.uint64) if out is None else out
+        nonce = self.call.to_bytes(8, "big") + (start // 2).to_bytes(8, "big")
+        enc = Cipher(algorithms.AES(self.key), modes.CTR(nonce)).encryptor()
+        if start % 2:  # a 16-byte counter block holds two words: skip the first one
+            enc.update(bytes(8))
+        flat = out.reshape(-1).view(numpy.uint8)
+        body = max(0, n - 2)  # update_into needs 15 bytes of room past what it writes
+        if body:
+            enc.update_into(_zeros(8 * body), flat[: 8 * body + 16])
+        flat[8 * body :] = numpy.frombuffer(enc.update(bytes(8 * (n - body))), dtype=numpy.uint8)
+        return out
+
+
+def reserve(stream: Stream, count: int) -> Recipe:
+    """Take the next call of ``stream`` for ``count`` words without drawing them: the
+    recipe draws them when needed (the same words :meth:`Stream.uint64` would have given)."""
+    recipe = Recipe(stream.key, stream.calls, count)
+    stream.calls += 1
+    return recipe
+
+
+def draw_range(recipes, lo: int, hi: int) -> numpy.ndarray:
+    """Words ``lo:hi`` of the concatenated outputs of ``recipes`` (calls in order), drawn
+    again on the host."""
+    out = numpy.empty(hi - lo, dtype=numpy.uint64)
+    start = 0
+    for recipe in recipes:
+        a, b = max(lo, start), min(hi, start + recipe.count)
+        if a < b:
+            recipe.words(a - start, b - start, out=out[a - lo : b - lo])
+        start += recipe.count
+    if not 0 <= lo <= hi <= start:
+        raise ValueError(f"words {lo}:{hi} outside {start} drawn words")
+    return out

@@ -94,9 +94,18 @@ def test_matmul_by_column_blocks_of_a_large_weight_is_exact(rt, seeded, monkeypa
         xb = shared(rt, np.ascontiguousarray(b.T), src=2, integer=True).transpose() if transposed else None
         xb = xb if transposed else shared(rt, b, src=2, integer=True)
         whole = arithmetic.product_summand(rt, xa.first, xa.second, xb.first, xb.second, ring.matmul)
-        assert np.array_equal(arithmetic._blocked_matmul_summand(xa, xb), whole)
+        captured = []
+
+        def capture(rt_, summand, *args, _orig=arithmetic._summand_product, _into=captured, **kw):
+            _into.append(summand.copy())
+            return _orig(rt_, summand, *args, **kw)
+
+        monkeypatch.setattr(arithmetic, "_summand_product", capture)
         with rt.comm.measure() as m:
             prod = xa @ xb
+        monkeypatch.undo()
+        monkeypatch.setattr(arithmetic, "MATMUL_BLOCK", 200)
+        assert len(captured) == 1 and np.array_equal(captured[0], whole)
         assert m.rounds == 1  # an integer product: one resharing round, however many blocks
         got = prod.reveal()
         exact = (a.astype(object) @ b.astype(object)).astype(np.int64)

@@ -123,3 +123,28 @@ def test_batch_norm_domain_comes_from_the_shards(rt, work, monkeypatch):
         save_weights(path, "bn-small", params, dtype=np.float64)
         with pytest.raises(ShardError, match="--precision"):
             split_file(path, os.path.join(work, "bnshards2"), progress=False)
+
+
+def test_large_model_keeps_one_component_in_the_shard_file(rt, work, monkeypatch):
+    """A model over COMPACT_MODEL_MIN parameters (here: LeNet, the thresholds lowered)
+    holds one component of each large weight and reads the other from its shard where it
+    is used: the same logits bit for bit as with both held, from the same randomness."""
+    from mpcgpu.data.shards import StoredComponent
+    from mpcgpu.nn import private
+    from mpcgpu.sharing.arithmetic import share
+    from mpcgpu.sharing.compact import CompactShare
+
+    stem = os.path.join(work, "shards", "lenet_mnist")
+    x = np.random.default_rng(6).standard_normal((3, 1, 28, 28))
+    state = rt.state()
+    plain = infer.load_model(rt, stem)
+    want = plain.forward(share(x if rt.rank == 0 else None, src=0), exact=True).reveal_raw()
+    monkeypatch.setattr(private, "COMPACT_MODEL_MIN", 0)
+    monkeypatch.setattr(private, "COMPACT_MIN", 100)
+    rt.restore(state)
+    pm = infer.load_model(rt, stem)
+    big = [v for v in pm.params.values() if isinstance(v, CompactShare)]
+    assert big and all(isinstance(v.second, StoredComponent) for v in big)
+    assert all(v.held_bytes == 8 * v.size for v in big)
+    got = pm.forward(share(x if rt.rank == 0 else None, src=0), exact=True).reveal_raw()
+    assert np.array_equal(got, want)

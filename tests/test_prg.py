@@ -74,3 +74,27 @@ def test_zero_shares_of_three_simulated_parties():
 def test_bad_key_length():
     with pytest.raises(ValueError):
         Stream(b"short")
+
+
+def test_recipes_regenerate_any_range_of_a_call():
+    """A reserved call draws, on demand and from any word on, exactly the words that
+    ``Stream.uint64`` draws for that call; the stream goes on as if it had drawn them."""
+    from mpcgpu.prg import reserve
+
+    key = fresh_key()
+    direct, lazy = Stream(key), Stream(key)
+    rng = np.random.default_rng(5)
+    for count in (1, 2, 7, 1000, 4097):
+        expected = direct.uint64((count,))
+        recipe = reserve(lazy, count)
+        assert np.array_equal(recipe.words(), expected)
+        for _ in range(20):
+            a, b = sorted(int(v) for v in rng.integers(0, count + 1, 2))
+            assert np.array_equal(recipe.words(a, b), expected[a:b])
+        out = np.empty(count, dtype=np.uint64)
+        recipe.words(out=out)
+        assert np.array_equal(out, expected)
+    assert lazy.calls == direct.calls
+    assert np.array_equal(lazy.uint64((9,)), direct.uint64((9,)))
+    with pytest.raises(ValueError):
+        recipe.words(0, count + 1)

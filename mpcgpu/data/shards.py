@@ -673,6 +673,18 @@ class Shard:
         except _DAMAGE as exc:
             raise ShardError(f"shard {self.path}: array {name!r} cannot be read: {exc}") from None
 
+    def read_component(self, name: str, which: str, start: int, stop: int):
+        """Rows ``start:stop`` of one component (``"first"`` or ``"second"``) of ``name``,
+        a host uint64 array (a weight read where it is used: :class:`StoredComponent`)."""
+        info = self.info(name)
+        try:
+            d = self._file[f"arrays/{name}"][which]
+            if not info.shape:
+                return numpy.asarray(d[()], _U64)
+            return numpy.ascontiguousarray(d[start:stop], dtype=_U64)
+        except _DAMAGE as exc:
+            raise ShardError(f"shard {self.path}: array {name!r} cannot be read: {exc}") from None
+
     def load(self, name: str):
         """The whole array ``name`` as a pair on the back end (model parameters)."""
         first, second = self.read(name)
@@ -857,6 +869,32 @@ def _layout_diff(a, b) -> str:
                 return f"array {n!r} has shape {tuple(sa)} vs {tuple(sb)}"
             return f"array {n!r} has scale {ca} vs {cb}"
     return "unknown difference"
+
+
+class StoredComponent:
+    """One component of an array of an open shard, read from the file where it is used
+    (a :mod:`mpcgpu.sharing.components` kind: ``shape``, ``held_bytes``, ``read(lo, hi)``
+    of flat words).  The file's checksums were verified when it was opened, and the file
+    stays open: a shard set replaced meanwhile (written to a new file, then renamed) does
+    not change what is read."""
+
+    __slots__ = ("shard", "name", "which", "shape")
+
+    def __init__(self, shard: Shard, name: str, which: str):
+        self.shard, self.name, self.which = shard, name, which
+        self.shape = tuple(shard.info(name).shape)
+
+    @property
+    def held_bytes(self) -> int:
+        return 0
+
+    def read(self, lo: int, hi: int):
+        if not self.shape:
+            return self.shard._dev(self.shard.read_component(self.name, self.which, 0, 0).reshape(1)[lo:hi])
+        per_row = int(numpy.prod(self.shape[1:], dtype=numpy.int64))
+        r0, r1 = lo // per_row, -(-hi // per_row) if per_row else 0
+        rows = self.shard.read_component(self.name, self.which, r0, r1).reshape(-1)
+        return self.shard._dev(rows[lo - r0 * per_row : hi - r0 * per_row])
 
 
 def as_share(pair, scale: int):

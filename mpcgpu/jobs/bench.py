@@ -158,14 +158,15 @@ def _timed(comm, fn):
 
 def _inference(rt, model, args, batch):
     from ..nn.plain import PlainModel
-    from ..nn.private import PrivateModel, Profile, share_params
+    from ..nn.private import PrivateModel, Profile, share_params, wants_compact
     from ..sharing.arithmetic import share
 
     comm = rt.comm
     rng = numpy.random.default_rng(args.seed)
     params = bench_params(model, args.seed) if rt.rank == 0 else None
     x = rng.standard_normal((batch,) + tuple(model.input_shape)) if rt.rank == 0 else None
-    private = PrivateModel(model, share_params(model, params, src=0), inference_only=True)
+    shared = share_params(model, params, src=0, compact=wants_compact(model))  # as infer holds them
+    private = PrivateModel(model, shared, inference_only=True)
     sx = share(x, src=0)
     comm.barrier()
     with comm.measure() as prep:  # once per model: batch norms folded into the convolutions

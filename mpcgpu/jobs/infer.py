@@ -132,15 +132,28 @@ def add_arguments(p):
 
 def load_model(rt, stem, verify=True):
     """Open a model shard set and wrap its parameters as shares; returns PrivateModel."""
-    from ..data.shards import as_share, open_shard
+    from ..data.shards import StoredComponent, as_share, open_shard
     from ..nn.models import architecture
-    from ..nn.private import DEFAULT_BN_DOMAIN, PrivateModel
+    from ..nn.private import COMPACT_MIN, DEFAULT_BN_DOMAIN, PrivateModel, wants_compact
+    from ..sharing.components import Held
+    from ..sharing.compact import CompactShare
 
     shard = open_shard(stem, rt, kind="model", verify=verify)
-    with shard:
+    try:
         model = architecture(shard.name, shard.public)
-        params = {name: as_share(shard.load(name), shard.info(name).scale) for name in shard.arrays}
+        compact = wants_compact(model)  # a large model: one component of its weights stays in the file
+        params = {}
+        for name in shard.arrays:
+            info = shard.info(name)
+            if compact and int(numpy.prod(info.shape, dtype=numpy.int64)) >= COMPACT_MIN:
+                first = rt.backend.to_device(shard.read_component(name, "first", 0, info.rows))
+                params[name] = CompactShare(Held(first), StoredComponent(shard, name, "second"), info.scale, rt)
+            else:
+                params[name] = as_share(shard.load(name), info.scale)
         domain = shard.public.get("bn_var_domain")
+    finally:
+        if not compact:
+            shard.close()  # (otherwise it stays open with the model: StoredComponent reads it)
     return PrivateModel(
         model, params, bn_domain=tuple(domain) if domain is not None else DEFAULT_BN_DOMAIN, inference_only=True
     )

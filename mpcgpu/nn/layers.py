@@ -36,6 +36,7 @@ from ..protocols import compare, pooling
 from ..protocols.approx import inv_sqrt
 from ..protocols.rounding import round_exact
 from ..sharing.arithmetic import conv2d_grad_input, conv2d_grad_weight, to_scale
+from ..sharing.compact import CompactShare, held, matmul_transposed
 from . import spec as S
 
 #: inverse square root domain for batch statistics in training (var + eps)
@@ -49,7 +50,8 @@ class LayerImpl:
 
 
 def _param(run, path, name):
-    return run.params[S.join_path(path, name)]
+    """A parameter as an ordinary share (one kept compactly is drawn for this use only)."""
+    return held(run.params[S.join_path(path, name)])
 
 
 # -- Conv2d, Linear ------------------------------------------------------------------------
@@ -95,8 +97,12 @@ def conv_backward(run, layer, path, dy):
 
 
 def linear_forward(run, layer, path, x):
-    w = _param(run, path, "weight")
-    y = x.matmul(w.transpose(), trunc=False if _untruncated(run, path) else None)
+    w = run.params[S.join_path(path, "weight")]
+    trunc = False if _untruncated(run, path) else None
+    if isinstance(w, CompactShare):  # drawn in blocks of rows: never whole
+        y = matmul_transposed(x, w, trunc=trunc)
+    else:
+        y = x.matmul(w.transpose(), trunc=trunc)
     if run.training:
         run.keep(path, x)
     return _finish(run, path, y, _param(run, path, "bias") if layer.bias else None, (1, -1))

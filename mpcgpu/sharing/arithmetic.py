@@ -235,14 +235,16 @@ def _axis_count(shape, axis):
 # -- construction ------------------------------------------------------------------------
 
 
-def share(x=None, src: int = 0, integer: bool = False, rt=None) -> ArithmeticShare:
+def share(x=None, src: int = 0, integer: bool = False, rt=None, compact: bool = False):
     """Secret-share the array ``x`` held by party ``src`` (other parties pass ``None``).
 
     The others learn the shape.  Reals are encoded with ``rt.frac_bits`` fractional
     bits (``integer=True``: as integers, scale 0), range-checked on ``src`` *before*
     anything is sent: a bad value raises EncodingError on every party, naming only the
     party whose input it was.  Cost: see :func:`mpcgpu.sharing.replicated.distribute`
-    (16 bytes/element from ``src``, 2 rounds with the metadata round).
+    (16 bytes/element from ``src``, 2 rounds with the metadata round).  ``compact``
+    returns a :class:`~mpcgpu.sharing.compact.CompactShare` instead (same messages), whose
+    pseudo-random components are drawn again where they are used (a weight held once).
     """
     faults.point("share")  # tests: a party lost while the others wait in the share
     rt = rt or _runtime()
@@ -272,7 +274,11 @@ def share(x=None, src: int = 0, integer: bool = False, rt=None) -> ArithmeticSha
         rt.xp.subtract(words, a, out=words)
         return rt.xp.subtract(words, b, out=words)
 
-    first, second = replicated.distribute(x, src, rt, encoded, masked, checked, encoded_checked)
+    first, second = replicated.distribute(x, src, rt, encoded, masked, checked, encoded_checked, compact=compact)
+    if compact:
+        from .compact import CompactShare
+
+        return CompactShare(first, second, scale, rt)
     return ArithmeticShare(first, second, scale, rt)
 
 
@@ -322,10 +328,13 @@ def _product(
     ``False`` keeps all ``x.scale + y.scale`` bits, 1 round).  An integer result: 1
     resharing round, 8 bytes/element.
     """
-    rt = x.rt
     if summand is None:  # (a caller may have computed it in blocks)
-        summand = product_summand(rt, x.first, x.second, y.first, y.second, op)
-    scale = x.scale + y.scale
+        summand = product_summand(x.rt, x.first, x.second, y.first, y.second, op)
+    return _summand_product(x.rt, summand, x.scale + y.scale, trunc, bits, out_scale)
+
+
+def _summand_product(rt, summand, scale: int, trunc, bits=None, out_scale=None) -> ArithmeticShare:
+    """The rest of :func:`_product` from this party's summand of a product at ``scale``."""
     if bits is None:
         bits, out_scale = scale - rt.frac_bits, rt.frac_bits
     if bits <= 0 or trunc is False:
@@ -380,7 +389,7 @@ def matmul(x: ArithmeticShare, y: ArithmeticShare, trunc=None) -> ArithmeticShar
     elements) is taken in blocks of columns (:data:`MATMUL_BLOCK` elements each), so the
     sum of its two components never exists whole (822 MB for that layer)."""
     if y.ndim == 2 and x.ndim >= 1 and y.size > MATMUL_BLOCK and y.shape[1] > 1:
-        return _product(x, y, ring.matmul, trunc, summand=_blocked_matmul_summand(x, y))
+        return matmul_by_columns(x, y.shape, y.scale, lambda lo, hi: (y.first[:, lo:hi], y.second[:, lo:hi]), trunc)
     return _product(x, y, ring.matmul, trunc)
 
 
@@ -388,20 +397,26 @@ def matmul(x: ArithmeticShare, y: ArithmeticShare, trunc=None) -> ArithmeticShar
 MATMUL_BLOCK = 1 << 22
 
 
-def _blocked_matmul_summand(x: ArithmeticShare, y: ArithmeticShare):
-    """:func:`product_summand` of a matmul by blocks of columns of ``y`` (exact: each
-    output column depends on its own column of ``y`` only)."""
+def matmul_by_columns(x: ArithmeticShare, y_shape, y_scale: int, columns, trunc=None) -> ArithmeticShare:
+    """``x @ y`` for a 2-D shared ``y`` of ``y_shape`` (scale ``y_scale``) whose blocks of
+    columns ``columns(lo, hi)`` gives as this party's pair ``(y_i[:, lo:hi], y_{i+1}[:, lo:hi])``:
+    :func:`product_summand` block by block (exact: each output column depends on its own
+    column of ``y`` only), blocks of about :data:`MATMUL_BLOCK` elements, so that neither
+    the sum of ``y``'s two components nor (for a weight regenerated where it is used,
+    :mod:`mpcgpu.sharing.compact`) ``y`` itself ever exists whole.  Then as :func:`matmul`."""
     xp = x.xp
-    k, n = y.shape
+    k, n = (int(v) for v in y_shape)
     step = max(1, MATMUL_BLOCK // max(k, 1))
-    out = None
+    summand = None
     for lo in range(0, n, step):
         hi = min(n, lo + step)
-        part = product_summand(x.rt, x.first, x.second, y.first[:, lo:hi], y.second[:, lo:hi], ring.matmul)
-        if out is None:
-            out = xp.empty(part.shape[:-1] + (n,), dtype=xp.uint64)
-        out[..., lo:hi] = part
-    return out
+        y0, y1 = columns(lo, hi)
+        part = product_summand(x.rt, x.first, x.second, y0, y1, ring.matmul)
+        del y0, y1
+        if summand is None:
+            summand = xp.empty(part.shape[:-1] + (n,), dtype=xp.uint64)
+        summand[..., lo:hi] = part
+    return _summand_product(x.rt, summand, x.scale + y_scale, trunc)
 
 
 def conv2d(x: ArithmeticShare, w, stride=1, padding=0, groups=1, trunc=None) -> ArithmeticShare:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy  # shapes only (broadcast_shapes on tuples); never share data
 
 from ..errors import EncodingError, ProtocolError
+from ..prg import reserve
 
 PARTIES = 3
 
@@ -171,7 +172,7 @@ def stack(shares, axis=0):
     return _joined(shares, "stack", axis)
 
 
-def distribute(x, src: int, rt, encode, mask, check=None, encode_checked=None):
+def distribute(x, src: int, rt, encode, mask, check=None, encode_checked=None, compact: bool = False):
     """Secret-share the array ``x`` held by party ``src`` (other parties pass None).
 
     ``encode(array) -> ring words`` runs on ``src`` and may raise EncodingError;
@@ -187,7 +188,10 @@ def distribute(x, src: int, rt, encode, mask, check=None, encode_checked=None):
     metadata round carrying the shape and whether the input could be encoded.  That
     verdict is all the others learn of a bad input: the error they raise names the party,
     never a value, a magnitude or NaN-ness (the source party's own error carries the
-    details).  Returns ``(first, second)``.
+    details).  Returns ``(first, second)``; with ``compact`` the two as
+    :mod:`~mpcgpu.sharing.components` (same messages, same words): every party holds one
+    component and keeps the other, pseudo-random one as recipes, drawn again where it is
+    used (``x_{src+1}`` on ``src`` and ``src+1``, ``x_src`` on ``src+2``).
     """
     comm, xp = rt.comm, rt.xp
     local_error = words = None
@@ -216,6 +220,9 @@ def distribute(x, src: int, rt, encode, mask, check=None, encode_checked=None):
         )
     shape = tuple(shape)
     n = int(numpy.prod(shape, dtype=numpy.int64))
+    if compact:
+        flat = words.reshape(-1) if words is not None else None
+        return _distribute_compact(comm, rt, src, shape, flat, mask, encode_checked)
     if n <= DISTRIBUTE_CHUNK:
         return _distribute_words(comm, rt, src, shape, words, mask)
     # a large array goes in pieces written into place: besides its input (and its encoding,
@@ -233,6 +240,43 @@ def distribute(x, src: int, rt, encode, mask, check=None, encode_checked=None):
 
 #: elements per message of :func:`distribute` (larger arrays go in pieces, 1 round each)
 DISTRIBUTE_CHUNK = 1 << 22
+
+
+def _distribute_compact(comm, rt, src, shape, flat, mask, encode_checked):
+    """:func:`distribute` keeping one pseudo-random component per party as recipes: the
+    same PRG calls and messages, piece by piece; the words of that component are never kept
+    (on the parties other than ``src``, not even drawn here).  One held component each
+    (not none on ``src``): every party then draws the same number of words per use."""
+    from .components import Held, Regenerated
+
+    xp, rank = rt.xp, comm.rank
+    n = int(numpy.prod(shape, dtype=numpy.int64))
+    own_calls, next_calls = [], []
+    held = xp.empty(n, dtype=xp.uint64)
+    for lo in range(0, n, DISTRIBUTE_CHUNK):
+        hi = min(n, lo + DISTRIBUTE_CHUNK)
+        if rank == src:
+            piece = flat[lo:hi]
+            if encode_checked is not None:
+                piece = encode_checked(piece)
+            held[lo:hi] = rt.prg.with_prev((hi - lo,))  # x_src (key k_src): held
+            next_calls.append(reserve(rt.prg.next, hi - lo))  # x_src+1 (key k_src+1): drawn again
+            nxt = rt.backend.to_device(next_calls[-1].words())
+            rest = mask(piece, held[lo:hi], nxt)
+            del nxt
+            comm.exchange({(src + 1) % PARTIES: rest, (src + 2) % PARTIES: rest}, {})
+            continue
+        held[lo:hi] = comm.exchange({}, {src: ((hi - lo,), xp.uint64)})[src]
+        if rank == (src + 1) % PARTIES:
+            own_calls.append(reserve(rt.prg.own, hi - lo))  # x_src+1, as with_prev
+        else:
+            next_calls.append(reserve(rt.prg.next, hi - lo))  # x_src, as with_next
+    device = rt.backend.to_device
+    if rank == src:
+        return Held(held.reshape(shape)), Regenerated(next_calls, shape, device)
+    if rank == (src + 1) % PARTIES:  # holds (x_src+1, x_src+2)
+        return Regenerated(own_calls, shape, device), Held(held.reshape(shape))
+    return Held(held.reshape(shape)), Regenerated(next_calls, shape, device)  # (x_src+2, x_src)
 
 
 def _distribute_words(comm, rt, src, shape, words, mask):
