@@ -299,6 +299,7 @@ def _check_files(comm, owner: int, paths: dict, summary_json: str | None) -> Non
 
 def run(args) -> int:
     import mpcgpu
+    from .. import memstat
     from ..comm import world_rank
     from ..data.shards import open_shard
     from ..nn.private import Profile
@@ -344,6 +345,7 @@ def run(args) -> int:
     mine = comm.stats.as_dict()
     everyone = comm.allgather_object(mine)
     total_bytes = sum(s["bytes_sent"] for s in everyone)
+    peaks = comm.allgather_object(memstat.peak_bytes())  # data-independent: the same for any input
     summary = {
         "model": model.spec.name,
         "dataset": data.name,
@@ -355,13 +357,14 @@ def run(args) -> int:
         "load_seconds": load_s,
         "bytes_all_parties": total_bytes,
         "rounds": mine["rounds"],
+        "peak_bytes_per_party": peaks,
         "device": rt.backend.describe(),
     }
     if is_owner:
         print(
             f"party {owner} (result owner): {n} predictions in {elapsed:.2f} s "
             f"({1000 * elapsed / max(n, 1):.1f} ms/image), {total_bytes / 1e6:.1f} MB sent by the three parties, "
-            f"{mine['rounds']} rounds",
+            f"{mine['rounds']} rounds, peak memory per party {', '.join(f'{p / 1e9:.2f}' for p in peaks)} GB",
             flush=True,
         )
         if right is not None:

@@ -521,6 +521,18 @@ COMPACT_MIN = 1 << 16
 COMPACT_MODEL_MIN = 1 << 25
 
 
+#: ``1``: compact weights for every model, ``0``: never (both components held), unset or
+#: ``auto``: for models of at least :data:`COMPACT_MODEL_MIN` parameters
+COMPACT_ENV = "MPCGPU_COMPACT_WEIGHTS"
+
+
 def wants_compact(model: S.Model) -> bool:
-    """Whether inference keeps ``model``'s large weights compact (:data:`COMPACT_MODEL_MIN`)."""
+    """Whether inference keeps ``model``'s large weights compact (:data:`COMPACT_ENV`)."""
+    import os
+
+    choice = os.environ.get(COMPACT_ENV, "auto").strip().lower()
+    if choice not in ("auto", "0", "1"):
+        raise MPCError(f"{COMPACT_ENV}={choice!r}: use 0 (hold both components), 1 (compact) or auto")
+    if choice != "auto":
+        return choice == "1"
     return S.count_params(model, trainable_only=False) >= COMPACT_MODEL_MIN
