@@ -37,6 +37,7 @@ from mpcgpu.jobs.bench import _warm_up, bench_params  # noqa: E402
 from mpcgpu.nn import private as P  # noqa: E402
 from mpcgpu.nn.models import get_model  # noqa: E402
 from mpcgpu.sharing.arithmetic import share  # noqa: E402
+from mpcgpu.sharing.compact import share as compact_share  # noqa: E402
 
 MB = 1e6
 
@@ -123,7 +124,8 @@ def main(argv=None):
         for p in P.S.param_specs(model):  # one plaintext array at a time leaves party 0
             compact = P.wants_compact(model) and not (args.keep_unfolded or args.held_weights)
             compact = compact and p.size >= P.COMPACT_MIN
-            out[p.name] = share(params.pop(p.name) if params is not None else None, src=0, compact=compact)
+            deal = compact_share if compact else share
+            out[p.name] = deal(params.pop(p.name) if params is not None else None, src=0)
         return P.PrivateModel(model, out, inference_only=not args.keep_unfolded)
 
     rng = numpy.random.default_rng(args.seed)

@@ -14,10 +14,17 @@ from mpcgpu.nn import spec as S
 from mpcgpu.nn.plain import PlainModel, init_params
 from mpcgpu.nn.private import PrivateModel, share_params
 from mpcgpu.sharing import arithmetic, replicated
+from mpcgpu.sharing import compact as compact_mod
 from mpcgpu.sharing.compact import CompactShare, held, matmul_transposed
-from reference import all_components, recording, shared
+from reference import all_components, recording
 
 pytestmark = pytest.mark.mpi(min_size=3)
+
+
+def shared(rt, x, src=0, compact=False):
+    """Deal ``x`` from ``src``: ordinarily, or compactly (every party calls this)."""
+    deal = compact_mod.share if compact else arithmetic.share
+    return deal(x if rt.rank == src else None, src=src)
 
 
 def _twice(rt, make):

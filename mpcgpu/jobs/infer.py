@@ -139,6 +139,7 @@ def load_model(rt, stem, verify=True):
     from ..sharing.compact import CompactShare
 
     shard = open_shard(stem, rt, kind="model", verify=verify)
+    compact = False
     try:
         model = architecture(shard.name, shard.public)
         compact = wants_compact(model)  # a large model: one component of its weights stays in the file

@@ -32,6 +32,7 @@ import numpy
 from ..errors import MPCError
 from ..sharing.arithmetic import ArithmeticShare, concatenate, share
 from ..sharing.compact import held
+from ..sharing.compact import share as compact_share
 from . import spec as S
 from .layers import TRAIN_BN_DOMAIN, impl
 
@@ -507,8 +508,8 @@ def share_params(model: S.Model, params: dict | None, src: int = 0, compact: boo
     draws the other where it is used; VGG-16: 1.1 GB less per party)."""
     out = {}
     for p in S.param_specs(model):
-        big = compact and p.size >= COMPACT_MIN
-        out[p.name] = share(params[p.name] if params is not None else None, src=src, compact=big)
+        deal = compact_share if compact and p.size >= COMPACT_MIN else share
+        out[p.name] = deal(params[p.name] if params is not None else None, src=src)
     return out
 
 

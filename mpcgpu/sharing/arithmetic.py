@@ -235,17 +235,24 @@ def _axis_count(shape, axis):
 # -- construction ------------------------------------------------------------------------
 
 
-def share(x=None, src: int = 0, integer: bool = False, rt=None, compact: bool = False):
+def share(x=None, src: int = 0, integer: bool = False, rt=None) -> ArithmeticShare:
     """Secret-share the array ``x`` held by party ``src`` (other parties pass ``None``).
 
     The others learn the shape.  Reals are encoded with ``rt.frac_bits`` fractional
     bits (``integer=True``: as integers, scale 0), range-checked on ``src`` *before*
     anything is sent: a bad value raises EncodingError on every party, naming only the
     party whose input it was.  Cost: see :func:`mpcgpu.sharing.replicated.distribute`
-    (16 bytes/element from ``src``, 2 rounds with the metadata round).  ``compact``
-    returns a :class:`~mpcgpu.sharing.compact.CompactShare` instead (same messages), whose
-    pseudo-random components are drawn again where they are used (a weight held once).
+    (16 bytes/element from ``src``, 2 rounds with the metadata round).
+    :func:`mpcgpu.sharing.compact.share` deals the same way and keeps one component per
+    party as a PRG recipe.
     """
+    first, second, scale, rt = dealt_components(x, src, integer, rt)
+    return ArithmeticShare(first, second, scale, rt)
+
+
+def dealt_components(x, src: int, integer: bool, rt, compact: bool = False):
+    """:func:`share`'s work: ``(first, second, scale, rt)``, the components as arrays, or
+    with ``compact`` as :mod:`~mpcgpu.sharing.components` (:mod:`~mpcgpu.sharing.compact`)."""
     faults.point("share")  # tests: a party lost while the others wait in the share
     rt = rt or _runtime()
     scale = 0 if integer else rt.frac_bits
@@ -275,11 +282,7 @@ def share(x=None, src: int = 0, integer: bool = False, rt=None, compact: bool = 
         return rt.xp.subtract(words, b, out=words)
 
     first, second = replicated.distribute(x, src, rt, encoded, masked, checked, encoded_checked, compact=compact)
-    if compact:
-        from .compact import CompactShare
-
-        return CompactShare(first, second, scale, rt)
-    return ArithmeticShare(first, second, scale, rt)
+    return first, second, scale, rt
 
 
 #: elements encoded at a time by :func:`share` (bounds its temporaries on the source party)

@@ -1,7 +1,7 @@
 """Shares held compactly: pseudo-random components drawn again where they are used.
 
-A model's weights are dealt once and then only read.  :func:`share` with ``compact=True``
-(:func:`mpcgpu.sharing.arithmetic.share`) keeps, on every party, one of its two
+A model's weights are dealt once and then only read.  :func:`share` (the dealing of
+:func:`mpcgpu.sharing.arithmetic.share`) keeps, on every party, one of its two
 components as PRG recipes (:mod:`mpcgpu.sharing.components`): each party holds one
 component of the weight instead of two.  A :class:`CompactShare` is not an
 :class:`~mpcgpu.sharing.arithmetic.ArithmeticShare`; it hands out ordinary shares of its
@@ -17,7 +17,13 @@ the keys that draw them).
 
 from __future__ import annotations
 
-from .arithmetic import ArithmeticShare, matmul_by_columns
+from .arithmetic import ArithmeticShare, dealt_components, matmul_by_columns
+
+
+def share(x=None, src: int = 0, integer: bool = False, rt=None) -> "CompactShare":
+    """:func:`mpcgpu.sharing.arithmetic.share` (same checks, messages and words), kept
+    compactly: every party holds one component and keeps the other as a PRG recipe."""
+    return CompactShare(*dealt_components(x, src, integer, rt, compact=True))
 
 
 class CompactShare:
@@ -93,4 +99,4 @@ def held(value) -> ArithmeticShare:
     return value.materialize() if isinstance(value, CompactShare) else value
 
 
-__all__ = ["CompactShare", "matmul_transposed", "held"]
+__all__ = ["CompactShare", "share", "matmul_transposed", "held"]
