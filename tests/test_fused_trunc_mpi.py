@@ -115,7 +115,7 @@ def test_kernels_send_and_return_the_array_codes_words(rt, seeded, monkeypatch, 
 def test_a_0d_input(rt, seeded, monkeypatch, kind):
     for v in (0, -1, LIM - 1, -LIM, 12345):
         args = inputs(rt, seeded, np.int64(v), kind)
-        runs = both_paths(rt, monkeypatch, lambda: truncation.msb_corrected(rt, (), 7, **args))
+        runs = both_paths(rt, monkeypatch, lambda a=args: truncation.msb_corrected(rt, (), 7, **a))
         assert_same(runs)
         assert runs[0][0][0].shape == ()
         assert_floor_plus_carry(rt, runs[0][0], np.int64(v), 7, 0)
