@@ -70,7 +70,8 @@ from __future__ import annotations
 
 import numpy
 
-from .. import faults, fused
+from .. import faults, fused, fused_inject
+from ..limbs import scratch
 from ..errors import ProtocolError
 from ..sharing.arithmetic import ArithmeticShare
 from ..sharing.binary import BinaryShare, and_words
@@ -330,6 +331,8 @@ def _inject(bit: BinaryShare, x: ArithmeticShare | None, with_bit: bool):
         xshape = numpy.broadcast_shapes(x.shape, bshape)  # shapes only (host)
         if xshape != x.shape:
             raise ProtocolError(f"bit shape {bshape} does not broadcast to the value shape {x.shape}")
+    if x is not None and tuple(bshape) == tuple(x.shape) and x.size and fused_inject.enabled(rt):
+        return _inject_fused(bit, x, with_bit)
     zero = u64(0)
     # -- round 1: t = b0 ^ b1 shared by party 0 as (t - rho, rho, 0); y = x * b2 reshared
     if rank == 0:
@@ -392,6 +395,50 @@ def _inject(bit: BinaryShare, x: ArithmeticShare | None, with_bit: bool):
         start = nx
     if with_bit:
         out_b = ArithmeticShare(z[start:].reshape(bshape), second[start:].reshape(bshape), 0, rt)
+    return out_x, out_b
+
+
+def _inject_fused(bit: BinaryShare, x: ArithmeticShare, with_bit: bool):
+    """:func:`_inject` for a bit of ``x``'s shape on the kernels of :mod:`mpcgpu.fused_inject`:
+    the same PRG calls in the same order, the same messages and outputs bit for bit, one pass
+    per party and round.  The PRG words go into reused scratch buffers (consumed here)."""
+    rt = bit.rt
+    xp, comm, prg, rank = rt.xp, rt.comm, rt.prg, rt.rank
+    u64 = xp.uint64
+    kern = fused_inject.kernels()
+    shape, n = tuple(x.shape), x.size
+    total = 2 * n if with_bit else n
+    xf, xs = (xp.ascontiguousarray(a).reshape(-1) for a in (x.first, x.second))
+    bf, bs = (xp.ascontiguousarray(a).reshape(-1) for a in (bit.first, bit.second))
+
+    def words(draw, role, count):
+        return draw(count, out=scratch(xp, role, (count,), u64))
+
+    if rank == 0:
+        rho = words(prg.with_next, "inject-rho", n)
+        mu = words(prg.with_next, "inject-mu", n)
+        nu = words(prg.with_prev, "inject-nu", n)
+        t0 = kern["p0_message"](bf, bs, rho, xp.empty(n, dtype=u64))
+        comm.exchange({2: t0.reshape(shape)}, {})
+        w_own, w_next = words(prg.with_prev, "inject-own", total), words(prg.with_next, "inject-next", total)
+        z = kern["p0_term"](xf, xs, t0, rho, mu, nu, w_own, w_next, with_bit, xp.empty(total, dtype=u64))
+    elif rank == 1:
+        rho = words(prg.with_prev, "inject-rho", n)
+        mu = words(prg.with_prev, "inject-mu", n)
+        v1 = kern["p1_message"](xf, xs, bs, mu, xp.empty(n, dtype=u64))
+        v2 = comm.exchange({2: v1.reshape(shape)}, {2: (shape, u64)})[2].reshape(-1)
+        w_own, w_next = words(prg.with_prev, "inject-own", total), words(prg.with_next, "inject-next", total)
+        z = kern["p1_term"](xf, xs, bs, rho, mu, v1, v2, w_own, w_next, with_bit, xp.empty(total, dtype=u64))
+    else:
+        nu = words(prg.with_next, "inject-nu", n)
+        v2 = kern["p2_message"](xs, bf, nu, xp.empty(n, dtype=u64))
+        got = comm.exchange({1: v2.reshape(shape)}, {0: (shape, u64), 1: (shape, u64)})
+        w_own, w_next = words(prg.with_prev, "inject-own", total), words(prg.with_next, "inject-next", total)
+        t0, v1 = got[0].reshape(-1), got[1].reshape(-1)
+        z = kern["p2_term"](xf, bf, t0, v1, v2, w_own, w_next, with_bit, xp.empty(total, dtype=u64))
+    second = comm.pass_prev(z)
+    out_x = ArithmeticShare(z[:n].reshape(shape), second[:n].reshape(shape), x.scale, rt)
+    out_b = ArithmeticShare(z[n:].reshape(shape), second[n:].reshape(shape), 0, rt) if with_bit else None
     return out_x, out_b
 
 
