@@ -122,6 +122,14 @@ def test_a_0d_input(rt, seeded, monkeypatch, kind):
 
 
 @pytest.mark.parametrize("kind", ["rss", "summand"])
+def test_an_empty_input(rt, seeded, monkeypatch, kind):
+    args = inputs(rt, seeded, np.zeros((0, 3), dtype=np.int64), kind)
+    runs = both_paths(rt, monkeypatch, lambda: truncation.msb_corrected(rt, (0, 3), 9, **args))
+    assert_same(runs)
+    assert runs[0][0][0].shape == (0, 3)
+
+
+@pytest.mark.parametrize("kind", ["rss", "summand"])
 @pytest.mark.parametrize("bits_kind", ["scalar", "array"])
 def test_chunked_inputs_write_each_chunk_in_place(rt, seeded, monkeypatch, kind, bits_kind):
     monkeypatch.setattr(truncation, "CHUNK", 1000)

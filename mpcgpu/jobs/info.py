@@ -52,7 +52,7 @@ def run(args) -> int:
 
     why = fused.why_not() or ("switched off by MPCGPU_FUSED=0" if os.environ.get(fused.ENV) == "0" else None)
     print(
-        f"CPU protocol kernels (MSB tree): {'array code: ' + why if why else 'fused (numba)'}; "
+        f"CPU protocol kernels (MSB tree, truncation, product with a bit): {'array code: ' + why if why else 'fused (numba)'}; "
         "MPCGPU_FUSED=0 uses the array code"
     )
     print("models:")
