@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import numpy
 
-from .. import faults, fused, fused_inject
+from .. import faults, fused, fused_relu
 from ..limbs import scratch
 from ..errors import ProtocolError
 from ..sharing.arithmetic import ArithmeticShare
@@ -331,7 +331,7 @@ def _inject(bit: BinaryShare, x: ArithmeticShare | None, with_bit: bool):
         xshape = numpy.broadcast_shapes(x.shape, bshape)  # shapes only (host)
         if xshape != x.shape:
             raise ProtocolError(f"bit shape {bshape} does not broadcast to the value shape {x.shape}")
-    if x is not None and tuple(bshape) == tuple(x.shape) and x.size and fused_inject.enabled(rt):
+    if x is not None and tuple(bshape) == tuple(x.shape) and x.size and fused_relu.enabled(rt):
         return _inject_fused(bit, x, with_bit)
     zero = u64(0)
     # -- round 1: t = b0 ^ b1 shared by party 0 as (t - rho, rho, 0); y = x * b2 reshared
@@ -399,13 +399,13 @@ def _inject(bit: BinaryShare, x: ArithmeticShare | None, with_bit: bool):
 
 
 def _inject_fused(bit: BinaryShare, x: ArithmeticShare, with_bit: bool):
-    """:func:`_inject` for a bit of ``x``'s shape on the kernels of :mod:`mpcgpu.fused_inject`:
+    """:func:`_inject` for a bit of ``x``'s shape on the kernels of :mod:`mpcgpu.fused_relu`:
     the same PRG calls in the same order, the same messages and outputs bit for bit, one pass
     per party and round.  The PRG words go into reused scratch buffers (consumed here)."""
     rt = bit.rt
     xp, comm, prg, rank = rt.xp, rt.comm, rt.prg, rt.rank
     u64 = xp.uint64
-    kern = fused_inject.kernels()
+    kern = fused_relu.kernels()
     shape, n = tuple(x.shape), x.size
     total = 2 * n if with_bit else n
     xf, xs = (xp.ascontiguousarray(a).reshape(-1) for a in (x.first, x.second))

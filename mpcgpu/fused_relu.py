@@ -12,7 +12,7 @@ the components that are 0 for that party (``t_2`` on party 1, ``t_0`` on party 2
 out of its formula (a product with 0 is 0 in the ring).  Every word is the same ring
 expression mod 2^64 as the array code's, from the same PRG words drawn by the same calls
 in the same order, so messages and outputs are bit for bit the same (tested in
-tests/test_fused_inject_mpi.py); the array code stays the reference and the GPU path.
+tests/test_fused_relu_mpi.py); the array code stays the reference and the GPU path.
 
 Kernels by party (``n`` elements; ``w_own``, ``w_next``: the zero share's two PRG blocks
 of ``n`` or ``2n`` words, the second half for the bit when ``with_bit``):

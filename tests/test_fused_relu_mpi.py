@@ -1,4 +1,4 @@
-"""The fused CPU kernels of the product with a shared bit (mpcgpu.fused_inject), on three ranks.
+"""The fused CPU kernels of the product with a shared bit (mpcgpu.fused_relu), on three ranks.
 
 From the same PRG state, the kernels and the array-module code (``MPCGPU_FUSED=0``) send
 the same messages and return the same components bit for bit; ``x * b`` and ``b`` are
@@ -8,7 +8,7 @@ exact in the ring (Python ints), for arbitrary ring values and both bit values.
 import numpy as np
 import pytest
 
-from mpcgpu import fused, fused_inject
+from mpcgpu import fused, fused_relu
 from mpcgpu.protocols import compare, convert
 from mpcgpu.sharing.binary import BinaryShare
 from reference import recording, shared_ring
@@ -19,8 +19,8 @@ U64 = np.uint64
 
 @pytest.fixture(autouse=True)
 def kernels_available(rt):
-    if not fused_inject.enabled(rt):
-        pytest.skip(fused_inject.why_not() or "the fused kernels are switched off")
+    if not fused_relu.enabled(rt):
+        pytest.skip(fused_relu.why_not() or "the fused kernels are switched off")
 
 
 def bit_share(rt, rng, bits):
