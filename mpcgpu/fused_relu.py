@@ -1,4 +1,10 @@
-"""Fused CPU kernels for the product with a shared bit (numba): ``x * b`` and ``b``.
+"""Fused CPU kernels on ReLU's path (numba): the MSB's adder inputs and the product with a
+shared bit.
+
+:func:`mpcgpu.protocols.convert.msb` starts from the adder inputs ``p = a ^ x_2``,
+``g = a & x_2`` of ``a = x_0 + x_1`` (of ``-x`` for ReLU's ``[x > 0]``, without forming
+``-x`` first): :func:`adder_sum` (party 0) and :func:`adder_and` (parties 1 and 2) do each
+party's step in one pass.
 
 :func:`mpcgpu.protocols.convert.mul_bit` (the second half of ReLU) computes, per party,
 a round-1 message from its components and PRG words, then the round-2 term
@@ -104,7 +110,32 @@ def _compile():
                 z[n + i] = (ZERO - (b2[i] << ONE)) * t + b2[i] + w_own[n + i] - w_next[n + i]
         return z
 
+    @jit
+    def adder_sum(xf, xs, neg, rho, out):
+        """Party 0's adder input ``a_0 = (x_0 + x_1) ^ rho``, of ``-x`` with ``neg``
+        (``(-x_0) + (-x_1) = -(x_0 + x_1)`` in the ring)."""
+        for i in range(out.shape[0]):
+            a = xf[i] + xs[i]
+            if neg:
+                a = ZERO - a
+            out[i] = a ^ rho[i]
+        return out
+
+    @jit
+    def adder_and(x, neg, other, mask, x_out, out):
+        """Parties 1 and 2: ``v = (other & x_2) ^ mask`` with ``x_2 = x`` (``-x`` with ``neg``,
+        also written to ``x_out``: it is a component of ``p``)."""
+        for i in range(out.shape[0]):
+            v = x[i]
+            if neg:
+                v = ZERO - v
+                x_out[i] = v
+            out[i] = (other[i] & v) ^ mask[i]
+        return out
+
     _K = {
+        "adder_sum": adder_sum,
+        "adder_and": adder_and,
         "p0_message": p0_message,
         "p0_term": p0_term,
         "p1_message": p1_message,

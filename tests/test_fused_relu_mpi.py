@@ -95,3 +95,33 @@ def test_relu_and_its_derivative_are_the_array_codes_words(rt, seeded, monkeypat
         assert_same(runs)
         y = runs[0][0][0] if grad else runs[0][0]
         assert np.array_equal(y.reveal_raw().view(np.int64), np.maximum(x, 0))
+
+
+def test_msb_of_the_negation_and_a2b_are_the_array_codes_words(rt, seeded, monkeypatch):
+    """The adder inputs' kernels: ``msb(x, negate=True)`` is ``msb(-x)`` word for word (both
+    paths, from one PRG state), exact on the full ring (0 and -2^63 are their own negations);
+    ``a2b`` (not negated) too."""
+    x = ring_values(seeded, (4001,))
+    s = shared_ring(rt, x.view(np.int64), seeded)
+    runs = both_paths(rt, monkeypatch, lambda: convert.msb(s, negate=True))
+    assert_same(runs)
+    state = rt.state()
+    negated = convert.msb(-s)
+    rt.restore(state)
+    again = convert.msb(s, negate=True)
+    assert np.array_equal(negated.first, again.first) and np.array_equal(negated.second, again.second)
+    assert np.array_equal(again.reveal(), (U64(0) - x) >> U64(63))
+    runs = both_paths(rt, monkeypatch, lambda: convert.a2b(s))
+    assert_same(runs)
+    assert np.array_equal(runs[0][0].reveal(), x)
+
+
+@pytest.mark.parametrize("cmp", ["lt", "gt", "le", "ge"])
+def test_comparisons_are_exact(rt, seeded, cmp):
+    a = seeded.integers(-(2**40), 2**40, 3000)
+    b = a.copy()
+    b[1000:] = seeded.integers(-(2**40), 2**40, 2000)  # equal, then random pairs
+    sa, sb = shared_ring(rt, a, seeded), shared_ring(rt, b, seeded)
+    got = getattr(compare, cmp)(sa, sb).reveal_raw()
+    ref = {"lt": a < b, "gt": a > b, "le": a <= b, "ge": a >= b}[cmp]
+    assert np.array_equal(got, ref.astype(U64))
