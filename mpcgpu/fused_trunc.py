@@ -21,8 +21,9 @@ code produces (tests/test_fused_trunc_mpi.py).  The array code stays the referen
 and the GPU path; ``keep=True`` stays on it.
 
 The PRG blocks are drawn into per-thread scratch buffers (:func:`mpcgpu.limbs.scratch`),
-warm from call to call: they are consumed inside the call (every output and message
-is a fresh array), so no buffer is handed out twice.
+warm from call to call: they are consumed inside the call (every message is a fresh
+array, every output a fresh array or the caller's ``out``), so no buffer is handed out
+twice.
 
 :func:`enabled` is :func:`mpcgpu.fused.enabled`: a NumPy back end, numba importable,
 ``MPCGPU_FUSED`` not ``0``.
