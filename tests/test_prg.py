@@ -98,3 +98,36 @@ def test_recipes_regenerate_any_range_of_a_call():
     assert np.array_equal(lazy.uint64((9,)), direct.uint64((9,)))
     with pytest.raises(ValueError):
         recipe.words(0, count + 1)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 4, 5, 6, 7, 8, 33, 1000, 65_537])
+def test_words_into_a_callers_buffer_are_the_fresh_words(count):
+    """``out=``: the same keystream words (the same call counter) written into the caller's
+    buffer, which comes back reshaped; a wrong buffer is refused before any word is drawn."""
+    key = fresh_key()
+    fresh, into = Stream(key), Stream(key)
+    fresh.uint64((3,)), into.uint64((3,))
+    buf = np.full(count, 7, dtype=np.uint64)
+    got = into.uint64((1, count), out=buf)
+    assert got.shape == (1, count) and np.shares_memory(got, buf) or count == 0
+    assert np.array_equal(got, fresh.uint64((1, count)))
+    assert np.array_equal(into.uint64(count, out=buf), fresh.uint64(count))  # buffer reused: new words
+    bad_ones = [np.empty(count + 1, np.uint64), np.empty(count, np.int64), np.empty(2 * count, np.uint64)[::2]]
+    for bad in bad_ones[: 3 if count > 1 else 2]:
+        with pytest.raises(ValueError):
+            into.uint64(count, out=bad)
+    assert into.calls == fresh.calls
+
+
+def test_zero_share_is_own_minus_next_and_never_hands_out_its_scratch():
+    keys = [fresh_key() for _ in range(2)]
+    party = PartyPRG(keys[0], keys[1])
+    own, nxt = Stream(keys[0]), Stream(keys[1])
+    seen, copies = [], []
+    for shape in [(5000,), (3, 7), (5000,), (), (100, 100)]:
+        z = party.zero_share(shape)
+        assert z.shape == shape and np.array_equal(z, own.uint64(shape) - nxt.uint64(shape))
+        assert not any(np.shares_memory(z, s) for s in seen)
+        seen.append(z)
+        copies.append(z.copy())
+    assert all(np.array_equal(a, b) for a, b in zip(seen, copies))  # earlier results intact

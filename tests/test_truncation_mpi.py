@@ -197,10 +197,10 @@ class ViewRecorder:
         self._streams = [self.rt.prg.own, self.rt.prg.next, self.rt.prg.local]
         for st in self._streams:
 
-            def drawn(shape, _original=st.uint64):
-                out = _original(shape)
-                self._keep(out)
-                return out
+            def drawn(shape, out=None, _original=st.uint64):
+                words = _original(shape, out=out)
+                self._keep(words if out is None else words.copy())  # a scratch buffer is reused
+                return words
 
             st.uint64 = drawn
         comm = self.rt.comm

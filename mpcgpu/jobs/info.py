@@ -51,8 +51,9 @@ def run(args) -> int:
     from .. import fused
 
     why = fused.why_not() or ("switched off by MPCGPU_FUSED=0" if os.environ.get(fused.ENV) == "0" else None)
+    kinds = "MSB tree, truncation, ReLU"
     print(
-        f"CPU protocol kernels (MSB tree): {'array code: ' + why if why else 'fused (numba)'}; "
+        f"CPU protocol kernels ({kinds}): {'array code: ' + why if why else 'fused (numba)'}; "
         "MPCGPU_FUSED=0 uses the array code"
     )
     print("models:")

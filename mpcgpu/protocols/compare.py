@@ -69,12 +69,12 @@ def lt(x: ArithmeticShare, y) -> ArithmeticShare:
 
 def gt(x: ArithmeticShare, y) -> ArithmeticShare:
     """``[x > y]`` = MSB of ``y - x``; 10 rounds."""
-    return b2a(msb(-_diff(x, y)))
+    return b2a(msb(_diff(x, y), negate=True))
 
 
 def le(x: ArithmeticShare, y) -> ArithmeticShare:
     """``[x <= y]`` = NOT MSB of ``y - x``; 10 rounds."""
-    return b2a(msb(-_diff(x, y)).not_bits())
+    return b2a(msb(_diff(x, y), negate=True).not_bits())
 
 
 def ge(x: ArithmeticShare, y) -> ArithmeticShare:
@@ -101,7 +101,7 @@ def relu(x: ArithmeticShare, grad: bool = False):
     bytes/element per party, no truncation).  The caller keeps ``d``; nothing is stored
     on the result.
     """
-    bit = msb(-x)
+    bit = msb(x, negate=True)
     if grad:
         return mul_bit(x, bit, with_bit=True)
     return mul_bit(x, bit)

@@ -70,7 +70,8 @@ from __future__ import annotations
 
 import numpy
 
-from .. import faults, fused
+from .. import faults, fused, fused_relu
+from ..limbs import scratch
 from ..errors import ProtocolError
 from ..sharing.arithmetic import ArithmeticShare
 from ..sharing.binary import BinaryShare, and_words
@@ -89,13 +90,18 @@ def _u(xp, v):
 # -- rounds 1-2: the two addends a = x0 + x1 and b = x2 -------------------------------------
 
 
-def _adder_inputs(xf, xs, rt):
+def _adder_inputs(xf, xs, rt, negate=False):
     """Binary sharings of propagate ``p = a ^ b`` and generate ``g = a & b`` for ``x = a + b``.
 
-    ``xf``, ``xs``: this party's arithmetic components (flat).  Returns component
-    arrays ``(pf, ps, gf, gs)``.  2 rounds; 8 bytes/element per party (party 0 in
-    round 1, parties 1 and 2 in round 2).
+    ``xf``, ``xs``: this party's arithmetic components (flat); ``negate``: of ``-x``
+    instead.  Returns component arrays ``(pf, ps, gf, gs)``.  2 rounds; 8 bytes/element
+    per party (party 0 in round 1, parties 1 and 2 in round 2).  On the CPU the local
+    steps run on the kernels of :mod:`mpcgpu.fused_relu` (the same words).
     """
+    if fused_relu.enabled(rt) and xf.size:
+        return _adder_inputs_fused(xf, xs, rt, negate)
+    if negate:
+        xf, xs = -xf, -xs
     xp, comm, prg, rank = rt.xp, rt.comm, rt.prg, rt.rank
     shape, u64 = xf.shape, xp.uint64
     # round 1: party 0 inputs a = x0 + x1 as (a ^ rho, rho, 0)
@@ -127,6 +133,38 @@ def _adder_inputs(xf, xs, rt):
     v1 = comm.exchange({1: v2}, {1: (shape, u64)})[1]
     v1 ^= v2
     return x2, a0, v1, nu  # p = (x2, a0), g = (g2, g0)
+
+
+def _adder_inputs_fused(xf, xs, rt, negate):
+    """:func:`_adder_inputs` with each party's local step in one pass (same PRG calls,
+    messages and components)."""
+    xp, comm, prg, rank = rt.xp, rt.comm, rt.prg, rt.rank
+    shape, u64 = xf.shape, xp.uint64
+    kern = fused_relu.kernels()
+    xf, xs = xp.ascontiguousarray(xf), xp.ascontiguousarray(xs)
+    if rank == 0:
+        rho = prg.with_next(shape)
+        a0 = kern["adder_sum"](xf, xs, negate, rho, xp.empty(shape, dtype=u64))
+        comm.exchange({2: a0}, {})
+        mu = prg.with_next(shape)
+        nu = prg.with_prev(shape)
+        comm.exchange({}, {})
+        return a0, rho, nu, mu
+    if rank == 1:
+        rho = prg.with_prev(shape)
+        comm.exchange({}, {})
+        mu = prg.with_prev(shape)
+        x2 = xp.empty(shape, dtype=u64) if negate else xs
+        v1 = kern["adder_and"](xs, negate, rho, mu, x2, xp.empty(shape, dtype=u64))
+        v1 ^= comm.exchange({2: v1}, {2: (shape, u64)})[2]
+        return rho, x2, mu, v1
+    a0 = comm.exchange({}, {0: (shape, u64)})[0]
+    nu = prg.with_next(shape)
+    x2 = xp.empty(shape, dtype=u64) if negate else xf
+    v2 = kern["adder_and"](xf, negate, a0, nu, x2, xp.empty(shape, dtype=u64))
+    v1 = comm.exchange({1: v2}, {1: (shape, u64)})[1]
+    v1 ^= v2
+    return x2, a0, v1, nu
 
 
 def _flat_components(x: ArithmeticShare):
@@ -229,11 +267,13 @@ def _lanes(n, xp, backend):
     return _LANE_CACHE[key]
 
 
-def msb(x: ArithmeticShare) -> BinaryShare:
+def msb(x: ArithmeticShare, negate: bool = False) -> BinaryShare:
     """The most significant (sign) bit of every ring element of ``x``, as a bit share.
 
     Exact for every uint64 ring value.  ``x < 0`` in two's complement.  8 rounds;
     ``8 * (n + tree_words(n))`` bytes per party (about 23.75 bytes/element for large n).
+    ``negate=True``: the MSB of ``-x`` (``[x > 0]`` for ReLU), the same words as
+    ``msb(-x)`` without forming ``-x`` first.
     """
     rt = x.rt
     xp = rt.xp
@@ -243,7 +283,7 @@ def msb(x: ArithmeticShare) -> BinaryShare:
         z = xp.zeros(shape, dtype=xp.uint64)
         return BinaryShare(z, z.copy(), rt)
     xf, xs = _flat_components(x)
-    pf, ps, gf, gs = _adder_inputs(xf, xs, rt)
+    pf, ps, gf, gs = _adder_inputs(xf, xs, rt, negate)
     faults.point("a2b")  # tests: a party lost between the rounds of the protocol
     if fused.enabled(rt):
         bits = _msb_tree_fused(pf, ps, gf, gs, rt)
@@ -330,6 +370,8 @@ def _inject(bit: BinaryShare, x: ArithmeticShare | None, with_bit: bool):
         xshape = numpy.broadcast_shapes(x.shape, bshape)  # shapes only (host)
         if xshape != x.shape:
             raise ProtocolError(f"bit shape {bshape} does not broadcast to the value shape {x.shape}")
+    if x is not None and tuple(bshape) == tuple(x.shape) and x.size and fused_relu.enabled(rt):
+        return _inject_fused(bit, x, with_bit)
     zero = u64(0)
     # -- round 1: t = b0 ^ b1 shared by party 0 as (t - rho, rho, 0); y = x * b2 reshared
     if rank == 0:
@@ -392,6 +434,50 @@ def _inject(bit: BinaryShare, x: ArithmeticShare | None, with_bit: bool):
         start = nx
     if with_bit:
         out_b = ArithmeticShare(z[start:].reshape(bshape), second[start:].reshape(bshape), 0, rt)
+    return out_x, out_b
+
+
+def _inject_fused(bit: BinaryShare, x: ArithmeticShare, with_bit: bool):
+    """:func:`_inject` for a bit of ``x``'s shape on the kernels of :mod:`mpcgpu.fused_relu`:
+    the same PRG calls in the same order, the same messages and outputs bit for bit, one pass
+    per party and round.  The PRG words go into reused scratch buffers (consumed here)."""
+    rt = bit.rt
+    xp, comm, prg, rank = rt.xp, rt.comm, rt.prg, rt.rank
+    u64 = xp.uint64
+    kern = fused_relu.kernels()
+    shape, n = tuple(x.shape), x.size
+    total = 2 * n if with_bit else n
+    xf, xs = (xp.ascontiguousarray(a).reshape(-1) for a in (x.first, x.second))
+    bf, bs = (xp.ascontiguousarray(a).reshape(-1) for a in (bit.first, bit.second))
+
+    def words(draw, role, count):
+        return draw(count, out=scratch(xp, role, (count,), u64))
+
+    if rank == 0:
+        rho = words(prg.with_next, "inject-rho", n)
+        mu = words(prg.with_next, "inject-mu", n)
+        nu = words(prg.with_prev, "inject-nu", n)
+        t0 = kern["p0_message"](bf, bs, rho, xp.empty(n, dtype=u64))
+        comm.exchange({2: t0.reshape(shape)}, {})
+        w_own, w_next = words(prg.with_prev, "inject-own", total), words(prg.with_next, "inject-next", total)
+        z = kern["p0_term"](xf, xs, t0, rho, mu, nu, w_own, w_next, with_bit, xp.empty(total, dtype=u64))
+    elif rank == 1:
+        rho = words(prg.with_prev, "inject-rho", n)
+        mu = words(prg.with_prev, "inject-mu", n)
+        v1 = kern["p1_message"](xf, xs, bs, mu, xp.empty(n, dtype=u64))
+        v2 = comm.exchange({2: v1.reshape(shape)}, {2: (shape, u64)})[2].reshape(-1)
+        w_own, w_next = words(prg.with_prev, "inject-own", total), words(prg.with_next, "inject-next", total)
+        z = kern["p1_term"](xf, xs, bs, rho, mu, v1, v2, w_own, w_next, with_bit, xp.empty(total, dtype=u64))
+    else:
+        nu = words(prg.with_next, "inject-nu", n)
+        v2 = kern["p2_message"](xs, bf, nu, xp.empty(n, dtype=u64))
+        got = comm.exchange({1: v2.reshape(shape)}, {0: (shape, u64), 1: (shape, u64)})
+        w_own, w_next = words(prg.with_prev, "inject-own", total), words(prg.with_next, "inject-next", total)
+        t0, v1 = got[0].reshape(-1), got[1].reshape(-1)
+        z = kern["p2_term"](xf, bf, t0, v1, v2, w_own, w_next, with_bit, xp.empty(total, dtype=u64))
+    second = comm.pass_prev(z)
+    out_x = ArithmeticShare(z[:n].reshape(shape), second[:n].reshape(shape), x.scale, rt)
+    out_b = ArithmeticShare(z[n:].reshape(shape), second[n:].reshape(shape), 0, rt) if with_bit else None
     return out_x, out_b
 
 

@@ -61,7 +61,9 @@ from __future__ import annotations
 
 import numpy  # host-side shape arithmetic only
 
+from .. import fused_trunc
 from ..errors import ProtocolError
+from ..limbs import scratch
 
 MODES = ("prob", "aby3")
 DEFAULT_MODE = "prob"
@@ -110,21 +112,25 @@ def msb_corrected(rt, shape, bits, *, rss=None, summand=None, offset=0, keep=Fal
     flat_bits = numpy.broadcast_to(numpy.asarray(bits), tuple(shape)).reshape(-1) if numpy.ndim(bits) else bits
     parts = (rss[0].reshape(-1), rss[1].reshape(-1)) if rss is not None else (summand.reshape(-1),)
     first, second = xp.empty(n, dtype=xp.uint64), xp.empty(n, dtype=xp.uint64)
+    direct = fused_trunc.enabled(rt)  # the kernels write each chunk's pair in place
     for lo in range(0, n, CHUNK):
         hi = min(n, lo + CHUNK)
         piece = [a[lo:hi] for a in parts]
-        first[lo:hi], second[lo:hi] = _msb_corrected_call(
+        got = _msb_corrected_call(
             rt,
             (hi - lo,),
             flat_bits[lo:hi] if numpy.ndim(flat_bits) else flat_bits,
             rss=tuple(piece) if rss is not None else None,
             summand=piece[0] if summand is not None else None,
             offset=offset,
+            out=(first[lo:hi], second[lo:hi]) if direct else None,
         )
+        if not direct:
+            first[lo:hi], second[lo:hi] = got
     return first.reshape(shape), second.reshape(shape)
 
 
-def _msb_corrected_call(rt, shape, bits, *, rss=None, summand=None, offset=0, keep=False):
+def _msb_corrected_call(rt, shape, bits, *, rss=None, summand=None, offset=0, keep=False, out=None):
     """The ``"prob"`` protocol (module docstring) on this party's input; returns the new
     pair ``(first, second)``, or ``((first, second), aux)`` with ``keep``.
 
@@ -154,6 +160,8 @@ def _msb_corrected_call(rt, shape, bits, *, rss=None, summand=None, offset=0, ke
     fused = summand is not None
     if fused == (rss is not None):
         raise ProtocolError("msb_corrected needs exactly one of rss= and summand=")
+    if not keep and fused_trunc.enabled(rt):
+        return _msb_corrected_kernels(rt, tuple(shape), d, rss, summand, offset, out)
     j = rt.next_role()
     D, A, B = j, (j + 1) % 3, (j + 2) % 3
     na = 4 + fused + keep  # from the key of D and A: r_A, T_A, m_A, v, [nu], [rho_A]
@@ -224,6 +232,59 @@ def _msb_corrected_call(rt, shape, bits, *, rss=None, summand=None, offset=0, ke
     return out, (B, c_lo, r_lo_pair)
 
 
+def _msb_corrected_kernels(rt, shape, d, rss, summand, offset, out=None):
+    """:func:`_msb_corrected_call` without ``keep`` on the fused CPU kernels of
+    :mod:`mpcgpu.fused_trunc`: the same PRG calls in the same order, the same messages and
+    outputs bit for bit, one pass per local step.  ``out`` (two flat uint64 arrays of the
+    input's size, e.g. slices of a chunked caller's result) receives the pair in place."""
+    xp, comm, prg, me = rt.xp, rt.comm, rt.prg, rt.rank
+    u64 = xp.uint64
+    kern = fused_trunc.kernels()
+    n = int(numpy.prod(shape, dtype=numpy.int64))
+    fz = summand is not None
+    per = numpy.ndim(d) > 0
+    dv = xp.ascontiguousarray(xp.broadcast_to(d, shape)).reshape(-1) if per else xp.full(1, d, dtype=u64)
+    first, second = out if out is not None else (xp.empty(n, dtype=u64), xp.empty(n, dtype=u64))
+    j = rt.next_role()
+    D, A, B = j, (j + 1) % 3, (j + 2) % 3
+    na, nb = 4 + fz, 2 + fz
+    if me == D:
+        ka = prg.with_next((na,) + shape, out=scratch(xp, "trunc-ka", (na, n), u64)).reshape(na, n)
+        kb = prg.with_prev((nb,) + shape, out=scratch(xp, "trunc-kb", (nb, n), u64)).reshape(nb, n)
+        s = xp.ascontiguousarray(summand).reshape(-1) if fz else first
+        tob, toa = xp.empty((2 + fz, n), dtype=u64), xp.empty((1 if fz else 0, n), dtype=u64)
+        kern["deal"](ka, kb, s, dv, per, fz, tob, toa, first, second)
+        sends = {B: tob.reshape((2 + fz,) + shape)}
+        if fz:
+            sends[A] = toa.reshape((1,) + shape)
+        comm.exchange(sends, {})
+        comm.exchange({}, {})
+        return first.reshape(shape), second.reshape(shape)
+    is_a = me == A
+    if is_a:  # the key of D and A; A's term: x_A
+        k = prg.with_prev((na,) + shape, out=scratch(xp, "trunc-ka", (na, n), u64)).reshape(na, n)
+    else:  # the key of D and B; B's term: x_B + x_D
+        k = prg.with_next((nb,) + shape, out=scratch(xp, "trunc-kb", (nb, n), u64)).reshape(nb, n)
+    parts = (summand,) if fz else (rss[0],) if is_a else rss
+    x0 = xp.ascontiguousarray(parts[0]).reshape(-1)
+    x1 = xp.ascontiguousarray(parts[1]).reshape(-1) if len(parts) > 1 else x0
+    msg = kern["open_message"](x0, x1, len(parts) > 1, k, fz, 4 if is_a else 2, xp.empty(n, dtype=u64))
+    other = B if is_a else A
+    from_d = (2 + fz) if me == B else int(fz)
+    recvs = {other: (shape, u64)}
+    if from_d:
+        recvs[D] = ((from_d,) + shape, u64)
+    got = comm.exchange({other: msg.reshape(shape)}, recvs)
+    dealt = got[D].reshape(from_d, n) if from_d else k
+    half = xp.empty(n, dtype=u64)
+    kept = first if is_a else second
+    const = u64((SHIFT + int(offset)) % (1 << 64))
+    kern["open_half"](x0, x1, len(parts) > 1, k, got[other].reshape(-1), dealt, fz, is_a, dv, per, const, half, kept)
+    theirs = comm.exchange({other: half.reshape(shape)}, {other: (shape, u64)})[other]
+    xp.add(half, theirs.reshape(-1), out=second if is_a else first)
+    return first.reshape(shape), second.reshape(shape)
+
+
 def aby3(rt, first, second, bits):
     """The one-round ABY3 truncation (opt-in, see the module docstring); returns the pair."""
     xp, comm, rank = rt.xp, rt.comm, rt.rank
@@ -252,7 +313,8 @@ def aby3(rt, first, second, bits):
 def reshare(rt, summand):
     """Three-out-of-three summands -> replicated pair: add a fresh zero share and send
     ``z_i`` to party ``i-1``.  1 round, 8 bytes/element per party."""
-    z = summand + rt.prg.zero_share(summand.shape)
+    z = rt.prg.zero_share(summand.shape)  # a fresh array: the sum goes in place (one pass)
+    z += summand
     return z, rt.comm.pass_prev(z)
 
 

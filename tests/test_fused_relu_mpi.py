@@ -1,0 +1,127 @@
+"""The fused CPU kernels of the product with a shared bit (mpcgpu.fused_relu), on three ranks.
+
+From the same PRG state, the kernels and the array-module code (``MPCGPU_FUSED=0``) send
+the same messages and return the same components bit for bit; ``x * b`` and ``b`` are
+exact in the ring (Python ints), for arbitrary ring values and both bit values.
+"""
+
+import numpy as np
+import pytest
+
+from mpcgpu import fused, fused_relu
+from mpcgpu.protocols import compare, convert
+from mpcgpu.sharing.binary import BinaryShare
+from reference import recording, shared_ring
+
+pytestmark = pytest.mark.mpi(min_size=3)
+U64 = np.uint64
+
+
+@pytest.fixture(autouse=True)
+def kernels_available(rt):
+    if not fused_relu.enabled(rt):
+        pytest.skip(fused_relu.why_not() or "the fused kernels are switched off")
+
+
+def bit_share(rt, rng, bits):
+    """A replicated XOR sharing of the 0/1 array ``bits`` with random 0/1 components."""
+    b = np.asarray(bits, dtype=U64)
+    c0 = rng.integers(0, 2, size=b.shape, dtype=U64)
+    c1 = rng.integers(0, 2, size=b.shape, dtype=U64)
+    comps = [c0, c1, b ^ c0 ^ c1]
+    return BinaryShare(comps[rt.rank].copy(), comps[(rt.rank + 1) % 3].copy(), rt)
+
+
+def ring_values(rng, shape):
+    x = rng.integers(0, 2**64, size=shape, dtype=U64)
+    edges = np.array([0, 1, 2**64 - 1, 2**63, 2**63 - 1, 2**62, 3, 2**64 - 2], dtype=U64)
+    m = min(x.size, len(edges))
+    x.reshape(-1)[:m] = edges[:m]
+    return x
+
+
+def both_paths(rt, monkeypatch, call):
+    """``call()`` with the kernels, then from the same state with the array code."""
+    runs = []
+    state = rt.state()
+    for switch in ("1", "0"):
+        rt.restore(state)
+        monkeypatch.setenv(fused.ENV, switch)
+        with recording(rt.comm) as log:
+            out = call()
+        runs.append((out, log))
+    monkeypatch.delenv(fused.ENV)
+    return runs
+
+
+def components(out):
+    shares = out if isinstance(out, tuple) else (out,)
+    return [a for s in shares if s is not None for a in (s.first, s.second)]
+
+
+def assert_same(runs):
+    (out_k, log_k), (out_a, log_a) = runs
+    for a, b in zip(components(out_k), components(out_a), strict=True):
+        assert a.dtype == b.dtype == U64 and a.shape == b.shape and np.array_equal(a, b)
+    assert len(log_k) == len(log_a)
+    for (sent_k, got_k), (sent_a, got_a) in zip(log_k, log_a):
+        for ours, theirs in ((sent_k, sent_a), (got_k, got_a)):
+            assert ours.keys() == theirs.keys()
+            for peer in ours:
+                assert ours[peer].shape == theirs[peer].shape and np.array_equal(ours[peer], theirs[peer])
+
+
+@pytest.mark.parametrize("with_bit", [False, True])
+@pytest.mark.parametrize("shape", [(1,), (1000,), (3, 5, 7), (40_001,)])
+def test_product_with_a_bit_is_the_array_codes_words_and_exact(rt, seeded, monkeypatch, with_bit, shape):
+    x = ring_values(seeded, shape)
+    b = seeded.integers(0, 2, size=shape, dtype=U64)
+    sx, sb = shared_ring(rt, x.view(np.int64), seeded), bit_share(rt, seeded, b)
+    runs = both_paths(rt, monkeypatch, lambda: convert.mul_bit(sx, sb, with_bit=with_bit))
+    assert_same(runs)
+    out = runs[0][0]
+    prod = (out[0] if with_bit else out).reveal_raw()
+    exact = [int(v) * int(c) % 2**64 for v, c in zip(x.reshape(-1).tolist(), b.reshape(-1).tolist())]
+    assert prod.shape == shape and prod.reshape(-1).tolist() == exact
+    if with_bit:
+        assert out[1].scale == 0 and np.array_equal(out[1].reveal_raw(), b)
+
+
+def test_relu_and_its_derivative_are_the_array_codes_words(rt, seeded, monkeypatch):
+    x = ring_values(seeded, (5000,)).view(np.int64) >> 20  # values of either sign, edges
+    s = shared_ring(rt, x, seeded, 16)
+    for grad in (False, True):
+        runs = both_paths(rt, monkeypatch, lambda g=grad: compare.relu(s, grad=g))
+        assert_same(runs)
+        y = runs[0][0][0] if grad else runs[0][0]
+        assert np.array_equal(y.reveal_raw().view(np.int64), np.maximum(x, 0))
+
+
+def test_msb_of_the_negation_and_a2b_are_the_array_codes_words(rt, seeded, monkeypatch):
+    """The adder inputs' kernels: ``msb(x, negate=True)`` is ``msb(-x)`` word for word (both
+    paths, from one PRG state), exact on the full ring (0 and -2^63 are their own negations);
+    ``a2b`` (not negated) too."""
+    x = ring_values(seeded, (4001,))
+    s = shared_ring(rt, x.view(np.int64), seeded)
+    runs = both_paths(rt, monkeypatch, lambda: convert.msb(s, negate=True))
+    assert_same(runs)
+    state = rt.state()
+    negated = convert.msb(-s)
+    rt.restore(state)
+    again = convert.msb(s, negate=True)
+    assert np.array_equal(negated.first, again.first) and np.array_equal(negated.second, again.second)
+    assert np.array_equal(again.reveal(), (U64(0) - x) >> U64(63))
+    runs = both_paths(rt, monkeypatch, lambda: convert.a2b(s))
+    assert_same(runs)
+    assert np.array_equal(runs[0][0].reveal(), x)
+
+
+@pytest.mark.parametrize("cmp", ["lt", "gt", "le", "ge"])
+def test_comparisons_are_exact(rt, seeded, cmp):
+    a = seeded.integers(-(2**40), 2**40, 3000)
+    b = a.copy()
+    b[1000:] = seeded.integers(-(2**40), 2**40, 2000)  # equal, then random pairs
+    sa, sb = shared_ring(rt, a, seeded), shared_ring(rt, b, seeded)
+    got = getattr(compare, cmp)(sa, sb).reveal_raw()
+    ref = {"lt": a < b, "gt": a > b, "le": a <= b, "ge": a >= b}[cmp]
+    assert np.array_equal(got, ref.astype(U64))
