@@ -82,23 +82,8 @@ class Stream:
         words are the same either way."""
         shape = (int(shape),) if numpy.isscalar(shape) else tuple(int(s) for s in shape)
         count = int(numpy.prod(shape, dtype=numpy.int64)) if shape else 1
-        nbytes = 8 * count
-        if out is not None and (
-            out.dtype != numpy.uint64 or out.size != count or not out.flags.c_contiguous or not out.flags.writeable
-        ):
-            raise ValueError(f"out must be a writable C-contiguous uint64 array of {count} elements")
-        enc = Cipher(self._algorithm, modes.CTR(self._nonce())).encryptor()
-        if out is None:
-            buf = numpy.empty(nbytes + 15, dtype=numpy.uint8)  # update_into wants len(in)+15 room
-            written = enc.update_into(_zeros(nbytes), buf)
-            assert written == nbytes
-            return buf[:nbytes].view(numpy.uint64).reshape(shape)
-        dst = out.reshape(-1).view(numpy.uint8)
-        head = max(0, nbytes - 16) & ~15  # update_into needs 15 bytes of room past its input
-        if head:
-            assert enc.update_into(_zeros(head), dst) == head
-        dst[head:] = numpy.frombuffer(enc.update(bytes(nbytes - head)) + enc.finalize(), dtype=numpy.uint8)
-        return out.reshape(shape)
+        _check_out(out, count)  # before the call is taken
+        return reserve(self, count).words(out=out).reshape(shape)
 
 
 _ZERO_CACHE = {"buf": bytearray(0)}
@@ -217,6 +202,7 @@ class Recipe:
         if not 0 <= start <= stop <= self.count:
             raise ValueError(f"words {start}:{stop} outside a call of {self.count} words")
         n = stop - start
+        _check_out(out, n)
         out = numpy.empty(n, dtype=numpy.uint64) if out is None else out
         nonce = self.call.to_bytes(8, "big") + (start // 2).to_bytes(8, "big")
         enc = Cipher(algorithms.AES(self.key), modes.CTR(nonce)).encryptor()
@@ -228,6 +214,13 @@ class Recipe:
             enc.update_into(_zeros(8 * body), flat[: 8 * body + 16])
         flat[8 * body :] = numpy.frombuffer(enc.update(bytes(8 * (n - body))), dtype=numpy.uint8)
         return out
+
+
+def _check_out(out, count: int):
+    if out is not None and (
+        out.dtype != numpy.uint64 or out.size != count or not out.flags.c_contiguous or not out.flags.writeable
+    ):
+        raise ValueError(f"out must be a writable C-contiguous uint64 array of {count} elements")
 
 
 def reserve(stream: Stream, count: int) -> Recipe:
