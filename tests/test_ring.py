@@ -740,8 +740,8 @@ def test_native_kernels_both_layouts_vs_python_ints(rng, m, k, n):
     assert (native.gemm_nt(a, np.ascontiguousarray(b.T)) == ref).all()
     assert (native.gemm(a, b) == ref).all()  # transposed copy or row updates
     assert (native.gemm(a, np.ascontiguousarray(b.T).T) == ref).all()  # a transposed view: no copy
-    nt, nn = native._compile()
-    for kernel, rhs in ((nt, np.ascontiguousarray(b.T)), (nn, b)):
+    nt, nn, nn_packed = native._compile()
+    for kernel, rhs in ((nt, np.ascontiguousarray(b.T)), (nn, b), (nn_packed, b)):
         out = np.zeros((m, n), dtype=np.uint64)
         kernel(a, rhs, out)
         assert (out == ref).all()
