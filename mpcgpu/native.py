@@ -124,23 +124,24 @@ def _compile():
                 c[i, cj + j] += s
 
     @jit
-    def blocking(k, n):
+    def blocking(k, n, red_block, block_bytes):
         """``(w, nb)``: reduction blocks of ``w`` words (``k`` cut evenly into pieces of at
-        most RED_BLOCK, a multiple of 8) and ``nb`` rows of B^T per block (``n`` cut evenly,
-        a multiple of 4), so that a block of B^T (``nb * w`` words) fits in BLOCK_BYTES."""
-        w = -(-k // max(1, -(-k // RED_BLOCK)))
+        most ``red_block``, rounded up to a multiple of 8) and ``nb`` rows of B^T per block
+        (``n`` cut evenly, a multiple of 4) so that a block of B^T (``nb * w`` words) fits
+        in ``block_bytes``."""
+        w = -(-k // max(1, -(-k // red_block)))
         w = -(-w // 8) * 8
-        nb = max(4, BLOCK_BYTES // (8 * w))
+        nb = max(4, block_bytes // (8 * w))
         nb = -(-n // max(1, -(-n // nb)))
         return w, -(-nb // 4) * 4
 
     @jit
-    def nt(a, bt, c):
+    def nt(a, bt, c, red_block, block_bytes):
         """``c += a @ bt.T`` in blocks along the reduction and of the rows of ``bt``
         (:func:`blocking`): a block of ``bt`` stays in L2 while all rows of ``a`` pass it."""
         k = a.shape[1]
         n = bt.shape[0]
-        w, nb = blocking(k, n)
+        w, nb = blocking(k, n, red_block, block_bytes)
         for k0 in range(0, k, w):
             for j0 in range(0, n, nb):
                 tiles(a, k0, bt, j0, k0, min(w, k - k0), c, j0, min(nb, n - j0))
@@ -154,12 +155,12 @@ def _compile():
                 buf[j, t] = row[j]
 
     @jit
-    def nn_packed(a, b, c):
+    def nn_packed(a, b, c, red_block, block_bytes):
         """``c += a @ b`` as :func:`nt` computes it, each block of B transposed into a
         buffer first (no transposed copy of the whole of B)."""
         k = a.shape[1]
         n = b.shape[1]
-        w, nb = blocking(k, n)
+        w, nb = blocking(k, n, red_block, block_bytes)
         buf = np.empty((nb, w + 8), dtype=U64)  # rows 8 words apart from a multiple of 4 KiB
         for k0 in range(0, k, w):
             wk = min(w, k - k0)
@@ -240,7 +241,11 @@ def _apply(which, a, b, n, out):
     b = np.ascontiguousarray(b).view(U64)
     if out is None:
         out = np.zeros((a.shape[0], n), dtype=U64)
-    _kernels()[which](a, b, out)
+    kernel = _kernels()[which]
+    if which == 1:
+        kernel(a, b, out)
+    else:
+        kernel(a, b, out, RED_BLOCK, BLOCK_BYTES)
     return out
 
 
