@@ -36,8 +36,9 @@ RED_BLOCK = 1024
 #: in L2 while every row of A passes them)
 BLOCK_BYTES = 512 * 1024
 #: below this many rows of A, a B that is not already transposed is used as it is (the
-#: row-update kernel) rather than packed block by block for the dot-product kernel
-MIN_ROWS_TO_PACK = 16
+#: row-update kernel) rather than packed block by block for the dot-product kernel (row
+#: updates win up to 4 rows, packing from 8, for k x n = 1024 x 1024 and 25088 x 512)
+MIN_ROWS_TO_PACK = 6
 #: images per im2col block: bounds its memory
 IMAGE_BLOCK_BYTES = 64 * 2**20
 #: output rows per im2col block of an image whose im2col exceeds IMAGE_BLOCK_BYTES (VGG-16's
