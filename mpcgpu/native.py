@@ -6,12 +6,16 @@ integer GEMM comes within 1.5x of a float64 one and beats the limb trick of
 per machine; this module only computes.
 
 * :func:`gemm_nt` -- ``A @ B^T mod 2^64`` given ``B^T``: 4 x 4 tiles of dot products of
-  contiguous rows, blocked along the reduction; the sixteen sums stay in registers
-  and LLVM vectorises the loop (n = 1024: 64 ms here, float64 GEMM 45 ms, the
-  row-update kernel of revision 1 180 ms).  :func:`gemm` -- ``A @ B``: the same on a
-  transposed copy of ``B`` (free for a weight matrix, stored ``(out, in)``), or for a
-  few rows of ``A`` a row-update kernel that reads ``B`` as it is.  Exact by
-  construction: uint64 arithmetic wraps.
+  contiguous rows (the sixteen sums stay in registers, LLVM vectorises the loop over the
+  reduction: 8 loads, 16 ``vpmullq``, 16 ``vpaddq`` per step), in blocks: the reduction
+  cut evenly into pieces of at most RED_BLOCK words, ``B^T`` into blocks of rows of at
+  most BLOCK_BYTES that stay in L2 while every row of ``A`` passes them (revision 2
+  streamed all of ``B^T`` from L3 for every four rows of ``A``).  :func:`gemm` --
+  ``A @ B``: the same on a transposed view as it is, else on blocks of ``B`` transposed
+  one at a time into a buffer (no transposed copy of ``B``: NumPy's took 3.5 ms at
+  1024^2 and 115 ms for 25088 x 512), or for fewer than MIN_ROWS_TO_PACK rows of ``A`` a
+  row-update kernel that reads ``B`` as it is.  Exact by construction: uint64 arithmetic
+  wraps, and every block adds into the same words.
 * :func:`matmul`, :func:`conv2d`, :func:`conv2d_grad_input`,
   :func:`conv2d_grad_weight` -- the same contracts as their :mod:`mpcgpu.ring`
   namesakes, built from :func:`gemm_nt` with an integer im2col (laid out so that no
@@ -59,7 +63,7 @@ def numba_jit():
 
 
 def _compile():
-    """The two compiled kernels ``(nt, nn)``, or None (``_WHY`` says why)."""
+    """The three compiled kernels ``(nt, nn, nn_packed)``, or None (``_WHY`` says why)."""
     global _KERNELS, _WHY
     if _KERNELS is not None or _WHY is not None:
         return _KERNELS
@@ -162,7 +166,9 @@ def _compile():
         k = a.shape[1]
         n = b.shape[1]
         w, nb = blocking(k, n, red_block, block_bytes)
-        buf = np.empty((nb, w + 8), dtype=U64)  # rows 8 words apart from a multiple of 4 KiB
+        # rows w + 8 words apart: with w a multiple of 512, rows 4 KiB apart fall into one L1
+        # set and the transposing writes evict each other (packing took 3x longer)
+        buf = np.empty((nb, w + 8), dtype=U64)
         for k0 in range(0, k, w):
             wk = min(w, k - k0)
             for j0 in range(0, n, nb):
