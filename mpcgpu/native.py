@@ -6,12 +6,16 @@ integer GEMM comes within 1.5x of a float64 one and beats the limb trick of
 per machine; this module only computes.
 
 * :func:`gemm_nt` -- ``A @ B^T mod 2^64`` given ``B^T``: 4 x 4 tiles of dot products of
-  contiguous rows, blocked along the reduction; the sixteen sums stay in registers
-  and LLVM vectorises the loop (n = 1024: 64 ms here, float64 GEMM 45 ms, the
-  row-update kernel of revision 1 180 ms).  :func:`gemm` -- ``A @ B``: the same on a
-  transposed copy of ``B`` (free for a weight matrix, stored ``(out, in)``), or for a
-  few rows of ``A`` a row-update kernel that reads ``B`` as it is.  Exact by
-  construction: uint64 arithmetic wraps.
+  contiguous rows (the sixteen sums stay in registers, LLVM vectorises the loop over the
+  reduction: 8 loads, 16 ``vpmullq``, 16 ``vpaddq`` per step), in blocks: the reduction
+  cut evenly into pieces of at most RED_BLOCK words, ``B^T`` into blocks of rows of at
+  most BLOCK_BYTES that stay in L2 while every row of ``A`` passes them (revision 2
+  streamed all of ``B^T`` from L3 for every four rows of ``A``).  :func:`gemm` --
+  ``A @ B``: the same on a transposed view as it is, else on blocks of ``B`` transposed
+  one at a time into a buffer (no transposed copy of ``B``: NumPy's took 3.5 ms at
+  1024^2 and 115 ms for 25088 x 512), or for fewer than MIN_ROWS_TO_PACK rows of ``A`` a
+  row-update kernel that reads ``B`` as it is.  Exact by construction: uint64 arithmetic
+  wraps, and every block adds into the same words.
 * :func:`matmul`, :func:`conv2d`, :func:`conv2d_grad_input`,
   :func:`conv2d_grad_weight` -- the same contracts as their :mod:`mpcgpu.ring`
   namesakes, built from :func:`gemm_nt` with an integer im2col (laid out so that no
@@ -29,12 +33,17 @@ from .geometry import conv_geometry
 
 U64 = np.uint64
 #: bumped whenever the kernels change (part of the calibration cache key)
-REVISION = 2
-#: reduction block of the dot-product kernel (measured best among 256..2048 here)
+REVISION = 3
+#: longest reduction block of the dot-product kernel (a reduction is cut evenly into blocks)
 RED_BLOCK = 1024
+#: bytes of B^T per block of the dot-product kernel (the rows of a reduction block that stay
+#: in L2 while every row of A passes them; 1 MiB of L2 here: 768 KiB measured better than
+#: 512 KiB on 784 x 1152 x 128, as good at 1024^3)
+BLOCK_BYTES = 768 * 1024
 #: below this many rows of A, a B that is not already transposed is used as it is (the
-#: row-update kernel) rather than transposed for the faster dot-product kernel
-MIN_ROWS_TO_TRANSPOSE = 16
+#: row-update kernel) rather than packed block by block for the dot-product kernel (row
+#: updates win up to 4 rows, packing from 8, for k x n = 1024 x 1024 and 25088 x 512)
+MIN_ROWS_TO_PACK = 6
 #: images per im2col block: bounds its memory
 IMAGE_BLOCK_BYTES = 64 * 2**20
 #: output rows per im2col block of an image whose im2col exceeds IMAGE_BLOCK_BYTES (VGG-16's
@@ -55,7 +64,7 @@ def numba_jit():
 
 
 def _compile():
-    """The two compiled kernels ``(nt, nn)``, or None (``_WHY`` says why)."""
+    """The three compiled kernels ``(nt, nn, nn_packed)``, or None (``_WHY`` says why)."""
     global _KERNELS, _WHY
     if _KERNELS is not None or _WHY is not None:
         return _KERNELS
@@ -69,54 +78,104 @@ def _compile():
     # the unrolled 4 x 4 tile reads best one row of the tile per line
     # fmt: off
     @jit
-    def nt(a, bt, c):
-        """``c += a @ bt.T``: every ``c[i, j]`` a dot product of two contiguous rows, in
-        4 x 4 tiles (8 row loads feed 16 multiply-adds, the sums stay in registers)."""
-        m, k = a.shape
+    def tiles(a, ka, bt, jb, kb, w, c, cj, nb):
+        """``c[:, cj:cj+nb] += a[:, ka:ka+w] @ bt[jb:jb+nb, kb:kb+w].T``: every sum a dot
+        product of two contiguous rows, in 4 x 4 tiles (8 row loads feed 16 multiply-adds,
+        the sums stay in registers), the last rows and columns in 4 x 1, 1 x 4, 1 x 1."""
+        m = a.shape[0]
+        m4, n4 = m - m % 4, nb - nb % 4
+        for i in range(0, m4, 4):
+            a0 = a[i, ka:ka + w]; a1 = a[i + 1, ka:ka + w]; a2 = a[i + 2, ka:ka + w]; a3 = a[i + 3, ka:ka + w]  # noqa: E702
+            for j in range(0, n4, 4):
+                b0 = bt[jb + j, kb:kb + w]; b1 = bt[jb + j + 1, kb:kb + w]  # noqa: E702
+                b2 = bt[jb + j + 2, kb:kb + w]; b3 = bt[jb + j + 3, kb:kb + w]  # noqa: E702
+                s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = U64(0)
+                s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = U64(0)
+                for t in range(w):
+                    y0 = b0[t]; y1 = b1[t]; y2 = b2[t]; y3 = b3[t]  # noqa: E702
+                    x0 = a0[t]; x1 = a1[t]; x2 = a2[t]; x3 = a3[t]  # noqa: E702
+                    s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3  # noqa: E702
+                    s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3  # noqa: E702
+                    s20 += x2 * y0; s21 += x2 * y1; s22 += x2 * y2; s23 += x2 * y3  # noqa: E702
+                    s30 += x3 * y0; s31 += x3 * y1; s32 += x3 * y2; s33 += x3 * y3  # noqa: E702
+                q = cj + j
+                c[i, q] += s00; c[i, q + 1] += s01; c[i, q + 2] += s02; c[i, q + 3] += s03  # noqa: E702
+                c[i + 1, q] += s10; c[i + 1, q + 1] += s11; c[i + 1, q + 2] += s12; c[i + 1, q + 3] += s13  # noqa: E702
+                c[i + 2, q] += s20; c[i + 2, q + 1] += s21; c[i + 2, q + 2] += s22; c[i + 2, q + 3] += s23  # noqa: E702
+                c[i + 3, q] += s30; c[i + 3, q + 1] += s31; c[i + 3, q + 2] += s32; c[i + 3, q + 3] += s33  # noqa: E702
+            for j in range(n4, nb):                      # the last columns: 4 x 1
+                b0 = bt[jb + j, kb:kb + w]
+                s0 = s1 = s2 = s3 = U64(0)
+                for t in range(w):
+                    y = b0[t]
+                    s0 += a0[t] * y; s1 += a1[t] * y; s2 += a2[t] * y; s3 += a3[t] * y  # noqa: E702
+                q = cj + j
+                c[i, q] += s0; c[i + 1, q] += s1; c[i + 2, q] += s2; c[i + 3, q] += s3  # noqa: E702
+        for i in range(m4, m):                           # the last rows: 1 x 4, then 1 x 1
+            a0 = a[i, ka:ka + w]
+            for j in range(0, n4, 4):
+                b0 = bt[jb + j, kb:kb + w]; b1 = bt[jb + j + 1, kb:kb + w]  # noqa: E702
+                b2 = bt[jb + j + 2, kb:kb + w]; b3 = bt[jb + j + 3, kb:kb + w]  # noqa: E702
+                s0 = s1 = s2 = s3 = U64(0)
+                for t in range(w):
+                    x = a0[t]
+                    s0 += x * b0[t]; s1 += x * b1[t]; s2 += x * b2[t]; s3 += x * b3[t]  # noqa: E702
+                q = cj + j
+                c[i, q] += s0; c[i, q + 1] += s1; c[i, q + 2] += s2; c[i, q + 3] += s3  # noqa: E702
+            for j in range(n4, nb):
+                b0 = bt[jb + j, kb:kb + w]
+                s = U64(0)
+                for t in range(w):
+                    s += a0[t] * b0[t]
+                c[i, cj + j] += s
+
+    @jit
+    def blocking(k, n, red_block, block_bytes):
+        """``(w, nb)``: reduction blocks of ``w`` words (``k`` cut evenly into pieces of at
+        most ``red_block``, rounded up to a multiple of 8) and ``nb`` rows of B^T per block
+        (``n`` cut evenly, a multiple of 4) so that a block of B^T (``nb * w`` words) fits
+        in ``block_bytes``."""
+        w = -(-k // max(1, -(-k // red_block)))
+        w = -(-w // 8) * 8
+        nb = max(4, block_bytes // (8 * w))
+        nb = -(-n // max(1, -(-n // nb)))
+        return w, -(-nb // 4) * 4
+
+    @jit
+    def nt(a, bt, c, red_block, block_bytes):
+        """``c += a @ bt.T`` in blocks along the reduction and of the rows of ``bt``
+        (:func:`blocking`): a block of ``bt`` stays in L2 while all rows of ``a`` pass it."""
+        k = a.shape[1]
         n = bt.shape[0]
-        m4, n4 = m - m % 4, n - n % 4
-        for k0 in range(0, k, RED_BLOCK):
-            k1 = min(k0 + RED_BLOCK, k)
-            w = k1 - k0
-            for i in range(0, m4, 4):
-                a0 = a[i, k0:k1]; a1 = a[i + 1, k0:k1]; a2 = a[i + 2, k0:k1]; a3 = a[i + 3, k0:k1]  # noqa: E702
-                for j in range(0, n4, 4):
-                    b0 = bt[j, k0:k1]; b1 = bt[j + 1, k0:k1]; b2 = bt[j + 2, k0:k1]; b3 = bt[j + 3, k0:k1]  # noqa: E702
-                    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = U64(0)
-                    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = U64(0)
-                    for t in range(w):
-                        y0 = b0[t]; y1 = b1[t]; y2 = b2[t]; y3 = b3[t]  # noqa: E702
-                        x0 = a0[t]; x1 = a1[t]; x2 = a2[t]; x3 = a3[t]  # noqa: E702
-                        s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3  # noqa: E702
-                        s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3  # noqa: E702
-                        s20 += x2 * y0; s21 += x2 * y1; s22 += x2 * y2; s23 += x2 * y3  # noqa: E702
-                        s30 += x3 * y0; s31 += x3 * y1; s32 += x3 * y2; s33 += x3 * y3  # noqa: E702
-                    c[i, j] += s00; c[i, j + 1] += s01; c[i, j + 2] += s02; c[i, j + 3] += s03  # noqa: E702
-                    c[i + 1, j] += s10; c[i + 1, j + 1] += s11; c[i + 1, j + 2] += s12; c[i + 1, j + 3] += s13  # noqa: E702,E501
-                    c[i + 2, j] += s20; c[i + 2, j + 1] += s21; c[i + 2, j + 2] += s22; c[i + 2, j + 3] += s23  # noqa: E702,E501
-                    c[i + 3, j] += s30; c[i + 3, j + 1] += s31; c[i + 3, j + 2] += s32; c[i + 3, j + 3] += s33  # noqa: E702,E501
-                for j in range(n4, n):                   # the last columns: 4 x 1
-                    b0 = bt[j, k0:k1]
-                    s0 = s1 = s2 = s3 = U64(0)
-                    for t in range(w):
-                        y = b0[t]
-                        s0 += a0[t] * y; s1 += a1[t] * y; s2 += a2[t] * y; s3 += a3[t] * y  # noqa: E702
-                    c[i, j] += s0; c[i + 1, j] += s1; c[i + 2, j] += s2; c[i + 3, j] += s3  # noqa: E702
-            for i in range(m4, m):                       # the last rows: 1 x 4, then 1 x 1
-                a0 = a[i, k0:k1]
-                for j in range(0, n4, 4):
-                    b0 = bt[j, k0:k1]; b1 = bt[j + 1, k0:k1]; b2 = bt[j + 2, k0:k1]; b3 = bt[j + 3, k0:k1]  # noqa: E702
-                    s0 = s1 = s2 = s3 = U64(0)
-                    for t in range(w):
-                        x = a0[t]
-                        s0 += x * b0[t]; s1 += x * b1[t]; s2 += x * b2[t]; s3 += x * b3[t]  # noqa: E702
-                    c[i, j] += s0; c[i, j + 1] += s1; c[i, j + 2] += s2; c[i, j + 3] += s3  # noqa: E702
-                for j in range(n4, n):
-                    b0 = bt[j, k0:k1]
-                    s = U64(0)
-                    for t in range(w):
-                        s += a0[t] * b0[t]
-                    c[i, j] += s
+        w, nb = blocking(k, n, red_block, block_bytes)
+        for k0 in range(0, k, w):
+            for j0 in range(0, n, nb):
+                tiles(a, k0, bt, j0, k0, min(w, k - k0), c, j0, min(nb, n - j0))
+
+    @jit
+    def pack(b, k0, w, j0, nb, buf):
+        """``buf[:nb, :w] = b[k0:k0+w, j0:j0+nb].T`` (one block of B^T, written in L2)."""
+        for t in range(w):
+            row = b[k0 + t, j0:j0 + nb]
+            for j in range(nb):
+                buf[j, t] = row[j]
+
+    @jit
+    def nn_packed(a, b, c, red_block, block_bytes):
+        """``c += a @ b`` as :func:`nt` computes it, each block of B transposed into a
+        buffer first (no transposed copy of the whole of B)."""
+        k = a.shape[1]
+        n = b.shape[1]
+        w, nb = blocking(k, n, red_block, block_bytes)
+        # rows w + 8 words apart: with w a multiple of 512, rows 4 KiB apart fall into one L1
+        # set and the transposing writes evict each other (packing took 3x longer)
+        buf = np.empty((nb, w + 8), dtype=U64)
+        for k0 in range(0, k, w):
+            wk = min(w, k - k0)
+            for j0 in range(0, n, nb):
+                nj = min(nb, n - j0)
+                pack(b, k0, wk, j0, nj, buf)
+                tiles(a, k0, buf, 0, 0, wk, c, j0, nj)
 
     @jit
     def nn(a, b, c):
@@ -148,7 +207,7 @@ def _compile():
                     c0[j] += x0 * b0[j]
 
     # fmt: on
-    _KERNELS = (nt, nn)
+    _KERNELS = (nt, nn, nn_packed)
     return _KERNELS
 
 
@@ -176,20 +235,25 @@ def gemm_nt(a, bt, out=None):
 
 def gemm(a, b, out=None):
     """``a @ b mod 2^64`` for 2-D uint64 (or int64) arrays: the dot-product kernel on ``B^T``
-    (free when ``b`` is a transposed view, a copy otherwise), or, for fewer than
-    :data:`MIN_ROWS_TO_TRANSPOSE` rows of ``a``, the row-update kernel."""
-    if b.T.flags.c_contiguous or a.shape[0] >= MIN_ROWS_TO_TRANSPOSE:
+    when ``b`` is a transposed view, else on blocks of ``B`` transposed one at a time into a
+    buffer, or, for fewer than :data:`MIN_ROWS_TO_PACK` rows of ``a``, the row-update
+    kernel (which reads ``B`` as it is)."""
+    if b.T.flags.c_contiguous:
         return gemm_nt(a, b.T, out)
-    return _apply(1, a, b, b.shape[1], out)
+    return _apply(2 if a.shape[0] >= MIN_ROWS_TO_PACK else 1, a, b, b.shape[1], out)
 
 
 def _apply(which, a, b, n, out):
-    """Kernel ``which`` (0: ``nt``, 1: ``nn``) into ``out`` (zeros of ``(rows of a, n)``)."""
+    """Kernel ``which`` (0: ``nt``, 1: ``nn``, 2: ``nn_packed``) into ``out`` (zeros of ``(rows of a, n)``)."""
     a = np.ascontiguousarray(a).view(U64)
     b = np.ascontiguousarray(b).view(U64)
     if out is None:
         out = np.zeros((a.shape[0], n), dtype=U64)
-    _kernels()[which](a, b, out)
+    kernel = _kernels()[which]
+    if which == 1:
+        kernel(a, b, out)
+    else:
+        kernel(a, b, out, RED_BLOCK, BLOCK_BYTES)
     return out
 
 

@@ -727,23 +727,94 @@ def test_kernel_choice_env_and_cache(tmp_path, monkeypatch):
     assert (tmp_path / "mpcgpu" / "ring-kernel.json").exists()
 
 
+def py_matmul(a, b):
+    """``a @ b mod 2^64`` with Python ints."""
+    return np.array((a.astype(object) @ b.astype(object)) % M64, dtype=np.uint64).reshape(a.shape[0], b.shape[1])
+
+
+def call_kernel(kernel, a, rhs, n):
+    """One compiled kernel of mpcgpu.native on fresh zeros (the blocked ones with the module's
+    blocking parameters)."""
+    out = np.zeros((a.shape[0], n), dtype=np.uint64)
+    nt, nn, nn_packed = native._compile()
+    if kernel is nn:
+        kernel(a, rhs, out)
+    else:
+        kernel(a, rhs, out, native.RED_BLOCK, native.BLOCK_BYTES)
+    return out
+
+
 @pytest.mark.parametrize(
-    "m,k,n", [(1, 1, 1), (4, 4, 4), (5, 1025, 7), (18, 2060, 6), (7, 3, 9), (16, 512, 4), (2, 1025, 3), (3, 2, 1)]
+    "m,k,n",
+    [(1, 1, 1), (4, 4, 4), (5, 1025, 7), (18, 2060, 6), (7, 3, 9), (16, 512, 4), (2, 1025, 3), (3, 2, 1)]
+    + [(1, 300, 9), (9, 300, 1), (21, 1, 13), (17, 2051, 70), (6, 1039, 130)],
 )
 def test_native_kernels_both_layouts_vs_python_ints(rng, m, k, n):
-    """The dot-product kernel (B^T given) and the row-update kernel (B as it is), on every
-    remainder of their 4 x 4 / 2 x 2 tiles and reductions across the block of 1024."""
+    """The dot-product kernel (B^T given or packed block by block from B) and the row-update
+    kernel (B as it is), on every remainder of their 4 x 4 / 2 x 2 tiles, one row, one
+    column, k = 1, and reductions cut into uneven blocks (1025 -> 520 + 505, 2051 -> 3)."""
     if not native.available():
         pytest.skip(native.why_not())
     a, b = rand(rng, m, k), rand(rng, k, n)
-    ref = np.array((a.astype(object) @ b.astype(object)) % (1 << 64), dtype=np.uint64)
+    ref = py_matmul(a, b)
     assert (native.gemm_nt(a, np.ascontiguousarray(b.T)) == ref).all()
-    assert (native.gemm(a, b) == ref).all()  # transposed copy or row updates
+    assert (native.gemm(a, b) == ref).all()  # packed blocks or row updates
     assert (native.gemm(a, np.ascontiguousarray(b.T).T) == ref).all()  # a transposed view: no copy
-    nt, nn = native._compile()
-    for kernel, rhs in ((nt, np.ascontiguousarray(b.T)), (nn, b)):
-        out = np.zeros((m, n), dtype=np.uint64)
-        kernel(a, rhs, out)
-        assert (out == ref).all()
+    nt, nn, nn_packed = native._compile()
+    for kernel, rhs in ((nt, np.ascontiguousarray(b.T)), (nn, b), (nn_packed, b)):
+        assert (call_kernel(kernel, a, rhs, n) == ref).all()
     ones = np.full((m, k), M64 - 1, dtype=np.uint64)
     assert (native.gemm(ones, np.full((k, n), M64 - 1, dtype=np.uint64)) == np.uint64(k)).all()
+
+
+EDGES = np.array([0, 1, 2, 2**32 - 1, 2**32, 2**63 - 1, 2**63, M64 - 2, M64 - 1], dtype=np.uint64)
+
+
+@pytest.mark.parametrize("red_block,block_bytes", [(8, 8 * 8 * 4), (16, 8 * 16 * 8), (24, 8 * 24 * 12), (1, 1)])
+def test_native_blocking_vs_python_ints(rng, monkeypatch, red_block, block_bytes):
+    """Tiny reduction blocks and blocks of B^T, so that small shapes cross every block edge:
+    reductions cut unevenly (k not a multiple of the block or of 8), the last block of
+    rows of B^T shorter than the others, every tile remainder; full-range words and the
+    edge words (0, 1, 2^32 +- 1, 2^63 +- 1, -1, -2) against Python ints, on every path of
+    :func:`native.gemm` (transposed view, packed blocks, row updates)."""
+    if not native.available():
+        pytest.skip(native.why_not())
+    monkeypatch.setattr(native, "RED_BLOCK", red_block)
+    monkeypatch.setattr(native, "BLOCK_BYTES", block_bytes)
+    nt, nn, nn_packed = native._compile()
+    for m, k, n in itertools.product((1, 3, 4, 9), (1, 7, 8, 17, 50), (1, 5, 8, 13, 30)):
+        a, b = rand(rng, m, k), rand(rng, k, n)
+        if (m * k * n) % 3 == 0:  # a third of the cases on edge words only
+            a, b = rng.choice(EDGES, (m, k)), rng.choice(EDGES, (k, n))
+        ref = py_matmul(a, b)
+        bt = np.ascontiguousarray(b.T)
+        assert (call_kernel(nt, a, bt, n) == ref).all(), (m, k, n)
+        assert (call_kernel(nn_packed, a, b, n) == ref).all(), (m, k, n)
+        assert (native.gemm(a, bt.T) == ref).all(), (m, k, n)
+    ones = np.full((5, 37), M64 - 1, dtype=np.uint64)
+    assert (call_kernel(nn_packed, ones, ones.T.copy(), 5) == np.uint64(37)).all()
+
+
+def test_native_gemm_chooses_its_kernel(rng, monkeypatch):
+    """A transposed view goes to ``nt`` as it is; B as it is to the packed kernel from
+    MIN_ROWS_TO_PACK rows of A on, to the row updates below; the results agree."""
+    if not native.available():
+        pytest.skip(native.why_not())
+    kernels3 = native._compile()
+    calls = []
+
+    def spy(i):
+        def run(*args):
+            calls.append(i)
+            return kernels3[i](*args)
+
+        return run
+
+    monkeypatch.setattr(native, "_kernels", lambda: tuple(spy(i) for i in range(3)))
+    few, many = native.MIN_ROWS_TO_PACK - 1, native.MIN_ROWS_TO_PACK
+    b = rand(rng, 40, 11)
+    for m, expect in ((few, 1), (many, 2)):
+        a = rand(rng, m, 40)
+        ref = py_matmul(a, b)
+        assert (native.gemm(a, b) == ref).all() and calls[-1] == expect
+        assert (native.gemm(a, np.ascontiguousarray(b.T).T) == ref).all() and calls[-1] == 0
