@@ -2,8 +2,8 @@
 
 Run: mpiexec -n 3 python benchmarks/arithmetic.py   (rank 0 prints; --quick: tiny sizes)
 
-For each case: private time (max over the parties), bytes sent summed over the
-three parties, rounds, the plaintext float64 time and the ratio.
+For each case: private time (the slowest party's best of 5 calls after 2 untimed ones),
+bytes sent summed over the three parties, rounds, the plaintext float64 time and the ratio.
 """
 
 import sys
@@ -16,7 +16,12 @@ from mpcgpu.sharing.arithmetic import share
 from plain_conv import conv_plain
 
 
-def timed(rt, fn, repeat=3):
+def timed(rt, fn, repeat=5, warm_up=2):
+    """Best of ``repeat`` calls after ``warm_up`` untimed ones (the first calls of a size
+    grow the process's heap and fill the kernels' buffers: 1.3-2x slower here)."""
+    for _ in range(warm_up):
+        rt.comm.barrier()
+        fn()
     times = []
     for _ in range(repeat):
         rt.comm.barrier()

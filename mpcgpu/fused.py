@@ -30,17 +30,10 @@ import numpy as np
 from .native import numba_jit
 
 ENV = "MPCGPU_FUSED"
-_K = None
-_WHY = None
 
 
-def _compile():
-    global _K, _WHY
-    if _K is not None or _WHY is not None:
-        return _K
-    jit, _WHY = numba_jit()
-    if jit is None:
-        return None
+def _build(jit):
+    """The compiled kernels of this module, by name."""
     u = np.uint64
     EVEN = u(0x5555555555555555)
     M63 = u((1 << 63) - 1)
@@ -110,28 +103,44 @@ def _compile():
             b1[e] = (((h1[w] ^ z1[w]) >> s) & ONE) ^ (ps[e] >> u(63))
         return b0, b1
 
-    _K = {"level1": level1, "level": level, "final": final}
-    return _K
+    return {"level1": level1, "level": level, "final": final}
 
 
-def enabled(rt) -> bool:
-    """Whether ``rt`` runs the fused kernels (CPU back end, numba, not switched off)."""
-    if os.environ.get(ENV, "1") == "0" or rt.backend.is_gpu:
-        return False
-    return _compile() is not None
+class Kernels:
+    """A module's numba kernels, built by ``build(jit) -> {name: kernel}`` on first use
+    (compiled once, cached on disk), behind the one switch of the fused path: a NumPy back
+    end, numba importable, ``MPCGPU_FUSED`` not ``0``."""
+
+    def __init__(self, build):
+        self._build, self._kernels, self._why = build, None, None
+
+    def _compile(self):
+        if self._kernels is None and self._why is None:
+            jit, self._why = numba_jit()
+            if jit is not None:
+                self._kernels = self._build(jit)
+        return self._kernels
+
+    def enabled(self, rt) -> bool:
+        """Whether ``rt`` runs these kernels."""
+        if os.environ.get(ENV, "1") == "0" or rt.backend.is_gpu:
+            return False
+        return self._compile() is not None
+
+    def why_not(self) -> str | None:
+        """Why the kernels cannot run here (numba missing or broken), or None."""
+        self._compile()
+        return self._why
+
+    def kernels(self) -> dict:
+        """The compiled kernels (``enabled`` must be true)."""
+        k = self._compile()
+        if k is None:
+            raise RuntimeError(self._why)
+        return k
 
 
-def why_not() -> str | None:
-    _compile()
-    return _WHY
+_SET = Kernels(_build)
+enabled, why_not, kernels = _SET.enabled, _SET.why_not, _SET.kernels
 
-
-def kernels():
-    """The compiled kernels (``enabled`` must be true)."""
-    k = _compile()
-    if k is None:
-        raise RuntimeError(_WHY)
-    return k
-
-
-__all__ = ["ENV", "enabled", "why_not", "kernels"]
+__all__ = ["ENV", "Kernels", "enabled", "why_not", "kernels"]

@@ -34,19 +34,10 @@ from __future__ import annotations
 import numpy as np
 
 from . import fused
-from .native import numba_jit
-
-_K = None
-_WHY = None
 
 
-def _compile():
-    global _K, _WHY
-    if _K is not None or _WHY is not None:
-        return _K
-    jit, _WHY = numba_jit()
-    if jit is None:
-        return None
+def _build(jit):
+    """The compiled kernels of this module, by name."""
     u = np.uint64
     ZERO = u(0)
     ONE = u(1)
@@ -115,26 +106,10 @@ def _compile():
             half[i] = h
             kept[i] = mask
 
-    _K = {"deal": deal, "open_message": open_message, "open_half": open_half}
-    return _K
+    return {"deal": deal, "open_message": open_message, "open_half": open_half}
 
 
-def enabled(rt) -> bool:
-    """Whether ``rt`` runs these kernels (same switch as :mod:`mpcgpu.fused`)."""
-    return fused.enabled(rt) and _compile() is not None
-
-
-def why_not() -> str | None:
-    _compile()
-    return _WHY or fused.why_not()
-
-
-def kernels():
-    """The compiled kernels (``enabled`` must be true)."""
-    k = _compile()
-    if k is None:
-        raise RuntimeError(_WHY)
-    return k
-
+_SET = fused.Kernels(_build)
+enabled, why_not, kernels = _SET.enabled, _SET.why_not, _SET.kernels  # the switch of mpcgpu.fused
 
 __all__ = ["enabled", "why_not", "kernels"]

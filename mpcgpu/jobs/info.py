@@ -56,8 +56,17 @@ def run(args) -> int:
         f"CPU protocol kernels ({kinds}): {'array code: ' + why if why else 'fused (numba)'}; "
         "MPCGPU_FUSED=0 uses the array code"
     )
+    from ..nn import private
+
+    choice = os.environ.get(private.COMPACT_ENV, "auto")
+    policy = {"0": "never", "1": "always"}.get(choice, f"models of {private.COMPACT_MODEL_MIN:,} parameters or more")
+    print(
+        f"inference weights: compact ({policy}; {private.COMPACT_ENV}={choice}): one component of a large "
+        "weight held, the other drawn from the PRG (or read from the shard) where it is used"
+    )
     print("models:")
     for name in list_models():
         m = get_model(name)
-        print(f"  {name:<24} input {m.input_shape}, {m.num_classes} classes, {count_params(m):,} parameters")
+        compact = " (compact weights)" if private.wants_compact(m) else ""
+        print(f"  {name:<24} input {m.input_shape}, {m.num_classes} classes, {count_params(m):,} parameters{compact}")
     return 0

@@ -516,10 +516,11 @@ def share_params(model: S.Model, params: dict | None, src: int = 0, compact: boo
 #: parameters smaller than this stay ordinary shares under ``share_params(compact=True)``
 COMPACT_MIN = 1 << 16
 #: models with at least this many parameters keep their large weights compact for inference
-#: (``bench``, ``infer``): 0.5 GB of shares per party and more.  Drawing (or reading) a
-#: component again costs about 2% of a VGG-16 pass at 224 x 224; below this size the
-#: memory saved is not worth it (VGG-16 at 32 x 32 would lose 8%)
-COMPACT_MODEL_MIN = 1 << 25
+#: (``bench``, ``infer``): 1.07 GB of shares per party and more (VGG-16: 2.2 GB).  Drawing
+#: (or reading) a component again costs a few percent of a VGG-16 pass at 224 x 224; below
+#: this size the memory saved is not worth the time (AlexNet at 224, 61M parameters in
+#: a 0.7 s pass, would lose about 10%; VGG-16 at 32 x 32 8%)
+COMPACT_MODEL_MIN = 1 << 26
 
 
 #: ``1``: compact weights for every model, ``0``: never (both components held), unset or

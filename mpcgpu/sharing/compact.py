@@ -17,6 +17,8 @@ the keys that draw them).
 
 from __future__ import annotations
 
+import math
+
 from .arithmetic import ArithmeticShare, dealt_components, matmul_by_columns
 
 
@@ -51,10 +53,7 @@ class CompactShare:
 
     @property
     def size(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return math.prod(self.shape)
 
     @property
     def held_bytes(self) -> int:
