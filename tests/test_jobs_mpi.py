@@ -58,7 +58,10 @@ def infer_args(d, **kw):
     return reference.infer_args(os.path.join(d, "shards", "lenet_mnist"), os.path.join(d, "shards", "test"), **kw)
 
 
-def test_infer_reveals_only_predictions_and_the_count_to_the_owner(rt, work, monkeypatch):
+@pytest.mark.parametrize("warm_up", [False, True])
+def test_infer_reveals_only_predictions_and_the_count_to_the_owner(rt, work, monkeypatch, warm_up):
+    """Also with --warm-up: its untimed pass reveals nothing.  The summary carries every
+    party's peak memory."""
     reveals = []
     original = ArithmeticShare.reveal_raw
 
@@ -68,7 +71,7 @@ def test_infer_reveals_only_predictions_and_the_count_to_the_owner(rt, work, mon
 
     monkeypatch.setattr(ArithmeticShare, "reveal_raw", logged)
     out = os.path.join(work, f"pred{rt.rank}.npy")
-    assert infer.run(infer_args(work, out=out, json=os.path.join(work, "summary.json"))) == 0
+    assert infer.run(infer_args(work, out=out, json=os.path.join(work, "summary.json"), warm_up=warm_up)) == 0
     # one reveal of predicted labels per batch (16, 16, 8) and one of the count, all to the owner
     assert reveals == [((16,), OWNER), ((16,), OWNER), ((8,), OWNER), ((), OWNER)]
     if rt.rank == OWNER:
@@ -79,6 +82,8 @@ def test_infer_reveals_only_predictions_and_the_count_to_the_owner(rt, work, mon
             labels = np.asarray(f["labels"])
         pred = np.load(out)
         assert summary["correct"] == int((pred == labels).sum()) and summary["accuracy"] == summary["correct"] / N
+        peaks = summary["peak_bytes_per_party"]
+        assert len(peaks) == 3 and all(50e6 < p < 4e9 for p in peaks)
     else:
         assert not os.path.exists(out)
 

@@ -114,6 +114,7 @@ def run(args) -> int:
         summary,
         "--precision",
         str(args.precision),
+        "--warm-up",
     ]
     if args.profile:
         cmd.append("--profile")

@@ -118,6 +118,12 @@ def add_arguments(p):
     p.add_argument(
         "--json", default=None, metavar="FILE", help="result owner writes a summary (accuracy, time, bytes) as JSON"
     )
+    p.add_argument(
+        "--warm-up",
+        action="store_true",
+        help="first classify one image untimed, revealing nothing: on a fresh machine this "
+        "compiles the CPU kernels (several seconds, once), so the timed run measures the protocol",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     p.add_argument("--no-verify", action="store_true", help="skip re-hashing the shard files (large sets)")
     p.add_argument(
@@ -158,6 +164,19 @@ def load_model(rt, stem, verify=True):
     return PrivateModel(
         model, params, bn_domain=tuple(domain) if domain is not None else DEFAULT_BN_DOMAIN, inference_only=True
     )
+
+
+def _warm_up(rt, model, data):
+    """One untimed private forward pass on the first image, nothing revealed (the kernels
+    compile on their first use: seconds on a fresh machine, then cached on disk)."""
+    from ..data.shards import as_share
+
+    t0 = time.perf_counter()
+    img = next(iter(data.batches("images", 1, stop=1)))
+    model.predict_onehot(as_share(img, data.info("images").scale))
+    seconds = rt.comm.allreduce_max(time.perf_counter() - t0)
+    if rt.rank == 0:
+        print(f"warm-up: one image in {seconds:.2f} s (kernels compiled or loaded; not timed below)", flush=True)
 
 
 def peek_frac_bits(stem, rank):
@@ -330,6 +349,8 @@ def run(args) -> int:
         )
     n = shape[0] if args.limit is None else min(args.limit, shape[0])  # both >= 1: checks.at_least above
     load_s = time.perf_counter() - t_load
+    if getattr(args, "warm_up", False):
+        _warm_up(rt, model, data)
     comm.reset_stats()
     if rt.rank == 0:
         print(
