@@ -112,3 +112,30 @@ def infer_args(model: str, data: str, **overrides):
             raise AttributeError(f"mpcgpu infer has no argument {name!r}")
         setattr(args, name, value)
     return args
+
+
+def both_paths(rt, monkeypatch, call):
+    """``call()`` with the fused CPU kernels, then from the same randomness with the array
+    code: ``[(out, log), (out, log)]``, every exchange of this party recorded."""
+    from mpcgpu import fused
+
+    runs = []
+    state = rt.state()
+    for switch in ("1", "0"):
+        rt.restore(state)
+        monkeypatch.setenv(fused.ENV, switch)
+        with recording(rt.comm) as log:
+            out = call()
+        runs.append((out, log))
+    monkeypatch.delenv(fused.ENV)
+    return runs
+
+
+def assert_same_exchanges(log_a, log_b):
+    """Two recorded runs sent and received the same arrays, round by round."""
+    assert len(log_a) == len(log_b)
+    for (sent_a, got_a), (sent_b, got_b) in zip(log_a, log_b):
+        for ours, theirs in ((sent_a, sent_b), (got_a, got_b)):
+            assert ours.keys() == theirs.keys()
+            for peer in ours:
+                assert ours[peer].shape == theirs[peer].shape and np.array_equal(ours[peer], theirs[peer])

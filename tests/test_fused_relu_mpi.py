@@ -8,10 +8,10 @@ exact in the ring (Python ints), for arbitrary ring values and both bit values.
 import numpy as np
 import pytest
 
-from mpcgpu import fused, fused_relu
+from mpcgpu import fused_relu
 from mpcgpu.protocols import compare, convert
 from mpcgpu.sharing.binary import BinaryShare
-from reference import recording, shared_ring
+from reference import assert_same_exchanges, both_paths, shared_ring
 
 pytestmark = pytest.mark.mpi(min_size=3)
 U64 = np.uint64
@@ -40,20 +40,6 @@ def ring_values(rng, shape):
     return x
 
 
-def both_paths(rt, monkeypatch, call):
-    """``call()`` with the kernels, then from the same state with the array code."""
-    runs = []
-    state = rt.state()
-    for switch in ("1", "0"):
-        rt.restore(state)
-        monkeypatch.setenv(fused.ENV, switch)
-        with recording(rt.comm) as log:
-            out = call()
-        runs.append((out, log))
-    monkeypatch.delenv(fused.ENV)
-    return runs
-
-
 def components(out):
     shares = out if isinstance(out, tuple) else (out,)
     return [a for s in shares if s is not None for a in (s.first, s.second)]
@@ -63,12 +49,7 @@ def assert_same(runs):
     (out_k, log_k), (out_a, log_a) = runs
     for a, b in zip(components(out_k), components(out_a), strict=True):
         assert a.dtype == b.dtype == U64 and a.shape == b.shape and np.array_equal(a, b)
-    assert len(log_k) == len(log_a)
-    for (sent_k, got_k), (sent_a, got_a) in zip(log_k, log_a):
-        for ours, theirs in ((sent_k, sent_a), (got_k, got_a)):
-            assert ours.keys() == theirs.keys()
-            for peer in ours:
-                assert ours[peer].shape == theirs[peer].shape and np.array_equal(ours[peer], theirs[peer])
+    assert_same_exchanges(log_k, log_a)
 
 
 @pytest.mark.parametrize("with_bit", [False, True])

@@ -11,10 +11,10 @@ offsets, shapes (0-d, n-d, chunked) and values at the edges of ``|x + offset| < 
 import numpy as np
 import pytest
 
-from mpcgpu import fused, fused_trunc
+from mpcgpu import fused_trunc
 from mpcgpu.sharing import truncation
 from mpcgpu.sharing.arithmetic import ArithmeticShare
-from reference import recording
+from reference import assert_same_exchanges, both_paths, recording
 
 pytestmark = pytest.mark.mpi(min_size=3)
 U64 = np.uint64
@@ -50,31 +50,11 @@ def inputs(rt, rng, x, kind):
     return {"summand": comps[rt.rank].copy()}
 
 
-def both_paths(rt, monkeypatch, call):
-    """``call()`` with the kernels, then from the same state with the array code: returns
-    ``((pair, log), (pair, log))``, every exchange of this party recorded."""
-    runs = []
-    state = rt.state()
-    for switch in ("1", "0"):
-        rt.restore(state)
-        monkeypatch.setenv(fused.ENV, switch)
-        with recording(rt.comm) as log:
-            pair = call()
-        runs.append((pair, log))
-    monkeypatch.delenv(fused.ENV)
-    return runs
-
-
 def assert_same(runs):
     (pair_k, log_k), (pair_a, log_a) = runs
     for a, b in zip(pair_k, pair_a):
         assert a.dtype == b.dtype == U64 and a.shape == b.shape and np.array_equal(a, b)
-    assert len(log_k) == len(log_a)
-    for (sent_k, got_k), (sent_a, got_a) in zip(log_k, log_a):
-        for ours, theirs in ((sent_k, sent_a), (got_k, got_a)):
-            assert ours.keys() == theirs.keys()
-            for peer in ours:
-                assert ours[peer].shape == theirs[peer].shape and np.array_equal(ours[peer], theirs[peer])
+    assert_same_exchanges(log_k, log_a)
 
 
 def assert_floor_plus_carry(rt, pair, x, bits, offset):
