@@ -249,10 +249,7 @@ def run(args) -> int:
         if args.safetensors:
             export_safetensors(args.safetensors, model, params)
             print(f"written {args.safetensors}: {len(params)} float32 tensors of model {model.name}")
-    except MPCError as exc:
-        print(f"mpcgpu export: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
+    except (MPCError, OSError) as exc:
         print(f"mpcgpu export: error: {exc}", file=sys.stderr)
         return 1
     return 0

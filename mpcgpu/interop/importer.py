@@ -161,10 +161,7 @@ def run(args) -> int:
             meta={"imported_from": os.path.basename(args.model)},
             spec=model,
         )
-    except MPCError as exc:
-        print(f"mpcgpu import: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
+    except (MPCError, OSError) as exc:
         print(f"mpcgpu import: error: {exc}", file=sys.stderr)
         return 1
     eps = sorted({float(layer.eps) for _, layer in S.walk(model) if isinstance(layer, S.BatchNorm2d)})
