@@ -646,18 +646,8 @@ class Shard:
 
     def read(self, name: str, start: int = 0, stop: int | None = None):
         """Rows ``start:stop`` of ``name`` as a pair of *host* uint64 arrays."""
-        info = self.info(name)
-        try:
-            g = self._file[f"arrays/{name}"]
-            if not info.shape:
-                return (numpy.asarray(g["first"][()], _U64), numpy.asarray(g["second"][()], _U64))
-            sl = slice(start, info.shape[0] if stop is None else stop)
-            return (
-                numpy.ascontiguousarray(g["first"][sl], dtype=_U64),
-                numpy.ascontiguousarray(g["second"][sl], dtype=_U64),
-            )
-        except _DAMAGE as exc:
-            raise ShardError(f"shard {self.path}: array {name!r} cannot be read: {exc}") from None
+        stop = self.rows(name) if stop is None else stop
+        return tuple(self.read_component(name, which, start, stop) for which in ("first", "second"))
 
     def take(self, name: str, rows):
         """The rows ``rows`` (increasing, no repeats) of ``name`` as a pair on the back end:
@@ -891,8 +881,8 @@ class StoredComponent:
     def read(self, lo: int, hi: int):
         if not self.shape:
             return self.shard._dev(self.shard.read_component(self.name, self.which, 0, 0).reshape(1)[lo:hi])
-        per_row = int(numpy.prod(self.shape[1:], dtype=numpy.int64))
-        r0, r1 = lo // per_row, -(-hi // per_row) if per_row else 0
+        per_row = int(numpy.prod(self.shape[1:], dtype=numpy.int64))  # >= 1: a compact array is large
+        r0, r1 = lo // per_row, -(-hi // per_row)
         rows = self.shard.read_component(self.name, self.which, r0, r1).reshape(-1)
         return self.shard._dev(rows[lo - r0 * per_row : hi - r0 * per_row])
 
