@@ -272,13 +272,18 @@ def check_split(src, out, stem, kind):
     return True
 
 
+def fresh_copy(good, tmp_path_factory, name):
+    """``(work dir, path)``: a copy of the good file ``name`` in a fresh directory, to damage."""
+    work = tmp_path_factory.mktemp(name.split(".")[0])
+    src = str(work / name)
+    shutil.copy(good[0] / name, src)
+    return work, src
+
+
 @FUZZ
 @given(how=damage)
 def test_damaged_dataset_is_refused_or_shared_exactly(good, tmp_path_factory, how):
-    d, _ = good
-    work = tmp_path_factory.mktemp("d")
-    src = str(work / "data.h5")
-    shutil.copy(d / "data.h5", src)
+    work, src = fresh_copy(good, tmp_path_factory, "data.h5")
     apply_damage(src, how)
     check_split(src, str(work / "out"), "data", "dataset")
 
@@ -286,10 +291,7 @@ def test_damaged_dataset_is_refused_or_shared_exactly(good, tmp_path_factory, ho
 @FUZZ
 @given(where=flips)
 def test_dataset_with_flipped_bits_is_refused_or_shared_exactly(good, tmp_path_factory, where):
-    d, _ = good
-    work = tmp_path_factory.mktemp("d")
-    src = str(work / "data.h5")
-    shutil.copy(d / "data.h5", src)
+    work, src = fresh_copy(good, tmp_path_factory, "data.h5")
     flip_bits(src, where)
     check_split(src, str(work / "out"), "data", "dataset")
 
@@ -297,10 +299,7 @@ def test_dataset_with_flipped_bits_is_refused_or_shared_exactly(good, tmp_path_f
 @FUZZ
 @given(how=damage)
 def test_damaged_weights_are_refused_or_loaded_exactly(good, tmp_path_factory, how):
-    d, _ = good
-    work = tmp_path_factory.mktemp("w")
-    src = str(work / "weights.h5")
-    shutil.copy(d / "weights.h5", src)
+    work, src = fresh_copy(good, tmp_path_factory, "weights.h5")
     apply_damage(src, how)
     ok, got = check_outcome(lambda: load_weights(src))
     if ok:
@@ -315,10 +314,7 @@ def test_damaged_weights_are_refused_or_loaded_exactly(good, tmp_path_factory, h
 @FUZZ
 @given(where=flips)
 def test_weights_with_flipped_bits_are_refused_or_shared_exactly(good, tmp_path_factory, where):
-    d, _ = good
-    work = tmp_path_factory.mktemp("w")
-    src = str(work / "weights.h5")
-    shutil.copy(d / "weights.h5", src)
+    work, src = fresh_copy(good, tmp_path_factory, "weights.h5")
     flip_bits(src, where)
     check_outcome(lambda: load_weights(src))
     check_split(src, str(work / "out"), "weights", "model")
@@ -327,10 +323,7 @@ def test_weights_with_flipped_bits_are_refused_or_shared_exactly(good, tmp_path_
 @FUZZ
 @given(frac=st.floats(0, 1, exclude_max=True), which=st.sampled_from(["data.h5", "weights.h5"]))
 def test_truncated_inputs_are_refused(good, tmp_path_factory, frac, which):
-    d, _ = good
-    work = tmp_path_factory.mktemp("t")
-    src = str(work / which)
-    shutil.copy(d / which, src)
+    work, src = fresh_copy(good, tmp_path_factory, which)
     truncate(src, frac)
     ok, _ = split_outcome(src, str(work / "out"))
     assert not ok
