@@ -139,3 +139,20 @@ def assert_same_exchanges(log_a, log_b):
             assert ours.keys() == theirs.keys()
             for peer in ours:
                 assert ours[peer].shape == theirs[peer].shape and np.array_equal(ours[peer], theirs[peer])
+
+
+def fuzz_settings(ci_examples: int, slow_examples: int):
+    """Hypothesis settings of a fuzz suite: in CI ``ci_examples`` fixed (derandomized)
+    examples per property; with ``HYPOTHESIS_PROFILE=slow`` ``slow_examples`` random ones."""
+    import os
+
+    from hypothesis import HealthCheck, settings
+
+    slow = os.environ.get("HYPOTHESIS_PROFILE") == "slow"
+    return settings(
+        max_examples=slow_examples if slow else ci_examples,
+        deadline=None,
+        derandomize=not slow,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )

@@ -11,22 +11,16 @@ import sys
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mpcgpu import cli
 from mpcgpu.jobs import checks
 from mpcgpu.jobs.launcher import find_mpiexec, local_env
+from reference import fuzz_settings
 
-SLOW = os.environ.get("HYPOTHESIS_PROFILE") == "slow"
 #: CI: 60 fixed (derandomized) examples per property; HYPOTHESIS_PROFILE=slow: 1000 random ones
-FUZZ = settings(
-    max_examples=1000 if SLOW else 60,
-    deadline=None,
-    derandomize=not SLOW,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+FUZZ = fuzz_settings(60, 1000)
 
 VALUES = st.sampled_from(
     [

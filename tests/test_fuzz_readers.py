@@ -14,7 +14,7 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mpcgpu.assets.dataset_h5 import write_dataset
@@ -22,16 +22,10 @@ from mpcgpu.data.shards import open_shard, reconstruct_local, shard_path
 from mpcgpu.data.split import split_file
 from mpcgpu.errors import MPCError
 from mpcgpu.nn.weights import load_weights, save_weights
+from reference import fuzz_settings
 
-SLOW = os.environ.get("HYPOTHESIS_PROFILE") == "slow"
 #: CI: 25 fixed (derandomized) examples per property; HYPOTHESIS_PROFILE=slow: 400 random ones
-FUZZ = settings(
-    max_examples=400 if SLOW else 25,
-    deadline=None,
-    derandomize=not SLOW,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+FUZZ = fuzz_settings(25, 400)
 
 N = 12
 
