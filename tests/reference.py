@@ -156,3 +156,26 @@ def fuzz_settings(ci_examples: int, slow_examples: int):
         database=None,
         suppress_health_check=list(HealthCheck),
     )
+
+
+def mnist_shards(d, parts: dict, *, out: str = "shards", weights: bool = True, name=None):
+    """The owners' share step for tests: for each ``part: rows`` the MNIST test images
+    ``rows`` written as the dataset ``d/PART.h5`` (named ``name(PART)``, default PART) and
+    shared into ``d/OUT``; with ``weights`` LeNet's trained weights shared there too."""
+    import os
+
+    from mpcgpu.assets import lenet_weights_path, mnist_test_idx_paths
+    from mpcgpu.assets.dataset_h5 import write_dataset
+    from mpcgpu.assets.mnist_idx import MNIST_MEAN, MNIST_STD, load_mnist
+    from mpcgpu.data.split import split_file
+
+    imgs, labels = load_mnist(*mnist_test_idx_paths(), verify=False)
+    imgs = imgs.reshape(-1, 1, 28, 28)
+    shards = os.path.join(str(d), out)
+    for part, rows in parts.items():
+        path = os.path.join(str(d), f"{part}.h5")
+        label = name(part) if name else part
+        write_dataset(path, imgs[rows], labels[rows], name=label, mean=MNIST_MEAN, std=MNIST_STD, num_classes=10)
+        split_file(path, shards, progress=False)
+    if weights:
+        split_file(lenet_weights_path(), shards, progress=False)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mpcgpu.jobs.launcher import find_mpiexec, local_env
+from reference import mnist_shards
 
 N_TEST, N_TRAIN = 24, 32
 
@@ -44,20 +45,8 @@ def work(tmp_path_factory):
         find_mpiexec()
     except Exception:
         pytest.skip("no mpiexec")
-    from mpcgpu.assets import lenet_weights_path, mnist_test_idx_paths
-    from mpcgpu.assets.dataset_h5 import write_dataset
-    from mpcgpu.assets.mnist_idx import MNIST_MEAN, MNIST_STD, load_mnist
-    from mpcgpu.data.split import split_file
-
     d = tmp_path_factory.mktemp("faults")
-    imgs, labels = load_mnist(*mnist_test_idx_paths(), verify=False)
-    imgs = imgs.reshape(-1, 1, 28, 28)
-    for part, sl in (("test", slice(0, N_TEST)), ("train", slice(1000, 1000 + N_TRAIN))):
-        write_dataset(
-            str(d / f"{part}.h5"), imgs[sl], labels[sl], name=part, mean=MNIST_MEAN, std=MNIST_STD, num_classes=10
-        )
-        split_file(str(d / f"{part}.h5"), str(d / "shards"), progress=False)
-    split_file(lenet_weights_path(), str(d / "shards"), progress=False)
+    mnist_shards(d, {"test": slice(0, N_TEST), "train": slice(1000, 1000 + N_TRAIN)})
     return d
 
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from mpcgpu import cli
 from mpcgpu.jobs import checks
 from mpcgpu.jobs.launcher import find_mpiexec, local_env
-from reference import fuzz_settings
+from reference import fuzz_settings, mnist_shards
 
 #: CI: 60 fixed (derandomized) examples per property; HYPOTHESIS_PROFILE=slow: 1000 random ones
 FUZZ = fuzz_settings(60, 1000)
@@ -185,24 +185,8 @@ def shards(tmp_path_factory):
         find_mpiexec()
     except Exception:
         pytest.skip("no mpiexec")
-    from mpcgpu.assets import lenet_weights_path, mnist_test_idx_paths
-    from mpcgpu.assets.dataset_h5 import write_dataset
-    from mpcgpu.assets.mnist_idx import MNIST_MEAN, MNIST_STD, load_mnist
-    from mpcgpu.data.split import split_file
-
     d = tmp_path_factory.mktemp("cli3")
-    imgs, labels = load_mnist(*mnist_test_idx_paths(), verify=False)
-    write_dataset(
-        str(d / "test.h5"),
-        imgs[:16].reshape(-1, 1, 28, 28),
-        labels[:16],
-        name="t",
-        mean=MNIST_MEAN,
-        std=MNIST_STD,
-        num_classes=10,
-    )
-    split_file(str(d / "test.h5"), str(d / "s"), progress=False)
-    split_file(lenet_weights_path(), str(d / "s"), progress=False)
+    mnist_shards(d, {"test": slice(0, 16)}, out="s", name=lambda part: "t")
     return d
 
 

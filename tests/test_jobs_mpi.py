@@ -28,23 +28,7 @@ def work(rt):
     d = tempfile.mkdtemp(prefix="mpcgpu-jobs-") if rt.rank == 0 else None
     d = rt.comm.bcast_object(d)
     if rt.rank == 0:
-        from mpcgpu.assets import lenet_weights_path, mnist_test_idx_paths
-        from mpcgpu.assets.dataset_h5 import write_dataset
-        from mpcgpu.assets.mnist_idx import MNIST_MEAN, MNIST_STD, load_mnist
-        from mpcgpu.data.split import split_file
-
-        imgs, labels = load_mnist(*mnist_test_idx_paths(), verify=False)
-        write_dataset(
-            os.path.join(d, "test.h5"),
-            imgs[:N].reshape(-1, 1, 28, 28),
-            labels[:N],
-            name="t",
-            mean=MNIST_MEAN,
-            std=MNIST_STD,
-            num_classes=10,
-        )
-        split_file(os.path.join(d, "test.h5"), os.path.join(d, "shards"), progress=False)
-        split_file(lenet_weights_path(), os.path.join(d, "shards"), progress=False)
+        reference.mnist_shards(d, {"test": slice(0, N)}, name=lambda part: "t")
     rt.comm.barrier()
     yield d
     rt.comm.barrier()

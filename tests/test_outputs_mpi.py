@@ -34,9 +34,8 @@ def work(rt):
     """40 MNIST test images and LeNet, shared; the plaintext reference logits on every rank
     (the model and the inputs on the fixed-point grid, as the shards hold them)."""
     from mpcgpu.assets import lenet_weights_path, mnist_test_idx_paths
-    from mpcgpu.assets.dataset_h5 import normalise, write_dataset
+    from mpcgpu.assets.dataset_h5 import normalise
     from mpcgpu.assets.mnist_idx import MNIST_MEAN, MNIST_STD, load_mnist
-    from mpcgpu.data.split import split_file
     from mpcgpu.nn.models import get_model
     from mpcgpu.nn.plain import PlainModel
     from mpcgpu.nn.weights import load_weights
@@ -46,10 +45,7 @@ def work(rt):
     imgs, labels = load_mnist(*mnist_test_idx_paths(), verify=False)
     imgs, labels = imgs[:N].reshape(-1, 1, 28, 28), labels[:N]
     if rt.rank == 0:
-        path = os.path.join(d, "test.h5")
-        write_dataset(path, imgs, labels, name="t", mean=MNIST_MEAN, std=MNIST_STD, num_classes=10)
-        split_file(path, os.path.join(d, "shards"), progress=False)
-        split_file(lenet_weights_path(), os.path.join(d, "shards"), progress=False)
+        reference.mnist_shards(d, {"test": slice(0, N)}, name=lambda part: "t")
     rt.comm.barrier()
     name, params = load_weights(lenet_weights_path())
     plain = PlainModel(get_model(name), {k: enc(v, F) for k, v in params.items()})

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mpcgpu.jobs.launcher import find_mpiexec, local_env
+from reference import mnist_shards
 
 TRAIN, TEST, BATCH = 96, 40, 16
 
@@ -30,18 +31,9 @@ def shards(tmp_path_factory):
         find_mpiexec()
     except Exception:
         pytest.skip("no mpiexec")
-    from mpcgpu.assets import mnist_test_idx_paths
-    from mpcgpu.assets.dataset_h5 import write_dataset
-    from mpcgpu.assets.mnist_idx import MNIST_MEAN, MNIST_STD, load_mnist
-    from mpcgpu.data.split import split_file
-
     work = tmp_path_factory.mktemp("train")
-    imgs, labels = load_mnist(*mnist_test_idx_paths(), verify=False)
-    imgs = imgs.reshape(-1, 1, 28, 28)
-    for part, sl in (("train", slice(0, TRAIN)), ("test", slice(5000, 5000 + TEST))):
-        path = str(work / f"{part}.h5")
-        write_dataset(path, imgs[sl], labels[sl], name=f"mnist-{part}", mean=MNIST_MEAN, std=MNIST_STD, num_classes=10)
-        split_file(path, str(work / "shards"), progress=False)
+    parts = {"train": slice(0, TRAIN), "test": slice(5000, 5000 + TEST)}
+    mnist_shards(work, parts, weights=False, name=lambda part: f"mnist-{part}")
     return work
 
 
