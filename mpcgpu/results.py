@@ -16,18 +16,18 @@ from .atomic import written_atomically as atomic_path  # the one atomic writer
 from .errors import MPCError
 
 
-def save_npy(path, array, fault: str = "write-output") -> str:
+def save_npy(path, array, fault: str = "write-output", private: bool = False) -> str:
     """``numpy.save`` to exactly ``path`` (no ``.npy`` appended), atomically (``fault``: the
-    fault point of :mod:`mpcgpu.faults` reached before the rename)."""
-    with atomic_path(path, fault) as tmp:
+    fault point of :mod:`mpcgpu.faults` reached before the rename; ``private``: mode 0600)."""
+    with atomic_path(path, fault, private=private) as tmp:
         with open(tmp, "wb") as fh:
             numpy.save(fh, numpy.asarray(array), allow_pickle=False)
     return os.fspath(path)
 
 
-def save_json(path, obj, indent=2, fault: str = "write-output") -> str:
-    """``json.dump`` to ``path``, atomically."""
-    with atomic_path(path, fault) as tmp:
+def save_json(path, obj, indent=2, fault: str = "write-output", private: bool = False) -> str:
+    """``json.dump`` to ``path``, atomically (``private``: mode 0600)."""
+    with atomic_path(path, fault, private=private) as tmp:
         with open(tmp, "w") as fh:
             json.dump(obj, fh, indent=indent)
             fh.write("\n")

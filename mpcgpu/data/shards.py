@@ -6,7 +6,8 @@ A *shard set* is three HDF5 files made by one split of one plaintext file
 file holds only its two components ``(x_i, x_{i+1})`` (indices mod 3).  No
 file holds all three, so no single server learns ``x``.
 
-File naming: ``<dir>/<stem>.party<i>.h5`` for ``i = 0, 1, 2``.
+File naming: ``<dir>/<stem>.party<i>.h5`` for ``i = 0, 1, 2``.  Every file is created
+with mode 0600 (readable by its owner only), whatever the umask.
 
 Schema ``mpcgpu-shard/1``::
 
@@ -253,6 +254,7 @@ def write_shard_set(
     files = []
     try:
         for i in range(PARTIES):
+            atomic.create_private(tmp[i])  # mode 0600 before a byte is written
             f = h5py.File(tmp[i], "w")
             files.append(f)
             _write_header(
@@ -349,15 +351,20 @@ def write_party_shard(
     name: str,
     public: dict | None = None,
     source_format: str = "mpcgpu-train",
+    separate_hosts: bool = False,
 ) -> str:
     """Write ONE party's file of a shard set that the three parties produce together (e.g.
     trained weights): ``arrays`` is ``{name: (first, second, scale)}`` -- this party's own
     two components, host uint64 arrays -- and ``set_id`` is common to the three files.
-    Written under a temporary name and renamed when complete.  Returns the path."""
+    Written under a temporary name (mode 0600) and renamed when complete; ``separate_hosts``
+    (a parties file): another party's file in the directory is an error
+    (:func:`mpcgpu.atomic.check_own_directory`).  Returns the path."""
     h5py = _h5py()
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with written_atomically(path, "write-shard") as tmp, h5py.File(tmp, "w") as f:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    atomic.check_own_directory(folder, party, separate_hosts=separate_hosts)
+    with written_atomically(path, "write-shard", private=True) as tmp, h5py.File(tmp, "w") as f:
         _write_header(
             f,
             party,

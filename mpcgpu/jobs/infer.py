@@ -278,7 +278,8 @@ def classify(rt, model, data, n: int, batch_size: int, output: Output, owner: in
 
 def write_outputs(paths: dict, arrays: dict, meta: dict) -> list:
     """The owner's files: arrays first, the metadata JSON last (its presence says the set
-    is complete); each written atomically.  Returns the paths written."""
+    is complete); each written atomically with mode 0600 (they are the owner's alone).
+    Returns the paths written."""
     from ..results import save_json, save_npy
 
     order = [("main", name) for name in arrays if name != "scores"] + (
@@ -287,14 +288,14 @@ def write_outputs(paths: dict, arrays: dict, meta: dict) -> list:
     files, written = {}, []
     for key, name in order:
         path = paths[key]
-        save_npy(path, arrays[name], fault="write-predictions")
+        save_npy(path, arrays[name], fault="write-predictions", private=True)
         files[name] = {
             "file": os.path.basename(path),
             "shape": list(arrays[name].shape),
             "dtype": str(arrays[name].dtype),
         }
         written.append(path)
-    save_json(paths["meta"], dict(meta, files=files))
+    save_json(paths["meta"], dict(meta, files=files), private=True)
     written.append(paths["meta"])
     return written
 

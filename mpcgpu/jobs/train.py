@@ -202,7 +202,34 @@ def _checkpoint(rt, args, run, model, opt, run_id):
         optim=state,
         rng=rt.state(),
         meta=run.meta(model.dropout_rng.bit_generator.state),
+        separate_hosts=_separate_hosts(rt),
     )
+
+
+def _separate_hosts(rt) -> bool:
+    """The parties run on their own hosts (a parties file authenticates the channels)."""
+    return rt.comm.channels.mode == "authenticated"
+
+
+def _check_directories(rt, args):
+    """Before training: no party writes its checkpoints or trained shard into a directory
+    that holds another party's files (an error with a parties file, a warning on one
+    machine), decided on every rank alike."""
+    from ..atomic import check_own_directory
+    from ..errors import MPCError
+
+    folders = [args.checkpoint_dir] if args.checkpoint_dir else []
+    if args.out:
+        folders.append(os.path.dirname(os.path.abspath(args.out)))
+    problem = None
+    try:
+        for folder in folders:
+            check_own_directory(folder, rt.rank, separate_hosts=_separate_hosts(rt))
+    except MPCError as exc:
+        problem = str(exc)
+    problems = [p for p in rt.comm.allgather_object(problem) if p]
+    if problems:
+        raise MPCError("; ".join(problems))
 
 
 def _resume(rt, args, run, model, opt):
@@ -271,6 +298,7 @@ def _write_outputs(rt, args, model, opt, run_id):
         frac_bits=rt.frac_bits,
         name=model.spec.name,
         public=public,
+        separate_hosts=_separate_hosts(rt),
     )
     rt.comm.barrier()
     if rt.rank == 0:
@@ -373,6 +401,7 @@ def run(args) -> int:
         "device": rt.backend.describe(),
     }
     run_ = _Run(settings)
+    _check_directories(rt, args)
     run_id = _resume(rt, args, run_, model, opt) if args.resume else None
     if run_id is None:
         import secrets

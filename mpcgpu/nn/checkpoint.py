@@ -11,6 +11,9 @@ File ``DIR/ckpt-<step>.party<i>.h5`` (format ``mpcgpu-checkpoint/1``) of party
 * root attrs: format, party, step, ``run_id`` (common to the three parties of one run)
   and ``meta`` (JSON: settings, position in the data order, history, public dropout RNG).
 
+A checkpoint holds this party's components of everything and its PRG keys: it is
+created with mode 0600, and a directory holding another party's files is refused when
+the parties run on separate hosts (:func:`mpcgpu.atomic.check_own_directory`).
 A file is written under a temporary name and renamed when complete, so a crash leaves
 either the previous checkpoint or the new one.  :func:`latest_common` picks the newest
 step that all three parties have (one may have died while writing); the two newest are
@@ -25,6 +28,7 @@ import re
 
 import numpy
 
+from ..atomic import check_own_directory
 from ..errors import MPCError
 from ..hdf5 import open_for_reading, written_atomically
 
@@ -54,18 +58,30 @@ def _read_pair(g):
 
 
 def save(
-    directory: str, party: int, step: int, *, run_id: str, params: dict, optim: dict, rng: dict, meta: dict
+    directory: str,
+    party: int,
+    step: int,
+    *,
+    run_id: str,
+    params: dict,
+    optim: dict,
+    rng: dict,
+    meta: dict,
+    separate_hosts: bool = False,
 ) -> str:
     """Write this party's checkpoint of ``step`` atomically; keep the newest ``KEEP``.
 
     ``params``: ``{name: (first, second, scale)}`` host arrays; ``optim``: the optimiser's
     :meth:`~mpcgpu.nn.optim.PrivateSGD.state` (host arrays); ``rng``: the runtime's
-    :meth:`~mpcgpu.runtime.Runtime.state`; ``meta``: JSON-serialisable."""
+    :meth:`~mpcgpu.runtime.Runtime.state`; ``meta``: JSON-serialisable.  ``separate_hosts``:
+    the parties run on their own hosts (a parties file), so another party's file in
+    ``directory`` is an error rather than a warning."""
     import h5py
 
     os.makedirs(directory, exist_ok=True)
+    check_own_directory(directory, party, separate_hosts=separate_hosts)
     path = checkpoint_path(directory, step, party)
-    with written_atomically(path, "write-checkpoint") as tmp, h5py.File(tmp, "w") as f:
+    with written_atomically(path, "write-checkpoint", private=True) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update(
             {"format": FORMAT, "party": int(party), "step": int(step), "run_id": run_id, "meta": json.dumps(meta)}
         )

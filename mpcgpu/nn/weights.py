@@ -78,7 +78,8 @@ def save_weights(
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise WeightsError(f"weights are stored as float32 or float64, not {dtype}")
-    with written_atomically(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
+    # the owner's plaintext model (or weights revealed to one party): mode 0600
+    with written_atomically(path, private=True) as tmp, h5py.File(tmp, "w", track_order=True) as f:
         f.attrs["format"] = FORMAT
         f.attrs["model"] = str(model_name)
         if isinstance(spec, S.Model):
