@@ -75,7 +75,9 @@ def check_against_onnxruntime(proto, model, params, *, samples: int = 2, seed: i
     import onnxruntime as ort
 
     from ..nn.plain import PlainModel, log_softmax, softmax
+    from .safety import check_run_size
 
+    check_run_size(model, samples)  # a bounded input and activations, before any is built
     x = numpy.random.default_rng(seed).standard_normal((samples,) + tuple(model.input_shape))
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     ref = sess.run(None, {sess.get_inputs()[0].name: x.astype(numpy.float32)})[0].astype(numpy.float64)

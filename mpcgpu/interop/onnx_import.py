@@ -508,13 +508,20 @@ def _collect(net: S.Sequential) -> dict:
 
 
 def load_onnx(path):
-    """The ``ModelProto`` of an ONNX file, with a clear error for a missing or bad file."""
+    """The ``ModelProto`` of an ONNX file, with a clear error for a missing or bad file.
+    External data is read only from inside the model's folder, once every reference to
+    it is checked (:mod:`.safety`), and only with an onnx release without known holes."""
+    from .safety import UnsafeModelError, check_onnx_version, load_onnx_checked
+
     onnx = _onnx()
+    check_onnx_version(onnx)
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ModelImportError(f"{path}: no such file")
     try:
-        return onnx.load(path)
+        return load_onnx_checked(onnx, path)
+    except UnsafeModelError as e:
+        raise UnsafeModelError(f"{path}: {e}") from None
     except Exception as e:
         raise ModelImportError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
 

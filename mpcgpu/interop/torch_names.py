@@ -63,6 +63,9 @@ def read_state_dict(path) -> tuple[dict, bool]:
                 "safetensors (safetensors.torch.save_file(model.state_dict(), 'model.safetensors')) "
                 "or export the model to ONNX"
             ) from None
+        from .safety import check_torch_version
+
+        check_torch_version(torch)  # weights_only=True runs no code only in recent releases
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:

@@ -34,12 +34,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 
 from . import spec as S
 
 FORMAT = "mpcgpu-spec/1"
 #: the largest spec text accepted (a ResNet-152 is about 60 kB)
 MAX_JSON_CHARS = 4 << 20
+#: the deepest nesting of JSON arrays and objects accepted (a ResNet-152 nests 10 deep);
+#: checked before parsing, so that a crafted spec cannot exhaust the parser's stack
+MAX_JSON_DEPTH = 100
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
 
 _LEAVES = {
     cls.__name__: cls
@@ -250,11 +256,27 @@ def from_json(text) -> S.Model:
         raise S.SpecError(f"architecture spec must be JSON text, got {type(text).__name__}")
     if len(text) > MAX_JSON_CHARS:
         raise S.SpecError(f"architecture spec of {len(text)} characters is larger than {MAX_JSON_CHARS}")
+    if _too_deep(text, MAX_JSON_DEPTH):
+        raise S.SpecError(f"architecture spec nests arrays and objects more than {MAX_JSON_DEPTH} deep")
     try:
         data = json.loads(text)
     except ValueError as e:
         raise S.SpecError(f"architecture spec is not valid JSON: {e}") from None
     return from_dict(data)
+
+
+def _too_deep(text: str, limit: int) -> bool:
+    """Whether JSON ``text`` nests arrays and objects more than ``limit`` deep (brackets
+    inside strings do not count); stops at the first level past ``limit``."""
+    depth = 0
+    for m in _JSON_BRACKET.finditer(_JSON_STRING.sub('""', text)):
+        if m.group() in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 __all__ = ["FORMAT", "to_dict", "to_json", "from_dict", "from_json", "layer_to_dict", "layer_from_dict"]
