@@ -168,3 +168,19 @@ def test_train_checks_its_directories_before_training(tmp_path, fresh_warning, c
     args.checkpoint_dir = str(ckpt)
     _check_directories(_fake_runtime("ephemeral"), args)  # one machine: a warning
     assert "warning" in capsys.readouterr().err
+
+
+def test_exported_weights_are_0600(tmp_path, open_umask):
+    pytest.importorskip("onnx")
+    pytest.importorskip("safetensors")
+    from mpcgpu.interop.export import export_onnx, export_safetensors
+    from mpcgpu.nn.models import get_model
+    from mpcgpu.nn.plain import init_params
+
+    model = get_model("lenet")
+    params = init_params(model, 0)
+    paths = [
+        export_safetensors(str(tmp_path / "m.safetensors"), model, params),
+        export_onnx(str(tmp_path / "m.onnx"), model, params),
+    ]
+    assert [_mode(p) for p in paths] == [0o600, 0o600]

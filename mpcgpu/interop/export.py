@@ -30,9 +30,12 @@ class ExportError(MPCError, ValueError):
 
 
 def _atomic(path, write):
+    from ..atomic import create_private
+
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
+        create_private(tmp)  # the owner's plaintext weights: mode 0600; writing truncates it
         write(tmp)
         os.replace(tmp, path)
     finally:
