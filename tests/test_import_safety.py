@@ -156,6 +156,17 @@ def test_external_data_of_a_constant_node_is_checked_too(tmp_path, monkeypatch):
     assert reads == []
 
 
+def test_a_proto_with_unloaded_external_data_is_refused(tmp_path, monkeypatch):
+    path = _save_external(str(tmp_path / "model"))
+    assert import_onnx(load_onnx(path))[0].num_classes == 3  # loaded from its file: fine
+    proto = onnx.load(path, load_external_data=False)
+    monkeypatch.chdir(tmp_path / "model")  # where onnx would look for it
+    reads = _watch_reads(monkeypatch)
+    with pytest.raises(MPCError, match="refers to external data"):
+        import_onnx(proto)
+    assert reads == []
+
+
 @pytest.mark.parametrize(
     "text, want",
     [

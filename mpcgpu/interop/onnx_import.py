@@ -537,7 +537,10 @@ def import_onnx(model_or_path, *, name: str | None = None, input_shape=None) -> 
         proto = load_onnx(path)
         name = name or os.path.splitext(os.path.basename(path))[0]
     else:
+        from .safety import check_no_external_data
+
         proto = model_or_path
+        check_no_external_data(proto)  # loaded from its file by load_onnx, or no external data
         name = name or (proto.graph.name or "onnx_model")
     gr = _Graph(proto, input_shape)
     ops, output = _convert(gr)

@@ -180,6 +180,17 @@ def check_external_data(proto, folder) -> int:
     return count
 
 
+def check_no_external_data(proto) -> None:
+    """A ModelProto handed over in memory must hold its data: onnx would read an external
+    reference relative to the current directory, with no folder to keep it inside."""
+    for tensor in model_tensors(proto):
+        if _is_external(tensor):
+            raise UnsafeModelError(
+                f"tensor {tensor.name or '(unnamed)'!r} refers to external data; import the model from "
+                "its file (load_onnx / mpcgpu import PATH), which reads it only from the model's folder"
+            )
+
+
 def load_onnx_checked(onnx, path):
     """The ModelProto of ``path`` with its external data, read only after
     :func:`check_external_data` passed (``onnx``: the module, already version-checked)."""
@@ -237,6 +248,7 @@ __all__ = [
     "check_torch_version",
     "model_tensors",
     "check_external_data",
+    "check_no_external_data",
     "load_onnx_checked",
     "check_run_size",
 ]
