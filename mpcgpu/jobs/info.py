@@ -13,10 +13,6 @@ def run(args) -> int:
     import numpy
     import mpcgpu
     from .. import settings
-    from ..backend import Backend
-    from ..errors import BackendError, MPCError
-    from ..nn.models import get_model, list_models
-    from ..nn.spec import count_params
 
     print(f"mpcgpu {mpcgpu.__version__}, numpy {numpy.__version__}")
     problems = []  # what a job started from this environment (and --device) would use
@@ -25,6 +21,19 @@ def run(args) -> int:
         print(f"settings: {exc} (a job would stop here; shown below as the default)")
     print("settings (name, variable, value, where from):")
     print(current.describe())
+    previous = settings.activate(current)  # what follows (ring kernel, compact weights) uses them
+    try:
+        return _report(args, current)
+    finally:
+        settings.activate(previous)
+
+
+def _report(args, current) -> int:
+    from ..backend import Backend
+    from ..errors import BackendError, MPCError
+    from ..nn.models import get_model, list_models
+    from ..nn.spec import count_params
+
     try:
         from ..comm import mpi_library_version
 
