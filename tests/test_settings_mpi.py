@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 import mpcgpu
-from mpcgpu import fused, settings
+from mpcgpu import fused, fused_relu, fused_trunc, settings
 from mpcgpu.errors import MPCError
 
 pytestmark = pytest.mark.mpi(min_size=3)
@@ -29,7 +29,7 @@ def test_overridden_swaps_the_frozen_object_and_puts_it_back(rt):
         assert rt.settings is inside and settings.active() is inside
         assert inside.fused is False and inside.compact_weights is True
         assert inside.source("fused") == "argument"
-        assert not fused.enabled(rt)  # the fused kernels follow the runtime's settings
+        assert not (fused.enabled(rt) or fused_trunc.enabled(rt) or fused_relu.enabled(rt))  # they follow rt.settings
         with rt.overridden(fused=True):
             assert rt.settings.fused and rt.settings.compact_weights is True
         assert rt.settings is inside
