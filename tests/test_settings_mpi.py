@@ -53,5 +53,8 @@ def test_settings_used_at_init_cannot_change_on_a_live_runtime(rt):
             pass
     assert mpcgpu.init(device=rt.backend.name) is rt
     assert mpcgpu.init(fused=rt.settings.fused) is rt  # the same value: nothing changes
+    assert mpcgpu.init(settings=rt.settings) is rt
+    with pytest.raises(MPCError, match="already initialised with other settings"):
+        mpcgpu.init(settings=rt.settings.replace(compact_weights=not rt.settings.compact_weights))
     with pytest.raises(MPCError, match="already initialised with other settings"):
         mpcgpu.init(fused=not rt.settings.fused)
