@@ -5,8 +5,8 @@ asks for the array module through :func:`array_module` (given an array) or
 :attr:`Backend.xp` (given the runtime), so protocol code is written once and
 runs on both.
 
-Device choice: ``device="auto" | "cpu" | "cuda" | "strict"`` or the environment variable
-``MPCGPU_DEVICE``.  ``strict`` is for tests: :mod:`mpcgpu.strict`, NumPy arithmetic behind
+Device choice: ``device="auto" | "cpu" | "cuda" | "strict"`` or the ``device`` setting
+(``MPCGPU_DEVICE``, :mod:`mpcgpu.settings`).  ``strict`` is for tests: :mod:`mpcgpu.strict`, NumPy arithmetic behind
 CuPy's rules (no implicit host conversion, no NumPy-only functions, no host/device mixing),
 run through the GPU code paths (staged MPI buffers, no CPU-only kernels).  ``auto`` picks
 CUDA when CuPy is installed and a GPU is usable, else the CPU.  Asking for ``cuda`` where there is none is a
@@ -19,12 +19,12 @@ Moves between host and device are always explicit (:meth:`Backend.to_device`,
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy
 
 from .errors import BackendError
+from . import settings
 
 DEVICES = ("auto", "cpu", "cuda", "strict")
 
@@ -76,20 +76,9 @@ def _import_cupy():
 
 
 def local_rank() -> int:
-    """Rank of this process among those on the same node (launcher env variables)."""
-    for var in (
-        "MPI_LOCALRANKID",
-        "OMPI_COMM_WORLD_LOCAL_RANK",
-        "SLURM_LOCALID",
-        "MV2_COMM_WORLD_LOCAL_RANK",
-        "PMI_LOCAL_RANK",
-    ):
-        if var in os.environ:
-            try:
-                return int(os.environ[var])
-            except ValueError:
-                pass
-    return 0
+    """Rank of this process among those on the same node (the launcher's variables, resolved
+    with the settings: ``local_rank``)."""
+    return settings.active().local_rank
 
 
 class Backend:
@@ -98,13 +87,14 @@ class Backend:
 
     @staticmethod
     def requested_device(device: str | None = None) -> str:
-        """``device``, else ``MPCGPU_DEVICE``, else "auto"; BackendError for an unknown name."""
-        requested = (device or os.environ.get("MPCGPU_DEVICE") or "auto").lower()
+        """``device``, else the ``device`` setting (``MPCGPU_DEVICE``, default "auto");
+        BackendError for an unknown name."""
+        requested = (device or settings.active().device).lower()
         if requested not in DEVICES:
             raise BackendError(f"unknown device {requested!r}; choose one of {', '.join(DEVICES)}")
         return requested
 
-    def __init__(self, device: str | None = None):
+    def __init__(self, device: str | None = None, node_rank: int | None = None):
         requested = self.requested_device(device)
         self.requested = requested
         self.device_id = None
@@ -129,7 +119,7 @@ class Backend:
         self.xp = cp
         self.name = "cuda"
         count = cp.cuda.runtime.getDeviceCount()
-        self.device_id = local_rank() % count
+        self.device_id = (local_rank() if node_rank is None else node_rank) % count
         cp.cuda.Device(self.device_id).use()
 
     def _cpu(self):

@@ -69,10 +69,6 @@ DEFAULT_PEER_TIMEOUT = 600.0
 MODES = ("insecure", "ephemeral", "authenticated")
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
 @dataclass(frozen=True)
 class ChannelConfig:
     """How a party protects its channels: ``mode`` and the files it needs."""
@@ -83,20 +79,19 @@ class ChannelConfig:
     peer_timeout: float = DEFAULT_PEER_TIMEOUT
 
     @classmethod
-    def resolve(cls, key=None, parties=None, insecure=None, peer_timeout=None) -> "ChannelConfig":
-        """The configuration from explicit values, falling back to the environment
-        (``MPCGPU_KEY``, ``MPCGPU_PARTIES``, ``MPCGPU_INSECURE_CHANNELS``,
-        ``MPCGPU_PEER_TIMEOUT``)."""
-        key = key or os.environ.get(KEY_ENV) or None
-        parties = parties or os.environ.get(PARTIES_ENV) or None
+    def resolve(cls, key=None, parties=None, insecure=None, peer_timeout=None, settings=None) -> "ChannelConfig":
+        """The configuration from explicit values, falling back to ``settings`` (default: this
+        process's, :func:`mpcgpu.settings.active`: ``MPCGPU_KEY``, ``MPCGPU_PARTIES``,
+        ``MPCGPU_INSECURE_CHANNELS``, ``MPCGPU_PEER_TIMEOUT``)."""
+        from . import settings as settings_mod
+
+        settings = settings if settings is not None else settings_mod.active()
+        key = key or settings.key or None
+        parties = parties or settings.parties or None
         if insecure is None:
-            insecure = _truthy(os.environ.get(INSECURE_ENV))
+            insecure = settings.insecure_channels
         if peer_timeout is None:
-            raw = os.environ.get(TIMEOUT_ENV, "").strip()
-            try:
-                peer_timeout = float(raw) if raw else DEFAULT_PEER_TIMEOUT
-            except ValueError:
-                raise ChannelError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+            peer_timeout = settings.peer_timeout
         peer_timeout = float(peer_timeout)
         if not peer_timeout >= 0:
             raise ChannelError(f"the peer timeout must be >= 0 seconds (0: wait for ever), got {peer_timeout}")
@@ -109,6 +104,11 @@ class ChannelConfig:
                 f"a private key was given ({key}) but no parties file: add --parties FILE (or {PARTIES_ENV})"
             )
         return cls("ephemeral", None, None, peer_timeout)
+
+    @classmethod
+    def from_settings(cls, settings) -> "ChannelConfig":
+        """The configuration of resolved :class:`~mpcgpu.settings.Settings`."""
+        return cls.resolve(settings=settings)
 
     def describe(self, gpu_staged: bool = False) -> str:
         stage = ", GPU messages staged through host memory" if gpu_staged else ""

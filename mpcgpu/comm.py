@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy
 
 from .backend import is_device_array
+from . import settings as settings_mod
 from .channels import HELLO_BYTES, SIG_BYTES, TAG_BYTES, ChannelConfig, Handshake
 from .errors import ChannelError, ProtocolError, RankCountError
 
@@ -73,11 +74,9 @@ class CommStats:
 def detect_cuda_aware() -> bool:
     """True if the MPI library in this process reports CUDA support.
 
-    ``MPCGPU_CUDA_AWARE=1`` / ``=0`` overrides the detection.
+    The ``cuda_aware`` setting (``MPCGPU_CUDA_AWARE=1`` / ``=0``) overrides the detection
+    (:class:`Communicator`).
     """
-    forced = os.environ.get("MPCGPU_CUDA_AWARE")
-    if forced is not None and forced.strip() != "":
-        return forced.strip().lower() in ("1", "true", "yes", "on")
     _mpi()  # make sure the MPI library is loaded
     libs = set()
     try:
@@ -144,17 +143,17 @@ WAIT_ENV = "MPCGPU_WAIT"
 SLEEP_FIRST, SLEEP_CAP = 20e-6, 200e-6
 
 
-def wait_policy(mpi_comm) -> str:
+def wait_policy(mpi_comm, forced: str = "auto") -> str:
     """How a party waits for its messages: ``"spin"`` (MPI's own wait: busy polling, the
     lowest latency) when every rank on this node has a core, ``"sleep"`` when the node has
     fewer cores than ranks (three parties on a laptop or a 2-core VM: a spinning party
     would take the CPU from the ones still computing; measured on 2 cores, median of
-    four: a secret 1024 x 1024 matmul 0.34 s -> 0.26 s).  ``MPCGPU_WAIT=spin|sleep``
-    overrides.  Each party decides alone (it changes no message)."""
-    forced = os.environ.get(WAIT_ENV, "").strip().lower()
+    four: a secret 1024 x 1024 matmul 0.34 s -> 0.26 s).  ``forced`` (the ``wait`` setting,
+    ``MPCGPU_WAIT=spin|sleep``) overrides.  Each party decides alone (it changes no message)."""
+    forced = (forced or "auto").strip().lower()
     if forced in ("spin", "sleep"):
         return forced
-    if forced:
+    if forced != "auto":
         raise ValueError(f"{WAIT_ENV}={forced!r}: use spin or sleep")
     try:
         cores = len(os.sched_getaffinity(0))
@@ -217,8 +216,15 @@ class Communicator:
     """Exchanges between the three parties of one MPI communicator."""
 
     def __init__(
-        self, mpi_comm=None, backend=None, cuda_aware: bool | None = None, channels: ChannelConfig | None = None
+        self,
+        mpi_comm=None,
+        backend=None,
+        cuda_aware: bool | None = None,
+        channels: ChannelConfig | None = None,
+        settings=None,
     ):
+        settings = settings if settings is not None else settings_mod.active()  # see mpcgpu.settings
+        cuda_aware = settings.cuda_aware if cuda_aware is None else cuda_aware
         MPI = _mpi()
         self.mpi = MPI
         self.comm = mpi_comm if mpi_comm is not None else MPI.COMM_WORLD
@@ -234,8 +240,8 @@ class Communicator:
         self.stats = CommStats()
         self._settle_comm = self.comm.Dup()  # only for settle(): never matches a protocol's call
         self._tag = 7
-        self.waiting = wait_policy(self.comm)
-        self.channels = channels if channels is not None else ChannelConfig.resolve()
+        self.waiting = wait_policy(self.comm, settings.wait)
+        self.channels = channels if channels is not None else ChannelConfig.from_settings(settings)
         self.peer_timeout = self.channels.peer_timeout or None  # 0: wait for ever
         self.sealed = self.channels.mode != "insecure"
         self._direct_gpu = self.cuda_aware and not self.sealed  # sealing happens on the host

@@ -11,7 +11,8 @@ Points (:data:`POINTS`): ``share`` (inside sharing an input, peers waiting), ``a
 the adder-input rounds and the prefix tree of A2B / MSB), ``read-shard`` (opening a shard),
 ``write-shard``, ``write-checkpoint``, ``write-predictions``, ``write-output`` (with the
 temporary file written, before it is renamed).  Unset, :func:`point` costs one dictionary
-look-up.  A malformed value is an :class:`~mpcgpu.errors.MPCError` on every rank.
+look-up.  A malformed value is an :class:`~mpcgpu.errors.MPCError` on every rank (raised when
+the settings are resolved: :mod:`mpcgpu.settings`, the ``fault`` setting).
 """
 
 from __future__ import annotations
@@ -20,57 +21,27 @@ import os
 import signal
 import time
 
-from .errors import MPCError
+from . import settings
 
 ENV = "MPCGPU_FAULT"
-POINTS = (
-    "share",
-    "a2b",
-    "read-shard",
-    "write-shard",
-    "write-checkpoint",
-    "write-predictions",
-    "write-output",
-)
-
-_parsed = {}  # env value -> (point, rank, n)
+POINTS = settings.FAULT_POINTS
 _seen = {}
-
-
-def _rank() -> int:
-    """This process's MPI rank from the launcher's variables (without initialising MPI:
-    the share step runs in one process)."""
-    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID", "PMIX_RANK", "MV2_COMM_WORLD_RANK"):
-        if os.environ.get(var, "").strip().isdigit():
-            return int(os.environ[var])
-    return 0
 
 
 def parse(value: str):
     """``"POINT:RANK[:N]"`` -> ``(point, rank, n)``; MPCError naming the problem otherwise."""
-    parts = value.strip().split(":")
-    usage = f"{ENV}={value!r}: use POINT:RANK[:N], POINT one of {', '.join(POINTS)}, RANK 0-2, N >= 1"
-    if len(parts) not in (2, 3) or parts[0] not in POINTS:
-        raise MPCError(usage)
-    try:
-        rank = int(parts[1])
-        n = int(parts[2]) if len(parts) == 3 else 1
-    except ValueError:
-        raise MPCError(usage) from None
-    if not 0 <= rank <= 2 or n < 1:
-        raise MPCError(usage)
-    return parts[0], rank, n
+    return settings.resolve(env={ENV: value}).fault
 
 
 def point(name: str):
-    """Kill this process here if ``MPCGPU_FAULT`` names this point, this rank and this call."""
-    value = os.environ.get(ENV)
-    if not value:
+    """Kill this process here if the ``fault`` setting (``MPCGPU_FAULT``) names this point,
+    this rank (the launcher's rank: the share step runs without MPI) and this call."""
+    current = settings.active()
+    if current.fault is None:
         return
-    if value not in _parsed:
-        _parsed[value] = parse(value)
-    where, rank, n = _parsed[value]
-    if where != name or rank != _rank():
+    where, rank, n = current.fault
+    value = ":".join(str(v) for v in current.fault)
+    if where != name or rank != current.launch_rank:
         return
     _seen[name] = _seen.get(name, 0) + 1
     if _seen[name] != n:

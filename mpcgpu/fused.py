@@ -9,7 +9,7 @@ the same order -- so the messages are the same bits either way (tested); the
 array-module code stays the reference and the GPU path.
 
 :func:`enabled` says whether a runtime takes this path: a NumPy back end, numba
-importable, and ``MPCGPU_FUSED`` not ``0``.
+importable, and the ``fused`` setting (``MPCGPU_FUSED``) not ``0``.
 
 Kernels (``n`` words in, every output a fresh array):
 
@@ -22,8 +22,6 @@ Kernels (``n`` words in, every output a fresh array):
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 
@@ -123,7 +121,7 @@ class Kernels:
 
     def enabled(self, rt) -> bool:
         """Whether ``rt`` runs these kernels."""
-        if os.environ.get(ENV, "1") == "0" or rt.backend.is_gpu:
+        if not rt.settings.fused or rt.backend.is_gpu:
             return False
         return self._compile() is not None
 

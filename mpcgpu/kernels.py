@@ -7,11 +7,11 @@ i.e. AVX2) and the native integer GEMM of :mod:`mpcgpu.native` (faster where
 
 :func:`choice` decides once per process:
 
-* ``MPCGPU_RING_KERNEL=limbs|native`` forces one (``native`` without numba is an
+* the ``ring_kernel`` setting (``MPCGPU_RING_KERNEL=limbs|native``) forces one (``native`` without numba is an
   error); ``auto`` (the default) measures both on a few representative shapes at first
   use and keeps the faster;
 * the measurement is cached on disk (``$XDG_CACHE_HOME/mpcgpu`` or
-  ``~/.cache/mpcgpu``), keyed by the CPU model and flags and the versions of numpy,
+  ``~/.cache/mpcgpu``: the ``cache_home`` setting), keyed by the CPU model and flags and the versions of numpy,
   numba and mpcgpu, so it runs once per machine and software set.
 
 Both kernels give the same bits, so the three parties need not agree on the choice.
@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 from .errors import BackendError
+from . import settings
 
 ENV = "MPCGPU_RING_KERNEL"
 KERNELS = ("limbs", "native")
@@ -52,9 +53,8 @@ def cpu_signature() -> str:
     return f"{model} | {' '.join(sorted(found.get('flags', '').split()))}"
 
 
-def _cache_path() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "mpcgpu", "ring-kernel.json")
+def _cache_path(cache_home: str) -> str:
+    return os.path.join(cache_home, "mpcgpu", "ring-kernel.json")
 
 
 def _key() -> str:
@@ -95,16 +95,18 @@ def _timed(fn, a, b) -> float:
     return time.perf_counter() - t0
 
 
-def choice(kernels: dict) -> dict:
+def choice(kernels: dict, current=None) -> dict:
     """``{"kernel": "limbs"|"native", "why": ..., "seconds": {...}|None}`` for this process.
 
-    ``kernels``: ``{"limbs": matmul, "native": matmul}`` to measure (see :func:`measure`)."""
+    ``kernels``: ``{"limbs": matmul, "native": matmul}`` to measure (see :func:`measure`);
+    ``current``: the :class:`~mpcgpu.settings.Settings` (default: this process's)."""
     global _CHOICE
     if _CHOICE is not None:
         return _CHOICE
     from . import native
 
-    forced = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    current = current if current is not None else settings.active()
+    forced = current.ring_kernel
     if forced not in KERNELS + ("auto",):
         raise BackendError(f"{ENV}={forced!r}: choose limbs, native or auto")
     if forced == "limbs":
@@ -116,12 +118,12 @@ def choice(kernels: dict) -> dict:
     elif not native.available():
         _CHOICE = {"kernel": "limbs", "why": native.why_not(), "seconds": None}
     else:
-        _CHOICE = _cached_or_measured(kernels)
+        _CHOICE = _cached_or_measured(kernels, current.cache_home)
     return _CHOICE
 
 
-def _cached_or_measured(kernels) -> dict:
-    path, key = _cache_path(), _key()
+def _cached_or_measured(kernels, cache_home: str) -> dict:
+    path, key = _cache_path(cache_home), _key()
     try:
         with open(path) as fh:
             cached = json.load(fh)

@@ -12,6 +12,7 @@ The counters are reset afterwards, so
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -21,10 +22,12 @@ import numpy
 
 from .backend import Backend
 from .crashreport import report_then_wait
+from .channels import ChannelConfig
 from .comm import Communicator, abort_world, rank_count_message, world, world_rank
 from .encoding import DEFAULT_FRAC_BITS, safe_limit
 from .errors import MPCError, RankCountError
 from .prg import INSECURE_SEED_ENV, PartyPRG, fresh_key, seeded_key
+from . import settings as settings_mod
 
 _RUNTIME = None
 
@@ -34,8 +37,8 @@ def tune_malloc():
     hundreds of MB at every step, and memory handed back to the system costs page faults
     when it is taken again (measured on a virtual machine: 50 rounds of a 240 MB array 5.0 s
     -> 1.4 s).  Every array comes from the heap (no ``mmap`` per allocation), and up to 1 GiB
-    of free memory stays in the process.  A no-op elsewhere; ``MPCGPU_TUNE_MALLOC=0`` turns
-    it off."""
+    of free memory stays in the process.  A no-op elsewhere; ``MPCGPU_TUNE_MALLOC=0`` (the
+    ``tune_malloc`` setting) turns it off."""
     import ctypes
     import ctypes.util
 
@@ -55,21 +58,29 @@ def tune_malloc():
 
 
 class Runtime:
-    """Everything a party needs to run protocols."""
+    """Everything a party needs to run protocols.  ``settings``: the resolved
+    :class:`~mpcgpu.settings.Settings` (default: from ``device`` and the environment)."""
 
-    def __init__(self, device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None, channels=None):
+    def __init__(self, device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None, channels=None, settings=None):
         safe_limit(precision)  # validates the number of fractional bits
+        if settings is None:
+            settings = settings_mod.resolve(explicit={"device": device})
+        elif device is not None:
+            settings = settings.replace(device=device)
+        self.settings = settings
+        if channels is None:
+            channels = ChannelConfig.from_settings(settings)  # a key without parties file: an error here
         self.frac_bits = int(precision)
         mpi_comm = mpi_comm if mpi_comm is not None else world()
         if mpi_comm.Get_size() != 3:  # before touching a GPU
             raise RankCountError(rank_count_message(mpi_comm.Get_size()))
-        self.backend = Backend(device)
+        self.backend = Backend(settings.device, node_rank=settings.local_rank)
         self.xp = self.backend.xp
-        if not self.backend.is_gpu and os.environ.get("MPCGPU_TUNE_MALLOC", "1") != "0":
+        if not self.backend.is_gpu and settings.tune_malloc:
             tune_malloc()
-        self.comm = Communicator(mpi_comm, self.backend, channels=channels)
+        self.comm = Communicator(mpi_comm, self.backend, channels=channels, settings=settings)
         self.rank = self.comm.rank
-        self.insecure_seed = os.environ.get(INSECURE_SEED_ENV) or None
+        self.insecure_seed = settings.insecure_prg_seed
         seed = self.insecure_seed
         own = numpy.frombuffer(seeded_key(seed, f"pair{self.rank}") if seed else fresh_key(), dtype=numpy.uint8).copy()
         from_next = self.comm.exchange({self.comm.prev: own}, {self.comm.next: (own.shape, own.dtype)})[self.comm.next]
@@ -108,6 +119,28 @@ class Runtime:
         """The party :meth:`next_role` will return next (without drawing it)."""
         return self._role_calls % 3
 
+    @contextlib.contextmanager
+    def overridden(self, **values):
+        """Run a block with some settings changed (tests), then put the frozen object back.
+
+        Only the settings that code looks up when it runs (:data:`mpcgpu.settings.LIVE`:
+        ``fused``, ``compact_weights``, the fault injections) can change on a live runtime;
+        the others were used at init."""
+        fixed = sorted(set(values) - set(settings_mod.LIVE))
+        if fixed:
+            raise MPCError(
+                f"{', '.join(fixed)}: used once at init, cannot change on a running runtime "
+                f"(these can: {', '.join(settings_mod.LIVE)})"
+            )
+        before = self.settings
+        self.settings = before.replace(**values)
+        previous = settings_mod.activate(self.settings)
+        try:
+            yield self.settings
+        finally:
+            self.settings = before
+            settings_mod.activate(previous)
+
     @property
     def scale(self) -> int:
         return 1 << self.frac_bits
@@ -121,35 +154,64 @@ class Runtime:
 
 
 def init(
-    device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None, excepthook: bool = True, channels=None
+    device=None,
+    precision: int = DEFAULT_FRAC_BITS,
+    mpi_comm=None,
+    excepthook: bool = True,
+    channels=None,
+    settings=None,
+    cli: dict | None = None,
+    **overrides,
 ) -> Runtime:
     """Set up (once) and return the runtime of this party.
 
-    Must be called on all three ranks.  ``device``: "auto", "cpu" or "cuda"
-    (default: ``MPCGPU_DEVICE`` or auto).  ``precision``: fractional bits of the
+    Must be called on all three ranks.  ``device``: "auto", "cpu", "cuda" or "strict"
+    (default: ``--device``, ``MPCGPU_DEVICE`` or auto).  ``precision``: fractional bits of the
     fixed-point encoding.  With ``excepthook`` an uncaught exception on any rank
     prints its message and aborts all three ranks instead of leaving the others
     waiting.  ``channels``: a :class:`mpcgpu.channels.ChannelConfig` (default: from the
-    environment, ``MPCGPU_PARTIES`` / ``MPCGPU_KEY`` / ``MPCGPU_INSECURE_CHANNELS`` /
-    ``MPCGPU_PEER_TIMEOUT``; without them, encrypted channels with ephemeral keys).
+    settings ``key`` / ``parties`` / ``insecure_channels`` / ``peer_timeout``; without them,
+    encrypted channels with ephemeral keys).
+
+    The settings (:mod:`mpcgpu.settings`) are resolved here, once, and kept as
+    ``rt.settings``: ``settings`` (a resolved :class:`~mpcgpu.settings.Settings`) or else the
+    environment; ``cli``: the command line's values (``{"device": ..., "key": ...}``) over
+    the environment; ``overrides`` (``fused=False``, ``wait="sleep"``, ...) and ``device`` over
+    everything.
     """
     global _RUNTIME
+    explicit = dict(overrides, device=device)
     if _RUNTIME is not None:
         if precision != _RUNTIME.frac_bits:
             raise MPCError(
                 f"mpcgpu is already initialised with {_RUNTIME.frac_bits} fractional bits; "
                 f"cannot switch to {precision} in the same process"
             )
-        wanted = Backend.requested_device(device)
+        wanted = Backend.requested_device(device or (cli or {}).get("device") or "auto")
         if wanted not in ("auto", _RUNTIME.backend.name):
             raise MPCError(
                 f"mpcgpu is already initialised on {_RUNTIME.backend.describe()}; "
                 f"cannot switch to device {wanted!r} in the same process"
             )
+        changed = {k: v for k, v in overrides.items() if v is not None and v != getattr(_RUNTIME.settings, k, v)}
+        if changed or (settings is not None and settings != _RUNTIME.settings):
+            raise MPCError(
+                "mpcgpu is already initialised with other settings "
+                f"({', '.join(changed) or 'settings='}); they are resolved once per process"
+            )
         return _RUNTIME
     if excepthook:
-        install_excepthook()
-    _RUNTIME = Runtime(device=device, precision=precision, mpi_comm=mpi_comm, channels=channels)
+        install_excepthook()  # first: a malformed setting is one clear line on every rank
+    if settings is None:
+        settings = settings_mod.resolve(explicit=explicit, cli=cli)
+    else:
+        settings = settings.replace(**explicit)
+    previous = settings_mod.activate(settings)
+    try:
+        _RUNTIME = Runtime(precision=precision, mpi_comm=mpi_comm, channels=channels, settings=settings)
+    except BaseException:
+        settings_mod.activate(previous)
+        raise
     return _RUNTIME
 
 

@@ -116,18 +116,15 @@ def infer_args(model: str, data: str, **overrides):
 
 def both_paths(rt, monkeypatch, call):
     """``call()`` with the fused CPU kernels, then from the same randomness with the array
-    code: ``[(out, log), (out, log)]``, every exchange of this party recorded."""
-    from mpcgpu import fused
-
+    code (the ``fused`` setting switched on the runtime): ``[(out, log), (out, log)]``, every
+    exchange of this party recorded.  (``monkeypatch``: unused, kept for the callers.)"""
     runs = []
     state = rt.state()
-    for switch in ("1", "0"):
+    for switch in (True, False):
         rt.restore(state)
-        monkeypatch.setenv(fused.ENV, switch)
-        with recording(rt.comm) as log:
+        with rt.overridden(fused=switch), recording(rt.comm) as log:
             out = call()
         runs.append((out, log))
-    monkeypatch.delenv(fused.ENV)
     return runs
 
 

@@ -36,8 +36,12 @@ def test_cuda_requested_without_gpu_is_a_clear_error():
 def test_unknown_device_and_env(monkeypatch):
     with pytest.raises(BackendError, match="unknown device"):
         Backend("tpu")
-    monkeypatch.setenv("MPCGPU_DEVICE", "cpu")
-    assert Backend().name == "cpu"
+    from mpcgpu import settings
+
+    monkeypatch.setattr(settings, "_ACTIVE", settings.resolve(env={"MPCGPU_DEVICE": "cpu"}))
+    assert Backend().name == "cpu"  # without a device: the process's settings
+    with pytest.raises(BackendError, match="MPCGPU_DEVICE='tpu'"):
+        settings.resolve(env={"MPCGPU_DEVICE": "tpu"})
 
 
 def test_encode_decode_roundtrip_exact_against_python_ints():

@@ -213,23 +213,23 @@ def test_handshake_rejects_mismatched_modes_and_keys(tmp_path):
         h0.receive_hellos({1: h1.hello[0], 2: h1.hello[0]})
 
 
-def test_config_from_arguments_and_environment(monkeypatch):
-    for var in ("MPCGPU_KEY", "MPCGPU_PARTIES", "MPCGPU_INSECURE_CHANNELS", "MPCGPU_PEER_TIMEOUT"):
-        monkeypatch.delenv(var, raising=False)
-    assert ChannelConfig.resolve().mode == "ephemeral"
-    assert ChannelConfig.resolve(insecure=True).mode == "insecure"
-    assert ChannelConfig.resolve(parties="p.json", key="k").mode == "authenticated"
+def test_config_from_arguments_and_environment():
+    from mpcgpu.settings import resolve
+
+    none = resolve(env={})
+    assert ChannelConfig.resolve(settings=none).mode == "ephemeral"
+    assert ChannelConfig.resolve(insecure=True, settings=none).mode == "insecure"
+    assert ChannelConfig.resolve(parties="p.json", key="k", settings=none).mode == "authenticated"
     with pytest.raises(ChannelError, match="no parties file"):
-        ChannelConfig.resolve(key="k")
-    monkeypatch.setenv("MPCGPU_INSECURE_CHANNELS", "1")
-    monkeypatch.setenv("MPCGPU_PEER_TIMEOUT", "10")
-    cfg = ChannelConfig.resolve()
+        ChannelConfig.resolve(key="k", settings=none)
+    cfg = ChannelConfig.from_settings(resolve(env={"MPCGPU_INSECURE_CHANNELS": "1", "MPCGPU_PEER_TIMEOUT": "10"}))
     assert cfg.mode == "insecure" and cfg.peer_timeout == 10.0 and "INSECURE" in cfg.describe()
-    monkeypatch.setenv("MPCGPU_PEER_TIMEOUT", "soon")
-    with pytest.raises(ChannelError, match="MPCGPU_PEER_TIMEOUT"):
-        ChannelConfig.resolve()
+    with pytest.raises(ChannelError, match="MPCGPU_PEER_TIMEOUT='soon'"):
+        resolve(env={"MPCGPU_PEER_TIMEOUT": "soon"})
     with pytest.raises(ChannelError, match=">= 0"):
-        ChannelConfig.resolve(peer_timeout=-1)
+        ChannelConfig.resolve(peer_timeout=-1, settings=none)
+    with pytest.raises(ChannelError, match="MPCGPU_INSECURE_CHANNELS='maybe'"):
+        resolve(env={"MPCGPU_INSECURE_CHANNELS": "maybe"})
     assert "NOT authenticated" in ChannelConfig("ephemeral").describe()
     assert "staged through host" in ChannelConfig("ephemeral").describe(gpu_staged=True)
 
@@ -237,19 +237,23 @@ def test_config_from_arguments_and_environment(monkeypatch):
 @pytest.mark.parametrize("command", ["infer", "train", "bench"])
 def test_compute_jobs_take_the_channel_options(command, monkeypatch, capsys):
     from mpcgpu.cli import build_parser
-    from mpcgpu.jobs.channel_args import channel_config
+    from mpcgpu.jobs.channel_args import channel_config, cli_settings
 
-    for var in ("MPCGPU_KEY", "MPCGPU_PARTIES", "MPCGPU_INSECURE_CHANNELS", "MPCGPU_PEER_TIMEOUT"):
-        monkeypatch.delenv(var, raising=False)
     base = {"infer": ["--model", "m", "--data", "d"], "train": ["--model", "lenet", "--data", "d"]}
     base["bench"] = ["inference"]
     parser = build_parser()
     args = parser.parse_args([command, *base[command]])
-    assert channel_config(args) == ChannelConfig("ephemeral")
+    assert cli_settings(args) == {}
+    assert channel_config(args, env={}) == ChannelConfig("ephemeral")
     args = parser.parse_args([command, *base[command], "--insecure-channels", "--peer-timeout", "10"])
-    assert channel_config(args) == ChannelConfig("insecure", None, None, 10.0)
-    args = parser.parse_args([command, *base[command], "--key", "k{party}", "--parties", "p.json"])
-    assert channel_config(args) == ChannelConfig("authenticated", "k{party}", "p.json")
+    assert cli_settings(args) == {"insecure_channels": True, "peer_timeout": 10.0}
+    assert channel_config(args, env={}) == ChannelConfig("insecure", None, None, 10.0)
+    # the command line over the environment
+    env = {"MPCGPU_PEER_TIMEOUT": "99", "MPCGPU_PARTIES": "env.json"}
+    assert channel_config(args, env=env) == ChannelConfig("insecure", None, None, 10.0)
+    args = parser.parse_args([command, *base[command], "--key", "k{party}", "--parties", "p.json", "--device", "cpu"])
+    assert cli_settings(args) == {"key": "k{party}", "parties": "p.json", "device": "cpu"}
+    assert channel_config(args, env=env) == ChannelConfig("authenticated", "k{party}", "p.json", 99.0)
     with pytest.raises(SystemExit):
         parser.parse_args([command, "--help"])
     assert "--peer-timeout" in capsys.readouterr().out

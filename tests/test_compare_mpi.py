@@ -23,16 +23,15 @@ NEG = -(2**62)  # max-pool padding (ring units)
 
 
 @pytest.fixture(autouse=True, params=["fused", "array"])
-def msb_path(request, monkeypatch):
+def msb_path(request, rt):
     """Every test runs with the fused CPU kernels of the MSB tree and with the array-module
-    code (the GPU path and the reference)."""
+    code (the GPU path and the reference): the ``fused`` setting switched on the runtime."""
     from mpcgpu import fused
 
-    if request.param == "array":
-        monkeypatch.setenv(fused.ENV, "0")
-    elif fused.why_not():
+    if request.param == "fused" and fused.why_not():
         pytest.skip(fused.why_not())
-    return request.param
+    with rt.overridden(fused=request.param == "fused"):
+        yield request.param
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -122,11 +121,9 @@ def maxpool_backward_ref(g, onehot, shape, k, s, p):
 # -- MSB ---------------------------------------------------------------------------------------
 
 
-def test_fused_and_array_paths_give_the_same_shares(rt, seeded, msb_path, monkeypatch):
+def test_fused_and_array_paths_give_the_same_shares(rt, seeded, msb_path):
     """From the same PRG state both paths produce the same components (hence send the same
     messages): the fused kernels compute the same words."""
-    from mpcgpu import fused
-
     if msb_path == "array":
         pytest.skip("one comparison is enough")
     edges = np.array([0, 1, -1, 2**62, -(2**62), 2**63 - 1, -(2**63)], dtype=np.int64)
@@ -134,8 +131,8 @@ def test_fused_and_array_paths_give_the_same_shares(rt, seeded, msb_path, monkey
     state = rt.prg.state()
     a = msb(s)
     rt.prg.restore(state)
-    monkeypatch.setenv(fused.ENV, "0")
-    b = msb(s)
+    with rt.overridden(fused=False):
+        b = msb(s)
     assert (a.first == b.first).all() and (a.second == b.second).all()
 
 

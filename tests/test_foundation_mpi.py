@@ -134,17 +134,15 @@ def test_both_wait_policies_deliver_every_message(rt, monkeypatch, policy):
         assert (back == rt.comm.next + 1).all()
 
 
-def test_wait_policy_follows_cores_and_the_environment(rt, monkeypatch):
-    from mpcgpu.comm import WAIT_ENV, wait_policy
+def test_wait_policy_follows_cores_and_the_setting(rt, monkeypatch):
+    from mpcgpu.comm import wait_policy
 
     mpi_comm = rt.comm.comm
     for forced in ("spin", "sleep"):
-        monkeypatch.setenv(WAIT_ENV, forced)
-        assert wait_policy(mpi_comm) == forced
-    monkeypatch.setenv(WAIT_ENV, "nap")
+        assert wait_policy(mpi_comm, forced) == forced
     with pytest.raises(ValueError, match="spin or sleep"):
-        wait_policy(mpi_comm)
-    monkeypatch.delenv(WAIT_ENV)
+        wait_policy(mpi_comm, "nap")
+    assert rt.comm.waiting == wait_policy(mpi_comm, rt.settings.wait)  # the runtime's, resolved at init
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))
     assert wait_policy(mpi_comm) == "spin"  # a core per rank
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})

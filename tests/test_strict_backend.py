@@ -30,9 +30,11 @@ def be():
 
 def test_selected_by_name_and_environment(be, monkeypatch):
     assert be.name == "strict" and be.xp is strict and be.is_gpu
-    monkeypatch.setenv("MPCGPU_DEVICE", "strict")
+    from mpcgpu import settings
+
+    monkeypatch.setattr(settings, "_ACTIVE", settings.resolve(env={"MPCGPU_DEVICE": "strict"}))
     assert Backend().name == "strict"
-    monkeypatch.setenv("MPCGPU_DEVICE", "cpu")
+    monkeypatch.setattr(settings, "_ACTIVE", settings.resolve(env={"MPCGPU_DEVICE": "cpu"}))
     assert Backend().name == "cpu"
 
 

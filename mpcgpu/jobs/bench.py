@@ -38,7 +38,7 @@ import time
 
 import numpy
 
-from .channel_args import add_channel_arguments, channel_config
+from .channel_args import add_channel_arguments, cli_settings
 
 SUMMARY = "time private inference or training of the paper's networks (run under mpirun -n 3)"
 DESCRIPTION = (
@@ -287,7 +287,7 @@ def run(args) -> int:
     networks = [parse_network(t) for t in (getattr(args, "network", None) or [])]  # alike on every rank
     plot = getattr(args, "plot", None)
     out = args.json or f"bench_{args.what}.json"
-    rt = mpcgpu.init(device=args.device, channels=channel_config(args))
+    rt = mpcgpu.init(cli=cli_settings(args))
     problem = _output_problem(out, plot) if rt.rank == 0 else None  # rank 0 writes the files
     problem = rt.comm.bcast_object(problem, root=0)
     if problem:

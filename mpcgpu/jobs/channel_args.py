@@ -1,5 +1,6 @@
 """The command-line options of the channels, shared by every job that computes
-(infer, train, bench): one helper adds them, one turns them into a ChannelConfig."""
+(infer, train, bench): one helper adds them, one collects the command line's settings
+(:func:`cli_settings`, for ``mpcgpu.init(cli=...)``), one turns them into a ChannelConfig."""
 
 from __future__ import annotations
 
@@ -41,11 +42,19 @@ def add_channel_arguments(p):
     )
 
 
-def channel_config(args) -> ChannelConfig:
-    """The channel configuration of a job's arguments (falling back to the environment)."""
-    return ChannelConfig.resolve(
-        key=getattr(args, "key", None),
-        parties=getattr(args, "parties", None),
-        insecure=getattr(args, "insecure_channels", None),
-        peer_timeout=getattr(args, "peer_timeout", None),
-    )
+#: command-line options (argparse destinations) that are settings (mpcgpu.settings)
+CLI_SETTINGS = ("device", "key", "parties", "insecure_channels", "peer_timeout")
+
+
+def cli_settings(args) -> dict:
+    """The settings a job's command line gives (``{name: value}``; options not given left out),
+    for ``mpcgpu.init(cli=...)`` / :func:`mpcgpu.settings.resolve`."""
+    return {n: getattr(args, n) for n in CLI_SETTINGS if getattr(args, n, None) is not None}
+
+
+def channel_config(args, env=None) -> ChannelConfig:
+    """The channel configuration of a job's arguments (over the environment: the settings
+    resolved from the command line and ``env``, default the process's environment)."""
+    from ..settings import resolve
+
+    return ChannelConfig.from_settings(resolve(cli=cli_settings(args), env=env))

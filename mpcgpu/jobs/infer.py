@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from .channel_args import add_channel_arguments, channel_config
+from .channel_args import add_channel_arguments, cli_settings
 from . import checks
 
 SUMMARY = "privately classify a sharded dataset with a sharded model (run under mpirun -n 3)"
@@ -332,7 +332,7 @@ def run(args) -> int:
         output = parse_output(output)
     checks.at_least(args, 1, "batch_size", "limit")
     precision = args.precision or peek_frac_bits(args.model, world_rank())
-    rt = mpcgpu.init(device=args.device, precision=precision, channels=channel_config(args))
+    rt = mpcgpu.init(precision=precision, cli=cli_settings(args))
     comm, owner = rt.comm, args.reveal_to
     is_owner = rt.rank == owner
     t_load = time.perf_counter()

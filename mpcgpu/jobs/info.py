@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
-SUMMARY = "show versions, back ends, MPI library and the registered models"
+SUMMARY = "show versions, back ends, MPI library, the resolved settings and the registered models"
 
 
 def add_arguments(p):
-    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "strict"))
 
 
 def run(args) -> int:
     import numpy
     import mpcgpu
+    from .. import settings
+
+    print(f"mpcgpu {mpcgpu.__version__}, numpy {numpy.__version__}")
+    problems = []  # what a job started from this environment (and --device) would use
+    current = settings.resolve(cli={"device": args.device}, problems=problems)
+    for exc in problems:
+        print(f"settings: {exc} (a job would stop here; shown below as the default)")
+    print("settings (name, variable, value, where from):")
+    print(current.describe())
+    previous = settings.activate(current)  # what follows (ring kernel, compact weights) uses them
+    try:
+        return _report(args, current)
+    finally:
+        settings.activate(previous)
+
+
+def _report(args, current) -> int:
     from ..backend import Backend
     from ..errors import BackendError, MPCError
     from ..nn.models import get_model, list_models
     from ..nn.spec import count_params
 
-    print(f"mpcgpu {mpcgpu.__version__}, numpy {numpy.__version__}")
     try:
         from ..comm import mpi_library_version
 
@@ -25,7 +41,7 @@ def run(args) -> int:
     except Exception as exc:  # pragma: no cover
         print(f"MPI: unavailable ({exc})")
     try:
-        print(f"back end: {Backend(args.device).describe()}")
+        print(f"back end: {Backend(current.device).describe()}")
     except BackendError as exc:
         print(f"back end: {exc}")
     try:  # what a job started from this environment would use (--key/--parties/--insecure-channels)
@@ -33,7 +49,7 @@ def run(args) -> int:
 
         from ..channels import load_parties
 
-        config = ChannelConfig.resolve()
+        config = ChannelConfig.from_settings(current)
         print(config.describe())
         if config.parties:
             load_parties(config.parties)  # a missing or malformed parties file is reported here
@@ -46,11 +62,9 @@ def run(args) -> int:
     if choice.get("seconds"):
         line += "; calibration: " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in choice["seconds"].items())
     print(line + "); override with MPCGPU_RING_KERNEL=limbs|native")
-    import os
-
     from .. import fused
 
-    why = fused.why_not() or ("switched off by MPCGPU_FUSED=0" if os.environ.get(fused.ENV) == "0" else None)
+    why = fused.why_not() or ("switched off by MPCGPU_FUSED=0" if not current.fused else None)
     kinds = "MSB tree, truncation, ReLU"
     print(
         f"CPU protocol kernels ({kinds}): {'array code: ' + why if why else 'fused (numba)'}; "
@@ -58,7 +72,7 @@ def run(args) -> int:
     )
     from ..nn import private
 
-    choice = os.environ.get(private.COMPACT_ENV, "auto")
+    choice = {None: "auto", False: "0", True: "1"}[current.compact_weights]
     policy = {"0": "never", "1": "always"}.get(choice, f"models of {private.COMPACT_MODEL_MIN:,} parameters or more")
     print(
         f"inference weights: compact ({policy}; {private.COMPACT_ENV}={choice}): one component of a large "
@@ -67,6 +81,6 @@ def run(args) -> int:
     print("models:")
     for name in list_models():
         m = get_model(name)
-        compact = " (compact weights)" if private.wants_compact(m) else ""
+        compact = " (compact weights)" if private.wants_compact(m, current) else ""
         print(f"  {name:<24} input {m.input_shape}, {m.num_classes} classes, {count_params(m):,} parameters{compact}")
     return 0

@@ -29,7 +29,9 @@ def find_mpiexec() -> str:
 
 
 def local_env(device: str | None = None) -> dict:
-    env = dict(os.environ)
+    from ..settings import environment
+
+    env = environment()
     if (os.cpu_count() or 1) < 6:  # three ranks on a small machine: no BLAS threads, no busy polling
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
         env.setdefault("OMP_NUM_THREADS", "1")

@@ -7,7 +7,7 @@ import time
 
 import numpy
 
-from .channel_args import add_channel_arguments, channel_config
+from .channel_args import add_channel_arguments, cli_settings
 
 SUMMARY = "privately train a network on sharded data (run under mpirun -n 3)"
 DESCRIPTION = """\
@@ -114,9 +114,11 @@ FAULT_ENV = "MPCGPU_FAULT_KILL_AFTER_STEP"
 
 
 def _maybe_die(rank: int, step: int):
-    spec = os.environ.get(FAULT_ENV)
+    from ..runtime import get
+
+    spec = get().settings.fault_kill_after_step  # FAULT_ENV, parsed
     if spec:
-        at, who = (int(v) for v in spec.split(":"))
+        at, who = spec
         if step == at and rank == who:
             import signal
 
@@ -355,7 +357,7 @@ def run(args) -> int:
     from .infer import peek_frac_bits
 
     precision = args.precision or peek_frac_bits(args.data.split(",")[0], world_rank())
-    rt = mpcgpu.init(device=args.device, precision=precision, channels=channel_config(args))
+    rt = mpcgpu.init(precision=precision, cli=cli_settings(args))
     comm, owner = rt.comm, args.owner
     data = ShardedDataset(args.data, rt, limit=args.limit, verify=not args.no_verify)
     test = ShardedDataset(args.test_data, rt, verify=not args.no_verify) if args.test_data else None

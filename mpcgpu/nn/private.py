@@ -528,13 +528,12 @@ COMPACT_MODEL_MIN = 1 << 26
 COMPACT_ENV = "MPCGPU_COMPACT_WEIGHTS"
 
 
-def wants_compact(model: S.Model) -> bool:
-    """Whether inference keeps ``model``'s large weights compact (:data:`COMPACT_ENV`)."""
-    import os
+def wants_compact(model: S.Model, current=None) -> bool:
+    """Whether inference keeps ``model``'s large weights compact (the ``compact_weights``
+    setting, :data:`COMPACT_ENV`, of ``current`` or this process's settings)."""
+    from .. import settings
 
-    choice = os.environ.get(COMPACT_ENV, "auto").strip().lower()
-    if choice not in ("auto", "0", "1"):
-        raise MPCError(f"{COMPACT_ENV}={choice!r}: use 0 (hold both components), 1 (compact) or auto")
-    if choice != "auto":
-        return choice == "1"
+    choice = (current if current is not None else settings.active()).compact_weights
+    if choice is not None:
+        return choice
     return S.count_params(model, trainable_only=False) >= COMPACT_MODEL_MIN
