@@ -5,7 +5,9 @@ object) and every share and protocol finds it through :func:`get`.
 
 Start-up: the communicator agrees on channel keys with both peers (see
 :mod:`mpcgpu.channels`), then one round: each party sends its fresh 16-byte key
-``k_i`` to party ``i-1`` (see :mod:`mpcgpu.prg`), over those channels (sealed).
+``k_i`` to party ``i-1`` (see :mod:`mpcgpu.prg`), over those channels (sealed), and
+to both peers the SHA-256 of its ``MPCGPU_INSECURE_PRG_SEED`` (or of its absence):
+the three must agree, or every party stops with an error.
 The counters are reset afterwards, so
 ``comm_stats()`` reports only the user's computation.
 """
@@ -23,8 +25,8 @@ from .backend import Backend
 from .crashreport import report_then_wait
 from .comm import Communicator, abort_world, rank_count_message, world, world_rank
 from .encoding import DEFAULT_FRAC_BITS, safe_limit
-from .errors import MPCError, RankCountError
-from .prg import INSECURE_SEED_ENV, PartyPRG, fresh_key, seeded_key
+from .errors import MPCError, ProtocolError, RankCountError
+from .prg import INSECURE_SEED_ENV, PartyPRG, fresh_key, seed_digest, seeded_key
 
 _RUNTIME = None
 
@@ -57,7 +59,7 @@ def tune_malloc():
 class Runtime:
     """Everything a party needs to run protocols."""
 
-    def __init__(self, device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None, channels=None):
+    def __init__(self, device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None, channels=None, wire_hook=None):
         safe_limit(precision)  # validates the number of fractional bits
         self.frac_bits = int(precision)
         mpi_comm = mpi_comm if mpi_comm is not None else world()
@@ -67,26 +69,51 @@ class Runtime:
         self.xp = self.backend.xp
         if not self.backend.is_gpu and os.environ.get("MPCGPU_TUNE_MALLOC", "1") != "0":
             tune_malloc()
-        self.comm = Communicator(mpi_comm, self.backend, channels=channels)
+        self.comm = Communicator(mpi_comm, self.backend, channels=channels, wire_hook=wire_hook)
         self.rank = self.comm.rank
         self.insecure_seed = os.environ.get(INSECURE_SEED_ENV) or None
         seed = self.insecure_seed
         own = numpy.frombuffer(seeded_key(seed, f"pair{self.rank}") if seed else fresh_key(), dtype=numpy.uint8).copy()
-        from_next = self.comm.exchange({self.comm.prev: own}, {self.comm.next: (own.shape, own.dtype)})[self.comm.next]
-        next_key = bytes(self.backend.to_host(from_next))
+        next_key = self._exchange_keys(own, seed)
         self.prg = PartyPRG(
             own.tobytes(),
             next_key,
             to_device=self.backend.to_device,
             local_key=seeded_key(seed, f"local{self.rank}") if seed else None,
         )
-        if seed and self.rank == 0:
+        if seed:
             sys.stderr.write(
-                f"mpcgpu: WARNING: {INSECURE_SEED_ENV} is set: every mask is reproducible "
+                f"mpcgpu: WARNING [party {self.rank}]: {INSECURE_SEED_ENV} is set: every mask is reproducible "
                 "from it and NOTHING is private (reproducibility tests only)\n"
             )
         self.comm.reset_stats()
         self._role_calls = 0
+
+    def _exchange_keys(self, own, seed) -> bytes:
+        """One round: ``own`` to party i-1 with the digest of ``seed`` (or of its absence),
+        the digest alone to party i+1; returns party i+1's key.  ProtocolError on every
+        party if the three digests differ: a seed on some parties only would make their keys
+        predictable without a word."""
+        c = self.comm
+        mine = numpy.frombuffer(seed_digest(seed), dtype=numpy.uint8)
+        n = mine.size
+        got = c.exchange(
+            {c.prev: numpy.concatenate([own, mine]), c.next: mine},
+            {c.next: ((own.size + n,), numpy.uint8), c.prev: ((n,), numpy.uint8)},
+        )
+        from_next = self.backend.to_host(got[c.next])
+        digests = {self.rank: mine.tobytes(), c.next: from_next[own.size :].tobytes()}
+        digests[c.prev] = self.backend.to_host(got[c.prev]).tobytes()
+        if len(set(digests.values())) > 1:
+            unset = seed_digest(None)
+            says = ", ".join(
+                f"party {r}: {'unset' if digests[r] == unset else 'seed ' + digests[r].hex()[:12]}" for r in range(3)
+            )
+            raise ProtocolError(
+                f"the parties disagree on {INSECURE_SEED_ENV} ({says}): set it on all three parties "
+                "(reproducibility tests only) or on none"
+            )
+        return from_next[: own.size].tobytes()
 
     def state(self) -> dict:
         """What continues this party's randomness exactly: PRG streams and the role counter."""
@@ -121,7 +148,12 @@ class Runtime:
 
 
 def init(
-    device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None, excepthook: bool = True, channels=None
+    device=None,
+    precision: int = DEFAULT_FRAC_BITS,
+    mpi_comm=None,
+    excepthook: bool = True,
+    channels=None,
+    wire_hook=None,
 ) -> Runtime:
     """Set up (once) and return the runtime of this party.
 
@@ -132,6 +164,7 @@ def init(
     waiting.  ``channels``: a :class:`mpcgpu.channels.ChannelConfig` (default: from the
     environment, ``MPCGPU_PARTIES`` / ``MPCGPU_KEY`` / ``MPCGPU_INSECURE_CHANNELS`` /
     ``MPCGPU_PEER_TIMEOUT``; without them, encrypted channels with ephemeral keys).
+    ``wire_hook``: a test hook on every outgoing message (see :mod:`mpcgpu.link`).
     """
     global _RUNTIME
     if _RUNTIME is not None:
@@ -149,7 +182,7 @@ def init(
         return _RUNTIME
     if excepthook:
         install_excepthook()
-    _RUNTIME = Runtime(device=device, precision=precision, mpi_comm=mpi_comm, channels=channels)
+    _RUNTIME = Runtime(device=device, precision=precision, mpi_comm=mpi_comm, channels=channels, wire_hook=wire_hook)
     return _RUNTIME
 
 

@@ -276,7 +276,7 @@ def test_object_messages_carry_data_never_code():
     peer's name, before anything runs."""
     import pickle
 
-    from mpcgpu import comm
+    from mpcgpu import plaindata
     from mpcgpu.errors import ProtocolError
 
     samples = [
@@ -292,7 +292,7 @@ def test_object_messages_carry_data_never_code():
         complex(1, 2),
     ]
     for obj in samples:
-        back = comm._data_only_loads(pickle.dumps(obj), 1)
+        back = plaindata.loads(pickle.dumps(obj), 1)
         assert type(back) is type(obj)
         if isinstance(obj, np.ndarray):
             assert back.dtype == obj.dtype and np.array_equal(back, obj)
@@ -307,7 +307,7 @@ def test_object_messages_carry_data_never_code():
 
     for payload in (pickle.dumps(Code()), pickle.dumps(os.system), pickle.dumps(eval)):
         with pytest.raises(ProtocolError, match="party 2 sent a message that is not plain data"):
-            comm._data_only_loads(payload, 2)
+            plaindata.loads(payload, 2)
     assert ran == []
     with pytest.raises(ProtocolError, match="party 1"):
-        comm._data_only_loads(b"\x80\x05garbage", 1)
+        plaindata.loads(b"\x80\x05garbage", 1)

@@ -5,24 +5,24 @@ still count the payload, and the small-object collectives travel over the channe
 import numpy as np
 import pytest
 
-import mpcgpu.comm as comm_module
 from mpcgpu.channels import TAG_BYTES
 
 pytestmark = pytest.mark.mpi(min_size=3)
 
 
 class Wire:
-    """Records what this party puts on the wire (the test hook of mpcgpu.comm)."""
+    """Records what this party puts on the wire (the test hook of the communicator ``comm``)."""
 
-    def __init__(self):
+    def __init__(self, comm):
+        self.comm = comm
         self.sent = []
 
     def __enter__(self):
-        comm_module.WIRE_HOOK = lambda comm, peer, counter, wire, reseal: self.sent.append((peer, counter, wire.copy()))
+        self.comm.wire_hook = lambda link, peer, counter, wire, reseal: self.sent.append((peer, counter, wire.copy()))
         return self
 
     def __exit__(self, *exc):
-        comm_module.WIRE_HOOK = None
+        self.comm.wire_hook = None
 
 
 def test_suite_runs_with_sealed_channels(rt):
@@ -33,7 +33,7 @@ def test_suite_runs_with_sealed_channels(rt):
 def test_wire_is_ciphertext_uniform_and_fresh(rt):
     n = 1 << 14
     zeros = np.zeros(n, dtype=np.uint64)
-    with Wire() as w:
+    with Wire(rt.comm) as w:
         a = rt.comm.pass_next(zeros)
         b = rt.comm.pass_next(zeros)
     assert np.array_equal(a, zeros) and np.array_equal(b, zeros)  # received in clear after opening
@@ -53,7 +53,7 @@ def test_shares_do_not_appear_on_the_wire(rt, seeded):
     from mpcgpu.sharing.arithmetic import share
 
     x = share(seeded.integers(-1000, 1000, size=4096).astype(float) if rt.rank == 0 else None, src=0)
-    with Wire() as w:
+    with Wire(rt.comm) as w:
         y = x * x
     mine = {bytes(np.ascontiguousarray(c).view(np.uint8)[:64]) for c in (y.first, y.second, x.first, x.second)}
     for _, _, wire in w.sent:
@@ -73,7 +73,7 @@ def test_counters_count_the_payload_and_wire_counts_the_tags(rt):
 
 
 def test_object_collectives_over_the_channels(rt):
-    with Wire() as w:
+    with Wire(rt.comm) as w:
         assert rt.comm.bcast_object({"r": rt.rank, "k": [1, 2]} if rt.rank == 1 else None, root=1) == {
             "r": 1,
             "k": [1, 2],
