@@ -8,10 +8,12 @@ server), so what it sends is read as *values*, never code, and within bounds:
   refuses to send a larger object itself;
 * a pickle may name only plain data: containers and numbers (built by the pickle's own
   opcodes), ``slice``, ``complex``, ``OrderedDict``, NumPy dtypes, arrays and scalars
-  without Python objects inside, the strict back end's arrays.  Nothing that builds a
+  without Python objects inside (through checked stand-ins for NumPy's own functions),
+  the strict back end's arrays.  Nothing that builds a
   large value from a small one (``bytearray(n)``, ``range``, ``set``/``frozenset`` of an
   iterable) and no callable that runs code: what a pickle allocates stays within a few
-  tens of times its own size;
+  tens of times its own size (about 50 x for a pickle of nothing but empty lists, the
+  worst case: some 400 MiB at the largest size);
 * an array or scalar is at most :data:`MAX_OBJECT_BYTES` before it is allocated, and the
   value is nested at most :data:`MAX_DEPTH` levels;
 * whatever goes wrong while reading (malformed opcodes, ``MemoryError``,
@@ -89,10 +91,17 @@ def _scalar(dtype, *data):
     return _REAL[("numpy._core.multiarray", "scalar")](_checked_dtype(dtype), *data)
 
 
+def _frombuffer(buf, dtype, *args):
+    """Protocol 5's array: a view of the pickle's own bytes, reshaped (numpy checks the size)."""
+    if not isinstance(buf, (bytes, bytearray, pickle.PickleBuffer)):
+        _refuse("an array buffer must be bytes")
+    return _REAL[("numpy._core.numeric", "_frombuffer")](buf, _checked_dtype(dtype), *args)
+
+
 def _real(module, name):
     import importlib
 
-    for mod in (module, *_MULTIARRAY):
+    for mod in (module, module.replace("._core.", ".core.")):
         try:
             return getattr(importlib.import_module(mod), name)
         except (ImportError, AttributeError):
@@ -101,6 +110,7 @@ def _real(module, name):
 
 
 _REAL = {(_MULTIARRAY[1], n): _real(_MULTIARRAY[1], n) for n in ("_reconstruct", "scalar")}
+_REAL[("numpy._core.numeric", "_frombuffer")] = _real("numpy._core.numeric", "_frombuffer")
 
 #: what a peer's pickle may name, and what it gets for the name
 _ALLOWED = {
@@ -111,6 +121,7 @@ _ALLOWED = {
     ("numpy", "ndarray"): _NdarrayName,
     **{(m, "_reconstruct"): _reconstruct for m in _MULTIARRAY},
     **{(m, "scalar"): _scalar for m in _MULTIARRAY},
+    **{(m, "_frombuffer"): _frombuffer for m in ("numpy.core.numeric", "numpy._core.numeric")},
     **{
         ("numpy.dtypes", name): _dtype_class(getattr(numpy.dtypes, name))
         for name in dir(numpy.dtypes)

@@ -29,6 +29,7 @@ from .errors import MPCError, ProtocolError, RankCountError
 from .prg import INSECURE_SEED_ENV, PartyPRG, fresh_key, seed_digest, seeded_key
 
 _RUNTIME = None
+_STARTING = None  # the communicator of a runtime being built (for the excepthook's settle)
 
 
 def tune_malloc():
@@ -69,7 +70,8 @@ class Runtime:
         self.xp = self.backend.xp
         if not self.backend.is_gpu and os.environ.get("MPCGPU_TUNE_MALLOC", "1") != "0":
             tune_malloc()
-        self.comm = Communicator(mpi_comm, self.backend, channels=channels, wire_hook=wire_hook)
+        global _STARTING
+        self.comm = _STARTING = Communicator(mpi_comm, self.backend, channels=channels, wire_hook=wire_hook)
         self.rank = self.comm.rank
         self.insecure_seed = os.environ.get(INSECURE_SEED_ENV) or None
         seed = self.insecure_seed
@@ -218,11 +220,12 @@ def install_excepthook():
         report_then_wait(report)  # unbuffered, complete, and read by the launcher before any abort
         if isinstance(value, RankCountError):
             os._exit(1)  # every rank detects this by itself: nothing to abort
-        if isinstance(value, MPCError) and _RUNTIME is not None:
+        comm = _RUNTIME.comm if _RUNTIME is not None else _STARTING
+        if isinstance(value, MPCError) and comm is not None:
             # usually raised on every rank alike (a collective check): wait until all three have
             # written theirs (at most 3 s, for an error of one party only)
             try:
-                _RUNTIME.comm.settle(3.0)
+                comm.settle(3.0)
             except Exception:
                 pass
         # the launcher has read the report; give it a moment to pass it on before the abort
