@@ -155,28 +155,35 @@ def check_size(nbytes: int, peer: int) -> int:
     return nbytes
 
 
+_SCALARS = frozenset([int, float, bool, str, bytes, bytearray, complex, type(None)])
+
+
 def _check_value(obj, budget: int):
-    """Refuse (UnpicklingError) a value nested deeper than MAX_DEPTH, one with more than
-    ``budget`` container visits (cycles, or references shared over and over), or with an
-    array of Python objects.  Iterative: no recursion on the peer's nesting."""
+    """Refuse (UnpicklingError) a value nested deeper than MAX_DEPTH, one whose walk visits
+    more than ``budget`` containers and items (a tree of plain data costs a pickle byte or
+    more per item: only cycles and references shared over and over, a DAG with
+    exponentially many paths, exceed the pickle's length), or one with an array of Python
+    objects.  Iterative: no recursion on the peer's nesting, and at most ``budget`` steps."""
     from .strict import ndarray as strict_ndarray
 
+    containers = (list, tuple, dict, set, frozenset, slice)
     todo = [(obj, 1)]
     while todo:
         item, depth = todo.pop()
-        if isinstance(item, (list, tuple, dict, set, frozenset, slice)):
+        if isinstance(item, containers):
             if depth > MAX_DEPTH:
                 _refuse(f"a value nested deeper than {MAX_DEPTH} levels")
-            budget -= 1
-            if budget < 0:
-                _refuse("a value with cycles or too many shared references")
             if isinstance(item, dict):
                 children = [*item.keys(), *item.values()]
             elif isinstance(item, slice):
                 children = [item.start, item.stop, item.step]
             else:
                 children = item
-            todo.extend((c, depth + 1) for c in children)
+            budget -= 1 + len(children)
+            if budget < 0:
+                _refuse("a value with cycles or too many shared references")
+            scalars = _SCALARS
+            todo.extend((c, depth + 1) for c in children if type(c) not in scalars)
         elif isinstance(item, (numpy.ndarray, numpy.generic)):
             _checked_dtype(item.dtype)
         elif isinstance(item, strict_ndarray):

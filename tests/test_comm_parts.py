@@ -60,6 +60,13 @@ def _deep_list(depth: int) -> bytes:
     return b"\x80\x05" + b"]" * depth + b"a" * (depth - 1) + b"."
 
 
+def _paths(levels: int) -> bytes:  # L_k = [L_k-1, L_k-1]: 2^levels paths in ~8 bytes a level
+    value = [0]
+    for _ in range(levels):
+        value = [value, value]
+    return pickle.dumps(value, protocol=5)
+
+
 def _cycle() -> bytes:
     loop = []
     loop.append(loop)
@@ -91,6 +98,7 @@ HOSTILE = {
     "a dtype of 999999999-byte items": _global(b"numpy", b"dtype") + b"X\n\x00\x00\x00V999999999\x85R.",
     "nested 3000 deep": _deep_list(3000),
     "a cycle": _cycle(),
+    "2^60 paths through shared lists": _paths(60),
     "more than MAX_OBJECT_BYTES": b"\x80\x05" + b"N0" * (plaindata.MAX_OBJECT_BYTES // 2) + b"N.",
     "a BINBYTES8 of 2**62 bytes": b"\x80\x05\x8e" + struct.pack("<Q", 2**62) + b".",
 }
@@ -130,6 +138,13 @@ def test_any_deep_nesting_is_refused():
     """Deeper still: refused too (the cost grows with the message, bounded by its cap)."""
     with pytest.raises(ProtocolError, match="nested deeper than 100 levels"):
         plaindata.loads(_deep_list(200_000), 2)
+
+
+def test_a_large_list_shared_over_and_over_is_refused():
+    """Walking a shared list once per reference is bounded by the pickle's length."""
+    big = list(range(100_000))
+    with pytest.raises(ProtocolError, match="too many shared references"):
+        plaindata.loads(pickle.dumps([big] * 10_000, protocol=5), 1)
 
 
 def test_nesting_at_the_limit_still_reads():
