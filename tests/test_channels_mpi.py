@@ -103,3 +103,15 @@ def test_a_shape_disagreement_leaves_the_channels_in_step(rt):
     for _ in range(3):  # the next messages on every channel still open
         assert np.array_equal(c.pass_next(send + c.rank), send + c.prev)
         assert np.array_equal(c.pass_prev(send + c.rank), send + c.next)
+
+
+def test_an_object_too_large_for_the_channel_stops_every_party_in_step(rt):
+    from mpcgpu.errors import ProtocolError
+    from mpcgpu.plaindata import MAX_OBJECT_BYTES
+
+    big = b"\0" * (MAX_OBJECT_BYTES + 1) if rt.rank == 1 else None
+    # the sender refuses after announcing the size, the receivers refuse the size: no
+    # pickle is sent or expected, so every channel stays in step
+    with pytest.raises(ProtocolError, match="object channel carries"):
+        rt.comm.bcast_object(big, root=1)
+    assert rt.comm.allgather_object(("after", rt.rank)) == [("after", 0), ("after", 1), ("after", 2)]
