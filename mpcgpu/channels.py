@@ -7,22 +7,30 @@ the interconnect in clear and anyone who reads it learns every secret.
   *parties file* (JSON) lists the three public keys, optionally with host names.
 * **Key exchange** (at start-up, two rounds, all three pairs at once).  Round 1: every
   party sends each peer a 128-byte hello: its channel mode, a fresh X25519 public key
-  for that pair, its long-term public key and its host name.  Round 2 (with a parties
-  file only): each party signs the transcript hash ``T = SHA-256(label, i, j, both
-  hellos)`` (it covers both identities and both ephemeral keys) with its long-term key
-  and sends the 64-byte signature; the peer verifies it against the key the parties
-  file lists for that party.  Both derive ``HKDF-SHA256(X25519(e_i, e_j), salt=T)`` ->
-  two 256-bit direction keys (i->j and j->i).  Bytes per party: 2 x 128 (+ 2 x 64).
+  for that pair, its long-term public key, a fresh 16-byte job nonce (the same in both
+  its hellos) and its host name (informational: never trusted for a decision).  After
+  round 1 every party holds the three nonces; the **job id** is ``SHA-256(label, "job",
+  n_0, n_1, n_2)``, the same on the three parties of one job and different for any
+  other mix of processes.  Round 2 (with a parties file only): each party signs the
+  transcript hash ``T = SHA-256(label, i, j, both hellos, job id)`` (it covers both
+  identities, both ephemeral keys and the job) with its long-term key and sends the
+  64-byte signature; the peer verifies it against the key the parties file lists for
+  that party.  Both derive ``HKDF-SHA256(X25519(e_i, e_j), salt=T)`` -> two 256-bit
+  direction keys (i->j and j->i).  Bytes per party: 2 x 128 (+ 2 x 64).  Two jobs run
+  at the same time (with the same keys) cannot be spliced: a party of one job that is
+  made to talk to a party of the other computes another job id, so the signatures do
+  not verify and no message opens.
 * **Sealing.** Every message is one AES-256-GCM ciphertext plus a 16-byte tag.  The
   nonce is the 96-bit message counter of its direction (never sent: the receiver
-  uses the counter it expects), and the associated data binds sender, receiver,
-  counter and payload length.  A replayed, reordered, dropped, altered or wrongly
+  uses the counter it expects), and the associated data binds the job id, sender,
+  receiver, counter and payload length.  A replayed, reordered, dropped, altered or wrongly
   keyed message fails to open.  Shape and dtype are the receiver's own expectation
   (checked against the length); they are not bound, so a program may send ``int64``
   words that the peer reads as ``uint64``, as before.
 * **Modes.** ``authenticated`` (a parties file and this party's private key);
   ``ephemeral`` (no parties file: encrypted, NOT authenticated: an active attacker
-  on the wire can sit in the middle; refused when the ranks run on different hosts);
+  on the wire can sit in the middle; refused unless MPI's shared-memory communicator
+  puts all three ranks on one machine: host names are not trusted for this);
   ``insecure`` (``--insecure-channels`` / ``MPCGPU_INSECURE_CHANNELS=1``: clear text,
   as before, and the CUDA-aware GPU path).
 
@@ -53,7 +61,9 @@ PARTIES = 3
 TAG_BYTES = 16
 HELLO_BYTES = 128
 SIG_BYTES = 64
-HOST_BYTES = HELLO_BYTES - 1 - 32 - 32
+NONCE_BYTES = 16
+HOST_BYTES = HELLO_BYTES - 1 - 32 - 32 - NONCE_BYTES
+JOB_ID_BYTES = 32
 LABEL = b"mpcgpu-channel-v1"
 PARTIES_FORMAT = "mpcgpu-parties-1"
 
@@ -67,6 +77,7 @@ TIMEOUT_ENV = "MPCGPU_PEER_TIMEOUT"
 DEFAULT_PEER_TIMEOUT = 600.0
 
 MODES = ("insecure", "ephemeral", "authenticated")
+_HOST = HELLO_BYTES - HOST_BYTES  # where the host name starts in a hello
 
 
 @dataclass(frozen=True)
@@ -254,16 +265,18 @@ def load_private_key(pattern: str | None, party: int) -> Ed25519PrivateKey:
 
 # -- one direction of one channel -------------------------------------------------------------
 class Direction:
-    """AES-256-GCM with a counter nonce for the messages from ``sender`` to ``receiver``."""
+    """AES-256-GCM with a counter nonce for the messages from ``sender`` to ``receiver``
+    of the job ``job_id`` (bound in every message's associated data)."""
 
-    def __init__(self, key: bytes, sender: int, receiver: int):
+    def __init__(self, key: bytes, sender: int, receiver: int, job_id: bytes = bytes(JOB_ID_BYTES)):
         self.aead = AESGCM(key)
         self.sender, self.receiver = sender, receiver
+        self.job_id = bytes(job_id)
         self.counter = 0
         self._into = hasattr(self.aead, "encrypt_into") and hasattr(self.aead, "decrypt_into")
 
     def _aad(self, counter: int, nbytes: int) -> bytes:
-        return LABEL + struct.pack(">BBQQ", self.sender, self.receiver, counter, nbytes)
+        return LABEL + self.job_id + struct.pack(">BBQQ", self.sender, self.receiver, counter, nbytes)
 
     def seal(self, payload, counter: int | None = None) -> numpy.ndarray:
         """``payload`` (a contiguous host array) -> ciphertext + tag (uint8 array).  Uses and
@@ -297,8 +310,8 @@ class Direction:
         except InvalidTag:
             raise ChannelError(
                 f"party {self.receiver}: message {counter} from party {self.sender} failed authentication "
-                f"(altered, replayed, reordered or sealed with another key): the channel from party "
-                f"{self.sender} is not trustworthy; aborting"
+                f"(altered, replayed, reordered, or sealed with another key or for another job): the channel "
+                f"from party {self.sender} is not trustworthy; aborting"
             ) from None
         self.counter = counter + 1
         return out
@@ -307,7 +320,7 @@ class Direction:
 # -- the key exchange -------------------------------------------------------------------------
 class Handshake:
     """State of one party's key exchange with its two peers (driven by the communicator,
-    which moves the bytes: see :meth:`mpcgpu.comm.Communicator._set_up_channels`)."""
+    which moves the bytes: see :meth:`mpcgpu.link.SealedLink.connect`)."""
 
     def __init__(self, rank: int, config: ChannelConfig, host: str):
         self.rank = rank
@@ -326,27 +339,36 @@ class Handshake:
                     f"{rank} of the parties file {config.parties} (wrong key file or stale parties file)"
                 )
         self.ephemeral = {p: X25519PrivateKey.generate() for p in self.peers}
+        self.nonce = os.urandom(NONCE_BYTES)
         hostb = host.encode(errors="replace")[:HOST_BYTES]
         self.hello = {
             p: bytes([MODES.index(config.mode)])
             + public_bytes(self.ephemeral[p])
             + long_term
+            + self.nonce
             + hostb.ljust(HOST_BYTES, b"\0")
             for p in self.peers
         }
         self.hellos_from = {}
         self.transcript = {}
+        self.job_id = None
 
     def receive_hellos(self, hellos: dict) -> list[str]:
-        """Check the peers' hellos (modes agree, listed identities); returns the host names
-        of the three parties in rank order."""
+        """Check the peers' hellos (modes agree, listed identities), agree on the job id;
+        returns the host names the three parties report, in rank order (informational)."""
         hosts = [""] * PARTIES
-        hosts[self.rank] = self.hello[self.peers[0]][65:].rstrip(b"\0").decode(errors="replace")
+        nonces = [b""] * PARTIES
+        hosts[self.rank] = self.hello[self.peers[0]][_HOST:].rstrip(b"\0").decode(errors="replace")
+        nonces[self.rank] = self.nonce
         for p in self.peers:
             msg = bytes(hellos[p])
             self.hellos_from[p] = msg
+            hosts[p] = msg[_HOST:].rstrip(b"\0").decode(errors="replace")
+            nonces[p] = msg[65:_HOST]
+        self.job_id = hashlib.sha256(LABEL + b"job" + b"".join(nonces)).digest()
+        for p in self.peers:
+            msg = self.hellos_from[p]
             mode = MODES[msg[0]] if msg[0] < len(MODES) else f"unknown ({msg[0]})"
-            hosts[p] = msg[65:].rstrip(b"\0").decode(errors="replace")
             if mode != self.config.mode:
                 raise ChannelError(
                     f"party {self.rank} runs {self.config.mode} channels but party {p} runs {mode} channels: "
@@ -361,7 +383,7 @@ class Handshake:
             lo, hi = min(self.rank, p), max(self.rank, p)
             h_lo = self.hello[p] if lo == self.rank else msg
             h_hi = msg if lo == self.rank else self.hello[p]
-            self.transcript[p] = hashlib.sha256(LABEL + bytes([lo, hi]) + h_lo + h_hi).digest()
+            self.transcript[p] = hashlib.sha256(LABEL + bytes([lo, hi]) + h_lo + h_hi + self.job_id).digest()
         return hosts
 
     def signatures(self) -> dict:
@@ -394,5 +416,5 @@ class Handshake:
             lo = min(self.rank, p)
             k_lo_hi, k_hi_lo = keys[:32], keys[32:]
             send_key, recv_key = (k_lo_hi, k_hi_lo) if self.rank == lo else (k_hi_lo, k_lo_hi)
-            out[p] = (Direction(send_key, self.rank, p), Direction(recv_key, p, self.rank))
+            out[p] = (Direction(send_key, self.rank, p, self.job_id), Direction(recv_key, p, self.rank, self.job_id))
         return out

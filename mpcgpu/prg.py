@@ -53,6 +53,15 @@ def seeded_key(seed: str, label: str) -> bytes:
     return hashlib.sha256(f"mpcgpu-insecure:{seed}:{label}".encode()).digest()[:KEY_BYTES]
 
 
+def seed_digest(seed: str | None) -> bytes:
+    """What the parties compare at start-up to agree on the insecure seed: SHA-256 of the
+    seed, or of its absence (32 bytes)."""
+    import hashlib
+
+    text = "mpcgpu-insecure-seed:none" if not seed else f"mpcgpu-insecure-seed:set:{seed}"
+    return hashlib.sha256(text.encode()).digest()
+
+
 class Stream:
     """AES-128-CTR keystream; every call uses a new 64-bit call counter."""
 

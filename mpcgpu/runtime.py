@@ -5,7 +5,9 @@ object) and every share and protocol finds it through :func:`get`.
 
 Start-up: the communicator agrees on channel keys with both peers (see
 :mod:`mpcgpu.channels`), then one round: each party sends its fresh 16-byte key
-``k_i`` to party ``i-1`` (see :mod:`mpcgpu.prg`), over those channels (sealed).
+``k_i`` to party ``i-1`` (see :mod:`mpcgpu.prg`), over those channels (sealed), and
+to both peers the SHA-256 of its ``MPCGPU_INSECURE_PRG_SEED`` (or of its absence):
+the three must agree, or every party stops with an error.
 The counters are reset afterwards, so
 ``comm_stats()`` reports only the user's computation.
 """
@@ -25,11 +27,12 @@ from .crashreport import report_then_wait
 from .channels import ChannelConfig
 from .comm import Communicator, abort_world, rank_count_message, world, world_rank
 from .encoding import DEFAULT_FRAC_BITS, safe_limit
-from .errors import MPCError, RankCountError
-from .prg import INSECURE_SEED_ENV, PartyPRG, fresh_key, seeded_key
+from .errors import MPCError, ProtocolError, RankCountError
+from .prg import INSECURE_SEED_ENV, PartyPRG, fresh_key, seed_digest, seeded_key
 from . import settings as settings_mod
 
 _RUNTIME = None
+_STARTING = None  # the communicator of a runtime being built (for the excepthook's settle)
 
 
 def tune_malloc():
@@ -61,7 +64,15 @@ class Runtime:
     """Everything a party needs to run protocols.  ``settings``: the resolved
     :class:`~mpcgpu.settings.Settings` (default: from ``device`` and the environment)."""
 
-    def __init__(self, device=None, precision: int = DEFAULT_FRAC_BITS, mpi_comm=None, channels=None, settings=None):
+    def __init__(
+        self,
+        device=None,
+        precision: int = DEFAULT_FRAC_BITS,
+        mpi_comm=None,
+        channels=None,
+        settings=None,
+        wire_hook=None,
+    ):
         safe_limit(precision)  # validates the number of fractional bits
         if settings is None:
             settings = settings_mod.resolve(explicit={"device": device})
@@ -78,26 +89,54 @@ class Runtime:
         self.xp = self.backend.xp
         if not self.backend.is_gpu and settings.tune_malloc:
             tune_malloc()
-        self.comm = Communicator(mpi_comm, self.backend, channels=channels, settings=settings)
+        global _STARTING
+        self.comm = _STARTING = Communicator(
+            mpi_comm, self.backend, channels=channels, wire_hook=wire_hook, settings=settings
+        )
         self.rank = self.comm.rank
         self.insecure_seed = settings.insecure_prg_seed
         seed = self.insecure_seed
         own = numpy.frombuffer(seeded_key(seed, f"pair{self.rank}") if seed else fresh_key(), dtype=numpy.uint8).copy()
-        from_next = self.comm.exchange({self.comm.prev: own}, {self.comm.next: (own.shape, own.dtype)})[self.comm.next]
-        next_key = bytes(self.backend.to_host(from_next))
+        next_key = self._exchange_keys(own, seed)
         self.prg = PartyPRG(
             own.tobytes(),
             next_key,
             to_device=self.backend.to_device,
             local_key=seeded_key(seed, f"local{self.rank}") if seed else None,
         )
-        if seed and self.rank == 0:
+        if seed:
             sys.stderr.write(
-                f"mpcgpu: WARNING: {INSECURE_SEED_ENV} is set: every mask is reproducible "
+                f"mpcgpu: WARNING [party {self.rank}]: {INSECURE_SEED_ENV} is set: every mask is reproducible "
                 "from it and NOTHING is private (reproducibility tests only)\n"
             )
         self.comm.reset_stats()
         self._role_calls = 0
+
+    def _exchange_keys(self, own, seed) -> bytes:
+        """One round: ``own`` to party i-1 with the digest of ``seed`` (or of its absence),
+        the digest alone to party i+1; returns party i+1's key.  ProtocolError on every
+        party if the three digests differ: a seed on some parties only would make their keys
+        predictable without a word."""
+        c = self.comm
+        mine = numpy.frombuffer(seed_digest(seed), dtype=numpy.uint8)
+        n = mine.size
+        got = c.exchange(
+            {c.prev: numpy.concatenate([own, mine]), c.next: mine},
+            {c.next: ((own.size + n,), numpy.uint8), c.prev: ((n,), numpy.uint8)},
+        )
+        from_next = self.backend.to_host(got[c.next])
+        digests = {self.rank: mine.tobytes(), c.next: from_next[own.size :].tobytes()}
+        digests[c.prev] = self.backend.to_host(got[c.prev]).tobytes()
+        if len(set(digests.values())) > 1:
+            unset = seed_digest(None)
+            says = ", ".join(
+                f"party {r}: {'unset' if digests[r] == unset else 'seed ' + digests[r].hex()[:12]}" for r in range(3)
+            )
+            raise ProtocolError(
+                f"the parties disagree on {INSECURE_SEED_ENV} ({says}): set it on all three parties "
+                "(reproducibility tests only) or on none"
+            )
+        return from_next[: own.size].tobytes()
 
     def state(self) -> dict:
         """What continues this party's randomness exactly: PRG streams and the role counter."""
@@ -161,6 +200,7 @@ def init(
     channels=None,
     settings=None,
     cli: dict | None = None,
+    wire_hook=None,
     **overrides,
 ) -> Runtime:
     """Set up (once) and return the runtime of this party.
@@ -171,7 +211,8 @@ def init(
     prints its message and aborts all three ranks instead of leaving the others
     waiting.  ``channels``: a :class:`mpcgpu.channels.ChannelConfig` (default: from the
     settings ``key`` / ``parties`` / ``insecure_channels`` / ``peer_timeout``; without them,
-    encrypted channels with ephemeral keys).
+    encrypted channels with ephemeral keys).  ``wire_hook``: a test hook on every outgoing
+    message (see :mod:`mpcgpu.link`).
 
     The settings (:mod:`mpcgpu.settings`) are resolved here, once, and kept as
     ``rt.settings``: ``settings`` (a resolved :class:`~mpcgpu.settings.Settings`) or else the
@@ -208,7 +249,9 @@ def init(
         settings = settings.replace(**explicit)
     previous = settings_mod.activate(settings)
     try:
-        _RUNTIME = Runtime(precision=precision, mpi_comm=mpi_comm, channels=channels, settings=settings)
+        _RUNTIME = Runtime(
+            precision=precision, mpi_comm=mpi_comm, channels=channels, settings=settings, wire_hook=wire_hook
+        )
     except BaseException:
         settings_mod.activate(previous)
         raise
@@ -247,11 +290,12 @@ def install_excepthook():
         report_then_wait(report)  # unbuffered, complete, and read by the launcher before any abort
         if isinstance(value, RankCountError):
             os._exit(1)  # every rank detects this by itself: nothing to abort
-        if isinstance(value, MPCError) and _RUNTIME is not None:
+        comm = _RUNTIME.comm if _RUNTIME is not None else _STARTING
+        if isinstance(value, MPCError) and comm is not None:
             # usually raised on every rank alike (a collective check): wait until all three have
             # written theirs (at most 3 s, for an error of one party only)
             try:
-                _RUNTIME.comm.settle(3.0)
+                comm.settle(3.0)
             except Exception:
                 pass
         # the launcher has read the report; give it a moment to pass it on before the abort

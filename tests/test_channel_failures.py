@@ -1,6 +1,6 @@
 """Channel failures end the whole job with a message naming the party (single process,
 launching three real MPI ranks with mpiexec): a tampered, replayed or reordered message,
-a wrong, impostor or missing key, ranks on different hosts without a parties file, a
+a wrong, impostor or missing key, ranks on several machines without a parties file, a
 silent (SIGSTOPped) party; and the PRG keys never cross the wire in clear."""
 
 import os
@@ -80,8 +80,7 @@ TAMPER = """
         if MODE == "wrongkey":
             from mpcgpu.channels import Direction
             return Direction(os.urandom(32), 1, 2).seal(np.arange(1000, dtype=np.uint64))
-    C.WIRE_HOOK = hook
-    rt = mpcgpu.init(device="cpu")
+    rt = mpcgpu.init(device="cpu", wire_hook=hook)
     for i in range(8):
         got = rt.comm.pass_next(np.arange(1000, dtype=np.uint64) + i)
         assert (got == np.arange(1000, dtype=np.uint64) + i).all()
@@ -107,18 +106,19 @@ def test_untampered_control_finishes(tmp_path):
 def test_prg_keys_never_cross_the_wire_in_clear(tmp_path):
     script = """
     seen = []
-    C.WIRE_HOOK = lambda comm, peer, counter, wire, reseal: seen.append(bytes(wire))
-    rt = mpcgpu.init(device="cpu")
+    hook = lambda link, peer, counter, wire, reseal: seen.append(bytes(wire))
+    rt = mpcgpu.init(device="cpu", wire_hook=hook)
     keys = [rt.prg.own.key, rt.prg.next.key]
     say("rank", R, "clear" if any(k in w for k in keys for w in seen) else "hidden", len(seen))
     """
     p, _ = run_three(script, tmp_path)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.count(" hidden 1") == 3, p.stdout  # one message (the key) per party, sealed
+    # two messages per party, sealed: the key (and seed digest) to party i-1, the digest to i+1
+    assert p.stdout.count(" hidden 2") == 3, p.stdout
     # the control: with --insecure-channels the same check sees the keys
     p, _ = run_three(script, tmp_path, MPCGPU_INSECURE_CHANNELS=1)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.count(" clear 1") == 3, p.stdout
+    assert p.stdout.count(" clear 2") == 3, p.stdout
     assert "INSECURE" not in p.stdout
 
 
@@ -204,19 +204,32 @@ def test_mixed_modes_abort(tmp_path):
 
 HOSTS = """
     import socket
-    socket.gethostname = lambda: f"node{R}"  # as if each party ran on its own host
+    import mpcgpu.transport
+    if os.environ.get("T_NODES") == "split":  # as if MPI ran one rank per node ...
+        mpcgpu.transport.ranks_on_this_node = lambda mpi_comm: 1
+    socket.gethostname = lambda: os.environ["T_HOST"].format(R=R)  # ... and these were their host names
     rt = mpcgpu.init(device="cpu")
     say("finished on", R, rt.describe())
 """
 
 
-def test_different_hosts_need_a_parties_file_or_insecure_channels(tmp_path):
-    p, _ = run_three(HOSTS, tmp_path)
+@pytest.mark.parametrize("host", ["same-name", "node{R}"])
+def test_ranks_on_several_machines_need_a_parties_file_or_insecure_channels(tmp_path, host):
+    """One machine is what MPI's shared-memory communicator says, not what the parties
+    report: equal host names (containers, cloned VMs, a rewritten hello) do not pass."""
+    p, _ = run_three(HOSTS, tmp_path, T_NODES="split", T_HOST=host)
     assert p.returncode != 0 and "finished on" not in p.stdout
-    assert "different hosts (node0, node1, node2) without a parties file" in p.stderr, p.stderr
-    p, _ = run_three(HOSTS, tmp_path, MPCGPU_INSECURE_CHANNELS=1)
+    assert "do not all run on one machine (MPI places 1 of the 3 ranks" in p.stderr, p.stderr
+    assert "there is no parties file" in p.stderr
+    p, _ = run_three(HOSTS, tmp_path, T_NODES="split", T_HOST=host, MPCGPU_INSECURE_CHANNELS=1)
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("channels: INSECURE, messages in clear") == 3
+
+
+def test_one_machine_keeps_ephemeral_keys_whatever_the_host_names(tmp_path):
+    p, _ = run_three(HOSTS, tmp_path, T_NODES="one", T_HOST="node{R}")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("encrypted but NOT authenticated") == 3
 
 
 def test_stopped_party_ends_the_job_within_the_peer_timeout(tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mpcgpu.channels import (
+    HOST_BYTES,
     TAG_BYTES,
     ChannelConfig,
     Direction,
@@ -191,6 +192,68 @@ def test_handshake_gives_each_direction_its_own_matching_key(tmp_path, mode):
     assert len(wires) == 12
 
 
+def _splice(tmp_path, mode):
+    """Two jobs (A, B) on the same three servers with the same keys; someone on the wire
+    makes party 0 of A and party 1 of B each other's peer (each still talks to its own
+    job's party 2).  Returns the two spliced parties (A0, B1)."""
+    config = ChannelConfig("ephemeral")
+    if mode == "authenticated":
+        cli_main(["keygen", "--out", str(tmp_path), "--all"])
+        config = ChannelConfig("authenticated", str(tmp_path / "party{party}.key"), str(tmp_path / "parties.json"))
+    a = [Handshake(r, config, "h") for r in range(3)]
+    b = [Handshake(r, config, "h") for r in range(3)]
+    a[0].receive_hellos({1: b[1].hello[0], 2: a[2].hello[0]})
+    b[1].receive_hellos({0: a[0].hello[1], 2: b[2].hello[1]})
+    for hs in (a[2], b[2]):
+        hs.receive_hellos({p: (a if hs is a[2] else b)[p].hello[2] for p in (0, 1)})
+    return a, b
+
+
+def test_job_id_is_agreed_by_the_three_parties_and_fresh_per_job(tmp_path):
+    def job():
+        hs = [Handshake(r, ChannelConfig("ephemeral"), "h") for r in range(3)]
+        for r in range(3):
+            hs[r].receive_hellos({p: hs[p].hello[r] for p in hs[r].peers})
+        return hs
+
+    one, two = job(), job()
+    assert len({h.job_id for h in one}) == 1 and len(one[0].job_id) == 32
+    assert one[0].job_id != two[0].job_id
+
+
+@pytest.mark.parametrize("mode", ["ephemeral", "authenticated"])
+def test_parties_of_two_jobs_cannot_be_spliced(tmp_path, mode):
+    a, b = _splice(tmp_path, mode)
+    assert a[0].job_id != b[1].job_id  # each computes the job id of the nonces it saw
+    if mode == "authenticated":  # the signatures cover the job id: the key exchange fails
+        with pytest.raises(ChannelError, match="party 1 failed to authenticate to party 0"):
+            a[0].verify({1: b[1].signatures()[0], 2: a[2].signatures()[0]})
+        with pytest.raises(ChannelError, match="party 0 failed to authenticate to party 1"):
+            b[1].verify({0: a[0].signatures()[1], 2: b[2].signatures()[1]})
+    # and even with the signatures skipped, no message of one opens in the other
+    x = np.arange(10, dtype=np.uint64)
+    a0, b1 = a[0].directions(), b[1].directions()
+    with pytest.raises(ChannelError, match="message 0 from party 0 failed authentication"):
+        b1[0][1].open(a0[1][0].seal(x), x.shape, x.dtype)
+    with pytest.raises(ChannelError, match="message 0 from party 1 failed authentication"):
+        a0[1][1].open(b1[0][0].seal(x), x.shape, x.dtype)
+
+
+def test_directions_of_different_jobs_refuse_each_others_messages():
+    key, x = bytes(range(32)), np.arange(10, dtype=np.uint64)
+    job_a, job_b = bytes(32), bytes([1]) + bytes(31)
+    sealed = Direction(key, 0, 1, job_a).seal(x)
+    assert np.array_equal(Direction(key, 0, 1, job_a).open(sealed, x.shape, x.dtype), x)
+    with pytest.raises(ChannelError, match="for another job"):
+        Direction(key, 0, 1, job_b).open(sealed, x.shape, x.dtype)
+
+
+def test_host_names_are_reported_not_trusted():
+    hs = [Handshake(r, ChannelConfig("ephemeral"), "x" * 200 if r == 1 else f"host{r}") for r in range(3)]
+    hosts = hs[0].receive_hellos({p: hs[p].hello[0] for p in (1, 2)})
+    assert hosts == ["host0", "x" * HOST_BYTES, "host2"] and HOST_BYTES == 47
+
+
 def test_handshake_rejects_an_impostor_signature(tmp_path):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -280,7 +343,7 @@ def test_object_messages_carry_data_never_code():
     peer's name, before anything runs."""
     import pickle
 
-    from mpcgpu import comm
+    from mpcgpu import plaindata
     from mpcgpu.errors import ProtocolError
 
     samples = [
@@ -296,7 +359,7 @@ def test_object_messages_carry_data_never_code():
         complex(1, 2),
     ]
     for obj in samples:
-        back = comm._data_only_loads(pickle.dumps(obj), 1)
+        back = plaindata.loads(pickle.dumps(obj), 1)
         assert type(back) is type(obj)
         if isinstance(obj, np.ndarray):
             assert back.dtype == obj.dtype and np.array_equal(back, obj)
@@ -311,7 +374,7 @@ def test_object_messages_carry_data_never_code():
 
     for payload in (pickle.dumps(Code()), pickle.dumps(os.system), pickle.dumps(eval)):
         with pytest.raises(ProtocolError, match="party 2 sent a message that is not plain data"):
-            comm._data_only_loads(payload, 2)
+            plaindata.loads(payload, 2)
     assert ran == []
     with pytest.raises(ProtocolError, match="party 1"):
-        comm._data_only_loads(b"\x80\x05garbage", 1)
+        plaindata.loads(b"\x80\x05garbage", 1)

@@ -5,24 +5,24 @@ still count the payload, and the small-object collectives travel over the channe
 import numpy as np
 import pytest
 
-import mpcgpu.comm as comm_module
 from mpcgpu.channels import TAG_BYTES
 
 pytestmark = pytest.mark.mpi(min_size=3)
 
 
 class Wire:
-    """Records what this party puts on the wire (the test hook of mpcgpu.comm)."""
+    """Records what this party puts on the wire (the test hook of the communicator ``comm``)."""
 
-    def __init__(self):
+    def __init__(self, comm):
+        self.comm = comm
         self.sent = []
 
     def __enter__(self):
-        comm_module.WIRE_HOOK = lambda comm, peer, counter, wire, reseal: self.sent.append((peer, counter, wire.copy()))
+        self.comm.wire_hook = lambda link, peer, counter, wire, reseal: self.sent.append((peer, counter, wire.copy()))
         return self
 
     def __exit__(self, *exc):
-        comm_module.WIRE_HOOK = None
+        self.comm.wire_hook = None
 
 
 def test_suite_runs_with_sealed_channels(rt):
@@ -33,7 +33,7 @@ def test_suite_runs_with_sealed_channels(rt):
 def test_wire_is_ciphertext_uniform_and_fresh(rt):
     n = 1 << 14
     zeros = np.zeros(n, dtype=np.uint64)
-    with Wire() as w:
+    with Wire(rt.comm) as w:
         a = rt.comm.pass_next(zeros)
         b = rt.comm.pass_next(zeros)
     assert np.array_equal(a, zeros) and np.array_equal(b, zeros)  # received in clear after opening
@@ -53,7 +53,7 @@ def test_shares_do_not_appear_on_the_wire(rt, seeded):
     from mpcgpu.sharing.arithmetic import share
 
     x = share(seeded.integers(-1000, 1000, size=4096).astype(float) if rt.rank == 0 else None, src=0)
-    with Wire() as w:
+    with Wire(rt.comm) as w:
         y = x * x
     mine = {bytes(np.ascontiguousarray(c).view(np.uint8)[:64]) for c in (y.first, y.second, x.first, x.second)}
     for _, _, wire in w.sent:
@@ -73,7 +73,7 @@ def test_counters_count_the_payload_and_wire_counts_the_tags(rt):
 
 
 def test_object_collectives_over_the_channels(rt):
-    with Wire() as w:
+    with Wire(rt.comm) as w:
         assert rt.comm.bcast_object({"r": rt.rank, "k": [1, 2]} if rt.rank == 1 else None, root=1) == {
             "r": 1,
             "k": [1, 2],
@@ -103,3 +103,15 @@ def test_a_shape_disagreement_leaves_the_channels_in_step(rt):
     for _ in range(3):  # the next messages on every channel still open
         assert np.array_equal(c.pass_next(send + c.rank), send + c.prev)
         assert np.array_equal(c.pass_prev(send + c.rank), send + c.next)
+
+
+def test_an_object_too_large_for_the_channel_stops_every_party_in_step(rt):
+    from mpcgpu.errors import ProtocolError
+    from mpcgpu.plaindata import MAX_OBJECT_BYTES
+
+    big = b"\0" * (MAX_OBJECT_BYTES + 1) if rt.rank == 1 else None
+    # the sender refuses after announcing the size, the receivers refuse the size: no
+    # pickle is sent or expected, so every channel stays in step
+    with pytest.raises(ProtocolError, match="object channel carries"):
+        rt.comm.bcast_object(big, root=1)
+    assert rt.comm.allgather_object(("after", rt.rank)) == [("after", 0), ("after", 1), ("after", 2)]

@@ -1,5 +1,5 @@
 """The package's import structure (issue 9): no import circle, layers that only look down,
-one module that talks to MPI and one that imports CuPy.
+one module that talks to MPI (the transport) and one that imports CuPy.
 
 Every ``import`` statement of every module counts, at module level or inside a function:
 a circle hidden in a function is still a circle.
@@ -116,7 +116,7 @@ def test_layers_only_look_down():
                 assert not bad, f"{module} imports {bad}"
 
 
-def test_only_comm_talks_to_mpi_and_only_backend_imports_cupy():
+def test_only_transport_talks_to_mpi_and_only_backend_imports_cupy():
     for path in ROOT.rglob("*.py"):
         tree = ast.parse(path.read_text())
         names = set()
@@ -127,6 +127,6 @@ def test_only_comm_talks_to_mpi_and_only_backend_imports_cupy():
                 names.add(node.module.split(".")[0])
         rel = os.fspath(path.relative_to(ROOT))
         if "mpi4py" in names:
-            assert rel == "comm.py", f"{rel} imports mpi4py"
+            assert rel == "transport.py", f"{rel} imports mpi4py"
         if "cupy" in names:
             assert rel == "backend.py", f"{rel} imports cupy"

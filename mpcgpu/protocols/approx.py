@@ -489,13 +489,10 @@ def agreed(plan: Plan, rt) -> Plan:
     key = (id(rt), digest)
     if key in _AGREED:
         return plan
-    saved = rt.comm.stats.copy()
-    try:
+    with rt.comm.uncounted():
         rt.comm.agree(
             digest, f"the {plan.kind} plan for domain {plan.domain} (different floating point on the parties?)"
         )
-    finally:
-        rt.comm.stats = saved
     _AGREED.add(key)
     return plan
 
