@@ -139,10 +139,10 @@ def test_wait_policy_follows_cores_and_the_setting(rt, monkeypatch):
 
     mpi_comm = rt.comm.comm
     for forced in ("spin", "sleep"):
-        assert wait_policy(mpi_comm, forced) == forced
+        assert wait_policy(mpi_comm, forced=forced) == forced
     with pytest.raises(ValueError, match="spin or sleep"):
-        wait_policy(mpi_comm, "nap")
-    assert rt.comm.waiting == wait_policy(mpi_comm, rt.settings.wait)  # the runtime's, resolved at init
+        wait_policy(mpi_comm, forced="nap")
+    assert rt.comm.waiting == wait_policy(mpi_comm, forced=rt.settings.wait)  # the runtime's, resolved at init
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))
     assert wait_policy(mpi_comm) == "spin"  # a core per rank
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
