@@ -45,9 +45,11 @@ from .layers.adaptive_avgpool import adaptive_avgpool2d, adaptive_avgpool2d_back
 from .layers.avgpool import avgpool2d, avgpool2d_backward
 from .layers.batchnorm import batchnorm2d_eval, batchnorm2d_train, batchnorm2d_train_backward, fold_batchnorm
 from .layers.conv2d import conv2d, conv2d_backward
-from .layers.linear import linear, linear_backward
+from .layers.linear import linear
+from .layers.linear import linear_grads as linear_backward
 from .layers.maxpool import maxpool2d, maxpool2d_backward
-from .layers.relu import relu, relu_backward
+from .layers.relu import relu
+from .layers.relu import relu_grad as relu_backward
 
 # ------------------------------------------------------------------ loss
 

@@ -38,6 +38,9 @@ from . import walker
 from .layers import impl
 from .layers.batchnorm import TRAIN_BN_DOMAIN
 
+#: the path suffix of a residual block's closing ReLU (its body may hold a "relu" too)
+RESIDUAL_RELU = walker.RESIDUAL_RELU
+
 #: inverse square root domain for ``running_var + eps`` at inference (overridden by the
 #: domain a model's shards declare, see ``mpcgpu share``)
 DEFAULT_BN_DOMAIN = (1e-2, 1e3)

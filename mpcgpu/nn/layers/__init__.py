@@ -67,8 +67,9 @@ class OnnxForm:
 
     ``ops``: the operators read as this layer; ``read(node) -> (layer, {local name: array})``
     converts one node (``node`` is the importer's view of it, see
-    :class:`mpcgpu.interop.onnx_import.Node`: ``op``, ``attrs``, ``inputs``, ``where``,
-    ``const(i, what)``, ``finite(name, arr)``, ``pads()``, ``short(v)``, ``fail(msg)``);
+    :class:`mpcgpu.interop.onnx_import.Node`: ``op``, ``attrs``, ``inputs``, ``outputs``,
+    ``where``, ``const(i, what)``, ``finite(name, arr)``, ``valid_pads()``, ``pads()``,
+    ``short(v)``, ``fail(msg)``);
     ``write(em, layer, path, x, in_shape) -> tensor`` emits its nodes (``em`` is the
     exporter's :class:`mpcgpu.interop.export.Emitter`: ``node(...)``, ``param(path, local)``,
     ``init(name, array)``)."""
@@ -212,6 +213,7 @@ def pieces(x, fn, axis_len, per_index, out_shape):
 
 
 _pieces = pieces
+_param = param
 
 
 # -- the layer modules ------------------------------------------------------------------------

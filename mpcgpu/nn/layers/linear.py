@@ -44,7 +44,8 @@ def linear(x, w, b=None):
     return y + b if b is not None else y
 
 
-def linear_backward(x, w, dy):
+def linear_grads(x, w, dy):
+    """(dx, dw, db) of ``linear`` for the output gradient ``dy``."""
     return dy @ w, dy.T @ x, dy.sum(axis=0)
 
 
@@ -56,7 +57,7 @@ def plain_forward(run, layer, path, x):
 
 
 def plain_backward(run, layer, path, dy):
-    dx, dw, db = linear_backward(run.kept(path), run.params[G.join_path(path, "weight")], dy)
+    dx, dw, db = linear_grads(run.kept(path), run.params[G.join_path(path, "weight")], dy)
     run.grads[G.join_path(path, "weight")] = dw
     if layer.bias:
         run.grads[G.join_path(path, "bias")] = db
@@ -78,7 +79,7 @@ def linear_forward(run, layer, path, x):
     return finish(run, path, y, param(run, path, "bias") if layer.bias else None, (1, -1))
 
 
-def linear_backward_private(run, layer, path, dy):
+def linear_backward(run, layer, path, dy):
     x = run.kept(path)
     w = param(run, path, "weight")
     run.grads[G.join_path(path, "weight")] = dy.transpose() @ x
@@ -119,7 +120,7 @@ register(
     Linear,
     json=dict(in_f="pos", out_f="pos", bias="bool"),
     plain=(plain_forward, plain_backward),
-    private=(linear_forward, linear_backward_private),
+    private=(linear_forward, linear_backward),
     onnx=OnnxForm(("Gemm", "MatMul"), read_onnx, write_onnx),
     examples=[(Linear(6, 4), (6,)), (Linear(5, 3, bias=False), (5,))],
 )

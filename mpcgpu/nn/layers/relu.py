@@ -24,7 +24,7 @@ def relu(x):
     return np.maximum(x, 0)
 
 
-def relu_backward(x, dy):
+def relu_grad(x, dy):
     """ReLU'(x) = [x > 0] (0 at exactly 0)."""
     return dy * (x > 0)
 
@@ -36,7 +36,7 @@ def plain_forward(run, layer, path, x):
 
 
 def plain_backward(run, layer, path, dy):
-    return relu_backward(run.kept(path), dy)
+    return relu_grad(run.kept(path), dy)
 
 
 def relu_forward(run, layer, path, x):
@@ -57,7 +57,7 @@ def _piece():
     return PIECE
 
 
-def relu_backward_private(run, layer, path, dy):
+def relu_backward(run, layer, path, dy):
     return dy * run.kept(path)  # d has scale 0: no truncation, 1 round
 
 
@@ -73,7 +73,7 @@ register(
     ReLU,
     json={},
     plain=(plain_forward, plain_backward),
-    private=(relu_forward, relu_backward_private),
+    private=(relu_forward, relu_backward),
     onnx=OnnxForm(("Relu",), read_onnx, write_onnx),
     examples=[(ReLU(), (2, 3, 4)), (ReLU(), (7,))],
 )
