@@ -4,10 +4,12 @@ to safetensors and ONNX, loadable by PyTorch and onnxruntime.
 * safetensors: one float32 tensor per parameter under the spec's names (torchvision's for
   the torchvision-shaped zoo models, so ``model.load_state_dict(load_file(path))`` works
   there); the architecture is kept in the file's metadata (``mpcgpu-spec``).
-* ONNX (opset 17): the spec as a graph -- Conv, Gemm (transB=1), Relu, MaxPool,
-  AveragePool (count_include_pad=1), GlobalAveragePool, BatchNormalization (with its eps),
-  Flatten, Add (+ Relu) for residual blocks, Dropout (the identity at inference, kept so
-  that a re-import gives the same layer names); a recorded Softmax/LogSoftmax is appended.
+* ONNX (opset 17): the spec as a graph -- each layer as its type writes it (its
+  registration's ``OnnxForm.write``, :mod:`mpcgpu.nn.layers`: Conv, Gemm (transB=1), Relu,
+  MaxPool, AveragePool (count_include_pad=1), GlobalAveragePool, BatchNormalization (with
+  its eps), Flatten, Dropout (the identity at inference, kept so that a re-import gives the
+  same layer names)), Add (+ Relu) for residual blocks; a recorded Softmax/LogSoftmax is
+  appended.
   Initializers carry the spec's names.  The batch dimension is symbolic (``N``).
 
 Both are written to a temporary file and renamed into place.
@@ -20,6 +22,7 @@ import os
 import numpy
 
 from ..errors import MPCError
+from ..nn import layers as nn_layers
 from ..nn import spec as S
 
 OPSET = 17
@@ -70,7 +73,11 @@ def export_safetensors(path, model: S.Model, params) -> str:
     return _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"mpcgpu-spec": to_json(model)}))
 
 
-class _Emitter:
+class Emitter:
+    """Builds the graph: a layer type's writer (``OnnxForm.write(em, layer, path, x,
+    in_shape) -> tensor``) adds its nodes with :meth:`node` and its weights with
+    :meth:`param` / :meth:`init`."""
+
     def __init__(self, params):
         self.params, self.nodes, self.inits, self.n = params, [], [], 0
 
@@ -79,6 +86,11 @@ class _Emitter:
 
         self.inits.append(numpy_helper.from_array(numpy.asarray(arr, numpy.float32), name))
         return name
+
+    def param(self, path, local):
+        """The initializer of the parameter ``local`` of the layer at ``path`` (its spec name)."""
+        name = S.join_path(path, local)
+        return self.init(name, self.params[name])
 
     def node(self, kind, inputs, name, **attrs):
         from onnx import helper
@@ -104,53 +116,10 @@ class _Emitter:
                 y = self.node("Relu", [y], S.join_path(path, "relu"))
             return y, out
         out = layer.out_shape(shape)
-        P = lambda local: S.join_path(path, local)  # noqa: E731
-        if isinstance(layer, S.Conv2d):
-            ins = [x, self.init(P("weight"), self.params[P("weight")])]
-            if layer.bias:
-                ins.append(self.init(P("bias"), self.params[P("bias")]))
-            ph, pw = layer.padding
-            y = self.node(
-                "Conv",
-                ins,
-                path,
-                kernel_shape=list(layer.kernel),
-                strides=list(layer.stride),
-                pads=[ph, pw, ph, pw],
-                group=layer.groups,
-            )
-        elif isinstance(layer, S.Linear):
-            ins = [x, self.init(P("weight"), self.params[P("weight")])]
-            if layer.bias:
-                ins.append(self.init(P("bias"), self.params[P("bias")]))
-            y = self.node("Gemm", ins, path, transB=1)
-        elif isinstance(layer, S.ReLU):
-            y = self.node("Relu", [x], path)
-        elif isinstance(layer, (S.MaxPool2d, S.AvgPool2d)):
-            ph, pw = layer.padding
-            attrs = dict(kernel_shape=list(layer.kernel), strides=list(layer.stride), pads=[ph, pw, ph, pw])
-            if isinstance(layer, S.AvgPool2d):
-                attrs["count_include_pad"] = 1
-            y = self.node("MaxPool" if isinstance(layer, S.MaxPool2d) else "AveragePool", [x], path, **attrs)
-        elif isinstance(layer, S.AdaptiveAvgPool2d):
-            kh, kw = layer.window(shape)
-            if layer.out_hw == (1, 1):
-                y = self.node("GlobalAveragePool", [x], path)
-            elif (kh, kw) == (1, 1):
-                y = x  # already at the output size
-            else:
-                y = self.node("AveragePool", [x], path, kernel_shape=[kh, kw], strides=[kh, kw])
-        elif isinstance(layer, S.BatchNorm2d):
-            ins = [x] + [self.init(P(n), self.params[P(n)]) for n in ("weight", "bias", "running_mean", "running_var")]
-            y = self.node(
-                "BatchNormalization", ins, path, epsilon=float(layer.eps), momentum=1.0 - float(layer.momentum)
-            )
-        elif isinstance(layer, S.Flatten):
-            y = self.node("Flatten", [x], path, axis=1)
-        elif isinstance(layer, S.Dropout):  # identity at inference; kept so the layer indices survive
-            y = self.node("Dropout", [x, self.init(P("ratio"), numpy.array(layer.p))], path)
-        else:  # pragma: no cover - every spec leaf is handled above
+        kind = nn_layers.lookup(layer)
+        if kind.onnx is None:
             raise ExportError(f"{path}: no ONNX form for {type(layer).__name__}")
+        y = kind.onnx.write(self, layer, path, x, shape)
         return y, out
 
 
@@ -161,7 +130,7 @@ def to_onnx(model: S.Model, params):
         from onnx import TensorProto, helper
     except ImportError:  # pragma: no cover
         raise ExportError("exporting ONNX needs: pip install 'mpcgpu[onnx]'") from None
-    em = _Emitter(_checked(model, params))
+    em = Emitter(_checked(model, params))
     y, _ = em.emit(model.net, "", "input", tuple(model.input_shape))
     if model.output != "logits":
         y = em.node("Softmax" if model.output == "softmax" else "LogSoftmax", [y], model.output, axis=1)

@@ -35,32 +35,27 @@ Parameter names in the result are the spec's own (``"3.weight"``, ``"5.downsampl
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 
 import numpy
 
 from ..errors import MPCError
+from ..nn import layers as nn_layers
 from ..nn import spec as S
 
-#: the ONNX operators this importer understands
-SUPPORTED_OPS = (
-    "Conv",
-    "Gemm",
-    "MatMul",
-    "Relu",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-    "BatchNormalization",
-    "Flatten",
-    "Reshape",
-    "Add",
-    "Dropout",
-    "Identity",
-    "Softmax",
-    "LogSoftmax",
-)
+#: the ONNX operators of the graph's structure; a layer type's own operators come from its
+#: registration (:class:`mpcgpu.nn.layers.OnnxForm`)
+STRUCTURAL_OPS = ("Add", "Identity", "Softmax", "LogSoftmax")
+
+
+def supported_ops() -> tuple:
+    """Every ONNX operator this importer understands: the registered layer types' own
+    (in registration order), then the structural ones."""
+    return tuple(op for t in nn_layers.registered() if t.onnx is not None for op in t.onnx.ops) + STRUCTURAL_OPS
+
+
+#: the ONNX operators this importer understands (when this module was imported)
+SUPPORTED_OPS = supported_ops()
 
 
 class ModelImportError(MPCError, ValueError):
@@ -120,6 +115,40 @@ def _finite(name, arr, where):
             f"{int(numpy.isinf(arr).sum())} Inf values"
         )
     return arr
+
+
+class Node:
+    """One ONNX node as a layer type's reader sees it (``OnnxForm.read(node)``)."""
+
+    def __init__(self, node, graph, where):
+        self.op, self.where, self._graph = node.op_type, where, graph
+        self.inputs, self.outputs = list(node.input), list(node.output)
+        self.attrs = _attrs(node)
+
+    def fail(self, msg):
+        """Refuse the node: a ModelImportError naming it."""
+        raise ModelImportError(f"{self.where}: {msg}")
+
+    def const(self, i, what):
+        """Input ``i`` as a float64 array; it must be a constant of the graph."""
+        return self._graph.const(self.inputs[i], self.where, what)
+
+    def finite(self, name, arr):
+        """``arr`` (a weight called ``name``), refused if it holds NaN or Inf."""
+        return _finite(name, arr, self.where)
+
+    def valid_pads(self) -> bool:
+        """Whether ``auto_pad`` is VALID (no padding); refuses the SAME modes."""
+        return _auto_pad(self.attrs, self.where)
+
+    def pads(self) -> tuple:
+        """The symmetric 2-D ``pads`` as (ph, pw); refuses anything else."""
+        return _sym_pads(self.attrs.get("pads"), self.where)
+
+    @staticmethod
+    def short(v) -> float:
+        """A float32 attribute as the decimal it was written as."""
+        return _short(v)
 
 
 class _Graph:
@@ -259,6 +288,7 @@ def _convert(gr: _Graph) -> tuple[list, str]:
     """Every node -> _Op (or an error list); returns (ops, output mode)."""
     ops, problems, output = [], [], "logits"
     producer = {}
+    supported = supported_ops()
     tail, by_out = {gr.output}, {n.output[0]: n for n in gr.nodes if n.output}
     t = gr.output
     while t in by_out and by_out[t].op_type == "Identity":  # trailing Identity nodes
@@ -269,99 +299,15 @@ def _convert(gr: _Graph) -> tuple[list, str]:
         where = f"node {node.name or node.output[0]!r} ({op})"
         a = _attrs(node)
         try:
-            if op not in SUPPORTED_OPS:
+            if op not in supported:
                 problems.append(f"{where}: unsupported operator {op}")
                 continue
             x = node.input[0] if node.input else ""
             out = node.output[0]
-            if op == "Conv":
-                w = _finite("W", gr.const(node.input[1], where, "weight"), where)
-                if w.ndim != 4:
-                    raise ModelImportError(f"{where}: only 2-D convolutions are supported")
-                if any(int(d) != 1 for d in a.get("dilations", [1, 1])):
-                    raise ModelImportError(f"{where}: dilation {a['dilations']} is not supported")
-                valid = _auto_pad(a, where)
-                groups = int(a.get("group", 1))
-                kh, kw = int(w.shape[2]), int(w.shape[3])
-                if list(a.get("kernel_shape", [kh, kw])) != [kh, kw]:
-                    raise ModelImportError(f"{where}: kernel_shape {a['kernel_shape']} disagrees with W {w.shape}")
-                pad = (0, 0) if valid else _sym_pads(a.get("pads"), where)
-                stride = tuple(int(s) for s in a.get("strides", [1, 1]))
-                params = {"weight": w}
-                if len(node.input) > 2 and node.input[2]:
-                    params["bias"] = _finite("B", gr.const(node.input[2], where, "bias"), where)
-                layer = S.Conv2d(
-                    int(w.shape[1]) * groups, int(w.shape[0]), (kh, kw), stride, pad, groups, "bias" in params
-                )
+            kind = nn_layers.by_onnx_op(op)
+            if kind is not None and kind.onnx is not None:
+                layer, params = kind.onnx.read(Node(node, gr, where))
                 ops.append(_Op("layer", [x], out, layer, params, where))
-            elif op in ("Gemm", "MatMul"):
-                if op == "Gemm" and int(a.get("transA", 0)):
-                    raise ModelImportError(f"{where}: transA=1 is not supported")
-                b = _finite("B", gr.const(node.input[1], where, "weight"), where)
-                if b.ndim != 2:
-                    raise ModelImportError(f"{where}: the weight must be a matrix, got shape {b.shape}")
-                w = b.T if (op == "MatMul" or not int(a.get("transB", 0))) else b
-                w = w * float(a.get("alpha", 1.0))
-                params = {"weight": numpy.ascontiguousarray(w)}
-                if op == "Gemm" and len(node.input) > 2 and node.input[2]:
-                    c = _finite("C", gr.const(node.input[2], where, "bias"), where) * float(a.get("beta", 1.0))
-                    if c.size not in (1, w.shape[0]):
-                        raise ModelImportError(f"{where}: bias C of shape {c.shape} for {w.shape[0]} outputs")
-                    params["bias"] = numpy.broadcast_to(c.reshape(-1), (w.shape[0],)).copy()
-                layer = S.Linear(int(w.shape[1]), int(w.shape[0]), "bias" in params)
-                ops.append(_Op("layer", [x], out, layer, params, where))
-            elif op == "Relu":
-                ops.append(_Op("layer", [x], out, S.ReLU(), node=where))
-            elif op in ("MaxPool", "AveragePool"):
-                if int(a.get("ceil_mode", 0)):
-                    raise ModelImportError(f"{where}: ceil_mode=1 is not supported (export with ceil_mode=False)")
-                if any(int(d) != 1 for d in a.get("dilations", [1, 1])):
-                    raise ModelImportError(f"{where}: dilated pooling is not supported")
-                if len(node.output) > 1 and node.output[1]:
-                    raise ModelImportError(f"{where}: the indices output of MaxPool is not supported")
-                valid = _auto_pad(a, where)
-                k = tuple(int(v) for v in a["kernel_shape"])
-                if len(k) != 2:
-                    raise ModelImportError(f"{where}: only 2-D pooling is supported")
-                pad = (0, 0) if valid else _sym_pads(a.get("pads"), where)
-                stride = tuple(int(s) for s in a.get("strides", [1, 1]))
-                if op == "AveragePool" and any(pad) and not int(a.get("count_include_pad", 0)):
-                    raise ModelImportError(
-                        f"{where}: padded average pooling must count the padding (count_include_pad=1)"
-                    )
-                cls = S.MaxPool2d if op == "MaxPool" else S.AvgPool2d
-                ops.append(_Op("layer", [x], out, cls(k, stride, pad), node=where))
-            elif op == "GlobalAveragePool":
-                ops.append(_Op("layer", [x], out, S.AdaptiveAvgPool2d(1), node=where))
-            elif op == "BatchNormalization":
-                if int(a.get("training_mode", 0)) or len(node.output) > 1 and any(node.output[1:]):
-                    raise ModelImportError(
-                        f"{where}: a training-mode batch norm is not supported (export in eval mode)"
-                    )
-                eps = _short(a.get("epsilon", 1e-5))
-                if not (eps > 0 and math.isfinite(eps)):
-                    raise ModelImportError(f"{where}: epsilon {eps!r} must be finite and positive")
-                names = ("weight", "bias", "running_mean", "running_var")
-                params = {n: _finite(n, gr.const(v, where, n), where) for n, v in zip(names, node.input[1:5])}
-                if (params["running_var"] < 0).any():
-                    raise ModelImportError(f"{where}: negative running variance")
-                momentum = _short(1.0 - _short(a.get("momentum", 0.9)))
-                layer = S.BatchNorm2d(int(params["weight"].shape[0]), eps, min(max(momentum, 0.0), 1.0))
-                ops.append(_Op("layer", [x], out, layer, params, where))
-            elif op == "Flatten":
-                if int(a.get("axis", 1)) != 1:
-                    raise ModelImportError(f"{where}: only Flatten with axis=1 is supported")
-                ops.append(_Op("layer", [x], out, S.Flatten(), node=where))
-            elif op == "Reshape":
-                shape = [int(v) for v in gr.const(node.input[1], where, "shape").reshape(-1)]
-                if len(shape) != 2 or shape[0] not in (0, -1) and shape[0] < 1:
-                    raise ModelImportError(f"{where}: Reshape to {shape} is supported only as a flatten to (N, F)")
-                ops.append(_Op("layer", [x], out, S.Flatten(), {"check": numpy.array(shape)}, where))
-            elif op == "Dropout":
-                p = float(a.get("ratio", 0.5))
-                if len(node.input) > 1 and node.input[1]:
-                    p = float(gr.const(node.input[1], where, "ratio").reshape(-1)[0])
-                ops.append(_Op("layer", [x], out, S.Dropout(p), node=where))
             elif op == "Identity":
                 ops.append(_Op("identity", [x], out, node=where))
             elif op in ("Softmax", "LogSoftmax"):
@@ -401,7 +347,7 @@ def _convert(gr: _Graph) -> tuple[list, str]:
         raise ModelImportError(
             "cannot import this ONNX model:\n  "
             + "\n  ".join(problems)
-            + f"\n(supported operators: {', '.join(SUPPORTED_OPS)})"
+            + f"\n(supported operators: {', '.join(supported)})"
         )
     return ops, output
 
@@ -613,4 +559,4 @@ def _clean(model: S.Model) -> S.Model:
     return from_dict(to_dict(model))
 
 
-__all__ = ["SUPPORTED_OPS", "ModelImportError", "load_onnx", "import_onnx"]
+__all__ = ["SUPPORTED_OPS", "STRUCTURAL_OPS", "supported_ops", "Node", "ModelImportError", "load_onnx", "import_onnx"]

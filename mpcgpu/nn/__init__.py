@@ -1,7 +1,9 @@
-"""Neural networks: architecture specs (:mod:`.spec`), the model registry (:mod:`.models`),
-the plaintext reference executor and trainer (:mod:`.plain`, :mod:`.train_plain`), HDF5
-weight files (:mod:`.weights`), and the private side: the executor (:mod:`.private`), its
-layers (:mod:`.layers`), loss and evaluation (:mod:`.loss`), the optimiser
+"""Neural networks: architecture specs (:mod:`.spec`: the structure of :mod:`.graph` and
+the layer types), the layer types, one module each with all their facets, and their
+registry (:mod:`.layers`), the walker both executors share (:mod:`.walker`), the model
+registry (:mod:`.models`), the plaintext reference executor and trainer (:mod:`.plain`,
+:mod:`.train_plain`), HDF5 weight files (:mod:`.weights`), and the private side: the
+executor (:mod:`.private`), loss and evaluation (:mod:`.loss`), the optimiser
 (:mod:`.optim`), the shared schedules (:mod:`.schedule`), training steps (:mod:`.trainer`)
 and checkpoints (:mod:`.checkpoint`)."""
 

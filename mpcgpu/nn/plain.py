@@ -1,6 +1,8 @@
 """Plaintext NumPy executor: the reference every private result is compared to.
 
-Layer semantics are fixed in :mod:`mpcgpu.nn.spec`.  Everything runs in the
+Layer semantics are fixed in :mod:`mpcgpu.nn.spec`; each layer's kernels and its forward and
+backward live in its module of :mod:`mpcgpu.nn.layers` (re-exported here), and the spec tree
+is walked by :mod:`mpcgpu.nn.walker`, as the private executor walks it.  Everything runs in the
 dtype of the parameters (float64 by default; float32 for faster training).
 
 Functional kernels (NCHW batches; each ``*_backward`` returns the input
@@ -35,223 +37,19 @@ from __future__ import annotations
 from typing import Mapping
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
-from ..geometry import pair, window_index, window_offsets
+from . import layers as L
 from . import spec as S
-
-# ------------------------------------------------------------------ helpers
-
-
-def _pair(v):
-    return pair(v, "size", S.SpecError)
-
-
-_out = S.conv_out_size
-
-
-def _windows(xp, kernel, stride, oh, ow):
-    """View (N, C, OH, OW, kh, kw) of the windows of a padded NCHW array."""
-    v = sliding_window_view(xp, kernel, axis=(2, 3))
-    return v[:, :, :: stride[0], :: stride[1]][:, :, :oh, :ow]
-
-
-def _pad(x, padding, value=0.0):
-    ph, pw = padding
-    if ph == 0 and pw == 0:
-        return x
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
-
-
-def _scatter_windows(dxp, contrib, kernel, stride, oh, ow):
-    """dxp[:, :, i + s*a, j + s*b] += contrib(i, j)[:, :, a, b] for every kernel offset."""
-    for _, i, j in window_offsets(*kernel):
-        dxp[window_index(i, j, *stride, oh, ow)] += contrib(i, j)
-
-
-def _unpad(xp, padding):
-    ph, pw = padding
-    return xp[:, :, ph : xp.shape[2] - ph, pw : xp.shape[3] - pw]
-
-
-# ------------------------------------------------------------------ convolution
-
-
-def _im2col(x, kernel, stride, padding, groups):
-    """Columns (G, N*OH*OW, C/G*kh*kw) of x, and (OH, OW)."""
-    n, c, h, w = x.shape
-    kh, kw = kernel
-    oh, ow = _out(h, kh, stride[0], padding[0]), _out(w, kw, stride[1], padding[1])
-    win = _windows(_pad(x, padding), kernel, stride, oh, ow)  # N C OH OW kh kw
-    cg = c // groups
-    cols = win.reshape(n, groups, cg, oh, ow, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
-    return np.ascontiguousarray(cols).reshape(groups, n * oh * ow, cg * kh * kw), (oh, ow)
-
-
-def _conv_fwd(x, w, b, stride, padding, groups):
-    stride, padding = _pair(stride), _pair(padding)
-    n, c = x.shape[:2]
-    oc, cg, kh, kw = w.shape
-    if c != cg * groups or oc % groups:
-        raise S.SpecError(f"conv2d: input has {c} channels, weight {w.shape} with groups={groups}")
-    cols, (oh, ow) = _im2col(x, (kh, kw), stride, padding, groups)
-    wg = w.reshape(groups, oc // groups, cg * kh * kw)
-    y = np.matmul(cols, wg.transpose(0, 2, 1))  # G, N*OH*OW, OC/G
-    y = y.reshape(groups, n, oh, ow, oc // groups).transpose(1, 0, 4, 2, 3).reshape(n, oc, oh, ow)
-    if b is not None:
-        y = y + b.reshape(1, -1, 1, 1)
-    return np.ascontiguousarray(y), cols
-
-
-def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
-    """2-D cross-correlation, NCHW input, weight (OC, C/groups, kh, kw), zero padding."""
-    return _conv_fwd(x, w, b, stride, padding, groups)[0]
-
-
-def _conv_bwd(cols, x_shape, w, dy, stride, padding, groups, need_dx=True):
-    stride, padding = _pair(stride), _pair(padding)
-    n, c, h, wd = x_shape
-    oc, cg, kh, kw = w.shape
-    oh, ow = dy.shape[2:]
-    dyg = dy.reshape(n, groups, oc // groups, oh, ow).transpose(1, 0, 3, 4, 2)
-    dyg = np.ascontiguousarray(dyg).reshape(groups, n * oh * ow, oc // groups)
-    dw = np.matmul(dyg.transpose(0, 2, 1), cols).reshape(w.shape)
-    db = dy.sum(axis=(0, 2, 3))
-    if not need_dx:
-        return None, dw, db
-    dcols = np.matmul(dyg, w.reshape(groups, oc // groups, cg * kh * kw))
-    dcols = dcols.reshape(groups, n, oh, ow, cg, kh, kw).transpose(1, 0, 4, 2, 3, 5, 6)
-    dcols = dcols.reshape(n, c, oh, ow, kh, kw)  # N C OH OW kh kw
-    dxp = np.zeros((n, c, h + 2 * padding[0], wd + 2 * padding[1]), dtype=dy.dtype)
-    _scatter_windows(dxp, lambda i, j: dcols[:, :, :, :, i, j], (kh, kw), stride, oh, ow)
-    return np.ascontiguousarray(_unpad(dxp, padding)), dw, db
-
-
-def conv2d_backward(x, w, dy, stride=1, padding=0, groups=1):
-    """Gradients (dx, dw, db) of conv2d for output gradient dy."""
-    cols, _ = _im2col(x, w.shape[2:], _pair(stride), _pair(padding), groups)
-    return _conv_bwd(cols, x.shape, w, dy, stride, padding, groups)
-
-
-# ------------------------------------------------------------------ linear, relu
-
-
-def linear(x, w, b=None):
-    y = x @ w.T
-    return y + b if b is not None else y
-
-
-def linear_backward(x, w, dy):
-    return dy @ w, dy.T @ x, dy.sum(axis=0)
-
-
-def relu(x):
-    return np.maximum(x, 0)
-
-
-def relu_backward(x, dy):
-    """ReLU'(x) = [x > 0] (0 at exactly 0)."""
-    return dy * (x > 0)
-
-
-# ------------------------------------------------------------------ pooling
-
-
-def _pool_geom(x_shape, kernel, stride, padding):
-    kernel = _pair(kernel)
-    stride = kernel if stride is None else _pair(stride)
-    padding = _pair(padding)
-    h, w = x_shape[2:]
-    return kernel, stride, padding, _out(h, kernel[0], stride[0], padding[0]), _out(w, kernel[1], stride[1], padding[1])
-
-
-def maxpool2d(x, kernel, stride=None, padding=0):
-    """Max pooling (padding with -inf); returns (y, argmax within each window, row-major)."""
-    kernel, stride, padding, oh, ow = _pool_geom(x.shape, kernel, stride, padding)
-    win = _windows(_pad(x, padding, -np.inf), kernel, stride, oh, ow)
-    flat = win.reshape(win.shape[:4] + (kernel[0] * kernel[1],))
-    am = flat.argmax(axis=-1)
-    y = np.take_along_axis(flat, am[..., None], axis=-1)[..., 0]
-    return np.ascontiguousarray(y), am
-
-
-def maxpool2d_backward(argmax, x_shape, dy, kernel, stride=None, padding=0):
-    kernel, stride, padding, oh, ow = _pool_geom(x_shape, kernel, stride, padding)
-    n, c, h, w = x_shape
-    dxp = np.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]), dtype=dy.dtype)
-    _scatter_windows(dxp, lambda i, j: dy * (argmax == i * kernel[1] + j), kernel, stride, oh, ow)
-    return np.ascontiguousarray(_unpad(dxp, padding))
-
-
-def avgpool2d(x, kernel, stride=None, padding=0):
-    """Average pooling; zero padding counted in the divisor kh*kw."""
-    kernel, stride, padding, oh, ow = _pool_geom(x.shape, kernel, stride, padding)
-    win = _windows(_pad(x, padding), kernel, stride, oh, ow)
-    return win.sum(axis=(4, 5)) / (kernel[0] * kernel[1])
-
-
-def avgpool2d_backward(x_shape, dy, kernel, stride=None, padding=0):
-    kernel, stride, padding, oh, ow = _pool_geom(x_shape, kernel, stride, padding)
-    n, c, h, w = x_shape
-    g = dy / (kernel[0] * kernel[1])
-    dxp = np.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]), dtype=dy.dtype)
-    _scatter_windows(dxp, lambda i, j: g, kernel, stride, oh, ow)
-    return np.ascontiguousarray(_unpad(dxp, padding))
-
-
-def adaptive_avgpool2d(x, out_hw):
-    """Adaptive average pool; exact windows only (input sides multiples of output sides)."""
-    k = S.adaptive_pool_window(x.shape[2:], out_hw)
-    return avgpool2d(x, k, k, 0)
-
-
-def adaptive_avgpool2d_backward(x_shape, dy, out_hw):
-    k = S.adaptive_pool_window(x_shape[2:], out_hw)
-    return avgpool2d_backward(x_shape, dy, k, k, 0)
-
-
-# ------------------------------------------------------------------ batch norm
-
-
-def batchnorm2d_train(x, gamma, beta, eps=1e-5):
-    """Batch-statistics BN; returns (y, cache) with cache = (xhat, inv_std, gamma, mean, var_unbiased)."""
-    axes = (0, 2, 3)
-    m = x.shape[0] * x.shape[2] * x.shape[3]
-    mean = x.mean(axis=axes)
-    var = x.var(axis=axes)
-    inv_std = 1.0 / np.sqrt(var + eps)
-    xhat = (x - mean.reshape(1, -1, 1, 1)) * inv_std.reshape(1, -1, 1, 1)
-    y = xhat * gamma.reshape(1, -1, 1, 1) + beta.reshape(1, -1, 1, 1)
-    var_unbiased = var * (m / (m - 1)) if m > 1 else var
-    return y, (xhat, inv_std, gamma, mean, var_unbiased)
-
-
-def batchnorm2d_train_backward(cache, dy):
-    """(dx, dgamma, dbeta) through batch statistics."""
-    xhat, inv_std, gamma = cache[:3]
-    axes = (0, 2, 3)
-    m = dy.shape[0] * dy.shape[2] * dy.shape[3]
-    dbeta = dy.sum(axis=axes)
-    dgamma = (dy * xhat).sum(axis=axes)
-    dxhat = dy * gamma.reshape(1, -1, 1, 1)
-    dx = (inv_std.reshape(1, -1, 1, 1) / m) * (
-        m * dxhat
-        - dxhat.sum(axis=axes).reshape(1, -1, 1, 1)
-        - xhat * (dxhat * xhat).sum(axis=axes).reshape(1, -1, 1, 1)
-    )
-    return dx, dgamma, dbeta
-
-
-def fold_batchnorm(gamma, beta, mean, var, eps=1e-5):
-    """Inference BN as a per-channel affine map: y = scale * x + shift."""
-    scale = gamma / np.sqrt(var + eps)
-    return scale, beta - mean * scale
-
-
-def batchnorm2d_eval(x, gamma, beta, mean, var, eps=1e-5):
-    scale, shift = fold_batchnorm(gamma, beta, mean, var, eps)
-    return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
-
+from . import walker
+from .layers.adaptive_avgpool import adaptive_avgpool2d, adaptive_avgpool2d_backward
+from .layers.avgpool import avgpool2d, avgpool2d_backward
+from .layers.batchnorm import batchnorm2d_eval, batchnorm2d_train, batchnorm2d_train_backward, fold_batchnorm
+from .layers.conv2d import conv2d, conv2d_backward
+from .layers.linear import linear
+from .layers.linear import linear_grads as linear_backward
+from .layers.maxpool import maxpool2d, maxpool2d_backward
+from .layers.relu import relu
+from .layers.relu import relu_grad as relu_backward
 
 # ------------------------------------------------------------------ loss
 
@@ -303,218 +101,6 @@ def init_params(spec, rng=None, dtype=np.float64) -> dict:
 # ------------------------------------------------------------------ model executor
 
 
-class _Ctx:
-    __slots__ = ("train", "record", "keep")
-
-    def __init__(self, train, record, keep):
-        self.train, self.record, self.keep = train, record, keep
-
-
-class _Op:
-    def fwd(self, P, x, ctx):  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def bwd(self, P, dy, G):  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-class _Seq(_Op):
-    def __init__(self, ops):
-        self.ops = ops
-
-    def fwd(self, P, x, ctx):
-        for op in self.ops:
-            x = op.fwd(P, x, ctx)
-        return x
-
-    def bwd(self, P, dy, G):
-        for op in reversed(self.ops):
-            dy = op.bwd(P, dy, G)
-        return dy
-
-
-class _Res(_Op):
-    def __init__(self, body, short, relu, path):
-        self.body, self.short, self.relu, self.path = body, short, relu, path
-
-    def fwd(self, P, x, ctx):
-        y = self.body.fwd(P, x, ctx)
-        y = y + (x if self.short is None else self.short.fwd(P, x, ctx))
-        if self.relu:
-            self.y = y if ctx.keep else None
-            y = relu(y)
-            if ctx.record is not None:
-                ctx.record[S._join(self.path, "relu")] = y
-        return y
-
-    def bwd(self, P, dy, G):
-        if self.relu:
-            dy = relu_backward(self.y, dy)
-        dx = self.body.bwd(P, dy, G)
-        return dx + (dy if self.short is None else self.short.bwd(P, dy, G))
-
-
-class _Leaf(_Op):
-    def __init__(self, layer, path):
-        self.layer, self.path = layer, path
-
-    def name(self, local):
-        return S._join(self.path, local)
-
-    def fwd(self, P, x, ctx):
-        y = self._fwd(P, x, ctx.train, ctx.keep)
-        if ctx.record is not None:
-            ctx.record[self.path] = y
-        return y
-
-
-class _Conv(_Leaf):
-    def _fwd(self, P, x, train, keep):
-        L = self.layer
-        b = P[self.name("bias")] if L.bias else None
-        y, cols = _conv_fwd(x, P[self.name("weight")], b, L.stride, L.padding, L.groups)
-        self.cols = cols if keep else None
-        self.x_shape = x.shape
-        return y
-
-    def bwd(self, P, dy, G):
-        L = self.layer
-        dx, dw, db = _conv_bwd(self.cols, self.x_shape, P[self.name("weight")], dy, L.stride, L.padding, L.groups)
-        G[self.name("weight")] = dw
-        if L.bias:
-            G[self.name("bias")] = db
-        self.cols = None
-        return dx
-
-
-class _Linear(_Leaf):
-    def _fwd(self, P, x, train, keep):
-        self.x = x if keep else None
-        b = P[self.name("bias")] if self.layer.bias else None
-        return linear(x, P[self.name("weight")], b)
-
-    def bwd(self, P, dy, G):
-        dx, dw, db = linear_backward(self.x, P[self.name("weight")], dy)
-        G[self.name("weight")] = dw
-        if self.layer.bias:
-            G[self.name("bias")] = db
-        return dx
-
-
-class _ReLU(_Leaf):
-    def _fwd(self, P, x, train, keep):
-        self.x = x if keep else None
-        return relu(x)
-
-    def bwd(self, P, dy, G):
-        return relu_backward(self.x, dy)
-
-
-class _MaxPool(_Leaf):
-    def _fwd(self, P, x, train, keep):
-        L = self.layer
-        y, am = maxpool2d(x, L.kernel, L.stride, L.padding)
-        self.am = am if keep else None
-        self.x_shape = x.shape
-        return y
-
-    def bwd(self, P, dy, G):
-        L = self.layer
-        return maxpool2d_backward(self.am, self.x_shape, dy, L.kernel, L.stride, L.padding)
-
-
-class _AvgPool(_Leaf):
-    def _fwd(self, P, x, train, keep):
-        L = self.layer
-        self.x_shape = x.shape
-        return avgpool2d(x, L.kernel, L.stride, L.padding)
-
-    def bwd(self, P, dy, G):
-        L = self.layer
-        return avgpool2d_backward(self.x_shape, dy, L.kernel, L.stride, L.padding)
-
-
-class _Adaptive(_Leaf):
-    def _fwd(self, P, x, train, keep):
-        self.x_shape = x.shape
-        return adaptive_avgpool2d(x, self.layer.out_hw)
-
-    def bwd(self, P, dy, G):
-        return adaptive_avgpool2d_backward(self.x_shape, dy, self.layer.out_hw)
-
-
-class _BN(_Leaf):
-    def _fwd(self, P, x, train, keep):
-        L = self.layer
-        g, b = P[self.name("weight")], P[self.name("bias")]
-        rm, rv = P[self.name("running_mean")], P[self.name("running_var")]
-        self.train = train
-        if train:
-            y, self.cache = batchnorm2d_train(x, g, b, L.eps)
-            mean, var_u = self.cache[3], self.cache[4]
-            mom = L.momentum
-            rm *= 1 - mom
-            rm += mom * mean.astype(rm.dtype)
-            rv *= 1 - mom
-            rv += mom * var_u.astype(rv.dtype)
-            return y
-        if keep:
-            inv_std = 1.0 / np.sqrt(rv + L.eps)
-            self.cache = ((x - rm.reshape(1, -1, 1, 1)) * inv_std.reshape(1, -1, 1, 1), inv_std, g)
-        return batchnorm2d_eval(x, g, b, rm, rv, L.eps)
-
-    def bwd(self, P, dy, G):
-        if self.train:
-            dx, dg, db = batchnorm2d_train_backward(self.cache, dy)
-        else:
-            xhat, inv_std, g = self.cache
-            dx = dy * (g * inv_std).reshape(1, -1, 1, 1)
-            dg, db = (dy * xhat).sum(axis=(0, 2, 3)), dy.sum(axis=(0, 2, 3))
-        G[self.name("weight")] = dg
-        G[self.name("bias")] = db
-        self.cache = None
-        return dx
-
-
-class _Flatten(_Leaf):
-    def _fwd(self, P, x, train, keep):
-        self.x_shape = x.shape
-        return x.reshape(x.shape[0], -1)
-
-    def bwd(self, P, dy, G):
-        return dy.reshape(self.x_shape)
-
-
-class _Dropout(_Leaf):
-    def __init__(self, layer, path, model):
-        super().__init__(layer, path)
-        self.model = model
-
-    def _fwd(self, P, x, train, keep):
-        p = self.layer.p
-        if not train or p == 0.0:
-            self.mask = None
-            return x
-        keep = self.model.rng.random(x.shape) >= p
-        self.mask = keep.astype(x.dtype) / (1.0 - p)
-        return x * self.mask
-
-    def bwd(self, P, dy, G):
-        return dy if self.mask is None else dy * self.mask
-
-
-_LEAVES = {
-    S.Conv2d: _Conv,
-    S.Linear: _Linear,
-    S.ReLU: _ReLU,
-    S.MaxPool2d: _MaxPool,
-    S.AvgPool2d: _AvgPool,
-    S.AdaptiveAvgPool2d: _Adaptive,
-    S.BatchNorm2d: _BN,
-    S.Flatten: _Flatten,
-}
-
-
 class PlainModel:
     """A spec (or registered model name) plus its parameters, run in plaintext NumPy.
 
@@ -539,22 +125,35 @@ class PlainModel:
             params = {k: np.array(params[k], dtype=self.dtype) for k in S.param_shapes(spec)}
         self.params: dict = params
         self.grads: dict = {}
-        self._op = self._build(S._root(spec), "")
+        self.training = False  # what the layers read during a pass (see mpcgpu.nn.layers)
+        self.need_grad = False
+        self._record = None
+        self._kept: dict = {}
+        for _, layer in walker.leaves(S._root(spec)):
+            try:
+                L.lookup(layer)
+            except S.SpecError:
+                raise S.SpecError(f"no plaintext implementation for {type(layer).__name__}") from None
         self._ran_forward = False
 
-    def _build(self, layer, path):
-        if isinstance(layer, S.Sequential):
-            return _Seq([self._build(c, S._join(path, n)) for n, c in layer.children()])
-        if isinstance(layer, S.Residual):
-            body = self._build(layer.body, S._join(path, layer.body_name))
-            short = None if layer.shortcut is None else self._build(layer.shortcut, S._join(path, layer.shortcut_name))
-            return _Res(body, short, layer.relu, path)
-        if isinstance(layer, S.Dropout):
-            return _Dropout(layer, path, self)
+    # -- what the layers ask of the executor -------------------------------------------------
+    def keep(self, path, value):
+        self._kept[path] = value
+
+    def kept(self, path):
         try:
-            return _LEAVES[type(layer)](layer, path)
+            return self._kept.pop(path)
         except KeyError:
-            raise S.SpecError(f"no plaintext implementation for {type(layer).__name__}") from None
+            raise RuntimeError(f"backward through {path!r} without a forward(..., need_grad=True)") from None
+
+    def _forward_leaf(self, layer, path, x):
+        y = L.lookup(layer).plain_forward(self, layer, path, x)
+        if self._record is not None:
+            self._record[walker.trace_path(layer, path)] = y
+        return y
+
+    def _backward_leaf(self, layer, path, dy):
+        return L.lookup(layer).plain_backward(self, layer, path, dy)
 
     def _check_input(self, x):
         x = np.asarray(x)
@@ -570,7 +169,13 @@ class PlainModel:
         running statistics) and dropout.  ``record``, if a dict, receives every
         leaf's output under its path.  ``need_grad=False`` keeps no caches.
         """
-        y = self._op.fwd(self.params, self._check_input(x), _Ctx(train, record, need_grad))
+        x = self._check_input(x)
+        self.training, self.need_grad, self._record = bool(train), bool(need_grad), record
+        self._kept.clear()
+        try:
+            y = walker.forward(S._root(self.spec), x, self._forward_leaf)
+        finally:
+            self._record = None
         self._ran_forward = need_grad
         return y
 
@@ -581,7 +186,10 @@ class PlainModel:
         if not self._ran_forward:
             raise RuntimeError("backward() needs a forward(..., need_grad=True) first")
         self.grads = {}
-        dx = self._op.bwd(self.params, np.asarray(dout, dtype=self.dtype), self.grads)
+        try:
+            dx = walker.backward(S._root(self.spec), np.asarray(dout, dtype=self.dtype), self._backward_leaf)
+        finally:
+            self._kept.clear()
         self._ran_forward = False
         return dx
 

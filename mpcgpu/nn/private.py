@@ -2,9 +2,9 @@
 forward for inference and forward + backward for training.
 
 Inputs and every parameter are :class:`~mpcgpu.sharing.arithmetic.ArithmeticShare`
-values.  The executor walks the same spec tree as the plaintext twin
-(:class:`mpcgpu.nn.plain.PlainModel`) and dispatches each leaf through the
-table of :mod:`mpcgpu.nn.layers` (costs there).  Two rewrites keep the result
+values.  The executor walks the spec tree with the same walker as the plaintext twin
+(:mod:`mpcgpu.nn.walker`, :class:`mpcgpu.nn.plain.PlainModel`) and runs each leaf by
+its type's private facets in the registry of :mod:`mpcgpu.nn.layers` (costs there).  Two rewrites keep the result
 exactly that of the spec, cheaper:
 
 * a ReLU directly followed by a max-pool runs after it
@@ -34,10 +34,12 @@ from ..sharing.arithmetic import ArithmeticShare, concatenate, share
 from ..sharing.compact import held
 from ..sharing.compact import share as compact_share
 from . import spec as S
-from .layers import TRAIN_BN_DOMAIN, impl
+from . import walker
+from .layers import impl
+from .layers.batchnorm import TRAIN_BN_DOMAIN
 
 #: the path suffix of a residual block's closing ReLU (its body may hold a "relu" too)
-RESIDUAL_RELU = "out_relu"
+RESIDUAL_RELU = walker.RESIDUAL_RELU
 
 #: inverse square root domain for ``running_var + eps`` at inference (overridden by the
 #: domain a model's shards declare, see ``mpcgpu share``)
@@ -174,58 +176,19 @@ class PrivateModel:
             if isinstance(layer, (S.Conv2d, S.Linear)) and isinstance(nxt, S.MaxPool2d)
         }
 
-    # -- the spec walk ---------------------------------------------------------------------
+    # -- the spec walk (mpcgpu.nn.walker, with the ReLU / max-pool swap of schedule) -------
     def _leaf_order(self, layer, path):
-        if isinstance(layer, S.Sequential):
-            for name, child in schedule(layer):
-                yield from self._leaf_order(child, S.join_path(path, name))
-        elif isinstance(layer, S.Residual):
-            yield from self._leaf_order(layer.body, S.join_path(path, layer.body_name))
-            if layer.shortcut is not None:
-                yield from self._leaf_order(layer.shortcut, S.join_path(path, layer.shortcut_name))
-            if layer.relu:
-                yield S.join_path(path, RESIDUAL_RELU), S.ReLU()
-        else:
-            yield path, layer
+        yield from walker.leaves(layer, schedule, path)
 
     def _run(self, layer, path, x, profile):
-        if isinstance(layer, S.Sequential):
-            for name, child in schedule(layer):
-                x = self._run(child, S.join_path(path, name), x, profile)
-            return x
-        if isinstance(layer, S.Residual):
-            body = self._run(layer.body, S.join_path(path, layer.body_name), x, profile)
-            short = (
-                x
-                if layer.shortcut is None
-                else self._run(layer.shortcut, S.join_path(path, layer.shortcut_name), x, profile)
-            )
-            out = body + short
-            if layer.relu:
-                out = self._leaf(S.ReLU(), S.join_path(path, RESIDUAL_RELU), out, profile, forward=True)
-            return out
-        return self._leaf(layer, path, x, profile, forward=True)
+        return walker.forward(
+            layer, x, lambda leaf, p, v: self._leaf(leaf, p, v, profile, forward=True), schedule, path
+        )
 
     def _back(self, layer, path, dy, profile):
-        if isinstance(layer, S.Sequential):
-            for name, child in reversed(schedule(layer)):
-                dy = self._back(child, S.join_path(path, name), dy, profile)
-            return dy
-        if isinstance(layer, S.Residual):
-            if layer.relu:
-                dy = self._leaf(S.ReLU(), S.join_path(path, RESIDUAL_RELU), dy, profile, forward=False)
-            d_body = self._back(layer.body, S.join_path(path, layer.body_name), dy, profile)
-            d_short = (
-                dy
-                if layer.shortcut is None
-                else self._back(layer.shortcut, S.join_path(path, layer.shortcut_name), dy, profile)
-            )
-            if d_body is None or d_short is None:
-                return d_body if d_short is None else d_short
-            return d_body + d_short
-        if dy is None:
-            return None
-        return self._leaf(layer, path, dy, profile, forward=False)
+        return walker.backward(
+            layer, dy, lambda leaf, p, v: self._leaf(leaf, p, v, profile, forward=False), schedule, path
+        )
 
     def _leaf(self, layer, path, x, profile, forward: bool):
         fn = impl(layer).forward if forward else impl(layer).backward

@@ -22,6 +22,10 @@ Format ``mpcgpu-spec/1`` (one JSON object)::
           | {"type": "Residual", "body": SEQ, "shortcut": SEQ | null, "relu": bool,
              "body_name": "", "shortcut_name": "downsample"}
 
+A leaf's keys are its spec's dataclass fields, each read as the kind its layer type's
+registration gives (:func:`mpcgpu.nn.layers.register`, ``json``): a new layer type is
+read and written with no change here.
+
 Reading is strict: an unknown format tag or layer type, a missing or unexpected key, a
 value of the wrong type (a bool for an int, a string for a number, a non-finite float)
 raises :class:`~mpcgpu.nn.spec.SpecError` naming the path of the offending layer, and
@@ -36,6 +40,7 @@ import json
 import math
 import re
 
+from . import layers as L
 from . import spec as S
 
 FORMAT = "mpcgpu-spec/1"
@@ -47,38 +52,14 @@ MAX_JSON_DEPTH = 100
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _JSON_BRACKET = re.compile(r"[\[\]{}]")
 
-_LEAVES = {
-    cls.__name__: cls
-    for cls in (
-        S.Conv2d,
-        S.Linear,
-        S.ReLU,
-        S.MaxPool2d,
-        S.AvgPool2d,
-        S.AdaptiveAvgPool2d,
-        S.BatchNorm2d,
-        S.Flatten,
-        S.Dropout,
-    )
-}
 #: kind of each leaf field: "pos" positive int, "int" int >= 0, "pair" int or [int, int],
-#: "pair?" pair or null, "bool", "num" finite number
-_FIELD_KIND = {
-    "in_ch": "pos",
-    "out_ch": "pos",
-    "in_f": "pos",
-    "out_f": "pos",
-    "channels": "pos",
-    "groups": "pos",
-    "kernel": "pair",
-    "stride": "pair?",
-    "padding": "pair",
-    "out_hw": "pair",
-    "bias": "bool",
-    "eps": "num",
-    "momentum": "num",
-    "p": "num",
-}
+#: "pair?" pair or null, "bool", "num" finite number -- given by each layer type's
+#: registration (its ``json``, :func:`mpcgpu.nn.layers.register`)
+
+
+def _leaf_type(name):
+    """The registered layer type called ``name``, or None."""
+    return L.by_name(name) if isinstance(name, str) else None
 
 
 def _plain(v):
@@ -101,7 +82,8 @@ def layer_to_dict(layer: S.Layer) -> dict:
             "shortcut_name": layer.shortcut_name,
         }
     name = type(layer).__name__
-    if _LEAVES.get(name) is not type(layer):
+    t = _leaf_type(name)
+    if t is None or t.spec is not type(layer):
         raise S.SpecError(f"cannot serialise layer type {name}")
     out = {"type": name}
     for f in dataclasses.fields(layer):
@@ -206,13 +188,15 @@ def layer_from_dict(d, where: str = "") -> S.Layer:
             return S.Residual(body, short, relu, body_name, short_name)
         except S.SpecError as e:
             _fail(where, str(e))
-    cls = _LEAVES.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        _fail(where, f"unknown layer type {kind!r} (known: {', '.join(sorted(_LEAVES) + ['Residual', 'Sequential'])})")
+    t = _leaf_type(kind)
+    if t is None:
+        known = sorted(r.name for r in L.registered()) + ["Residual", "Sequential"]
+        _fail(where, f"unknown layer type {kind!r} (known: {', '.join(known)})")
+    cls = t.spec
     fields = dataclasses.fields(cls)
     required = ["type"] + [f.name for f in fields if f.default is dataclasses.MISSING]
     _keys(d, where, required, [f.name for f in fields])
-    kwargs = {f.name: _value(_FIELD_KIND[f.name], d[f.name], where, f.name) for f in fields if f.name in d}
+    kwargs = {f.name: _value(t.json[f.name], d[f.name], where, f.name) for f in fields if f.name in d}
     try:
         return cls(**kwargs)
     except S.SpecError as e:
