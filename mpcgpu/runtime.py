@@ -12,6 +12,7 @@ The counters are reset afterwards, so
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -24,6 +25,8 @@ from .crashreport import report_then_wait
 from .comm import Communicator, abort_world, rank_count_message, world, world_rank
 from .encoding import DEFAULT_FRAC_BITS, safe_limit
 from .errors import MPCError, RankCountError
+from .kernelsets import build as build_kernel_set
+from .kernelsets import choose_kernel_set, requested_kernel_set
 from .prg import INSECURE_SEED_ENV, PartyPRG, fresh_key, seeded_key
 
 _RUNTIME = None
@@ -67,6 +70,8 @@ class Runtime:
         self.xp = self.backend.xp
         if not self.backend.is_gpu and os.environ.get("MPCGPU_TUNE_MALLOC", "1") != "0":
             tune_malloc()
+        #: the local steps of the protocols (:mod:`mpcgpu.kernelsets`), chosen once here
+        self.kernels = choose_kernel_set(self.backend, requested_kernel_set())
         self.comm = Communicator(mpi_comm, self.backend, channels=channels)
         self.rank = self.comm.rank
         self.insecure_seed = os.environ.get(INSECURE_SEED_ENV) or None
@@ -108,6 +113,19 @@ class Runtime:
         """The party :meth:`next_role` will return next (without drawing it)."""
         return self._role_calls % 3
 
+    @contextlib.contextmanager
+    def using_kernels(self, name: str):
+        """Run a block under kernel set ``name`` (``"array"``, ``"numba"``, ``"cupy"``; a
+        :class:`~mpcgpu.errors.BackendError` where it cannot run), then the chosen one again.
+        Every set computes the same words and sends the same messages, so the parties need
+        not agree on it; tests run a protocol under each and compare."""
+        previous = self.kernels
+        self.kernels = build_kernel_set(name, self.backend)
+        try:
+            yield self.kernels
+        finally:
+            self.kernels = previous
+
     @property
     def scale(self) -> int:
         return 1 << self.frac_bits
@@ -116,7 +134,8 @@ class Runtime:
         insecure = f", INSECURE reproducible keys ({INSECURE_SEED_ENV})" if self.insecure_seed else ""
         return (
             f"party {self.rank}/3 on {self.backend.describe()}, {self.frac_bits} fractional bits, "
-            f"CUDA-aware MPI: {self.comm.cuda_aware}{insecure}; {self.comm.describe_channels()}"
+            f"CUDA-aware MPI: {self.comm.cuda_aware}, protocol kernels: {self.kernels.name}{insecure}; "
+            f"{self.comm.describe_channels()}"
         )
 
 

@@ -48,14 +48,12 @@ def run(args) -> int:
     print(line + "); override with MPCGPU_RING_KERNEL=limbs|native")
     import os
 
-    from .. import fused
+    from .. import kernelsets
 
-    why = fused.why_not() or ("switched off by MPCGPU_FUSED=0" if os.environ.get(fused.ENV) == "0" else None)
-    kinds = "MSB tree, truncation, ReLU"
-    print(
-        f"CPU protocol kernels ({kinds}): {'array code: ' + why if why else 'fused (numba)'}; "
-        "MPCGPU_FUSED=0 uses the array code"
-    )
+    try:
+        print(kernelsets.describe(Backend(args.device)))
+    except MPCError as exc:
+        print(f"protocol kernels: {exc}")
     from ..nn import private
 
     choice = os.environ.get(private.COMPACT_ENV, "auto")
