@@ -60,6 +60,12 @@ Multiply by a shared bit (:func:`mul_bit`): 2 rounds
     and 2 ``16 nx``; with ``with_bit=True`` the arithmetic bit rides along in
     round 2 (``+ 8 nb`` each).
 
+Local steps: the adder inputs, the MSB tree and the product with a bit are written once;
+their local computation between two exchanges is a step of ``rt.kernels``
+(:mod:`mpcgpu.kernelsets`: array code, numba kernels on the CPU, the GPU slot), each set
+computing the same words, so rounds, bytes and messages do not depend on the set.  The
+Kogge-Stone levels of A2B are array code (no faster set has them).
+
 Security: every message is masked by fresh pseudo-random words (a pair key the
 receiver lacks, or a zero share), so it is uniform to its receiver; nothing is
 revealed.  Each PRG stream is called in the same order by the two parties that

@@ -35,6 +35,11 @@ B (48 in all).  Fused with a product (replacing its resharing round): D 32, A
 16, B 16 bytes/element (64 in all; the plain product reshare was 24).  The
 role rotates, so every party sends the same on average.
 
+The local work of each role is a step of ``rt.kernels`` (:mod:`mpcgpu.kernelsets`:
+``trunc_deal``, ``trunc_open_message``, ``trunc_open_half``; array code, fused numba
+kernels on the CPU, the GPU slot): one protocol body, the same words and messages under
+every kernel set.
+
 What each party sees: A and B see ``c`` (uniform) and masked words; D sees
 nothing.  The rounding carry, however, is decided by ``r_lo``, which D knows
 and which A and B could compute from ``c`` *if they knew* ``x``: a party does
