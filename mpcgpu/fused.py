@@ -3,13 +3,10 @@
 Between two exchanges, a protocol's local work is a chain of cheap word operations
 (shifts, masks, folds, the AND's cross terms, the XOR of two PRG streams).  On NumPy
 each is one pass over memory and one temporary array; here each chain is one pass.
-The kernels compute exactly what the array-module code of
-:mod:`mpcgpu.protocols.convert` computes -- the same words, from the same PRG words in
-the same order -- so the messages are the same bits either way (tested); the
-array-module code stays the reference and the GPU path.
-
-:func:`enabled` says whether a runtime takes this path: a NumPy back end, numba
-importable, and the ``fused`` setting (``MPCGPU_FUSED``) not ``0``.
+The kernels compute exactly what the array steps of :mod:`mpcgpu.kernelsets.array`
+compute -- the same words, from the same PRG words in the same order -- so the messages
+are the same bits either way (tested); they run as the steps of the ``numba`` kernel set
+(:mod:`mpcgpu.kernelsets.numba_cpu`), chosen once at ``init`` (:mod:`mpcgpu.kernelsets`).
 
 Kernels (``n`` words in, every output a fresh array):
 
@@ -26,8 +23,6 @@ from __future__ import annotations
 import numpy as np
 
 from .native import numba_jit
-
-ENV = "MPCGPU_FUSED"
 
 
 def _build(jit):
@@ -106,8 +101,8 @@ def _build(jit):
 
 class Kernels:
     """A module's numba kernels, built by ``build(jit) -> {name: kernel}`` on first use
-    (compiled once, cached on disk), behind the one switch of the fused path: a NumPy back
-    end, numba importable, ``MPCGPU_FUSED`` not ``0``."""
+    (compiled once, cached on disk).  Whether they run is the choice of the kernel set
+    (:func:`mpcgpu.kernelsets.choose_kernel_set`), not theirs."""
 
     def __init__(self, build):
         self._build, self._kernels, self._why = build, None, None
@@ -119,19 +114,13 @@ class Kernels:
                 self._kernels = self._build(jit)
         return self._kernels
 
-    def enabled(self, rt) -> bool:
-        """Whether ``rt`` runs these kernels."""
-        if not rt.settings.fused or rt.backend.is_gpu:
-            return False
-        return self._compile() is not None
-
     def why_not(self) -> str | None:
         """Why the kernels cannot run here (numba missing or broken), or None."""
         self._compile()
         return self._why
 
     def kernels(self) -> dict:
-        """The compiled kernels (``enabled`` must be true)."""
+        """The compiled kernels (a RuntimeError saying why where numba cannot run)."""
         k = self._compile()
         if k is None:
             raise RuntimeError(self._why)
@@ -139,6 +128,6 @@ class Kernels:
 
 
 _SET = Kernels(_build)
-enabled, why_not, kernels = _SET.enabled, _SET.why_not, _SET.kernels
+why_not, kernels = _SET.why_not, _SET.kernels
 
-__all__ = ["ENV", "Kernels", "enabled", "why_not", "kernels"]
+__all__ = ["Kernels", "why_not", "kernels"]

@@ -18,7 +18,8 @@ the components that are 0 for that party (``t_2`` on party 1, ``t_0`` on party 2
 out of its formula (a product with 0 is 0 in the ring).  Every word is the same ring
 expression mod 2^64 as the array code's, from the same PRG words drawn by the same calls
 in the same order, so messages and outputs are bit for bit the same (tested in
-tests/test_fused_relu_mpi.py); the array code stays the reference and the GPU path.
+tests/test_fused_relu_mpi.py); they are steps of the ``numba`` kernel set
+(:mod:`mpcgpu.kernelsets.numba_cpu`), the array steps stay the reference and the GPU path.
 
 Kernels by party (``n`` elements; ``w_own``, ``w_next``: the zero share's two PRG blocks
 of ``n`` or ``2n`` words, the second half for the bit when ``with_bit``):
@@ -137,6 +138,6 @@ def _build(jit):
 
 
 _SET = fused.Kernels(_build)
-enabled, why_not, kernels = _SET.enabled, _SET.why_not, _SET.kernels  # the switch of mpcgpu.fused
+why_not, kernels = _SET.why_not, _SET.kernels
 
-__all__ = ["enabled", "why_not", "kernels"]
+__all__ = ["why_not", "kernels"]

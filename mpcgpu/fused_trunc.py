@@ -17,16 +17,15 @@ order, into the same ``(rows, n)`` blocks) and compute the same ring expressions
 2^64 (sums and differences commute exactly in the ring; ``sign * T`` with
 ``sign = 1 - 2 c_msb`` is ``T`` or ``-T``; the shifts are by ``d``, ``63 - d`` and
 ``62 - d`` in ``[0, 62]``), so every message and output is bit for bit what the array
-code produces (tests/test_fused_trunc_mpi.py).  The array code stays the reference
-and the GPU path; ``keep=True`` stays on it.
+code produces (tests/test_fused_trunc_mpi.py, tests/test_kernelsets_mpi.py).  They are
+the truncation steps of the ``numba`` kernel set (:mod:`mpcgpu.kernelsets.numba_cpu`:
+``trunc_deal``, ``trunc_open_message``, ``trunc_open_half``); the array steps stay the
+reference and the GPU path, and ``keep=True`` runs them.
 
 The PRG blocks are drawn into per-thread scratch buffers (:func:`mpcgpu.limbs.scratch`),
 warm from call to call: they are consumed inside the call (every message is a fresh
 array, every output a fresh array or the caller's ``out``), so no buffer is handed out
 twice.
-
-:func:`enabled` is :func:`mpcgpu.fused.enabled`: a NumPy back end, numba importable,
-``MPCGPU_FUSED`` not ``0``.
 """
 
 from __future__ import annotations
@@ -110,6 +109,6 @@ def _build(jit):
 
 
 _SET = fused.Kernels(_build)
-enabled, why_not, kernels = _SET.enabled, _SET.why_not, _SET.kernels  # the switch of mpcgpu.fused
+why_not, kernels = _SET.why_not, _SET.kernels
 
-__all__ = ["enabled", "why_not", "kernels"]
+__all__ = ["why_not", "kernels"]

@@ -162,9 +162,16 @@ class PartyPRG:
 
     def zero_share_xor_parts(self, shape):
         """The two host words ``(F(k_i), F(k_{i+1}))`` whose XOR :meth:`zero_share_xor` would
-        return (same streams, same order), for a fused CPU kernel that XORs them itself."""
-        first = self.own.uint64(shape)
-        return first, self.next.uint64(shape)
+        return (same streams, same order), for a step that XORs them itself."""
+        return self.zero_share_parts(shape)
+
+    def zero_share_parts(self, shape, out=(None, None)):
+        """The two host words ``(F(k_i), F(k_{i+1}))`` of a zero share, drawn as
+        :meth:`zero_share` and :meth:`zero_share_xor` draw them (same streams, same order), for
+        a protocol step that combines them itself (``-`` or ``^``: :mod:`mpcgpu.kernelsets`).
+        ``out``: two host buffers (see :meth:`Stream.uint64`) or None each."""
+        first = self.own.uint64(shape, out=out[0])
+        return first, self.next.uint64(shape, out=out[1])
 
     def random_pair(self, shape):
         """Replicated components ``(r_i, r_{i+1})`` of an unknown uniform value."""

@@ -28,6 +28,8 @@ from .channels import ChannelConfig
 from .comm import Communicator, abort_world, rank_count_message, world, world_rank
 from .encoding import DEFAULT_FRAC_BITS, safe_limit
 from .errors import MPCError, ProtocolError, RankCountError
+from .kernelsets import build as build_kernel_set
+from .kernelsets import choose_kernel_set
 from .prg import INSECURE_SEED_ENV, PartyPRG, fresh_key, seed_digest, seeded_key
 from . import settings as settings_mod
 
@@ -89,6 +91,8 @@ class Runtime:
         self.xp = self.backend.xp
         if not self.backend.is_gpu and settings.tune_malloc:
             tune_malloc()
+        #: the local steps of the protocols (:mod:`mpcgpu.kernelsets`), chosen once here
+        self.kernels = choose_kernel_set(self.backend, settings.kernels)
         global _STARTING
         self.comm = _STARTING = Communicator(
             mpi_comm, self.backend, channels=channels, wire_hook=wire_hook, settings=settings
@@ -180,6 +184,19 @@ class Runtime:
             self.settings = before
             settings_mod.activate(previous)
 
+    @contextlib.contextmanager
+    def using_kernels(self, name: str):
+        """Run a block under kernel set ``name`` (``"array"``, ``"numba"``, ``"cupy"``; a
+        :class:`~mpcgpu.errors.BackendError` where it cannot run), then the chosen one again.
+        Every set computes the same words and sends the same messages, so the parties need
+        not agree on it; tests run a protocol under each and compare."""
+        previous = self.kernels
+        self.kernels = build_kernel_set(name, self.backend)
+        try:
+            yield self.kernels
+        finally:
+            self.kernels = previous
+
     @property
     def scale(self) -> int:
         return 1 << self.frac_bits
@@ -188,7 +205,8 @@ class Runtime:
         insecure = f", INSECURE reproducible keys ({INSECURE_SEED_ENV})" if self.insecure_seed else ""
         return (
             f"party {self.rank}/3 on {self.backend.describe()}, {self.frac_bits} fractional bits, "
-            f"CUDA-aware MPI: {self.comm.cuda_aware}{insecure}; {self.comm.describe_channels()}"
+            f"CUDA-aware MPI: {self.comm.cuda_aware}, protocol kernels: {self.kernels.name}{insecure}; "
+            f"{self.comm.describe_channels()}"
         )
 
 
@@ -217,7 +235,7 @@ def init(
     The settings (:mod:`mpcgpu.settings`) are resolved here, once, and kept as
     ``rt.settings``: ``settings`` (a resolved :class:`~mpcgpu.settings.Settings`) or else the
     environment; ``cli``: the command line's values (``{"device": ..., "key": ...}``) over
-    the environment; ``overrides`` (``fused=False``, ``wait="sleep"``, ...) and ``device`` over
+    the environment; ``overrides`` (``kernels="array"``, ``wait="sleep"``, ...) and ``device`` over
     everything.
     """
     global _RUNTIME

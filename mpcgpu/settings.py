@@ -5,7 +5,7 @@ A :class:`Settings` object is frozen: it is built once, at :func:`mpcgpu.init` (
 ``mpcgpu share``), and nothing reads the environment again afterwards.  Each value comes
 from the first of, in this order:
 
-1. an **argument** (``mpcgpu.init(fused=False)``, ``init(settings=...)``);
+1. an **argument** (``mpcgpu.init(kernels="array")``, ``init(settings=...)``);
 2. the **command line** (``--device``, ``--key``, ``--parties``, ``--insecure-channels``,
    ``--peer-timeout``);
 3. the **environment** (``MPCGPU_*``, see :data:`SETTINGS`; an empty variable counts as unset);
@@ -81,6 +81,15 @@ def _flag(value) -> bool:
     if text in _FALSE:
         return False
     raise ValueError
+
+
+def _kernel_set(value) -> str:
+    """The kernel set asked for (:mod:`mpcgpu.kernelsets`): ``1``/true -> ``auto``, ``0``/false ->
+    ``array`` (the names of the old on/off switch of the fused kernels), or a set's name."""
+    text = str(value).strip().lower()
+    if text in ("auto", "array", "numba", "cupy"):
+        return text
+    return "auto" if _flag(value) else "array"
 
 
 def _auto_flag(value):
@@ -183,7 +192,13 @@ SETTINGS = (
         BackendError,
         "--device",
     ),
-    Setting("fused", ("MPCGPU_FUSED",), _flag, "use 1 or 0", "fused CPU kernels (numba) of the binary protocols"),
+    Setting(
+        "kernels",
+        ("MPCGPU_FUSED",),
+        _kernel_set,
+        "use auto, array, numba, cupy, 1 (auto) or 0 (array)",
+        "kernel set of the protocols' local steps (auto: numba on the CPU, the GPU slot on CUDA)",
+    ),
     Setting(
         "ring_kernel",
         ("MPCGPU_RING_KERNEL",),
@@ -293,7 +308,7 @@ SETTINGS = (
 BY_NAME = {s.name: s for s in SETTINGS}
 #: settings that code looks up when it runs (the rest is used once, at init):
 #: only these may be changed on a live runtime (``Runtime.overridden``)
-LIVE = ("fused", "compact_weights", "fault", "fault_kill_after_step")
+LIVE = ("compact_weights", "fault", "fault_kill_after_step")
 
 
 @dataclass(frozen=True)
@@ -301,7 +316,7 @@ class Settings:
     """The resolved settings of a process (see the module docstring); build with :func:`resolve`."""
 
     device: str = "auto"
-    fused: bool = True
+    kernels: str = "auto"
     ring_kernel: str = "auto"
     compact_weights: bool | None = None
     wait: str = "auto"

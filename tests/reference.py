@@ -114,18 +114,48 @@ def infer_args(model: str, data: str, **overrides):
     return args
 
 
-def both_paths(rt, monkeypatch, call):
-    """``call()`` with the fused CPU kernels, then from the same randomness with the array
-    code (the ``fused`` setting switched on the runtime): ``[(out, log), (out, log)]``, every
-    exchange of this party recorded.  (``monkeypatch``: unused, kept for the callers.)"""
+def kernel_set_runs(rt, call):
+    """``call()`` under every kernel set available on this back end (:mod:`mpcgpu.kernelsets`,
+    the reference ``array`` first), each from the same randomness (PRG streams and role
+    counter): ``[(name, out, log)]``, every exchange of this party recorded."""
+    from mpcgpu import kernelsets
+
     runs = []
     state = rt.state()
-    for switch in (True, False):
+    for name in kernelsets.available(rt.backend):
         rt.restore(state)
-        with rt.overridden(fused=switch), recording(rt.comm) as log:
+        with rt.using_kernels(name), recording(rt.comm) as log:
             out = call()
-        runs.append((out, log))
+        runs.append((name, out, log))
     return runs
+
+
+def words_of(out):
+    """The arrays of a protocol's result, in order: share components, arrays, nested
+    tuples and lists (None skipped)."""
+    if out is None:
+        return []
+    if isinstance(out, (tuple, list)):
+        return [a for o in out for a in words_of(o)]
+    if hasattr(out, "first") and hasattr(out, "second"):
+        return [out.first, out.second]
+    if isinstance(out, int):
+        return [np.asarray(out)]
+    return [out]
+
+
+def assert_same_runs(runs):
+    """Every run of :func:`kernel_set_runs` returned the reference's words (same dtype,
+    shape and bits) and sent and received the same messages."""
+    name0, out0, log0 = runs[0]
+    ref = words_of(out0)
+    for name, out, log in runs[1:]:
+        got = words_of(out)
+        assert len(got) == len(ref), (name0, name)
+        for a, b in zip(ref, got):
+            a, b = np.asarray(a), np.asarray(b)
+            assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), (name0, name)
+        assert_same_exchanges(log0, log)
 
 
 def assert_same_exchanges(log_a, log_b):

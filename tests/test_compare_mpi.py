@@ -22,15 +22,17 @@ LIMIT = 2**47 - 1  # largest encoding of the fixed-point range: 2^31 - 2^-16
 NEG = -(2**62)  # max-pool padding (ring units)
 
 
-@pytest.fixture(autouse=True, params=["fused", "array"])
+@pytest.fixture(autouse=True, params=["numba", "cupy", "array"])
 def msb_path(request, rt):
-    """Every test runs with the fused CPU kernels of the MSB tree and with the array-module
-    code (the GPU path and the reference): the ``fused`` setting switched on the runtime."""
-    from mpcgpu import fused
+    """Every test runs under every kernel set available here (mpcgpu.kernelsets): the fused
+    CPU kernels of the MSB tree (numba), the GPU slot (cupy, on strict) and the array steps
+    (the reference)."""
+    from mpcgpu import kernelsets
 
-    if request.param == "fused" and fused.why_not():
-        pytest.skip(fused.why_not())
-    with rt.overridden(fused=request.param == "fused"):
+    why = kernelsets.why_not(request.param, rt.backend)
+    if why:
+        pytest.skip(why)
+    with rt.using_kernels(request.param):
         yield request.param
 
 
@@ -122,16 +124,16 @@ def maxpool_backward_ref(g, onehot, shape, k, s, p):
 
 
 def test_fused_and_array_paths_give_the_same_shares(rt, seeded, msb_path):
-    """From the same PRG state both paths produce the same components (hence send the same
-    messages): the fused kernels compute the same words."""
+    """From the same PRG state every kernel set produces the array steps' components (hence
+    sends the same messages): the fused kernels compute the same words."""
     if msb_path == "array":
-        pytest.skip("one comparison is enough")
+        pytest.skip("the reference itself")
     edges = np.array([0, 1, -1, 2**62, -(2**62), 2**63 - 1, -(2**63)], dtype=np.int64)
     s = arith_of(rt, np.concatenate([edges, words(seeded, 5000).view(np.int64)]), seeded)
     state = rt.prg.state()
     a = msb(s)
     rt.prg.restore(state)
-    with rt.overridden(fused=False):
+    with rt.using_kernels("array"):
         b = msb(s)
     assert (a.first == b.first).all() and (a.second == b.second).all()
 

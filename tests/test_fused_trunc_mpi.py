@@ -1,8 +1,9 @@
-"""The fused CPU kernels of the MSB-corrected truncation (mpcgpu.fused_trunc), on three ranks.
+"""The MSB-corrected truncation under every kernel set (mpcgpu.kernelsets; on the CPU the
+fused kernels of mpcgpu.fused_trunc), on three ranks.
 
-From the same PRG state and role counter, the kernels and the array-module code
-(``MPCGPU_FUSED=0``, the reference and the GPU path) must send the same messages and
-return the same components, bit for bit; and the result must be the exact floor of
+From the same PRG state and role counter, every kernel set available here and the array
+steps (the reference and the GPU path) must send the same messages and return the same
+components, bit for bit; and the result must be the exact floor of
 ``(x + offset) / 2^d`` (Python ints) plus a carry of 0 or 1.  Both inputs (a replicated
 share and three-out-of-three summands), scalar, per-element and broadcast shifts,
 offsets, shapes (0-d, n-d, chunked) and values at the edges of ``|x + offset| < 2^62``.
@@ -11,20 +12,13 @@ offsets, shapes (0-d, n-d, chunked) and values at the edges of ``|x + offset| < 
 import numpy as np
 import pytest
 
-from mpcgpu import fused_trunc
 from mpcgpu.sharing import truncation
 from mpcgpu.sharing.arithmetic import ArithmeticShare
-from reference import assert_same_exchanges, both_paths, recording
+from reference import assert_same_runs, kernel_set_runs, recording
 
 pytestmark = pytest.mark.mpi(min_size=3)
 U64 = np.uint64
 LIM = 2**62
-
-
-@pytest.fixture(autouse=True)
-def kernels_available(rt):
-    if not fused_trunc.enabled(rt):
-        pytest.skip(fused_trunc.why_not() or "the fused kernels are switched off")
 
 
 def ring_values(rng, shape, offset):
@@ -51,10 +45,10 @@ def inputs(rt, rng, x, kind):
 
 
 def assert_same(runs):
-    (pair_k, log_k), (pair_a, log_a) = runs
-    for a, b in zip(pair_k, pair_a):
-        assert a.dtype == b.dtype == U64 and a.shape == b.shape and np.array_equal(a, b)
-    assert_same_exchanges(log_k, log_a)
+    assert len(runs) >= 2  # the array steps and at least one other set (numba; cupy on strict)
+    for _, pair, _ in runs:
+        assert len(pair) == 2 and all(a.dtype == U64 for a in pair)
+    assert_same_runs(runs)
 
 
 def assert_floor_plus_carry(rt, pair, x, bits, offset):
@@ -86,27 +80,27 @@ def test_kernels_send_and_return_the_array_codes_words(rt, seeded, monkeypatch, 
     bits = shift_amounts(seeded, bits_kind, shape)
     args = inputs(rt, seeded, x, kind)
     for _ in range(3):  # every party in every role
-        runs = both_paths(rt, monkeypatch, lambda: truncation.msb_corrected(rt, shape, bits, offset=offset, **args))
+        runs = kernel_set_runs(rt, lambda: truncation.msb_corrected(rt, shape, bits, offset=offset, **args))
         assert_same(runs)
-        assert_floor_plus_carry(rt, runs[0][0], x, bits, offset)
+        assert_floor_plus_carry(rt, runs[0][1], x, bits, offset)
 
 
 @pytest.mark.parametrize("kind", ["rss", "summand"])
 def test_a_0d_input(rt, seeded, monkeypatch, kind):
     for v in (0, -1, LIM - 1, -LIM, 12345):
         args = inputs(rt, seeded, np.int64(v), kind)
-        runs = both_paths(rt, monkeypatch, lambda a=args: truncation.msb_corrected(rt, (), 7, **a))
+        runs = kernel_set_runs(rt, lambda a=args: truncation.msb_corrected(rt, (), 7, **a))
         assert_same(runs)
-        assert runs[0][0][0].shape == ()
-        assert_floor_plus_carry(rt, runs[0][0], np.int64(v), 7, 0)
+        assert runs[0][1][0].shape == ()
+        assert_floor_plus_carry(rt, runs[0][1], np.int64(v), 7, 0)
 
 
 @pytest.mark.parametrize("kind", ["rss", "summand"])
 def test_an_empty_input(rt, seeded, monkeypatch, kind):
     args = inputs(rt, seeded, np.zeros((0, 3), dtype=np.int64), kind)
-    runs = both_paths(rt, monkeypatch, lambda: truncation.msb_corrected(rt, (0, 3), 9, **args))
+    runs = kernel_set_runs(rt, lambda: truncation.msb_corrected(rt, (0, 3), 9, **args))
     assert_same(runs)
-    assert runs[0][0][0].shape == (0, 3)
+    assert runs[0][1][0].shape == (0, 3)
 
 
 @pytest.mark.parametrize("kind", ["rss", "summand"])
@@ -117,19 +111,19 @@ def test_chunked_inputs_write_each_chunk_in_place(rt, seeded, monkeypatch, kind,
     x = ring_values(seeded, shape, 2**11)
     bits = shift_amounts(seeded, bits_kind, shape)
     args = inputs(rt, seeded, x, kind)
-    runs = both_paths(rt, monkeypatch, lambda: truncation.msb_corrected(rt, shape, bits, offset=2**11, **args))
+    runs = kernel_set_runs(rt, lambda: truncation.msb_corrected(rt, shape, bits, offset=2**11, **args))
     assert_same(runs)
-    assert len(runs[0][1]) == 8  # 2 rounds a chunk
-    assert_floor_plus_carry(rt, runs[0][0], x, bits, 2**11)
+    assert len(runs[0][2]) == 8  # 2 rounds a chunk
+    assert_floor_plus_carry(rt, runs[0][1], x, bits, 2**11)
 
 
 def test_more_than_one_real_chunk(rt, seeded, monkeypatch):
     n = truncation.CHUNK + 3
     x = ring_values(seeded, (n,), 0)
     args = inputs(rt, seeded, x, "summand")
-    runs = both_paths(rt, monkeypatch, lambda: truncation.msb_corrected(rt, (n,), 20, **args))
+    runs = kernel_set_runs(rt, lambda: truncation.msb_corrected(rt, (n,), 20, **args))
     assert_same(runs)
-    got = ArithmeticShare(*runs[0][0], 0, rt).reveal_raw().view(np.int64)
+    got = ArithmeticShare(*runs[0][1], 0, rt).reveal_raw().view(np.int64)
     diff = got - (x >> 20)  # int64 is exact here: |x| < 2^62, and >> is the floor
     assert set(np.unique(diff).tolist()) == {0, 1}
 
@@ -148,14 +142,18 @@ def test_carries_are_those_of_the_dealt_randomness(rt, seeded, monkeypatch):
 def test_outputs_own_their_memory_and_the_scratch_is_not_shared(rt, seeded, monkeypatch):
     """The PRG blocks go into reused scratch buffers: no output or message may be a window on
     them (a later call would overwrite it)."""
+    from mpcgpu import kernelsets
+
     x = ring_values(seeded, (2000,), 0)
     args = inputs(rt, seeded, x, "summand")
-    with recording(rt.comm) as log:
-        first = truncation.msb_corrected(rt, (2000,), 16, **args)
-    keep = [first[0].copy(), first[1].copy()]
-    for _ in range(3):
-        truncation.msb_corrected(rt, (2000,), 16, **args)
-    assert np.array_equal(first[0], keep[0]) and np.array_equal(first[1], keep[1])
-    for a in first:
-        assert a.base is None or a.base.nbytes == a.nbytes
-    assert log
+    for name in kernelsets.available(rt.backend):
+        with rt.using_kernels(name):
+            with recording(rt.comm) as log:
+                first = truncation.msb_corrected(rt, (2000,), 16, **args)
+            keep = [first[0].copy(), first[1].copy()]
+            for _ in range(3):
+                truncation.msb_corrected(rt, (2000,), 16, **args)
+        assert np.array_equal(first[0], keep[0]) and np.array_equal(first[1], keep[1])
+        for a in first:
+            assert a.base is None or a.base.nbytes == a.nbytes
+        assert log

@@ -92,7 +92,7 @@ def test_every_mpcgpu_variable_named_in_the_code_is_a_setting_and_documented():
 def test_defaults_from_an_empty_environment():
     s = resolve(env={})
     assert s == Settings()
-    assert (s.device, s.fused, s.ring_kernel, s.compact_weights, s.wait) == ("auto", True, "auto", None, "auto")
+    assert (s.device, s.kernels, s.ring_kernel, s.compact_weights, s.wait) == ("auto", "auto", "auto", None, "auto")
     assert (s.cuda_aware, s.tune_malloc, s.insecure_prg_seed) == (None, True, None)
     assert (s.key, s.parties, s.insecure_channels, s.peer_timeout) == (None, None, False, 600.0)
     assert (s.fault, s.fault_kill_after_step, s.local_rank, s.launch_rank) == (None, None, 0, 0)
@@ -111,7 +111,7 @@ def test_argument_over_command_line_over_environment_over_default():
     assert (s.peer_timeout, s.source("peer_timeout")) == (10.0, "command line")  # over env
     assert (s.key, s.source("key")) == ("k.pem", "command line")
     assert (s.wait, s.source("wait")) == ("spin", "environment")
-    assert (s.fused, s.source("fused")) == (False, "environment")
+    assert (s.kernels, s.source("kernels")) == ("array", "environment")
     assert (s.ring_kernel, s.source("ring_kernel")) == ("auto", "default")
     # None means "not given" at every level (argparse's defaults)
     s = resolve(explicit={"device": None}, cli={"device": None, "peer_timeout": None}, env=env)
@@ -133,8 +133,10 @@ def test_the_process_environment_is_the_default_source(monkeypatch):
     "name, raw, value",
     [
         ("MPCGPU_DEVICE", "CPU", ("device", "cpu")),
-        ("MPCGPU_FUSED", "off", ("fused", False)),
-        ("MPCGPU_FUSED", "1", ("fused", True)),
+        ("MPCGPU_FUSED", "off", ("kernels", "array")),
+        ("MPCGPU_FUSED", "1", ("kernels", "auto")),
+        ("MPCGPU_FUSED", "numba", ("kernels", "numba")),
+        ("MPCGPU_FUSED", "Array", ("kernels", "array")),
         ("MPCGPU_RING_KERNEL", "native", ("ring_kernel", "native")),
         ("MPCGPU_COMPACT_WEIGHTS", "1", ("compact_weights", True)),
         ("MPCGPU_COMPACT_WEIGHTS", "0", ("compact_weights", False)),
@@ -173,7 +175,7 @@ def test_the_first_numeric_launcher_variable_counts():
     "name, raw, error, allowed",
     [
         ("MPCGPU_DEVICE", "tpu", BackendError, "auto, cpu, cuda, strict"),
-        ("MPCGPU_FUSED", "maybe", MPCError, "1 or 0"),
+        ("MPCGPU_FUSED", "maybe", MPCError, "auto, array, numba, cupy"),
         ("MPCGPU_RING_KERNEL", "fast", BackendError, "limbs, native or auto"),
         ("MPCGPU_COMPACT_WEIGHTS", "2", MPCError, "0 (hold both components), 1 (compact) or auto"),
         ("MPCGPU_WAIT", "nap", MPCError, "spin, sleep or auto"),
@@ -199,8 +201,8 @@ def test_a_bad_value_names_the_variable_and_the_allowed_values(name, raw, error,
 
 
 def test_bad_arguments_and_command_line_values_are_named_too():
-    with pytest.raises(MPCError, match=r"fused='sometimes' \(argument; the setting MPCGPU_FUSED\): use 1 or 0"):
-        resolve(explicit={"fused": "sometimes"}, env={})
+    with pytest.raises(MPCError, match=r"kernels='sometimes' \(argument; the setting MPCGPU_FUSED\): use auto"):
+        resolve(explicit={"kernels": "sometimes"}, env={})
     with pytest.raises(ChannelError, match=r"--peer-timeout -5 \(the setting MPCGPU_PEER_TIMEOUT\)"):
         resolve(cli={"peer_timeout": -5}, env={})
     with pytest.raises(MPCError, match="unknown setting fusd"):
@@ -214,7 +216,7 @@ def test_bad_arguments_and_command_line_values_are_named_too():
 def test_problems_are_collected_on_request():
     problems = []
     s = resolve(env={"MPCGPU_WAIT": "nap", "MPCGPU_FUSED": "0"}, problems=problems)
-    assert (s.wait, s.source("wait"), s.fused) == ("auto", "default", False)
+    assert (s.wait, s.source("wait"), s.kernels) == ("auto", "default", "array")
     assert len(problems) == 1 and "MPCGPU_WAIT='nap'" in str(problems[0])
 
 
@@ -222,11 +224,11 @@ def test_problems_are_collected_on_request():
 def test_settings_are_frozen_and_replace_makes_a_copy():
     s = resolve(env={"MPCGPU_FUSED": "0"})
     with pytest.raises(dataclasses.FrozenInstanceError):
-        s.fused = True
-    t = s.replace(fused=True, wait="sleep", device=None)
-    assert (s.fused, t.fused, t.wait, t.device) == (False, True, "sleep", "auto")
-    assert (t.source("fused"), t.source("wait"), t.source("device")) == ("argument", "argument", "default")
-    assert s.replace() == s and s.replace(fused=True) != s
+        s.kernels = "auto"
+    t = s.replace(kernels="auto", wait="sleep", device=None)
+    assert (s.kernels, t.kernels, t.wait, t.device) == ("array", "auto", "sleep", "auto")
+    assert (t.source("kernels"), t.source("wait"), t.source("device")) == ("argument", "argument", "default")
+    assert s.replace() == s and s.replace(kernels="auto") != s
     with pytest.raises(MPCError, match="MPCGPU_WAIT"):
         s.replace(wait="nap")
     with pytest.raises(MPCError, match="no setting"):
@@ -259,7 +261,7 @@ def test_active_is_resolved_once_and_replaced_by_activate(monkeypatch):
     mine = resolve(env={})
     assert settings.activate(mine) is first and settings.active() is mine
     with pytest.raises(MPCError, match="Settings"):
-        settings.activate({"fused": False})
+        settings.activate({"kernels": "array"})
 
 
 def test_the_environment_for_a_child_is_a_copy(monkeypatch):
@@ -295,7 +297,7 @@ def test_info_prints_the_settings_and_where_they_came_from(monkeypatch, capsys):
     out = capsys.readouterr().out
     lines = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("  ") and "MPCGPU_" in line}
     assert lines["device"][1:] == ["MPCGPU_DEVICE", "cpu", "(command", "line)"]
-    assert lines["fused"][1:] == ["MPCGPU_FUSED", "0", "(environment)"]
+    assert lines["kernels"][1:] == ["MPCGPU_FUSED", "array", "(environment)"]
     assert lines["ring_kernel"][1:] == ["MPCGPU_RING_KERNEL", "auto", "(default)"]
     assert "MPCGPU_WAIT='nap': use spin, sleep or auto" in out  # reported, not fatal for info
-    assert "switched off by MPCGPU_FUSED=0" in out
+    assert "protocol kernels: array (" in out  # the set the setting chose

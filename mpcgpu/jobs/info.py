@@ -62,14 +62,12 @@ def _report(args, current) -> int:
     if choice.get("seconds"):
         line += "; calibration: " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in choice["seconds"].items())
     print(line + "); override with MPCGPU_RING_KERNEL=limbs|native")
-    from .. import fused
+    from .. import kernelsets
 
-    why = fused.why_not() or ("switched off by MPCGPU_FUSED=0" if not current.fused else None)
-    kinds = "MSB tree, truncation, ReLU"
-    print(
-        f"CPU protocol kernels ({kinds}): {'array code: ' + why if why else 'fused (numba)'}; "
-        "MPCGPU_FUSED=0 uses the array code"
-    )
+    try:
+        print(kernelsets.describe(Backend(current.device, node_rank=current.local_rank), current.kernels))
+    except MPCError as exc:
+        print(f"protocol kernels: {exc}")
     from ..nn import private
 
     choice = {None: "auto", False: "0", True: "1"}[current.compact_weights]

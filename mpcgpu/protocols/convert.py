@@ -60,6 +60,12 @@ Multiply by a shared bit (:func:`mul_bit`): 2 rounds
     and 2 ``16 nx``; with ``with_bit=True`` the arithmetic bit rides along in
     round 2 (``+ 8 nb`` each).
 
+Local steps: the adder inputs, the MSB tree and the product with a bit are written once;
+their local computation between two exchanges is a step of ``rt.kernels``
+(:mod:`mpcgpu.kernelsets`: array code, numba kernels on the CPU, the GPU slot), each set
+computing the same words, so rounds, bytes and messages do not depend on the set.  The
+Kogge-Stone levels of A2B are array code (no faster set has them).
+
 Security: every message is masked by fresh pseudo-random words (a pair key the
 receiver lacks, or a zero share), so it is uniform to its receiver; nothing is
 revealed.  Each PRG stream is called in the same order by the two parties that
@@ -70,16 +76,12 @@ from __future__ import annotations
 
 import numpy
 
-from .. import faults, fused, fused_relu
-from ..limbs import scratch
+from .. import faults
 from ..errors import ProtocolError
 from ..sharing.arithmetic import ArithmeticShare
 from ..sharing.binary import BinaryShare, and_words
 from ..sharing.replicated import with_public
 
-MASK63 = (1 << 63) - 1
-BIT63 = 1 << 63
-EVEN = 0x5555555555555555
 TREE_DISTANCES = (1, 2, 4, 8, 16)  # levels 2..6 of the MSB tree, in 2-bit units
 
 
@@ -95,76 +97,34 @@ def _adder_inputs(xf, xs, rt, negate=False):
 
     ``xf``, ``xs``: this party's arithmetic components (flat); ``negate``: of ``-x``
     instead.  Returns component arrays ``(pf, ps, gf, gs)``.  2 rounds; 8 bytes/element
-    per party (party 0 in round 1, parties 1 and 2 in round 2).  On the CPU the local
-    steps run on the kernels of :mod:`mpcgpu.fused_relu` (the same words).
+    per party (party 0 in round 1, parties 1 and 2 in round 2).  Local steps:
+    ``rt.kernels.adder_sum`` (party 0), ``adder_and`` (parties 1, 2).
     """
-    if fused_relu.enabled(rt) and xf.size:
-        return _adder_inputs_fused(xf, xs, rt, negate)
-    if negate:
-        xf, xs = -xf, -xs
-    xp, comm, prg, rank = rt.xp, rt.comm, rt.prg, rt.rank
+    xp, comm, prg, rank, ks = rt.xp, rt.comm, rt.prg, rt.rank, rt.kernels
     shape, u64 = xf.shape, xp.uint64
     # round 1: party 0 inputs a = x0 + x1 as (a ^ rho, rho, 0)
     if rank == 0:
         rho = prg.with_next(shape)  # key of parties 0, 1
-        a0 = (xf + xs) ^ rho
+        a0 = ks.adder_sum(xf, xs, negate, rho)
         comm.exchange({2: a0}, {})
-    elif rank == 1:
-        rho = prg.with_prev(shape)
-        comm.exchange({}, {})
-    else:
-        a0 = comm.exchange({}, {0: (shape, u64)})[0]
-    # round 2: g = a & x2, 2-out-of-2 between parties 1, 2, made replicated
-    if rank == 0:
+        # round 2: g = a & x2, 2-out-of-2 between parties 1, 2, made replicated
         mu = prg.with_next(shape)  # g1 (parties 0, 1)
         nu = prg.with_prev(shape)  # g0 (parties 0, 2)
         comm.exchange({}, {})
         return a0, rho, nu, mu  # p = (a0, a1), g = (g0, g1)
     if rank == 1:
-        x2 = xs
-        mu = prg.with_prev(shape)
-        v1 = (rho & x2) ^ mu
-        v2 = comm.exchange({2: v1}, {2: (shape, u64)})[2]
-        v1 ^= v2
-        return rho, x2, mu, v1  # p = (a1, x2), g = (g1, g2)
-    x2 = xf
-    nu = prg.with_next(shape)
-    v2 = (a0 & x2) ^ nu
-    v1 = comm.exchange({1: v2}, {1: (shape, u64)})[1]
-    v1 ^= v2
-    return x2, a0, v1, nu  # p = (x2, a0), g = (g2, g0)
-
-
-def _adder_inputs_fused(xf, xs, rt, negate):
-    """:func:`_adder_inputs` with each party's local step in one pass (same PRG calls,
-    messages and components)."""
-    xp, comm, prg, rank = rt.xp, rt.comm, rt.prg, rt.rank
-    shape, u64 = xf.shape, xp.uint64
-    kern = fused_relu.kernels()
-    xf, xs = xp.ascontiguousarray(xf), xp.ascontiguousarray(xs)
-    if rank == 0:
-        rho = prg.with_next(shape)
-        a0 = kern["adder_sum"](xf, xs, negate, rho, xp.empty(shape, dtype=u64))
-        comm.exchange({2: a0}, {})
-        mu = prg.with_next(shape)
-        nu = prg.with_prev(shape)
-        comm.exchange({}, {})
-        return a0, rho, nu, mu
-    if rank == 1:
         rho = prg.with_prev(shape)
         comm.exchange({}, {})
         mu = prg.with_prev(shape)
-        x2 = xp.empty(shape, dtype=u64) if negate else xs
-        v1 = kern["adder_and"](xs, negate, rho, mu, x2, xp.empty(shape, dtype=u64))
+        x2, v1 = ks.adder_and(xs, negate, rho, mu)  # (rho & x2) ^ mu
         v1 ^= comm.exchange({2: v1}, {2: (shape, u64)})[2]
-        return rho, x2, mu, v1
+        return rho, x2, mu, v1  # p = (a1, x2), g = (g1, g2)
     a0 = comm.exchange({}, {0: (shape, u64)})[0]
     nu = prg.with_next(shape)
-    x2 = xp.empty(shape, dtype=u64) if negate else xf
-    v2 = kern["adder_and"](xf, negate, a0, nu, x2, xp.empty(shape, dtype=u64))
+    x2, v2 = ks.adder_and(xf, negate, a0, nu)  # (a0 & x2) ^ nu
     v1 = comm.exchange({1: v2}, {1: (shape, u64)})[1]
     v1 ^= v2
-    return x2, a0, v1, nu
+    return x2, a0, v1, nu  # p = (x2, a0), g = (g2, g0)
 
 
 def _flat_components(x: ArithmeticShare):
@@ -209,34 +169,7 @@ def a2b(x: ArithmeticShare) -> BinaryShare:
 
 # -- MSB -----------------------------------------------------------------------------------------
 
-_MASK_CACHE = {}
 _LANE_CACHE = {}
-
-
-def _level_masks(d):
-    """Masks for a tree level at distance ``d`` units (32 units of 2 bits: G even, P odd).
-
-    ``lo2``: both bits of the "lo" units (``(u // d)`` even); ``log``: their G bit."""
-    if d not in _MASK_CACHE:
-        lo2 = log = 0
-        for u in range(32):
-            if (u // d) % 2 == 0:
-                lo2 |= 3 << (2 * u)
-                log |= 1 << (2 * u)
-        _MASK_CACHE[d] = (lo2, log)
-    return _MASK_CACHE[d]
-
-
-def _fold(a, bits, xp):
-    """Pack the second half of ``a`` into the free lanes of the first (shift by ``bits``).
-
-    ``m`` words -> ``ceil(m/2)``; an odd count gets an (implicit) zero word."""
-    m = a.shape[0]
-    h = (m + 1) // 2
-    out = a[:h].copy()
-    if m - h:
-        out[: m - h] |= a[h:] << _u(xp, bits)
-    return out
 
 
 def tree_words(n: int) -> int:
@@ -285,49 +218,7 @@ def msb(x: ArithmeticShare, negate: bool = False) -> BinaryShare:
     xf, xs = _flat_components(x)
     pf, ps, gf, gs = _adder_inputs(xf, xs, rt, negate)
     faults.point("a2b")  # tests: a party lost between the rounds of the protocol
-    if fused.enabled(rt):
-        bits = _msb_tree_fused(pf, ps, gf, gs, rt)
-        return BinaryShare(bits[0].reshape(shape), bits[1].reshape(shape), rt)
-    c63, c1 = _u(xp, 63), _u(xp, 1)
-    top = (pf >> c63, ps >> c63)
-    m63 = _u(xp, MASK63)
-    G = [gf & m63, gs & m63]  # G63 = 0
-    P = list(with_public(pf & m63, ps & m63, _u(xp, BIT63), rt.rank, xp, lambda a, b: a | b))  # P63 = 1
-    # level 1: positions (2j+1, 2j) -> unit j of W (G at bit 2j, P at bit 2j+1)
-    ev = _u(xp, EVEN)
-    X, Y, H = [], [], []
-    for g, p in zip(G, P):
-        lo = (p >> c1) & ev  # P_hi at bit 2j
-        Y.append(lo | (lo << c1))
-        X.append((g & ev) | ((p & ev) << c1))  # G_lo at 2j, P_lo at 2j+1
-        H.append((g >> c1) & ev)  # G_hi at 2j
-    del G, P
-    zf, zs = and_words(X[0], X[1], Y[0], Y[1], rt)
-    W = [H[0] ^ zf, H[1] ^ zs]
-    # levels 2..6: lo unit u pairs with hi unit u + d; fold two words into one first
-    for d in TREE_DISTANCES:
-        lo2, log = (_u(xp, v) for v in _level_masks(d))
-        sh_g, sh_p = _u(xp, 2 * d), _u(xp, 2 * d + 1)
-        X, Y, H = [], [], []
-        for w in W:
-            t = (w >> sh_p) & log
-            Y.append(_fold(t | (t << c1), 2 * d, xp))
-            X.append(_fold(w & lo2, 2 * d, xp))
-            H.append(_fold((w >> sh_g) & log, 2 * d, xp))
-        zf, zs = and_words(X[0], X[1], Y[0], Y[1], rt)
-        W = [H[0] ^ zf, H[1] ^ zs]
-    word, shift = _lanes(n, xp, rt.backend)
-    bits = [((w[word] >> shift) & c1) ^ t for w, t in zip(W, top)]
-    return BinaryShare(bits[0].reshape(shape), bits[1].reshape(shape), rt)
-
-
-def _msb_tree_fused(pf, ps, gf, gs, rt):
-    """Levels 1-6 of :func:`msb` and its last step with the kernels of :mod:`mpcgpu.fused`:
-    the same words, messages and PRG calls as the array-module code above, one pass per
-    level instead of about twenty."""
-    kern = fused.kernels()
-    prg, comm, xp = rt.prg, rt.comm, rt.xp
-    pf, ps, gf, gs = (xp.ascontiguousarray(a) for a in (pf, ps, gf, gs))
+    ks, prg, comm = rt.kernels, rt.prg, rt.comm
     # which of this party's slots hold component 0, which gets P63 = 1 (the public-constant rule)
     pub_f, pub_s = (
         bool(v)
@@ -335,149 +226,89 @@ def _msb_tree_fused(pf, ps, gf, gs, rt):
             numpy.bool_(False), numpy.bool_(False), numpy.bool_(True), rt.rank, numpy, numpy.logical_or
         )
     )
-    z, h0, h1 = kern["level1"](gf, gs, pf, ps, pub_f, pub_s, *prg.zero_share_xor_parts(gf.shape[0]))
+    # level 1: positions (2j+1, 2j) -> unit j (G at bit 2j, P at bit 2j+1); one AND word per
+    # element, masked by an XOR zero share (its two PRG streams, combined by the step)
+    z, h0, h1 = ks.msb_level1(gf, gs, pf, ps, pub_f, pub_s, *prg.zero_share_xor_parts(n))
     z2 = comm.pass_prev(z)
+    # levels 2..6: lo unit u pairs with hi unit u + d; two words folded into one first
     for d in TREE_DISTANCES:
-        lo2, log = _level_masks(d)
-        half = (h0.shape[0] + 1) // 2
-        z, h0, h1 = kern["level"](
-            h0,
-            z,
-            h1,
-            z2,
-            _u(xp, lo2),
-            _u(xp, log),
-            _u(xp, 2 * d),
-            _u(xp, 2 * d + 1),
-            _u(xp, 2 * d),
-            *prg.zero_share_xor_parts(half),
-        )
+        z, h0, h1 = ks.msb_level(h0, z, h1, z2, d, *prg.zero_share_xor_parts((h0.shape[0] + 1) // 2))
         z2 = comm.pass_prev(z)
-    word, shift = _lanes(pf.shape[0], xp, rt.backend)
-    return kern["final"](h0, z, h1, z2, word, shift, pf, ps)
+    word, shift = _lanes(n, xp, rt.backend)
+    bits = ks.msb_final(h0, z, h1, z2, word, shift, pf, ps)
+    return BinaryShare(bits[0].reshape(shape), bits[1].reshape(shape), rt)
 
 
 # -- bit injection and multiplication by a shared bit ------------------------------------------
 
 
 def _inject(bit: BinaryShare, x: ArithmeticShare | None, with_bit: bool):
-    """Core of :func:`b2a` / :func:`mul_bit` (2 rounds).  Returns ``(x*b or None, b or None)``."""
+    """Core of :func:`b2a` / :func:`mul_bit` (2 rounds).  Returns ``(x*b or None, b or None)``.
+
+    Local steps: ``rt.kernels.inject_p{0,1,2}_message`` (round 1) and
+    ``inject_p{0,1,2}_term`` (round 2, with the zero share's two PRG streams)."""
     rt = bit.rt
-    xp, comm, prg, rank = rt.xp, rt.comm, rt.prg, rt.rank
+    xp, comm, prg, rank, ks = rt.xp, rt.comm, rt.prg, rt.rank, rt.kernels
     u64 = xp.uint64
-    bshape = bit.shape
+    bshape = tuple(bit.shape)
+    xshape = None
     if x is not None:
         xshape = numpy.broadcast_shapes(x.shape, bshape)  # shapes only (host)
         if xshape != x.shape:
             raise ProtocolError(f"bit shape {bshape} does not broadcast to the value shape {x.shape}")
-    if x is not None and tuple(bshape) == tuple(x.shape) and x.size and fused_relu.enabled(rt):
-        return _inject_fused(bit, x, with_bit)
-    zero = u64(0)
+    nb = bit.size
+    nx = x.size if x is not None else 0
+    total = nx + (nb if with_bit else 0)
+    xc = (x.first, x.second) if x is not None else None
+
+    def words(draw, shape, role, count):  # PRG words consumed inside this call
+        return draw(shape, out=ks.prg_buffer(role, count))
+
+    def zero_parts():  # the zero share of round 2: host F(k_i), F(k_{i+1}) (combined by the step)
+        return prg.zero_share_parts(
+            total, out=(ks.prg_buffer("inject-own", total), ks.prg_buffer("inject-next", total))
+        )
+
     # -- round 1: t = b0 ^ b1 shared by party 0 as (t - rho, rho, 0); y = x * b2 reshared
     if rank == 0:
-        rho = prg.with_next(bshape)  # t1 (parties 0, 1)
-        t0 = (bit.first ^ bit.second) - rho
-        T = (t0, rho)
+        rho = words(prg.with_next, bshape, "inject-rho", nb)  # t1 (parties 0, 1)
+        mu = nu = None
         if x is not None:
-            mu = prg.with_next(xshape)  # y1 (parties 0, 1)
-            nu = prg.with_prev(xshape)  # y0 (parties 0, 2)
-            Yc = (nu, mu)
+            mu = words(prg.with_next, xshape, "inject-mu", nx)  # y1 (parties 0, 1)
+            nu = words(prg.with_prev, xshape, "inject-nu", nx)  # y0 (parties 0, 2)
+        t0 = ks.inject_p0_message(bit.first, bit.second, rho).reshape(bshape)
         comm.exchange({2: t0}, {})
+        # -- round 2: z = (x - 2y)_i (t_i + t_{i+1}) + (x - 2y)_{i+1} t_i + y_i + zero share
+        z = ks.inject_p0_term(xc, t0, rho, mu, nu, *zero_parts(), with_bit)
     elif rank == 1:
-        rho = prg.with_prev(bshape)
-        T = (rho, xp.zeros(bshape, dtype=u64))
+        b2 = bit.second
+        rho = words(prg.with_prev, bshape, "inject-rho", nb)
+        mu = v1 = v2 = None
         if x is not None:
-            b2 = bit.second
-            mu = prg.with_prev(xshape)
-            v1 = (x.first + x.second) * b2 - mu  # (x1 + x2) b2 - mu
+            mu = words(prg.with_prev, xshape, "inject-mu", nx)
+            v1 = ks.inject_p1_message(x.first, x.second, b2, mu).reshape(xshape)  # (x1 + x2) b2 - mu
             v2 = comm.exchange({2: v1}, {2: (xshape, u64)})[2]
-            Yc = (mu, v1 + v2)
         else:
             comm.exchange({}, {})
+        z = ks.inject_p1_term(xc, b2, rho, mu, v1, v2, *zero_parts(), with_bit)
     else:
         b2 = bit.first
         recvs = {0: (bshape, u64)}
+        v1 = v2 = None
         if x is not None:
-            nu = prg.with_next(xshape)
-            v2 = x.second * b2 - nu  # x0 b2 - nu
+            nu = words(prg.with_next, xshape, "inject-nu", nx)
+            v2 = ks.inject_p2_message(x.second, b2, nu).reshape(xshape)  # x0 b2 - nu
             got = comm.exchange({1: v2}, {**recvs, 1: (xshape, u64)})
-            Yc = (got[1] + v2, nu)
+            v1 = got[1]
         else:
             got = comm.exchange({}, recvs)
-        T = (xp.zeros(bshape, dtype=u64), got[0])
-    # -- round 2: z = (x - 2y)_i (t_i + t_{i+1}) + (x - 2y)_{i+1} t_i + y_i + zero share
-    Tsum = T[0] + T[1]
-    parts = []
-    if x is not None:
-        two = u64(2)
-        zx = (x.first - two * Yc[0]) * Tsum + (x.second - two * Yc[1]) * T[0] + Yc[0]
-        parts.append(zx.reshape(-1))
-    if with_bit:
-        # the bit itself: "x" = public 1 = (1, 0, 0), "y" = b2 = (0, 0, b2)
-        one = u64(1)
-        if rank == 0:
-            zb = Tsum.copy()  # x = (1, 0), y = (0, 0)
-        elif rank == 1:
-            zb = (zero - (bit.second << one)) * T[0]  # x = (0, 0), y = (0, b2)
-        else:
-            b2 = bit.first  # x = (0, 1), y = (b2, 0)
-            zb = (zero - (b2 << one)) * Tsum + T[0] + b2
-        parts.append(zb.reshape(-1))
-    z = xp.concatenate(parts) if len(parts) > 1 else parts[0]
-    z += prg.zero_share(z.shape)
+        z = ks.inject_p2_term(xc, b2, got[0], v1, v2, *zero_parts(), with_bit)
     second = comm.pass_prev(z)
     out_x = out_b = None
-    start = 0
     if x is not None:
-        nx = x.size
         out_x = ArithmeticShare(z[:nx].reshape(xshape), second[:nx].reshape(xshape), x.scale, rt)
-        start = nx
     if with_bit:
-        out_b = ArithmeticShare(z[start:].reshape(bshape), second[start:].reshape(bshape), 0, rt)
-    return out_x, out_b
-
-
-def _inject_fused(bit: BinaryShare, x: ArithmeticShare, with_bit: bool):
-    """:func:`_inject` for a bit of ``x``'s shape on the kernels of :mod:`mpcgpu.fused_relu`:
-    the same PRG calls in the same order, the same messages and outputs bit for bit, one pass
-    per party and round.  The PRG words go into reused scratch buffers (consumed here)."""
-    rt = bit.rt
-    xp, comm, prg, rank = rt.xp, rt.comm, rt.prg, rt.rank
-    u64 = xp.uint64
-    kern = fused_relu.kernels()
-    shape, n = tuple(x.shape), x.size
-    total = 2 * n if with_bit else n
-    xf, xs = (xp.ascontiguousarray(a).reshape(-1) for a in (x.first, x.second))
-    bf, bs = (xp.ascontiguousarray(a).reshape(-1) for a in (bit.first, bit.second))
-
-    def words(draw, role, count):
-        return draw(count, out=scratch(xp, role, (count,), u64))
-
-    if rank == 0:
-        rho = words(prg.with_next, "inject-rho", n)
-        mu = words(prg.with_next, "inject-mu", n)
-        nu = words(prg.with_prev, "inject-nu", n)
-        t0 = kern["p0_message"](bf, bs, rho, xp.empty(n, dtype=u64))
-        comm.exchange({2: t0.reshape(shape)}, {})
-        w_own, w_next = words(prg.with_prev, "inject-own", total), words(prg.with_next, "inject-next", total)
-        z = kern["p0_term"](xf, xs, t0, rho, mu, nu, w_own, w_next, with_bit, xp.empty(total, dtype=u64))
-    elif rank == 1:
-        rho = words(prg.with_prev, "inject-rho", n)
-        mu = words(prg.with_prev, "inject-mu", n)
-        v1 = kern["p1_message"](xf, xs, bs, mu, xp.empty(n, dtype=u64))
-        v2 = comm.exchange({2: v1.reshape(shape)}, {2: (shape, u64)})[2].reshape(-1)
-        w_own, w_next = words(prg.with_prev, "inject-own", total), words(prg.with_next, "inject-next", total)
-        z = kern["p1_term"](xf, xs, bs, rho, mu, v1, v2, w_own, w_next, with_bit, xp.empty(total, dtype=u64))
-    else:
-        nu = words(prg.with_next, "inject-nu", n)
-        v2 = kern["p2_message"](xs, bf, nu, xp.empty(n, dtype=u64))
-        got = comm.exchange({1: v2.reshape(shape)}, {0: (shape, u64), 1: (shape, u64)})
-        w_own, w_next = words(prg.with_prev, "inject-own", total), words(prg.with_next, "inject-next", total)
-        t0, v1 = got[0].reshape(-1), got[1].reshape(-1)
-        z = kern["p2_term"](xf, bf, t0, v1, v2, w_own, w_next, with_bit, xp.empty(total, dtype=u64))
-    second = comm.pass_prev(z)
-    out_x = ArithmeticShare(z[:n].reshape(shape), second[:n].reshape(shape), x.scale, rt)
-    out_b = ArithmeticShare(z[n:].reshape(shape), second[n:].reshape(shape), 0, rt) if with_bit else None
+        out_b = ArithmeticShare(z[nx:].reshape(bshape), second[nx:].reshape(bshape), 0, rt)
     return out_x, out_b
 
 

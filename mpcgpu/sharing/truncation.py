@@ -35,6 +35,11 @@ B (48 in all).  Fused with a product (replacing its resharing round): D 32, A
 16, B 16 bytes/element (64 in all; the plain product reshare was 24).  The
 role rotates, so every party sends the same on average.
 
+The local work of each role is a step of ``rt.kernels`` (:mod:`mpcgpu.kernelsets`:
+``trunc_deal``, ``trunc_open_message``, ``trunc_open_half``; array code, fused numba
+kernels on the CPU, the GPU slot): one protocol body, the same words and messages under
+every kernel set.
+
 What each party sees: A and B see ``c`` (uniform) and masked words; D sees
 nothing.  The rounding carry, however, is decided by ``r_lo``, which D knows
 and which A and B could compute from ``c`` *if they knew* ``x``: a party does
@@ -61,9 +66,7 @@ from __future__ import annotations
 
 import numpy  # host-side shape arithmetic only
 
-from .. import fused_trunc
 from ..errors import ProtocolError
-from ..limbs import scratch
 
 MODES = ("prob", "aby3")
 DEFAULT_MODE = "prob"
@@ -112,21 +115,18 @@ def msb_corrected(rt, shape, bits, *, rss=None, summand=None, offset=0, keep=Fal
     flat_bits = numpy.broadcast_to(numpy.asarray(bits), tuple(shape)).reshape(-1) if numpy.ndim(bits) else bits
     parts = (rss[0].reshape(-1), rss[1].reshape(-1)) if rss is not None else (summand.reshape(-1),)
     first, second = xp.empty(n, dtype=xp.uint64), xp.empty(n, dtype=xp.uint64)
-    direct = fused_trunc.enabled(rt)  # the kernels write each chunk's pair in place
-    for lo in range(0, n, CHUNK):
+    for lo in range(0, n, CHUNK):  # each chunk's pair is written in place
         hi = min(n, lo + CHUNK)
         piece = [a[lo:hi] for a in parts]
-        got = _msb_corrected_call(
+        _msb_corrected_call(
             rt,
             (hi - lo,),
             flat_bits[lo:hi] if numpy.ndim(flat_bits) else flat_bits,
             rss=tuple(piece) if rss is not None else None,
             summand=piece[0] if summand is not None else None,
             offset=offset,
-            out=(first[lo:hi], second[lo:hi]) if direct else None,
+            out=(first[lo:hi], second[lo:hi]),
         )
-        if not direct:
-            first[lo:hi], second[lo:hi] = got
     return first.reshape(shape), second.reshape(shape)
 
 
@@ -139,7 +139,15 @@ def _msb_corrected_call(rt, shape, bits, *, rss=None, summand=None, offset=0, ke
     constant) is added to ``x`` first (``2^(d-1)`` rounds to nearest).  With ``keep``,
     ``aux = (c_lo, r_lo_pair)``: the opened low bits ``c mod 2^d`` (None on the dealer)
     and this party's replicated pair of ``r_lo`` (D deals it in round 1: +16
-    bytes/element from D), for an exact correction of the carry.
+    bytes/element from D), for an exact correction of the carry.  ``out``: two flat uint64
+    arrays of the input's size (e.g. slices of a chunked caller's result) that receive the
+    pair in place.
+
+    Cost: 2 rounds; per element D sends 16 bytes (32 fused with a product, +16 with
+    ``keep``), A 16 and B 16 (module docstring).  The local steps are those of
+    ``rt.kernels`` (:mod:`mpcgpu.kernelsets`: ``trunc_deal``, ``trunc_open_message``,
+    ``trunc_open_half``) on flat arrays; this body draws the PRG blocks (one ``(rows, n)``
+    block per pair key) and makes the exchanges.
     """
     if tuple(shape) == ():  # 0-d arrays turn into NumPy scalars, which warn on wrap-around
         as_1d = _msb_corrected_call(
@@ -154,135 +162,67 @@ def _msb_corrected_call(rt, shape, bits, *, rss=None, summand=None, offset=0, ke
         out, aux = as_1d if keep else (as_1d, None)
         out = (out[0].reshape(()), out[1].reshape(()))
         return (out, aux) if keep else out
-    xp, comm, prg, me = rt.xp, rt.comm, rt.prg, rt.rank
+    xp, comm, prg, me, ks = rt.xp, rt.comm, rt.prg, rt.rank, rt.kernels
     u64 = xp.uint64
+    shape = tuple(shape)
+    n = int(numpy.prod(shape, dtype=numpy.int64))
     d = _shift_amounts(xp, bits, shape)
+    if d.ndim:  # one shift per element, flat like the data
+        d = xp.ascontiguousarray(xp.broadcast_to(d, shape)).reshape(-1)
     fused = summand is not None
     if fused == (rss is not None):
         raise ProtocolError("msb_corrected needs exactly one of rss= and summand=")
-    if not keep and fused_trunc.enabled(rt):
-        return _msb_corrected_kernels(rt, tuple(shape), d, rss, summand, offset, out)
+    first, second = out if out is not None else (xp.empty(n, dtype=u64), xp.empty(n, dtype=u64))
     j = rt.next_role()
     D, A, B = j, (j + 1) % 3, (j + 2) % 3
     na = 4 + fused + keep  # from the key of D and A: r_A, T_A, m_A, v, [nu], [rho_A]
     nb = 2 + fused + keep  # from the key of D and B: r_B, u, [mu], [rho_D]
-    one = u64(1)
+
+    def block(draw, rows, role):  # with keep, rows of the block are returned: no scratch
+        return draw((rows, n), out=None if keep else ks.prg_buffer(role, rows * n))
+
     if me == D:
-        ka = prg.with_next((na,) + tuple(shape))
-        kb = prg.with_prev((nb,) + tuple(shape))
-        r = ka[0] + kb[0]
-        r_mid = (r & u64(MASK63)) >> d
-        t = (r >> u64(63)) << (u64(63) - d)
-        to_b = [t - ka[1], r_mid - ka[2]]
-        to_a = []
-        if fused:
-            to_a.append(summand + kb[2])  # masked by mu (known to B only)
-            to_b.append(summand + ka[4])  # masked by nu (known to A only)
-        if keep:
-            r_lo = r & ((one << d) - one)
-            rho_b = r_lo - kb[-1] - ka[-1]
-            to_a.append(rho_b)
-            to_b.append(rho_b)
-        sends = {B: xp.stack(to_b)}
-        if to_a:
-            sends[A] = xp.stack(to_a)
+        ka = block(prg.with_next, na, "trunc-ka")
+        kb = block(prg.with_prev, nb, "trunc-kb")
+        s = xp.ascontiguousarray(summand).reshape(-1) if fused else None
+        # components D (u) and A (v) are written into (first, second): copies, not views of a block
+        to_b, to_a = ks.trunc_deal(ka, kb, s, d, keep, first, second)
+        sends = {B: to_b.reshape(to_b.shape[:1] + shape)}
+        if to_a is not None:
+            sends[A] = to_a.reshape(to_a.shape[:1] + shape)
         comm.exchange(sends, {})
         comm.exchange({}, {})
-        # components D (u) and A (v), copied: a view would keep all 8 words per element alive
-        out = (kb[1].copy(), ka[3].copy())
-        return (out, (B, None, (kb[-1], ka[-1]))) if keep else out
-    from_d = (2 + fused + keep) if me == B else (fused + keep)
-    if me == A:
-        k = prg.with_prev((na,) + tuple(shape))  # the key of D and A
-        own = summand if fused else rss[0]  # A's term: x_A
-        msg = own + k[0] - (k[4] if fused else u64(0))
-    else:
-        k = prg.with_next((nb,) + tuple(shape))  # the key of D and B
-        own = summand if fused else rss[0] + rss[1]  # B's term: x_B + x_D
-        msg = own + k[0] - (k[2] if fused else u64(0))
-    other = B if me == A else A
-    recvs = {other: (tuple(shape), u64)}
-    if from_d:
-        recvs[D] = ((from_d,) + tuple(shape), u64)
-    got = comm.exchange({other: msg}, recvs)
-    c = own + k[0] + got[other]
-    dealt = got.get(D)
-    if me == A:
-        if fused:
-            c += dealt[0]
-        t_half, m_half, mask_out = k[1], k[2], k[3]
-    else:
-        if fused:
-            c += dealt[2]
-        t_half, m_half, mask_out = dealt[0], dealt[1], k[1]
-    c += u64((SHIFT + int(offset)) % (1 << 64))
-    c_msb = c >> u64(63)
-    sign = one - (c_msb << one)  # 1 - 2 c_msb, as a ring element
-    half = sign * t_half - m_half - mask_out
-    if me == A:  # the public part, added once
-        half += ((c & u64(MASK63)) >> d) + (c_msb << (u64(63) - d)) - (one << (u64(62) - d))
-    comp_b = half + comm.exchange({other: half}, {other: (tuple(shape), u64)})[other]
-    mask_out = mask_out.copy()  # a view would keep the whole PRG block (3-6 words/element) alive
-    out = (mask_out, comp_b) if me == A else (comp_b, mask_out)
-    if not keep:
-        return out
-    c_lo = c & ((one << d) - one)
-    rho_b = dealt[-1]
-    r_lo_pair = (k[-1], rho_b) if me == A else (rho_b, k[-1])
-    return out, (B, c_lo, r_lo_pair)
-
-
-def _msb_corrected_kernels(rt, shape, d, rss, summand, offset, out=None):
-    """:func:`_msb_corrected_call` without ``keep`` on the fused CPU kernels of
-    :mod:`mpcgpu.fused_trunc`: the same PRG calls in the same order, the same messages and
-    outputs bit for bit, one pass per local step.  ``out`` (two flat uint64 arrays of the
-    input's size, e.g. slices of a chunked caller's result) receives the pair in place."""
-    xp, comm, prg, me = rt.xp, rt.comm, rt.prg, rt.rank
-    u64 = xp.uint64
-    kern = fused_trunc.kernels()
-    n = int(numpy.prod(shape, dtype=numpy.int64))
-    fz = summand is not None
-    per = numpy.ndim(d) > 0
-    dv = xp.ascontiguousarray(xp.broadcast_to(d, shape)).reshape(-1) if per else xp.full(1, d, dtype=u64)
-    first, second = out if out is not None else (xp.empty(n, dtype=u64), xp.empty(n, dtype=u64))
-    j = rt.next_role()
-    D, A, B = j, (j + 1) % 3, (j + 2) % 3
-    na, nb = 4 + fz, 2 + fz
-    if me == D:
-        ka = prg.with_next((na,) + shape, out=scratch(xp, "trunc-ka", (na, n), u64)).reshape(na, n)
-        kb = prg.with_prev((nb,) + shape, out=scratch(xp, "trunc-kb", (nb, n), u64)).reshape(nb, n)
-        s = xp.ascontiguousarray(summand).reshape(-1) if fz else first
-        tob, toa = xp.empty((2 + fz, n), dtype=u64), xp.empty((1 if fz else 0, n), dtype=u64)
-        kern["deal"](ka, kb, s, dv, per, fz, tob, toa, first, second)
-        sends = {B: tob.reshape((2 + fz,) + shape)}
-        if fz:
-            sends[A] = toa.reshape((1,) + shape)
-        comm.exchange(sends, {})
-        comm.exchange({}, {})
-        return first.reshape(shape), second.reshape(shape)
+        pair = (first.reshape(shape), second.reshape(shape))
+        return (pair, (B, None, (kb[-1].reshape(shape), ka[-1].reshape(shape)))) if keep else pair
     is_a = me == A
     if is_a:  # the key of D and A; A's term: x_A
-        k = prg.with_prev((na,) + shape, out=scratch(xp, "trunc-ka", (na, n), u64)).reshape(na, n)
+        k = block(prg.with_prev, na, "trunc-ka")
     else:  # the key of D and B; B's term: x_B + x_D
-        k = prg.with_next((nb,) + shape, out=scratch(xp, "trunc-kb", (nb, n), u64)).reshape(nb, n)
-    parts = (summand,) if fz else (rss[0],) if is_a else rss
-    x0 = xp.ascontiguousarray(parts[0]).reshape(-1)
-    x1 = xp.ascontiguousarray(parts[1]).reshape(-1) if len(parts) > 1 else x0
-    msg = kern["open_message"](x0, x1, len(parts) > 1, k, fz, 4 if is_a else 2, xp.empty(n, dtype=u64))
+        k = block(prg.with_next, nb, "trunc-kb")
+    parts = (summand,) if fused else (rss[0],) if is_a else rss
+    parts = tuple(xp.ascontiguousarray(p).reshape(-1) for p in parts)
+    row = 4 if is_a else 2  # the mask of D's summand: nu (A), mu (B)
+    msg = ks.trunc_open_message(parts, k, fused, row)
     other = B if is_a else A
-    from_d = (2 + fz) if me == B else int(fz)
+    from_d = (2 + fused + keep) if me == B else (fused + keep)
     recvs = {other: (shape, u64)}
     if from_d:
         recvs[D] = ((from_d,) + shape, u64)
     got = comm.exchange({other: msg.reshape(shape)}, recvs)
-    dealt = got[D].reshape(from_d, n) if from_d else k
-    half = xp.empty(n, dtype=u64)
-    kept = first if is_a else second
+    dealt = got[D].reshape(from_d, n) if from_d else None
     const = u64((SHIFT + int(offset)) % (1 << 64))
-    kern["open_half"](x0, x1, len(parts) > 1, k, got[other].reshape(-1), dealt, fz, is_a, dv, per, const, half, kept)
+    kept = first if is_a else second  # its output mask: v (A), u (B)
+    half, c_lo = ks.trunc_open_half(
+        parts, msg, k, got[other].reshape(-1), dealt, fused, is_a, row, d, const, keep, kept
+    )
     theirs = comm.exchange({other: half.reshape(shape)}, {other: (shape, u64)})[other]
     xp.add(half, theirs.reshape(-1), out=second if is_a else first)
-    return first.reshape(shape), second.reshape(shape)
+    pair = (first.reshape(shape), second.reshape(shape))
+    if not keep:
+        return pair
+    rho_b = dealt[-1]
+    r_lo_pair = (k[-1], rho_b) if is_a else (rho_b, k[-1])
+    return pair, (B, c_lo.reshape(shape), tuple(a.reshape(shape) for a in r_lo_pair))
 
 
 def aby3(rt, first, second, bits):
