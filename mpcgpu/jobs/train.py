@@ -37,8 +37,13 @@ rate fold into one exact shift where they can.
 
 Checkpoints (--checkpoint-dir): each rank writes only its own components, optimiser
 state, PRG state and position, atomically, after every epoch and every
---checkpoint-every steps; --resume continues from the newest step all three have, and
-the result is bit-identical to an uninterrupted run.
+--checkpoint-every steps; --resume continues from the newest step all three have. A
+resume must have the same settings (everything that changes the computation, and the
+same mpcgpu version): otherwise it is refused, naming what differs. A resumed run draws
+fresh masks (a new key exchange, as any run): the steps it re-runs are masked afresh, so
+its result equals an uninterrupted run's up to the last-bit rounding of the
+truncations; only under the test seed MPCGPU_INSECURE_PRG_SEED (reproducible keys,
+nothing private) does it continue the checkpointed PRG streams, bit-identical.
 
 Example:
   mpirun -n 3 mpcgpu train --model lenet --data shards/mnist_train --test-data shards/mnist_test \\
@@ -160,8 +165,9 @@ def _initial_model(rt, args):
 class _Run:
     """Position and records of a run (what the checkpoint's ``meta`` holds)."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, digest_settings):
         self.settings = settings
+        self.digest_settings = digest_settings
         self.epoch = 0  # current epoch
         self.pos = 0  # next batch within the epoch
         self.step = 0  # steps done
@@ -184,6 +190,48 @@ class _Run:
             setattr(self, key, meta[key])
 
 
+#: arguments that change neither what is computed nor what is revealed: where files go, how
+#: progress is shown, how often to checkpoint, the device and the channels' security.  Every
+#: other argument (a new one included) enters the settings digest of the checkpoints.
+NOT_IN_DIGEST = frozenset(
+    {
+        "checkpoint_dir",
+        "checkpoint_every",
+        "resume",
+        "json",
+        "plot",
+        "out",
+        "device",
+        "no_progress",
+        "no_verify",
+        "key",
+        "parties",
+        "insecure_channels",
+        "peer_timeout",
+        "command",
+    }
+)
+
+
+def digest_settings(args, rt, model, data, test, warmup) -> dict:
+    """Everything that determines the run's computation (JSON): the arguments but those in
+    :data:`NOT_IN_DIGEST`, resolved values (precision, warm-up), the model spec, the shard
+    sets' ids and the package version.  A checkpoint stores it and its SHA-256."""
+    import mpcgpu
+    from ..nn.spec_io import to_json
+
+    settings = {k: v for k, v in sorted(vars(args).items()) if not k.startswith("_") and k not in NOT_IN_DIGEST}
+    settings.update(
+        precision=rt.frac_bits,
+        warmup=warmup,
+        model_spec=to_json(model.spec),
+        data_set_ids=[s.set_id for s in data.shards],
+        test_set_ids=[s.set_id for s in test.shards] if test is not None else None,
+        version=mpcgpu.__version__,
+    )
+    return settings
+
+
 def _checkpoint(rt, args, run, model, opt, run_id):
     from ..nn import checkpoint
 
@@ -202,6 +250,7 @@ def _checkpoint(rt, args, run, model, opt, run_id):
         optim=state,
         rng=rt.state(),
         meta=run.meta(model.dropout_rng.bit_generator.state),
+        settings=run.digest_settings,
     )
 
 
@@ -221,17 +270,28 @@ def _resume(rt, args, run, model, opt):
         return None
     state = checkpoint.load(args.checkpoint_dir, rt.rank, step)
     rt.comm.agree(state["run_id"], "the run id of the checkpoints")
-    saved = state["meta"]["settings"]
-    for key in ("model", "batch_size", "data", "precision", "extra_bits", "seed", "limit"):
-        if saved.get(key) != run.settings.get(key):
-            raise MPCError(
-                f"the checkpoint was made with {key}={saved.get(key)!r}, this run has "
-                f"{run.settings.get(key)!r}: resume with the same settings"
-            )
+    where = f"the checkpoint of step {step} in {args.checkpoint_dir}"
+    if state["settings_sha256"] is None:
+        raise MPCError(f"{where} records no settings digest (an older mpcgpu made it): start afresh")
+    if state["settings_sha256"] != checkpoint.settings_digest(run.digest_settings):
+        saved, now = state["settings"] or {}, run.digest_settings
+        named = checkpoint.settings_differences(saved, now)
+        told = "; ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in named) or "(not by name)"
+        raise MPCError(
+            f"{where} was made with other settings: {told}. Resume with the same settings "
+            "and the same mpcgpu version, or start afresh in another --checkpoint-dir"
+        )
     dev = rt.backend.to_device
     model.set_params({n: ArithmeticShare(dev(f), dev(s), scale, rt) for n, (f, s, scale) in state["params"].items()})
     opt.load_state(state["optim"])
-    rt.restore(state["rng"])
+    if rt.insecure_seed:
+        # tests only: the keys are reproducible anyway; continuing the streams makes the
+        # resumed run bit-identical to an uninterrupted one
+        rt.restore(state["rng"])
+    else:
+        # the fresh keys of this run's start-up stay: a step re-run after the checkpoint must
+        # not be masked by the crashed run's words.  The role counter (public) continues.
+        rt.restore(dict(rt.state(), role_calls=state["rng"]["role_calls"]))
     model.dropout_rng.bit_generator.state = state["meta"]["dropout"]
     run.load(state["meta"])
     if rt.rank == 0:
@@ -372,7 +432,7 @@ def run(args) -> int:
         "owner": owner,
         "device": rt.backend.describe(),
     }
-    run_ = _Run(settings)
+    run_ = _Run(settings, digest_settings(args, rt, model, data, test, warmup))
     run_id = _resume(rt, args, run_, model, opt) if args.resume else None
     if run_id is None:
         import secrets
