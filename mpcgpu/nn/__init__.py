@@ -2,8 +2,9 @@
 the plaintext reference executor and trainer (:mod:`.plain`, :mod:`.train_plain`), HDF5
 weight files (:mod:`.weights`), and the private side: the executor (:mod:`.private`), its
 layers (:mod:`.layers`), loss and evaluation (:mod:`.loss`), the optimiser
-(:mod:`.optim`), the shared schedules (:mod:`.schedule`), training steps (:mod:`.trainer`)
-and checkpoints (:mod:`.checkpoint`)."""
+(:mod:`.optim`), the shared schedules (:mod:`.schedule`), training steps (:mod:`.trainer`),
+the training loop with checkpoints and resume (:mod:`.training`) and checkpoints
+(:mod:`.checkpoint`)."""
 
 from __future__ import annotations
 
