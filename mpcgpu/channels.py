@@ -116,6 +116,13 @@ class ChannelConfig:
             )
         return cls("ephemeral", None, None, peer_timeout)
 
+    @property
+    def separate_hosts(self) -> bool:
+        """The parties run on hosts of their own (a parties file authenticates the channels):
+        another party's file in a directory this party writes to is then an error, not a
+        warning (:func:`mpcgpu.atomic.check_own_directory`)."""
+        return self.mode == "authenticated"
+
     @classmethod
     def from_settings(cls, settings) -> "ChannelConfig":
         """The configuration of resolved :class:`~mpcgpu.settings.Settings`."""

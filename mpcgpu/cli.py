@@ -16,15 +16,15 @@ from .errors import MPCError
 
 #: subcommand -> module implementing it
 COMMANDS = {
-    "share": "mpcgpu.data.split",
+    "share": "mpcgpu.jobs.share",
     "infer": "mpcgpu.jobs.infer",
     "train": "mpcgpu.jobs.train",
     "bench": "mpcgpu.jobs.bench",
     "plot": "mpcgpu.jobs.plot",
     "demo": "mpcgpu.jobs.demo",
     "info": "mpcgpu.jobs.info",
-    "import": "mpcgpu.interop.importer",
-    "export": "mpcgpu.interop.export",
+    "import": "mpcgpu.jobs.import_",
+    "export": "mpcgpu.jobs.export",
     "keygen": "mpcgpu.jobs.keygen",
 }
 

@@ -130,3 +130,27 @@ def test_only_transport_talks_to_mpi_and_only_backend_imports_cupy():
             assert rel == "transport.py", f"{rel} imports mpi4py"
         if "cupy" in names:
             assert rel == "backend.py", f"{rel} imports cupy"
+
+
+#: modules of mpcgpu.jobs that serve several jobs (not jobs themselves)
+JOB_HELPERS = {"mpcgpu.jobs.channel_args", "mpcgpu.jobs.checks", "mpcgpu.jobs.launcher"}
+
+
+def test_every_command_is_a_job_and_no_job_imports_another():
+    """Library below, command line on top (issue 19): each subcommand's module is in
+    mpcgpu.jobs, the library below it carries no command-line code, and a job uses the
+    library and the shared helpers, never another job."""
+    from mpcgpu.cli import COMMANDS
+
+    graph = import_graph()
+    jobs = set(COMMANDS.values())
+    assert all(m.startswith("mpcgpu.jobs.") and m not in JOB_HELPERS for m in jobs)
+    for module in jobs:
+        assert not graph[module] & (jobs - {module}), f"{module} imports {sorted(graph[module] & jobs)}"
+    for path in ROOT.rglob("*.py"):
+        name = _module_name(path)
+        if name.startswith("mpcgpu.jobs") or name in ("mpcgpu.cli", "mpcgpu.nn.train_plain"):
+            continue  # (train_plain: the maintainers' `python -m` script that trained the bundled LeNet)
+        tree = ast.parse(path.read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert "argparse" not in imported, f"{name} imports argparse (command-line code belongs in mpcgpu.jobs)"

@@ -2,9 +2,9 @@
 
 * :mod:`mpcgpu.data.shards` -- the shard schema, writer, reader and validation
   (:func:`open_shard`, :class:`Shard`).
-* :mod:`mpcgpu.data.split` -- ``mpcgpu share``: plaintext file -> three shards;
-  of the file's own metadata only an allow-list (and what the owner names with
-  ``--public-meta``) is stored in clear.
+* :mod:`mpcgpu.data.split` -- the share step (``mpcgpu share``, whose command line is
+  :mod:`mpcgpu.jobs.share`): plaintext file -> three shards; of the file's own metadata
+  only an allow-list (and what the owner names with ``--public-meta``) is stored in clear.
 """
 
 from .shards import (

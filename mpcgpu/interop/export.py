@@ -12,7 +12,8 @@ to safetensors and ONNX, loadable by PyTorch and onnxruntime.
   appended.
   Initializers carry the spec's names.  The batch dimension is symbolic (``N``).
 
-Both are written to a temporary file and renamed into place.
+Both are written to a temporary file and renamed into place.  The command line,
+`mpcgpu export`, lives in :mod:`mpcgpu.jobs.export`.
 """
 
 from __future__ import annotations
@@ -158,73 +159,26 @@ def export_onnx(path, model: S.Model, params) -> str:
     return _atomic(path, lambda tmp: open(tmp, "wb").write(proto.SerializeToString()))
 
 
-# ---------------------------------------------------------------------------------------
-# command line: `mpcgpu export`
-# ---------------------------------------------------------------------------------------
-SUMMARY = "export plaintext weights (e.g. revealed by train --reveal-to) to ONNX and safetensors"
-DESCRIPTION = """\
-Write a plaintext mpcgpu weights file -- e.g. STEM.weights.h5, the trained weights that
-`mpcgpu train --out STEM --reveal-to P` revealed to their owner -- as
+def export_checked_onnx(path, model: S.Model, params, *, check: bool = True) -> str:
+    """Write ``model`` with ``params`` as ONNX at ``path`` (atomically), having run it in
+    onnxruntime on random inputs against the plaintext executor first when ``check`` (and
+    onnxruntime is installed): a disagreement beyond 1e-3 (relative) writes nothing.
+    Returns a note on the check for the user (empty without ``check``)."""
+    proto = to_onnx(model, params)
+    note = ""
+    if check:
+        try:
+            from .importer import check_against_onnxruntime
 
-  --onnx FILE.onnx                 an ONNX graph (opset 17, float32, batch dimension N),
-                                   runs in onnxruntime and anything that reads ONNX
-  --safetensors FILE.safetensors   a state dict under the architecture's parameter names
-                                   (torchvision's for the torchvision-shaped zoo models):
-                                   model.load_state_dict(safetensors.torch.load_file(FILE))
-
-Runs on the owner's machine (no MPI). With onnxruntime installed the ONNX file is run on
-random inputs and compared with mpcgpu's plaintext executor before it is kept.
-
-Example:
-  mpcgpu export shards/lenet_private.weights.h5 --onnx lenet.onnx --safetensors lenet.safetensors
-"""
-
-
-def add_arguments(p):
-    p.add_argument("weights", metavar="WEIGHTS.h5", help="plaintext weights file (mpcgpu-weights/1 or /2)")
-    p.add_argument("--onnx", default=None, metavar="FILE.onnx", help="write an ONNX model")
-    p.add_argument("--safetensors", default=None, metavar="FILE.safetensors", help="write a safetensors state dict")
-    p.add_argument("--no-check", action="store_true", help="skip running the ONNX file in onnxruntime")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+            diff = check_against_onnxruntime(proto, model, params)
+        except ImportError:
+            note = " (onnxruntime not installed: not checked)"
+        else:
+            if diff > 1e-3:
+                raise ExportError(f"onnxruntime disagrees with the weights file by {diff:.2e}: not written")
+            note = f" (onnxruntime agrees to {diff:.1e} relative)"
+    _atomic(path, lambda tmp: open(tmp, "wb").write(proto.SerializeToString()))
+    return note
 
 
-def run(args) -> int:
-    import sys
-
-    from ..nn.weights import load_weights, read_architecture
-
-    try:
-        outs = [p for p in (args.onnx, args.safetensors) if p]
-        if not outs:
-            raise ExportError("nothing to do: give --onnx FILE and/or --safetensors FILE")
-        for p in outs:
-            if os.path.exists(p) and not args.force:
-                raise ExportError(f"{p} exists (use --force to overwrite)")
-        model = read_architecture(args.weights)
-        _, params = load_weights(args.weights, model)
-        if args.onnx:
-            proto = to_onnx(model, params)
-            note = ""
-            if not args.no_check:
-                try:
-                    from .importer import check_against_onnxruntime
-
-                    diff = check_against_onnxruntime(proto, model, params)
-                except ImportError:
-                    note = " (onnxruntime not installed: not checked)"
-                else:
-                    if diff > 1e-3:
-                        raise ExportError(f"onnxruntime disagrees with the weights file by {diff:.2e}: not written")
-                    note = f" (onnxruntime agrees to {diff:.1e} relative)"
-            _atomic(args.onnx, lambda tmp: open(tmp, "wb").write(proto.SerializeToString()))
-            print(f"written {args.onnx}: ONNX opset {OPSET}, input (N, {', '.join(map(str, model.input_shape))}){note}")
-        if args.safetensors:
-            export_safetensors(args.safetensors, model, params)
-            print(f"written {args.safetensors}: {len(params)} float32 tensors of model {model.name}")
-    except (MPCError, OSError) as exc:
-        print(f"mpcgpu export: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-__all__ = ["ExportError", "export_safetensors", "to_onnx", "export_onnx", "SUMMARY", "add_arguments", "run"]
+__all__ = ["ExportError", "export_safetensors", "to_onnx", "export_onnx", "export_checked_onnx", "OPSET"]

@@ -1,2 +1,4 @@
-"""The jobs behind the command line (infer, bench, demo, info): user journeys that tie
-data, protocols and networks together.  Nothing below this package imports it."""
+"""The jobs behind the command line (share, import, export, infer, train, bench, demo,
+info, ...): each parses its arguments, calls the library below and prints.  Nothing below
+this package imports it, and no job imports another (shared helpers: channel_args,
+checks, launcher)."""

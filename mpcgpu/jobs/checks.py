@@ -31,3 +31,17 @@ def finite(args, *names, positive: tuple = ()):
             raise MPCError(f"--{name.replace('_', '-')} must be a finite number, not {v}")
         if name in positive and v <= 0:
             raise MPCError(f"--{name.replace('_', '-')} must be positive, not {v}")
+
+
+def peek_frac_bits(stem, rank):
+    """The fractional bits recorded in this party's shard (a job's default --precision,
+    needed before the runtime starts and the collective checks run)."""
+    import h5py
+
+    from ..data.shards import resolve_path
+
+    try:
+        with h5py.File(resolve_path(stem, rank), "r") as f:
+            return int(f.attrs.get("frac_bits", 16))
+    except Exception:
+        return 16  # open_shard reports the real problem on every rank

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 import numpy
 
+from ..models_io import load_private_model
 from .channel_args import add_channel_arguments, cli_settings
 from . import checks
+from .checks import peek_frac_bits
 
 SUMMARY = "privately classify a sharded dataset with a sharded model (run under mpirun -n 3)"
 DESCRIPTION = """\
@@ -137,33 +139,9 @@ def add_arguments(p):
 
 
 def load_model(rt, stem, verify=True):
-    """Open a model shard set and wrap its parameters as shares; returns PrivateModel."""
-    from ..data.shards import StoredComponent, as_share, open_shard
-    from ..nn.models import architecture
-    from ..nn.private import COMPACT_MIN, DEFAULT_BN_DOMAIN, PrivateModel, wants_compact
-    from ..sharing.components import Held
-    from ..sharing.compact import CompactShare
-
-    shard = open_shard(stem, rt, kind="model", verify=verify)
-    compact = False
-    try:
-        model = architecture(shard.name, shard.public)
-        compact = wants_compact(model)  # a large model: one component of its weights stays in the file
-        params = {}
-        for name in shard.arrays:
-            info = shard.info(name)
-            if compact and int(numpy.prod(info.shape, dtype=numpy.int64)) >= COMPACT_MIN:
-                first = rt.backend.to_device(shard.read_component(name, "first", 0, info.rows))
-                params[name] = CompactShare(Held(first), StoredComponent(shard, name, "second"), info.scale, rt)
-            else:
-                params[name] = as_share(shard.load(name), info.scale)
-        domain = shard.public.get("bn_var_domain")
-    finally:
-        if not compact:
-            shard.close()  # (otherwise it stays open with the model: StoredComponent reads it)
-    return PrivateModel(
-        model, params, bn_domain=tuple(domain) if domain is not None else DEFAULT_BN_DOMAIN, inference_only=True
-    )
+    """The model shard set ``stem`` as an inference-only PrivateModel
+    (:func:`mpcgpu.models_io.load_private_model`)."""
+    return load_private_model(stem, rt, verify=verify)
 
 
 def _warm_up(rt, model, data):
@@ -177,18 +155,6 @@ def _warm_up(rt, model, data):
     seconds = rt.comm.allreduce_max(time.perf_counter() - t0)
     if rt.rank == 0:
         print(f"warm-up: one image in {seconds:.2f} s (kernels compiled or loaded; not timed below)", flush=True)
-
-
-def peek_frac_bits(stem, rank):
-    """The fractional bits recorded in this party's shard (for init before the collective checks)."""
-    import h5py
-    from ..data.shards import resolve_path
-
-    try:
-        with h5py.File(resolve_path(stem, rank), "r") as f:
-            return int(f.attrs.get("frac_bits", 16))
-    except Exception:
-        return 16  # open_shard reports the real problem on every rank
 
 
 def output_paths(out: str | None, output: Output) -> dict:

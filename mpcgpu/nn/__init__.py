@@ -4,8 +4,9 @@ registry (:mod:`.layers`), the walker both executors share (:mod:`.walker`), the
 registry (:mod:`.models`), the plaintext reference executor and trainer (:mod:`.plain`,
 :mod:`.train_plain`), HDF5 weight files (:mod:`.weights`), and the private side: the
 executor (:mod:`.private`), loss and evaluation (:mod:`.loss`), the optimiser
-(:mod:`.optim`), the shared schedules (:mod:`.schedule`), training steps (:mod:`.trainer`)
-and checkpoints (:mod:`.checkpoint`)."""
+(:mod:`.optim`), the shared schedules (:mod:`.schedule`), training steps (:mod:`.trainer`),
+the training loop with checkpoints and resume (:mod:`.training`) and checkpoints
+(:mod:`.checkpoint`)."""
 
 from __future__ import annotations
 

@@ -7,9 +7,17 @@ File ``DIR/ckpt-<step>.party<i>.h5`` (format ``mpcgpu-checkpoint/1``) of party
   running statistics included), attrs ``scale``;
 * ``/optim/{master,velocity}/{first,second}`` -- its components of the optimiser state;
 * ``/rng`` -- the keys it already holds and the call counters of its three PRG streams,
-  and the truncation role counter (so masks continue exactly as they would have);
-* root attrs: format, party, step, ``run_id`` (common to the three parties of one run)
-  and ``meta`` (JSON: settings, position in the data order, history, public dropout RNG).
+  and the truncation role counter.  A resumed run continues these streams only under the
+  test seed (``MPCGPU_INSECURE_PRG_SEED``, for bit-identical resume tests); otherwise it
+  keeps the fresh keys of its own start-up, so that no step re-run after the checkpoint
+  is masked by the words of the crashed run (a party would receive ``x + r`` and
+  ``x' + r``: their difference);
+* root attrs: format, party, step, ``run_id`` (common to the three parties of one run),
+  ``meta`` (JSON: settings, position in the data order, history, public dropout RNG),
+  ``settings`` (the canonical JSON of everything that determines the computation: every
+  computation-relevant argument, the model spec, the package version) and
+  ``settings_sha256`` (its SHA-256: a resume with other settings is refused,
+  :func:`settings_digest`, :func:`settings_differences`).
 
 A checkpoint holds this party's components of everything and its PRG keys: it is
 created with mode 0600, and a directory holding another party's files is refused when
@@ -22,6 +30,7 @@ kept.  Nothing here is sent to another party but the list of step numbers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -43,6 +52,29 @@ class CheckpointError(MPCError):
 
 def checkpoint_path(directory: str, step: int, party: int) -> str:
     return os.path.join(directory, f"ckpt-{int(step):08d}.party{int(party)}.h5")
+
+
+def canonical_json(settings: dict) -> str:
+    """``settings`` as canonical JSON: sorted keys, no spaces, no NaN (the digest's input)."""
+    return json.dumps(settings, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def settings_digest(settings: dict) -> str:
+    """SHA-256 (hex) of the canonical JSON of a run's computation-relevant settings."""
+    return hashlib.sha256(canonical_json(settings).encode()).hexdigest()
+
+
+def settings_differences(saved: dict | None, current: dict) -> list:
+    """The names of the settings whose values differ (sorted; a name missing on one side
+    counts); empty when they cannot be told apart by name."""
+    saved = saved or {}
+    keys = set(saved) | set(current)
+    # compare canonical forms: 0.05 and 0.05 parsed back from JSON are equal, 1 and 1.0 are not
+    return sorted(
+        k
+        for k in keys
+        if k not in saved or k not in current or canonical_json({k: saved[k]}) != canonical_json({k: current[k]})
+    )
 
 
 def _pair(group, name, pair, scale=None):
@@ -67,15 +99,17 @@ def save(
     optim: dict,
     rng: dict,
     meta: dict,
+    settings: dict,
     separate_hosts: bool = False,
 ) -> str:
     """Write this party's checkpoint of ``step`` atomically; keep the newest ``KEEP``.
 
     ``params``: ``{name: (first, second, scale)}`` host arrays; ``optim``: the optimiser's
     :meth:`~mpcgpu.nn.optim.PrivateSGD.state` (host arrays); ``rng``: the runtime's
-    :meth:`~mpcgpu.runtime.Runtime.state`; ``meta``: JSON-serialisable.  ``separate_hosts``:
-    the parties run on their own hosts (a parties file), so another party's file in
-    ``directory`` is an error rather than a warning."""
+    :meth:`~mpcgpu.runtime.Runtime.state`; ``meta``: JSON-serialisable; ``settings``: the
+    computation-relevant settings (JSON), stored with their :func:`settings_digest`.
+    ``separate_hosts``: the parties run on their own hosts (a parties file), so another
+    party's file in ``directory`` is an error rather than a warning."""
     import h5py
 
     os.makedirs(directory, exist_ok=True)
@@ -83,7 +117,15 @@ def save(
     path = checkpoint_path(directory, step, party)
     with written_atomically(path, "write-checkpoint", private=True) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update(
-            {"format": FORMAT, "party": int(party), "step": int(step), "run_id": run_id, "meta": json.dumps(meta)}
+            {
+                "format": FORMAT,
+                "party": int(party),
+                "step": int(step),
+                "run_id": run_id,
+                "meta": json.dumps(meta),
+                "settings": canonical_json(settings),
+                "settings_sha256": settings_digest(settings),
+            }
         )
         pg = f.create_group("params")
         for name, (first, second, scale) in params.items():
@@ -129,7 +171,8 @@ def latest_common(comm, directory: str):
 
 
 def load(directory: str, party: int, step: int) -> dict:
-    """This party's checkpoint of ``step``: ``{"run_id", "params", "optim", "rng", "meta"}``."""
+    """This party's checkpoint of ``step``: ``{"run_id", "params", "optim", "rng", "meta",
+    "settings", "settings_sha256"}`` (the last two None in a checkpoint without them)."""
     path = checkpoint_path(directory, step, party)
     with open_for_reading(path, CheckpointError, "checkpoint") as f:
         try:
@@ -158,9 +201,22 @@ def load(directory: str, party: int, step: int) -> dict:
                 "optim": optim,
                 "rng": {"prg": prg, "role_calls": int(rg.attrs["role_calls"])},
                 "meta": json.loads(f.attrs["meta"]),
+                "settings": json.loads(f.attrs["settings"]) if "settings" in f.attrs else None,
+                "settings_sha256": str(f.attrs["settings_sha256"]) if "settings_sha256" in f.attrs else None,
             }
         except (KeyError, ValueError, OSError) as exc:
             raise CheckpointError(f"{path} is incomplete or corrupt: {exc}") from None
 
 
-__all__ = ["FORMAT", "CheckpointError", "checkpoint_path", "save", "load", "steps_on_disk", "latest_common"]
+__all__ = [
+    "FORMAT",
+    "CheckpointError",
+    "canonical_json",
+    "settings_digest",
+    "settings_differences",
+    "checkpoint_path",
+    "save",
+    "load",
+    "steps_on_disk",
+    "latest_common",
+]
