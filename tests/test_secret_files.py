@@ -52,6 +52,7 @@ def _save_checkpoint(directory, party=0, step=1, **kw):
         optim={"scale": 16, "steps": 0, "master": (_u64(3), _u64(3)), "velocity": (_u64(3), _u64(3))},
         rng={"role_calls": 0, "prg": {"own": (bytes(16), 0), "next": (bytes(16), 0), "local": (bytes(16), 0)}},
         meta={"step": step},
+        settings={"lr": 0.05},
         **kw,
     )
 
