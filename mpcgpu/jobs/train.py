@@ -334,6 +334,7 @@ def run(args) -> int:
     if not data.has_labels:
         raise MPCError(f"training shards {args.data} have no 'labels' array")
     model, source = _initial_model(rt, args)
+    model.exact_running = args.reveal_to is not None  # revealed statistics: rounded exactly
     if data.sample_shape != tuple(model.spec.input_shape):
         raise MPCError(
             f"model {model.spec.name} expects samples of shape {model.spec.input_shape}, "

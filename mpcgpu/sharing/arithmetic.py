@@ -344,8 +344,8 @@ def _summand_product(rt, summand, scale: int, trunc, bits=None, out_scale=None) 
         first, second = reshare(rt, summand)
         return ArithmeticShare(first, second, scale, rt)
     mode = check_mode(trunc)
-    if mode == "prob":
-        first, second = msb_corrected(rt, summand.shape, bits, summand=summand)
+    if mode != "aby3":
+        first, second = msb_corrected(rt, summand.shape, bits, summand=summand, mode=mode)
     else:
         first, second = aby3(rt, *reshare(rt, summand), bits)
     return ArithmeticShare(first, second, out_scale, rt)
@@ -643,8 +643,9 @@ def truncate(x: ArithmeticShare, bits, new_scale: int | None = None, mode=None) 
     elif new_scale is None:
         raise ProtocolError("truncate by per-element amounts needs new_scale")
     rt = x.rt
-    if check_mode(mode) == "prob":
-        first, second = msb_corrected(rt, x.shape, bits, rss=(x.first, x.second))
+    mode = check_mode(mode)
+    if mode != "aby3":
+        first, second = msb_corrected(rt, x.shape, bits, rss=(x.first, x.second), mode=mode)
     else:
         first, second = aby3(rt, x.first, x.second, bits)
     return ArithmeticShare(first, second, new_scale, rt)

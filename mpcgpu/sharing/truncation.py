@@ -65,14 +65,48 @@ from .. import fused_trunc
 from ..errors import ProtocolError
 from ..limbs import scratch
 
-MODES = ("prob", "aby3")
+MODES = ("prob", "aby3", "hidden", "exact")
 DEFAULT_MODE = "prob"
 SHIFT = 1 << 62
 MASK63 = (1 << 63) - 1
 
+#: ``"hidden"`` (a rounding threshold no party knows) and ``"exact"`` (round to nearest,
+#: deterministic) are protocols of :mod:`mpcgpu.protocols.trunc_hidden`, which registers them
+#: here when :mod:`mpcgpu.protocols` is imported (sharing imports nothing from protocols)
+REGISTERED: dict = {}
+#: the setting that picks the default: ``dealer`` (``"prob"``) or ``hidden``
+SETTING = "MPCGPU_TRUNCATION"
+_FORCED: list = []  # the mode of an enclosing :func:`forced` block
+
+
+def default_mode() -> str:
+    """The default truncation: ``"prob"`` unless :data:`SETTING` says ``hidden`` (the one
+    place that reads it) or a :func:`forced` block is open."""
+    if _FORCED:
+        return _FORCED[-1]
+    import os
+
+    value = os.environ.get(SETTING, "dealer").strip().lower() or "dealer"
+    if value not in ("dealer", "hidden"):
+        raise ProtocolError(f"{SETTING}={value!r}: use dealer (the default) or hidden")
+    return "prob" if value == "dealer" else "hidden"
+
+
+class forced:
+    """``with forced("exact"): ...``: every truncation of the default mode inside uses ``mode``."""
+
+    def __init__(self, mode):
+        self.mode = check_mode(mode)
+
+    def __enter__(self):
+        _FORCED.append(self.mode)
+
+    def __exit__(self, *exc):
+        _FORCED.pop()
+
 
 def check_mode(mode) -> str:
-    mode = DEFAULT_MODE if mode is None else mode
+    mode = default_mode() if mode is None else mode
     if mode not in MODES:
         raise ProtocolError(
             f"unknown truncation mode {mode!r}; choose one of {', '.join(MODES)} "
@@ -101,10 +135,13 @@ def _shift_amounts(xp, bits, shape):
 CHUNK = 1 << 20
 
 
-def msb_corrected(rt, shape, bits, *, rss=None, summand=None, offset=0, keep=False):
+def msb_corrected(rt, shape, bits, *, rss=None, summand=None, offset=0, keep=False, mode="prob"):
     """The ``"prob"`` protocol (module docstring); see :func:`_msb_corrected_call`.  Inputs of
     more than :data:`CHUNK` elements (without ``keep``) go in chunks, 2 rounds each, written
-    into the result as they come (no concatenation of the pieces)."""
+    into the result as they come (no concatenation of the pieces).  ``mode`` ``"hidden"`` or
+    ``"exact"`` hands the call to that registered protocol (:data:`REGISTERED`)."""
+    if mode in REGISTERED and not keep:
+        return REGISTERED[mode](rt, shape, bits, rss=rss, summand=summand, offset=offset)
     n = int(numpy.prod(shape, dtype=numpy.int64)) if tuple(shape) else 1
     if keep or n <= CHUNK:
         return _msb_corrected_call(rt, shape, bits, rss=rss, summand=summand, offset=offset, keep=keep)
@@ -318,4 +355,4 @@ def reshare(rt, summand):
     return z, rt.comm.pass_prev(z)
 
 
-__all__ = ["MODES", "DEFAULT_MODE", "CHUNK", "check_mode", "msb_corrected", "aby3", "reshare"]
+__all__ = ["MODES", "DEFAULT_MODE", "CHUNK", "check_mode", "default_mode", "forced", "msb_corrected", "aby3", "reshare"]
