@@ -213,7 +213,8 @@ def test_onnx_graphs_reveal_exactly_rounded_logits(rt, tracer, stem):
     import onnx_graphs
     from mpcgpu.interop.onnx_import import import_onnx
 
-    model, params = import_onnx({"chain": onnx_graphs.chain_net, "residual": onnx_graphs.residual_net}[stem](), name=stem)
+    make = {"chain": onnx_graphs.chain_net, "residual": onnx_graphs.residual_net}[stem]
+    model, params = import_onnx(make(), name=stem)
     rng = np.random.default_rng(2)
     x = rng.normal(0, 1, (3,) + tuple(model.input_shape))
     pm = PrivateModel(model, share_params(model, params if rt.rank == 0 else None))

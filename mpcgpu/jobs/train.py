@@ -102,6 +102,12 @@ def add_arguments(p):
     )
     p.add_argument("--precision", type=int, default=None, help="fractional bits (default: the training shards')")
     p.add_argument("--extra-bits", type=int, default=8, help="extra fractional bits of the master weights (default 8)")
+    p.add_argument(
+        "--clip-gradients",
+        action="store_true",
+        help="clip batch-summed gradients privately to the optimiser's bound 2^14 (10 rounds per step; "
+        "without it a larger gradient corrupts the update unnoticed)",
+    )
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-verify", action="store_true", help="skip re-hashing the shard files")
@@ -352,6 +358,7 @@ def run(args) -> int:
         momentum=args.momentum,
         weight_decay=args.weight_decay,
         extra_bits=args.extra_bits,
+        clip=getattr(args, "clip_gradients", False),
     )
     settings = {
         "model": model.spec.name,
