@@ -117,8 +117,10 @@ def _low_mask(xp, d):
 def hidden(rt, shape, bits, *, rss=None, summand=None, offset=0):
     """``floor((x + offset) / 2^bits) + carry`` with ``P(carry = 1) = ((x + offset) mod 2^bits)
     / 2^bits`` decided by a threshold no party knows (module docstring): this party's pair.
-    12 rounds per :data:`~mpcgpu.sharing.truncation.CHUNK` / 2 elements; about 334 bytes per
-    element on a replicated input (three parties together), 2 x 64 + ... fused."""
+    12 rounds per :data:`~mpcgpu.sharing.truncation.CHUNK` / 2 elements; bytes for the three
+    parties together, ``m = 2n`` exact floors: ``96 m + 24 (m + tree_words(m))`` on a
+    replicated input (about 334 per element), ``112 m + 24 (m + tree_words(m))`` fused with a
+    product.  Precondition: ``-2^62 <= x + offset < 2^62 - 3 2^bits``."""
     d = _amounts(bits, shape)
 
     def one_chunk(parts, d):
@@ -142,8 +144,9 @@ def hidden(rt, shape, bits, *, rss=None, summand=None, offset=0):
 
 def nearest(rt, shape, bits, *, rss=None, summand=None, offset=0):
     """``floor((x + offset + 2^(bits-1)) / 2^bits)``: round to nearest (ties up), exactly; this
-    party's pair.  12 rounds per :data:`~mpcgpu.sharing.truncation.CHUNK` elements, about 167
-    bytes per element (three parties together)."""
+    party's pair.  12 rounds per :data:`~mpcgpu.sharing.truncation.CHUNK` elements;
+    ``96 n + 24 (n + tree_words(n))`` bytes for the three parties together on a replicated
+    input (about 167 per element), ``112 n + ...`` fused with a product."""
     d = _amounts(bits, shape)
 
     def one_chunk(parts, d):

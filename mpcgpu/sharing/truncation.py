@@ -41,7 +41,19 @@ and which A and B could compute from ``c`` *if they knew* ``x``: a party does
 not learn ``x``'s discarded bits, but the last bit of a revealed probabilistic
 result is correlated with what these parties saw.  Values mpcgpu reveals as
 reals are therefore rounded exactly (:func:`mpcgpu.protocols.rounding.round_exact`),
-whose result is a function of ``x`` alone.
+whose result is a function of ``x`` alone.  Precisely, the carry is ``[c_lo < x_lo]``:
+each party holds a threshold (A and B ``c_lo``, D ``r_lo``) that a revealed value
+depending on the carry compares with ``x_lo`` (the leakage function and its bound:
+docs/design.md s7, "What a truncation leaks").
+
+``"hidden"`` and ``"exact"`` (opt-in): registered protocols
+-------------------------------------------------------------
+:mod:`mpcgpu.protocols.trunc_hidden` registers them in :data:`REGISTERED` (sharing
+imports nothing from protocols); :func:`msb_corrected` hands a call with ``mode`` one
+of them over.  ``"hidden"``: stochastic rounding whose threshold no party knows (12
+rounds); ``"exact"``: round to nearest (12 rounds), what the layers after an exact
+output's last product use (:class:`forced`).  :func:`default_mode` reads the setting
+``MPCGPU_TRUNCATION=dealer|hidden``.
 
 ``"aby3"`` (opt-in): the one-round ABY3 truncation
 ---------------------------------------------------
