@@ -200,6 +200,13 @@ SETTINGS = (
         "kernel set of the protocols' local steps (auto: numba on the CPU, the GPU slot on CUDA)",
     ),
     Setting(
+        "truncation",
+        ("MPCGPU_TRUNCATION",),
+        _choice("dealer", "hidden"),
+        "use dealer (the default) or hidden",
+        "every default truncation: rotating dealer (2 rounds) or hidden threshold (12 rounds)",
+    ),
+    Setting(
         "ring_kernel",
         ("MPCGPU_RING_KERNEL",),
         _choice("auto", "limbs", "native"),
@@ -308,7 +315,7 @@ SETTINGS = (
 BY_NAME = {s.name: s for s in SETTINGS}
 #: settings that code looks up when it runs (the rest is used once, at init):
 #: only these may be changed on a live runtime (``Runtime.overridden``)
-LIVE = ("compact_weights", "fault", "fault_kill_after_step")
+LIVE = ("compact_weights", "truncation", "fault", "fault_kill_after_step")
 
 
 @dataclass(frozen=True)
@@ -317,6 +324,7 @@ class Settings:
 
     device: str = "auto"
     kernels: str = "auto"
+    truncation: str = "dealer"
     ring_kernel: str = "auto"
     compact_weights: bool | None = None
     wait: str = "auto"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import numpy
@@ -106,6 +107,14 @@ def add_arguments(p):
     )
     p.add_argument("--precision", type=int, default=None, help="fractional bits (default: the training shards')")
     p.add_argument("--extra-bits", type=int, default=8, help="extra fractional bits of the master weights (default 8)")
+    p.add_argument(
+        "--clip-gradients",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="clip batch-summed gradients privately to the optimiser's bound 2^14 (default; 10 rounds per "
+        "step, nothing revealed; --no-clip-gradients saves them, and a larger gradient then corrupts the "
+        "update unnoticed)",
+    )
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-verify", action="store_true", help="skip re-hashing the shard files")
@@ -245,6 +254,7 @@ def run(args) -> int:
     model, source = initial_private_model(
         args.model, rt, init_seed=args.init_seed, dropout_seed=args.seed, verify=not args.no_verify
     )
+    model.exact_running = args.reveal_to is not None  # revealed statistics: rounded exactly
     trainer = Trainer(
         rt,
         model,
@@ -268,6 +278,7 @@ def run(args) -> int:
         checkpoint_every=args.checkpoint_every,
         identity=_identity(args),
         describe={"model_source": source, "data": args.data, "test_data": args.test_data, "limit": args.limit},
+        clip=args.clip_gradients,
     )
     _check_directories(rt, args)
     if args.resume:

@@ -28,7 +28,15 @@ shared shift costs the small constants relative precision: with ``f = 16``,
 ``m = 0.9`` is held to ``2^-22`` and ``lr * wd = 2.5e-5`` to about ``10^-4`` of
 itself, far below the noise of stochastic rounding.
 Batch-norm running statistics are not trained (they are updated in the forward
-pass).  Magnitudes: weights and velocities must stay below ``2^MAX_BITS``.
+pass).  Magnitudes: weights, velocities and batch-summed gradients must stay below
+``2^MAX_BITS``: beyond it the integer sums of step 1 wrap around the ring and the
+update is garbage.  So by default (``clip=True``; ``mpcgpu train --no-clip-gradients`` and
+``clip=False`` turn it off) every batch-summed gradient is clipped to
+``[-L, L]``, ``L = 2^MAX_BITS - 2^-f``, before the update: one batched MSB over ``2 P``
+elements (``L - g`` and ``g + L``) and one multiplication by the two bits, 10 rounds and
+about ``2 P (71 + 16 + 32)`` bytes per step for the three parties together (LeNet,
+431K parameters: ~100 MB, against ~1 GB for its step at batch 128); a gradient within
+the bound is unchanged bit for bit, nothing is revealed (not even whether it clipped).
 """
 
 from __future__ import annotations
@@ -57,13 +65,21 @@ class PrivateSGD:
     """
 
     def __init__(
-        self, params: dict, names, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, extra_bits: int = 8
+        self,
+        params: dict,
+        names,
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        extra_bits: int = 8,
+        clip: bool = True,
     ):
         self.names = list(names)
         if not self.names:
             raise MPCError("nothing to train: the model has no trainable parameters")
         self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
         self.extra_bits = int(extra_bits)
+        self.clip = bool(clip)
         first = params[self.names[0]]
         self.rt = first.rt
         self.f = first.scale
@@ -90,6 +106,8 @@ class PrivateSGD:
         if missing:
             raise MPCError(f"no gradient for {missing}")
         g = to_scale(concatenate([grads[n].reshape(-1) for n in self.names]), self.scale)
+        if self.clip:
+            g = clip_to_bound(g)
         m, wd, inv_b = self.momentum, self.weight_decay, 1.0 / int(batch_size)
         velocity, master = [], []
         for lo in range(0, self.master.size, CHUNK):  # bounded memory: one call per chunk
@@ -141,4 +159,25 @@ class PrivateSGD:
         return self._split(round_exact(self.master, self.extra_bits, self.f))
 
 
-__all__ = ["PrivateSGD", "MAX_BITS"]
+def clip_to_bound(g: ArithmeticShare, bits: int = MAX_BITS) -> ArithmeticShare:
+    """``g`` clipped to ``[-L, L]``, ``L = 2^bits - 2^-f`` (f: ``rt.frac_bits``), privately:
+    the signs of ``L - g`` and ``g + L`` in one MSB call (8 rounds) and
+    ``g + b_hi (L - g) - b_lo (g + L)`` with one multiplication by the bits (2 rounds).
+    Elements within the bound come back unchanged, word for word."""
+    from ..protocols.convert import msb, mul_bit
+    from ..sharing.replicated import with_public
+
+    n, shape, xp = g.size, g.shape, g.xp
+    flat = g.reshape(-1)
+    limit = (1 << (bits + g.scale)) - (1 << (g.scale - g.rt.frac_bits))  # L in ring units
+    lim = xp.full(n, limit, dtype=xp.int64).view(xp.uint64)
+
+    def plus_limit(x):
+        return x._new(*with_public(x.first, x.second, lim, x.rt.rank, xp, lambda a, b: a + b))
+
+    both = concatenate([plus_limit(-flat), plus_limit(flat)])  # L - g (< 0: g > L), g + L (< 0: g < -L)
+    corr = mul_bit(both, msb(both))
+    return (flat + corr[:n] - corr[n:]).reshape(*shape)
+
+
+__all__ = ["PrivateSGD", "MAX_BITS", "clip_to_bound"]

@@ -17,8 +17,10 @@ exactly that of the spec, cheaper:
 What backward needs is kept by the executor per layer path (``keep`` /
 ``kept``), never on share objects.  Nothing is revealed inside: the caller
 reveals the output (or only the argmax), and ``forward(..., exact=True)``
-rounds the output layer exactly (:func:`~mpcgpu.protocols.rounding.round_exact`)
-so that a revealed output's last bit depends on the value alone.
+rounds the last product exactly (:func:`~mpcgpu.protocols.rounding.round_exact`)
+and runs the layers after it (a head of global average pooling, flatten, ...) with
+exact truncations (``"exact"``, :mod:`mpcgpu.protocols.trunc_hidden`), so that a
+revealed output's last bit depends on the value alone, whatever the head.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ..errors import MPCError
 from ..sharing.arithmetic import ArithmeticShare, concatenate, share
 from ..sharing.compact import held
 from ..sharing.compact import share as compact_share
+from ..sharing.truncation import forced
 from . import spec as S
 from . import walker
 from .layers import impl
@@ -44,6 +47,10 @@ RESIDUAL_RELU = walker.RESIDUAL_RELU
 #: inverse square root domain for ``running_var + eps`` at inference (overridden by the
 #: domain a model's shards declare, see ``mpcgpu share``)
 DEFAULT_BN_DOMAIN = (1e-2, 1e3)
+
+#: public bound (log2) on batch-norm running statistics and batch statistics for the exact
+#: update (``exact_running``): the training inverse square root's domain ends at 2^12
+RUNNING_BITS = 14
 
 #: weights folded per product at :meth:`PrivateModel.prepare` (2 rounds each): bounds its
 #: memory (about 250 bytes per element at once, i.e. ~130 MB)
@@ -157,6 +164,9 @@ class PrivateModel:
         self.dropout_rng = numpy.random.default_rng(dropout_seed)
         self.training = False
         self.exact_output = False
+        #: batch-norm running statistics rounded exactly at every update (they will be revealed:
+        #: ``mpcgpu train --reveal-to``); 10 rounds more per training step
+        self.exact_running = False
         self.grads: dict = {}
         self.version = 0  # bumped whenever parameters change
         self._kept: dict = {}
@@ -168,6 +178,11 @@ class PrivateModel:
         leaves = list(self._leaf_order(self.spec.net, ""))
         order = [path for path, _ in leaves]
         self._first_leaf, self._output_leaf = order[0], order[-1]
+        # exact outputs: the last product rounds exactly; the leaves after it (a head such as
+        # conv . global average pool . flatten) truncate exactly too, so the output is
+        # exactly rounded whatever the head
+        self._exact_leaf, tail = self._exact_region(self.spec.net, "")
+        self._exact_tail = set(tail)
         # a product whose next layer is a max-pool is truncated after the pool (4x fewer
         # elements for 2x2): comparisons work at any scale
         self._deferred = {
@@ -179,6 +194,27 @@ class PrivateModel:
     # -- the spec walk (mpcgpu.nn.walker, with the ReLU / max-pool swap of schedule) -------
     def _leaf_order(self, layer, path):
         yield from walker.leaves(layer, schedule, path)
+
+    def _exact_region(self, layer, path):
+        """``(leaf, tail)`` for exact outputs: the product leaf that rounds exactly (None) and
+        the leaf paths that run with exact truncations: those after the last product, and a
+        whole residual block that holds it (its two branches meet after their products)."""
+        products = (S.Conv2d, S.Linear)
+        if isinstance(layer, S.Sequential):
+            kids = schedule(layer)
+            with_product = [
+                i for i, (n, c) in enumerate(kids) if any(isinstance(lf, products) for _, lf in self._leaf_order(c, ""))
+            ]
+            if not with_product:
+                return None, [p for p, _ in self._leaf_order(layer, path)]
+            i = with_product[-1]
+            leaf, tail = self._exact_region(kids[i][1], S.join_path(path, kids[i][0]))
+            for name, child in kids[i + 1 :]:
+                tail += [p for p, _ in self._leaf_order(child, S.join_path(path, name))]
+            return leaf, tail
+        if isinstance(layer, products):
+            return path, []
+        return None, [p for p, _ in self._leaf_order(layer, path)]
 
     def _run(self, layer, path, x, profile):
         return walker.forward(
@@ -192,6 +228,12 @@ class PrivateModel:
 
     def _leaf(self, layer, path, x, profile, forward: bool):
         fn = impl(layer).forward if forward else impl(layer).backward
+        if forward and self.exact_output and path in self._exact_tail:
+            with forced("exact"):
+                return self._timed(fn, layer, path, x, profile, forward)
+        return self._timed(fn, layer, path, x, profile, forward)
+
+    def _timed(self, fn, layer, path, x, profile, forward: bool):
         if profile is None:
             return fn(self, layer, path, x)
         kind = type(layer).__name__ + ("" if forward else " (backward)")
@@ -212,7 +254,7 @@ class PrivateModel:
         return path != self._first_leaf or self._input_grad
 
     def rounds_exactly(self, path) -> bool:
-        return self.exact_output and path == self._output_leaf
+        return self.exact_output and path == self._exact_leaf
 
     def truncates_later(self, path) -> bool:
         """Whether the product of ``path`` leaves its truncation to the max-pool after it."""
@@ -238,14 +280,33 @@ class PrivateModel:
         factors = numpy.concatenate(
             [numpy.full(s.size, decay) for s in olds] + [numpy.full(s.size, c) for s, c in zip(stats, coefs)]
         )
-        prod = flat * factors
         at = sum(s.size for s in olds)
+        if self.exact_running:
+            new = self._running_exact(flat, factors, at)
+        else:
+            prod = flat * factors
+            new = prod[:at] + prod[at:]
         start = 0
         for name, old in zip(names, olds):
             n = old.size
-            self.params[name] = (prod[start : start + n] + prod[at + start : at + start + n]).reshape(*old.shape)
+            self.params[name] = new[start : start + n].reshape(*old.shape)
             start += n
         self.version += 1
+
+    @staticmethod
+    def _running_exact(flat, factors, at):
+        """``decay * old + coef * stat`` rounded exactly (``exact_running``): the factors as
+        integers ``round(c 2^q)``, the two terms summed in the ring and one
+        :func:`~mpcgpu.protocols.rounding.round_exact` per statistic (12 rounds), ``q`` as
+        large as values below ``2^RUNNING_BITS`` allow."""
+        from ..protocols.rounding import round_exact
+
+        q = 60 - RUNNING_BITS - flat.scale
+        xp = flat.xp
+        k = xp.asarray(numpy.rint(factors * 2.0**q).astype(numpy.int64).view(numpy.uint64))
+        first, second = flat.first * k, flat.second * k
+        total = ArithmeticShare(first[:at] + first[at:], second[:at] + second[at:], flat.scale + q, flat.rt)
+        return round_exact(total, q, flat.scale)
 
     # -- running ---------------------------------------------------------------------------
     def forward(

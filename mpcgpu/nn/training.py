@@ -69,6 +69,7 @@ class Trainer:
         gamma: float = 0.1,
         seed: int = 0,
         extra_bits: int = 8,
+        clip: bool = True,
         test=None,
         test_limit: int | None = None,
         test_batch: int | None = None,
@@ -108,6 +109,7 @@ class Trainer:
             momentum=momentum,
             weight_decay=weight_decay,
             extra_bits=extra_bits,
+            clip=clip,
         )
         describe = dict(describe or {})
         self.settings = {

@@ -11,8 +11,9 @@ imported (``import mpcgpu`` does that).
 
 from __future__ import annotations
 
+from ..sharing import truncation
 from ..sharing.arithmetic import ArithmeticShare
-from . import approx, compare, pooling, rounding
+from . import approx, compare, pooling, rounding, trunc_hidden
 
 #: method name -> protocol function (its first argument is the share)
 METHODS = {
@@ -55,6 +56,7 @@ def attach():
     for name, fn in METHODS.items():
         setattr(ArithmeticShare, name, fn)
     ArithmeticShare.__truediv__ = _truediv
+    truncation.REGISTERED.update(trunc_hidden.PROTOCOLS)  # truncate(..., mode="hidden" | "exact")
 
 
 attach()

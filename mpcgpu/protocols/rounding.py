@@ -29,6 +29,8 @@ computation, not inside it.  Precondition as for the truncation:
 
 from __future__ import annotations
 
+import numpy  # host-side shift amounts only
+
 from ..errors import ProtocolError
 from ..sharing.arithmetic import ArithmeticShare, concatenate
 from ..sharing.replicated import with_public
@@ -44,7 +46,7 @@ def round_exact(x: ArithmeticShare, bits: int | None = None, new_scale: int | No
         flat = x.reshape(-1)
         pieces = [round_exact(flat[lo : lo + CHUNK], bits, new_scale) for lo in range(0, x.size, CHUNK)]
         return concatenate(pieces).reshape(*x.shape)
-    rt, xp = x.rt, x.xp
+    rt = x.rt
     if bits is None:
         bits = x.scale - rt.frac_bits
     bits = int(bits)
@@ -53,10 +55,25 @@ def round_exact(x: ArithmeticShare, bits: int | None = None, new_scale: int | No
         return x.relabel(new_scale)
     if bits > 62:
         raise ProtocolError(f"round_exact needs bits <= 62, got {bits}")
+    first, second = exact_floor(rt, x.shape, bits, rss=(x.first, x.second), offset=1 << (bits - 1))
+    return ArithmeticShare(first, second, new_scale, rt)
+
+
+def exact_floor(rt, shape, bits, *, rss=None, summand=None, offset: int = 0):
+    """This party's pair of ``floor((x + offset) / 2^bits)``, exactly: the MSB-corrected
+    truncation with the carry computed and subtracted (module docstring; 12 rounds, at most
+    :data:`~mpcgpu.sharing.truncation.CHUNK` elements).  Input as for
+    :func:`~mpcgpu.sharing.truncation.msb_corrected`: a replicated pair ``rss`` or this
+    party's ``summand`` of a three-out-of-three sum; ``bits`` an int or an array of shifts
+    broadcast to ``shape``; ``offset`` a ring constant."""
+    xp = rt.xp
     (first, second), (opener_component, c_lo, r_lo) = msb_corrected(
-        rt, x.shape, bits, rss=(x.first, x.second), offset=1 << (bits - 1), keep=True
+        rt, shape, bits, rss=rss, summand=summand, offset=offset, keep=True
     )
-    up = xp.uint64(63 - bits)
+    if numpy.ndim(bits):
+        up = xp.asarray((63 - numpy.broadcast_to(numpy.asarray(bits), tuple(shape))).astype(numpy.uint64))
+    else:
+        up = xp.uint64(63 - int(bits))
     v_first, v_second = -(r_lo[0] << up), -(r_lo[1] << up)
     if c_lo is not None:
         c_lo = c_lo << up
@@ -64,8 +81,7 @@ def round_exact(x: ArithmeticShare, bits: int | None = None, new_scale: int | No
         v_first, v_second, c_lo, rt.rank, xp, lambda a, b: a + b, component=opener_component
     )
     carry = b2a(msb(ArithmeticShare(v_first, v_second, 0, rt)))
-    shape = x.shape
-    return ArithmeticShare((first - carry.first).reshape(shape), (second - carry.second).reshape(shape), new_scale, rt)
+    return (first - carry.first).reshape(shape), (second - carry.second).reshape(shape)
 
 
-__all__ = ["round_exact"]
+__all__ = ["round_exact", "exact_floor"]

@@ -327,7 +327,8 @@ def _product(
     Local: a three-out-of-three sharing of the product from five ring products in all
     (:func:`product_summand`).  A result with more than ``rt.frac_bits``
     fractional bits is truncated back (or by ``bits``, read at ``out_scale``) in the same
-    two rounds as the resharing (``trunc``: None = the default mode, "prob" or "aby3";
+    two rounds as the resharing (``trunc``: None = the default mode, "prob", "aby3",
+    "hidden" or "exact", see :mod:`~mpcgpu.sharing.truncation`;
     ``False`` keeps all ``x.scale + y.scale`` bits, 1 round).  An integer result: 1
     resharing round, 8 bytes/element.
     """
@@ -344,8 +345,8 @@ def _summand_product(rt, summand, scale: int, trunc, bits=None, out_scale=None) 
         first, second = reshare(rt, summand)
         return ArithmeticShare(first, second, scale, rt)
     mode = check_mode(trunc)
-    if mode == "prob":
-        first, second = msb_corrected(rt, summand.shape, bits, summand=summand)
+    if mode != "aby3":
+        first, second = msb_corrected(rt, summand.shape, bits, summand=summand, mode=mode)
     else:
         first, second = aby3(rt, *reshare(rt, summand), bits)
     return ArithmeticShare(first, second, out_scale, rt)
@@ -634,7 +635,9 @@ def truncate(x: ArithmeticShare, bits, new_scale: int | None = None, mode=None) 
     ``mode``: None/"prob" -- MSB-corrected probabilistic truncation, 2 rounds, 16
     bytes/element from each party, unbiased, never off by more than one unit in the last
     place while ``|x| < 2^62`` (ring units); "aby3" -- 1 round, fails with probability
-    ``|x| / 2^64`` (see :mod:`mpcgpu.sharing.truncation`)."""
+    ``|x| / 2^64``; "hidden" -- a rounding threshold no party knows, "exact" -- round to
+    nearest, 12 rounds each (see :mod:`mpcgpu.sharing.truncation`); None: the setting
+    ``MPCGPU_TRUNCATION`` (default "prob")."""
     if numpy.ndim(bits) == 0:
         bits = int(bits)
         if bits <= 0:
@@ -643,8 +646,9 @@ def truncate(x: ArithmeticShare, bits, new_scale: int | None = None, mode=None) 
     elif new_scale is None:
         raise ProtocolError("truncate by per-element amounts needs new_scale")
     rt = x.rt
-    if check_mode(mode) == "prob":
-        first, second = msb_corrected(rt, x.shape, bits, rss=(x.first, x.second))
+    mode = check_mode(mode)
+    if mode != "aby3":
+        first, second = msb_corrected(rt, x.shape, bits, rss=(x.first, x.second), mode=mode)
     else:
         first, second = aby3(rt, x.first, x.second, bits)
     return ArithmeticShare(first, second, new_scale, rt)

@@ -46,7 +46,19 @@ and which A and B could compute from ``c`` *if they knew* ``x``: a party does
 not learn ``x``'s discarded bits, but the last bit of a revealed probabilistic
 result is correlated with what these parties saw.  Values mpcgpu reveals as
 reals are therefore rounded exactly (:func:`mpcgpu.protocols.rounding.round_exact`),
-whose result is a function of ``x`` alone.
+whose result is a function of ``x`` alone.  Precisely, the carry is ``[c_lo < x_lo]``:
+each party holds a threshold (A and B ``c_lo``, D ``r_lo``) that a revealed value
+depending on the carry compares with ``x_lo`` (the leakage function and its bound:
+docs/design.md s7, "What a truncation leaks").
+
+``"hidden"`` and ``"exact"`` (opt-in): registered protocols
+-------------------------------------------------------------
+:mod:`mpcgpu.protocols.trunc_hidden` registers them in :data:`REGISTERED` (sharing
+imports nothing from protocols); :func:`msb_corrected` hands a call with ``mode`` one
+of them over.  ``"hidden"``: stochastic rounding whose threshold no party knows (12
+rounds); ``"exact"``: round to nearest (12 rounds), what the layers after an exact
+output's last product use (:class:`forced`).  :func:`default_mode` reads the setting
+``MPCGPU_TRUNCATION=dealer|hidden``.
 
 ``"aby3"`` (opt-in): the one-round ABY3 truncation
 ---------------------------------------------------
@@ -68,14 +80,45 @@ import numpy  # host-side shape arithmetic only
 
 from ..errors import ProtocolError
 
-MODES = ("prob", "aby3")
+MODES = ("prob", "aby3", "hidden", "exact")
 DEFAULT_MODE = "prob"
 SHIFT = 1 << 62
 MASK63 = (1 << 63) - 1
 
+#: ``"hidden"`` (a rounding threshold no party knows) and ``"exact"`` (round to nearest,
+#: deterministic) are protocols of :mod:`mpcgpu.protocols.trunc_hidden`, which registers them
+#: here when :mod:`mpcgpu.protocols` is imported (sharing imports nothing from protocols)
+REGISTERED: dict = {}
+#: the setting that picks the default: ``dealer`` (``"prob"``) or ``hidden``
+SETTING = "MPCGPU_TRUNCATION"
+_FORCED: list = []  # the mode of an enclosing :func:`forced` block
+
+
+def default_mode() -> str:
+    """The default truncation: ``"prob"`` unless the ``truncation`` setting (:data:`SETTING`,
+    resolved once: :mod:`mpcgpu.settings`) says ``hidden`` or a :func:`forced` block is open."""
+    if _FORCED:
+        return _FORCED[-1]
+    from .. import settings as settings_mod
+
+    return "prob" if settings_mod.active().truncation == "dealer" else "hidden"
+
+
+class forced:
+    """``with forced("exact"): ...``: every truncation of the default mode inside uses ``mode``."""
+
+    def __init__(self, mode):
+        self.mode = check_mode(mode)
+
+    def __enter__(self):
+        _FORCED.append(self.mode)
+
+    def __exit__(self, *exc):
+        _FORCED.pop()
+
 
 def check_mode(mode) -> str:
-    mode = DEFAULT_MODE if mode is None else mode
+    mode = default_mode() if mode is None else mode
     if mode not in MODES:
         raise ProtocolError(
             f"unknown truncation mode {mode!r}; choose one of {', '.join(MODES)} "
@@ -104,10 +147,13 @@ def _shift_amounts(xp, bits, shape):
 CHUNK = 1 << 20
 
 
-def msb_corrected(rt, shape, bits, *, rss=None, summand=None, offset=0, keep=False):
+def msb_corrected(rt, shape, bits, *, rss=None, summand=None, offset=0, keep=False, mode="prob"):
     """The ``"prob"`` protocol (module docstring); see :func:`_msb_corrected_call`.  Inputs of
     more than :data:`CHUNK` elements (without ``keep``) go in chunks, 2 rounds each, written
-    into the result as they come (no concatenation of the pieces)."""
+    into the result as they come (no concatenation of the pieces).  ``mode`` ``"hidden"`` or
+    ``"exact"`` hands the call to that registered protocol (:data:`REGISTERED`)."""
+    if mode in REGISTERED and not keep:
+        return REGISTERED[mode](rt, shape, bits, rss=rss, summand=summand, offset=offset)
     n = int(numpy.prod(shape, dtype=numpy.int64)) if tuple(shape) else 1
     if keep or n <= CHUNK:
         return _msb_corrected_call(rt, shape, bits, rss=rss, summand=summand, offset=offset, keep=keep)
@@ -258,4 +304,4 @@ def reshare(rt, summand):
     return z, rt.comm.pass_prev(z)
 
 
-__all__ = ["MODES", "DEFAULT_MODE", "CHUNK", "check_mode", "msb_corrected", "aby3", "reshare"]
+__all__ = ["MODES", "DEFAULT_MODE", "CHUNK", "check_mode", "default_mode", "forced", "msb_corrected", "aby3", "reshare"]
