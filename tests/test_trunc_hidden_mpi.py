@@ -7,7 +7,7 @@ bytes, the setting that makes it the default, and what a revealed result tells a
 import numpy as np
 import pytest
 
-from mpcgpu.errors import ProtocolError
+from mpcgpu.errors import MPCError
 from mpcgpu.protocols.convert import tree_words
 from mpcgpu.sharing import truncation
 from mpcgpu.sharing.arithmetic import mul, truncate
@@ -107,7 +107,6 @@ def test_rounds_and_bytes_are_pinned(rt, seeded):
 
 
 def test_the_setting_makes_it_the_default_and_explicit_modes_win(rt, seeded):
-    from mpcgpu.errors import MPCError
     from mpcgpu.settings import resolve
 
     x = shared_ring(rt, seeded.integers(-(2**40), 2**40, 100), seeded)
