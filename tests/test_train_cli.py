@@ -222,6 +222,9 @@ def test_resume_draws_fresh_masks_and_refuses_another_lr(shards, uninterrupted):
     for k in a:
         assert not np.array_equal(a[k], c[k]), k  # other masks, other roundings
         moved = np.linalg.norm(a[k] - start[k])
-        assert np.linalg.norm(c[k] - a[k]) <= RELATIVE_TOLERANCE * moved, k
+        # per tensor: a small one (a 10-element bias) carries the rounding noise of every step
+        assert np.linalg.norm(c[k] - a[k]) <= 3 * RELATIVE_TOLERANCE * moved, k
+    flat = {t: np.concatenate([w[k].ravel() for k in sorted(start)]) for t, w in (("a", a), ("c", c), ("s", start))}
+    assert np.linalg.norm(flat["c"] - flat["a"]) <= RELATIVE_TOLERANCE * np.linalg.norm(flat["a"] - flat["s"])
     ja, jc = (json.load(open(shards / t / "run.json")) for t in ("a", "c"))
     assert abs(ja["test_accuracy"] - jc["test_accuracy"]) <= 2 / TEST
