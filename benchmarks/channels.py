@@ -1,6 +1,6 @@
 """Cost of the encrypted channels: `python benchmarks/channels.py` (launches mpiexec itself).
 
-1. AES-256-GCM throughput on one core (seal and open, as mpcgpu.channels does them).
+1. AES-256-GCM throughput on one core (seal and open, as mpcgpu.comm.channels does them).
 2. The work of the channels inside a batch-1 private inference: the seconds each party
    spends sealing and opening (``comm.wire["seconds"]``) per forward pass, against the
    pass's time (three ranks with sealed channels; the worker mode of this script).  This
@@ -25,7 +25,7 @@ import time
 
 import numpy
 
-from mpcgpu.channels import Direction
+from mpcgpu.comm.channels import Direction
 from mpcgpu.jobs.launcher import find_mpiexec, local_env
 
 

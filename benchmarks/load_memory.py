@@ -186,7 +186,7 @@ def main(argv=None):
                     f"second-half slope {r['second_half_slope_mb_per_min']:+.1f} MB/min"
                 )
     if args.json:
-        from mpcgpu.atomic import write_text
+        from mpcgpu.util.atomic import write_text
 
         write_text(args.json, json.dumps(report, indent=1))
 

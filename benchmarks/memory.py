@@ -32,7 +32,7 @@ import numpy  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mpcgpu  # noqa: E402
-from mpcgpu import memstat  # noqa: E402
+from mpcgpu.util import memstat  # noqa: E402
 from mpcgpu.jobs.bench import _warm_up, bench_params  # noqa: E402
 from mpcgpu.nn import private as P  # noqa: E402
 from mpcgpu.nn.models import get_model  # noqa: E402

@@ -6,7 +6,7 @@ sizes, and of an additive zero share (two streams and a subtraction).
 
 import time
 
-from mpcgpu.prg import PartyPRG, Stream, fresh_key
+from mpcgpu.crypto.prg import PartyPRG, Stream, fresh_key
 
 
 def best(fn, repeat=5):

@@ -1,4 +1,4 @@
-"""Exact ring products (mpcgpu.ring) against numpy int64 and one float64 GEMM.
+"""Exact ring products (mpcgpu.ring.products) against numpy int64 and one float64 GEMM.
 
     python benchmarks/ring.py            # ~1-2 minutes on 2 cores
     OPENBLAS_NUM_THREADS=2 python benchmarks/ring.py
@@ -13,11 +13,11 @@ Tables:
 * matmul n x n x n, n = 256, 512, 1024: numpy int64 matmul (no BLAS), the
   float64 limbs with scheme K22 (5 digit products in 4 GEMMs), W22 (6 products
   in 3 GEMMs) and W16 (10 products in 4 GEMMs), the native integer GEMM
-  (mpcgpu.native, numba), and one float64 GEMM; ratios to float64.
+  (mpcgpu.ring.native, numba), and one float64 GEMM; ratios to float64.
 * conv2d for the VGG-16 / CIFAR-10 layers (batch 1, 3x3, padding 1): the limbs
   and the native kernel vs a float64 conv with the same im2col (as_strided
   gather + one GEMM) vs the same im2col in int64.
-* the kernel mpcgpu chose for this machine (mpcgpu.kernels) and why.
+* the kernel mpcgpu chose for this machine (mpcgpu.ring.choice) and why.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from mpcgpu import native, ring  # noqa: E402
+from mpcgpu.ring import native, products as ring  # noqa: E402
 
 VGG_CIFAR = [
     (3, 64, 32),

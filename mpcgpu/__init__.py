@@ -52,8 +52,10 @@ def reset_comm_stats():
 
 def __getattr__(name):
     # subpackages on first use: `mpcgpu.nn`, `mpcgpu.data`, ...
-    if name in ("nn", "ring", "encoding", "data"):
-        import importlib
+    import importlib
 
+    if name in ("nn", "ring", "data", "comm", "crypto", "device", "kernelsets", "util", "reporting", "interop"):
         return importlib.import_module(f".{name}", __name__)
+    if name == "encoding":  # its old place
+        return importlib.import_module(".ring.encoding", __name__)
     raise AttributeError(f"module 'mpcgpu' has no attribute {name!r}")

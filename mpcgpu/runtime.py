@@ -4,8 +4,8 @@
 object) and every share and protocol finds it through :func:`get`.
 
 Start-up: the communicator agrees on channel keys with both peers (see
-:mod:`mpcgpu.channels`), then one round: each party sends its fresh 16-byte key
-``k_i`` to party ``i-1`` (see :mod:`mpcgpu.prg`), over those channels (sealed), and
+:mod:`mpcgpu.comm.channels`), then one round: each party sends its fresh 16-byte key
+``k_i`` to party ``i-1`` (see :mod:`mpcgpu.crypto.prg`), over those channels (sealed), and
 to both peers the SHA-256 of its ``MPCGPU_INSECURE_PRG_SEED`` (or of its absence):
 the three must agree, or every party stops with an error.
 The counters are reset afterwards, so
@@ -22,15 +22,16 @@ import traceback
 
 import numpy
 
-from .backend import Backend
-from .crashreport import report_then_wait
-from .channels import ChannelConfig
-from .comm import Communicator, abort_world, rank_count_message, world, world_rank
-from .encoding import DEFAULT_FRAC_BITS, safe_limit
+from mpcgpu.device.backend import Backend
+from mpcgpu.util.crashreport import report_then_wait
+from mpcgpu.comm.channels import ChannelConfig
+from mpcgpu.comm.communicator import Communicator
+from mpcgpu.comm.transport import abort_world, rank_count_message, world, world_rank
+from mpcgpu.ring.encoding import DEFAULT_FRAC_BITS, safe_limit
 from .errors import MPCError, ProtocolError, RankCountError
 from .kernelsets import build as build_kernel_set
 from .kernelsets import choose_kernel_set
-from .prg import INSECURE_SEED_ENV, PartyPRG, fresh_key, seed_digest, seeded_key
+from mpcgpu.crypto.prg import INSECURE_SEED_ENV, PartyPRG, fresh_key, seed_digest, seeded_key
 from . import settings as settings_mod
 
 _RUNTIME = None
@@ -227,10 +228,10 @@ def init(
     (default: ``--device``, ``MPCGPU_DEVICE`` or auto).  ``precision``: fractional bits of the
     fixed-point encoding.  With ``excepthook`` an uncaught exception on any rank
     prints its message and aborts all three ranks instead of leaving the others
-    waiting.  ``channels``: a :class:`mpcgpu.channels.ChannelConfig` (default: from the
+    waiting.  ``channels``: a :class:`mpcgpu.comm.channels.ChannelConfig` (default: from the
     settings ``key`` / ``parties`` / ``insecure_channels`` / ``peer_timeout``; without them,
     encrypted channels with ephemeral keys).  ``wire_hook``: a test hook on every outgoing
-    message (see :mod:`mpcgpu.link`).
+    message (see :mod:`mpcgpu.comm.link`).
 
     The settings (:mod:`mpcgpu.settings`) are resolved here, once, and kept as
     ``rt.settings``: ``settings`` (a resolved :class:`~mpcgpu.settings.Settings`) or else the

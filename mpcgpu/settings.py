@@ -34,7 +34,7 @@ from .errors import BackendError, ChannelError, MPCError
 
 ARGUMENT, COMMAND_LINE, ENVIRONMENT, DEFAULT = "argument", "command line", "environment", "default"
 
-#: where ``MPCGPU_FAULT`` may kill a rank (see :mod:`mpcgpu.faults`)
+#: where ``MPCGPU_FAULT`` may kill a rank (see :mod:`mpcgpu.util.faults`)
 FAULT_POINTS = (
     "share",
     "a2b",

@@ -72,7 +72,7 @@ def pytest_runtest_makereport(item, call):
 
 def test_device() -> str:
     """The back end of the test runtime: ``MPCGPU_DEVICE`` (default ``cpu``); tests/run.sh runs
-    the three-rank suite once more with ``strict`` (CuPy's rules over NumPy, mpcgpu.strict)."""
+    the three-rank suite once more with ``strict`` (CuPy's rules over NumPy, mpcgpu.device.strict)."""
     return os.environ.get("MPCGPU_DEVICE", "").strip().lower() or "cpu"
 
 

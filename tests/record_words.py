@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-import mpcgpu.comm as comm_module
+import mpcgpu.comm.communicator as comm_module
 from mpcgpu.nn import checkpoint
 
 

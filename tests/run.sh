@@ -37,7 +37,7 @@ if [ $rc -ne 0 ]; then
   for f in test-logs/rank*.log; do [ -f "$f" ] && { echo "--- $f (tail)"; tail -n 40 "$f"; }; done
 fi
 # the three-rank suite once more under the strict back end (CuPy's rules over NumPy,
-# mpcgpu/strict.py): a host/device mistake fails here, not on a user's GPU
+# mpcgpu/device/strict.py): a host/device mistake fails here, not on a user's GPU
 if [ "${STRICT:-1}" = "1" ] && [ "$MPCGPU_DEVICE" != "strict" ]; then
   echo "== three-rank tests, strict back end (MPCGPU_DEVICE=strict)"
   rm -rf test-logs

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mpcgpu.encoding import encode
+from mpcgpu.ring.encoding import encode
 from mpcgpu.errors import EncodingError, ProtocolError
 from mpcgpu.sharing.arithmetic import concatenate, stack, truncate
 from reference import all_components, conv2d_ref, received, recording, shared
@@ -82,7 +82,7 @@ def test_large_arrays_are_shared_in_pieces_exactly(rt, seeded, monkeypatch):
 def test_matmul_by_column_blocks_of_a_large_weight_is_exact(rt, seeded, monkeypatch):
     """A shared matmul whose right operand exceeds MATMUL_BLOCK goes by blocks of its
     columns: the same summand words as the whole product, and exact integer results."""
-    from mpcgpu import ring
+    from mpcgpu.ring import products as ring
     from mpcgpu.sharing import arithmetic
 
     monkeypatch.setattr(arithmetic, "MATMUL_BLOCK", 200)
@@ -323,7 +323,7 @@ def test_product_summands_sum_to_the_product_with_five_ring_products(rt, seeded)
     """The three parties' terms (:func:`product_summand`) add up to ``op(x, y)`` exactly for
     every choice of the light party, over full-range ring words; the light party computes
     one ring product, the other two two each (five in all, not six)."""
-    from mpcgpu import ring
+    from mpcgpu.ring import products as ring
     from mpcgpu.sharing.arithmetic import product_summand
 
     from reference import shared_ring

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from mpcgpu.backend import Backend, array_module
-from mpcgpu.encoding import decode, encode, safe_limit
+from mpcgpu.device.backend import Backend, array_module
+from mpcgpu.ring.encoding import decode, encode, safe_limit
 from mpcgpu.errors import BackendError, EncodingError
 
 

@@ -198,7 +198,7 @@ def test_a2b_of_fixed_point_shares_and_shapes(rt, seeded):
     s = share(v if rt.rank == 1 else None, src=1)
     b = a2b(s)
     assert b.shape == (3, 4, 5)
-    from mpcgpu.encoding import encode
+    from mpcgpu.ring.encoding import encode
 
     assert np.array_equal(b.reveal(), encode(v))
 

@@ -52,8 +52,8 @@ def run_three(script, tmp_path, timeout=60, **env):
 
 PRELUDE = """
     import os, sys, numpy as np
-    import mpcgpu, mpcgpu.comm as C
-    from mpcgpu.channels import ChannelConfig
+    import mpcgpu, mpcgpu.comm.communicator as C
+    from mpcgpu.comm.channels import ChannelConfig
     R = C.world_rank()
     def say(*words):  # one write per line: the three ranks share the launcher's stdout
         os.write(1, (" ".join(str(w) for w in words) + "\\n").encode())
@@ -78,7 +78,7 @@ TAMPER = """
         if MODE == "reorder":
             return reseal(4)
         if MODE == "wrongkey":
-            from mpcgpu.channels import Direction
+            from mpcgpu.comm.channels import Direction
             return Direction(os.urandom(32), 1, 2).seal(np.arange(1000, dtype=np.uint64))
     rt = mpcgpu.init(device="cpu", wire_hook=hook)
     for i in range(8):
@@ -164,7 +164,7 @@ def test_impostor_fails_to_authenticate(tmp_path, keys):
     script = (
         """
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    import mpcgpu.channels as CH
+    import mpcgpu.comm.channels as CH
     if R == 1:
         real = CH.Handshake.signatures
         def forged(self):
@@ -204,9 +204,9 @@ def test_mixed_modes_abort(tmp_path):
 
 HOSTS = """
     import socket
-    import mpcgpu.transport
+    import mpcgpu.comm.transport
     if os.environ.get("T_NODES") == "split":  # as if MPI ran one rank per node ...
-        mpcgpu.transport.ranks_on_this_node = lambda mpi_comm: 1
+        mpcgpu.comm.transport.ranks_on_this_node = lambda mpi_comm: 1
     socket.gethostname = lambda: os.environ["T_HOST"].format(R=R)  # ... and these were their host names
     rt = mpcgpu.init(device="cpu")
     say("finished on", R, rt.describe())

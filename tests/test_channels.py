@@ -1,5 +1,5 @@
 """Channels in one process: sealing (tamper, replay, reorder, wrong key), key files, the
-parties file, the key exchange's arithmetic and the configuration (see mpcgpu/channels.py;
+parties file, the key exchange's arithmetic and the configuration (see mpcgpu/comm/channels.py;
 the three-rank behaviour is in test_channels_mpi.py and test_channel_failures.py)."""
 
 import json
@@ -9,7 +9,7 @@ import stat
 import numpy as np
 import pytest
 
-from mpcgpu.channels import (
+from mpcgpu.comm.channels import (
     HOST_BYTES,
     TAG_BYTES,
     ChannelConfig,
@@ -119,7 +119,7 @@ def test_keygen_files_and_parties_file(tmp_path):
     keys = load_parties(parties)
     for i in range(3):
         key = load_private_key(str(tmp_path / "party{party}.key"), i)
-        from mpcgpu.channels import public_bytes
+        from mpcgpu.comm.channels import public_bytes
 
         assert public_bytes(key) == keys[i]
     assert [e["host"] for e in json.load(open(parties))["parties"]] == ["a", "b", "c"]
@@ -343,7 +343,7 @@ def test_object_messages_carry_data_never_code():
     peer's name, before anything runs."""
     import pickle
 
-    from mpcgpu import plaindata
+    from mpcgpu.comm import plaindata
     from mpcgpu.errors import ProtocolError
 
     samples = [

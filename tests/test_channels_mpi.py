@@ -5,7 +5,7 @@ still count the payload, and the small-object collectives travel over the channe
 import numpy as np
 import pytest
 
-from mpcgpu.channels import TAG_BYTES
+from mpcgpu.comm.channels import TAG_BYTES
 
 pytestmark = pytest.mark.mpi(min_size=3)
 
@@ -107,7 +107,7 @@ def test_a_shape_disagreement_leaves_the_channels_in_step(rt):
 
 def test_an_object_too_large_for_the_channel_stops_every_party_in_step(rt):
     from mpcgpu.errors import ProtocolError
-    from mpcgpu.plaindata import MAX_OBJECT_BYTES
+    from mpcgpu.comm.plaindata import MAX_OBJECT_BYTES
 
     big = b"\0" * (MAX_OBJECT_BYTES + 1) if rt.rank == 1 else None
     # the sender refuses after announcing the size, the receivers refuse the size: no

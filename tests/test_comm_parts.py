@@ -12,11 +12,11 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from mpcgpu import plaindata
-from mpcgpu.channels import ChannelConfig
+from mpcgpu.comm import plaindata
+from mpcgpu.comm.channels import ChannelConfig
 from mpcgpu.errors import ProtocolError
-from mpcgpu.link import SealedLink
-from mpcgpu.meter import CommStats, Meter
+from mpcgpu.comm.link import SealedLink
+from mpcgpu.comm.meter import CommStats, Meter
 
 
 # -- the meter -------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def test_nesting_at_the_limit_still_reads():
 
 
 def test_plain_data_round_trips_with_the_channel_protocol():
-    from mpcgpu import strict
+    from mpcgpu.device import strict
 
     shared = (1, 2)
     samples = [

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from mpcgpu.encoding import encode
+from mpcgpu.ring.encoding import encode
 from mpcgpu.jobs.bench import bench_params
 from mpcgpu.nn import private
 from mpcgpu.nn import spec as S

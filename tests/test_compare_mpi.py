@@ -7,7 +7,7 @@ result is compared bit for bit with a NumPy computation on the same integers.
 import numpy as np
 import pytest
 
-from mpcgpu.encoding import encode
+from mpcgpu.ring.encoding import encode
 from mpcgpu.protocols import compare
 from mpcgpu.protocols.convert import b2a, msb, mul_bit
 from mpcgpu.sharing import binary

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from mpcgpu.crashreport import pending_bytes, report_then_wait
+from mpcgpu.util.crashreport import pending_bytes, report_then_wait
 from test_failures import run_three
 
 

@@ -1,4 +1,4 @@
-"""A rank killed at chosen points of a job (``MPCGPU_FAULT=POINT:RANK[:N]``, mpcgpu.faults):
+"""A rank killed at chosen points of a job (``MPCGPU_FAULT=POINT:RANK[:N]``, mpcgpu.util.faults):
 every rank ends within 10 s of the kill, stderr names the lost party, and no output, shard
 or checkpoint file is left half-written (single process, launching ``mpiexec -n 3``)."""
 

@@ -135,7 +135,7 @@ def test_both_wait_policies_deliver_every_message(rt, monkeypatch, policy):
 
 
 def test_wait_policy_follows_cores_and_the_setting(rt, monkeypatch):
-    from mpcgpu.comm import wait_policy
+    from mpcgpu.comm.transport import wait_policy
 
     mpi_comm = rt.comm.comm
     for forced in ("spin", "sleep"):

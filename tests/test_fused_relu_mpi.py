@@ -1,5 +1,5 @@
 """The product with a shared bit, ReLU, MSB and A2B under every kernel set (mpcgpu.kernelsets;
-on the CPU the fused kernels of mpcgpu.fused_relu and mpcgpu.fused), on three ranks.
+on the CPU the fused kernels of mpcgpu.kernelsets.fused_relu and mpcgpu.kernelsets.fused), on three ranks.
 
 From the same PRG state, every kernel set available here and the array steps send the
 same messages and return the same components bit for bit; ``x * b`` and ``b`` are

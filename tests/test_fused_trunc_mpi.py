@@ -1,5 +1,5 @@
 """The MSB-corrected truncation under every kernel set (mpcgpu.kernelsets; on the CPU the
-fused kernels of mpcgpu.fused_trunc), on three ranks.
+fused kernels of mpcgpu.kernelsets.fused_trunc), on three ranks.
 
 From the same PRG state and role counter, every kernel set available here and the array
 steps (the reference and the GPU path) must send the same messages and return the same

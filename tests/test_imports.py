@@ -102,8 +102,8 @@ def test_layers_only_look_down():
     """ring knows nothing of sharing; sharing nothing of protocols or nn; protocols nothing of nn."""
     graph = import_graph()
     forbidden = {
-        "mpcgpu.ring": ("mpcgpu.sharing", "mpcgpu.protocols", "mpcgpu.nn", "mpcgpu.data", "mpcgpu.jobs"),
-        "mpcgpu.limbs": ("mpcgpu.sharing", "mpcgpu.protocols", "mpcgpu.nn"),
+        "mpcgpu.ring.products": ("mpcgpu.sharing", "mpcgpu.protocols", "mpcgpu.nn", "mpcgpu.data", "mpcgpu.jobs"),
+        "mpcgpu.ring.limbs": ("mpcgpu.sharing", "mpcgpu.protocols", "mpcgpu.nn"),
         "mpcgpu.sharing": ("mpcgpu.protocols", "mpcgpu.nn", "mpcgpu.data", "mpcgpu.jobs"),
         "mpcgpu.protocols": ("mpcgpu.nn", "mpcgpu.data", "mpcgpu.jobs"),
         "mpcgpu.nn": ("mpcgpu.jobs",),
@@ -114,6 +114,43 @@ def test_layers_only_look_down():
             if module == prefix or module.startswith(prefix + "."):
                 bad = [e for e in edges if e.startswith(banned)]
                 assert not bad, f"{module} imports {bad}"
+
+
+#: the folders of mpcgpu from the bottom up (issue 19): a module imports only from its own
+#: floor or the floors below (``mpcgpu`` is the package's own ``__init__``, the public face)
+FLOORS = [
+    ("errors", "_version", "settings"),
+    ("util", "device"),
+    ("ring", "crypto", "comm", "reporting", "assets"),
+    ("kernelsets",),
+    ("runtime",),
+    ("sharing",),
+    ("protocols", "mpcgpu"),
+    ("nn",),
+    ("data", "interop"),
+    ("models_io",),
+    ("jobs", "cli"),
+]
+
+
+def _floor_of(module: str) -> int:
+    parts = module.split(".")
+    top = parts[1] if len(parts) > 1 else "mpcgpu"
+    for level, names in enumerate(FLOORS):
+        if top in names:
+            return level
+    raise AssertionError(f"{module}: a folder or module of mpcgpu that FLOORS does not place")
+
+
+def test_every_folder_imports_only_from_its_floor_or_below():
+    graph = import_graph()
+    up = sorted(f"{m} -> {e}" for m, edges in graph.items() for e in edges if _floor_of(e) > _floor_of(m))
+    assert not up, "imports that run up the floors: " + "; ".join(up)
+
+
+def test_the_floor_check_sees_an_upward_import():
+    assert _floor_of("mpcgpu.ring.products") < _floor_of("mpcgpu.sharing.arithmetic")
+    assert _floor_of("mpcgpu.comm.transport") < _floor_of("mpcgpu.runtime")
 
 
 def test_only_transport_talks_to_mpi_and_only_backend_imports_cupy():
@@ -127,9 +164,9 @@ def test_only_transport_talks_to_mpi_and_only_backend_imports_cupy():
                 names.add(node.module.split(".")[0])
         rel = os.fspath(path.relative_to(ROOT))
         if "mpi4py" in names:
-            assert rel == "transport.py", f"{rel} imports mpi4py"
+            assert rel == os.path.join("comm", "transport.py"), f"{rel} imports mpi4py"
         if "cupy" in names:
-            assert rel == "backend.py", f"{rel} imports cupy"
+            assert rel == os.path.join("device", "backend.py"), f"{rel} imports cupy"
 
 
 #: modules of mpcgpu.jobs that serve several jobs (not jobs themselves)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mpcgpu import kernelsets
-from mpcgpu.backend import Backend
+from mpcgpu.device.backend import Backend
 from mpcgpu.errors import BackendError
 from mpcgpu.kernelsets.array import ArraySteps
 

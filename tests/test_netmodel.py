@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mpcgpu.errors import MPCError
-from mpcgpu.netmodel import PROFILES, Network, parse_network, parse_rate, parse_time, project
+from mpcgpu.reporting.netmodel import PROFILES, Network, parse_network, parse_rate, parse_time, project
 
 
 def test_profiles_are_the_stated_figures():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mpcgpu.jobs.launcher import find_mpiexec, local_env
-from mpcgpu.netmodel import PROFILES, parse_network, project
+from mpcgpu.reporting.netmodel import PROFILES, parse_network, project
 
 
 def mpirun(args, cwd, timeout=300):

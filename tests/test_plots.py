@@ -8,7 +8,7 @@ import pytest
 
 from mpcgpu import cli
 from mpcgpu.errors import MPCError
-from mpcgpu.netmodel import PROFILES, project
+from mpcgpu.reporting.netmodel import PROFILES, project
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -41,7 +41,7 @@ def is_png(path):
 
 def test_bench_and_training_figures(tmp_path):
     pytest.importorskip("matplotlib")
-    from mpcgpu.plots import bench_figure, training_figure
+    from mpcgpu.reporting.plots import bench_figure, training_figure
 
     assert bench_figure(bench_summary(), tmp_path / "b.png") and is_png(tmp_path / "b.png")
     for loss in (True, False):
@@ -77,7 +77,7 @@ def test_without_matplotlib_a_clear_message(tmp_path, monkeypatch, capsys):
         monkeypatch.delitem(sys.modules, mod)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     from mpcgpu.jobs.train import _plot
-    from mpcgpu.plots import have_matplotlib, pyplot
+    from mpcgpu.reporting.plots import have_matplotlib, pyplot
 
     assert not have_matplotlib()
     with pytest.raises(MPCError, match=r"pip install 'mpcgpu\[plots\]'"):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from mpcgpu.prg import PartyPRG, Stream, fresh_key
+from mpcgpu.crypto.prg import PartyPRG, Stream, fresh_key
 
 
 def aes_ecb(key: bytes, block: bytes) -> bytes:
@@ -79,7 +79,7 @@ def test_bad_key_length():
 def test_recipes_regenerate_any_range_of_a_call():
     """A reserved call draws, on demand and from any word on, exactly the words that
     ``Stream.uint64`` draws for that call; the stream goes on as if it had drawn them."""
-    from mpcgpu.prg import reserve
+    from mpcgpu.crypto.prg import reserve
 
     key = fresh_key()
     direct, lazy = Stream(key), Stream(key)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mpcgpu.errors import MPCError
-from mpcgpu.results import atomic_path, check_writable, save_json, save_npy, writable_problem
+from mpcgpu.util.results import atomic_path, check_writable, save_json, save_npy, writable_problem
 
 
 def test_save_npy_and_json_round_trip(tmp_path):

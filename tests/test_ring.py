@@ -1,4 +1,4 @@
-"""Exactness of mpcgpu.ring: ring products mod 2^64 on float64 kernels.
+"""Exactness of mpcgpu.ring.products: ring products mod 2^64 on float64 kernels.
 
 References never use the float path: Python ints (object arrays, explicit
 loops) for small shapes, and NumPy's uint64 matmul (plain integer loops,
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mpcgpu import kernels, limbs, native, ring
+from mpcgpu.ring import choice as kernels, limbs, native, products as ring
 
 M64 = 2**64
 ALL_ONES = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
@@ -733,7 +733,7 @@ def py_matmul(a, b):
 
 
 def call_kernel(kernel, a, rhs, n):
-    """One compiled kernel of mpcgpu.native on fresh zeros (the blocked ones with the module's
+    """One compiled kernel of mpcgpu.ring.native on fresh zeros (the blocked ones with the module's
     blocking parameters)."""
     out = np.zeros((a.shape[0], n), dtype=np.uint64)
     nt, nn, nn_packed = native._compile()

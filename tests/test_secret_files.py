@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mpcgpu import atomic
-from mpcgpu.channels import ChannelConfig, write_key_pair
+from mpcgpu.util import atomic
+from mpcgpu.comm.channels import ChannelConfig, write_key_pair
 from mpcgpu.data.shards import ArraySpec, write_party_shard, write_shard_set
 from mpcgpu.errors import MPCError
 from mpcgpu.nn import checkpoint

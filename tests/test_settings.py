@@ -273,8 +273,8 @@ def test_the_environment_for_a_child_is_a_copy(monkeypatch):
 
 
 def test_consumers_take_their_values_from_settings():
-    from mpcgpu import faults
-    from mpcgpu.channels import ChannelConfig
+    from mpcgpu.util import faults
+    from mpcgpu.comm.channels import ChannelConfig
     from mpcgpu.nn import models, private
 
     lenet = models.get_model("lenet")

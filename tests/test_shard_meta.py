@@ -12,7 +12,7 @@ import pytest
 from mpcgpu import cli
 from mpcgpu.assets.dataset_h5 import write_dataset
 from mpcgpu.data import Shard, reconstruct_local, split
-from mpcgpu.encoding import encode
+from mpcgpu.ring.encoding import encode
 from mpcgpu.errors import ShardError
 
 # distinctive secret values: none of them may appear anywhere in a shard file

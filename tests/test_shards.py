@@ -12,7 +12,7 @@ import pytest
 from mpcgpu import cli
 from mpcgpu.data import shards, split
 from mpcgpu.data.shards import ArraySpec, Shard, open_shard, reconstruct_local, write_shard_set
-from mpcgpu.encoding import encode
+from mpcgpu.ring.encoding import encode
 from mpcgpu.errors import EncodingError, ShardError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mpcgpu.data import open_shard, split
-from mpcgpu.encoding import encode
+from mpcgpu.ring.encoding import encode
 from mpcgpu.errors import ShardError
 
 pytestmark = pytest.mark.mpi(min_size=3)

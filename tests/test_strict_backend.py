@@ -1,4 +1,4 @@
-"""The strict back end (mpcgpu.strict): CuPy's refusals for the package's code, NumPy's
+"""The strict back end (mpcgpu.device.strict): CuPy's refusals for the package's code, NumPy's
 arithmetic bit for bit (single process)."""
 
 import os
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import mpcgpu
-from mpcgpu import strict
-from mpcgpu.backend import Backend, array_module, is_device_array
-from mpcgpu.strict import StrictDeviceError
+from mpcgpu.device import strict
+from mpcgpu.device.backend import Backend, array_module, is_device_array
+from mpcgpu.device.strict import StrictDeviceError
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(mpcgpu.__file__))
 

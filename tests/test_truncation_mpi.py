@@ -14,7 +14,7 @@ import itertools
 import numpy as np
 import pytest
 
-from mpcgpu.encoding import encode
+from mpcgpu.ring.encoding import encode
 from mpcgpu.protocols import pooling
 from mpcgpu.protocols.rounding import round_exact
 from mpcgpu.sharing.arithmetic import ArithmeticShare, mul, truncate

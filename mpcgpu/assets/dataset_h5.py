@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from ..atomic import written_atomically
+from mpcgpu.util.atomic import written_atomically
 from ..errors import MPCError
 
 FORMAT = "mpcgpu-dataset/1"
@@ -167,7 +167,7 @@ def _s(v):
 
 def dataset_info(path) -> dict:
     """Root attributes and shapes of a dataset file (checks the format)."""
-    from ..hdf5 import open_for_reading
+    from mpcgpu.util.hdf5 import open_for_reading
 
     with open_for_reading(path, DatasetError, "dataset file") as f:
         if _s(f.attrs.get("format")) != FORMAT:

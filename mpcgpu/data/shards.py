@@ -68,11 +68,11 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from .. import atomic, faults
-from ..encoding import check_range, encode, safe_limit
+from mpcgpu.util import atomic, faults
+from mpcgpu.ring.encoding import check_range, encode, safe_limit
 from ..errors import EncodingError, ShardError
-from ..hdf5 import DAMAGE, damaged_message, open_for_reading, written_atomically
-from ..progress import Progress
+from mpcgpu.util.hdf5 import DAMAGE, damaged_message, open_for_reading, written_atomically
+from mpcgpu.util.progress import Progress
 
 FORMAT = "mpcgpu-shard/1"
 KINDS = ("dataset", "model")
@@ -213,7 +213,7 @@ def write_shard_set(
     """Secret-share ``arrays`` (a list of :class:`ArraySpec`) into three shard files.
 
     The components ``x0, x1`` are drawn from a fresh AES-CTR stream
-    (:class:`mpcgpu.prg.Stream` with a new OS key per call) and ``x2 = x - x0 - x1``.
+    (:class:`mpcgpu.crypto.prg.Stream` with a new OS key per call) and ``x2 = x - x0 - x1``.
     Arrays are processed in row blocks of about ``block_bytes`` per component.
     Files are written under temporary names and renamed when complete, so a
     failed split leaves no partial shard set.  ``progress``: None shows a
@@ -221,7 +221,7 @@ def write_shard_set(
     as is to ``/public`` (a dict value becomes a sub-group): pass only what every
     server may learn (:func:`mpcgpu.data.split.select_public` chooses it).
     """
-    from ..prg import Stream, fresh_key
+    from mpcgpu.crypto.prg import Stream, fresh_key
 
     h5py = _h5py()
     if kind not in KINDS:
@@ -358,7 +358,7 @@ def write_party_shard(
     two components, host uint64 arrays -- and ``set_id`` is common to the three files.
     Written under a temporary name (mode 0600) and renamed when complete; ``separate_hosts``
     (a parties file): another party's file in the directory is an error
-    (:func:`mpcgpu.atomic.check_own_directory`).  Returns the path."""
+    (:func:`mpcgpu.util.atomic.check_own_directory`).  Returns the path."""
     h5py = _h5py()
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     folder = os.path.dirname(os.path.abspath(path))
@@ -464,7 +464,7 @@ def resolve_path(path: str, party: int) -> str:
     return path
 
 
-_DAMAGE = DAMAGE  # h5py's errors on a damaged file (mpcgpu.hdf5)
+_DAMAGE = DAMAGE  # h5py's errors on a damaged file (mpcgpu.util.hdf5)
 
 
 def _damaged(path, exc) -> str:

@@ -36,8 +36,8 @@ import os
 
 import numpy
 
-from ..encoding import DEFAULT_FRAC_BITS
-from ..hdf5 import open_for_reading
+from mpcgpu.ring.encoding import DEFAULT_FRAC_BITS
+from mpcgpu.util.hdf5 import open_for_reading
 from ..errors import ShardError
 from .shards import ArraySpec, ShardSet, write_shard_set
 

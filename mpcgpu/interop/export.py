@@ -34,7 +34,7 @@ class ExportError(MPCError, ValueError):
 
 
 def _atomic(path, write):
-    from ..atomic import create_private
+    from mpcgpu.util.atomic import create_private
 
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"

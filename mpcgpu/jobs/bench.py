@@ -22,7 +22,7 @@ along.
 
 Where it will run (--network, repeatable): each row projected onto a network between
 three machines, from its measured time, rounds and bytes per party
-(mpcgpu.netmodel):  projected = measured + rounds x RTT + busiest party's bytes / bandwidth.
+(mpcgpu.reporting.netmodel):  projected = measured + rounds x RTT + busiest party's bytes / bandwidth.
   lan                10 Gbit/s, 0.2 ms RTT (one data centre: the peers' setting)
   wan                100 Mbit/s, 40 ms RTT (regions of one continent)
   BANDWIDTH,RTT      e.g. 1Gbit,10ms or 100MB/s,2ms
@@ -140,7 +140,7 @@ def bench_params(model, seed):
 
 def _warm_up(rt):
     """Load the compiled ring kernels (and calibrate on a new machine) before any timing."""
-    from .. import ring
+    from mpcgpu.ring import products as ring
 
     xp = rt.xp
     a = xp.ones((4, 4), dtype=xp.uint64)
@@ -254,8 +254,8 @@ def _training(rt, model, args, batch):
 
 
 def project_row(row: dict, networks) -> list:
-    """The row's projections onto ``networks`` (:func:`mpcgpu.netmodel.project`)."""
-    from ..netmodel import project
+    """The row's projections onto ``networks`` (:func:`mpcgpu.reporting.netmodel.project`)."""
+    from mpcgpu.reporting.netmodel import project
 
     return [project(row["private_seconds"], row["rounds"], row["bytes_busiest_party"], net) for net in networks or ()]
 
@@ -263,12 +263,12 @@ def project_row(row: dict, networks) -> list:
 def _output_problem(out, plot) -> str | None:
     """Why rank 0 could not write the JSON or the PNG at the end (None if it can)."""
     from ..errors import MPCError
-    from ..results import check_writable
+    from mpcgpu.util.results import check_writable
 
     try:
         check_writable(out, plot)
         if plot:
-            from ..plots import pyplot
+            from mpcgpu.reporting.plots import pyplot
 
             pyplot()  # the install hint when matplotlib is missing
     except MPCError as exc:
@@ -279,8 +279,8 @@ def _output_problem(out, plot) -> str | None:
 def run(args) -> int:
     import mpcgpu
 
-    from .. import memstat
-    from ..netmodel import parse_network
+    from mpcgpu.util import memstat
+    from mpcgpu.reporting.netmodel import parse_network
     from ..nn.weights import model_by_name_or_file
 
     # everything the user can get wrong is checked before the parties start working
@@ -339,19 +339,19 @@ def run(args) -> int:
         if profile is not None:
             profile.report(rt.comm)
     if rt.rank == 0:
-        from ..results import save_json
+        from mpcgpu.util.results import save_json
 
         summary = {
             "what": args.what,
             "device": rt.backend.describe(),
             "networks": [vars(net) for net in networks],
-            "network_model": "measured + rounds * rtt + bytes_busiest_party / bandwidth (mpcgpu.netmodel)",
+            "network_model": "measured + rounds * rtt + bytes_busiest_party / bandwidth (mpcgpu.reporting.netmodel)",
             "results": results,
         }
         save_json(out, summary)
         print(f"written {out}")
         if plot:
-            from ..plots import bench_figure
+            from mpcgpu.reporting.plots import bench_figure
 
             print(f"written {bench_figure(summary, plot)}")
     return 0

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from ..channels import DEFAULT_PEER_TIMEOUT, INSECURE_ENV, KEY_ENV, PARTIES_ENV, TIMEOUT_ENV, ChannelConfig
+from mpcgpu.comm.channels import DEFAULT_PEER_TIMEOUT, INSECURE_ENV, KEY_ENV, PARTIES_ENV, TIMEOUT_ENV, ChannelConfig
 
 
 def add_channel_arguments(p):

@@ -246,7 +246,7 @@ def write_outputs(paths: dict, arrays: dict, meta: dict) -> list:
     """The owner's files: arrays first, the metadata JSON last (its presence says the set
     is complete); each written atomically with mode 0600 (they are the owner's alone).
     Returns the paths written."""
-    from ..results import save_json, save_npy
+    from mpcgpu.util.results import save_json, save_npy
 
     order = [("main", name) for name in arrays if name != "scores"] + (
         [("scores", "scores")] if "scores" in arrays else []
@@ -270,7 +270,7 @@ def _check_files(comm, owner: int, paths: dict, summary_json: str | None) -> Non
     """Before any computation: the owner's output files can be written (else the same
     error on every rank)."""
     from ..errors import MPCError
-    from ..results import writable_problem
+    from mpcgpu.util.results import writable_problem
 
     problem = None
     if comm.rank == owner:
@@ -286,12 +286,12 @@ def _check_files(comm, owner: int, paths: dict, summary_json: str | None) -> Non
 
 def run(args) -> int:
     import mpcgpu
-    from .. import memstat
-    from ..comm import world_rank
+    from mpcgpu.util import memstat
+    from mpcgpu.comm.transport import world_rank
     from ..data.shards import open_shard
     from ..nn.private import Profile
-    from ..progress import Progress
-    from ..results import save_json
+    from mpcgpu.util.progress import Progress
+    from mpcgpu.util.results import save_json
 
     output = getattr(args, "output", None) or Output()
     if isinstance(output, str):

@@ -29,13 +29,13 @@ def run(args) -> int:
 
 
 def _report(args, current) -> int:
-    from ..backend import Backend
+    from mpcgpu.device.backend import Backend
     from ..errors import BackendError, MPCError
     from ..nn.models import get_model, list_models
     from ..nn.spec import count_params
 
     try:
-        from ..comm import mpi_library_version
+        from mpcgpu.comm.transport import mpi_library_version
 
         print(f"MPI: {mpi_library_version()} (mpi4py)")
     except Exception as exc:  # pragma: no cover
@@ -45,9 +45,9 @@ def _report(args, current) -> int:
     except BackendError as exc:
         print(f"back end: {exc}")
     try:  # what a job started from this environment would use (--key/--parties/--insecure-channels)
-        from ..channels import ChannelConfig
+        from mpcgpu.comm.channels import ChannelConfig
 
-        from ..channels import load_parties
+        from mpcgpu.comm.channels import load_parties
 
         config = ChannelConfig.from_settings(current)
         print(config.describe())
@@ -55,7 +55,7 @@ def _report(args, current) -> int:
             load_parties(config.parties)  # a missing or malformed parties file is reported here
     except MPCError as exc:
         print(f"channels: {exc}")
-    from ..ring import kernel
+    from mpcgpu.ring.products import kernel
 
     choice = kernel()
     line = f"CPU ring products: {choice['kernel']} ({choice['why']}"

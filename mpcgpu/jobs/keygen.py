@@ -36,7 +36,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..channels import write_key_pair, write_parties_file
+    from mpcgpu.comm.channels import write_key_pair, write_parties_file
     from ..errors import MPCError
 
     if args.parties:

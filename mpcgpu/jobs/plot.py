@@ -23,7 +23,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..plots import plot_file
+    from mpcgpu.reporting.plots import plot_file
 
     png = plot_file(args.json, args.out)
     print(f"written {png}")

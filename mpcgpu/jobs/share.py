@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from ..data.split import clear_attributes, human_size, show_value, split_file
-from ..encoding import DEFAULT_FRAC_BITS
+from mpcgpu.ring.encoding import DEFAULT_FRAC_BITS
 from ..errors import MPCError
 
 SUMMARY = "split a plaintext dataset or model (HDF5) into three shard files, one per server"

@@ -171,7 +171,7 @@ def _check_directories(rt, args):
     """Before training: no party writes its checkpoints or trained shard into a directory
     that holds another party's files (an error with a parties file, a warning on one
     machine), decided on every rank alike."""
-    from ..atomic import check_own_directory
+    from mpcgpu.util.atomic import check_own_directory
     from ..errors import MPCError
 
     folders = [args.checkpoint_dir] if args.checkpoint_dir else []
@@ -213,9 +213,9 @@ def _write_outputs(rt, args, model, params, run_id):
 
 
 def _plot(path, summary):
-    """The training curves as PNG (:func:`mpcgpu.plots.training_figure`); None without matplotlib."""
+    """The training curves as PNG (:func:`mpcgpu.reporting.plots.training_figure`); None without matplotlib."""
     from ..errors import MPCError
-    from ..plots import training_figure
+    from mpcgpu.reporting.plots import training_figure
 
     try:
         return training_figure(summary, path)
@@ -226,12 +226,12 @@ def _plot(path, summary):
 
 def run(args) -> int:
     import mpcgpu
-    from ..comm import world_rank
+    from mpcgpu.comm.transport import world_rank
     from ..data.loader import ShardedDataset
     from ..errors import MPCError
     from ..models_io import initial_private_model
     from ..nn.training import Trainer
-    from ..progress import Progress
+    from mpcgpu.util.progress import Progress
     from . import checks
 
     if args.reveal_to is not None and not args.out:
@@ -346,7 +346,7 @@ def _summary(args, summary):
             flush=True,
         )
     if args.json:
-        from ..results import save_json
+        from mpcgpu.util.results import save_json
 
         save_json(args.json, summary, indent=1)
         plot = args.plot or os.path.splitext(args.json)[0] + ".png"

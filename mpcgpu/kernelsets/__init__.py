@@ -11,7 +11,7 @@ messages and the outputs are bit for bit the same whichever runs (tests/test_ker
 runs every protocol under every kernel set available here from the same randomness).  Where
 a step consumes PRG words (the masks of an AND or of a resharing), the body draws them at
 the granularity that every set agrees on -- the two raw streams of a zero share
-(:meth:`mpcgpu.prg.PartyPRG.zero_share_parts`), the ``(rows, n)`` block of a pair key --
+(:meth:`mpcgpu.crypto.prg.PartyPRG.zero_share_parts`), the ``(rows, n)`` block of a pair key --
 and the step combines them.
 
 The sets (:data:`KERNEL_SETS`):
@@ -21,7 +21,8 @@ The sets (:data:`KERNEL_SETS`):
     strict back end).  The reference: every other set must give its words.
 ``numba``
     :class:`~mpcgpu.kernelsets.numba_cpu.NumbaSteps`: the fused CPU kernels of
-    :mod:`mpcgpu.fused`, :mod:`mpcgpu.fused_trunc` and :mod:`mpcgpu.fused_relu`, one pass
+    :mod:`mpcgpu.kernelsets.fused`, :mod:`mpcgpu.kernelsets.fused_trunc` and
+    :mod:`mpcgpu.kernelsets.fused_relu`, one pass
     over memory per step instead of one per word operation.  NumPy back end, numba
     importable.  Cases the kernels do not cover (``keep=True`` truncation, a bit broadcast
     against ``x``, ``b2a`` alone) run the array steps.

@@ -3,7 +3,7 @@
 The reference of :mod:`mpcgpu.kernelsets`: every other set must return these words.  The
 steps get the back end's arrays (flat unless said otherwise) and, for the masks of a zero
 share, the two raw host PRG streams that the protocol drew
-(:meth:`mpcgpu.prg.PartyPRG.zero_share_parts`); they combine them exactly as
+(:meth:`mpcgpu.crypto.prg.PartyPRG.zero_share_parts`); they combine them exactly as
 ``zero_share`` / ``zero_share_xor`` would (``F(k_i) -/^ F(k_{i+1})``, moved to the device).
 Outputs are fresh arrays or the caller's ``out``; nothing returned is a window on a PRG
 buffer the caller may reuse.

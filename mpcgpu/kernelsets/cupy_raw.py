@@ -5,7 +5,7 @@ kernel launch and one temporary in device memory; a step written as one
 ``cupy.ElementwiseKernel`` (or ``RawKernel``) would be one launch.  None is written yet:
 every step here is the array step.  To add one, override the step in :class:`CupySteps`
 with a kernel built from the array module of the back end (``self.xp`` is CuPy on the CUDA
-back end -- never ``import cupy`` here: :mod:`mpcgpu.backend` is the one module that imports
+back end -- never ``import cupy`` here: :mod:`mpcgpu.device.backend` is the one module that imports
 it), computing the array step's words from the same inputs, and run
 tests/test_kernelsets_mpi.py on a GPU (it compares every available set with ``array``).
 

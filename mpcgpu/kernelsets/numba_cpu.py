@@ -2,8 +2,8 @@
 
 Between two exchanges a protocol's local work is a chain of cheap word operations; on NumPy
 each is one pass and one temporary.  Here each step is one compiled loop (the kernels of
-:mod:`mpcgpu.fused` -- the MSB tree --, :mod:`mpcgpu.fused_trunc` -- the truncation -- and
-:mod:`mpcgpu.fused_relu` -- adder inputs, the product with a shared bit), computing the same
+:mod:`mpcgpu.kernelsets.fused` -- the MSB tree --, :mod:`mpcgpu.kernelsets.fused_trunc` -- the truncation -- and
+:mod:`mpcgpu.kernelsets.fused_relu` -- adder inputs, the product with a shared bit), computing the same
 ring expressions mod 2^64 as :class:`~mpcgpu.kernelsets.array.ArraySteps` from the same
 inputs, so the words are the same bit for bit (tests/test_kernelsets_mpi.py).  The PRG words
 a step consumes go into warm per-thread scratch buffers (:meth:`prg_buffer`, consumed inside
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy  # scalar flags and host scratch; the arrays are the NumPy back end's
 
-from .. import fused, fused_relu, fused_trunc
-from ..limbs import scratch
-from ..native import numba_jit
+from mpcgpu.kernelsets import fused, fused_relu, fused_trunc
+from mpcgpu.ring.limbs import scratch
+from mpcgpu.ring.native import numba_jit
 from .array import ArraySteps, level_masks
 
 U64 = numpy.uint64
@@ -48,7 +48,7 @@ class NumbaSteps(ArraySteps):
         self._tree, self._trunc, self._relu = fused.kernels(), fused_trunc.kernels(), fused_relu.kernels()
 
     def prg_buffer(self, role, count):
-        """A warm host buffer per role and thread (:func:`mpcgpu.limbs.scratch`)."""
+        """A warm host buffer per role and thread (:func:`mpcgpu.ring.limbs.scratch`)."""
         return scratch(numpy, role, (int(count),), U64)
 
     # -- truncation ----------------------------------------------------------------------------

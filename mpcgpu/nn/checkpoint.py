@@ -21,7 +21,7 @@ File ``DIR/ckpt-<step>.party<i>.h5`` (format ``mpcgpu-checkpoint/1``) of party
 
 A checkpoint holds this party's components of everything and its PRG keys: it is
 created with mode 0600, and a directory holding another party's files is refused when
-the parties run on separate hosts (:func:`mpcgpu.atomic.check_own_directory`).
+the parties run on separate hosts (:func:`mpcgpu.util.atomic.check_own_directory`).
 A file is written under a temporary name and renamed when complete, so a crash leaves
 either the previous checkpoint or the new one.  :func:`latest_common` picks the newest
 step that all three parties have (one may have died while writing); the two newest are
@@ -37,9 +37,9 @@ import re
 
 import numpy
 
-from ..atomic import check_own_directory
+from mpcgpu.util.atomic import check_own_directory
 from ..errors import MPCError
-from ..hdf5 import open_for_reading, written_atomically
+from mpcgpu.util.hdf5 import open_for_reading, written_atomically
 
 FORMAT = "mpcgpu-checkpoint/1"
 KEEP = 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Union
 
-from .. import geometry
+from mpcgpu.ring import geometry
 from ..errors import MPCError
 
 Shape = tuple  # per-sample shape: (C, H, W) or (F,)

@@ -31,7 +31,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..atomic import written_atomically
+from mpcgpu.util.atomic import written_atomically
 from ..errors import MPCError
 from . import spec as S
 
@@ -108,7 +108,7 @@ def load_weights(path, spec=None, *, dtype=np.float64) -> tuple[str, dict]:
     file's own architecture: its stored spec, else its registered model name) the
     names and shapes are checked exactly.
     """
-    from ..hdf5 import open_for_reading
+    from mpcgpu.util.hdf5 import open_for_reading
 
     with open_for_reading(path, WeightsError, "weights file") as f:
         name, stored = _header(f, path)
@@ -155,7 +155,7 @@ def _architecture(name, stored, path) -> S.Model:
 
 def read_architecture(path) -> S.Model:
     """The architecture of a weights file: its stored spec, else its registered model name."""
-    from ..hdf5 import open_for_reading
+    from mpcgpu.util.hdf5 import open_for_reading
 
     with open_for_reading(path, WeightsError, "weights file") as f:
         name, stored = _header(f, path)

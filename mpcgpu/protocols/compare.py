@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy  # host-side constants only
 
 from ..errors import ProtocolError
-from ..geometry import pool_geometry, window_index, window_offsets
+from mpcgpu.ring.geometry import pool_geometry, window_index, window_offsets
 from ..sharing.arithmetic import ArithmeticShare, concatenate, public
 from ..sharing.replicated import with_public
 from ..sharing.binary import BinaryShare, and_

@@ -76,7 +76,7 @@ from __future__ import annotations
 
 import numpy
 
-from .. import faults
+from mpcgpu.util import faults
 from ..errors import ProtocolError
 from ..sharing.arithmetic import ArithmeticShare
 from ..sharing.binary import BinaryShare, and_words

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy  # public geometry only
 
 from ..errors import ProtocolError
-from ..geometry import pool_geometry, window_index, window_offsets
+from mpcgpu.ring.geometry import pool_geometry, window_index, window_offsets
 from ..sharing.arithmetic import ArithmeticShare, mul_public
 
 

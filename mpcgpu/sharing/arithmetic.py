@@ -49,8 +49,9 @@ import numbers
 
 import numpy  # public constants and shapes only (host); share data uses rt.xp
 
-from .. import faults, ring
-from ..encoding import check_range, decode, encode, safe_limit
+from mpcgpu.util import faults
+from mpcgpu.ring import products as ring
+from mpcgpu.ring.encoding import check_range, decode, encode, safe_limit
 from ..errors import EncodingError, ProtocolError
 from ..runtime import get as _runtime
 from . import replicated

@@ -3,7 +3,7 @@
 A secret dealt by party ``s`` (:func:`mpcgpu.sharing.replicated.distribute`) has two
 pseudo-random components, ``x_s`` and ``x_{s+1}``, drawn from keys that ``s`` shares with
 its neighbours, and one computed component ``x_{s+2}``, sent.  A party may keep a
-pseudo-random component as the :class:`~mpcgpu.prg.Recipe` of its PRG calls (24 bytes per
+pseudo-random component as the :class:`~mpcgpu.crypto.prg.Recipe` of its PRG calls (24 bytes per
 call) and draw its words again where they are used: a dealt weight then costs each party
 one component instead of two (VGG-16: 1.1 GB less per party).
 Drawing words again costs AES-CTR time (4-8 GB/s per core here), no communication.
@@ -14,7 +14,7 @@ returning words ``lo:hi`` on the back end.
 
 from __future__ import annotations
 
-from ..prg import draw_range
+from mpcgpu.crypto.prg import draw_range
 
 
 class Held:

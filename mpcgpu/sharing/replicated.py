@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy  # shapes only (broadcast_shapes on tuples); never share data
 
 from ..errors import EncodingError, ProtocolError
-from ..prg import reserve
+from mpcgpu.crypto.prg import reserve
 
 PARTIES = 3
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ...geometry import pair, window_index, window_offsets
+from mpcgpu.ring.geometry import pair, window_index, window_offsets
 from .. import graph as G
 
 

@@ -14,7 +14,7 @@ are raised as the caller's error class (``error=``), so a spec reports a
 
 from __future__ import annotations
 
-from .errors import MPCError
+from mpcgpu.errors import MPCError
 
 
 class GeometryError(MPCError, ValueError):

@@ -12,13 +12,13 @@ import os
 
 import numpy
 
-from .atomic import written_atomically as atomic_path  # the one atomic writer
-from .errors import MPCError
+from mpcgpu.util.atomic import written_atomically as atomic_path  # the one atomic writer
+from mpcgpu.errors import MPCError
 
 
 def save_npy(path, array, fault: str = "write-output", private: bool = False) -> str:
     """``numpy.save`` to exactly ``path`` (no ``.npy`` appended), atomically (``fault``: the
-    fault point of :mod:`mpcgpu.faults` reached before the rename; ``private``: mode 0600)."""
+    fault point of :mod:`mpcgpu.util.faults` reached before the rename; ``private``: mode 0600)."""
     with atomic_path(path, fault, private=private) as tmp:
         with open(tmp, "wb") as fh:
             numpy.save(fh, numpy.asarray(array), allow_pickle=False)

@@ -3,7 +3,7 @@
 ``MPCGPU_FAULT=POINT:RANK[:N]`` kills party ``RANK`` (SIGKILL to itself: no clean-up, no
 excepthook, as the kernel's OOM killer or a lost node would) the ``N``-th time (default 1)
 it reaches ``POINT``.  Before dying it writes one line to stderr, complete and read by the
-launcher (:func:`mpcgpu.crashreport.report_then_wait`), naming the lost party:
+launcher (:func:`mpcgpu.util.crashreport.report_then_wait`), naming the lost party:
 
     mpcgpu [party 1] killed by fault injection at 'a2b' (MPCGPU_FAULT=a2b:1) ...
 
@@ -21,7 +21,7 @@ import os
 import signal
 import time
 
-from . import settings
+from mpcgpu import settings
 
 ENV = "MPCGPU_FAULT"
 POINTS = settings.FAULT_POINTS
@@ -46,7 +46,7 @@ def point(name: str):
     _seen[name] = _seen.get(name, 0) + 1
     if _seen[name] != n:
         return
-    from .crashreport import report_then_wait
+    from mpcgpu.util.crashreport import report_then_wait
 
     report_then_wait(
         f"mpcgpu [party {rank}] killed by fault injection at {name!r} (call {n}; {ENV}={value}) "

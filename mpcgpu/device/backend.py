@@ -6,7 +6,8 @@ asks for the array module through :func:`array_module` (given an array) or
 runs on both.
 
 Device choice: ``device="auto" | "cpu" | "cuda" | "strict"`` or the ``device`` setting
-(``MPCGPU_DEVICE``, :mod:`mpcgpu.settings`).  ``strict`` is for tests: :mod:`mpcgpu.strict`, NumPy arithmetic behind
+(``MPCGPU_DEVICE``, :mod:`mpcgpu.settings`).  ``strict`` is for tests:
+:mod:`mpcgpu.device.strict`, NumPy arithmetic behind
 CuPy's rules (no implicit host conversion, no NumPy-only functions, no host/device mixing),
 run through the GPU code paths (staged MPI buffers, no CPU-only kernels).  ``auto`` picks
 CUDA when CuPy is installed and a GPU is usable, else the CPU.  Asking for ``cuda`` where there is none is a
@@ -23,8 +24,8 @@ import sys
 
 import numpy
 
-from .errors import BackendError
-from . import settings
+from mpcgpu.errors import BackendError
+from mpcgpu import settings
 
 DEVICES = ("auto", "cpu", "cuda", "strict")
 
@@ -34,11 +35,11 @@ def _cupy_if_loaded():
 
 
 def _strict_if_loaded():
-    return sys.modules.get("mpcgpu.strict")
+    return sys.modules.get("mpcgpu.device.strict")
 
 
 def array_module(*arrays):
-    """The module (numpy, cupy or mpcgpu.strict) that owns ``arrays``; numpy if none is a device array."""
+    """The module (numpy, cupy or mpcgpu.device.strict) that owns ``arrays``; numpy if none is a device array."""
     st = _strict_if_loaded()
     if st is not None:
         for a in arrays:
@@ -82,7 +83,7 @@ def local_rank() -> int:
 
 
 class Backend:
-    """Where share data lives.  ``xp`` is numpy, cupy or mpcgpu.strict; ``name`` is "cpu",
+    """Where share data lives.  ``xp`` is numpy, cupy or mpcgpu.device.strict; ``name`` is "cpu",
     "cuda" or "strict"."""
 
     @staticmethod
@@ -102,7 +103,7 @@ class Backend:
             self._cpu()
             return
         if requested == "strict":
-            from . import strict
+            from mpcgpu.device import strict
 
             self.xp = strict
             self.name = "strict"

@@ -12,8 +12,8 @@ All functions work on NumPy or CuPy arrays alike (via :func:`array_module`).
 
 from __future__ import annotations
 
-from .backend import array_module
-from .errors import EncodingError
+from mpcgpu.device.backend import array_module
+from mpcgpu.errors import EncodingError
 
 DEFAULT_FRAC_BITS = 16
 

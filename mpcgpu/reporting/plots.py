@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 
-from .errors import MPCError
-from .results import atomic_path, check_writable
+from mpcgpu.errors import MPCError
+from mpcgpu.util.results import atomic_path, check_writable
 
 INSTALL_HINT = "plots need matplotlib, which is not installed: pip install 'mpcgpu[plots]' (or pip install matplotlib)"
 

@@ -1,4 +1,4 @@
-"""The sealed link: the channels of one party (:mod:`mpcgpu.channels`) over the transport.
+"""The sealed link: the channels of one party (:mod:`mpcgpu.comm.channels`) over the transport.
 
 It holds the channel configuration, the two directions (send, receive) of each peer's
 channel with their message counters, the job id the three parties agreed in the key
@@ -6,7 +6,7 @@ exchange, what sealing costs (``wire``: messages, tag bytes, seconds), the host 
 peers reported (for messages only), and an optional test hook that sees every outgoing
 message.  It seals what it sends, opens what it receives, stages GPU buffers through host
 memory when it seals (or hands them to a CUDA-aware MPI in clear), and carries small
-Python objects as pickles read back as plain data (:mod:`mpcgpu.plaindata`).  It counts
+Python objects as pickles read back as plain data (:mod:`mpcgpu.comm.plaindata`).  It counts
 nothing of the protocols' cost (that is the meter's) and moves no byte itself (that is
 the transport's).
 
@@ -25,14 +25,14 @@ import time
 
 import numpy
 
-from . import plaindata
-from .backend import is_device_array
-from .channels import HELLO_BYTES, SIG_BYTES, TAG_BYTES, ChannelConfig, Handshake
-from .errors import ChannelError, ProtocolError
+from mpcgpu.comm import plaindata
+from mpcgpu.device.backend import is_device_array
+from mpcgpu.comm.channels import HELLO_BYTES, SIG_BYTES, TAG_BYTES, ChannelConfig, Handshake
+from mpcgpu.errors import ChannelError, ProtocolError
 
 
 class SealedLink:
-    """One party's sealed channels to its two peers, over a :class:`mpcgpu.transport.Transport`."""
+    """One party's sealed channels to its two peers, over a :class:`mpcgpu.comm.transport.Transport`."""
 
     def __init__(
         self, transport, backend=None, channels: ChannelConfig | None = None, cuda_aware=False, wire_hook=None
@@ -54,7 +54,7 @@ class SealedLink:
 
     # -- the key exchange ---------------------------------------------------------------------
     def connect(self):
-        """The key exchange with both peers (see :mod:`mpcgpu.channels`): 1 round of 128-byte
+        """The key exchange with both peers (see :mod:`mpcgpu.comm.channels`): 1 round of 128-byte
         hellos (also with insecure channels: the parties check that they agree on the mode),
         then 1 round of 64-byte signatures with a parties file.  Ephemeral keys are refused
         unless MPI places all three parties on this machine.  A failure ends the job."""

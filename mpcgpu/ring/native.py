@@ -2,7 +2,7 @@
 
 Where 64-bit integer multiplies are vector instructions (AVX-512: ``vpmullq``), an
 integer GEMM comes within 1.5x of a float64 one and beats the limb trick of
-:mod:`mpcgpu.limbs` by 3x; elsewhere (AVX2) it loses.  :mod:`mpcgpu.kernels` chooses
+:mod:`mpcgpu.ring.limbs` by 3x; elsewhere (AVX2) it loses.  :mod:`mpcgpu.ring.choice` chooses
 per machine; this module only computes.
 
 * :func:`gemm_nt` -- ``A @ B^T mod 2^64`` given ``B^T``: 4 x 4 tiles of dot products of
@@ -17,7 +17,7 @@ per machine; this module only computes.
   row-update kernel that reads ``B`` as it is.  Exact by construction: uint64 arithmetic
   wraps, and every block adds into the same words.
 * :func:`matmul`, :func:`conv2d`, :func:`conv2d_grad_input`,
-  :func:`conv2d_grad_weight` -- the same contracts as their :mod:`mpcgpu.ring`
+  :func:`conv2d_grad_weight` -- the same contracts as their :mod:`mpcgpu.ring.products`
   namesakes, built from :func:`gemm_nt` with an integer im2col (laid out so that no
   operand needs a transpose) / col2im.
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geometry import conv_geometry
+from mpcgpu.ring.geometry import conv_geometry
 
 U64 = np.uint64
 #: bumped whenever the kernels change (part of the calibration cache key)

@@ -1,8 +1,8 @@
 """Which kernel computes exact ring products on the CPU of this machine.
 
-Two exact implementations exist: the float64 limbs of :mod:`mpcgpu.limbs` (what a
+Two exact implementations exist: the float64 limbs of :mod:`mpcgpu.ring.limbs` (what a
 GPU needs, and the faster one on CPUs whose 64-bit integer multiplies are emulated,
-i.e. AVX2) and the native integer GEMM of :mod:`mpcgpu.native` (faster where
+i.e. AVX2) and the native integer GEMM of :mod:`mpcgpu.ring.native` (faster where
 ``vpmullq`` exists, i.e. AVX-512, by 2-5x on the shapes of the networks here).
 
 :func:`choice` decides once per process:
@@ -29,8 +29,8 @@ import time
 
 import numpy as np
 
-from .errors import BackendError
-from . import settings
+from mpcgpu.errors import BackendError
+from mpcgpu import settings
 
 ENV = "MPCGPU_RING_KERNEL"
 KERNELS = ("limbs", "native")
@@ -58,7 +58,7 @@ def _cache_path(cache_home: str) -> str:
 
 
 def _key() -> str:
-    from ._version import __version__
+    from mpcgpu._version import __version__
 
     try:
         import numba
@@ -66,7 +66,7 @@ def _key() -> str:
         numba_version = numba.__version__
     except Exception:
         numba_version = "none"
-    from .native import REVISION
+    from mpcgpu.ring.native import REVISION
 
     text = (
         f"{cpu_signature()} | numpy {np.__version__} | numba {numba_version} | mpcgpu {__version__}"
@@ -103,7 +103,7 @@ def choice(kernels: dict, current=None) -> dict:
     global _CHOICE
     if _CHOICE is not None:
         return _CHOICE
-    from . import native
+    from mpcgpu.ring import native
 
     current = current if current is not None else settings.active()
     forced = current.ring_kernel

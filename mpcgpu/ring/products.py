@@ -3,7 +3,7 @@
 Share data are uint64 arrays (int64 is accepted and viewed as uint64); every
 function here returns uint64 results equal to the integer product mod 2^64,
 bit for bit, on NumPy and CuPy arrays alike (the array module comes from
-:func:`mpcgpu.backend.array_module`; nothing moves between host and device).
+:func:`mpcgpu.device.backend.array_module`; nothing moves between host and device).
 
 * :func:`matmul` - ``a @ b`` with ``numpy.matmul`` semantics (1-D, 2-D,
   batched with broadcasting).
@@ -19,7 +19,7 @@ arrays (0-d included) wraps mod 2^64 natively, without a warning, on NumPy
 and CuPy.  Only NumPy *scalars* (``np.uint64(x) * np.uint64(y)``) warn on
 overflow (the result is still the wrapped value).
 
-How (see :mod:`mpcgpu.limbs` for the schemes and their bounds): both operands
+How (see :mod:`mpcgpu.ring.limbs` for the schemes and their bounds): both operands
 are cut into 3 balanced signed digits of 22/22/20 bits; the digit products
 that reach the low 64 bits are computed as float64 GEMMs over digit "slabs"
 concatenated along the reduction, converted back to integers (exact),
@@ -36,7 +36,7 @@ conv2d, ``out_channels/groups`` for the input gradient and ``N * Ho * Wo``
 for the weight gradient.
 
 Scratch memory: on NumPy, split operands of one call live in reusable
-scratch buffers (see :func:`mpcgpu.limbs.scratch`; ``limbs.release_scratch()``
+scratch buffers (see :func:`mpcgpu.ring.limbs.scratch`; ``limbs.release_scratch()``
 frees them); results and Presplit layouts never alias them.
 """
 
@@ -46,10 +46,10 @@ import math
 
 import numpy as np  # dtypes and constants only
 
-from . import kernels, native
-from .backend import array_module
-from .geometry import conv_geometry
-from .limbs import (
+from mpcgpu.ring import choice as kernels, native
+from mpcgpu.device.backend import array_module
+from mpcgpu.ring.geometry import conv_geometry
+from mpcgpu.ring.limbs import (
     F64,
     K22,
     U64,
@@ -76,7 +76,7 @@ shapes here, never much slower; W16 (10 products) is slower everywhere."""
 
 
 def kernel() -> dict:
-    """The kernel of CPU products in this process (:mod:`mpcgpu.kernels`): the float64 limbs
+    """The kernel of CPU products in this process (:mod:`mpcgpu.ring.choice`): the float64 limbs
     or the native integer GEMM, chosen per machine; ``{"kernel", "why", "seconds"}``."""
 
     def limb_matmul(a, b):

@@ -1,4 +1,4 @@
-"""Balanced limb digits and the float64 GEMM core behind :mod:`mpcgpu.ring`.
+"""Balanced limb digits and the float64 GEMM core behind :mod:`mpcgpu.ring.products`.
 
 A ring element ``x`` (uint64, the integers mod 2^64) is written with ``D``
 *balanced signed digits* of ``w`` bits::

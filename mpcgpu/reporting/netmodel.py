@@ -10,7 +10,7 @@ adds the cost of a real network, from what the communicator counted:
   compute of one party on its own machine: here three ranks share two cores, and the
   time also holds the (small) shared-memory transfers and the waiting of one rank for
   another.  On three machines (or GPUs) the compute is lower.
-* ``rounds``: communication rounds of the job (the counter of ``mpcgpu.comm``, that of
+* ``rounds``: communication rounds of the job (the counter of ``mpcgpu.comm.communicator``, that of
   the busiest party).  Each round is charged one full round-trip time, not a one-way
   latency: a message that does not fit MPI's eager limit takes a request/answer
   handshake before its data, and a party cannot start the next round before its peer's
@@ -43,7 +43,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import MPCError
+from mpcgpu.errors import MPCError
 
 
 @dataclass(frozen=True)

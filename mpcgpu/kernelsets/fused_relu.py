@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import fused
+from mpcgpu.kernelsets import fused
 
 
 def _build(jit):

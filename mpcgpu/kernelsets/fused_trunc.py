@@ -22,7 +22,7 @@ the truncation steps of the ``numba`` kernel set (:mod:`mpcgpu.kernelsets.numba_
 ``trunc_deal``, ``trunc_open_message``, ``trunc_open_half``); the array steps stay the
 reference and the GPU path, and ``keep=True`` runs them.
 
-The PRG blocks are drawn into per-thread scratch buffers (:func:`mpcgpu.limbs.scratch`),
+The PRG blocks are drawn into per-thread scratch buffers (:func:`mpcgpu.ring.limbs.scratch`),
 warm from call to call: they are consumed inside the call (every message is a fresh
 array, every output a fresh array or the caller's ``out``), so no buffer is handed out
 twice.
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import fused
+from mpcgpu.kernelsets import fused
 
 
 def _build(jit):

@@ -4,8 +4,8 @@ Key set-up (one tiny message at start-up): party ``i`` draws a 128-bit key
 ``k_i`` from the operating system and sends it to party ``i-1``, so that party
 ``i`` holds ``(k_i, k_{i+1})``.  Key ``k_j`` is therefore known to exactly the
 two parties ``j`` and ``j-1``.  The key travels as an ordinary exchange of
-:mod:`mpcgpu.comm`, i.e. sealed by the channel of that pair (AES-256-GCM after
-the key exchange of :mod:`mpcgpu.channels`); only ``--insecure-channels`` sends
+:mod:`mpcgpu.comm.communicator`, i.e. sealed by the channel of that pair (AES-256-GCM after
+the key exchange of :mod:`mpcgpu.comm.channels`); only ``--insecure-channels`` sends
 it in clear.
 
 Each key drives a :class:`Stream`: AES-128 in counter mode (OpenSSL via the

@@ -29,7 +29,7 @@ from collections import OrderedDict
 
 import numpy
 
-from .errors import ProtocolError
+from mpcgpu.errors import ProtocolError
 
 #: the largest pickle the object channel carries (the messages are metadata: shapes, ids,
 #: per-step figures); a peer's size prefix above it is refused before allocating
@@ -134,8 +134,8 @@ class _DataOnlyUnpickler(pickle.Unpickler):
     """Unpickles data, refuses anything else (see the module's docstring)."""
 
     def find_class(self, module, name):
-        if module == "mpcgpu.strict" and name == "ndarray":
-            from .strict import ndarray
+        if module == "mpcgpu.device.strict" and name == "ndarray":
+            from mpcgpu.device.strict import ndarray
 
             return ndarray
         try:
@@ -164,7 +164,7 @@ def _check_value(obj, budget: int):
     more per item: only cycles and references shared over and over, a DAG with
     exponentially many paths, exceed the pickle's length), or one with an array of Python
     objects.  Iterative: no recursion on the peer's nesting, and at most ``budget`` steps."""
-    from .strict import ndarray as strict_ndarray
+    from mpcgpu.device.strict import ndarray as strict_ndarray
 
     containers = (list, tuple, dict, set, frozenset, slice)
     todo = [(obj, 1)]

@@ -18,8 +18,8 @@ import os
 import re
 import sys
 
-from . import faults
-from .errors import MPCError
+from mpcgpu.util import faults
+from mpcgpu.errors import MPCError
 
 
 #: the mode of every secret file: read and write for its owner, nothing for anyone else
@@ -108,7 +108,7 @@ def fsync_file(path: str, directory: bool = False):
 def written_atomically(path, fault: str = "write-output", private: bool = False):
     """``with written_atomically(path) as tmp:`` write ``tmp``; on success it is fsync'ed and
     renamed to ``path``; on an error it is removed.  ``fault``: the fault point
-    (:mod:`mpcgpu.faults`) reached with the temporary file written, before the rename.
+    (:mod:`mpcgpu.util.faults`) reached with the temporary file written, before the rename.
     ``private``: ``tmp`` already exists, empty, with mode 0600 (:func:`create_private`);
     write it by truncating (``"w"``), which keeps the mode."""
     path = os.fspath(path)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import errno
 import os
 
-from . import atomic as _atomic
-from .errors import MPCError
+from mpcgpu.util import atomic as _atomic
+from mpcgpu.errors import MPCError
 
 
 #: what h5py (and code reading a file's contents) raises on a damaged or malformed file,
@@ -68,5 +68,5 @@ def open_for_reading(path, error, what: str):
     return f
 
 
-# writing: a temporary name in the same directory, fsync, rename (mpcgpu.atomic)
+# writing: a temporary name in the same directory, fsync, rename (mpcgpu.util.atomic)
 written_atomically = _atomic.written_atomically

@@ -4,8 +4,8 @@ to mpi4py.
 It holds the MPI communicator and this party's place in it (``rank``, ``prev``, ``next``),
 how the party waits for its messages (:func:`wait_policy`), the peer timeout, and the way
 out (:meth:`Transport.fatal`: print and abort every rank).  It moves byte buffers and knows
-nothing of what is in them: sealing is the link's (:mod:`mpcgpu.link`), counting the
-meter's (:mod:`mpcgpu.meter`).
+nothing of what is in them: sealing is the link's (:mod:`mpcgpu.comm.link`), counting the
+meter's (:mod:`mpcgpu.comm.meter`).
 
 Every move is a *round*: all three ranks call it in the same order, each posts its
 non-blocking receives and sends (``Irecv`` / ``Isend``) and waits for all of them, so
@@ -19,7 +19,7 @@ import os
 import sys
 import time
 
-from .errors import ProtocolError, RankCountError
+from mpcgpu.errors import ProtocolError, RankCountError
 
 PARTIES = 3
 
@@ -34,7 +34,7 @@ def detect_cuda_aware() -> bool:
     """True if the MPI library in this process reports CUDA support.
 
     The ``cuda_aware`` setting (``MPCGPU_CUDA_AWARE=1`` / ``=0``) overrides the detection
-    (:class:`mpcgpu.comm.Communicator`).
+    (:class:`mpcgpu.comm.communicator.Communicator`).
     """
     _mpi()  # make sure the MPI library is loaded
     libs = set()
@@ -231,7 +231,7 @@ class Transport:
         """Print ``message`` (flushed, one write) and abort every rank: a channel that
         failed cannot be trusted, and a silent peer would otherwise leave the others
         waiting for ever.  Nothing secret is in the message."""
-        from .crashreport import report_then_wait
+        from mpcgpu.util.crashreport import report_then_wait
 
         try:
             sys.stdout.flush()

@@ -1,11 +1,11 @@
 """Three-party communication: the communicator the protocols use, a facade over three parts.
 
-* the **transport** (:mod:`mpcgpu.transport`): MPI point-to-point, the wait policy, the peer
+* the **transport** (:mod:`mpcgpu.comm.transport`): MPI point-to-point, the wait policy, the peer
   timeout, aborts; the one place that talks to mpi4py;
-* the **sealed link** (:mod:`mpcgpu.link`): the channels (:mod:`mpcgpu.channels`): the key
+* the **sealed link** (:mod:`mpcgpu.comm.link`): the channels (:mod:`mpcgpu.comm.channels`): the key
   exchange, sealing and opening of every message, GPU staging, the object channel, the
   test hook on outgoing messages;
-* the **meter** (:mod:`mpcgpu.meter`): per party, the bytes of share data sent, the rounds
+* the **meter** (:mod:`mpcgpu.comm.meter`): per party, the bytes of share data sent, the rounds
   and the messages; :meth:`Communicator.measure` gives the counts of a block and
   :meth:`Communicator.uncounted` keeps set-up traffic out of them.
 
@@ -26,7 +26,7 @@ memory; ``--insecure-channels`` keeps the CUDA-aware path and sends in clear.  A
 that does not open, or a peer silent for longer than the peer timeout, prints a message
 naming the peer and aborts every rank.  Small Python objects (``bcast_object`` and
 friends) travel over the same channels (two point-to-point steps: sizes, then pickles of
-at most :data:`mpcgpu.plaindata.MAX_OBJECT_BYTES`, unpickled as plain data only: a peer
+at most :data:`mpcgpu.comm.plaindata.MAX_OBJECT_BYTES`, unpickled as plain data only: a peer
 can send values, never code).
 """
 
@@ -34,24 +34,14 @@ from __future__ import annotations
 
 import numpy
 
-from . import settings as settings_mod
-from .channels import ChannelConfig
-from .link import SealedLink
-from .meter import CommStats, Meter
-from .transport import (  # noqa: F401 (the names other modules import from here)
+from mpcgpu import settings as settings_mod
+from mpcgpu.comm.channels import ChannelConfig
+from mpcgpu.comm.link import SealedLink
+from mpcgpu.comm.meter import CommStats, Meter
+from mpcgpu.comm.transport import (
     PARTIES,
-    SLEEP_CAP,
-    SLEEP_FIRST,
-    WAIT_ENV,
     Transport,
-    abort_world,
     detect_cuda_aware,
-    mpi_library_version,
-    rank_count_message,
-    ranks_on_this_node,
-    wait_policy,
-    world,
-    world_rank,
 )
 
 __all__ = ["CommStats", "Communicator", "PARTIES"]
@@ -60,10 +50,10 @@ __all__ = ["CommStats", "Communicator", "PARTIES"]
 class Communicator:
     """Exchanges between the three parties of one MPI communicator.
 
-    Holds its three parts: ``transport`` (a :class:`~mpcgpu.transport.Transport`), ``link``
-    (a :class:`~mpcgpu.link.SealedLink`, connected at construction: the key exchange) and
-    ``meter`` (a :class:`~mpcgpu.meter.Meter`).  ``wire_hook``: a test hook on every
-    outgoing message (see :mod:`mpcgpu.link`; also settable later as ``comm.wire_hook``)."""
+    Holds its three parts: ``transport`` (a :class:`~mpcgpu.comm.transport.Transport`), ``link``
+    (a :class:`~mpcgpu.comm.link.SealedLink`, connected at construction: the key exchange) and
+    ``meter`` (a :class:`~mpcgpu.comm.meter.Meter`).  ``wire_hook``: a test hook on every
+    outgoing message (see :mod:`mpcgpu.comm.link`; also settable later as ``comm.wire_hook``)."""
 
     def __init__(
         self,
@@ -200,7 +190,7 @@ class Communicator:
 
     def agree(self, value, what: str):
         """Check that all parties hold the same small value; ProtocolError on every rank if not."""
-        from .errors import ProtocolError
+        from mpcgpu.errors import ProtocolError
 
         values = self.allgather_object(value)
         if any(v != values[0] for v in values):

@@ -34,7 +34,7 @@ the interconnect in clear and anyone who reads it learns every secret.
   ``insecure`` (``--insecure-channels`` / ``MPCGPU_INSECURE_CHANNELS=1``: clear text,
   as before, and the CUDA-aware GPU path).
 
-Everything here is host-side; :mod:`mpcgpu.comm` calls it for every message.
+Everything here is host-side; :mod:`mpcgpu.comm.communicator` calls it for every message.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import ChannelError
+from mpcgpu.errors import ChannelError
 
 PARTIES = 3
 TAG_BYTES = 16
@@ -94,7 +94,7 @@ class ChannelConfig:
         """The configuration from explicit values, falling back to ``settings`` (default: this
         process's, :func:`mpcgpu.settings.active`: ``MPCGPU_KEY``, ``MPCGPU_PARTIES``,
         ``MPCGPU_INSECURE_CHANNELS``, ``MPCGPU_PEER_TIMEOUT``)."""
-        from . import settings as settings_mod
+        from mpcgpu import settings as settings_mod
 
         settings = settings if settings is not None else settings_mod.active()
         key = key or settings.key or None
@@ -120,7 +120,7 @@ class ChannelConfig:
     def separate_hosts(self) -> bool:
         """The parties run on hosts of their own (a parties file authenticates the channels):
         another party's file in a directory this party writes to is then an error, not a
-        warning (:func:`mpcgpu.atomic.check_own_directory`)."""
+        warning (:func:`mpcgpu.util.atomic.check_own_directory`)."""
         return self.mode == "authenticated"
 
     @classmethod
@@ -327,7 +327,7 @@ class Direction:
 # -- the key exchange -------------------------------------------------------------------------
 class Handshake:
     """State of one party's key exchange with its two peers (driven by the communicator,
-    which moves the bytes: see :meth:`mpcgpu.link.SealedLink.connect`)."""
+    which moves the bytes: see :meth:`mpcgpu.comm.link.SealedLink.connect`)."""
 
     def __init__(self, rank: int, config: ChannelConfig, host: str):
         self.rank = rank

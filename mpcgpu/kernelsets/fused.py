@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .native import numba_jit
+from mpcgpu.ring.native import numba_jit
 
 
 def _build(jit):

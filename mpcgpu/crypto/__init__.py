@@ -1,0 +1,1 @@
+"""Randomness without communication: the parties' keyed PRG streams (:mod:`.prg`, AES-CTR)."""
