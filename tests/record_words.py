@@ -14,13 +14,14 @@ import sys
 import numpy as np
 
 import mpcgpu.comm.communicator as comm_module
+import mpcgpu.comm.transport as transport
 from mpcgpu.nn import checkpoint
 
 
 def main():
     out, argv = sys.argv[1], sys.argv[2:]
     os.makedirs(out, exist_ok=True)
-    rank = comm_module.world_rank()
+    rank = transport.world_rank()
     words = open(os.path.join(out, f"rank{rank}.words"), "ab", buffering=0)
     marks = open(os.path.join(out, f"rank{rank}.marks"), "a", buffering=1)
     count = [0]

@@ -90,10 +90,33 @@ def shared_ring(rt, values, rng, scale=0):
     from mpcgpu.sharing.arithmetic import ArithmeticShare
 
     x = np.asarray(values).astype(np.int64).view(np.uint64)
-    c0 = rng.integers(0, 2**64, size=x.shape, dtype=np.uint64)
-    c1 = rng.integers(0, 2**64, size=x.shape, dtype=np.uint64)
-    comps = [c0, c1, x - c0 - c1]
-    return ArithmeticShare(comps[rt.rank].copy(), comps[(rt.rank + 1) % 3].copy(), scale, rt)
+    return ArithmeticShare(*_replicated_pair(rt, rng, x, 2**64, np.subtract), scale, rt)
+
+
+def bit_share(rt, rng, bits):
+    """A replicated XOR sharing of the 0/1 array ``bits`` with random 0/1 components."""
+    from mpcgpu.sharing.binary import BinaryShare
+
+    b = np.asarray(bits, dtype=np.uint64)
+    return BinaryShare(*_replicated_pair(rt, rng, b, 2, np.bitwise_xor), rt)
+
+
+def _replicated_pair(rt, rng, x, high, minus):
+    """This party's pair of the components ``c0, c1`` (drawn below ``high``) and
+    ``minus(minus(x, c0), c1)``: the third, so that the three combine to ``x``."""
+    c0 = rng.integers(0, high, size=x.shape, dtype=np.uint64)
+    c1 = rng.integers(0, high, size=x.shape, dtype=np.uint64)
+    comps = [c0, c1, minus(minus(x, c0), c1)]
+    return comps[rt.rank].copy(), comps[(rt.rank + 1) % 3].copy()
+
+
+def ring_words(rng, shape):
+    """Random uint64 ring words, the first ones the edges of the ring (0, 1, -1, 2^63, ...)."""
+    x = rng.integers(0, 2**64, size=shape, dtype=np.uint64)
+    edges = np.array([0, 1, 2**64 - 1, 2**63, 2**63 - 1, 2**62, 3, 2**64 - 2], dtype=np.uint64)
+    m = min(x.size, edges.size)
+    x.reshape(-1)[:m] = edges[:m]
+    return x
 
 
 def infer_args(model: str, data: str, **overrides):

@@ -52,7 +52,7 @@ def run_three(script, tmp_path, timeout=60, **env):
 
 PRELUDE = """
     import os, sys, numpy as np
-    import mpcgpu, mpcgpu.comm.communicator as C
+    import mpcgpu, mpcgpu.comm.transport as C
     from mpcgpu.comm.channels import ChannelConfig
     R = C.world_rank()
     def say(*words):  # one write per line: the three ranks share the launcher's stdout

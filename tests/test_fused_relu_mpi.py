@@ -10,28 +10,10 @@ import numpy as np
 import pytest
 
 from mpcgpu.protocols import compare, convert
-from mpcgpu.sharing.binary import BinaryShare
-from reference import assert_same_runs, kernel_set_runs, shared_ring
+from reference import assert_same_runs, bit_share, kernel_set_runs, ring_words, shared_ring
 
 pytestmark = pytest.mark.mpi(min_size=3)
 U64 = np.uint64
-
-
-def bit_share(rt, rng, bits):
-    """A replicated XOR sharing of the 0/1 array ``bits`` with random 0/1 components."""
-    b = np.asarray(bits, dtype=U64)
-    c0 = rng.integers(0, 2, size=b.shape, dtype=U64)
-    c1 = rng.integers(0, 2, size=b.shape, dtype=U64)
-    comps = [c0, c1, b ^ c0 ^ c1]
-    return BinaryShare(comps[rt.rank].copy(), comps[(rt.rank + 1) % 3].copy(), rt)
-
-
-def ring_values(rng, shape):
-    x = rng.integers(0, 2**64, size=shape, dtype=U64)
-    edges = np.array([0, 1, 2**64 - 1, 2**63, 2**63 - 1, 2**62, 3, 2**64 - 2], dtype=U64)
-    m = min(x.size, len(edges))
-    x.reshape(-1)[:m] = edges[:m]
-    return x
 
 
 def components(out):
@@ -49,7 +31,7 @@ def assert_same(runs):
 @pytest.mark.parametrize("with_bit", [False, True])
 @pytest.mark.parametrize("shape", [(1,), (1000,), (3, 5, 7), (40_001,)])
 def test_product_with_a_bit_is_the_array_codes_words_and_exact(rt, seeded, monkeypatch, with_bit, shape):
-    x = ring_values(seeded, shape)
+    x = ring_words(seeded, shape)
     b = seeded.integers(0, 2, size=shape, dtype=U64)
     sx, sb = shared_ring(rt, x.view(np.int64), seeded), bit_share(rt, seeded, b)
     runs = kernel_set_runs(rt, lambda: convert.mul_bit(sx, sb, with_bit=with_bit))
@@ -63,7 +45,7 @@ def test_product_with_a_bit_is_the_array_codes_words_and_exact(rt, seeded, monke
 
 
 def test_relu_and_its_derivative_are_the_array_codes_words(rt, seeded, monkeypatch):
-    x = ring_values(seeded, (5000,)).view(np.int64) >> 20  # values of either sign, edges
+    x = ring_words(seeded, (5000,)).view(np.int64) >> 20  # values of either sign, edges
     s = shared_ring(rt, x, seeded, 16)
     for grad in (False, True):
         runs = kernel_set_runs(rt, lambda g=grad: compare.relu(s, grad=g))
@@ -76,7 +58,7 @@ def test_msb_of_the_negation_and_a2b_are_the_array_codes_words(rt, seeded, monke
     """The adder inputs' kernels: ``msb(x, negate=True)`` is ``msb(-x)`` word for word (both
     paths, from one PRG state), exact on the full ring (0 and -2^63 are their own negations);
     ``a2b`` (not negated) too."""
-    x = ring_values(seeded, (4001,))
+    x = ring_words(seeded, (4001,))
     s = shared_ring(rt, x.view(np.int64), seeded)
     runs = kernel_set_runs(rt, lambda: convert.msb(s, negate=True))
     assert_same(runs)

@@ -14,33 +14,16 @@ from mpcgpu import kernelsets
 from mpcgpu.protocols import compare, convert, rounding
 from mpcgpu.sharing import truncation
 from mpcgpu.sharing.arithmetic import ArithmeticShare
-from mpcgpu.sharing.binary import BinaryShare
-from reference import assert_same_runs, kernel_set_runs, shared_ring
+from reference import assert_same_runs, bit_share, kernel_set_runs, ring_words, shared_ring
 
 pytestmark = pytest.mark.mpi(min_size=3)
 U64 = np.uint64
-EDGES = np.array([0, 1, 2**64 - 1, 2**63, 2**63 - 1, 2**62, 3, 2**64 - 2], dtype=U64)
-
-
-def ring_words(rng, shape):
-    x = rng.integers(0, 2**64, size=shape, dtype=U64)
-    m = min(x.size, EDGES.size)
-    x.reshape(-1)[:m] = EDGES[:m]
-    return x
 
 
 def small(rng, shape, bound=2**40):
     x = rng.integers(-bound, bound, size=shape, dtype=np.int64)
     x.reshape(-1)[:3] = [0, -1, bound - 1][: x.size]
     return x
-
-
-def bit_share(rt, rng, bits):
-    b = np.asarray(bits, dtype=U64)
-    c0 = rng.integers(0, 2, size=b.shape, dtype=U64)
-    c1 = rng.integers(0, 2, size=b.shape, dtype=U64)
-    comps = [c0, c1, b ^ c0 ^ c1]
-    return BinaryShare(comps[rt.rank].copy(), comps[(rt.rank + 1) % 3].copy(), rt)
 
 
 def summand_of(rt, rng, x):
@@ -138,29 +121,27 @@ def a2b(rt, rng):
     return (lambda: convert.a2b(s)), check
 
 
-def mul_bit_same_shape(rt, rng):
-    x = ring_words(rng, (40, 25))
-    b = rng.integers(0, 2, size=x.shape, dtype=U64)
-    sx, sb = shared_ring(rt, x.view(np.int64), rng), bit_share(rt, rng, b)
+def mul_bit_case(name, x_shape, b_shape):
+    """The product with a shared bit of shape ``b_shape``: the same shape as ``x``, or one
+    broadcast against it (the array steps on every set)."""
 
-    def check(out):
-        prod, bit = out
-        assert np.array_equal(prod.reveal_raw(), x * b) and np.array_equal(bit.reveal_raw(), b)
+    def build(rt, rng):
+        x = ring_words(rng, x_shape)
+        b = rng.integers(0, 2, size=b_shape, dtype=U64)
+        sx, sb = shared_ring(rt, x.view(np.int64), rng), bit_share(rt, rng, b)
 
-    return (lambda: convert.mul_bit(sx, sb, with_bit=True)), check
+        def check(out):
+            prod, bit = out
+            assert np.array_equal(prod.reveal_raw(), x * b) and np.array_equal(bit.reveal_raw(), b)
+
+        return (lambda: convert.mul_bit(sx, sb, with_bit=True)), check
+
+    build.__name__ = name
+    return build
 
 
-def mul_bit_broadcast(rt, rng):
-    """A bit broadcast against ``x`` (the array steps on every set)."""
-    x = ring_words(rng, (6, 9))
-    b = rng.integers(0, 2, size=(1, 9), dtype=U64)
-    sx, sb = shared_ring(rt, x.view(np.int64), rng), bit_share(rt, rng, b)
-
-    def check(out):
-        prod, bit = out
-        assert np.array_equal(prod.reveal_raw(), x * b) and np.array_equal(bit.reveal_raw(), b)
-
-    return (lambda: convert.mul_bit(sx, sb, with_bit=True)), check
+mul_bit_same_shape = mul_bit_case("mul_bit_same_shape", (40, 25), (40, 25))
+mul_bit_broadcast = mul_bit_case("mul_bit_broadcast", (6, 9), (1, 9))
 
 
 def b2a(rt, rng):

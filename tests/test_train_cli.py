@@ -130,18 +130,8 @@ def test_train_writes_shards_weights_and_json(shards, uninterrupted):
     # plaintext weights only at party 1; shards for every party, accepted by `mpcgpu infer`
     assert (shards / "a" / "w.weights.h5").exists()
     assert all((shards / "a" / f"w.party{i}.h5").exists() for i in range(3))
-    proc = mpirun(
-        [
-            "infer",
-            "--model",
-            str(shards / "a" / "w"),
-            "--data",
-            str(shards / "shards" / "test"),
-            "--batch-size",
-            "20",
-            "--no-progress",
-        ]
-    )
+    model, data = shards / "a" / "w", shards / "shards" / "test"
+    proc = mpirun(["infer", "--model", str(model), "--data", str(data), "--batch-size", "20", "--no-progress"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     acc = float(proc.stdout.split("private accuracy: ")[1].split("%")[0]) / 100
     assert abs(acc - summary["test_accuracy"]) <= 2 / TEST  # the same weights, exactly rounded

@@ -12,7 +12,7 @@ from mpcgpu.protocols.convert import tree_words
 from mpcgpu.sharing import truncation
 from mpcgpu.sharing.arithmetic import mul, truncate
 from reference import received, recording, shared, shared_ring
-from test_truncation_mpi import ViewRecorder, best_guess_accuracy
+from test_truncation_mpi import tie_views
 
 pytestmark = pytest.mark.mpi(min_size=3)
 
@@ -134,18 +134,10 @@ def test_a_revealed_result_tells_no_party_more_than_ideal_stochastic_rounding(rt
     ideal stochastic rounding does too: ``P(carry)`` is the discarded fraction); no
     combination of what a party saw does better than that.  The default tells them apart
     (> 0.9, tested there)."""
-    n, d, y0 = 12000, 16, 12345
-    labels = seeded.integers(0, 2, n)
-    delta = seeded.integers(0, 2**13, n)
-    raw = np.where(labels == 1, y0 * 2**d + 2**15 - 1 - delta, y0 * 2**d - 2**15 + delta)
-    x = shared_ring(rt, raw, seeded, 32)
-    with ViewRecorder(rt, n, x.first, x.second) as view:
-        y = truncate(x, d, 16, mode="hidden")
-    offsets = y.reveal_raw().view(np.int64) - y0
+    labels, offsets, everyone = tie_views(rt, seeded, lambda x, d: truncate(x, d, 16, mode="hidden"))
     assert set(np.unique(offsets)) <= {-1, 0, 1}
     # what the revealed offset alone tells: the majority kind of each offset
+    n = len(labels)
     alone = sum(max(np.sum(labels[offsets == o]), np.sum(1 - labels[offsets == o])) for o in (-1, 0, 1)) / n
-    accuracy = best_guess_accuracy(view.arrays, offsets, labels, d)
-    everyone = rt.comm.allgather_object(accuracy)
     assert 0.6 < alone < 0.9
     assert max(everyone) < alone + 0.04, (everyone, alone)

@@ -243,6 +243,24 @@ def best_guess_accuracy(view, offsets, labels, d, deep=16):
     return best
 
 
+def tie_views(rt, seeded, rounding):
+    """The inputs with the same correctly rounded result y0 but discarded bits on either
+    side of the tie (12000 of them, ``labels`` their kinds, at scale 2^32), rounded by
+    ``rounding(x, 16)`` while every party records what it sees:
+    ``(labels, offsets, everyone)`` -- the revealed results minus y0 and every party's
+    :func:`best_guess_accuracy`."""
+    n, d, y0 = 12000, 16, 12345
+    labels = seeded.integers(0, 2, n)
+    delta = seeded.integers(0, 2**13, n)
+    raw = np.where(labels == 1, y0 * 2**d + 2**15 - 1 - delta, y0 * 2**d - 2**15 + delta)
+    x = shared_ring(rt, raw, seeded, 32)
+    with ViewRecorder(rt, n, x.first, x.second) as view:
+        y = rounding(x, d)
+    offsets = y.reveal_raw().view(np.int64) - y0
+    accuracy = best_guess_accuracy(view.arrays, offsets, labels, d)
+    return labels, offsets, rt.comm.allgather_object(accuracy)
+
+
 @pytest.mark.parametrize("mode", ["exact", "prob", "aby3"])
 def test_revealed_result_tells_no_party_the_discarded_bits_only_when_rounded_exactly(rt, seeded, mode):
     """Two kinds of inputs with the same correctly rounded result y0 but discarded bits on
@@ -250,16 +268,8 @@ def test_revealed_result_tells_no_party_the_discarded_bits_only_when_rounded_exa
     After the result is revealed, can a party tell which kind an element was?  With exact
     rounding no combination of what it saw does better than chance; the probabilistic
     truncations (default and ABY3) let some party tell them apart."""
-    n, d, y0 = 12000, 16, 12345
-    labels = seeded.integers(0, 2, n)
-    delta = seeded.integers(0, 2**13, n)
-    raw = np.where(labels == 1, y0 * 2**d + 2**15 - 1 - delta, y0 * 2**d - 2**15 + delta)
-    x = shared_ring(rt, raw, seeded, 32)
-    with ViewRecorder(rt, n, x.first, x.second) as view:
-        y = round_exact(x, d, 16) if mode == "exact" else truncate(x, d, 16, mode=mode)
-    offsets = y.reveal_raw().view(np.int64) - y0
-    accuracy = best_guess_accuracy(view.arrays, offsets, labels, d)
-    everyone = rt.comm.allgather_object(accuracy)
+    rounding = lambda x, d: round_exact(x, d, 16) if mode == "exact" else truncate(x, d, 16, mode=mode)  # noqa: E731
+    _labels, offsets, everyone = tie_views(rt, seeded, rounding)
     if mode == "exact":
         assert np.all(offsets == 0)
         assert max(everyone) < 0.56, everyone  # chance, up to the fit of 64 cells on 12000
