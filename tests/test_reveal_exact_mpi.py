@@ -294,7 +294,7 @@ def test_train_reveal_to_and_the_loss_are_exactly_rounded(rt, tracer, reveal_to)
         if reveal_to is None:
             return
         args = argparse.Namespace(out=os.path.join(work, "trained"), reveal_to=reveal_to)
-        _write_outputs(rt, args, pm, opt, "run")
+        _write_outputs(rt, args, pm, dict(pm.params, **opt.weights(exact=True)), "run")  # Trainer.trained_params
         revealed = [n for k, n in tracer.events if k == "reveal"]
         exact = [n for k, n in tracer.events if k == "exact"]
         total = sum(p.size for p in S.param_specs(model))

@@ -47,6 +47,25 @@ from mpcgpu.comm.transport import (
 __all__ = ["CommStats", "Communicator", "PARTIES"]
 
 
+class _PartAttribute:
+    """An attribute of the communicator that is the attribute of the same name of one of its
+    parts, read and set there: ``comm.stats`` is ``comm.meter.stats``."""
+
+    def __init__(self, part: str):
+        self.part = part
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        return getattr(getattr(obj, self.part), self.name)
+
+    def __set__(self, obj, value):
+        setattr(getattr(obj, self.part), self.name, value)
+
+
 class Communicator:
     """Exchanges between the three parties of one MPI communicator.
 
@@ -85,37 +104,10 @@ class Communicator:
         self.job_id = self.link.job_id
 
     # -- the parts' settings, as attributes of the communicator ----------------------------
-    @property
-    def stats(self) -> CommStats:
-        return self.meter.stats
-
-    @stats.setter
-    def stats(self, value: CommStats):
-        self.meter.stats = value
-
-    @property
-    def waiting(self) -> str:
-        return self.transport.waiting
-
-    @waiting.setter
-    def waiting(self, value: str):
-        self.transport.waiting = value
-
-    @property
-    def peer_timeout(self):
-        return self.transport.peer_timeout
-
-    @peer_timeout.setter
-    def peer_timeout(self, value):
-        self.transport.peer_timeout = value
-
-    @property
-    def wire_hook(self):
-        return self.link.wire_hook
-
-    @wire_hook.setter
-    def wire_hook(self, hook):
-        self.link.wire_hook = hook
+    stats = _PartAttribute("meter")  # a CommStats
+    waiting = _PartAttribute("transport")  # the wait policy's name
+    peer_timeout = _PartAttribute("transport")
+    wire_hook = _PartAttribute("link")
 
     def describe_channels(self) -> str:
         return self.link.describe()

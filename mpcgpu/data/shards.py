@@ -625,16 +625,14 @@ class Shard:
                         f"(component {ds!r}): the file is corrupt; copy it again"
                     )
 
+    #: the attributes :meth:`summary` gives, with the arrays' names, shapes and scales
+    PUBLIC_FACTS = ("set_id", "kind", "frac_bits", "party", "name")
+
     def summary(self) -> dict:
         """Public facts compared across the parties (never checksums or data)."""
-        return {
-            "set_id": self.set_id,
-            "kind": self.kind,
-            "frac_bits": self.frac_bits,
-            "party": self.party,
-            "name": self.name,
-            "arrays": [(n, list(a.shape), a.scale) for n, a in self.arrays.items()],
-        }
+        facts = {k: getattr(self, k) for k in self.PUBLIC_FACTS}
+        facts["arrays"] = [(n, list(a.shape), a.scale) for n, a in self.arrays.items()]
+        return facts
 
     # -- data -----------------------------------------------------------------------
     def info(self, name: str) -> ArrayInfo:

@@ -31,7 +31,7 @@ import sys as _sys
 
 import numpy as _np
 
-_PACKAGE_DIR = _os.path.dirname(_os.path.abspath(__file__)) + _os.sep
+_PACKAGE_DIR = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))) + _os.sep  # mpcgpu/, above device/
 _PASS_THROUGH = (_os.path.dirname(_os.path.abspath(_np.__file__)) + _os.sep, _os.sep + "h5py" + _os.sep)
 
 

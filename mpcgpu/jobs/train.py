@@ -162,6 +162,13 @@ NOT_IN_DIGEST = frozenset(
 )
 
 
+#: the :class:`~mpcgpu.nn.training.Trainer` keywords given as the arguments of the same name
+TRAINER_ARGS = tuple(
+    "epochs batch_size lr momentum weight_decay schedule warmup step_epochs"
+    " gamma seed extra_bits test_limit owner reveal_loss checkpoint_dir checkpoint_every".split()
+)
+
+
 def _identity(args) -> dict:
     """The arguments that determine the computation (see :data:`NOT_IN_DIGEST`)."""
     return {k: v for k, v in sorted(vars(args).items()) if not k.startswith("_") and k not in NOT_IN_DIGEST}
@@ -246,7 +253,6 @@ def run(args) -> int:
 
     precision = args.precision or checks.peek_frac_bits(args.data.split(",")[0], world_rank())
     rt = mpcgpu.init(precision=precision, cli=cli_settings(args))
-    owner = args.owner
     data = ShardedDataset(args.data, rt, limit=args.limit, verify=not args.no_verify)
     test = ShardedDataset(args.test_data, rt, verify=not args.no_verify) if args.test_data else None
     if not data.has_labels:
@@ -259,23 +265,8 @@ def run(args) -> int:
         rt,
         model,
         data,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        schedule=args.schedule,
-        warmup=args.warmup,
-        step_epochs=args.step_epochs,
-        gamma=args.gamma,
-        seed=args.seed,
-        extra_bits=args.extra_bits,
+        **{k: getattr(args, k) for k in TRAINER_ARGS},
         test=test,
-        test_limit=args.test_limit,
-        owner=owner,
-        reveal_loss=args.reveal_loss,
-        checkpoint_dir=args.checkpoint_dir,
-        checkpoint_every=args.checkpoint_every,
         identity=_identity(args),
         describe={"model_source": source, "data": args.data, "test_data": args.test_data, "limit": args.limit},
         clip=args.clip_gradients,

@@ -101,7 +101,7 @@ def init_params(spec, rng=None, dtype=np.float64) -> dict:
 # ------------------------------------------------------------------ model executor
 
 
-class PlainModel:
+class PlainModel(L.KeepsForBackward):
     """A spec (or registered model name) plus its parameters, run in plaintext NumPy.
 
     ``params`` ({name: array}, names as in ``spec.param_shapes``) is checked and
@@ -137,14 +137,8 @@ class PlainModel:
         self._ran_forward = False
 
     # -- what the layers ask of the executor -------------------------------------------------
-    def keep(self, path, value):
-        self._kept[path] = value
-
-    def kept(self, path):
-        try:
-            return self._kept.pop(path)
-        except KeyError:
-            raise RuntimeError(f"backward through {path!r} without a forward(..., need_grad=True)") from None
+    def _not_kept(self, path):
+        return RuntimeError(f"backward through {path!r} without a forward(..., need_grad=True)")
 
     def _forward_leaf(self, layer, path, x):
         y = L.lookup(layer).plain_forward(self, layer, path, x)

@@ -38,7 +38,7 @@ from ..sharing.compact import share as compact_share
 from ..sharing.truncation import forced
 from . import spec as S
 from . import walker
-from .layers import impl
+from .layers import KeepsForBackward, impl
 from .layers.batchnorm import TRAIN_BN_DOMAIN
 
 #: the path suffix of a residual block's closing ReLU (its body may hold a "relu" too)
@@ -130,7 +130,7 @@ def schedule(seq: S.Sequential):
     return out
 
 
-class PrivateModel:
+class PrivateModel(KeepsForBackward):
     """A model whose parameters are secret-shared among the three parties.
 
     ``params``: ``{name: ArithmeticShare}`` as in ``spec.param_shapes`` (checked).
@@ -241,14 +241,8 @@ class PrivateModel:
             return fn(self, layer, path, x)
 
     # -- what the layers ask of the executor -------------------------------------------------
-    def keep(self, path, value):
-        self._kept[path] = value
-
-    def kept(self, path):
-        try:
-            return self._kept.pop(path)
-        except KeyError:
-            raise MPCError(f"backward through {path!r} without a training forward pass") from None
+    def _not_kept(self, path):
+        return MPCError(f"backward through {path!r} without a training forward pass")
 
     def needs_input_grad(self, path) -> bool:
         return path != self._first_leaf or self._input_grad

@@ -174,7 +174,8 @@ def train(
 
 
 #: the settings of a private run (``mpcgpu train --json``: its ``settings``) that its plaintext
-#: twin shares, so that both see the same batches with the same learning rates
+#: twin shares, so that both see the same batches with the same learning rates; the command
+#: line below gives :func:`train` the arguments of these names (and records them with the weights)
 TWIN_SETTINGS = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "warmup", "seed")
 
 
@@ -232,13 +233,7 @@ def main(argv=None) -> int:
         tr,
         te,
         epochs=a.epochs,
-        batch_size=a.batch_size,
-        lr=a.lr,
-        momentum=a.momentum,
-        weight_decay=a.weight_decay,
-        schedule=a.schedule,
-        warmup=a.warmup,
-        seed=a.seed,
+        **{k: getattr(a, k) for k in TWIN_SETTINGS},
         dtype=np.dtype(a.dtype),
         log=log,
         log_every=a.log_every,
@@ -247,13 +242,7 @@ def main(argv=None) -> int:
     if a.out:
         meta = {
             "epochs": a.epochs,
-            "batch_size": a.batch_size,
-            "lr": a.lr,
-            "momentum": a.momentum,
-            "weight_decay": a.weight_decay,
-            "schedule": a.schedule,
-            "warmup": a.warmup,
-            "seed": a.seed,
+            **{k: getattr(a, k) for k in TWIN_SETTINGS},
             "train_dtype": a.dtype,
             "train_seconds": round(res.train_seconds, 1),
             "trainer": "mpcgpu.nn.train_plain",

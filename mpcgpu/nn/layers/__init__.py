@@ -180,6 +180,25 @@ def impl(layer) -> LayerImpl:
         raise MPCError(f"no private implementation for layer {type(layer).__name__}") from None
 
 
+# -- what every executor gives the layers ---------------------------------------------------
+
+
+class KeepsForBackward:
+    """``run.keep(path, value)`` / ``run.kept(path)`` of an executor: what a forward pass
+    keeps for the backward pass, each value taken back once.  The executor holds the values
+    in ``self._kept`` (a dict) and names the error of a backward without its forward pass
+    in ``_not_kept(path) -> Exception``."""
+
+    def keep(self, path, value):
+        self._kept[path] = value
+
+    def kept(self, path):
+        try:
+            return self._kept.pop(path)
+        except KeyError:
+            raise self._not_kept(path) from None
+
+
 # -- helpers of the private facets ---------------------------------------------------------
 
 
@@ -251,6 +270,7 @@ __all__ = [
     "by_name",
     "by_onnx_op",
     "impl",
+    "KeepsForBackward",
     "param",
     "PIECE",
     "pieces",
