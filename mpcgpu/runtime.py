@@ -168,8 +168,8 @@ class Runtime:
         """Run a block with some settings changed (tests), then put the frozen object back.
 
         Only the settings that code looks up when it runs (:data:`mpcgpu.settings.LIVE`:
-        ``fused``, ``compact_weights``, the fault injections) can change on a live runtime;
-        the others were used at init."""
+        ``compact_weights``, ``truncation``, the fault injections) can change on a live
+        runtime; the others were used at init (the kernel set: :meth:`using_kernels`)."""
         fixed = sorted(set(values) - set(settings_mod.LIVE))
         if fixed:
             raise MPCError(

@@ -121,15 +121,13 @@ def add_arguments(p):
     add_channel_arguments(p)
 
 
-#: fault injection for tests: "STEP:RANK" kills that rank (SIGKILL, no clean-up) right
-#: after that training step, as a crashed or killed server would die
-FAULT_ENV = "MPCGPU_FAULT_KILL_AFTER_STEP"
-
-
 def _maybe_die(rank: int, step: int):
+    """Fault injection for tests (the ``fault_kill_after_step`` setting,
+    ``MPCGPU_FAULT_KILL_AFTER_STEP=STEP:RANK``): kill that rank (SIGKILL, no clean-up) right
+    after that training step, as a crashed or killed server would die."""
     from ..runtime import get
 
-    spec = get().settings.fault_kill_after_step  # FAULT_ENV, parsed
+    spec = get().settings.fault_kill_after_step
     if spec:
         at, who = spec
         if step == at and rank == who:

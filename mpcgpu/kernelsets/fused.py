@@ -114,11 +114,6 @@ class Kernels:
                 self._kernels = self._build(jit)
         return self._kernels
 
-    def why_not(self) -> str | None:
-        """Why the kernels cannot run here (numba missing or broken), or None."""
-        self._compile()
-        return self._why
-
     def kernels(self) -> dict:
         """The compiled kernels (a RuntimeError saying why where numba cannot run)."""
         k = self._compile()
@@ -128,6 +123,6 @@ class Kernels:
 
 
 _SET = Kernels(_build)
-why_not, kernels = _SET.why_not, _SET.kernels
+kernels = _SET.kernels
 
-__all__ = ["Kernels", "why_not", "kernels"]
+__all__ = ["Kernels", "kernels"]

@@ -109,6 +109,6 @@ def _build(jit):
 
 
 _SET = fused.Kernels(_build)
-why_not, kernels = _SET.why_not, _SET.kernels
+kernels = _SET.kernels
 
-__all__ = ["why_not", "kernels"]
+__all__ = ["kernels"]

@@ -16,41 +16,30 @@ import numpy as np
 import mpcgpu
 from mpcgpu.nn import PrivateModel, PrivateSGD, init_params, share_params, train_step
 from mpcgpu.nn.models import lenet
-from mpcgpu.nn.spec import (
-    AdaptiveAvgPool2d,
-    BatchNorm2d,
-    Conv2d,
-    Flatten,
-    Linear,
-    MaxPool2d,
-    Model,
-    ReLU,
-    Residual,
-    Sequential,
-)
+from mpcgpu.nn import spec as S
 from mpcgpu.sharing.arithmetic import share
 
 
-def residual_bn() -> Model:
-    body = Sequential.named(
-        ("conv1", Conv2d(8, 8, 3, padding=1, bias=False)),
-        ("bn1", BatchNorm2d(8)),
-        ("relu1", ReLU()),
-        ("conv2", Conv2d(8, 16, 3, padding=1, bias=False)),
-        ("bn2", BatchNorm2d(16)),
+def residual_bn() -> S.Model:
+    body = S.Sequential.named(
+        ("conv1", S.Conv2d(8, 8, 3, padding=1, bias=False)),
+        ("bn1", S.BatchNorm2d(8)),
+        ("relu1", S.ReLU()),
+        ("conv2", S.Conv2d(8, 16, 3, padding=1, bias=False)),
+        ("bn2", S.BatchNorm2d(16)),
     )
-    shortcut = Sequential((Conv2d(8, 16, 1, bias=False), BatchNorm2d(16)))
-    net = Sequential.named(
-        ("conv1", Conv2d(3, 8, 3, padding=1)),
-        ("bn1", BatchNorm2d(8)),
-        ("relu", ReLU()),
-        ("block", Residual(body, shortcut, relu=True)),
-        ("pool", MaxPool2d(2)),
-        ("avgpool", AdaptiveAvgPool2d(1)),
-        ("flatten", Flatten()),
-        ("fc", Linear(16, 10)),
+    shortcut = S.Sequential((S.Conv2d(8, 16, 1, bias=False), S.BatchNorm2d(16)))
+    net = S.Sequential.named(
+        ("conv1", S.Conv2d(3, 8, 3, padding=1)),
+        ("bn1", S.BatchNorm2d(8)),
+        ("relu", S.ReLU()),
+        ("block", S.Residual(body, shortcut, relu=True)),
+        ("pool", S.MaxPool2d(2)),
+        ("avgpool", S.AdaptiveAvgPool2d(1)),
+        ("flatten", S.Flatten()),
+        ("fc", S.Linear(16, 10)),
     )
-    return Model("golden_residual_bn", (3, 8, 8), 10, net, "golden test net")
+    return S.Model("golden_residual_bn", (3, 8, 8), 10, net, "golden test net")
 
 
 def words(share_obj) -> np.ndarray:
@@ -63,7 +52,7 @@ def digest(arr) -> dict:
     return {"sha256": hashlib.sha256(arr.tobytes()).hexdigest(), "count": int(arr.size)}
 
 
-def run(model: Model, batch: int, stages: dict, rng):
+def run(model: S.Model, batch: int, stages: dict, rng):
     params = init_params(model, rng)
     for name, p in params.items():  # batch-norm statistics away from 0 / 1
         if name.endswith("running_var"):
