@@ -30,7 +30,7 @@ def rows_with_stds(rng, stds, n):
     return enc(means + rng.standard_normal((len(stds), n)) * np.asarray(stds)[:, None])
 
 
-def check(got, want, tol=2e-3):
+def check(got, want, tol=1e-3):
     err = np.abs(got - want)
     assert (err <= tol * (1 + np.abs(want))).all(), float(np.max(err / (1 + np.abs(want))))
 
@@ -95,3 +95,19 @@ def test_bad_arguments_fail_on_every_rank(rt):
         normalize.layer_norm(x, weight=np.ones(3))
     with pytest.raises(ProtocolError, match="eps"):
         normalize.layer_norm(x, eps=-1.0)
+
+
+def test_input_range_end_and_domain_edges(rt, seeded):
+    n = 768
+    x = np.zeros((4, n))
+    x[0, ::2], x[0, 1::2] = 1150.0, -1150.0  # |x| near 2^15 / sqrt(n): var 1.3e6, clamped to hi
+    x[1, ::2], x[1, 1::2] = 100.0, -100.0  # var = hi - eps exactly: var + eps = hi
+    x[2] = enc(seeded.standard_normal(n) * 0.0316 + 5.0)  # var ~ lo
+    x[3] = enc(seeded.uniform(-1, 1, n) * 1000.0)  # large but inside the range, var ~ 3.3e5 > hi
+    y = normalize.layer_norm(shared(rt, x)).reveal()
+    lo, hi = normalize.DEFAULT_DOMAIN
+    m = x.mean(axis=1, keepdims=True)
+    var = ((x - m) ** 2).mean(axis=1, keepdims=True) + 1e-5
+    want = (x - m) / np.sqrt(np.clip(var, lo, hi))
+    check(y, want, tol=2e-3)
+    np.testing.assert_allclose(np.abs(y[0]), 11.5, atol=0.03)
