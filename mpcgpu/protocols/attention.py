@@ -36,7 +36,8 @@ Cost: rounds ``10 ceil(log2 n) + 8 + 12 + 2 + 2 + reciprocal + 2``; bytes
 :func:`softmax_cost` (per entry, in all: about 119 for the tree, 71 for the clip, 384
 for the exp, 48 for the selection and 64 for the product: ~690).
 
-Accuracy: ``|err| <= 1e-3`` absolute per probability (measured ~2e-4).  Domain: every
+Accuracy: ``|err| <= 5e-4`` absolute per probability (tests; measured ~1e-4 on rows of
+128 with logits of standard deviation 1 to 10).  Domain: every
 fixed-point input (the clip makes any logit spread safe).
 """
 
