@@ -16,6 +16,8 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 #: the opset each operator's one-node model declares (ONNX's own version of the op)
 OPSET = {"Gelu": 20}
 _TYPES = {"float": TensorProto.DOUBLE, "int": TensorProto.INT64, "bool": TensorProto.BOOL}
+#: onnxruntime's own error where it approximates in float64 (its Gelu's erf: ~4e-7 relative)
+ORT_TOL = {"Gelu": 1e-6}
 #: attributes of ours, not ONNX's
 _OURS = {"dtype", "domain", "signed"}
 
@@ -71,7 +73,7 @@ def test_plain_facet_matches_onnxruntime(op, node, infos):
     ours = op.plain(node, args)
     assert len(ours) == len(node.outputs)
     try:
-        ref, tol = _ort_run(node, infos, feeds, TensorProto.DOUBLE), 1e-12
+        ref, tol = _ort_run(node, infos, feeds, TensorProto.DOUBLE), ORT_TOL.get(node.op, 1e-12)
     except Exception:  # an op onnxruntime implements in float32 only
         ref, tol = _ort_run(node, infos, feeds, TensorProto.FLOAT), 2e-6
     for mine, theirs in zip(ours, ref):

@@ -14,6 +14,15 @@ from reference import enc, shared
 
 pytestmark = pytest.mark.mpi(min_size=3)
 
+#: operators whose protocols live in modules another branch adds (skipped until merged)
+NEEDS = {"Softmax": "mpcgpu.protocols.attention", "LayerNormalization": "mpcgpu.protocols.normalize"}
+
+
+def _available(op):
+    import importlib.util
+
+    return op not in NEEDS or importlib.util.find_spec(NEEDS[op]) is not None
+
 
 def _examples():
     out = []
@@ -72,6 +81,8 @@ def check(got, keep, want, tol):
 
 @pytest.mark.parametrize("op,node,infos", _examples())
 def test_private_facet_matches_plain(rt, op, node, infos):
+    if not _available(op.name):
+        pytest.skip(f"{NEEDS[op.name]} is not there yet")
     rng = np.random.default_rng(11)
     plain, private = _feed(rt, node, infos, rng)
     want = op.plain(node, [plain[n] if n else None for n in node.inputs])
