@@ -103,6 +103,8 @@ class PrivateGraph:
         self.rt = rt
         self.ctx = Context(rt, g)
         self._last = g.last_use()
+        #: the most intermediate values (not params or consts) alive at once in the last run
+        self.live_peak = 0
 
     def _input(self, t, v):
         g = self.graph
@@ -143,7 +145,9 @@ class PrivateGraph:
         for t in g.inputs:
             env[t.name] = self._input(t, feeds[t.name])
         keep = set(g.outputs) | set(self.params) | set(self.consts)
+        fixed = len(self.params) + len(self.consts)
         comm = self.rt.comm
+        self.live_peak = 0
         for i, node in enumerate(g.nodes):
             args = [env[n] if n else None for n in node.inputs]
             op = op_type(node.op)
@@ -156,7 +160,8 @@ class PrivateGraph:
                     out = _outputs(node, op.private(self.ctx, node, args))
             for name, value in zip(node.outputs, out):
                 env[name] = value
-            del args
+            del args, out
+            self.live_peak = max(self.live_peak, len(env) - fixed)
             for n in node.inputs:
                 if n and self._last.get(n) == i and n not in keep:
                     env.pop(n, None)
