@@ -149,3 +149,46 @@ def test_value_kinds_refused_with_the_node_named(rt):
     for fn, node, args, msg in cases:
         with pytest.raises(GraphError, match=f"node {node.name} \\({node.op}\\): .*{msg}"):
             fn(ctx, node, args)
+
+
+def _cost(rt, fn):
+    """(rounds, bytes sent by the three parties together) of ``fn()``."""
+    with rt.comm.measure() as stats:
+        fn()
+    return stats.rounds, sum(rt.comm.allgather_object(stats.bytes_sent))
+
+
+def test_costs_of_the_private_facets(rt):
+    """Rounds and bytes (three parties together) as the operator docs state them."""
+    from mpcgpu.nn.ops.arith import div_private, mul_private
+    from mpcgpu.nn.ops.linear import matmul_private
+    from mpcgpu.nn.ops.shape import gather_private, reshape_private, where_private
+
+    ctx = Context(rt, None)
+    x = shared(rt, np.ones((1, 3, 4)))
+    w = shared(rt, np.ones((4, 5)))
+    n = x.size
+    mm = Node("MatMul", "mm", ["a", "b"], ["y"])
+    ml = Node("Mul", "ml", ["a", "b"], ["y"])
+    cases = [
+        (lambda: mul_private(ctx, ml, [x, np.array(2**-0.5)]), 2, 2 * 48 * n),  # 2 parts
+        (lambda: mul_private(ctx, ml, [x, np.array(0.5)]), 2, 48 * n),  # a power of two: 1 part
+        (lambda: mul_private(ctx, ml, [x, np.array(4.0)]), 0, 0),
+        (lambda: div_private(ctx, Node("Div", "d", ["a", "b"], ["y"]), [x, np.array(8.0)]), 2, 48 * n),
+        (lambda: mul_private(ctx, ml, [x, x]), 2, 64 * n),
+        (lambda: matmul_private(ctx, mm, [x, np.ones((4, 5))]), 2, 48 * 15),
+        (lambda: matmul_private(ctx, mm, [x, w]), 2, 64 * 15),
+        (lambda: reshape_private(ctx, Node("Reshape", "r", ["a", "s"], ["y"]), [x, np.array([4, 3])]), 0, 0),
+        (
+            lambda: where_private(
+                ctx, Node("Where", "w", ["c", "a", "b"], ["y"]), [np.array(True), x, np.array(-np.inf)]
+            ),
+            0,
+            0,
+        ),
+    ]
+    for fn, rounds, nbytes in cases:
+        assert _cost(rt, fn) == (rounds, nbytes)
+    ids = V.OneHotShare(shared(rt, one_hot(np.array([[1, 0, 3]]), 4), integer=True))
+    cost = _cost(rt, lambda: gather_private(ctx, Node("Gather", "g", ["t", "i"], ["y"]), [w, ids]))
+    assert cost == (1, 3 * 8 * 15)  # one-hot (scale 0) @ table: a resharing, no truncation

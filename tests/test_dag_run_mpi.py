@@ -225,3 +225,42 @@ def test_feed_and_kind_errors_name_what_is_wrong(rt):
         model.run({"ids": onehot, "x": x})
     with pytest.raises(GraphError, match="param wte must be a share"):
         PrivateGraph(g, {"wte": table}, consts, rt)
+
+
+def test_compact_weights_read_in_blocks(rt, monkeypatch):
+    """Compact parameters (one component held, the other drawn again): the one-hot Gather and
+    MatMul read their rows in blocks, Gemm with transB reads (out, in) rows transposed, a
+    public-id Gather draws only the rows it reads; results as with ordinary shares."""
+    from mpcgpu.nn.ops import linear
+    from mpcgpu.sharing import compact
+
+    monkeypatch.setattr(linear, "ROW_BLOCK", 8)  # 2 rows of 4 at a time
+    rng = np.random.default_rng(4)
+    table, w, w2 = rng.normal(0, 1, (VOCAB, 4)), rng.normal(0, 1, (4, 3)), rng.normal(0, 1, (5, 3))
+    nodes = [
+        Node("Gather", "emb", ["table", "ids"], ["e"]),
+        Node("Gather", "pos", ["table", "pos_ids"], ["p"]),
+        Node("Add", "add", ["e", "p"], ["h"]),
+        Node("MatMul", "mm", ["h", "w"], ["u"]),
+        Node("Gemm", "gemm", ["u", "w2"], ["y"], {"transB": 1}),
+    ]
+    g = GraphModel(
+        "compact",
+        [TensorInfo("ids", (5,), "int", "secret")],
+        ["y"],
+        nodes,
+        [TensorInfo("table", (VOCAB, 4)), TensorInfo("w", (4, 3)), TensorInfo("w2", (5, 3))],
+        [TensorInfo("pos_ids", (5,), "int", "public")],
+    )
+    params = {"table": table, "w": w, "w2": w2}
+    consts = {"pos_ids": np.array([3, 4, 5, 6, 7])}
+    ids = np.array([1, 0, 10, 4, 4])
+    want = run_plain(g, params, consts, {"ids": ids})["y"]
+    deal = {k: compact.share(v if rt.rank == 0 else None) for k, v in params.items()}
+    assert all(isinstance(v, compact.CompactShare) for v in deal.values())
+    model = PrivateGraph(g, deal, consts, rt)
+    feeds = share_inputs(g, {"ids": ids} if rt.rank == 0 else None, rt)
+    with rt.comm.measure() as stats:
+        out = model.run(feeds)["y"]
+    np.testing.assert_allclose(out.reveal(), want, atol=2e-3)
+    assert stats.rounds == 1 + 2 + 2  # the gather, two products

@@ -20,11 +20,35 @@ from __future__ import annotations
 
 import numpy
 
-from ...sharing.arithmetic import conv2d, matmul, matmul_public, zeros
-from ...sharing.compact import held
+from ...ring import products as ring
+from ...sharing.arithmetic import _summand_product, conv2d, matmul, matmul_public, product_summand, zeros
+from ...sharing.compact import CompactShare, held, matmul_transposed
 from ..dag import register_op
 from . import values as V
 from ._common import P, S, ex
+
+
+#: elements of a compact weight drawn at a time by :func:`matmul_rows`
+ROW_BLOCK = 1 << 22
+
+
+def matmul_rows(x, w: CompactShare, trunc=None):
+    """``x @ w`` for a compact 2-D weight ``w`` of shape ``(k, n)`` (a ``(in, out)`` matrix,
+    an embedding table read by one-hot rows): ``w``'s rows drawn in blocks of about
+    :data:`ROW_BLOCK` elements, this party's summand of the product accumulated over the
+    blocks of the reduction (the product is bilinear), then one resharing or truncation:
+    the rounds and bytes of :func:`~mpcgpu.sharing.arithmetic.matmul`, and ``w`` never
+    exists whole (GPT-2's 50257 x 768 table: 620 MB less per party)."""
+    k, n = (int(d) for d in w.shape)
+    step = max(1, ROW_BLOCK // max(n, 1))
+    summand = None
+    for lo in range(0, k, step):
+        hi = min(k, lo + step)
+        blk = w.rows(lo, hi)
+        part = product_summand(x.rt, x.first[..., lo:hi], x.second[..., lo:hi], blk.first, blk.second, ring.matmul)
+        del blk
+        summand = part if summand is None else summand + part
+    return _summand_product(x.rt, summand, x.scale + w.scale, trunc)
 
 
 def _share(node, v, what):
@@ -39,6 +63,8 @@ def _product(node, a, b):
         return matmul_public(_share(node, a, "the left operand"), V.public(b).astype(numpy.float64))
     if V.is_public(a):
         return matmul_public(_share(node, b, "the right operand"), V.public(a).astype(numpy.float64), left=True)
+    if isinstance(b, CompactShare) and b.ndim == 2 and not isinstance(a, (V.MaskedShare, V.OneHotShare)):
+        return matmul_rows(held(a), b)
     return matmul(_share(node, a, "the left operand"), _share(node, b, "the right operand"))
 
 
@@ -72,14 +98,18 @@ def gemm_private(ctx, node, args):
             node.fail(f"{what} is a {V.kind(v)}, which a product cannot take")
     if int(node.attr("transA", 0)):
         a = _t(a)
+    transposed = None  # a compact (out, in) weight read transposed block by block
     if int(node.attr("transB", 0)):
-        b = _t(b)
+        if isinstance(b, CompactShare) and b.ndim == 2 and not V.is_public(a):
+            transposed = b
+        else:
+            b = _t(b)
     alpha, beta = float(node.attr("alpha", 1.0)), float(node.attr("beta", 1.0))
     if alpha != 1.0 and V.is_public(b):
         b, alpha = V.public(b) * alpha, 1.0
     elif alpha != 1.0 and V.is_public(a):
         a, alpha = V.public(a) * alpha, 1.0
-    y = _product(node, a, b)
+    y = matmul_transposed(held(a), transposed) if transposed is not None else _product(node, a, b)
     if alpha != 1.0:
         y = V.mul_public(y, numpy.float64(alpha))
     if c is None:
