@@ -185,3 +185,16 @@ def test_one_hot_helpers():
     table = np.arange(40.0).reshape(10, 4)
     out = run_plain(g, {"table": table}, {"s": np.array([1, 3])}, {"ids": np.array([[1, 2, 9]])})["e"]
     np.testing.assert_array_equal(out, table[[[1, 2, 9]]])
+
+
+def test_a_facet_error_names_its_node():
+    g = GraphModel(
+        "mm",
+        [TensorInfo("x", (2, 3))],
+        ["y"],
+        [Node("MatMul", "proj", ["x", "w"], ["y"])],
+        consts=[TensorInfo("w", (4, 2), "float", "public")],
+    )
+    with pytest.raises(ValueError, match="^node proj \\(MatMul\\): .*") as info:
+        run_plain(g, {}, {"w": np.ones((4, 2))}, {"x": np.ones((2, 3))})
+    assert not isinstance(info.value, GraphError)  # numpy's ValueError, named

@@ -264,3 +264,18 @@ def test_compact_weights_read_in_blocks(rt, monkeypatch):
         out = model.run(feeds)["y"]
     np.testing.assert_allclose(out.reveal(), want, atol=2e-3)
     assert stats.rounds == 1 + 2 + 2  # the gather, two products
+
+
+def test_an_encoding_error_names_its_node_on_every_rank(rt):
+    from mpcgpu.errors import EncodingError
+
+    g = GraphModel(
+        "big",
+        [TensorInfo("x", (3,))],
+        ["y"],
+        [Node("Mul", "scale", ["x", "c"], ["y"])],
+        consts=[TensorInfo("c", (), "float", "public")],
+    )
+    model = PrivateGraph(g, {}, {"c": np.array(1e12)}, rt)
+    with pytest.raises(EncodingError, match="^node scale \\(Mul\\): public factor"):
+        model.run({"x": shared(rt, np.ones(3))})

@@ -25,6 +25,7 @@ import math
 import numpy
 
 from ...protocols import activations, compare
+from ...sharing.arithmetic import to_scale
 from ..dag import register_op
 from . import values as V
 from ._common import P, S, ex, norm_axis
@@ -45,6 +46,13 @@ def softmax_host(x, axis):
         return e / e.sum(axis=axis, keepdims=True)
 
 
+def _real(node, v):
+    """A share at ``rt.frac_bits`` (an integer share moved up for free)."""
+    s = V.plain_share(node, v)
+    f = s.rt.frac_bits
+    return to_scale(s, f) if s.scale < f else s
+
+
 def softmax_private(ctx, node, args):
     from ...protocols.attention import masked_softmax
 
@@ -52,7 +60,7 @@ def softmax_private(ctx, node, args):
     axis = norm_axis(node.attr("axis", -1), len(V.shape_of(x)), node)
     if isinstance(x, V.MaskedShare):
         return [masked_softmax(x.share, axis=axis, keep=x.keep)]
-    return [masked_softmax(V.plain_share(node, x), axis=axis, keep=None)]
+    return [masked_softmax(_real(node, x), axis=axis, keep=None)]
 
 
 def _ln_axes(node, ndim):
@@ -79,7 +87,7 @@ def layer_norm_private(ctx, node, args):
 
     if len(node.outputs) > 1:
         node.fail("only the normalised output Y is computed (not Mean / InvStdDev)")
-    x = V.plain_share(node, args[0])
+    x = _real(node, args[0])
     params = []
     for v, what in ((args[1], "scale"), (args[2] if len(args) > 2 else None, "bias")):
         params.append(None if v is None else V.public(v) if V.is_public(v) else V.plain_share(node, v, what))
