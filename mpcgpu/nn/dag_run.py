@@ -24,6 +24,7 @@ from ..errors import MPCError
 from ..sharing.arithmetic import ArithmeticShare, share
 from ..sharing.compact import CompactShare
 from .dag import GraphError, GraphModel, op_type
+from .dag_fuse import fuse as _fuse
 from .ops import values as V
 from .private import Profile, section
 
@@ -107,17 +108,23 @@ class Context:
 
 class PrivateGraph:
     """A graph model with secret parameters (``{name: ArithmeticShare | CompactShare}``) and
-    public constants (``{name: array}``, known to every party)."""
+    public constants (``{name: array}``, known to every party).  ``fuse``: run the rewritten
+    graph of :func:`mpcgpu.nn.dag_fuse.fuse` (GELU patterns as one Gelu, power-of-two score
+    scales folded into the product's truncation; :attr:`fused` counts them)."""
 
-    def __init__(self, g: GraphModel, params: dict, consts: dict, rt):
+    def __init__(self, g: GraphModel, params: dict, consts: dict, rt, fuse: bool = True):
         _check_known(g, params, g.params, "param", lambda v: v.shape)
         for t in g.params:
             if not isinstance(params[t.name], (ArithmeticShare, CompactShare)):
                 raise GraphError(f"graph {g.name}: param {t.name} must be a share, got {type(params[t.name]).__name__}")
         _check_known(g, consts, g.consts, "const", numpy.shape)
-        self.graph = g
+        self.source = g
         self.params = dict(params)
         self.consts = {k: V.public(v) for k, v in consts.items()}
+        self.fused: dict = {}
+        if fuse:
+            g, self.fused = _fuse(g, self.consts)
+        self.graph = g
         self.rt = rt
         self.ctx = Context(rt, g)
         self._last = g.last_use()
