@@ -268,4 +268,10 @@ def test_fuse_leaves_what_does_not_match():
     g2 = dag.replace(g, nodes=g.nodes + (extra,), outputs=g.outputs + ("peek",))
     other = {**consts, "c": np.array(0.044), "s": np.array(0.3)}
     fused, counts = fuse(g2, other)
-    assert counts == {"gelu": 0, "scaled_matmul": 0} and fused is g2
+    assert counts == {"scaled_matmul": 0, "gelu": 0} and fused is g2
+    # the choice of rewrites
+    fused, counts = fuse(g, consts, ("scaled_matmul",))
+    assert counts == {"scaled_matmul": 1} and [n.op for n in fused.nodes].count("Gelu") == 0
+    assert fuse(g, consts, False) == (g, {})
+    with pytest.raises(ValueError, match="unknown graph rewrites \\['gelus'\\]"):
+        fuse(g, consts, ["gelus"])

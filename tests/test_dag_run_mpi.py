@@ -116,6 +116,8 @@ def test_attention_block_private_against_plain(rt):
     runs = {}
     for fuse in (False, True):
         model = PrivateGraph(g, shares, consts, rt, fuse=fuse)
+        if not fuse:
+            assert PrivateGraph(g, shares, consts, rt).fused == {"scaled_matmul": 1}  # the default
         profile = Profile()
         with rt.comm.measure() as stats:
             out = model.run(feeds, profile=profile)["hidden"]

@@ -1,18 +1,21 @@
 """Rewrites of a graph model that the private executor applies before it runs
-(:class:`mpcgpu.nn.dag_run.PrivateGraph`, ``fuse=True``): the same function, fewer rounds
-and bytes.  Each rewrite matches the exact operator pattern the exporters write, with its
-public constants checked, and only where the intermediate tensors have no other reader.
+(:class:`mpcgpu.nn.dag_run.PrivateGraph`, ``fuse=``; :data:`DEFAULT`: the exact ones):
+the same function, fewer rounds and bytes.  Each rewrite matches the exact operator
+pattern the exporters write, with its public constants checked, and only where the
+intermediate tensors have no other reader.
 
 * **GELU, erf form** (BERT, ViT: ``x * 0.5 * (1 + erf(x / sqrt 2))``, as ``Div``/``Mul``,
   ``Erf``, ``Add``, ``Mul``, ``Mul`` in either order) and **tanh form** (GPT-2:
   ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` with ``Pow``) -> one ``Gelu`` node
   (``approximate`` "none" / "tanh"): 16 rounds and ~432 bytes per element (three parties)
   instead of 24 rounds / ~704 bytes (erf form) or 34 rounds / ~1056 bytes (tanh form);
-  error 0.0075 at most (PUMA's GELU: 0.014).
+  error 0.0075 at most (PUMA's GELU: 0.014), where the composed form is more accurate for
+  small inputs (erf's 0.0035 times x/2): opt-in (not in :data:`DEFAULT`).
 * **Scaled attention scores**: ``MatMul(Mul(q, s1), Mul(k, s2))`` with public scalars whose
   product is a power of two ``2^-j`` (``s1 = s2 = d^-1/4`` for head width ``d = 64``: 1/8)
   -> one ``MatMul`` whose fused truncation drops ``j`` bits more (attribute ``pow2``:
-  ``-j``): two public products (4 rounds, 96 bytes per element each) disappear.
+  ``-j``): two public products (4 rounds, 96 bytes per element each) disappear, and their
+  roundings with them (exact: on by default).
 
 :func:`fuse` returns the rewritten graph (or the same one when nothing matches) and the
 count of each rewrite.
@@ -174,15 +177,38 @@ def _scaled_matmul(ix: _Index, n: Node):
     return ins[0], ins[1], j, removed
 
 
-def fuse(g: GraphModel, consts: dict) -> tuple:
-    """``(graph, {rewrite: count})`` (module docstring); ``consts``: the public constants."""
+#: every rewrite; :data:`DEFAULT` the ones the private executor applies unless told
+REWRITES = ("scaled_matmul", "gelu")
+#: exact rewrites only: the GELU fusion trades accuracy for cost (tiny GPT-2 logits: max
+#: error 0.0022 composed, 0.038 fused; BERT-base FFN: ~1.3 GB and 96 rounds less), so the
+#: caller opts in (``PrivateGraph(..., fuse=True)`` or ``fuse=("scaled_matmul", "gelu")``)
+DEFAULT = ("scaled_matmul",)
+
+
+def rewrites(choice) -> tuple:
+    """The rewrites meant by ``choice``: True (all), False/None (none), or names."""
+    if choice is True:
+        return REWRITES
+    if not choice:
+        return ()
+    names = (choice,) if isinstance(choice, str) else tuple(choice)
+    unknown = sorted(set(names) - set(REWRITES))
+    if unknown:
+        raise ValueError(f"unknown graph rewrites {unknown}; known: {', '.join(REWRITES)}")
+    return names
+
+
+def fuse(g: GraphModel, consts: dict, which=True) -> tuple:
+    """``(graph, {rewrite: count})`` (module docstring); ``consts``: the public constants;
+    ``which``: the rewrites (:func:`rewrites`)."""
+    which = rewrites(which)
     ix = _Index(g, consts)
     drop, swap = set(), {}  # by id(): node names need not be unique
-    counts = {"gelu": 0, "scaled_matmul": 0}
+    counts = {name: 0 for name in which}
     for n in g.nodes:
         if id(n) in drop:
             continue
-        hit = _gelu(ix, n)
+        hit = _gelu(ix, n) if "gelu" in which else None
         if hit:
             x, mode, inner = hit
             if not any(id(m) in drop for m in inner):
@@ -190,7 +216,7 @@ def fuse(g: GraphModel, consts: dict) -> tuple:
                 swap[id(n)] = Node("Gelu", n.name, [x], n.outputs, {"approximate": mode})
                 counts["gelu"] += 1
                 continue
-        hit = _scaled_matmul(ix, n)
+        hit = _scaled_matmul(ix, n) if "scaled_matmul" in which else None
         if hit:
             a, b, j, removed = hit
             if not any(id(m) in drop for m in removed):
@@ -203,4 +229,4 @@ def fuse(g: GraphModel, consts: dict) -> tuple:
     return replace(g, nodes=tuple(nodes)), counts
 
 
-__all__ = ["fuse"]
+__all__ = ["REWRITES", "DEFAULT", "rewrites", "fuse"]

@@ -24,6 +24,7 @@ from ..errors import MPCError
 from ..sharing.arithmetic import ArithmeticShare, share
 from ..sharing.compact import CompactShare
 from .dag import GraphError, GraphModel, op_type
+from .dag_fuse import DEFAULT as _DEFAULT_FUSE
 from .dag_fuse import fuse as _fuse
 from .ops import values as V
 from .private import Profile, section
@@ -108,11 +109,12 @@ class Context:
 
 class PrivateGraph:
     """A graph model with secret parameters (``{name: ArithmeticShare | CompactShare}``) and
-    public constants (``{name: array}``, known to every party).  ``fuse``: run the rewritten
-    graph of :func:`mpcgpu.nn.dag_fuse.fuse` (GELU patterns as one Gelu, power-of-two score
-    scales folded into the product's truncation; :attr:`fused` counts them)."""
+    public constants (``{name: array}``, known to every party).  ``fuse``: the rewrites of
+    :mod:`mpcgpu.nn.dag_fuse` to run the graph with (default: the exact ones, power-of-two
+    score scales folded into the product's truncation; ``True``: also GELU patterns as one
+    Gelu; ``False``: none); :attr:`fused` counts them."""
 
-    def __init__(self, g: GraphModel, params: dict, consts: dict, rt, fuse: bool = True):
+    def __init__(self, g: GraphModel, params: dict, consts: dict, rt, fuse=_DEFAULT_FUSE):
         _check_known(g, params, g.params, "param", lambda v: v.shape)
         for t in g.params:
             if not isinstance(params[t.name], (ArithmeticShare, CompactShare)):
@@ -123,7 +125,7 @@ class PrivateGraph:
         self.consts = {k: V.public(v) for k, v in consts.items()}
         self.fused: dict = {}
         if fuse:
-            g, self.fused = _fuse(g, self.consts)
+            g, self.fused = _fuse(g, self.consts, fuse)
         self.graph = g
         self.rt = rt
         self.ctx = Context(rt, g)
