@@ -279,6 +279,17 @@ def test_compact_weights_read_in_blocks(rt, monkeypatch):
         out = model.run(feeds)["y"]
     np.testing.assert_allclose(out.reveal(), want, atol=2e-3)
     assert stats.rounds == 1 + 2 + 2  # the gather, two products
+    # a folded power of two with a compact weight: inside the truncation of the row blocks
+    from mpcgpu.nn.dag_run import Context
+    from mpcgpu.nn.ops.linear import matmul_private
+
+    h = np.rint(rng.normal(0, 1, (2, 4)) * 2**16) / 2**16
+    node = Node("MatMul", "mm", ["h", "w"], ["y"], {"pow2": -2})
+    hs = shared(rt, h)
+    with rt.comm.measure() as stats:
+        (y,) = matmul_private(Context(rt, None), node, [hs, deal["w"]])
+    assert stats.rounds == 2
+    np.testing.assert_allclose(y.reveal(), h @ w / 4, atol=2e-4)
 
 
 def test_an_encoding_error_names_its_node_on_every_rank(rt):

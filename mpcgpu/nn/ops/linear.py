@@ -77,12 +77,12 @@ def _product(node, a, b, j: int = 0):
         pub = V.public(a).astype(numpy.float64) * 2.0**-j
         return matmul_public(_share(node, b, "the right operand"), pub, left=True)
     left = _share(node, a, "the left operand")
-    if not isinstance(b, CompactShare):
+    if not (isinstance(b, CompactShare) and b.ndim == 2):  # a 2-D compact weight is read by rows
         b = _share(node, b, "the right operand")
     f = left.rt.frac_bits
     if j and not (left.scale == f and b.scale == f):
         return V.mul_public(_product(node, left, b), numpy.float64(2.0**-j))
-    if isinstance(b, CompactShare) and b.ndim == 2:
+    if isinstance(b, CompactShare):
         return matmul_rows(left, b, extra_bits=j)
     right = b
     if j:
