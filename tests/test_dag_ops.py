@@ -257,6 +257,13 @@ def test_fuse_rewrites_the_exporters_patterns_exactly():
     for o in g.outputs:
         np.testing.assert_allclose(got[o], want[o], rtol=1e-6, atol=1e-6)
     assert dag.to_dict(dag.from_json(dag.to_json(fused))) == dag.to_dict(fused)
+    # left composed, the GELUs' nodes are found for the profile (5 of the erf form, 8 of the tanh form)
+    from mpcgpu.nn.dag_fuse import gelu_nodes
+
+    found = gelu_nodes(g, consts)
+    assert sorted(n.name for n in g.nodes if id(n) in found) == sorted(
+        ["d", "e", "a", "m", "gelu_erf", "h", "p", "pc", "s1", "sk", "t", "a1", "gelu_tanh"]
+    )
 
 
 def test_fuse_leaves_what_does_not_match():

@@ -229,4 +229,17 @@ def fuse(g: GraphModel, consts: dict, which=True) -> tuple:
     return replace(g, nodes=tuple(nodes)), counts
 
 
-__all__ = ["REWRITES", "DEFAULT", "rewrites", "fuse"]
+def gelu_nodes(g: GraphModel, consts: dict) -> set:
+    """``id()`` of every node of a GELU pattern left composed (for a profile that groups
+    them as one layer type: :class:`mpcgpu.nn.dag_run.PrivateGraph`)."""
+    ix = _Index(g, consts)
+    out = set()
+    for n in g.nodes:
+        hit = _gelu(ix, n)
+        if hit:
+            out.update(id(m) for m in hit[2])
+            out.add(id(n))
+    return out
+
+
+__all__ = ["REWRITES", "DEFAULT", "rewrites", "fuse", "gelu_nodes"]

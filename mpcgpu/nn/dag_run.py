@@ -7,8 +7,8 @@
   its private facet, on the value kinds of :mod:`mpcgpu.nn.ops.values`.  A value is freed
   as soon as no later node reads it (:meth:`GraphModel.last_use`), so a 12-layer network
   holds about one layer's activations at a time.  ``run(feeds, profile=Profile())`` adds
-  one row per operator type (seconds, bytes, rounds, calls), with the public evaluation in
-  a row of its own.
+  one row per operator type (seconds, bytes, rounds, calls; the nodes of a GELU left
+  composed in one row, :data:`GELU_ROW`), with the public evaluation in a row of its own.
 
 Secret integer inputs (token ids) enter as one-hot integer shares whose last axis is the
 vocabulary (:func:`share_inputs` makes them; :meth:`GraphModel.one_hot_width` finds the
@@ -26,8 +26,12 @@ from ..sharing.compact import CompactShare
 from .dag import GraphError, GraphModel, op_type
 from .dag_fuse import DEFAULT as _DEFAULT_FUSE
 from .dag_fuse import fuse as _fuse
+from .dag_fuse import gelu_nodes as _gelu_nodes
 from .ops import values as V
 from .private import Profile, section
+
+#: the profile row of the nodes of a GELU left composed (one per operator otherwise)
+GELU_ROW = "Gelu (composed)"
 
 
 def _check_known(g: GraphModel, given: dict, infos, what: str, shape_of):
@@ -127,6 +131,8 @@ class PrivateGraph:
         if fuse:
             g, self.fused = _fuse(g, self.consts, fuse)
         self.graph = g
+        #: profile rows: a composed GELU's nodes (Div, Erf, Add, Mul... or Pow, Tanh...) in one
+        self._rows = {i: GELU_ROW for i in _gelu_nodes(g, self.consts)}
         self.rt = rt
         self.ctx = Context(rt, g)
         self._last = g.last_use()
@@ -183,7 +189,8 @@ class PrivateGraph:
                     out = _call(node, op.plain, node, [None if a is None else V.public(a) for a in args])
                     out = [V.public(o) for o in out]
             else:
-                with section(profile, comm, node.op, node.op):
+                row = self._rows.get(id(node), node.op)
+                with section(profile, comm, row, row):
                     out = _call(node, op.private, self.ctx, node, args)
             for name, value in zip(node.outputs, out):
                 if name in self._last:  # an output nothing reads (a Split's unused part) is dropped now
