@@ -53,7 +53,6 @@ import re
 
 import numpy
 
-from ..errors import MPCError
 from ..nn import dag
 from ..nn.dag import GraphError, GraphModel, Node, TensorInfo
 
@@ -448,7 +447,7 @@ def import_graph(
         )
 
     # -- static shapes of every tensor (for Shape/Size folding and the outputs) ---------------------
-    shapes = _infer_shapes(proto, {n: s for n, s, _, _ in inputs}, onnx)
+    shapes = _infer_shapes(proto, {n: s for n, s, _, _ in inputs}, onnx, notes)
 
     # -- folding ----------------------------------------------------------------------------------
     consts = {k for k, r in roles.items() if r == "const"}
@@ -544,9 +543,12 @@ def import_graph(
     used = {i for _, ins in live for i in ins if i}
     out_params, out_consts = {}, {}
     attr_consts = {}
-    gnodes = []
+    gnodes, node_names = [], set()
     for k, (node, ins) in enumerate(live):
-        nname = node.name or f"{node.op_type}_{k}"
+        nname = _NAME_OK.sub("_", node.name or f"{node.op_type}_{k}")
+        while nname in node_names:
+            nname = f"{nname}_{k}"
+        node_names.add(nname)
         attrs = {}
         for a in node.attribute:
             try:
@@ -565,7 +567,7 @@ def import_graph(
         gnodes.append(
             Node(
                 node.op_type,
-                _NAME_OK.sub("_", nname),
+                nname,
                 [clean(i) if i else "" for i in ins],
                 [clean(rename.get(o, o)) for o in node.output],
                 attrs,
@@ -581,7 +583,6 @@ def import_graph(
         else:
             out_consts[clean(t)] = _host(values[t])
     out_consts.update(attr_consts)
-    _uniq_node_names(gnodes)
 
     ginputs = [TensorInfo(clean(n), s, k, r) for n, s, k, r in inputs]
     gparams = [TensorInfo(k, v.shape, "float", "secret") for k, v in out_params.items()]
@@ -619,15 +620,6 @@ def import_graph(
     return model, out_params, out_consts, notes
 
 
-def _uniq_node_names(nodes):
-    seen = {}
-    for i, n in enumerate(nodes):
-        if n.name in seen:
-            seen[n.name] += 1
-            object.__setattr__(n, "name", f"{n.name}_{seen[n.name]}")
-        seen.setdefault(n.name, 0)
-
-
 def _shape_slice(dims, start, end):
     r = len(dims)
     start = int(start)
@@ -639,7 +631,7 @@ def _shape_slice(dims, start, end):
     return list(dims[start:end])
 
 
-def _infer_shapes(proto, input_shapes, onnx):
+def _infer_shapes(proto, input_shapes, onnx, notes):
     """``{tensor: static shape}`` by ONNX shape inference with the inputs' shapes fixed."""
     m = onnx.ModelProto()
     m.CopyFrom(proto)
@@ -652,8 +644,9 @@ def _infer_shapes(proto, input_shapes, onnx):
                 shape.dim.add().dim_value = int(d)
     try:
         inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
-    except Exception as e:
-        raise GraphImportError(f"ONNX shape inference fails on this graph: {e}") from None
+    except Exception as e:  # an unknown operator, say: it is named later
+        notes.append(f"ONNX shape inference fails on this graph ({str(e).splitlines()[0][:200]})")
+        inferred = m
     out = {}
     for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         dims = _dims(v)
