@@ -218,6 +218,31 @@ def test_symbolic_dims_need_shapes():
         og.import_graph(_proto("gpt2"), "g", input_shapes={"input_ids": (16,)})
 
 
+@pytest.mark.parametrize("shape", [(1, 16), (2, 24)])
+def test_a_symbolic_export_folds_its_shape_arithmetic_once_shapes_are_given(shape):
+    proto = _proto("bert_dynamic")
+    dims = [[d.dim_param for d in v.type.tensor_type.shape.dim] for v in proto.graph.input]
+    assert dims == [["batch", "seq"], ["batch", "seq"]]
+    with pytest.raises(og.GraphImportError, match=r"input_ids \['batch', 'seq'\]"):
+        og.import_graph(proto, "b")
+    g, params, consts, notes = og.import_graph(proto, "b", input_shapes={"input_ids": shape, "attention_mask": shape})
+    assert [t.shape for t in g.inputs] == [shape, shape]
+    # every Shape, Range, Expand... of the export is gone: what is left is the static export's
+    plumbing = {"Shape", "Range", "Expand", "Slice", "Concat", "Squeeze", "Unsqueeze", "Max", "GreaterOrEqual"}
+    assert not plumbing & set(g.ops())
+    assert set(g.ops()) <= set(og.import_graph(_proto("bert"), "s")[0].ops()) | {"Gather"}
+    assert any("folded" in n for n in notes)
+    back = og.export_graph(g, params, consts)
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        mask = (rng.random(shape) < 0.7).astype(np.int64)
+        mask[..., 0] = 1
+        feeds = {"input_ids": rng.integers(0, 100, shape), "attention_mask": mask}
+        for a, b in zip(_run(proto, feeds), _run(back, feeds)):
+            assert a.shape == b.shape and a.shape[0] == shape[0]
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
 def _set_init(proto, name, fn):
     init = next(i for i in proto.graph.initializer if i.name == name)
     arr = fn(numpy_helper.to_array(init).copy())

@@ -108,6 +108,8 @@ MAX_FOLDED = 1 << 26
 #: metadata key of the graph's JSON in an exported ONNX model
 GRAPH_METADATA = "mpcgpu-graph"
 OPSET = 18
+#: operators never evaluated at import (no inputs but not constant)
+_NEVER_FOLD = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli")
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.:\-]")
 
@@ -446,13 +448,7 @@ def import_graph(
             "mpcgpu import --input-shape NAME=1,128)"
         )
 
-    # -- static shapes of every tensor (for Shape/Size folding and the outputs) ---------------------
-    shapes = _infer_shapes(proto, {n: s for n, s, _, _ in inputs}, onnx, notes)
-
-    # -- folding ----------------------------------------------------------------------------------
-    consts = {k for k, r in roles.items() if r == "const"}
-    params = {k for k, r in roles.items() if r == "param"}
-    kept, folded = [], 0
+    # -- Identity nodes dropped (their readers read the source) ---------------------------------
     alias = {}  # Identity output -> its input
 
     def real(t):
@@ -460,45 +456,42 @@ def import_graph(
             t = alias[t]
         return t
 
+    pending = []  # (ONNX node, its inputs after the aliases)
     for node in nodes:
-        op = node.op_type
-        where = f"node {node.name or node.output[0]!r} ({op})"
         ins = [real(i) if i else "" for i in node.input]
-        if op == "Identity" and not node.domain and len(ins) == 1:
+        if node.op_type == "Identity" and not node.domain and len(ins) == 1:
             alias[node.output[0]] = ins[0]
             continue
-        value = None
-        try:
-            if op in ("Shape", "Size") and not node.domain and ins[0] in shapes:
-                dims = shapes[ins[0]]
-                if op == "Size":
-                    value = [numpy.asarray(math.prod(dims), numpy.int64)]
-                else:
-                    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
-                    value = [numpy.asarray(_shape_slice(dims, a.get("start", 0), a.get("end")), numpy.int64)]
-            elif not node.domain and all(i in consts for i in ins if i) and op not in ("RandomNormal", "RandomUniform"):
-                value = _fold_node(node, [values[i] if i else None for i in ins], opset, onnx)
-        except GraphImportError:
-            raise
-        except Exception as e:  # an op onnx.reference cannot evaluate: it stays a node
-            notes.append(f"{where}: not folded ({type(e).__name__}: {e})")
-            value = None
-        if value is not None:
-            for o, v in zip(node.output, value):
-                v = numpy.asarray(v)
-                if v.size > MAX_FOLDED:
-                    raise GraphImportError(f"{where}: folding it gives {v.size:,} elements, more than {MAX_FOLDED:,}")
-                values[o] = v
-                consts.add(o)
-            folded += 1
-            continue
-        kept.append((node, ins))
-    if folded:
-        notes.append(f"folded {folded} nodes on constants and shapes at import")
+        pending.append((node, ins))
     if alias:
         notes.append(f"dropped {len(alias)} Identity nodes")
 
+    # -- folding, with static shapes: fold, infer shapes again, until nothing more folds -------------
+    consts = {k for k, r in roles.items() if r == "const"}
+    params = {k for k, r in roles.items() if r == "param"}
+    elem = {v.name: v.type.tensor_type.elem_type for v in data_inputs}
+    data_shapes = {n: (s, elem[n]) for n, s, _, _ in inputs}
+    folded, shapes = 0, {}
+    for _ in range(16):
+        shapes = _infer_shapes(pending, data_shapes, values, consts, opset, onnx, notes)
+        kept, before = [], folded
+        for node, ins in pending:
+            value = _try_fold(node, ins, shapes, values, consts, opset, onnx, notes, helper)
+            if value is None:
+                kept.append((node, ins))
+                continue
+            for o, v in zip(node.output, value):
+                values[o] = numpy.asarray(v)
+                consts.add(o)
+            folded += 1
+        pending = kept
+        if folded == before:
+            break
+    if folded:
+        notes.append(f"folded {folded} nodes on constants and shapes at import")
+
     # -- outputs, dead nodes -------------------------------------------------------------------------
+    kept = pending
     out_names = [o.name for o in g.output]
     outputs = [real(o) for o in out_names]
     # an Identity (or nothing) between a computed tensor and a graph output: the output
@@ -568,7 +561,7 @@ def import_graph(
             Node(
                 node.op_type,
                 nname,
-                [clean(i) if i else "" for i in ins],
+                [clean(rename.get(i, i)) if i else "" for i in ins],
                 [clean(rename.get(o, o)) for o in node.output],
                 attrs,
             )
@@ -587,8 +580,8 @@ def import_graph(
     ginputs = [TensorInfo(clean(n), s, k, r) for n, s, k, r in inputs]
     gparams = [TensorInfo(k, v.shape, "float", "secret") for k, v in out_params.items()]
     gconsts = [TensorInfo(k, v.shape, _kind(v), "public") for k, v in out_consts.items()]
-    out_shapes = [shapes.get(o) for o in out_names]
-    tables = {int(values[n.input[0]].shape[0]) for n, _ in live if n.op_type == "Gather" and n.input[0] in params}
+    out_shapes = [shapes.get(real(o)) for o in out_names]
+    tables = {int(values[ins[0]].shape[0]) for n, ins in live if n.op_type == "Gather" and ins[0] in params}
     widths = [int(shapes[ins[0]][-1]) for n, ins in live if n.op_type == "LayerNormalization" and shapes.get(ins[0])]
     hidden = widths[0] if widths else None
     guessed = _guess_task(out_shapes, tables, hidden)
@@ -631,29 +624,77 @@ def _shape_slice(dims, start, end):
     return list(dims[start:end])
 
 
-def _infer_shapes(proto, input_shapes, onnx, notes):
-    """``{tensor: static shape}`` by ONNX shape inference with the inputs' shapes fixed."""
-    m = onnx.ModelProto()
-    m.CopyFrom(proto)
-    del m.graph.value_info[:]
-    for v in m.graph.input:
-        if v.name in input_shapes:
-            shape = v.type.tensor_type.shape
-            del shape.dim[:]
-            for d in input_shapes[v.name]:
-                shape.dim.add().dim_value = int(d)
+def _try_fold(node, ins, shapes, values, consts, opset, onnx, notes, helper):
+    """The outputs of a node whose value is known at import (its inputs all public consts,
+    or a Shape/Size of a tensor of static shape), or None."""
+    op = node.op_type
+    where = f"node {node.name or node.output[0]!r} ({op})"
+    if node.domain:
+        return None
+    if op in ("Shape", "Size") and ins[0] in shapes:
+        dims = shapes[ins[0]]
+        if op == "Size":
+            return [numpy.asarray(math.prod(dims), numpy.int64)]
+        a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        return [numpy.asarray(_shape_slice(dims, a.get("start", 0), a.get("end")), numpy.int64)]
+    if op in _NEVER_FOLD or not all(i in consts for i in ins if i):
+        return None
+    if any(math.prod(shapes.get(o, ())) > MAX_FOLDED for o in node.output):
+        raise GraphImportError(f"{where}: folding it would give more than {MAX_FOLDED:,} elements")
+    try:
+        value = _fold_node(node, [values[i] if i else None for i in ins], opset, onnx)
+    except Exception as e:  # an op onnx.reference cannot evaluate: it stays a node
+        notes.append(f"{where}: not folded ({type(e).__name__}: {str(e)[:200]})")
+        return None
+    for v in value:
+        if numpy.asarray(v).size > MAX_FOLDED:
+            raise GraphImportError(f"{where}: folding it gives more than {MAX_FOLDED:,} elements")
+    return value
+
+
+#: consts up to this size go into shape inference with their values (shape arithmetic)
+_INFER_VALUES = 1 << 16
+
+
+def _infer_shapes(pending, data_shapes, values, consts, opset, onnx, notes):
+    """``{tensor: static shape}`` of the graph still to compute, by ONNX shape inference
+    with the data inputs' shapes fixed and small consts given by value (params and large
+    consts by shape only)."""
+    from onnx import helper, numpy_helper
+
+    used = {i for _, ins in pending for i in ins if i}
+    inputs, inits = [], []
+    for name, (shape, elem_type) in data_shapes.items():
+        inputs.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
+    for name in used:
+        if name not in values:
+            continue
+        v = values[name]
+        if name in consts and v.size <= _INFER_VALUES:
+            inits.append(numpy_helper.from_array(numpy.asarray(v), name))
+        else:
+            inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape)))
+    nodes = []
+    for node, ins in pending:
+        n = helper.make_node(node.op_type, ins, list(node.output), name=node.name, domain=node.domain or "")
+        n.attribute.extend(node.attribute)
+        nodes.append(n)
+    outs = [helper.make_empty_tensor_value_info(o) for node, _ in pending[-1:] for o in node.output]
+    m = helper.make_model(helper.make_graph(nodes, "shapes", inputs, outs, initializer=inits), opset_imports=opset)
     try:
         inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
     except Exception as e:  # an unknown operator, say: it is named later
-        notes.append(f"ONNX shape inference fails on this graph ({str(e).splitlines()[0][:200]})")
+        line = f"ONNX shape inference fails on this graph ({str(e).splitlines()[0][:200]})"
+        if line not in notes:
+            notes.append(line)
         inferred = m
     out = {}
     for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         dims = _dims(v)
         if dims is not None and all(isinstance(d, int) and d >= 0 for d in dims):
             out[v.name] = tuple(dims)
-    for init in m.graph.initializer:
-        out[init.name] = tuple(int(d) for d in init.dims)
+    for name, v in values.items():
+        out[name] = tuple(v.shape)
     return out
 
 
