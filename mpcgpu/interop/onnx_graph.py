@@ -131,6 +131,8 @@ def _onnx():
 def supported_ops() -> tuple:
     """Every operator a graph model may hold: the registered ones, then
     :data:`SUPPORTED_GRAPH_OPS` (``Identity`` is dropped at import)."""
+    from ..nn import ops as _ops  # noqa: F401  (registers the operators)
+
     reg = [t.name for t in dag.registered_ops()]
     return tuple(reg) + tuple(op for op in SUPPORTED_GRAPH_OPS if op not in reg)
 
