@@ -455,6 +455,7 @@ def test_cli_graph_arguments(tmp_path, capsys):
 @pytest.mark.parametrize("which", NAMES)
 def test_plaintext_executor_equals_onnxruntime(which):
     from mpcgpu.nn import dag_run
+
     proto = _proto(which)
     g, params, consts, _ = og.import_graph(proto, which)
     for seed in range(2):
