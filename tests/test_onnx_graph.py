@@ -466,3 +466,43 @@ def test_plaintext_executor_equals_onnxruntime(which):
             z = np.asarray(got[name], np.float64)
             assert z.shape == r.shape
             np.testing.assert_allclose(z, r, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(r).max()))
+
+
+def test_older_opsets_are_converted_and_gelu_exports_at_opset_20():
+    # opset 11: axes and split sizes are attributes there, inputs at opset 18
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[-1], keepdims=1, name="mean"),
+        helper.make_node("Sub", ["x", "m"], ["d"], name="sub"),
+        helper.make_node("Split", ["d"], ["a", "b"], axis=-1, split=[1, 3], name="split"),
+        helper.make_node("Unsqueeze", ["a"], ["a1"], axes=[0], name="unsq"),
+        helper.make_node("Squeeze", ["a1"], ["a2"], axes=[0], name="sq"),
+        helper.make_node("Concat", ["b", "a2"], ["y"], axis=-1, name="cat"),
+    ]
+    g11 = helper.make_graph(
+        nodes,
+        "old",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+    )
+    p = helper.make_model(g11, opset_imports=[helper.make_opsetid("", 11)])
+    p.ir_version = 7
+    g, params, consts, notes = og.import_graph(p, "old")
+    assert any("converted from opset 11 to 18" in n for n in notes)
+    mean = next(n for n in g.nodes if n.op == "ReduceMean")
+    assert "axes" not in mean.attrs and len(mean.inputs) == 2 and np.array_equal(consts[mean.inputs[1]], [-1])
+    x = np.arange(8, dtype=np.float32).reshape(2, 4) ** 2
+    np.testing.assert_allclose(_run(og.export_graph(g, params, consts), {"x": x})[0], _run(p, {"x": x})[0])
+
+    gelu = helper.make_graph(
+        [helper.make_node("Gelu", ["x"], ["y"], approximate="tanh", name="gelu")],
+        "gelu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+    )
+    p20 = helper.make_model(gelu, opset_imports=[helper.make_opsetid("", 20)])
+    g, params, consts, _ = og.import_graph(p20, "gelu")
+    assert [(n.op, n.attrs) for n in g.nodes] == [("Gelu", {"approximate": "tanh"})]
+    back = og.export_graph(g, params, consts)
+    assert [o.version for o in back.opset_import] == [20]
+    x = np.linspace(-4, 4, 8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_allclose(_run(back, {"x": x})[0], _run(p20, {"x": x})[0], rtol=1e-6)

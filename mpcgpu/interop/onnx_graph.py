@@ -5,6 +5,9 @@ layers.  Needs the ``onnx`` package only (no PyTorch, no onnxruntime).
 
 :func:`import_graph` turns a ``ModelProto`` into ``(GraphModel, params, consts, notes)``:
 
+* **Opset 18.** The nodes mean what opset 18 says (later operators such as opset 20's
+  ``Gelu`` are kept); a file of an older opset is converted first
+  (``onnx.version_converter``: ReduceMean's and Squeeze's axes, Split's sizes become inputs).
 * **Static shapes.** Every graph input gets a static shape, batch included: the file's own
   dimensions, or ``input_shapes={name: shape}`` where the file leaves one symbolic (a clear
   error names every symbolic input otherwise, or a given shape that contradicts the file).
@@ -42,7 +45,7 @@ layers.  Needs the ``onnx`` package only (no PyTorch, no onnxruntime).
   -> ``view_8_shape``).
 
 :func:`export_graph` writes a graph model with its params and consts back as an ONNX model
-(opset 18), which onnxruntime runs; the graph's JSON travels in the metadata
+(opset 18, or 20 when it has ``Gelu``), which onnxruntime runs; the graph's JSON travels in the metadata
 (``mpcgpu-graph``) so that importing it again keeps its roles and task.
 """
 
@@ -108,6 +111,8 @@ MAX_FOLDED = 1 << 26
 #: metadata key of the graph's JSON in an exported ONNX model
 GRAPH_METADATA = "mpcgpu-graph"
 OPSET = 18
+#: operators newer than opset 18, and the opset an exported graph then has
+_SINCE = {"Gelu": 20}
 #: operators never evaluated at import (no inputs but not constant)
 _NEVER_FOLD = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli")
 
@@ -325,6 +330,32 @@ def _stored_graph(proto):
     return None
 
 
+def _default_opset(proto) -> int:
+    return max((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def _at_least_opset(proto, notes, onnx):
+    """The model at opset :data:`OPSET` or later: older ones are converted (the graph's
+    nodes mean what opset 18 says: axes of ReduceMean/Squeeze/Unsqueeze and Split's sizes
+    are inputs, not attributes)."""
+    version = _default_opset(proto)
+    if version >= OPSET:
+        return proto
+    if version < 7:
+        raise GraphImportError(f"opset {version} is too old: export with opset_version=18")
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(proto, OPSET)
+    except Exception as e:
+        raise GraphImportError(
+            f"the graph is at opset {version}; converting it to opset {OPSET} fails "
+            f"({str(e).splitlines()[0][:200]}): export with opset_version=18"
+        ) from None
+    notes.append(f"converted from opset {version} to {OPSET}")
+    return converted
+
+
 def _guess_task(out_shapes, tables, hidden) -> str:
     first = out_shapes[0] if out_shapes else None
     for shape in out_shapes:
@@ -356,9 +387,9 @@ def import_graph(
     from .safety import check_no_external_data
 
     check_no_external_data(proto)  # read from its file by load_onnx, or has none
+    proto = _at_least_opset(proto, notes := [], onnx)
     g = proto.graph
     name = name or g.name or "onnx_graph"
-    notes = []
     stored = _stored_graph(proto)
     input_shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     public_inputs, secret_inputs = set(public_inputs or ()), set(secret_inputs or ())
@@ -703,12 +734,12 @@ def _infer_shapes(pending, data_shapes, values, consts, opset, onnx, notes):
 # -- export -----------------------------------------------------------------------------------
 
 
-def _attr_for_onnx(op, key, value, consts, helper, onnx):
+def _attr_for_onnx(op, key, value, consts, helper, onnx, opset=OPSET):
     """An AttributeProto of the right ONNX type (from the operator's schema)."""
     A = onnx.AttributeProto
     want = None
     try:
-        schema = onnx.defs.get_schema(op, OPSET)
+        schema = onnx.defs.get_schema(op, opset)
         if key in schema.attributes:
             want = schema.attributes[key].type
     except Exception:
@@ -746,6 +777,8 @@ def export_graph(g: GraphModel, params, consts, *, store_spec: bool = True):
     missing = [t.name for t in g.params if t.name not in params] + [t.name for t in g.consts if t.name not in consts]
     if missing:
         raise GraphError(f"graph {g.name}: no values for {missing}")
+    # opset 18, or the first that has every operator (Gelu: 20)
+    opset = max([OPSET] + [_SINCE.get(n.op, OPSET) for n in g.nodes])
     inits = []
     for t in g.params:
         a = numpy.asarray(params[t.name], numpy.float64)
@@ -767,12 +800,12 @@ def export_graph(g: GraphModel, params, consts, *, store_spec: bool = True):
     for n in g.nodes:
         node = helper.make_node(n.op, list(n.inputs), list(n.outputs), name=n.name)
         for k, v in sorted(n.attrs.items()):
-            node.attribute.append(_attr_for_onnx(n.op, k, v, consts, helper, onnx))
+            node.attribute.append(_attr_for_onnx(n.op, k, v, consts, helper, onnx, opset))
         nodes.append(node)
     ins = [helper.make_tensor_value_info(t.name, _ELEM[t.dtype], list(t.shape)) for t in g.inputs]
     outs = [helper.make_empty_tensor_value_info(o) for o in g.outputs]
     graph = helper.make_graph(nodes, g.name, ins, outs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mpcgpu")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="mpcgpu")
     model.ir_version = min(model.ir_version, 10)
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
