@@ -89,6 +89,14 @@ def check_graph_against_onnxruntime(proto, g, params, consts, *, seed: int = 0) 
 
     from ..nn.dag_run import run_plain
 
+    from .safety import MAX_RUN_ELEMENTS
+
+    size = sum(t.size for t in g.inputs)
+    if size > MAX_RUN_ELEMENTS:
+        raise MPCError(
+            f"the graph's inputs have {size:,} elements, too many to compare with onnxruntime at import "
+            "(--no-check skips the comparison)"
+        )
     feeds = _random_feeds(g, seed)
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     types = {i.name: i.type for i in sess.get_inputs()}
@@ -197,8 +205,14 @@ def import_model(
                 raise
             raise ModelImportError(f"{chain_error}\nnor as a graph model: {e}") from None
         if chain_error is not None:
-            first = str(chain_error).strip().splitlines()[-1].strip()
-            notes.append(f"imported as a graph model (not a chain of layers: {first[:160]})")
+            lines = [ln.strip() for ln in str(chain_error).strip().splitlines()]
+            first = lines[1] if len(lines) > 1 and lines[0].startswith("cannot import") else lines[0]
+            more = len(lines) - 3 if len(lines) > 3 and lines[0].startswith("cannot import") else 0
+            notes.append(
+                f"imported as a graph model (not a chain of layers: {first[:160]}"
+                + (f" and {more} more" if more > 0 else "")
+                + ")"
+            )
         notes.extend(gnotes)
         if check:
             _check_graph(proto, g, params, consts, notes)
