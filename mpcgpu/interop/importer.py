@@ -174,8 +174,8 @@ def import_model(
         name = name or os.path.splitext(os.path.basename(path))[0]
         graph_args = (input_shapes, public_inputs, secret_inputs, task)
         chain_error = None
-        if graph is None and any(a for a in graph_args):
-            graph = True  # options only a graph model has
+        if graph is None and (any(a for a in graph_args) or len(_data_inputs(proto)) > 1):
+            graph = True  # options only a graph model has, or several inputs (no chain of layers)
         if not graph:
             try:
                 model, params = import_onnx(proto, name=name, input_shape=input_shape)
