@@ -95,7 +95,11 @@ def test_each_fixture_imports(which):
     elif which == "gpt2":
         assert inputs == {"input_ids": ((1, 16), "int", "secret")}
         assert g.task == "lm" and g.outputs == ("linear",)
-        assert "val_308" in params  # lm_head's transpose, folded by the exporter: a param
+        # the exporter writes lm_head's transpose as another initializer: tied to lm_head
+        assert "val_308" not in params and "lm_head.weight" in params
+        tie = [n for n in g.nodes if n.outputs == ("val_308",)]
+        assert len(tie) == 1 and tie[0].op == "Transpose" and tie[0].inputs == ("lm_head.weight",)
+        assert any("tied weights: val_308 = lm_head.weight transposed" in n for n in notes)
         mask = consts["val_156"]  # the causal mask
         assert mask.shape == (1, 1, 16, 16) and np.array_equal(mask[0, 0] < -1e38, np.triu(np.ones((16, 16)), 1) > 0)
         assert "view_8_shape" in consts  # "view_8/shape" sanitised
