@@ -100,6 +100,9 @@ def test_each_fixture_imports(which):
         tie = [n for n in g.nodes if n.outputs == ("val_308",)]
         assert len(tie) == 1 and tie[0].op == "Transpose" and tie[0].inputs == ("lm_head.weight",)
         assert any("tied weights: val_308 = lm_head.weight transposed" in n for n in notes)
+        untied, p2, *_ = og.import_graph(_proto(which), which, tie_weights=False)
+        assert "Transpose" not in {n.op for n in untied.nodes if n.outputs == ("val_308",)}
+        assert np.array_equal(p2["val_308"], params["lm_head.weight"].T)
         mask = consts["val_156"]  # the causal mask
         assert mask.shape == (1, 1, 16, 16) and np.array_equal(mask[0, 0] < -1e38, np.triu(np.ones((16, 16)), 1) > 0)
         assert "view_8_shape" in consts  # "view_8/shape" sanitised

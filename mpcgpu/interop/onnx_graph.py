@@ -373,6 +373,7 @@ def import_graph(
     public_inputs=None,
     secret_inputs=None,
     task=None,
+    tie_weights=True,
 ):
     """``(GraphModel, params, consts, notes)`` of an ONNX ``ModelProto`` (see the module
     docstring).  ``params``: ``{name: float64 array}`` (secret weights); ``consts``:
@@ -380,7 +381,9 @@ def import_graph(
 
     ``input_shapes``: ``{input name: full shape (batch included)}`` for symbolic dimensions;
     ``public_inputs`` / ``secret_inputs``: input names whose role to force; ``task``:
-    ``hidden`` / ``logits`` / ``lm`` instead of the guess."""
+    ``hidden`` / ``logits`` / ``lm`` instead of the guess; ``tie_weights``: a param that is
+    exactly an earlier one transposed becomes a ``Transpose`` node of it (one secret copy of
+    GPT-2's tied token table instead of two)."""
     onnx = _onnx()
     from onnx import helper
 
@@ -609,7 +612,7 @@ def import_graph(
         else:
             out_consts[clean(t)] = _host(values[t])
     out_consts.update(attr_consts)
-    tied = _tie_transposed(out_params, gnodes, node_names)
+    tied = _tie_transposed(out_params, gnodes, node_names) if tie_weights else []
     if tied:
         notes.append("tied weights: " + ", ".join(f"{b} = {a} transposed" for b, a in tied) + " (one secret copy each)")
 
