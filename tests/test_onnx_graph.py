@@ -391,7 +391,6 @@ def test_transformer_files_import_as_graph_models(tmp_path):
     path = os.path.join(FIXTURES, "gpt2.onnx")
     g, params, consts, notes = import_model(path)  # compared with onnxruntime by run_plain
     assert isinstance(g, dag.GraphModel) and g.name == "gpt2" and g.task == "lm"
-    assert any("imported as a graph model" in n for n in notes)
     assert any("checked against onnxruntime" in n for n in notes)
     g2, *_ = import_model(path, graph=True, check=False)
     assert dag.to_json(g2) == dag.to_json(g)
@@ -402,6 +401,33 @@ def test_transformer_files_import_as_graph_models(tmp_path):
     assert g3.inputs[0].role == "secret"
     with pytest.raises(MPCError, match="NAME=1,128"):
         import_model(path, graph=True, input_shape=(16,), check=False)
+
+
+def test_a_one_input_graph_the_layer_importer_refuses_imports_as_a_graph(tmp_path):
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+        helper.make_node("Softmax", ["h"], ["p"], axis=-1, name="sm"),  # not the last node
+        helper.make_node("MatMul", ["p", "w2"], ["y"], name="mm2"),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((6, 3)).astype(np.float32), "w2"),
+    ]
+    p = _tiny(
+        nodes,
+        inits,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
+    path = tmp_path / "sm.onnx"
+    onnx.save(p, str(path))
+    with pytest.raises(ModelImportError, match="last node"):
+        import_model(path, graph=False)
+    g, params, consts, notes = import_model(path)
+    assert [n.op for n in g.nodes] == ["MatMul", "Softmax", "MatMul"] and set(params) == {"w1", "w2"}
+    assert any("imported as a graph model (not a chain of layers" in n and "last node" in n for n in notes)
+    assert any("checked against onnxruntime" in n for n in notes)
 
 
 def test_refused_both_ways_gives_both_reasons(tmp_path):
