@@ -568,3 +568,27 @@ def test_built_transformers_export_to_onnx_and_back(name):
     assert dag.to_dict(g2)["nodes"] == dag.to_dict(g)["nodes"]
     assert g2.task == g.task and [(t.name, t.role) for t in g2.inputs] == [(t.name, t.role) for t in g.inputs]
     assert params2.keys() == params.keys()
+
+
+def test_cli_import_then_export_of_a_transformer(tmp_path, capsys):
+    """mpcgpu import bert.onnx, then mpcgpu export of that weights file: the ONNX written
+    runs in onnxruntime as the original (needs graph weights files: nn.weights.load_graph)."""
+    from mpcgpu.cli import main
+    from mpcgpu.nn import weights as W
+
+    if not hasattr(W, "load_graph"):
+        pytest.skip("graph models' weights files (nn.weights.load_graph) are not in this build")
+    w = str(tmp_path / "bert.h5")
+    assert main(["import", os.path.join(FIXTURES, "bert.onnx"), "--out", w, "--float64"]) == 0
+    capsys.readouterr()
+    out_onnx, out_st = str(tmp_path / "b.onnx"), str(tmp_path / "b.safetensors")
+    assert main(["export", w, "--onnx", out_onnx, "--safetensors", out_st]) == 0
+    assert "onnxruntime agrees" in capsys.readouterr().out
+    proto, back = _proto("bert"), onnx.load(out_onnx)
+    feeds = _feeds(proto, 3)
+    for a, b in zip(_run(proto, feeds), _run(back, feeds)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    from safetensors.numpy import load_file
+
+    st = load_file(out_st)
+    assert "embeddings.word_embeddings.weight" in st and st["embeddings.word_embeddings.weight"].shape == (100, 32)
