@@ -176,11 +176,11 @@ def vit_ref(P, cfg, pixels):
     cls = np.broadcast_to(P["vit.embeddings.cls_token"], (B, 1, cfg.hidden))
     x = np.concatenate([cls, x], axis=1) + P["vit.embeddings.position_embeddings"]
     for i in range(cfg.layers):
-        pre = f"vit.encoder.layer.{i}"
+        pre = f"vit.layers.{i}"
         a = layer_norm(x, P[f"{pre}.layernorm_before.weight"], P[f"{pre}.layernorm_before.bias"], cfg.eps)
-        q, k, v = (_heads(_lin(P, a, f"{pre}.attention.attention.{t}"), cfg.heads) for t in ("query", "key", "value"))
-        x = x + _lin(P, _merge(_attend(q, k, v, None)), f"{pre}.attention.output.dense")
+        q, k, v = (_heads(_lin(P, a, f"{pre}.attention.{t}_proj"), cfg.heads) for t in "qkv")
+        x = x + _lin(P, _merge(_attend(q, k, v, None)), f"{pre}.attention.o_proj")
         m = layer_norm(x, P[f"{pre}.layernorm_after.weight"], P[f"{pre}.layernorm_after.bias"], cfg.eps)
-        x = x + _lin(P, gelu_erf(_lin(P, m, f"{pre}.intermediate.dense")), f"{pre}.output.dense")
+        x = x + _lin(P, gelu_erf(_lin(P, m, f"{pre}.mlp.fc1")), f"{pre}.mlp.fc2")
     x = layer_norm(x, P["vit.layernorm.weight"], P["vit.layernorm.bias"], cfg.eps)
     return {"logits": _lin(P, x[:, 0], "classifier")}

@@ -30,10 +30,11 @@ The exporter's ``IsNaN``/``Where`` guard after each ``Softmax`` (a row with ever
 masked) is left out: the private softmax gives such a row all zeros already.
 
 Parameters carry the Hugging Face names (``encoder.layer.0.attention.self.query.weight``,
-``transformer.h.0.attn.c_attn.weight``, ``vit.embeddings.cls_token``...), but **a linear
-weight is stored ``[in, out]``** (``x @ W``: the transpose of a ``torch.nn.Linear``'s
-``weight``; GPT-2's ``Conv1D`` weights already are).  GPT-2's LM head is tied to the token
-table: ``MatMul(h, Transpose(wte))``, no separate parameter.
+``transformer.h.0.attn.c_attn.weight``, ``vit.layers.0.attention.q_proj.weight``...: the
+names of transformers 5), but **a linear weight is stored ``[in, out]``** (``x @ W``: the
+transpose of a ``torch.nn.Linear``'s ``weight``; GPT-2's ``Conv1D`` weights already are).
+GPT-2's LM head is tied to the token table: ``MatMul(h, Transpose(wte))``, no separate
+parameter.
 
 Parameter counts (``GraphModel.count_params``), as Hugging Face counts them:
 ``bert-base`` 109,482,240 (``BertModel`` with the pooler), ``gpt2`` 124,439,808
@@ -126,14 +127,18 @@ MODELS = {
     "bert-base": TransformerConfig(
         "bert", 12, 12, 768, 3072, vocab=30522, seq_len=128, max_positions=512, eps=1e-12, name="bert-base"
     ),
-    "gpt2": TransformerConfig("gpt2", 12, 12, 768, 3072, vocab=50257, seq_len=32, max_positions=1024, eps=1e-5, name="gpt2"),
+    "gpt2": TransformerConfig(
+        "gpt2", 12, 12, 768, 3072, vocab=50257, seq_len=32, max_positions=1024, eps=1e-5, name="gpt2"
+    ),
     "vit-b16": TransformerConfig(
         "vit", 12, 12, 768, 3072, image_size=224, patch=16, channels=3, classes=1000, eps=1e-12, name="vit-b16"
     ),
     "bert-tiny": TransformerConfig(
         "bert", 2, 2, 32, 64, vocab=100, seq_len=16, max_positions=64, eps=1e-12, name="bert-tiny"
     ),
-    "gpt2-tiny": TransformerConfig("gpt2", 2, 2, 32, 128, vocab=100, seq_len=16, max_positions=64, eps=1e-5, name="gpt2-tiny"),
+    "gpt2-tiny": TransformerConfig(
+        "gpt2", 2, 2, 32, 128, vocab=100, seq_len=16, max_positions=64, eps=1e-5, name="gpt2-tiny"
+    ),
     "vit-tiny": TransformerConfig(
         "vit", 2, 2, 32, 64, image_size=16, patch=4, channels=3, classes=10, eps=1e-12, name="vit-tiny"
     ),
@@ -272,7 +277,11 @@ def _describe(c: TransformerConfig, what: str) -> str:
     return (
         f"{what}: {c.layers} layers, {c.heads} heads, hidden {c.hidden}, ffn {c.ffn}"
         + (f", vocab {c.vocab}, {c.seq_len} tokens" if c.kind != "vit" else "")
-        + (f", {c.image_size}x{c.image_size}x{c.channels}, patch {c.patch}, {c.classes} classes" if c.kind == "vit" else "")
+        + (
+            f", {c.image_size}x{c.image_size}x{c.channels}, patch {c.patch}, {c.classes} classes"
+            if c.kind == "vit"
+            else ""
+        )
         + f", batch {c.batch} (built by mpcgpu.nn.transformers)"
     )
 
@@ -429,13 +438,13 @@ def vit(config="vit-b16") -> GraphModel:
     x = b.op("Concat", [cls, x], axis=1)
     x = b.op("Add", [x, b.param("vit.embeddings.position_embeddings", (1, N, H))])
     for i in range(c.layers):
-        p = f"vit.encoder.layer.{i}"
+        p = f"vit.layers.{i}"
         a = b.layer_norm(x, f"{p}.layernorm_before")
-        q, k, v = (b.split_heads(b.linear(a, f"{p}.attention.attention.{t}", H, H), N) for t in ("query", "key", "value"))
-        a = b.linear(b.attention(q, k, v, None, N), f"{p}.attention.output.dense", H, H)
+        q, k, v = (b.split_heads(b.linear(a, f"{p}.attention.{t}_proj", H, H), N) for t in "qkv")
+        a = b.linear(b.attention(q, k, v, None, N), f"{p}.attention.o_proj", H, H)
         x = b.op("Add", [a, x])
-        f = b.gelu_erf(b.linear(b.layer_norm(x, f"{p}.layernorm_after"), f"{p}.intermediate.dense", H, c.ffn))
-        x = b.op("Add", [b.linear(f, f"{p}.output.dense", c.ffn, H), x])
+        f = b.gelu_erf(b.linear(b.layer_norm(x, f"{p}.layernorm_after"), f"{p}.mlp.fc1", H, c.ffn))
+        x = b.op("Add", [b.linear(f, f"{p}.mlp.fc2", c.ffn, H), x])
     x = b.layer_norm(x, "vit.layernorm")
     first = b.op("Gather", [x, b.const("const.first_token", np.int64(0))], axis=1)
     b.linear(first, "classifier", H, c.classes, out="logits")
