@@ -151,3 +151,15 @@ def test_share_cli_on_a_graph_model(tmp_path, capsys):
     assert "vit.embeddings.cls_token" in out and "public consts" in out and "const.shape_0" in out
     count = len(TF.get_transformer("vit-tiny").consts)
     assert f"({count} in all)" in out
+
+
+def test_compact_weights_of_large_graphs():
+    from types import SimpleNamespace
+
+    from mpcgpu.models_io import wants_compact_graph
+
+    auto = SimpleNamespace(compact_weights=None)
+    assert wants_compact_graph(TF.get_transformer("bert-base"), auto)  # 109M parameters
+    assert not wants_compact_graph(TF.get_transformer("bert-tiny"), auto)
+    assert wants_compact_graph(TF.get_transformer("bert-tiny"), SimpleNamespace(compact_weights=True))
+    assert not wants_compact_graph(TF.get_transformer("gpt2"), SimpleNamespace(compact_weights=False))
