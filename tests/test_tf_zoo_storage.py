@@ -148,7 +148,7 @@ def test_share_cli_on_a_graph_model(tmp_path, capsys):
     rc = cli.main(["share", str(src), "--out", str(tmp_path / "s"), "-q"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "vit.embeddings.cls_token" in out and "public consts" in out and "const.shape_0" in out
+    assert "vit.embeddings.cls_token" in out and "public arrays" in out and "const.shape_0" in out
     count = len(TF.get_transformer("vit-tiny").consts)
     assert f"({count} in all)" in out
 

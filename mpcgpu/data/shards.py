@@ -46,10 +46,11 @@ Schema ``mpcgpu-shard/1``::
       datasets
         first        uint64 ('<u8'), shape, contiguous, uncompressed: component x_i
         second       uint64: component x_{i+1}
-    /consts/<name>   (a graph model only, :mod:`mpcgpu.nn.dag`) its public constants in
-                     clear, the same in the three files: float64, int64 or bool datasets
-                     (reshape targets, scalar factors, attention masks); the parties
-                     compare a digest of them when they open the set
+    /consts/<name>   public arrays in clear, the same in the three files: a graph
+                     model's constants (:mod:`mpcgpu.nn.dag`: reshape targets, scalar
+                     factors, causal masks; float64, int64 or bool) or a token dataset's
+                     attention masks (:mod:`mpcgpu.data.tokens`); the parties compare a
+                     digest of them when they open the set
 
 Reading (on the servers): each rank opens only its own file with
 :func:`open_shard`, which checks the file locally (exists, is HDF5, not
@@ -618,8 +619,8 @@ class Shard:
                     raise ShardError(f"{path}: const {k!r} is not a numeric dataset")
 
     def consts(self) -> dict:
-        """The public constants of a graph model (``/consts``), ``{name: host array}``
-        (empty for any other shard)."""
+        """The public arrays (``/consts``: a graph model's constants, a token dataset's
+        masks), ``{name: host array}`` (empty for any other shard)."""
         try:
             return {k: numpy.asarray(self._file["consts"][k][()]) for k in self.const_names}
         except _DAMAGE as exc:

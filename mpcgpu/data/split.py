@@ -11,6 +11,9 @@ Inputs:
 * dataset (``format = "mpcgpu-dataset/1"``): ``images`` (uint8, N x C x H x W)
   are normalised to ``(pixel/255 - mean[c]) / std[c]`` (file attrs ``mean``,
   ``std``) and encoded with ``frac_bits``; ``labels`` (integers) with scale 0.
+* token dataset (``format = "mpcgpu-tokens/1"``, :mod:`mpcgpu.data.tokens`): the ids
+  become one-hot integer shares ``input_ids`` (N x T x vocab), labels integer shares;
+  the attention masks are copied in clear to every party's file (``/consts``).
 * model (``format = "mpcgpu-weights/2"`` or ``/1``): every dataset under ``/params``
   (name = its path below ``/params``, e.g. ``features.0.weight``); floats with
   ``frac_bits``, integers with scale 0.  When the architecture is known (the file's
@@ -154,6 +157,12 @@ def _str_attr(f, key, default=""):
 def detect_kind(f) -> str:
     """ "dataset" or "model" from the format tag (or, without one, from the contents)."""
     fmt = _fmt(f)
+    if fmt.startswith("mpcgpu-tokens/"):
+        from .tokens import FORMAT as TOKENS
+
+        if fmt != TOKENS:
+            raise ShardError(f"{f.filename}: unsupported token format {fmt!r} (this mpcgpu reads {TOKENS})")
+        return "dataset"
     if fmt.startswith("mpcgpu-dataset/"):
         if fmt != "mpcgpu-dataset/1":
             raise ShardError(f"{f.filename}: unsupported dataset format {fmt!r} (this mpcgpu reads mpcgpu-dataset/1)")
@@ -395,7 +404,13 @@ def split_file(
             raise ShardError(f"--kind must be auto, dataset or model, not {kind!r}")
         attrs, groups = _input_metadata(f)
         default, model, consts = list(PUBLIC_BY_DEFAULT[detected]), None, None
-        if detected == "dataset":
+        if detected == "dataset" and _fmt(f).startswith("mpcgpu-tokens/"):
+            from .tokens import share_arrays
+
+            arrays, consts, extra = share_arrays(f, limit)
+            name = _str_attr(f, "name", default_stem(input_path))
+            default += list(extra)
+        elif detected == "dataset":
             arrays = _dataset_arrays(f, frac_bits, limit)
             name = _str_attr(f, "name", default_stem(input_path))
             if arrays[0].transform == "normalise":  # applied: stored per array anyway

@@ -140,7 +140,7 @@ def run(args) -> int:
     consts = result.consts if getattr(result, "consts", None) else {}
     if consts:
         names = ", ".join(consts) if len(consts) <= 8 else ", ".join(list(consts)[:8]) + f" ... ({len(consts)} in all)"
-        print(f"  public consts of the graph, in clear in every shard: {names}")
+        print(f"  public arrays (a graph's consts, a token set's masks), in clear in every shard: {names}")
     print(
         "  and per array: the name, shape, dtype, scale and normalisation listed above, and checksums of the components"
     )
