@@ -86,3 +86,14 @@ def test_training_a_graph_model_is_a_clear_error(rt, graph_set):
     with pytest.raises(MPCError, match="inference only"):
         initial_private_model("gpt2", rt)
     rt.comm.barrier()
+
+
+def test_load_private_model_gives_the_graph_executor(rt, graph_set):
+    pytest.importorskip("mpcgpu.nn.dag_run")
+    from mpcgpu.models_io import load_private_model
+    from mpcgpu.nn.dag_run import PrivateGraph
+
+    d, g, _, consts = graph_set
+    model = load_private_model(os.path.join(d, "good", "gpt2"), rt)
+    assert isinstance(model, PrivateGraph) and model.graph.name == g.name
+    assert set(model.consts) == set(consts) and set(model.params) == {p.name for p in g.params}
