@@ -294,3 +294,20 @@ def test_run_plain_against_numpy():
         vit_ref(params, cfg, x)["logits"],
         atol=1e-9,
     )
+
+
+def test_run_plain_decode_step():
+    dag_run = pytest.importorskip("mpcgpu.nn.dag_run")
+    cfg = TF.get_config("gpt2-tiny", seq_len=5)
+    prompt = TF.gpt2(cfg, present=True)
+    params, consts = TF.random_weights(prompt, 14, ln_noise=0.1)
+    ids = np.random.default_rng(6).integers(0, cfg.vocab, (1, 6))
+    out = dag_run.run_plain(prompt, params, consts, {"input_ids": ids[:, :5]})
+    step = TF.gpt2_decode(cfg, 5)
+    feeds = {"input_ids": ids[:, 5:]}
+    feeds.update({k.replace("present", "past_key_values"): v for k, v in out.items() if k.startswith("present.")})
+    got = dag_run.run_plain(step, params, TF.graph_consts(step), feeds)
+    logits, cache = gpt2_ref(params, cfg, ids)
+    np.testing.assert_allclose(got["logits"], logits[:, 5:], atol=1e-9)
+    np.testing.assert_allclose(got["present.1.value"], cache[1][1], atol=1e-9)
+    assert step.one_hot_width("input_ids") == cfg.vocab
