@@ -311,3 +311,14 @@ def test_run_plain_decode_step():
     np.testing.assert_allclose(got["logits"], logits[:, 5:], atol=1e-9)
     np.testing.assert_allclose(got["present.1.value"], cache[1][1], atol=1e-9)
     assert step.one_hot_width("input_ids") == cfg.vocab
+
+
+def test_gpt2_last_only():
+    cfg = TF.get_config("gpt2-tiny", batch=2)
+    g = TF.gpt2(cfg, last_only=True)
+    assert g.param_shapes() == TF.gpt2(cfg).param_shapes()
+    params, consts = TF.random_weights(g, 15, ln_noise=0.1)
+    ids = np.random.default_rng(7).integers(0, cfg.vocab, (2, cfg.seq_len))
+    got = run_onnx(g, params, consts, {"input_ids": ids})
+    assert got["logits"].shape == (2, 1, cfg.vocab)
+    _close(got["logits"], gpt2_ref(params, cfg, ids)[0][:, -1:])

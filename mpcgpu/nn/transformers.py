@@ -369,11 +369,13 @@ def _gpt2_head(b: _Builder, x, wte):
     return b.op("MatMul", [x, b.op("Transpose", [wte], perm=[1, 0])], out="logits")
 
 
-def gpt2(config="gpt2", *, present: bool = False) -> GraphModel:
+def gpt2(config="gpt2", *, present: bool = False, last_only: bool = False) -> GraphModel:
     """GPT-2 (``GPT2LMHeadModel``, tied head): input ``input_ids`` ``[B, T]`` (secret int),
     output ``logits`` ``[B, T, vocab]`` (task ``lm``); with ``present`` also
     ``present.{i}.key`` / ``present.{i}.value`` ``[B, heads, T, d]`` per layer (the cache
-    for :func:`gpt2_decode`)."""
+    for :func:`gpt2_decode`).  ``last_only``: the final LayerNorm and the LM head on the
+    last position only (``Gather`` of it first; ``logits`` ``[B, 1, vocab]``), all that
+    generating the next token needs (the head is the largest product: T times less)."""
     c = _config(config, "gpt2")
     b = _Builder(c)
     b.present = present
@@ -385,6 +387,8 @@ def gpt2(config="gpt2", *, present: bool = False) -> GraphModel:
     for i in range(c.layers):
         x, k, v = _gpt2_block(b, x, i, T, mask)
         outs += [k, v]
+    if last_only:
+        x = b.op("Gather", [x, b.const("const.last_position", np.array([T - 1], np.int64))], axis=1)
     _gpt2_head(b, x, wte)
     return _finish(b, ["logits"] + (outs if present else []), "lm", _describe(c, "GPT-2"))
 
