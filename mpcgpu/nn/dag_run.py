@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import numpy
 
+from ..errors import MPCError
 from ..sharing.arithmetic import ArithmeticShare, share
 from ..sharing.compact import CompactShare
 from .dag import GraphError, GraphModel, op_type
+from .dag_fuse import fuse as _fuse
 from .ops import values as V
 from .private import Profile, section
 
@@ -37,6 +39,22 @@ def _check_known(g: GraphModel, given: dict, infos, what: str, shape_of):
         got = tuple(shape_of(given[t.name]))
         if got != t.shape:
             raise GraphError(f"graph {g.name}: {what} {t.name} has shape {got}, expected {t.shape}")
+
+
+def _call(node, fn, *args):
+    """``fn(*args)``, an error naming the node: a GraphError as it is, a protocol's or the
+    encoding's error (ProtocolError, EncodingError, ValueError) as the same type with the
+    node's name in front (callers catching EncodingError for domains still catch it)."""
+    try:
+        return _outputs(node, fn(*args))
+    except GraphError:
+        raise
+    except (MPCError, ValueError) as exc:
+        try:
+            named = type(exc)(f"node {node.name} ({node.op}): {exc}")
+        except Exception:  # an exception type with another constructor: as it is
+            raise exc from None
+        raise named from exc
 
 
 def _outputs(node, result):
@@ -63,9 +81,10 @@ def run_plain(g: GraphModel, params: dict, consts: dict, feeds: dict) -> dict:
     last = g.last_use()
     for i, node in enumerate(g.nodes):
         args = [env[n] if n else None for n in node.inputs]
-        out = _outputs(node, op_type(node.op).plain(node, args))
+        out = _call(node, op_type(node.op).plain, node, args)
         for name, value in zip(node.outputs, out):
-            env[name] = V.public(value)
+            if name in last:
+                env[name] = V.public(value)
         for n in node.inputs:
             if n and last.get(n) == i:
                 env.pop(n, None)
@@ -89,17 +108,23 @@ class Context:
 
 class PrivateGraph:
     """A graph model with secret parameters (``{name: ArithmeticShare | CompactShare}``) and
-    public constants (``{name: array}``, known to every party)."""
+    public constants (``{name: array}``, known to every party).  ``fuse``: run the rewritten
+    graph of :func:`mpcgpu.nn.dag_fuse.fuse` (GELU patterns as one Gelu, power-of-two score
+    scales folded into the product's truncation; :attr:`fused` counts them)."""
 
-    def __init__(self, g: GraphModel, params: dict, consts: dict, rt):
+    def __init__(self, g: GraphModel, params: dict, consts: dict, rt, fuse: bool = True):
         _check_known(g, params, g.params, "param", lambda v: v.shape)
         for t in g.params:
             if not isinstance(params[t.name], (ArithmeticShare, CompactShare)):
                 raise GraphError(f"graph {g.name}: param {t.name} must be a share, got {type(params[t.name]).__name__}")
         _check_known(g, consts, g.consts, "const", numpy.shape)
-        self.graph = g
+        self.source = g
         self.params = dict(params)
         self.consts = {k: V.public(v) for k, v in consts.items()}
+        self.fused: dict = {}
+        if fuse:
+            g, self.fused = _fuse(g, self.consts)
+        self.graph = g
         self.rt = rt
         self.ctx = Context(rt, g)
         self._last = g.last_use()
@@ -153,13 +178,14 @@ class PrivateGraph:
             op = op_type(node.op)
             if all(a is None or V.is_public(a) for a in args):
                 with section(profile, comm, "(public)", "public evaluation"):
-                    out = _outputs(node, op.plain(node, [None if a is None else V.public(a) for a in args]))
+                    out = _call(node, op.plain, node, [None if a is None else V.public(a) for a in args])
                     out = [V.public(o) for o in out]
             else:
                 with section(profile, comm, node.op, node.op):
-                    out = _outputs(node, op.private(self.ctx, node, args))
+                    out = _call(node, op.private, self.ctx, node, args)
             for name, value in zip(node.outputs, out):
-                env[name] = value
+                if name in self._last:  # an output nothing reads (a Split's unused part) is dropped now
+                    env[name] = value
             del args, out
             self.live_peak = max(self.live_peak, len(env) - fixed)
             for n in node.inputs:

@@ -144,7 +144,7 @@ def _lawson(A, y, iters: int = 120):
         total = w.sum()
         if total == 0.0:
             break
-        w = w / total
+        w = _np.maximum(w / total, 1e-30)  # no denormals (slow), same minimax
     return c
 
 

@@ -19,7 +19,7 @@ import math
 import numpy
 
 from ...sharing.arithmetic import ArithmeticShare, matmul, matmul_public, to_scale
-from ...sharing.compact import held
+from ...sharing.compact import CompactShare, held
 from ..dag import register_op
 from . import values as V
 from ._common import P, S, axes_arg, ex, int_list, norm_axis
@@ -347,10 +347,17 @@ def gather_private(ctx, node, args):
             node.fail(f"one-hot ids over {ids.vocab} classes for a table of {shape[0]} rows")
         if V.is_public(data):
             return [matmul_public(ids.share, V.public(data).astype(numpy.float64))]
+        if isinstance(data, CompactShare):
+            from .linear import matmul_rows
+
+            return [matmul_rows(ids.share, data)]
         return [matmul(ids.share, held(data))]
     if not V.is_public(ids):
         node.fail(f"the indices are a {V.kind(ids)}: secret ids must be fed one-hot (share_inputs)")
     fixed = _fix_ids(node, V.public(ids), shape[axis])
+    if isinstance(data, CompactShare) and axis == 0 and fixed.size:
+        lo, hi = int(fixed.min()), int(fixed.max()) + 1  # draw only the rows read
+        data, fixed = data.rows(lo, hi), fixed - lo
     return [_local(ctx, data, lambda a, xp, to: xp.take(a, to(fixed), axis=axis))]
 
 
