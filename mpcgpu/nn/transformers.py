@@ -483,13 +483,24 @@ def config_dict(config: TransformerConfig) -> dict:
 
 
 def graph_consts(g: GraphModel) -> dict:
-    """The public const values of a graph built here (``{name: array}``)."""
+    """The public const values of a graph built here or read from a weights file
+    (:func:`mpcgpu.nn.weights.read_architecture`, :func:`~mpcgpu.nn.weights.load_graph`):
+    ``{name: array}``."""
     if g in _CONSTS:
         return {k: v.copy() for k, v in _CONSTS[g].items()}
     raise GraphError(
         f"graph {g.name}: its const values are unknown here (built elsewhere); "
-        "read them with the graph from its weights file"
+        "read the graph from its weights file (mpcgpu.nn.weights.load_graph)"
     )
+
+
+def remember_consts(g: GraphModel, consts: dict) -> None:
+    """Record the const values of ``g`` (a graph read from a file) for :func:`graph_consts`
+    and :func:`random_weights` (e.g. random weights for an imported architecture)."""
+    missing = [c.name for c in g.consts if c.name not in consts]
+    if missing:
+        raise GraphError(f"graph {g.name}: const values missing for {missing[:5]}")
+    _CONSTS[g] = {c.name: np.asarray(consts[c.name]) for c in g.consts}
 
 
 def random_weights(g: GraphModel, seed: int = 0, *, std: float = 0.02, ln_noise: float = 0.0, dtype=np.float64):
@@ -530,5 +541,6 @@ __all__ = [
     "list_transformers",
     "config_dict",
     "graph_consts",
+    "remember_consts",
     "random_weights",
 ]
