@@ -1,6 +1,6 @@
 """Three ranks: the tiny transformers built by mpcgpu run privately (PrivateGraph) against
 the plaintext executor, from a weights file through model shards and, for BERT, a token
-dataset's shards (one-hot ids, public masks): the whole journey of a private inference.
+dataset's shards (id shares, public masks): the whole journey of a private inference.
 Needs graph-core's executor and protocols-tf's softmax and LayerNorm (skipped before)."""
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ def test_bert_tiny_from_shards_and_token_shards(rt, folder):
         split.split_file(os.path.join(folder, "toks.h5"), os.path.join(folder, "data"))
     rt.comm.barrier()
     data = TokenDataset(os.path.join(folder, "data", "toks"), rt)
-    onehot, public_mask, _ = data.batch(np.arange(2))
+    ids_share, public_mask, _ = data.batch(np.arange(2))  # expanded to one-hot rows privately
     data.close()
-    out = model.run({"input_ids": onehot, "attention_mask": public_mask})
+    out = model.run({"input_ids": ids_share, "attention_mask": public_mask})
     want = run_plain(g, params, consts, {"input_ids": ids, "attention_mask": mask.astype(np.int64)})
     for k in g.outputs:
         _compare(out[k].reveal(), want[k])

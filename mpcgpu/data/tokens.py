@@ -17,16 +17,17 @@ Plaintext file (HDF5, ``format = "mpcgpu-tokens/1"``; ``datasets/tokens.py`` con
       source          optional: where the data came from
 
 Shared like images (``mpcgpu share FILE``; a shard of kind ``dataset`` whose ``/public``
-``format`` is this one): the data owner's rows become **one-hot integer shares**
-``input_ids`` of shape ``N x T x V`` (scale 0, the form the private ``Gather`` of an
-embedding table takes: one-hot times the secret table; no server learns an id), labels
-integer shares as for images, and the attention masks **public**: copied in clear to every
-party's file (``/consts/attention_mask``; they show where each sequence is padded, i.e.
-its length).  A one-hot row costs ``16 * T * V`` bytes per party file (BERT-base: 62.5 MB
-per 128-token sequence), so share the sequences to run, not a corpus.
+``format`` is this one): the data owner's ids become **integer shares** ``input_ids`` of
+shape ``N x T`` (scale 0; 16 bytes per token per party file), labels integer shares as for
+images, and the attention masks **public**: copied in clear to every party's file
+(``/consts/attention_mask``; they show where each sequence is padded, i.e. its length).
+The servers turn the ids into one-hot rows privately when the graph reads them
+(:func:`mpcgpu.protocols.onehot.one_hot`: 24 rounds and about 0.8 MB per token at BERT's
+vocabulary), so that the embedding lookup is one-hot times the secret table and no
+server learns an id.
 
-At inference :class:`TokenDataset` gives batches ``(one-hot share, public mask, labels
-share or None)``.
+At inference :class:`TokenDataset` gives batches ``(ids share, public mask, labels share
+or None)``.
 """
 
 from __future__ import annotations
@@ -165,19 +166,6 @@ def one_hot(ids, vocab_size: int, dtype=numpy.uint8):
     return out
 
 
-class _OneHotRows:
-    """The one-hot form of the rows of an ids dataset, made block by block as the share
-    step reads them (never all at once)."""
-
-    def __init__(self, ids, vocab_size: int):
-        self.ids, self.vocab_size = ids, int(vocab_size)
-        self.shape = tuple(int(d) for d in ids.shape) + (self.vocab_size,)
-        self.dtype = numpy.dtype(numpy.uint8)
-
-    def __getitem__(self, key):
-        return one_hot(numpy.asarray(self.ids[key]), self.vocab_size)
-
-
 def share_arrays(f, limit: int | None = None) -> tuple:
     """The share step's view of an open token file: ``(arrays, public consts, public attrs)``:
     the one-hot ids and the labels as :class:`~mpcgpu.data.shards.ArraySpec` (integers,
@@ -197,7 +185,7 @@ def share_arrays(f, limit: int | None = None) -> tuple:
         check_tokens(ids, mask, labels, vocab_size=info["vocab_size"], num_classes=info.get("num_classes"))
     except TokensError as e:
         raise ShardError(f"{f.filename}: {e}") from None
-    arrays = [ArraySpec(IDS, _OneHotRows(f["ids"], info["vocab_size"]), 0, rows=rows)]
+    arrays = [ArraySpec(IDS, f["ids"], 0, rows=rows)]
     if info["has_labels"]:
         arrays.append(ArraySpec(LABELS, f["labels"], 0, rows=rows))
     public = {k: int(info[k]) for k in PUBLIC_ATTRS if k in info}
@@ -211,7 +199,7 @@ def is_token_shard(shard) -> bool:
 
 class TokenDataset:
     """The servers' reader of a token dataset shard set (a collective to open): batches
-    of one-hot id shares (``B x T x V``, scale 0), public masks and label shares."""
+    of id shares (``B x T``, scale 0), public masks and label shares."""
 
     def __init__(self, stem, rt, *, limit: int | None = None, verify: bool = True):
         from .shards import open_shard
@@ -221,7 +209,8 @@ class TokenDataset:
         try:
             if not is_token_shard(self.shard) or IDS not in self.shard.arrays or MASK not in self.shard.const_names:
                 raise ShardError(f"dataset shards {stem} are not a token dataset ({FORMAT})")
-            n, self.seq_len, self.vocab_size = self.shard.info(IDS).shape
+            n, self.seq_len = self.shard.info(IDS).shape
+            self.vocab_size = int(self.shard.public.get("vocab_size", 0))
             self.masks = self.shard.consts()[MASK].astype(numpy.int64)
             if self.masks.shape != (n, self.seq_len):
                 raise ShardError(f"dataset shards {stem}: masks {self.masks.shape} for ids {(n, self.seq_len)}")
@@ -236,7 +225,7 @@ class TokenDataset:
         return self.n
 
     def batch(self, rows):
-        """``(one-hot ids share, mask int64 array, labels share or None)`` for the sorted
+        """``(ids share, mask int64 array, labels share or None)`` for the sorted
         row indices ``rows``."""
         from ..sharing.arithmetic import ArithmeticShare
 

@@ -228,21 +228,17 @@ def graph_feeds(g, rng, batch: int = 1) -> tuple:
 
 def share_graph_inputs(rt, g, secret, public) -> dict:
     """The feeds of :class:`mpcgpu.nn.dag_run.PrivateGraph` from the owner's (party 0's)
-    inputs: token ids shared as one-hot integer rows, images as fixed point, public inputs
-    as they are (every party holds them)."""
+    inputs: token ids as integer shares (the servers expand them into one-hot rows
+    privately), images as fixed point, public inputs as they are (every party holds them)."""
     from ..sharing.arithmetic import share
 
     feeds = {}
     for t in g.inputs:
         if t.role == "public":
             feeds[t.name] = public[t.name]
-            continue
-        value = secret[t.name] if rt.rank == 0 else None
-        if t.dtype == "int":
-            value = None if value is None else numpy.eye(g.one_hot_width(t.name), dtype=numpy.int64)[value]
-            feeds[t.name] = share(value, src=0, integer=True)
         else:
-            feeds[t.name] = share(value, src=0)
+            value = secret[t.name] if rt.rank == 0 else None
+            feeds[t.name] = share(value, src=0, integer=t.dtype == "int")
     return feeds
 
 

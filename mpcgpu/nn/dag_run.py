@@ -138,6 +138,7 @@ class PrivateGraph:
         self._last = g.last_use()
         #: the most intermediate values (not params or consts) alive at once in the last run
         self.live_peak = 0
+        self._profile = None
 
     def _input(self, t, v):
         g = self.graph
@@ -151,12 +152,15 @@ class PrivateGraph:
         if not V.is_secret(v):
             raise GraphError(f"graph {g.name}: input {t.name} is secret: feed a share, not a public array")
         if t.dtype == "int":
-            if isinstance(v, ArithmeticShare) and v.scale == 0 and v.shape[:-1] == t.shape:
+            if isinstance(v, ArithmeticShare) and v.scale == 0 and tuple(v.shape) == t.shape:
+                v = self._one_hot_ids(t, v)  # ids: their one-hot rows, privately
+            elif isinstance(v, ArithmeticShare) and v.scale == 0 and v.shape[:-1] == t.shape:
                 v = V.OneHotShare(v)
             if not isinstance(v, V.OneHotShare) or v.shape != t.shape:
                 raise GraphError(
-                    f"graph {g.name}: secret integer input {t.name} of shape {t.shape} must be fed as a one-hot "
-                    f"integer share of shape {t.shape} + (vocabulary,) (share_inputs), got {v!r}"
+                    f"graph {g.name}: secret integer input {t.name} of shape {t.shape} must be fed as an integer "
+                    f"share of the ids (shape {t.shape}) or of their one-hot rows ({t.shape} + (vocabulary,)), "
+                    f"got {v!r}"
                 )
             return v
         if isinstance(v, CompactShare) or not isinstance(v, (ArithmeticShare, V.MaskedShare)):
@@ -164,6 +168,14 @@ class PrivateGraph:
         if tuple(v.shape) != t.shape:
             raise GraphError(f"graph {g.name}: input {t.name} has shape {tuple(v.shape)}, expected {t.shape}")
         return v
+
+    def _one_hot_ids(self, t, ids):
+        """The one-hot rows of the secret ids ``ids`` over the vocabulary of the table that
+        reads input ``t`` (:func:`mpcgpu.protocols.onehot.one_hot`; a profile row of its own)."""
+        from ..protocols.onehot import one_hot as one_hot_rows
+
+        with section(self._profile, self.rt.comm, "one-hot ids", "one-hot ids"):
+            return V.OneHotShare(one_hot_rows(ids, self.graph.one_hot_width(t.name)))
 
     def run(self, feeds: dict, profile: Profile | None = None) -> dict:
         """``{output: value}`` (shares stay shares; the caller reveals).  Every party calls
@@ -175,6 +187,7 @@ class PrivateGraph:
             raise GraphError(f"graph {g.name}: feeds: missing {missing}, unexpected {extra}")
         env = dict(self.params)
         env.update(self.consts)
+        self._profile = profile
         for t in g.inputs:
             env[t.name] = self._input(t, feeds[t.name])
         keep = set(g.outputs) | set(self.params) | set(self.consts)
