@@ -303,6 +303,8 @@ def run(args) -> int:
     is_owner = rt.rank == owner
     t_load = time.perf_counter()
     model = load_model(rt, args.model, verify=not args.no_verify)
+    if not hasattr(model, "spec"):  # a graph model (a transformer): mpcgpu.nn.dag_run.PrivateGraph
+        return run_graph(args, rt, model, output, t_load)
     output.check(model.spec.num_classes)
     paths = output_paths(args.out, output)
     _check_files(comm, owner, paths, args.json)
@@ -388,6 +390,164 @@ def run(args) -> int:
     if profile is not None:
         profile.report(comm)
     return 0
+
+
+def graph_batches(rt, g, data, n: int):
+    """``(rows, feeds)`` for the graph ``g`` over the first ``n`` samples of ``data`` (a
+    :class:`~mpcgpu.data.tokens.TokenDataset` or image shards), in batches of the graph's
+    own batch size (its shapes are static); a last, shorter batch is padded with the
+    first rows of the set (their outputs dropped).  Token ids stay shares (the graph
+    expands them privately); the attention masks are public; other public inputs (token
+    type ids) are zeros."""
+    from ..data.shards import as_share
+    from ..errors import MPCError
+
+    batch = int(g.inputs[0].shape[0]) if g.inputs[0].shape else 1
+    secret = [t for t in g.inputs if t.role == "secret"]
+    if len(secret) != 1:
+        raise MPCError(f"graph {g.name}: infer feeds one secret input, the graph has {[t.name for t in secret]}")
+    x_in = secret[0]
+    tokens = hasattr(data, "masks")
+    for lo in range(0, n, batch):
+        rows = numpy.arange(lo, min(lo + batch, n))
+        padded = numpy.concatenate([rows, numpy.arange(batch - rows.size) % max(n, 1)]).astype(numpy.int64)
+        feeds = {}
+        if tokens:
+            ids, mask, _ = data.batch(padded)
+            feeds[x_in.name] = ids
+        else:
+            pair = data.take("images", padded)
+            feeds[x_in.name] = as_share(pair, data.info("images").scale)
+            mask = None
+        for t in g.inputs:
+            if t.role != "public":
+                continue
+            if "mask" in t.name and mask is not None:
+                feeds[t.name] = mask.astype(bool if t.dtype == "bool" else numpy.int64)
+            else:
+                feeds[t.name] = numpy.zeros(t.shape, dtype=numpy.float64 if t.dtype == "float" else numpy.int64)
+        yield rows, feeds
+
+
+def run_graph(args, rt, model, output: Output, t_load: float) -> int:
+    """`infer` for a graph model: the secret input of each batch from the dataset shards
+    (images, or token ids with their public masks), the graph's first output revealed to
+    the owner: ``label`` (its argmax over the last axis, chosen privately) or ``logits``
+    (the output itself: class logits, hidden states or next-token logits)."""
+    from mpcgpu.util import memstat
+    from mpcgpu.util.progress import Progress
+    from mpcgpu.util.results import save_json
+    from ..data.shards import as_share, open_shard
+    from ..data.tokens import TokenDataset, is_token_shard
+    from ..errors import MPCError
+    from ..nn.loss import count_correct, one_hot
+    from ..nn.private import Profile
+
+    g = model.source
+    comm, owner = rt.comm, args.reveal_to
+    if output.mode not in ("label", "logits"):
+        raise MPCError(f"--output {output}: a graph model reveals label or logits (its output tensor)")
+    probe = open_shard(args.data, rt, kind="dataset", verify=not args.no_verify)
+    tokens = is_token_shard(probe)
+    if tokens:
+        probe.close()
+        data = TokenDataset(args.data, rt, verify=False)
+        count = len(data)
+    else:
+        data = probe
+        if "images" not in data.arrays:
+            raise MPCError(f"dataset shards {args.data} have no 'images' array")
+        count = data.info("images").shape[0]
+    n = count if args.limit is None else min(args.limit, count)
+    paths = output_paths(args.out, output)
+    _check_files(comm, owner, paths, args.json)
+    load_s = time.perf_counter() - t_load
+    comm.reset_stats()
+    if rt.rank == 0:
+        print(
+            f"mpcgpu infer: graph model {g.name} ({len(g.nodes)} nodes), {n} samples of {data.name}, "
+            f"output {output} to party {owner}, {rt.describe()}",
+            flush=True,
+        )
+    profile = Profile() if args.profile else None
+    bar = Progress(n, "private inference", enabled=(rt.rank == 0 and not args.no_progress))
+    pieces, correct = [], None
+    labelled = not tokens and "labels" in data.arrays and output.mode == "label"
+    t0 = time.perf_counter()
+    for rows, feeds in graph_batches(rt, g, data, n):
+        y = model.run(feeds, profile=profile)[g.outputs[0]]
+        if output.mode == "label":
+            onehot = y.argmax(axis=-1)
+            xp = onehot.xp
+            y = (onehot * xp.arange(onehot.shape[-1], dtype=xp.int64)).sum(axis=-1)
+            if labelled and onehot.ndim == 2:  # counted privately; rows of the padding left out
+                truth = one_hot(as_share(data.take("labels", rows), data.info("labels").scale), onehot.shape[-1])
+                right = count_correct(onehot[: rows.size], truth)
+                correct = right if correct is None else correct + right
+        got = y.reveal(to=owner)
+        if rt.rank == owner:
+            pieces.append(got[: rows.size])
+        bar.update(rows.size)
+    elapsed = time.perf_counter() - t0
+    right = correct.reveal(to=owner) if correct is not None else None
+    data.close()
+    mine = comm.stats.as_dict()
+    total_bytes = sum(s["bytes_sent"] for s in comm.allgather_object(mine))
+    peaks = comm.allgather_object(memstat.peak_bytes())
+    summary = {
+        "model": g.name,
+        "dataset": data.name,
+        "samples": n,
+        "output": str(output),
+        "seconds": elapsed,
+        "seconds_per_sample": elapsed / max(n, 1),
+        "load_seconds": load_s,
+        "bytes_all_parties": total_bytes,
+        "rounds": mine["rounds"],
+        "peak_bytes_per_party": peaks,
+        "device": rt.backend.describe(),
+    }
+    if rt.rank == owner:
+        dtype = numpy.int64 if output.mode == "label" else numpy.float64
+        arrays = {"labels" if output.mode == "label" else "logits": numpy.concatenate(pieces).astype(dtype)}
+        print(
+            f"party {owner} (result owner): {n} samples in {elapsed:.2f} s, {total_bytes / 1e6:.1f} MB sent by "
+            f"the three parties, {mine['rounds']} rounds, peak memory per party "
+            f"{', '.join(f'{p / 1e9:.2f}' for p in peaks)} GB",
+            flush=True,
+        )
+        if right is not None:
+            summary["correct"] = int(right)
+            summary["accuracy"] = int(right) / n if n else 0.0
+            print(f"private accuracy: {100 * summary['accuracy']:.2f}% ({int(right)}/{n}; only the count is revealed)")
+        if paths:
+            meta = {
+                "model": g.name,
+                "dataset": data.name,
+                "mode": output.mode,
+                "count": n,
+                "order": f"row i is sample i of the dataset shards in stored order (samples 0..{n - 1})",
+                "revealed_to": owner,
+                "frac_bits": rt.frac_bits,
+                "values": GRAPH_VALUES_NOTE[output.mode],
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            written = write_outputs(paths, arrays, meta)
+            print(f"{output} written to {', '.join(written)}", flush=True)
+        else:
+            _preview(arrays, output)
+        if args.json:
+            save_json(args.json, summary)
+    if profile is not None:
+        profile.report(comm)
+    return 0
+
+
+GRAPH_VALUES_NOTE = {
+    "label": "argmax over the last axis of the graph's first output, chosen privately (ties to the lower index)",
+    "logits": "the graph's first output revealed at the fixed-point grid (2^-frac_bits; its last truncation's "
+    "rounding included)",
+}
 
 
 VALUES_NOTE = {

@@ -1,0 +1,115 @@
+"""`mpcgpu infer` on graph models (three ranks): a ViT on image shards (labels revealed to
+the owner, accuracy counted privately) and a BERT on token shards (its hidden states
+revealed), both equal to the plaintext executor on the same inputs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import pytest
+
+from reference import infer_args
+
+pytestmark = pytest.mark.mpi(min_size=3)
+
+
+@pytest.fixture(scope="module")
+def folder(rt):
+    d = tempfile.mkdtemp(prefix="mpcgpu-infer-graph-") if rt.rank == 0 else None
+    d = rt.comm.bcast_object(d)
+    yield d
+    rt.comm.barrier()
+    if rt.rank == 0:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _model_shards(rt, folder, g, seed):
+    from mpcgpu.data import split
+    from mpcgpu.nn import transformers as TF
+    from mpcgpu.nn.weights import save_weights
+
+    params, consts = TF.random_weights(g, seed, ln_noise=0.1)
+    if rt.rank == 0:
+        src = os.path.join(folder, f"{g.name}.h5")
+        save_weights(src, g.name, params, spec=g, consts=consts, dtype=np.float64)
+        split.split_file(src, os.path.join(folder, "models"))
+    rt.comm.barrier()
+    return os.path.join(folder, "models", g.name), params, consts
+
+
+def test_infer_vit_labels_and_private_accuracy(rt, folder):
+    from mpcgpu.data import split
+    from mpcgpu.jobs import infer
+    from mpcgpu.nn import transformers as TF
+    from mpcgpu.nn.dag_run import run_plain
+
+    g = TF.get_transformer("vit-tiny")
+    stem, params, consts = _model_shards(rt, folder, g, 3)
+    x_in = g.inputs[0]
+    n = 5  # two full batches of the graph's batch and a padded one when its batch is 2
+    rng = np.random.default_rng(7)
+    images = rng.standard_normal((n,) + x_in.shape[1:])
+    want = (
+        np.concatenate([run_plain(g, params, consts, {x_in.name: images[i : i + 1]})[g.outputs[0]] for i in range(n)])
+        if x_in.shape[0] == 1
+        else None
+    )
+    if want is None:
+        pytest.skip("vit-tiny is built with a batch other than 1")
+    labels = want.argmax(-1)
+    labels[0] = (labels[0] + 1) % want.shape[-1]  # one wrong on purpose
+    if rt.rank == 0:
+        split.split_arrays(folder, "imgs", {"images": images, "labels": labels}, kind="dataset", name="imgs")
+    rt.comm.barrier()
+    out = os.path.join(folder, "pred.npy")
+    summary = os.path.join(folder, "summary.json")
+    infer.run(infer_args(stem, os.path.join(folder, "imgs"), out=out, json=summary))
+    rt.comm.barrier()
+    if rt.rank == 0:
+        import json
+
+        got = np.load(out)
+        assert np.array_equal(got, want.argmax(-1))
+        s = json.load(open(summary))
+        assert s["correct"] == n - 1 and s["samples"] == n
+    else:
+        assert not os.path.exists(out + ".tmp")
+
+
+def test_infer_bert_hidden_states_from_token_shards(rt, folder):
+    from mpcgpu.data import split
+    from mpcgpu.data.tokens import write_tokens
+    from mpcgpu.jobs import infer
+    from mpcgpu.nn import transformers as TF
+    from mpcgpu.nn.dag_run import run_plain
+
+    cfg = TF.get_config("bert-tiny")
+    g = TF.bert(cfg)
+    stem, params, consts = _model_shards(rt, folder, g, 4)
+    batch = g.inputs[0].shape[0]
+    n = batch + 1
+    rng = np.random.default_rng(8)
+    ids = rng.integers(0, cfg.vocab, (n, cfg.seq_len))
+    mask = np.ones((n, cfg.seq_len), np.uint8)
+    mask[-1, cfg.seq_len // 2 :] = 0
+    if rt.rank == 0:
+        write_tokens(os.path.join(folder, "toks.h5"), ids, mask, vocab_size=cfg.vocab, name="toks")
+        split.split_file(os.path.join(folder, "toks.h5"), os.path.join(folder, "data"))
+    rt.comm.barrier()
+    out = os.path.join(folder, "hidden.npy")
+    infer.run(infer_args(stem, os.path.join(folder, "data", "toks"), out=out, output=infer.Output("logits")))
+    rt.comm.barrier()
+    if rt.rank == 0:
+        got = np.load(out)
+        rows = []
+        for lo in range(0, n, batch):
+            idx = np.arange(lo, lo + batch) % n
+            feeds = {"input_ids": ids[idx], "attention_mask": mask[idx].astype(np.int64)}
+            rows.append(run_plain(g, params, consts, feeds)[g.outputs[0]][: min(batch, n - lo)])
+        want = np.concatenate(rows)
+        assert got.shape == want.shape
+        err = np.abs(got - want)
+        assert err.max() < 0.05 * max(1.0, np.abs(want).max()) and err.mean() < 0.01
