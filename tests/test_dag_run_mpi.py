@@ -117,7 +117,7 @@ def test_attention_block_private_against_plain(rt):
     for fuse in (False, True):
         model = PrivateGraph(g, shares, consts, rt, fuse=fuse)
         if not fuse:
-            assert PrivateGraph(g, shares, consts, rt).fused == {"scaled_matmul": 1}  # the default
+            assert PrivateGraph(g, shares, consts, rt).fused == {"gelu": 1, "scaled_matmul": 1}  # the default
         profile = Profile()
         with rt.comm.measure() as stats:
             out = model.run(feeds, profile=profile)["hidden"]
@@ -228,7 +228,10 @@ def test_feed_and_kind_errors_name_what_is_wrong(rt):
     model = PrivateGraph(g, {"wte": shared(rt, table)}, consts, rt)
     x = shared(rt, np.zeros((3, 4)))
     plain_ids = shared(rt, np.array([1, 2, 3]), integer=True)
-    with pytest.raises(GraphError, match="ids of shape \\(3,\\) must be fed as a one-hot"):
+    fixed_ids = shared(rt, np.array([1.0, 2.0, 3.0]))  # fixed point, not integer ids
+    with pytest.raises(GraphError, match="ids of shape \\(3,\\) must be fed as an integer share of the ids"):
+        model.run({"ids": fixed_ids, "x": x})
+    with pytest.raises(GraphError, match="node mm \\(MatMul\\): .*masked share"):  # ids expanded privately
         model.run({"ids": plain_ids, "x": x})
     with pytest.raises(GraphError, match="input x is secret: feed a share"):
         model.run({"ids": V.OneHotShare(shared(rt, one_hot([1, 2, 3], VOCAB), integer=True)), "x": np.zeros((3, 4))})

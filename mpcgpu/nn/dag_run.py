@@ -115,7 +115,7 @@ class PrivateGraph:
     """A graph model with secret parameters (``{name: ArithmeticShare | CompactShare}``) and
     public constants (``{name: array}``, known to every party).  ``fuse``: the rewrites of
     :mod:`mpcgpu.nn.dag_fuse` to run the graph with (default: the exact ones, power-of-two
-    score scales folded into the product's truncation; ``True``: also GELU patterns as one
+    score scales folded into the product's truncation, and GELU patterns as one
     Gelu; ``False``: none); :attr:`fused` counts them."""
 
     def __init__(self, g: GraphModel, params: dict, consts: dict, rt, fuse=_DEFAULT_FUSE):
