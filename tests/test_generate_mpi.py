@@ -117,10 +117,15 @@ def test_greedy_loop_refuses(rt):
 # -- GPT-2 tiny ------------------------------------------------------------------------------
 
 STEPS = 8
+#: weights: HF's init but std 0.2 instead of 0.02, so that the blocks outweigh the tied
+#: embedding's pull back to the last token (greedy decoding of a random GPT-2 at 0.02 repeats
+#: one token); logits are then about 1 in size
+STD = 0.2
 #: the smallest plaintext gap between the two largest logits that the prompt must keep at
-#: every step (logits of this model are about 0.1 in size): a gap smaller than the private
-#: run's error would make the test a coin toss, not a check
-MIN_MARGIN = 2e-3
+#: every step: a gap below the private run's error would make the test a coin toss
+MIN_MARGIN = 0.02
+#: and the generated tokens must not be one token repeated
+MIN_DISTINCT = 3
 
 
 def _gpt2_pieces():
@@ -133,17 +138,17 @@ def _gpt2_pieces():
 
 @pytest.fixture(scope="module")
 def tiny():
-    """gpt2-tiny with random weights and a prompt whose greedy steps are not near-ties."""
+    """gpt2-tiny with random weights and a prompt whose greedy steps are clear of ties."""
     tf = _gpt2_pieces()
     c = tf.get_config("gpt2-tiny")
-    params, _ = tf.random_weights(tf.gpt2(c, present=True), seed=3, ln_noise=0.1)
+    params, _ = tf.random_weights(tf.gpt2(c, present=True), seed=3, std=STD, ln_noise=0.1)
     rng = np.random.default_rng(7)
-    for _ in range(50):
+    for _ in range(200):
         ids = rng.integers(0, c.vocab, size=(c.batch, c.seq_len))
         plain = G.generate_plain(c, params, ids, STEPS, cache=False)
-        if plain.margins.min() >= MIN_MARGIN:
+        if plain.margins.min() >= MIN_MARGIN and len(set(plain.tokens.ravel().tolist())) >= MIN_DISTINCT:
             return c, params, ids, plain
-    pytest.fail("no prompt among 50 keeps every greedy step clear of a tie")
+    pytest.fail("no prompt among 200 keeps every greedy step clear of a tie")
 
 
 def test_plain_cache_matches_recompute(tiny):
@@ -152,7 +157,6 @@ def test_plain_cache_matches_recompute(tiny):
     np.testing.assert_array_equal(cached.tokens, plain.tokens)
     for a, b in zip(cached.logits, plain.logits):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)
-    assert len(set(plain.tokens.ravel().tolist())) > 1  # not one token repeated
 
 
 @pytest.mark.parametrize("cache", [True, False])
