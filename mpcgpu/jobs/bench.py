@@ -207,6 +207,94 @@ def _inference(rt, model, args, batch):
     return row, profile
 
 
+def graph_feeds(g, rng, batch: int = 1) -> tuple:
+    """Random inputs for a graph model, as its data owner would hold them: ``(secret,
+    public)`` dicts of NumPy arrays: token ids (ints below the vocabulary of the table that
+    reads them) or a standard normal image for the secret inputs; all-ones masks and zero
+    ids for the public ones."""
+    secret, public = {}, {}
+    for t in g.inputs:
+        shape = (batch,) + tuple(t.shape[1:])
+        if t.role == "secret" and t.dtype == "int":
+            secret[t.name] = rng.integers(0, g.one_hot_width(t.name), shape)
+        elif t.role == "secret":
+            secret[t.name] = rng.standard_normal(shape)
+        elif "mask" in t.name:
+            public[t.name] = numpy.ones(shape, dtype=bool if t.dtype == "bool" else numpy.int64)
+        else:
+            public[t.name] = numpy.zeros(shape, dtype=numpy.float64 if t.dtype == "float" else numpy.int64)
+    return secret, public
+
+
+def share_graph_inputs(rt, g, secret, public) -> dict:
+    """The feeds of :class:`mpcgpu.nn.dag_run.PrivateGraph` from the owner's (party 0's)
+    inputs: token ids shared as one-hot integer rows, images as fixed point, public inputs
+    as they are (every party holds them)."""
+    from ..sharing.arithmetic import share
+
+    feeds = {}
+    for t in g.inputs:
+        if t.role == "public":
+            feeds[t.name] = public[t.name]
+            continue
+        value = secret[t.name] if rt.rank == 0 else None
+        if t.dtype == "int":
+            value = None if value is None else numpy.eye(g.one_hot_width(t.name), dtype=numpy.int64)[value]
+            feeds[t.name] = share(value, src=0, integer=True)
+        else:
+            feeds[t.name] = share(value, src=0)
+    return feeds
+
+
+def _inference_graph(rt, g, args, batch):
+    """:func:`_inference` for a graph model (a transformer): random weights of the model's
+    own initialisation, random tokens or image, one private pass, the outputs revealed to
+    party 0 and compared with the plaintext executor."""
+    from ..nn.dag_run import PrivateGraph, run_plain
+    from ..nn.private import Profile
+    from ..nn.transformers import random_weights
+    from ..sharing.arithmetic import share
+
+    comm = rt.comm
+    params, consts = random_weights(g, args.seed)  # every party builds the public consts alike
+    shared = {n: share(params[n] if rt.rank == 0 else None, src=0) for n in params}
+    secret, public = graph_feeds(g, numpy.random.default_rng(args.seed), batch)
+    feeds = share_graph_inputs(rt, g, secret, public)
+    private = PrivateGraph(g, shared, consts, rt)
+    profile = Profile() if args.profile else None
+    first = _timed(comm, lambda: private.run(feeds))[1]  # first touch of memory
+    times = []
+    for _ in range(max(args.steps, 1)):
+        with comm.measure() as m:
+            outs, elapsed = _timed(comm, lambda: private.run(feeds, profile=profile))
+        times.append(elapsed)
+    total_bytes = comm.allreduce_sum(m.bytes_sent)
+    busiest = comm.allreduce_max(m.bytes_sent)
+    rounds = comm.allreduce_max(m.rounds - 1)  # less the time's allreduce
+    revealed = {name: outs[name].reveal(to=0) for name in g.outputs}
+    row = {
+        "model": g.name,
+        "input_shape": list(g.input_shape),
+        "batch": batch,
+        "private_seconds": float(numpy.median(times)),
+        "first_seconds": first,
+        "bytes_all_parties": total_bytes,
+        "bytes_busiest_party": busiest,
+        "rounds": rounds,
+        "steps": len(times),
+    }
+    if rt.rank == 0:
+        t0 = time.perf_counter()
+        ref = run_plain(g, params, consts, {**public, **secret})
+        row["plain_seconds"] = time.perf_counter() - t0
+        row["max_abs_diff"] = max(float(numpy.abs(revealed[n] - ref[n]).max()) for n in g.outputs)
+        row["mean_abs_diff"] = float(numpy.mean([numpy.abs(revealed[n] - ref[n]).mean() for n in g.outputs]))
+        if g.task in ("logits", "lm"):
+            z, r = revealed[g.outputs[0]], ref[g.outputs[0]]
+            row["argmax_agree"] = float((z.argmax(-1) == r.argmax(-1)).mean())
+    return row, profile
+
+
 def _training(rt, model, args, batch):
     from ..nn.optim import PrivateSGD
     from ..nn.plain import SGD, PlainModel
@@ -260,6 +348,17 @@ def project_row(row: dict, networks) -> list:
     return [project(row["private_seconds"], row["rounds"], row["bytes_busiest_party"], net) for net in networks or ()]
 
 
+def _model(name):
+    """A registered CNN or transformer name (``bert-base``, ``gpt2``, ``vit-b16``...), or a
+    weights file (its own architecture: a layer tree or a graph)."""
+    from ..nn import transformers
+    from ..nn.weights import model_by_name_or_file
+
+    if name in transformers.MODELS:
+        return transformers.get_transformer(name)
+    return model_by_name_or_file(name)
+
+
 def _output_problem(out, plot) -> str | None:
     """Why rank 0 could not write the JSON or the PNG at the end (None if it can)."""
     from ..errors import MPCError
@@ -281,7 +380,7 @@ def run(args) -> int:
 
     from mpcgpu.util import memstat
     from mpcgpu.reporting.netmodel import parse_network
-    from ..nn.weights import model_by_name_or_file
+    from ..nn.dag import GraphModel
 
     # everything the user can get wrong is checked before the parties start working
     networks = [parse_network(t) for t in (getattr(args, "network", None) or [])]  # alike on every rank
@@ -318,9 +417,14 @@ def run(args) -> int:
         )
     results = []
     for name, batch in plan:
-        model = model_by_name_or_file(name)
+        model = _model(name)
         memstat.reset_peak()
-        row, profile = (_training if training else _inference)(rt, model, args, batch)
+        if isinstance(model, GraphModel):
+            if training:
+                raise mpcgpu.MPCError(f"{name} is a graph model (a transformer): inference only")
+            row, profile = _inference_graph(rt, model, args, batch)
+        else:
+            row, profile = (_training if training else _inference)(rt, model, args, batch)
         row["peak_bytes_per_party"] = rt.comm.allgather_object(memstat.peak_bytes())
         if rt.rank == 0:
             row["ratio"] = row["private_seconds"] / row["plain_seconds"]

@@ -148,6 +148,18 @@ class GraphModel:
     def count_params(self) -> int:
         return sum(p.size for p in self.params)
 
+    def one_hot_width(self, name: str) -> int:
+        """The vocabulary of the secret token input ``name``: the rows of the table its
+        first Gather reads (token ids are shared as one-hot rows of this width)."""
+        shapes = {**self.param_shapes(), **self.const_shapes()}
+        ids = {name}  # the input and its reshaped views (the exporter may reshape ids first)
+        for n in self.nodes:
+            if n.op in ("Reshape", "Unsqueeze", "Squeeze", "Identity", "Cast", "Flatten") and n.inputs[0] in ids:
+                ids.update(n.outputs)
+            if n.op == "Gather" and len(n.inputs) > 1 and n.inputs[1] in ids and n.inputs[0] in shapes:
+                return int(shapes[n.inputs[0]][int(n.attr("axis", 0))])
+        raise GraphError(f"graph {self.name}: input {name} is not read by a Gather of a table (no vocabulary)")
+
     def ops(self) -> dict:
         """``{operator: count}`` in first-use order."""
         out: dict = {}
