@@ -7,6 +7,10 @@ under ``mpcgpu infer`` and ``mpcgpu train``.
   parameter is held.
 * :func:`initial_private_model` -- the starting point of a training run: model shards, or
   a registered model whose He-initialised weights party 0 draws and secret-shares.
+* :func:`load_private_graph` -- a graph model's shard set (transformers:
+  :mod:`mpcgpu.nn.dag`) as ``(GraphModel, shared params, public consts)``;
+  :func:`load_private_model` wraps them as the private executor's ``PrivateGraph``.
+  Graph models are inference only.
 
 This module ties the shard files (:mod:`mpcgpu.data`) to the networks (:mod:`mpcgpu.nn`),
 which know nothing of each other's files; every function here is a collective (all three
@@ -40,6 +44,14 @@ def load_private_model(stem, rt, *, verify: bool = True, training: bool = False,
     from .sharing.components import Held
 
     shard = open_shard(stem, rt, kind="model", verify=verify)
+    if _holds_graph(shard):
+        if training:
+            shard.close()
+            raise MPCError(
+                f"model {shard.name} ({stem}) is a graph model (a transformer): graph models are "
+                "inference only; mpcgpu train takes layer models"
+            )
+        return _private_graph(*_graph_from_shard(shard, rt), rt)
     compact = False
     try:
         spec = architecture(shard.name, shard.public)
@@ -64,6 +76,99 @@ def load_private_model(stem, rt, *, verify: bool = True, training: bool = False,
     )
 
 
+def _holds_graph(shard) -> bool:
+    from .nn.dag import is_graph_json
+    from .nn.models import SPEC_KEY
+
+    return is_graph_json(shard.public.get(SPEC_KEY))
+
+
+def _graph_from_shard(shard, rt) -> tuple:
+    """``(GraphModel, params, consts)`` of an open graph-model shard (closed here unless its
+    large weights stay compact in it)."""
+    from .data.shards import StoredComponent, as_share
+    from .nn import dag
+    from .nn.models import SPEC_KEY
+    from .nn.private import COMPACT_MIN
+    from .sharing.compact import CompactShare
+    from .sharing.components import Held
+
+    compact = False
+    try:
+        try:
+            g = dag.from_json(shard.public[SPEC_KEY])
+        except dag.GraphError as e:
+            raise MPCError(f"model shards {shard.path}: {e}") from None
+        want = {p.name: p.shape for p in g.params}
+        have = {n: tuple(shard.info(n).shape) for n in shard.arrays}
+        if want != have:
+            raise MPCError(
+                f"model shards {shard.path}: the arrays do not match graph {g.name} "
+                f"(missing {sorted(set(want) - set(have))[:5]}, unexpected {sorted(set(have) - set(want))[:5]}, "
+                f"mis-shaped {[n for n in want if n in have and want[n] != have[n]][:5]})"
+            )
+        consts = shard.consts()
+        types = {"float": "f", "int": "iu", "bool": "b"}
+        bad = [
+            c.name
+            for c in g.consts
+            if c.name not in consts
+            or consts[c.name].shape != c.shape
+            or consts[c.name].dtype.kind not in types[c.dtype]
+        ]
+        if bad or set(consts) != {c.name for c in g.consts}:
+            raise MPCError(f"model shards {shard.path}: the public consts do not match graph {g.name} ({bad[:5]})")
+        compact = wants_compact_graph(g)
+        params = {}
+        for name in want:
+            info = shard.info(name)
+            if compact and int(numpy.prod(info.shape, dtype=numpy.int64)) >= COMPACT_MIN:
+                first = rt.backend.to_device(shard.read_component(name, "first", 0, info.rows))
+                params[name] = CompactShare(Held(first), StoredComponent(shard, name, "second"), info.scale, rt)
+            else:
+                params[name] = as_share(shard.load(name), info.scale)
+    finally:
+        if not compact:
+            shard.close()  # (otherwise it stays open with the params: StoredComponent reads it)
+    return g, params, consts
+
+
+def wants_compact_graph(g, current=None) -> bool:
+    """Whether inference keeps graph ``g``'s large weights compact (the ``compact_weights``
+    setting; by default for as many parameters as :func:`mpcgpu.nn.private.wants_compact`)."""
+    from . import settings
+    from .nn.private import COMPACT_MODEL_MIN
+
+    choice = (current if current is not None else settings.active()).compact_weights
+    if choice is not None:
+        return choice
+    return g.count_params() >= COMPACT_MODEL_MIN
+
+
+def load_private_graph(stem, rt, *, verify: bool = True) -> tuple:
+    """Open the model shard set ``stem`` of a graph model (a collective): ``(GraphModel,
+    {name: share}, {name: public array})``.  The parameters are shares as in
+    :func:`load_private_model` (compact for a large graph); the constants are the ones
+    every party's file carries in clear (their digests compared when opening).  Every
+    graph of one set of parameters (GPT-2's prompt and decode steps,
+    :mod:`mpcgpu.nn.transformers`) runs on these."""
+    from .data.shards import open_shard
+
+    shard = open_shard(stem, rt, kind="model", verify=verify)
+    if not _holds_graph(shard):
+        shard.close()
+        raise MPCError(f"model shards {stem}: model {shard.name} is not a graph model")
+    return _graph_from_shard(shard, rt)
+
+
+def _private_graph(g, params, consts, rt):
+    try:
+        from .nn.dag_run import PrivateGraph
+    except ImportError:  # pragma: no cover (before the graph executor is there)
+        raise MPCError(f"graph model {g.name}: this mpcgpu has no graph executor (mpcgpu.nn.dag_run)") from None
+    return PrivateGraph(g, params, consts, rt)
+
+
 def initial_private_model(model, rt, *, init_seed: int = 0, dropout_seed: int = 0, verify: bool = True):
     """``(PrivateModel, description of the source)`` to train: ``model`` is a model shard
     set (every party must have its file) or a registered model name (see
@@ -84,6 +189,12 @@ def initial_private_model(model, rt, *, init_seed: int = 0, dropout_seed: int = 
     if all(found):
         private = load_private_model(model, rt, verify=verify, training=True, dropout_seed=dropout_seed)
         return private, f"shards {model}"
+    from .nn.transformers import MODELS as TRANSFORMERS
+
+    if model.strip().lower().replace("_", "-") in TRANSFORMERS:
+        raise MPCError(
+            f"--model {model}: a transformer is a graph model, inference only; mpcgpu train takes layer models"
+        )
     if is_name:
         spec = get_model(model)
         plain = init_params(spec, rng=init_seed) if rt.rank == 0 else None
@@ -141,4 +252,11 @@ def reveal_params(rt, spec, params, to: int):
     return clear if rt.rank == to else None
 
 
-__all__ = ["load_private_model", "initial_private_model", "save_private_model", "reveal_params"]
+__all__ = [
+    "load_private_model",
+    "load_private_graph",
+    "wants_compact_graph",
+    "initial_private_model",
+    "save_private_model",
+    "reveal_params",
+]

@@ -46,6 +46,11 @@ Schema ``mpcgpu-shard/1``::
       datasets
         first        uint64 ('<u8'), shape, contiguous, uncompressed: component x_i
         second       uint64: component x_{i+1}
+    /consts/<name>   public arrays in clear, the same in the three files: a graph
+                     model's constants (:mod:`mpcgpu.nn.dag`: reshape targets, scalar
+                     factors, causal masks; float64, int64 or bool) or a token dataset's
+                     attention masks (:mod:`mpcgpu.data.tokens`); the parties compare a
+                     digest of them when they open the set
 
 Reading (on the servers): each rank opens only its own file with
 :func:`open_shard`, which checks the file locally (exists, is HDF5, not
@@ -194,6 +199,7 @@ class ShardSet:
     sizes: list = field(default_factory=list)  # bytes per file
     public: dict = field(default_factory=dict)  # what /public holds (sub-groups as dicts)
     withheld: list = field(default_factory=list)  # input attrs kept private (set by the share step)
+    consts: dict = field(default_factory=dict)  # a graph model's public constants (set by the share step)
 
 
 def write_shard_set(
@@ -209,6 +215,7 @@ def write_shard_set(
     overwrite: bool = False,
     progress: bool | None = None,
     block_bytes: int = BLOCK_BYTES,
+    consts: dict | None = None,
 ) -> ShardSet:
     """Secret-share ``arrays`` (a list of :class:`ArraySpec`) into three shard files.
 
@@ -219,7 +226,9 @@ def write_shard_set(
     failed split leaves no partial shard set.  ``progress``: None shows a
     progress line on stderr when the output exceeds 256 MiB.  ``public`` is written
     as is to ``/public`` (a dict value becomes a sub-group): pass only what every
-    server may learn (:func:`mpcgpu.data.split.select_public` chooses it).
+    server may learn (:func:`mpcgpu.data.split.select_public` chooses it).  ``consts``
+    (a graph model's public constants, ``{name: array}``) go in clear to ``/consts`` of
+    every file.
     """
     from mpcgpu.crypto.prg import Stream, fresh_key
 
@@ -268,6 +277,7 @@ def write_shard_set(
                 names=names,
                 created=created,
                 public=public,
+                consts=consts,
             )
         info = {}
         for k, a in enumerate(arrays):
@@ -307,8 +317,9 @@ def write_shard_set(
     )
 
 
-def _write_header(f, party: int, *, kind, set_id, frac_bits, name, source_format, names, created, public):
-    """The root attributes, ``/public`` and an empty ``/arrays`` of one party's file."""
+def _write_header(f, party: int, *, kind, set_id, frac_bits, name, source_format, names, created, public, consts=None):
+    """The root attributes, ``/public``, ``/consts`` (if any) and an empty ``/arrays`` of
+    one party's file."""
     f.attrs["format"] = FORMAT
     f.attrs["kind"] = kind
     f.attrs["party"] = int(party)
@@ -327,6 +338,13 @@ def _write_header(f, party: int, *, kind, set_id, frac_bits, name, source_format
                 sub.attrs[kk] = vv
         else:
             pub.attrs[k] = v
+    if consts is not None:
+        group = f.create_group("consts", track_order=True)
+        for k, v in consts.items():
+            v = numpy.asarray(v)
+            if v.dtype.kind not in "biuf":
+                raise ShardError(f"const {k!r}: {v.dtype} is not a number or bool")
+            group.create_dataset(k, data=v)
     f.create_group("arrays")
 
 
@@ -352,6 +370,7 @@ def write_party_shard(
     public: dict | None = None,
     source_format: str = "mpcgpu-train",
     separate_hosts: bool = False,
+    consts: dict | None = None,
 ) -> str:
     """Write ONE party's file of a shard set that the three parties produce together (e.g.
     trained weights): ``arrays`` is ``{name: (first, second, scale)}`` -- this party's own
@@ -376,6 +395,7 @@ def write_party_shard(
             names=list(arrays),
             created=created,
             public=public,
+            consts=consts,
         )
         for key, (first, second, scale) in arrays.items():
             first = numpy.ascontiguousarray(first, dtype=_U64)
@@ -588,6 +608,33 @@ class Shard:
                 std=None if std is None else tuple(float(v) for v in numpy.ravel(std)),
             )
         self.arrays = arrays
+        self.const_names = ()
+        if "consts" in f:
+            group = f["consts"]
+            if not isinstance(group, _h5py().Group):
+                raise ShardError(f"{path}: '/consts' is not a group")
+            self.const_names = tuple(group.keys())
+            for k in self.const_names:
+                if not isinstance(group[k], _h5py().Dataset) or group[k].dtype.kind not in "biuf":
+                    raise ShardError(f"{path}: const {k!r} is not a numeric dataset")
+
+    def consts(self) -> dict:
+        """The public arrays (``/consts``: a graph model's constants, a token dataset's
+        masks), ``{name: host array}`` (empty for any other shard)."""
+        try:
+            return {k: numpy.asarray(self._file["consts"][k][()]) for k in self.const_names}
+        except _DAMAGE as exc:
+            raise ShardError(f"shard {self.path}: the consts cannot be read: {exc}") from None
+
+    def consts_digest(self) -> str:
+        """SHA-256 of the constants (names, dtypes, shapes, bytes): public, compared
+        across the parties."""
+        h = hashlib.sha256()
+        for k, v in self.consts().items():
+            v = numpy.ascontiguousarray(v)
+            h.update(json.dumps([k, v.dtype.str, list(v.shape)]).encode())
+            h.update(v.tobytes())
+        return h.hexdigest()
 
     def check_party(self, party: int):
         """ShardError unless this file belongs to ``party``."""
@@ -632,6 +679,8 @@ class Shard:
         """Public facts compared across the parties (never checksums or data)."""
         facts = {k: getattr(self, k) for k in self.PUBLIC_FACTS}
         facts["arrays"] = [(n, list(a.shape), a.scale) for n, a in self.arrays.items()]
+        if self.const_names:
+            facts["consts"] = self.consts_digest()
         return facts
 
     # -- data -----------------------------------------------------------------------
@@ -843,6 +892,11 @@ def _collective_problem(reports) -> str | None:
             )
     if len(set(fbits)) != 1:
         return f"the parties' shards disagree on the fractional bits: {fbits}"
+    digests = [s.get("consts") for s in summaries]
+    if len(set(digests)) != 1:
+        return "the parties' shards hold different public consts: " + ", ".join(
+            f"party {p}: {(d or 'none')[:12]}" for p, d in enumerate(digests)
+        )
     layouts = [s["arrays"] for s in summaries]
     if any(layout != layouts[0] for layout in layouts):
         for p in range(1, PARTIES):

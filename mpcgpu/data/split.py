@@ -11,12 +11,18 @@ Inputs:
 * dataset (``format = "mpcgpu-dataset/1"``): ``images`` (uint8, N x C x H x W)
   are normalised to ``(pixel/255 - mean[c]) / std[c]`` (file attrs ``mean``,
   ``std``) and encoded with ``frac_bits``; ``labels`` (integers) with scale 0.
+* token dataset (``format = "mpcgpu-tokens/1"``, :mod:`mpcgpu.data.tokens`): the ids
+  become one-hot integer shares ``input_ids`` (N x T x vocab), labels integer shares;
+  the attention masks are copied in clear to every party's file (``/consts``).
 * model (``format = "mpcgpu-weights/2"`` or ``/1``): every dataset under ``/params``
   (name = its path below ``/params``, e.g. ``features.0.weight``); floats with
   ``frac_bits``, integers with scale 0.  When the architecture is known (the file's
   ``spec``, or a registered model name) the arrays are checked against it first --
   names, shapes, float dtypes, finite values -- and a mismatch is refused here, before
   any shard is written; the architecture is copied to the shards (``/public`` ``spec``).
+  A graph model (``spec`` in ``mpcgpu-graph/1``, :mod:`mpcgpu.nn.dag`): its ``/params``
+  are checked against the graph and shared as above; its public constants (``/consts``)
+  are checked and copied in clear to every party's file (``/consts``).
 
 Metadata: a shard stores in clear only what the servers need (format, shapes,
 dtypes, scales, the applied normalisation, ``frac_bits``, set id, checksums,
@@ -151,6 +157,12 @@ def _str_attr(f, key, default=""):
 def detect_kind(f) -> str:
     """ "dataset" or "model" from the format tag (or, without one, from the contents)."""
     fmt = _fmt(f)
+    if fmt.startswith("mpcgpu-tokens/"):
+        from .tokens import FORMAT as TOKENS
+
+        if fmt != TOKENS:
+            raise ShardError(f"{f.filename}: unsupported token format {fmt!r} (this mpcgpu reads {TOKENS})")
+        return "dataset"
     if fmt.startswith("mpcgpu-dataset/"):
         if fmt != "mpcgpu-dataset/1":
             raise ShardError(f"{f.filename}: unsupported dataset format {fmt!r} (this mpcgpu reads mpcgpu-dataset/1)")
@@ -237,6 +249,13 @@ def model_architecture(f, name: str):
     stored = f.attrs.get(SPEC_KEY)
     if isinstance(stored, bytes):
         stored = stored.decode()
+    from ..nn.dag import GraphError, from_json, is_graph_json
+
+    if is_graph_json(stored):
+        try:
+            return from_json(stored)
+        except GraphError as e:
+            raise ShardError(f"{f.filename}: {e}") from None
     registered = name.strip().lower().replace("-", "_") in list_models()
     if stored is None and not registered:
         return None
@@ -384,8 +403,14 @@ def split_file(
         if detected not in ("dataset", "model"):
             raise ShardError(f"--kind must be auto, dataset or model, not {kind!r}")
         attrs, groups = _input_metadata(f)
-        default, model = list(PUBLIC_BY_DEFAULT[detected]), None
-        if detected == "dataset":
+        default, model, consts = list(PUBLIC_BY_DEFAULT[detected]), None, None
+        if detected == "dataset" and _fmt(f).startswith("mpcgpu-tokens/"):
+            from .tokens import share_arrays
+
+            arrays, consts, extra = share_arrays(f, limit)
+            name = _str_attr(f, "name", default_stem(input_path))
+            default += list(extra)
+        elif detected == "dataset":
             arrays = _dataset_arrays(f, frac_bits, limit)
             name = _str_attr(f, "name", default_stem(input_path))
             if arrays[0].transform == "normalise":  # applied: stored per array anyway
@@ -398,10 +423,16 @@ def split_file(
             if "model" not in attrs:
                 default.append("name")  # the model name was taken from it
             model = model_architecture(f, name)
-            if model is not None:
+            if _is_graph(model):
+                consts = _graph_arrays(f, model, arrays, input_path)
+            elif model is not None:
                 check_model_arrays(arrays, model, input_path)
         public, withheld = select_public(attrs, groups, default=default, public_meta=public_meta, where=input_path)
-        if detected == "model":
+        if detected == "model" and _is_graph(model):
+            from ..nn.dag import to_json as graph_json
+
+            public["spec"] = graph_json(model)  # the servers cannot run the graph without it
+        elif detected == "model":
             if model is not None and "spec" in public:  # a stored architecture, checked, canonical form
                 from ..nn.spec_io import to_json
 
@@ -420,9 +451,35 @@ def split_file(
             public=public,
             overwrite=overwrite,
             progress=progress,
+            consts=consts,
         )
     result.withheld = withheld
+    result.consts = consts or {}
     return result
+
+
+def _is_graph(model) -> bool:
+    from ..nn.dag import GraphModel
+
+    return isinstance(model, GraphModel)
+
+
+def _graph_arrays(f, g, arrays, where) -> dict:
+    """A graph model's input checked before anything is written: its parameters (names,
+    shapes, float, finite) and its public constants (``/consts``, also the graph's
+    dtypes); returns the constants as the graph's dtypes."""
+    from ..nn.weights import CONST_DTYPES, WeightsError, check_graph_arrays
+
+    h5py = _h5py()
+    params = {a.name: a.source for a in arrays}
+    consts = {}
+    if "consts" in f and isinstance(f["consts"], h5py.Group):
+        consts = {k: numpy.asarray(d[()]) for k, d in f["consts"].items() if isinstance(d, h5py.Dataset)}
+    try:
+        check_graph_arrays(g, params, consts, where)
+    except WeightsError as e:
+        raise ShardError(f"{e}. Nothing was written.") from None
+    return {t.name: numpy.asarray(consts[t.name], CONST_DTYPES[t.dtype]) for t in g.consts}
 
 
 def split_arrays(

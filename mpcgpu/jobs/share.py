@@ -36,6 +36,11 @@ group): its format tag, the name (a dataset's `name`, a model's `model`), a
 model's architecture (`spec`: layers, input size, class count; the servers need
 it), a dataset's `num_classes`, and `mean`/`std` if they were applied to the images.
 
+A graph model (a transformer: `spec` in mpcgpu-graph/1) is shared the same way;
+its public constants (/consts: reshape targets, scalar factors, attention masks,
+position ids) are copied in clear to every shard file, and its parameters and
+constants are checked against the graph first.
+
 A model is checked against its architecture before anything is written: every
 array name, shape and dtype must match, no NaN or Inf (a PyTorch state dict with
 `num_batches_tracked` or other names is refused here; `mpcgpu import` converts it).
@@ -132,6 +137,10 @@ def run(args) -> int:
     print("public (in clear in every shard file: each server learns this):")
     for key, value in root:
         print(f"  {key} = {show_value(value)}")
+    consts = result.consts if getattr(result, "consts", None) else {}
+    if consts:
+        names = ", ".join(consts) if len(consts) <= 8 else ", ".join(list(consts)[:8]) + f" ... ({len(consts)} in all)"
+        print(f"  public arrays (a graph's consts, a token set's masks), in clear in every shard: {names}")
     print(
         "  and per array: the name, shape, dtype, scale and normalisation listed above, and checksums of the components"
     )
