@@ -171,6 +171,10 @@ def test_gpt2_tiny_greedy_equals_plaintext(rt, tiny, monkeypatch, cache):
     tokens = check_owner_only(rt, tracer, gen, owner, STEPS, c.batch)
     np.testing.assert_array_equal(tokens, plain.tokens)
     assert gen.cache is cache and len(gen.seconds) == STEPS
+    if rt.rank == 0:
+        print(
+            f"\ngpt2-tiny, cache={cache}: tokens {tokens.tolist()}, seconds per step {np.round(gen.seconds, 2).tolist()}"
+        )
 
 
 def test_generate_refuses(rt, tiny):
