@@ -173,7 +173,8 @@ def test_gpt2_tiny_greedy_equals_plaintext(rt, tiny, monkeypatch, cache):
     assert gen.cache is cache and len(gen.seconds) == STEPS
     if rt.rank == 0:
         print(
-            f"\ngpt2-tiny, cache={cache}: tokens {tokens.tolist()}, seconds per step {np.round(gen.seconds, 2).tolist()}"
+            f"\ngpt2-tiny, cache={cache}: tokens {tokens.tolist()}, "
+            f"seconds per step {np.round(gen.seconds, 2).tolist()}"
         )
 
 
