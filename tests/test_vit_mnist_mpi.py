@@ -24,8 +24,9 @@ AGREEMENT = 0.995
 ACCURACY_POINTS = 0.3
 
 
-def private_logits(rt, images: np.ndarray, batch: int) -> np.ndarray:
-    """Logits of the private run, revealed to every party, ``batch`` images per run."""
+def private_logits(rt, images: np.ndarray, batch: int, plain=None) -> np.ndarray:
+    """Logits of the private run, revealed to every party, ``batch`` images per run (with
+    ``plain``, rank 0 prints the running agreement after each batch)."""
     _, dag_run = import_pieces()
     g, params, consts = vit_graph(batch)
     (inp,) = g.inputs
@@ -40,6 +41,10 @@ def private_logits(rt, images: np.ndarray, batch: int) -> np.ndarray:
         x = share(xb if rt.rank == DATA_OWNER else None, src=DATA_OWNER, rt=rt)
         logits = model.run({inp.name: x})[g.outputs[0]]
         out.append(logits.reveal()[: batch - pad])
+        if plain is not None and rt.rank == 0 and len(images) > batch:
+            done = np.concatenate(out)
+            agree = (done.argmax(-1) == plain[: len(done)].argmax(-1)).mean()
+            print(f"  {len(done)} images: agreement {agree:.4f}", flush=True)
     return np.concatenate(out)
 
 
@@ -47,7 +52,7 @@ def check(rt, n: int, batch: int):
     x, y = mnist_test_set()
     x, y = x[:n], y[:n]
     plain = plain_logits(x, batch)
-    private = private_logits(rt, x, batch)
+    private = private_logits(rt, x, batch, plain)
     p_plain, p_private = plain.argmax(-1), private.argmax(-1)
     agree = float((p_plain == p_private).mean())
     acc_plain, acc_private = float((p_plain == y).mean()), float((p_private == y).mean())
