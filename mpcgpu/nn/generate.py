@@ -35,6 +35,12 @@ and kept, with its public consts, in a small cache of this module); every graph 
 configuration reads the same parameters, so one set of shares serves the prompt and every
 step.  ``T + steps - 1`` must not exceed the configuration's ``max_positions``.
 
+Measured (gpt2-tiny: 2 layers, hidden 32, vocabulary 100; three ranks on one 2-core
+machine, CPU back end; 8 tokens after the prompt's warm run): with a 16-token prompt the
+cache sends 10.3 MB (three parties together) against 66.2 MB for the recompute, with a
+48-token prompt 29.4 MB against 213.9 MB; the rounds are the same (about 870 per token:
+a tiny model is latency-bound, about 1 s per token either way here).
+
 :func:`generate_plain` is the plaintext twin (:func:`mpcgpu.nn.dag_run.run_plain` on the
 same graphs, float64): tokens and, per step, the gap between the two largest logits (how
 close a step is to a tie, where fixed point may choose the other token).
