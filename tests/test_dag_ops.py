@@ -19,7 +19,7 @@ _TYPES = {"float": TensorProto.DOUBLE, "int": TensorProto.INT64, "bool": TensorP
 #: onnxruntime's own error where it approximates in float64 (its Gelu's erf: ~4e-7 relative)
 ORT_TOL = {"Gelu": 1e-6}
 #: attributes of ours, not ONNX's
-_OURS = {"dtype", "domain", "signed"}
+_OURS = {"dtype", "domain", "signed", "pow2"}
 
 
 def _examples():
@@ -63,6 +63,13 @@ def _ort_run(node, infos, feeds, float_type):
     return sess.run(None, cast)
 
 
+def _reference(node, infos, feeds):
+    try:
+        return _ort_run(node, infos, feeds, TensorProto.DOUBLE), ORT_TOL.get(node.op, 1e-12)
+    except Exception:  # an op onnxruntime implements in float32 only
+        return _ort_run(node, infos, feeds, TensorProto.FLOAT), 2e-6
+
+
 @pytest.mark.parametrize("op,node,infos", _examples())
 def test_plain_facet_matches_onnxruntime(op, node, infos):
     rng = np.random.default_rng(7)
@@ -72,10 +79,10 @@ def test_plain_facet_matches_onnxruntime(op, node, infos):
     args = [feeds[n] if n else None for n in node.inputs]
     ours = op.plain(node, args)
     assert len(ours) == len(node.outputs)
-    try:
-        ref, tol = _ort_run(node, infos, feeds, TensorProto.DOUBLE), ORT_TOL.get(node.op, 1e-12)
-    except Exception:  # an op onnxruntime implements in float32 only
-        ref, tol = _ort_run(node, infos, feeds, TensorProto.FLOAT), 2e-6
+    if "pow2" in node.attrs:  # ours (nn.dag_fuse): the product times 2^pow2
+        ref, tol = [np.matmul(*args) * 2.0 ** node.attrs["pow2"]], 1e-12
+    else:
+        ref, tol = _reference(node, infos, feeds)
     for mine, theirs in zip(ours, ref):
         mine = np.asarray(mine)
         assert mine.shape == theirs.shape
@@ -198,3 +205,80 @@ def test_a_facet_error_names_its_node():
     with pytest.raises(ValueError, match="^node proj \\(MatMul\\): .*") as info:
         run_plain(g, {}, {"w": np.ones((4, 2))}, {"x": np.ones((2, 3))})
     assert not isinstance(info.value, GraphError)  # numpy's ValueError, named
+
+
+def _gelu_graphs():
+    """The exporter's GELU patterns and scaled attention scores (names as torch.onnx writes)."""
+    f32 = lambda v: np.array(np.float32(v), dtype=np.float64)  # noqa: E731  (constants come from float32)
+    consts = {
+        "sqrt2": f32(np.sqrt(2)), "one": f32(1.0), "half": f32(0.5), "three": f32(3.0),
+        "c": f32(0.044715), "k": f32(np.sqrt(2 / np.pi)), "s": f32(64**-0.25),
+    }  # fmt: skip
+    nodes = [
+        # BERT: Div, Erf, Add, Mul(0.5, .), Mul(x, .)
+        Node("Div", "d", ["x", "sqrt2"], ["x_d"]),
+        Node("Erf", "e", ["x_d"], ["x_e"]),
+        Node("Add", "a", ["x_e", "one"], ["x_a"]),
+        Node("Mul", "m", ["half", "x_a"], ["x_m"]),
+        Node("Mul", "gelu_erf", ["x", "x_m"], ["y1"]),
+        # GPT-2: Mul(x, 0.5), Pow, Mul(c), Add, Mul(k), Tanh, Add(1), Mul
+        Node("Mul", "h", ["x", "half"], ["t_h"]),
+        Node("Pow", "p", ["x", "three"], ["t_p"]),
+        Node("Mul", "pc", ["t_p", "c"], ["t_pc"]),
+        Node("Add", "s1", ["x", "t_pc"], ["t_s"]),
+        Node("Mul", "sk", ["t_s", "k"], ["t_k"]),
+        Node("Tanh", "t", ["t_k"], ["t_t"]),
+        Node("Add", "a1", ["t_t", "one"], ["t_a"]),
+        Node("Mul", "gelu_tanh", ["t_h", "t_a"], ["y2"]),
+        # scores: MatMul(Mul(q, s), Mul(k, s)), s^2 = 1/8
+        Node("Mul", "qs", ["q", "s"], ["q_s"]),
+        Node("Mul", "ks", ["kt", "s"], ["k_s"]),
+        Node("MatMul", "scores", ["q_s", "k_s"], ["y3"]),
+    ]
+    infos = [TensorInfo(n, (1, 2, 3, 3)) for n in ("x", "q", "kt")]
+    cinfo = [TensorInfo(n, (), "float", "public") for n in consts]
+    return GraphModel("pat", infos, ["y1", "y2", "y3"], nodes, consts=cinfo), consts
+
+
+def test_fuse_rewrites_the_exporters_patterns_exactly():
+    from mpcgpu.nn.dag_fuse import fuse
+
+    g, consts = _gelu_graphs()
+    fused, counts = fuse(g, consts)
+    assert counts == {"gelu": 2, "scaled_matmul": 1}
+    assert [(n.op, n.name, n.attrs) for n in fused.nodes] == [
+        ("Gelu", "gelu_erf", {"approximate": "none"}),
+        ("Gelu", "gelu_tanh", {"approximate": "tanh"}),
+        ("MatMul", "scores", {"pow2": -3}),
+    ]
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.normal(0, 2, (1, 2, 3, 3)) for n in ("x", "q", "kt")}
+    want, got = run_plain(g, {}, consts, feeds), run_plain(fused, {}, consts, feeds)
+    for o in g.outputs:
+        np.testing.assert_allclose(got[o], want[o], rtol=1e-6, atol=1e-6)
+    assert dag.to_dict(dag.from_json(dag.to_json(fused))) == dag.to_dict(fused)
+    # left composed, the GELUs' nodes are found for the profile (5 of the erf form, 8 of the tanh form)
+    from mpcgpu.nn.dag_fuse import gelu_nodes
+
+    found = gelu_nodes(g, consts)
+    assert sorted(n.name for n in g.nodes if id(n) in found) == sorted(
+        ["d", "e", "a", "m", "gelu_erf", "h", "p", "pc", "s1", "sk", "t", "a1", "gelu_tanh"]
+    )
+
+
+def test_fuse_leaves_what_does_not_match():
+    from mpcgpu.nn.dag_fuse import fuse
+
+    g, consts = _gelu_graphs()
+    # another reader of an intermediate value, a different constant, a scale that is no power of two
+    extra = Node("Neg", "peek", ["x_e"], ["peek"])
+    g2 = dag.replace(g, nodes=g.nodes + (extra,), outputs=g.outputs + ("peek",))
+    other = {**consts, "c": np.array(0.044), "s": np.array(0.3)}
+    fused, counts = fuse(g2, other)
+    assert counts == {"scaled_matmul": 0, "gelu": 0} and fused is g2
+    # the choice of rewrites
+    fused, counts = fuse(g, consts, ("scaled_matmul",))
+    assert counts == {"scaled_matmul": 1} and [n.op for n in fused.nodes].count("Gelu") == 0
+    assert fuse(g, consts, False) == (g, {})
+    with pytest.raises(ValueError, match="unknown graph rewrites \\['gelus'\\]"):
+        fuse(g, consts, ["gelus"])

@@ -192,3 +192,35 @@ def test_costs_of_the_private_facets(rt):
     ids = V.OneHotShare(shared(rt, one_hot(np.array([[1, 0, 3]]), 4), integer=True))
     cost = _cost(rt, lambda: gather_private(ctx, Node("Gather", "g", ["t", "i"], ["y"]), [w, ids]))
     assert cost == (1, 3 * 8 * 15)  # one-hot (scale 0) @ table: a resharing, no truncation
+
+
+def test_nonlinear_edge_values(rt):
+    """Activations at 0, +-1 ulp, their segment ends and far out; softmax ties, a single
+    entry, a spread of 50; LayerNorm of a constant row (variance 0: clamped, output = bias)."""
+    from mpcgpu.nn.ops.nonlinear import erf_host, gelu_host, layer_norm_plain, softmax_host
+
+    ctx = Context(rt, None)
+    u = 2.0**-16
+    x = np.array([0.0, u, -u, 2.125, -2.125, 2.8125, -2.8125, 3.25, -3.25, 6.0, -6.0, 100.0, -100.0, 1000.0])
+    xs = shared(rt, x)
+    refs = {
+        "Erf": (erf_host(x), 4e-3),
+        "Tanh": (np.tanh(x), 4e-3),
+        "Sigmoid": (1 / (1 + np.exp(-x)), 3.5e-3),
+        "Gelu": (gelu_host(x), 8e-3),
+        "Relu": (np.maximum(x, 0), 0),
+    }
+    for name, (want, tol) in refs.items():
+        (got,) = dag.op_type(name).private(ctx, Node(name, "n", ["x"], ["y"]), [xs])
+        np.testing.assert_allclose(got.reveal(), want, atol=tol, rtol=tol, err_msg=name)
+    rows = np.array([[1.0, 1.0, 1.0, 1.0], [0.0, -50.0, -50.0, -50.0], [3.0, 3.0, -2.0, 0.0]])
+    (p,) = dag.op_type("Softmax").private(ctx, Node("Softmax", "sm", ["x"], ["y"]), [shared(rt, rows)])
+    np.testing.assert_allclose(p.reveal(), softmax_host(rows, -1), atol=2e-3)
+    (one,) = dag.op_type("Softmax").private(ctx, Node("Softmax", "sm", ["x"], ["y"]), [shared(rt, np.array([[7.5]]))])
+    np.testing.assert_allclose(one.reveal(), [[1.0]], atol=2e-3)
+    flat = np.array([[2.0, 2.0, 2.0, 2.0], [0.5, -0.5, 1.5, -1.5]])
+    bias = np.array([0.1, -0.2, 0.3, 0.0])
+    node = Node("LayerNormalization", "ln", ["x", "s", "b"], ["y"], {"epsilon": 1e-5})
+    (y,) = dag.op_type("LayerNormalization").private(ctx, node, [shared(rt, flat), np.ones(4), bias])
+    (want,) = layer_norm_plain(node, [flat, np.ones(4), bias])
+    np.testing.assert_allclose(y.reveal(), want, atol=5e-3, rtol=5e-3)

@@ -19,7 +19,7 @@ from reference import shared
 
 pytestmark = pytest.mark.mpi(min_size=3)
 
-T, D, H, VOCAB = 6, 16, 2, 11  # tokens, width, heads, vocabulary
+T, D, H, VOCAB = 6, 32, 2, 11  # tokens, width, heads (of 16: score scale 1/4), vocabulary
 needs_protocols = pytest.mark.skipif(
     importlib.util.find_spec("mpcgpu.protocols.attention") is None
     or importlib.util.find_spec("mpcgpu.protocols.normalize") is None,
@@ -110,22 +110,36 @@ def test_attention_block_private_against_plain(rt):
     g, params, consts = attention_block(rng)
     ids = np.array([[3, 0, 10, 7, 3, 1]])
     want = run_plain(g, params, consts, {"input_ids": ids})["hidden"]
-    model = PrivateGraph(g, _shared_params(rt, g, params), consts, rt)
+    shares = _shared_params(rt, g, params)
     feeds = share_inputs(g, {"input_ids": ids} if rt.rank == 0 else None, rt)
     assert isinstance(feeds["input_ids"], V.OneHotShare) and feeds["input_ids"].share.shape == (1, T, VOCAB)
-    profile = Profile()
-    got = model.run(feeds, profile=profile)["hidden"].reveal()
-    err = np.abs(got - want)
-    # stated error: LayerNorm, softmax and tanh approximations (each <= ~1e-2 on its output)
-    # through two residual branches of weights ~0.3: max 0.05, mean 0.01
-    assert err.max() < 0.05 and err.mean() < 0.01, (err.max(), err.mean())
-    rows = {r.path: r for r in profile.rows()}
-    for op in ("Gather", "MatMul", "Softmax", "LayerNormalization", "Tanh", "Gemm", "Pow", "Mul"):
+    runs = {}
+    for fuse in (False, True):
+        model = PrivateGraph(g, shares, consts, rt, fuse=fuse)
+        if not fuse:
+            assert PrivateGraph(g, shares, consts, rt).fused == {"scaled_matmul": 1}  # the default
+        profile = Profile()
+        with rt.comm.measure() as stats:
+            out = model.run(feeds, profile=profile)["hidden"]
+        err = np.abs(out.reveal() - want)
+        # stated error: LayerNorm (2e-3 (1 + |y|)), softmax (1e-3), tanh / GELU (<= 0.0075) through
+        # two residual branches of weights ~0.3: max 0.05, mean 0.01
+        assert err.max() < 0.05 and err.mean() < 0.01, (fuse, err.max(), err.mean())
+        runs[fuse] = stats, {r.path: r for r in profile.rows()}, model
+    (plain_stats, rows, model), (fused_stats, frows, fused) = runs[False], runs[True]
+    assert fused.fused == {"gelu": 1, "scaled_matmul": 1}
+    for op in ("Gather", "MatMul", "Softmax", "LayerNormalization", "Gemm", "Mul", "Gelu (composed)"):
         assert rows[op].rounds > 0 and rows[op].bytes_sent > 0, op
-    for op in ("Reshape", "Transpose", "Split", "Add", "Where"):
+    assert not {"Pow", "Tanh"} & set(rows) and rows["Gelu (composed)"].calls == 8  # the GELU's nodes: one row
+    for op in ("Reshape", "Transpose", "Split", "Add", "Where", "IsNaN"):
         assert rows[op].rounds == 0 and rows[op].bytes_sent == 0, op
-    assert rows["IsNaN"].rounds == 0 and rows["Gather"].rounds == 1  # one-hot @ table: no truncation
+    assert rows["Gather"].rounds == 1  # one-hot @ table: no truncation
     assert rows["MatMul"].calls == 5
+    # fused: one Gelu instead of Mul/Pow/Add/Tanh..., the score scales inside the product
+    assert "Gelu" in frows and not {"Pow", "Tanh", "Mul"} & set(frows)
+    assert frows["Gelu"].rounds == 16 and frows["MatMul"].rounds == rows["MatMul"].rounds
+    assert fused_stats.rounds == plain_stats.rounds - rows["Mul"].rounds - rows["Gelu (composed)"].rounds + 16
+    assert fused_stats.bytes_sent < plain_stats.bytes_sent
     # values are freed after their last use: far fewer alive than the graph's tensors
     assert model.live_peak < len(g.nodes) // 3
 
@@ -264,6 +278,17 @@ def test_compact_weights_read_in_blocks(rt, monkeypatch):
         out = model.run(feeds)["y"]
     np.testing.assert_allclose(out.reveal(), want, atol=2e-3)
     assert stats.rounds == 1 + 2 + 2  # the gather, two products
+    # a folded power of two with a compact weight: inside the truncation of the row blocks
+    from mpcgpu.nn.dag_run import Context
+    from mpcgpu.nn.ops.linear import matmul_private
+
+    h = np.rint(rng.normal(0, 1, (2, 4)) * 2**16) / 2**16
+    node = Node("MatMul", "mm", ["h", "w"], ["y"], {"pow2": -2})
+    hs = shared(rt, h)
+    with rt.comm.measure() as stats:
+        (y,) = matmul_private(Context(rt, None), node, [hs, deal["w"]])
+    assert stats.rounds == 2
+    np.testing.assert_allclose(y.reveal(), h @ w / 4, atol=2e-4)
 
 
 def test_an_encoding_error_names_its_node_on_every_rank(rt):

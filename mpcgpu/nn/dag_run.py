@@ -7,8 +7,8 @@
   its private facet, on the value kinds of :mod:`mpcgpu.nn.ops.values`.  A value is freed
   as soon as no later node reads it (:meth:`GraphModel.last_use`), so a 12-layer network
   holds about one layer's activations at a time.  ``run(feeds, profile=Profile())`` adds
-  one row per operator type (seconds, bytes, rounds, calls), with the public evaluation in
-  a row of its own.
+  one row per operator type (seconds, bytes, rounds, calls; the nodes of a GELU left
+  composed in one row, :data:`GELU_ROW`), with the public evaluation in a row of its own.
 
 Secret integer inputs (token ids) enter as one-hot integer shares whose last axis is the
 vocabulary (:func:`share_inputs` makes them; :meth:`GraphModel.one_hot_width` finds the
@@ -24,8 +24,14 @@ from ..errors import MPCError
 from ..sharing.arithmetic import ArithmeticShare, share
 from ..sharing.compact import CompactShare
 from .dag import GraphError, GraphModel, op_type
+from .dag_fuse import DEFAULT as _DEFAULT_FUSE
+from .dag_fuse import fuse as _fuse
+from .dag_fuse import gelu_nodes as _gelu_nodes
 from .ops import values as V
 from .private import Profile, section
+
+#: the profile row of the nodes of a GELU left composed (one per operator otherwise)
+GELU_ROW = "Gelu (composed)"
 
 
 def _check_known(g: GraphModel, given: dict, infos, what: str, shape_of):
@@ -107,17 +113,26 @@ class Context:
 
 class PrivateGraph:
     """A graph model with secret parameters (``{name: ArithmeticShare | CompactShare}``) and
-    public constants (``{name: array}``, known to every party)."""
+    public constants (``{name: array}``, known to every party).  ``fuse``: the rewrites of
+    :mod:`mpcgpu.nn.dag_fuse` to run the graph with (default: the exact ones, power-of-two
+    score scales folded into the product's truncation; ``True``: also GELU patterns as one
+    Gelu; ``False``: none); :attr:`fused` counts them."""
 
-    def __init__(self, g: GraphModel, params: dict, consts: dict, rt):
+    def __init__(self, g: GraphModel, params: dict, consts: dict, rt, fuse=_DEFAULT_FUSE):
         _check_known(g, params, g.params, "param", lambda v: v.shape)
         for t in g.params:
             if not isinstance(params[t.name], (ArithmeticShare, CompactShare)):
                 raise GraphError(f"graph {g.name}: param {t.name} must be a share, got {type(params[t.name]).__name__}")
         _check_known(g, consts, g.consts, "const", numpy.shape)
-        self.graph = g
+        self.source = g
         self.params = dict(params)
         self.consts = {k: V.public(v) for k, v in consts.items()}
+        self.fused: dict = {}
+        if fuse:
+            g, self.fused = _fuse(g, self.consts, fuse)
+        self.graph = g
+        #: profile rows: a composed GELU's nodes (Div, Erf, Add, Mul... or Pow, Tanh...) in one
+        self._rows = {i: GELU_ROW for i in _gelu_nodes(g, self.consts)}
         self.rt = rt
         self.ctx = Context(rt, g)
         self._last = g.last_use()
@@ -174,7 +189,8 @@ class PrivateGraph:
                     out = _call(node, op.plain, node, [None if a is None else V.public(a) for a in args])
                     out = [V.public(o) for o in out]
             else:
-                with section(profile, comm, node.op, node.op):
+                row = self._rows.get(id(node), node.op)
+                with section(profile, comm, row, row):
                     out = _call(node, op.private, self.ctx, node, args)
             for name, value in zip(node.outputs, out):
                 if name in self._last:  # an output nothing reads (a Split's unused part) is dropped now

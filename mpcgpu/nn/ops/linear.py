@@ -2,6 +2,8 @@
 
 Costs (per party; ``n`` output elements):
 
+* ``pow2`` (our attribute, written by :mod:`mpcgpu.nn.dag_fuse`): the product times
+  ``2^pow2``, folded into the truncation (free);
 * a share times a public matrix (``x @ W``, ``W @ x``): local ring products of each component
   and one truncation (:func:`~mpcgpu.sharing.arithmetic.matmul_public`): 2 rounds, 16 bytes
   per output element;
@@ -32,7 +34,7 @@ from ._common import P, S, ex
 ROW_BLOCK = 1 << 22
 
 
-def matmul_rows(x, w: CompactShare, trunc=None):
+def matmul_rows(x, w: CompactShare, trunc=None, extra_bits: int = 0):
     """``x @ w`` for a compact 2-D weight ``w`` of shape ``(k, n)`` (a ``(in, out)`` matrix,
     an embedding table read by one-hot rows): ``w``'s rows drawn in blocks of about
     :data:`ROW_BLOCK` elements, this party's summand of the product accumulated over the
@@ -48,7 +50,15 @@ def matmul_rows(x, w: CompactShare, trunc=None):
         part = product_summand(x.rt, x.first[..., lo:hi], x.second[..., lo:hi], blk.first, blk.second, ring.matmul)
         del blk
         summand = part if summand is None else summand + part
-    return _summand_product(x.rt, summand, x.scale + w.scale, trunc)
+    return _summand_product(x.rt, summand, x.scale + w.scale, trunc, *_bits(x, w, extra_bits))
+
+
+def _bits(x, y, extra_bits):
+    """``(bits, out_scale)`` of a product's truncation that also divides by ``2^extra_bits``."""
+    f = x.rt.frac_bits
+    if not extra_bits:
+        return None, None
+    return x.scale + y.scale - f + extra_bits, f
 
 
 def _share(node, v, what):
@@ -57,19 +67,37 @@ def _share(node, v, what):
     return held(v)
 
 
-def _product(node, a, b):
-    """``a @ b`` for values of which at least one is secret."""
+def _product(node, a, b, j: int = 0):
+    """``a @ b * 2^-j`` for values of which at least one is secret (``j``: the ``pow2``
+    attribute of a fused MatMul, :mod:`mpcgpu.nn.dag_fuse`: folded into a public operand, or
+    into the truncation of a product of two real shares: free either way)."""
     if V.is_public(b):
-        return matmul_public(_share(node, a, "the left operand"), V.public(b).astype(numpy.float64))
+        return matmul_public(_share(node, a, "the left operand"), V.public(b).astype(numpy.float64) * 2.0**-j)
     if V.is_public(a):
-        return matmul_public(_share(node, b, "the right operand"), V.public(a).astype(numpy.float64), left=True)
-    if isinstance(b, CompactShare) and b.ndim == 2 and not isinstance(a, (V.MaskedShare, V.OneHotShare)):
-        return matmul_rows(held(a), b)
-    return matmul(_share(node, a, "the left operand"), _share(node, b, "the right operand"))
+        pub = V.public(a).astype(numpy.float64) * 2.0**-j
+        return matmul_public(_share(node, b, "the right operand"), pub, left=True)
+    left = _share(node, a, "the left operand")
+    if not (isinstance(b, CompactShare) and b.ndim == 2):  # a 2-D compact weight is read by rows
+        b = _share(node, b, "the right operand")
+    f = left.rt.frac_bits
+    if j and not (left.scale == f and b.scale == f):
+        return V.mul_public(_product(node, left, b), numpy.float64(2.0**-j))
+    if isinstance(b, CompactShare):
+        return matmul_rows(left, b, extra_bits=j)
+    right = b
+    if j:
+        summand = product_summand(left.rt, left.first, left.second, right.first, right.second, ring.matmul)
+        return _summand_product(left.rt, summand, left.scale + right.scale, None, *_bits(left, right, j))
+    return matmul(left, right)
 
 
 def matmul_private(ctx, node, args):
-    return [_product(node, *args)]
+    return [_product(node, *args, j=-int(node.attr("pow2", 0)))]
+
+
+def matmul_plain(node, args):
+    y = numpy.matmul(args[0], args[1])
+    return [y * 2.0 ** int(node.attr("pow2", 0)) if node.attr("pow2") else y]
 
 
 def _t(v):
@@ -177,13 +205,15 @@ def conv_private(ctx, node, args):
 
 register_op(
     "MatMul",
-    plain=lambda node, args: [numpy.matmul(args[0], args[1])],
+    plain=matmul_plain,
     private=matmul_private,
     examples=[
         ex("MatMul", [S("x", (1, 3, 4)), P("w", (4, 5))]),
         ex("MatMul", [S("x", (1, 3, 4)), S("w", (4, 5))]),
         ex("MatMul", [S("q", (1, 2, 3, 4)), S("k", (1, 2, 4, 3))]),
         ex("MatMul", [P("a", (2, 3)), S("x", (2, 3, 2))]),
+        ex("MatMul", [S("q", (1, 2, 3, 4)), S("k", (1, 2, 4, 3))], attrs={"pow2": -3}),
+        ex("MatMul", [S("x", (3, 4)), P("w", (4, 2))], attrs={"pow2": -1}),
     ],
     doc="share x public: 2 rounds, 16 B/out elt; share x share (batched): 2 rounds, 64 B/out elt (3 parties)",
 )

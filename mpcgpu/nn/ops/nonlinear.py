@@ -5,13 +5,16 @@ The private facets call the protocols of :mod:`mpcgpu.protocols.activations`,
 docstrings state rounds, bytes, domains and error bounds; the figures below are theirs at
 ``f = 16``):
 
-* Softmax (any axis): ``masked_softmax`` -- the row maximum by a comparison tree, exp on
-  the non-positive domain, one reciprocal per row; a :class:`~mpcgpu.nn.ops.values.MaskedShare`
+* Softmax (any axis): ``masked_softmax`` -- the row maximum by a comparison tree
+  (10 rounds per level), exp on the non-positive domain clipped below -12, one reciprocal
+  per row (``softmax_cost``; error ``<= 1e-3`` per probability); a :class:`~mpcgpu.nn.ops.values.MaskedShare`
   input (attention masks) passes its public ``keep``: masked entries are 0, a row with
   nothing kept is all 0 (the exporter's IsNaN/Where guard then selects that 0);
-* LayerNormalization (axis, epsilon; scale and bias secret, public or absent):
-  ``layer_norm`` -- mean and variance of the row, one inverse square root per row on a
-  planned domain (a variance outside it is clamped by the protocol's documented rule);
+* LayerNormalization (axis, epsilon; scale and bias secret, public or absent; our attribute
+  ``domain`` = [lo, hi] plans the domain of ``var + eps``, default ``[1e-3, 1e4]``):
+  ``layer_norm`` -- mean and variance of the row, one inverse square root per row
+  (101 rounds on the default domain; error ``<= 2e-3 (1 + |y|)``); a variance outside
+  the domain is clamped by the protocol's documented rule;
 * Erf 18 rounds (max error 0.0035), Tanh 22 rounds (0.0035), Sigmoid 20 rounds (0.003),
   Gelu 16 rounds (0.0075; ``approximate`` "none" or "tanh"): fitted piecewise polynomials,
   one comparison call and one selection (``activation_cost``);
@@ -92,7 +95,10 @@ def layer_norm_private(ctx, node, args):
     for v, what in ((args[1], "scale"), (args[2] if len(args) > 2 else None, "bias")):
         params.append(None if v is None else V.public(v) if V.is_public(v) else V.plain_share(node, v, what))
     axis = norm_axis(node.attr("axis", -1), x.ndim, node)
-    return [layer_norm(x, weight=params[0], bias=params[1], eps=float(node.attr("epsilon", 1e-5)), axis=axis)]
+    domain = node.attr("domain")  # ours: the planned domain of var + eps (default the protocol's)
+    domain = None if domain is None else tuple(float(d) for d in domain)
+    eps = float(node.attr("epsilon", 1e-5))
+    return [layer_norm(x, weight=params[0], bias=params[1], eps=eps, axis=axis, domain=domain)]
 
 
 def gelu_host(x, approximate="none"):
@@ -124,8 +130,8 @@ register_op(
     plain=lambda node, args: [softmax_host(args[0], norm_axis(node.attr("axis", -1), args[0].ndim, node))],
     private=softmax_private,
     examples=[
-        ex("Softmax", [S("x", (2, 3, 5))], values={"x": _wide((2, 3, 5), -6, 6)}, tol=1e-2),
-        ex("Softmax", [S("x", (2, 4, 3))], attrs={"axis": 1}, tol=1e-2),
+        ex("Softmax", [S("x", (2, 3, 5))], values={"x": _wide((2, 3, 5), -6, 6)}, tol=2e-3),
+        ex("Softmax", [S("x", (2, 4, 3))], attrs={"axis": 1}, tol=2e-3),
     ],
     doc="masked_softmax: comparison tree max, exp, one reciprocal per row (protocols.attention.softmax_cost)",
 )
@@ -138,11 +144,11 @@ register_op(
             "LayerNormalization",
             [S("x", (2, 3, 8)), S("scale", (8,)), S("bias", (8,))],
             attrs={"epsilon": 1e-5, "axis": -1},
-            tol=2e-2,
+            tol=5e-3,
         ),
-        ex("LayerNormalization", [S("x", (2, 6)), P("scale", (6,)), P("bias", (6,))], tol=2e-2),
+        ex("LayerNormalization", [S("x", (2, 6)), P("scale", (6,)), P("bias", (6,))], tol=5e-3),
         ex(
-            "LayerNormalization", [S("x", (2, 3, 4)), S("scale", (3, 4))], attrs={"axis": 1, "epsilon": 1e-12}, tol=2e-2
+            "LayerNormalization", [S("x", (2, 3, 4)), S("scale", (3, 4))], attrs={"axis": 1, "epsilon": 1e-12}, tol=5e-3
         ),
     ],
     doc="layer_norm: mean, variance, one inverse square root per row (protocols.normalize.layer_norm_cost)",
@@ -151,21 +157,21 @@ register_op(
     "Erf",
     plain=lambda node, args: [erf_host(args[0])],
     private=_unary(activations.erf),
-    examples=[ex("Erf", [S("x", (3, 7))], values={"x": _wide((3, 7))}, tol=6e-3)],
+    examples=[ex("Erf", [S("x", (3, 7))], values={"x": _wide((3, 7))}, tol=4e-3)],
     doc="activations.erf: 18 rounds, ~496 B/elt (3 parties), max error 0.0035",
 )
 register_op(
     "Tanh",
     plain=lambda node, args: [numpy.tanh(args[0])],
     private=_unary(activations.tanh),
-    examples=[ex("Tanh", [S("x", (3, 7))], values={"x": _wide((3, 7), -5, 5)}, tol=6e-3)],
+    examples=[ex("Tanh", [S("x", (3, 7))], values={"x": _wide((3, 7), -5, 5)}, tol=4e-3)],
     doc="activations.tanh: 22 rounds, ~624 B/elt (3 parties), max error 0.0035",
 )
 register_op(
     "Sigmoid",
     plain=lambda node, args: [1.0 / (1.0 + numpy.exp(-args[0]))],
     private=_unary(activations.sigmoid),
-    examples=[ex("Sigmoid", [S("x", (3, 7))], values={"x": _wide((3, 7), -8, 8)}, tol=6e-3)],
+    examples=[ex("Sigmoid", [S("x", (3, 7))], values={"x": _wide((3, 7), -8, 8)}, tol=3.5e-3)],
     doc="activations.sigmoid: 20 rounds, ~560 B/elt (3 parties), max error 0.003",
 )
 register_op(
@@ -173,8 +179,8 @@ register_op(
     plain=lambda node, args: [gelu_host(args[0], _gelu_mode(node))],
     private=lambda ctx, node, args: [activations.gelu(V.plain_share(node, args[0]), approximate=_gelu_mode(node))],
     examples=[
-        ex("Gelu", [S("x", (3, 7))], values={"x": _wide((3, 7))}, tol=1.2e-2),
-        ex("Gelu", [S("x", (3, 7))], attrs={"approximate": "tanh"}, values={"x": _wide((3, 7))}, tol=1.2e-2),
+        ex("Gelu", [S("x", (3, 7))], values={"x": _wide((3, 7))}, tol=8e-3),
+        ex("Gelu", [S("x", (3, 7))], attrs={"approximate": "tanh"}, values={"x": _wide((3, 7))}, tol=8e-3),
     ],
     doc="activations.gelu: 16 rounds, ~432 B/elt (3 parties), max error 0.0075",
 )
