@@ -95,7 +95,14 @@ def test_each_fixture_imports(which):
     elif which == "gpt2":
         assert inputs == {"input_ids": ((1, 16), "int", "secret")}
         assert g.task == "lm" and g.outputs == ("linear",)
-        assert "val_308" in params  # lm_head's transpose, folded by the exporter: a param
+        # the exporter writes lm_head's transpose as another initializer: tied to lm_head
+        assert "val_308" not in params and "lm_head.weight" in params
+        tie = [n for n in g.nodes if n.outputs == ("val_308",)]
+        assert len(tie) == 1 and tie[0].op == "Transpose" and tie[0].inputs == ("lm_head.weight",)
+        assert any("tied weights: val_308 = lm_head.weight transposed" in n for n in notes)
+        untied, p2, *_ = og.import_graph(_proto(which), which, tie_weights=False)
+        assert "Transpose" not in {n.op for n in untied.nodes if n.outputs == ("val_308",)}
+        assert np.array_equal(p2["val_308"], params["lm_head.weight"].T)
         mask = consts["val_156"]  # the causal mask
         assert mask.shape == (1, 1, 16, 16) and np.array_equal(mask[0, 0] < -1e38, np.triu(np.ones((16, 16)), 1) > 0)
         assert "view_8_shape" in consts  # "view_8/shape" sanitised
@@ -384,7 +391,6 @@ def test_transformer_files_import_as_graph_models(tmp_path):
     path = os.path.join(FIXTURES, "gpt2.onnx")
     g, params, consts, notes = import_model(path)  # compared with onnxruntime by run_plain
     assert isinstance(g, dag.GraphModel) and g.name == "gpt2" and g.task == "lm"
-    assert any("imported as a graph model" in n for n in notes)
     assert any("checked against onnxruntime" in n for n in notes)
     g2, *_ = import_model(path, graph=True, check=False)
     assert dag.to_json(g2) == dag.to_json(g)
@@ -395,6 +401,33 @@ def test_transformer_files_import_as_graph_models(tmp_path):
     assert g3.inputs[0].role == "secret"
     with pytest.raises(MPCError, match="NAME=1,128"):
         import_model(path, graph=True, input_shape=(16,), check=False)
+
+
+def test_a_one_input_graph_the_layer_importer_refuses_imports_as_a_graph(tmp_path):
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+        helper.make_node("Softmax", ["h"], ["p"], axis=-1, name="sm"),  # not the last node
+        helper.make_node("MatMul", ["p", "w2"], ["y"], name="mm2"),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((6, 3)).astype(np.float32), "w2"),
+    ]
+    p = _tiny(
+        nodes,
+        inits,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
+    path = tmp_path / "sm.onnx"
+    onnx.save(p, str(path))
+    with pytest.raises(ModelImportError, match="last node"):
+        import_model(path, graph=False)
+    g, params, consts, notes = import_model(path)
+    assert [n.op for n in g.nodes] == ["MatMul", "Softmax", "MatMul"] and set(params) == {"w1", "w2"}
+    assert any("imported as a graph model (not a chain of layers" in n and "last node" in n for n in notes)
+    assert any("checked against onnxruntime" in n for n in notes)
 
 
 def test_refused_both_ways_gives_both_reasons(tmp_path):
@@ -506,3 +539,56 @@ def test_older_opsets_are_converted_and_gelu_exports_at_opset_20():
     assert [o.version for o in back.opset_import] == [20]
     x = np.linspace(-4, 4, 8, dtype=np.float32).reshape(2, 4)
     np.testing.assert_allclose(_run(back, {"x": x})[0], _run(p20, {"x": x})[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["bert-tiny", "gpt2-tiny", "vit-tiny"])
+def test_built_transformers_export_to_onnx_and_back(name):
+    """The graphs mpcgpu builds itself (tf-zoo's mpcgpu.nn.transformers) export to ONNX that
+    onnxruntime runs as the plaintext executor does, and import back to the same graph."""
+    T = pytest.importorskip("mpcgpu.nn.transformers")
+    from mpcgpu.nn import dag_run
+
+    g = T.get_transformer(name)
+    params, consts = T.random_weights(g, 0)
+    back = og.export_graph(g, params, consts)
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for t in g.inputs:
+        if t.dtype == "int":
+            feeds[t.name] = rng.integers(0, 2, t.shape)
+            if t.name == "attention_mask":
+                feeds[t.name][..., 0] = 1
+        else:
+            feeds[t.name] = rng.standard_normal(t.shape)
+    ref = _run(back, {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in feeds.items()})
+    got = dag_run.run_plain(g, params, consts, feeds)
+    for o, r in zip(g.outputs, ref):
+        np.testing.assert_allclose(np.asarray(got[o]), r, rtol=1e-4, atol=1e-5)
+    g2, params2, consts2, _ = og.import_graph(back, g.name)
+    assert dag.to_dict(g2)["nodes"] == dag.to_dict(g)["nodes"]
+    assert g2.task == g.task and [(t.name, t.role) for t in g2.inputs] == [(t.name, t.role) for t in g.inputs]
+    assert params2.keys() == params.keys()
+
+
+def test_cli_import_then_export_of_a_transformer(tmp_path, capsys):
+    """mpcgpu import bert.onnx, then mpcgpu export of that weights file: the ONNX written
+    runs in onnxruntime as the original (needs graph weights files: nn.weights.load_graph)."""
+    from mpcgpu.cli import main
+    from mpcgpu.nn import weights as W
+
+    if not hasattr(W, "load_graph"):
+        pytest.skip("graph models' weights files (nn.weights.load_graph) are not in this build")
+    w = str(tmp_path / "bert.h5")
+    assert main(["import", os.path.join(FIXTURES, "bert.onnx"), "--out", w, "--float64"]) == 0
+    capsys.readouterr()
+    out_onnx, out_st = str(tmp_path / "b.onnx"), str(tmp_path / "b.safetensors")
+    assert main(["export", w, "--onnx", out_onnx, "--safetensors", out_st]) == 0
+    assert "onnxruntime agrees" in capsys.readouterr().out
+    proto, back = _proto("bert"), onnx.load(out_onnx)
+    feeds = _feeds(proto, 3)
+    for a, b in zip(_run(proto, feeds), _run(back, feeds)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    from safetensors.numpy import load_file
+
+    st = load_file(out_st)
+    assert "embeddings.word_embeddings.weight" in st and st["embeddings.word_embeddings.weight"].shape == (100, 32)

@@ -181,4 +181,64 @@ def export_checked_onnx(path, model: S.Model, params, *, check: bool = True) -> 
     return note
 
 
-__all__ = ["ExportError", "export_safetensors", "to_onnx", "export_onnx", "export_checked_onnx", "OPSET"]
+# -- graph models (transformers) -----------------------------------------------------------
+
+
+def export_graph_checked_onnx(path, g, params, consts, *, check: bool = True) -> str:
+    """Write a graph model (:mod:`mpcgpu.nn.dag`) with its params and public consts as ONNX
+    at ``path`` (:func:`.onnx_graph.export_graph`: opset 18, float32, static shapes),
+    having compared onnxruntime with the plaintext executor on random inputs first when
+    ``check``.  Returns a note on the check (empty without ``check``)."""
+    from ..nn.dag import GraphError
+    from .onnx_graph import export_graph
+
+    try:
+        proto = export_graph(g, params, consts)
+    except GraphError as e:
+        raise ExportError(str(e)) from None
+    if proto.ByteSize() >= 2**31 - 1:
+        raise ExportError(f"graph model {g.name}: over 2 GB, more than one ONNX file holds without external data")
+    note = ""
+    if check:
+        try:
+            from .importer import check_graph_against_onnxruntime
+
+            diff = check_graph_against_onnxruntime(proto, g, params, consts)
+        except ImportError:
+            note = " (onnxruntime not installed: not checked)"
+        else:
+            if diff > 1e-3:
+                raise ExportError(f"onnxruntime disagrees with the weights file by {diff:.2e}: not written")
+            note = f" (onnxruntime agrees to {diff:.1e} relative)"
+    _atomic(path, lambda tmp: open(tmp, "wb").write(proto.SerializeToString()))
+    return note
+
+
+def export_graph_safetensors(path, g, params) -> str:
+    """A graph model's params as float32 safetensors under their names (the ONNX
+    initializer names they were imported with), the graph's JSON in the metadata."""
+    try:
+        from safetensors.numpy import save_file
+    except ImportError:  # pragma: no cover
+        raise ExportError("exporting safetensors needs: pip install 'mpcgpu[onnx]'") from None
+    from ..nn import dag
+
+    tensors = {}
+    for t in g.params:
+        a = numpy.asarray(params[t.name], numpy.float64)
+        if a.shape != t.shape or not numpy.isfinite(a).all():
+            raise ExportError(f"parameter {t.name}: shape {a.shape} (the graph says {t.shape}) or non-finite values")
+        tensors[t.name] = numpy.ascontiguousarray(a, numpy.float32)
+    return _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"mpcgpu-graph": dag.to_json(g)}))
+
+
+__all__ = [
+    "ExportError",
+    "export_safetensors",
+    "to_onnx",
+    "export_onnx",
+    "export_checked_onnx",
+    "export_graph_checked_onnx",
+    "export_graph_safetensors",
+    "OPSET",
+]

@@ -133,6 +133,12 @@ def _check_graph(proto, g, params, consts, notes):
     notes.append(f"checked against onnxruntime on random inputs: max relative difference {diff:.1e}")
 
 
+#: operators no network of layers has and every exported transformer has: a file with one
+#: of them goes straight to the graph importer (no layer-chain attempt that loads every
+#: weight first)
+GRAPH_MARKERS = ("LayerNormalization", "Gelu", "IsNaN", "Split", "GatherND", "GatherElements")
+
+
 def import_model(
     path,
     *,
@@ -174,8 +180,12 @@ def import_model(
         name = name or os.path.splitext(os.path.basename(path))[0]
         graph_args = (input_shapes, public_inputs, secret_inputs, task)
         chain_error = None
-        if graph is None and any(a for a in graph_args):
-            graph = True  # options only a graph model has
+        if graph is None and (
+            any(a for a in graph_args)
+            or len(_data_inputs(proto)) > 1
+            or any(n.op_type in GRAPH_MARKERS for n in proto.graph.node)
+        ):
+            graph = True  # options only a graph model has, several inputs, transformer operators
         if not graph:
             try:
                 model, params = import_onnx(proto, name=name, input_shape=input_shape)

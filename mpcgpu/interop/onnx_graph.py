@@ -373,6 +373,7 @@ def import_graph(
     public_inputs=None,
     secret_inputs=None,
     task=None,
+    tie_weights=True,
 ):
     """``(GraphModel, params, consts, notes)`` of an ONNX ``ModelProto`` (see the module
     docstring).  ``params``: ``{name: float64 array}`` (secret weights); ``consts``:
@@ -380,7 +381,9 @@ def import_graph(
 
     ``input_shapes``: ``{input name: full shape (batch included)}`` for symbolic dimensions;
     ``public_inputs`` / ``secret_inputs``: input names whose role to force; ``task``:
-    ``hidden`` / ``logits`` / ``lm`` instead of the guess."""
+    ``hidden`` / ``logits`` / ``lm`` instead of the guess; ``tie_weights``: a param that is
+    exactly an earlier one transposed becomes a ``Transpose`` node of it (one secret copy of
+    GPT-2's tied token table instead of two)."""
     onnx = _onnx()
     from onnx import helper
 
@@ -609,6 +612,9 @@ def import_graph(
         else:
             out_consts[clean(t)] = _host(values[t])
     out_consts.update(attr_consts)
+    tied = _tie_transposed(out_params, gnodes, node_names) if tie_weights else []
+    if tied:
+        notes.append("tied weights: " + ", ".join(f"{b} = {a} transposed" for b, a in tied) + " (one secret copy each)")
 
     ginputs = [TensorInfo(clean(n), s, k, r) for n, s, k, r in inputs]
     gparams = [TensorInfo(k, v.shape, "float", "secret") for k, v in out_params.items()]
@@ -644,6 +650,33 @@ def import_graph(
     if masks:
         notes.append(f"public masks (0 and <= -1e4): {', '.join(masks)}")
     return model, out_params, out_consts, notes
+
+
+def _tie_transposed(params, nodes, node_names) -> list:
+    """Params that are exactly another param transposed (GPT-2's tied ``lm_head`` next to
+    the token table: the exporter writes both) become ``Transpose`` nodes of it, so the
+    owner shares one copy.  Changes ``params`` and ``nodes`` in place; returns the
+    ``(tied, source)`` pairs."""
+    by_shape = {}
+    tied = []
+    for k in list(params):  # the file's order: a param is tied to an earlier one
+        v = params[k]
+        if v.ndim != 2:
+            continue
+        for src in by_shape.get(v.shape[::-1], ()) if v.shape[0] != v.shape[1] else ():
+            if src in params and src not in dict(tied) and numpy.array_equal(params[src].T, v):
+                tied.append((k, src))
+                break
+        else:
+            by_shape.setdefault(v.shape, []).append(k)
+    for k, src in tied:
+        del params[k]
+        name = f"tie_{k}"
+        while name in node_names:
+            name += "_"
+        node_names.add(name)
+        nodes.insert(0, Node("Transpose", _NAME_OK.sub("_", name), [src], [k], {"perm": [1, 0]}))
+    return tied
 
 
 def _shape_slice(dims, start, end):

@@ -20,6 +20,9 @@ Write a plaintext mpcgpu weights file -- e.g. STEM.weights.h5, the trained weigh
                                    (torchvision's for the torchvision-shaped zoo models):
                                    model.load_state_dict(safetensors.torch.load_file(FILE))
 
+A graph model (a transformer imported by `mpcgpu import`) is written as the ONNX graph
+it is (opset 18, static shapes) and its parameters under their names.
+
 Runs on the owner's machine (no MPI). With onnxruntime installed the ONNX file is run on
 random inputs and compared with mpcgpu's plaintext executor before it is kept.
 
@@ -46,6 +49,8 @@ def run(args) -> int:
         for p in outs:
             if os.path.exists(p) and not args.force:
                 raise ExportError(f"{p} exists (use --force to overwrite)")
+        if _holds_graph(args.weights):
+            return _export_graph(args)
         model = read_architecture(args.weights)
         _, params = load_weights(args.weights, model)
         if args.onnx:
@@ -57,4 +62,28 @@ def run(args) -> int:
     except (MPCError, OSError) as exc:
         print(f"mpcgpu export: error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _holds_graph(path) -> bool:
+    from ..nn import weights as W
+
+    check = getattr(W, "is_graph_file", None)  # graph models' weights files (nn.weights)
+    return bool(check is not None and os.path.isfile(path) and check(path))
+
+
+def _export_graph(args) -> int:
+    """A graph model's weights file (a transformer): ONNX by interop.onnx_graph, params as
+    safetensors under their names."""
+    from ..interop.export import export_graph_checked_onnx, export_graph_safetensors
+    from ..nn.weights import load_graph
+
+    g, params, consts = load_graph(args.weights)
+    if args.onnx:
+        note = export_graph_checked_onnx(args.onnx, g, params, consts, check=not args.no_check)
+        shapes = ", ".join(f"{t.name} {'x'.join(map(str, t.shape))}" for t in g.inputs)
+        print(f"written {args.onnx}: ONNX graph of {len(g.nodes)} nodes, inputs {shapes}{note}")
+    if args.safetensors:
+        export_graph_safetensors(args.safetensors, g, params)
+        print(f"written {args.safetensors}: {len(params)} float32 tensors of graph model {g.name}")
     return 0
