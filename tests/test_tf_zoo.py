@@ -311,3 +311,49 @@ def test_run_plain_decode_step():
     np.testing.assert_allclose(got["logits"], logits[:, 5:], atol=1e-9)
     np.testing.assert_allclose(got["present.1.value"], cache[1][1], atol=1e-9)
     assert step.one_hot_width("input_ids") == cfg.vocab
+
+
+def test_gpt2_last_only():
+    cfg = TF.get_config("gpt2-tiny", batch=2)
+    g = TF.gpt2(cfg, last_only=True)
+    assert g.param_shapes() == TF.gpt2(cfg).param_shapes()
+    params, consts = TF.random_weights(g, 15, ln_noise=0.1)
+    ids = np.random.default_rng(7).integers(0, cfg.vocab, (2, cfg.seq_len))
+    got = run_onnx(g, params, consts, {"input_ids": ids})
+    assert got["logits"].shape == (2, 1, cfg.vocab)
+    _close(got["logits"], gpt2_ref(params, cfg, ids)[0][:, -1:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bert-base", "gpt2", "vit-b16"])
+def test_full_size_equals_hugging_face(name):
+    """The full configurations against the Hugging Face models of their default configs
+    (the plaintext executor in float64 against torch in float32), minutes."""
+    torch = pytest.importorskip("torch")
+    tr = pytest.importorskip("transformers")
+    dag_run = pytest.importorskip("mpcgpu.nn.dag_run")
+    torch.manual_seed(0)
+    g = TF.get_transformer(name)
+    rng = np.random.default_rng(0)
+    if name == "bert-base":
+        m = tr.BertModel(tr.BertConfig()).eval()
+        ids = rng.integers(0, 30522, (1, 128))
+        mask = np.ones((1, 128), np.int64)
+        with torch.no_grad():
+            want = m(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+        feeds, out, transpose = {"input_ids": ids, "attention_mask": mask}, "last_hidden_state", True
+    elif name == "gpt2":
+        m = tr.GPT2LMHeadModel(tr.GPT2Config()).eval()
+        ids = rng.integers(0, 50257, (1, 32))
+        with torch.no_grad():
+            want = m(input_ids=torch.tensor(ids)).logits.numpy()
+        feeds, out, transpose = {"input_ids": ids}, "logits", False
+    else:
+        m = tr.ViTForImageClassification(tr.ViTConfig(num_labels=1000)).eval()
+        x = rng.standard_normal((1, 3, 224, 224))
+        with torch.no_grad():
+            want = m(pixel_values=torch.tensor(x, dtype=torch.float32)).logits.numpy()
+        feeds, out, transpose = {"pixel_values": x}, "logits", True
+    params = _hf_params(m.state_dict(), g, linear_is_out_in=transpose)
+    got = dag_run.run_plain(g, params, TF.graph_consts(g), feeds)[out]
+    _close(got, want, 1e-4)

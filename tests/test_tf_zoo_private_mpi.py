@@ -55,6 +55,7 @@ def _compare(got, want):
     got, want = np.asarray(got), np.asarray(want)
     assert got.shape == want.shape
     err = np.abs(got - want)
+    print(f"\n  private vs plain: max error {err.max():.3g}, mean {err.mean():.3g} (scale {np.abs(want).max():.3g})")
     assert err.max() <= TOL * max(1.0, np.abs(want).max()), f"max error {err.max()}, mean {err.mean()}"
 
 

@@ -163,3 +163,17 @@ def test_compact_weights_of_large_graphs():
     assert not wants_compact_graph(TF.get_transformer("bert-tiny"), auto)
     assert wants_compact_graph(TF.get_transformer("bert-tiny"), SimpleNamespace(compact_weights=True))
     assert not wants_compact_graph(TF.get_transformer("gpt2"), SimpleNamespace(compact_weights=False))
+
+
+def test_random_weights_for_a_graph_read_from_a_file(tmp_path):
+    """bench --models FILE: the architecture of a weights file with random weights (its
+    consts from the file)."""
+    path = tmp_path / "vit.h5"
+    _, _, consts = _graph_file(path, "vit-tiny")
+    g = W.model_by_name_or_file(str(path))
+    params, c2 = TF.random_weights(g, 1)
+    assert set(params) == {p.name for p in g.params}
+    assert all(np.array_equal(c2[k], consts[k]) and c2[k].dtype == consts[k].dtype for k in consts)
+    g2 = dag.from_json(dag.to_json(g))  # not read from a file: no const values known
+    with pytest.raises(dag.GraphError, match="const values are unknown"):
+        TF.random_weights(g2, 1)

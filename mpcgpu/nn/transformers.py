@@ -369,11 +369,13 @@ def _gpt2_head(b: _Builder, x, wte):
     return b.op("MatMul", [x, b.op("Transpose", [wte], perm=[1, 0])], out="logits")
 
 
-def gpt2(config="gpt2", *, present: bool = False) -> GraphModel:
+def gpt2(config="gpt2", *, present: bool = False, last_only: bool = False) -> GraphModel:
     """GPT-2 (``GPT2LMHeadModel``, tied head): input ``input_ids`` ``[B, T]`` (secret int),
     output ``logits`` ``[B, T, vocab]`` (task ``lm``); with ``present`` also
     ``present.{i}.key`` / ``present.{i}.value`` ``[B, heads, T, d]`` per layer (the cache
-    for :func:`gpt2_decode`)."""
+    for :func:`gpt2_decode`).  ``last_only``: the final LayerNorm and the LM head on the
+    last position only (``Gather`` of it first; ``logits`` ``[B, 1, vocab]``), all that
+    generating the next token needs (the head is the largest product: T times less)."""
     c = _config(config, "gpt2")
     b = _Builder(c)
     b.present = present
@@ -385,6 +387,8 @@ def gpt2(config="gpt2", *, present: bool = False) -> GraphModel:
     for i in range(c.layers):
         x, k, v = _gpt2_block(b, x, i, T, mask)
         outs += [k, v]
+    if last_only:
+        x = b.op("Gather", [x, b.const("const.last_position", np.array([T - 1], np.int64))], axis=1)
     _gpt2_head(b, x, wte)
     return _finish(b, ["logits"] + (outs if present else []), "lm", _describe(c, "GPT-2"))
 
@@ -479,13 +483,24 @@ def config_dict(config: TransformerConfig) -> dict:
 
 
 def graph_consts(g: GraphModel) -> dict:
-    """The public const values of a graph built here (``{name: array}``)."""
+    """The public const values of a graph built here or read from a weights file
+    (:func:`mpcgpu.nn.weights.read_architecture`, :func:`~mpcgpu.nn.weights.load_graph`):
+    ``{name: array}``."""
     if g in _CONSTS:
         return {k: v.copy() for k, v in _CONSTS[g].items()}
     raise GraphError(
         f"graph {g.name}: its const values are unknown here (built elsewhere); "
-        "read them with the graph from its weights file"
+        "read the graph from its weights file (mpcgpu.nn.weights.load_graph)"
     )
+
+
+def remember_consts(g: GraphModel, consts: dict) -> None:
+    """Record the const values of ``g`` (a graph read from a file) for :func:`graph_consts`
+    and :func:`random_weights` (e.g. random weights for an imported architecture)."""
+    missing = [c.name for c in g.consts if c.name not in consts]
+    if missing:
+        raise GraphError(f"graph {g.name}: const values missing for {missing[:5]}")
+    _CONSTS[g] = {c.name: np.asarray(consts[c.name]) for c in g.consts}
 
 
 def random_weights(g: GraphModel, seed: int = 0, *, std: float = 0.02, ln_noise: float = 0.0, dtype=np.float64):
@@ -526,5 +541,6 @@ __all__ = [
     "list_transformers",
     "config_dict",
     "graph_consts",
+    "remember_consts",
     "random_weights",
 ]

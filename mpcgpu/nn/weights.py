@@ -238,6 +238,9 @@ def load_graph(path, *, dtype=np.float64) -> tuple:
         consts = {k: np.asarray(d[()]) for k, d in f["consts"].items()} if "consts" in f else {}
     check_graph_arrays(g, params, consts, path)
     consts = {t.name: np.asarray(consts[t.name], CONST_DTYPES[t.dtype]) for t in g.consts}
+    from .transformers import remember_consts
+
+    remember_consts(g, consts)
     return g, {p.name: params[p.name] for p in g.params}, consts
 
 
@@ -284,7 +287,16 @@ def read_architecture(path):
 
     with open_for_reading(path, WeightsError, "weights file") as f:
         name, stored = _header(f, path)
-    return _architecture(name, stored, path)
+        arch = _architecture(name, stored, path)
+        if isinstance(arch, dag.GraphModel):  # its consts too (transformers.graph_consts)
+            from .transformers import remember_consts
+
+            consts = {k: np.asarray(d[()]) for k, d in f["consts"].items()} if "consts" in f else {}
+            try:
+                remember_consts(arch, {c.name: consts[c.name].astype(CONST_DTYPES[c.dtype]) for c in arch.consts})
+            except KeyError as e:
+                raise WeightsError(f"{path}: graph {arch.name}: no value for const {e}") from None
+    return arch
 
 
 def model_by_name_or_file(arg: str):
