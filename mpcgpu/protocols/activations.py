@@ -16,8 +16,8 @@ with ``b = [x < -T]``, ``s = [-T <= x < T]``, ``L``/``R`` the left/right affine 
   gives ``[x < T]`` and ``b = [x < -T]`` (8 rounds); ``s = [x < T] XOR b`` is local (b
   implies ``[x < T]``);
 * **the polynomial** uses the parity of the function: ``P = x/2 + Q(x^2)`` (GELU, SiLU:
-  the even part ``x (f(x) - x/2)``... is ``f - x/2``) or ``P = c + x Q(x^2)`` (erf, tanh,
-  sigmoid: ``c`` is 0 or 1/2).  ``Q`` is evaluated in ``v = x^2 / 2^m`` (``2^m >= T^2``, so
+  ``f(x) - x/2`` is even) or ``P = c + x Q(x^2)`` (erf, tanh, sigmoid: ``f - c`` is odd,
+  ``c`` is 0 or 1/2).  ``Q`` is evaluated in ``v = x^2 / 2^m`` (``2^m >= T^2``, so
   ``v`` is in ``[0, 1]`` on the segment and Horner's rounding errors are not amplified)
   by Horner's rule whose innermost step ``c_{d-1} + c_d v`` is free (an integer multiple
   of the ring elements plus a public constant): one fused product-and-truncation per
@@ -47,16 +47,16 @@ together for ``n`` elements: ``24 (2n + tree_words(2n)) + 64 P n + 96 n`` (the M
 elements, the products, the selection of 2n values by 2n bits), about ``71 + 64 P + 96``
 per element:
 
-===================  =====  =======  ====  ======  ======  =============
-function             T      degree   P     rounds  bound   bytes/element
-===================  =====  =======  ====  ======  ======  =============
-gelu (erf form)      2.8125 6        3     16      0.0075  ~432
-gelu (tanh form)     2.8125 6        3     16      0.0075  ~432
-silu                 6.6875 10       5     20      0.0095  ~560
-erf                  2.125  7        4     18      0.0035  ~496
-tanh                 3.25   11       6     22      0.0035  ~624
-sigmoid              6.0    9        5     20      0.0030  ~560
-===================  =====  =======  ====  ======  ======  =============
+===================  ======  ======  ===  ======  ======  ========  =============
+function             T       degree  P    rounds  bound   measured  bytes/element
+===================  ======  ======  ===  ======  ======  ========  =============
+gelu (erf form)      2.8125  6       3    16      0.0075  0.0069    ~432
+gelu (tanh form)     2.8125  6       3    16      0.0075  0.0067    ~432
+silu                 6.6875  10      5    20      0.0095  0.0088    ~560
+erf                  2.125   7       4    18      0.0035  0.0030    ~496
+tanh                 3.25    11      6    22      0.0035  0.0031    ~624
+sigmoid              6.0     9       5    20      0.0030  0.0027    ~560
+===================  ======  ======  ===  ======  ======  ========  =============
 
 (GELU: PUMA's piecewise approximation has 0.014.)  Domain: every fixed-point value
 (the comparisons are exact whenever ``x +- T`` does not wrap the ring).

@@ -10,24 +10,27 @@ Steps (``f`` fractional bits; ``R`` rows of ``n`` elements, ``N = R n``)
 2. ``c^2`` -- and ``c * weight`` when the weight is secret -- in ONE product call WITHOUT
    truncation (1 round, a resharing: 24 bytes per element in all): the squares are exact
    ring values at ``2f`` bits and their row sums lose nothing.
-3. ``var = sum(c^2) / n`` kept at ``f + 4`` bits (a truncation of ``R`` elements, then the
-   public ``1/n``: 4 rounds); ``+ eps``.
-4. **clamp** into the domain ``[lo, hi]`` (default ``[1e-3, 1e4]``): the MSB of the
-   stacked ``(var - lo, var - hi)`` (8 rounds, ``2R`` elements) and one multiply-by-bit
-   call (2 rounds): ``hi + [var < hi] (var - hi) + [var < lo] (lo - var)``.  Comparisons
-   on the row values only (``R`` elements).
-5. ``r = 1/sqrt(var)`` by :func:`mpcgpu.protocols.approx.inv_sqrt` on the planned domain
-   (its rounds: 76 for the default domain), from ``var * 2^4`` read at ``f`` bits (so
-   small variances keep their precision: ``1e-3`` is 1049 units), ``r = 4 inv_sqrt``;
-   then one Newton step ``r (3 - var r^2) / 2`` computed at more bits (3 products of
-   ``R`` elements, 6 rounds), ``r`` at ``f + 4`` bits: inv_sqrt's result at ``f`` bits
-   alone is only ~160 units for ``var = 1e4`` (1 % relative), after the step ``2e-4``.
+3. ``v = sum(c^2) + n eps`` (``= n (var + eps)``) truncated to ``f`` bits (2 rounds, ``R``
+   elements); the ``1/n`` is folded into step 5's scale factors (no product of its own).
+4. **clamp and octave** in ONE comparison call: the MSB of ``v - n t`` for the clamp
+   thresholds ``t = lo, hi`` (default domain ``[1e-3, 1e4]``) and the octave thresholds
+   ``t = 2^k`` inside it (25 thresholds per row for the default domain: 8 rounds on
+   ``25 R`` elements); then ONE multiply-by-bit call (2 rounds) gives both the clamped
+   ``v`` (``n hi + [v < n hi] (v - n hi) + [v < n lo] (n lo - v)``) and the octave bits
+   as arithmetic 0/1 shares.  With ``var`` in ``[2^k, 2^(k+1))`` (clamped), the public
+   per-octave constants ``2^-k / n`` and ``2^(-k/2)`` become secret factors as integer
+   combinations of the bits (telescoping over the one-hot octave: free).
+5. ``var' = v 2^-k / n`` in ``[1, 2)`` (one product, 2 rounds), ``r' = 1/sqrt(var')`` by
+   :func:`mpcgpu.protocols.approx.inv_sqrt` on ``[0.99, 2.02]`` (20 rounds: a short plan,
+   instead of 76 rounds for a domain spanning ``1e7``) and ``r = r' 2^(-k/2)`` (one
+   product, 2 rounds) at ``f + 4`` bits -- the relative precision of ``r'`` (``2^-16``)
+   is kept over the whole domain.
 6. ``y = c r`` (or ``(c w) r``): one fused product and truncation (2 rounds, 64 bytes per
    element in all); a public weight is folded in for free (``c`` times its fixed-point
    integers before the product); the bias is added locally (secret or public).
 
-Rounds: ``2 + 1 + 4 + 10 + inv_sqrt + 6 + 2`` (101 for the default domain).  Bytes in all:
-``88 N`` (+ ``24 N`` with a secret weight) plus per-row terms (:func:`layer_norm_cost`).
+Rounds: ``2 + 1 + 2 + 8 + 2 + 2 + 20 + 2 + 2 = 41``.  Bytes in all: ``88 N`` (+ ``24 N``
+with a secret weight) plus per-row terms (:func:`layer_norm_cost`).
 
 The variance domain and the clamp
 =================================
@@ -45,7 +48,7 @@ sqrt(clamp)``, the exact result times ``sqrt((var + eps) / clamp)``:
   the default ``hi``).
 
 Never garbage: the bound is stated, and a caller who expects wider rows passes a
-``domain`` (``hi < 2^16``, ``hi / lo <= 2^24``).
+``domain`` (``2^-16 <= lo < hi <= 2^16``).
 
 Input range
 ===========
@@ -55,7 +58,10 @@ The row sum of exact squares must stay below ``2^62`` ring units: ``sum (x - mea
 Larger inputs are outside the supported range (the protocol cannot see them: results
 would be wrong).
 
-Accuracy (measured, tests): ``|err| <= 2e-3 (1 + |y|)`` on the domain.
+Accuracy on the domain: ``|err| <= 1e-3 (1 + |y|) + 2^-15 / sqrt(var)`` (tests; the second
+term: the mean and the centred values are exact only to a unit in the last place, which
+the division by a small std magnifies -- ``7.6e-4`` at ``var = 1.6e-3``; measured ~1e-3
+there, ~1e-4 for ``var >= 1``).
 """
 
 from __future__ import annotations
@@ -66,42 +72,34 @@ import numpy as _np  # host-side shapes and public constants only; never for sha
 
 from ..errors import ProtocolError
 from ..sharing.arithmetic import ArithmeticShare, mul, mul_public, mul_trunc, public_factor_parts, stack, truncate
-from ..sharing.binary import stack as binary_stack
-from .approx import inv_sqrt, plan_inv_sqrt, plan_bytes
+from ..sharing.compact import CompactShare
+from ..sharing.replicated import with_public
+from .approx import inv_sqrt, plan_bytes, plan_inv_sqrt
 from .convert import msb, mul_bit, tree_words
 
 DEFAULT_DOMAIN = (1e-3, 1e4)
-VAR_EXTRA_BITS = 4  # the variance carries f + 4 bits; inv_sqrt sees var * 2^4
-R_SCALE_EXTRA = 4  # 1 / sqrt(var) after the Newton step carries f + 4 bits
+ISQRT_DOMAIN = (0.99, 2.02)  # var scaled into its octave: [1, 2)
+R_SCALE_EXTRA = 4  # 1 / sqrt(var) carries f + 4 bits
+SCALE_BITS = 40  # fractional bits of the secret factor 2^-k / n
+ROOT_BITS = 24  # fractional bits of the secret factor 2^(-k/2)
 
 
 def _check_domain(domain):
     lo, hi = (float(v) for v in domain)
     if not (0 < lo < hi) or not math.isfinite(hi):
         raise ProtocolError(f"layer_norm: the variance domain must satisfy 0 < lo < hi, got {domain}")
-    scale = 2.0**VAR_EXTRA_BITS
-    if hi * scale >= 2.0**20 or hi / lo > 2.0**24:
-        raise ProtocolError(
-            f"layer_norm: variance domain {domain} not supported (hi < {2.0**20 / scale:g}, hi/lo <= 2^24)"
-        )
+    if lo < 2.0**-16 or hi > 2.0**16:
+        raise ProtocolError(f"layer_norm: variance domain {domain} not supported (2^-16 <= lo < hi <= 2^16)")
     return lo, hi
 
 
-def _isqrt_domain(lo, hi):
-    s = 2.0**VAR_EXTRA_BITS
-    return (lo * s * 0.999, hi * s * 1.001)
+def _octaves(lo: float, hi: float):
+    """The octaves ``k`` with ``[2^k, 2^(k+1))`` meeting ``[lo, hi]``."""
+    return list(range(math.floor(math.log2(lo)), math.floor(math.log2(hi)) + 1))
 
 
 def _mean_parts(n: int, f: int) -> int:
     return len(public_factor_parts(1.0 / n, f, f))
-
-
-def _var_parts(n: int, f: int) -> int:
-    return len(public_factor_parts(1.0 / n, f + VAR_EXTRA_BITS, f + VAR_EXTRA_BITS, bound=_sum_bound(n)))
-
-
-def _sum_bound(n: int) -> float:
-    return 2.0**30  # sum of squares of the supported input range
 
 
 def layer_norm_cost(rows: int, width: int, domain=DEFAULT_DOMAIN, secret_weight: bool = True) -> dict:
@@ -112,14 +110,14 @@ def layer_norm_cost(rows: int, width: int, domain=DEFAULT_DOMAIN, secret_weight:
     N = R * n
     lo, hi = _check_domain(domain)
     f = 16
-    plan = plan_inv_sqrt(_isqrt_domain(lo, hi), rt=_Rt(f))
-    rounds = 2 + 1 + 2 + 2 + 10 + plan.rounds + 6 + 2
+    plan = plan_inv_sqrt(ISQRT_DOMAIN, rt=_Rt(f))
+    M = R * (len(_octaves(lo, hi)) + 1)  # comparisons: 2 clamp + (octaves - 1) thresholds
+    rounds = 2 + 1 + 2 + 8 + 2 + 2 + plan.rounds + 2 + 2
     b = 48 * R * _mean_parts(n, f)  # mean
     b += 24 * N * (2 if secret_weight else 1)  # squares (and c w), resharing only
-    b += 48 * R  # the row sums of squares truncated to f + 4 bits
-    b += 48 * R * _var_parts(n, f)  # times 1/n
-    b += 24 * (2 * R + tree_words(2 * R)) + 96 * R  # clamp
-    b += plan_bytes(R, plan.products, plan.truncations) + 3 * 64 * R  # inv_sqrt, Newton step
+    b += 48 * R  # the row sums of squares truncated to f bits
+    b += 24 * (M + tree_words(M)) + 72 * M  # comparisons; selection with the bits injected
+    b += 64 * R + plan_bytes(R, plan.products, plan.truncations) + 64 * R  # var', inv_sqrt, r
     b += 64 * N  # c r
     return {"rounds": rounds, "bytes": b}
 
@@ -129,8 +127,33 @@ class _Rt:  # the planners only read frac_bits
         self.frac_bits = f
 
 
+def _octave_factor(abits: ArithmeticShare, weights) -> ArithmeticShare:
+    """``sum_k onehot_k weights[k]`` (ring integers, scale 0) from the arithmetic bits of
+    :func:`layer_norm` (rows 2.. are ``a_k`` of the inner thresholds): local, exact mod
+    2^64 (the weights are integers up to ``2^50``, beyond the range of public operands)."""
+    xp, rt = abits.xp, abits.rt
+    first = xp.zeros(abits.shape[1:], dtype=xp.uint64)
+    second = xp.zeros(abits.shape[1:], dtype=xp.uint64)
+    for j in range(1, len(weights)):
+        k = xp.uint64((weights[j - 1] - weights[j]) % (1 << 64))
+        first = first + abits.first[1 + j] * k
+        second = second + abits.second[1 + j] * k
+    top = xp.uint64(weights[-1] % (1 << 64))
+    first, second = with_public(first, second, top, rt.rank, xp, lambda u, w: u + w)
+    return ArithmeticShare(first, second, 0, rt)
+
+
+def _as_share(value):
+    """A compactly held weight (:class:`~mpcgpu.sharing.compact.CompactShare`) as an ordinary share."""
+    return value.materialize() if isinstance(value, CompactShare) else value
+
+
 def _public_param(value, shape, what):
-    arr = _np.asarray(value, dtype=_np.float64)
+    try:
+        arr = _np.asarray(value, dtype=_np.float64)
+    except (TypeError, ValueError):
+        kind = type(value).__name__
+        raise ProtocolError(f"layer_norm: {what} must be a share or a public array, got {kind}") from None
     try:
         _np.broadcast_to(arr, shape)
     except ValueError:
@@ -169,6 +192,7 @@ def layer_norm(x: ArithmeticShare, weight=None, bias=None, eps: float = 1e-5, ax
     lead = tuple(x.shape[:ax])
     R = math.prod(lead)
     v = x.reshape(R, n)
+    weight, bias = _as_share(weight), _as_share(bias)
 
     # 1. mean and centred values
     mean = mul_public(v.sum(axis=1, keepdims=True), 1.0 / n)
@@ -198,23 +222,28 @@ def layer_norm(x: ArithmeticShare, weight=None, bias=None, eps: float = 1e-5, ax
         else:
             cw = c
 
-    # 3. variance at f + 4 bits
-    s = sq.sum(axis=1, keepdims=True)  # 2f bits, exact
-    S = f + VAR_EXTRA_BITS
-    s = truncate(s, 2 * f - S, S)
-    var = mul_public(s, 1.0 / n, bound=_sum_bound(n)) + eps
+    # 3. v = n (var + eps) at f bits
+    v = truncate(sq.sum(axis=1, keepdims=True), f, f) + n * eps
 
-    # 4. clamp into [lo, hi]
-    bits = msb(stack([var - lo, var - hi]))  # [var < lo], [var < hi]
-    sel = mul_bit(stack([lo - var, var - hi]), binary_stack([bits[0], bits[1]]))
-    var = sel[0] + sel[1] + hi
+    # 4. clamp and octave: one comparison call, one selection call
+    ks = _octaves(lo, hi)
+    thresholds = [lo, hi] + [2.0**k for k in ks[1:]]
+    t = _np.asarray(thresholds).reshape(-1, 1, 1) * n
+    bits = msb(v.reshape(1, R, 1) - t)  # [v < n t], (T, R, 1)
+    zero = v * 0
+    vals = stack([n * lo - v, v - n * hi] + [zero] * (len(thresholds) - 2))
+    sel, abits = mul_bit(vals, bits, with_bit=True)
+    v = sel[0] + sel[1] + n * hi
+    # telescoping over the one-hot octave: sum_k onehot_k w_k = w_top + sum_k a_k (w_{k-1} - w_k)
+    # with a_k = [v < n 2^k] for the inner thresholds (exact integers at the factor's scale)
+    scale_w = [round(2.0 ** (SCALE_BITS - k) / n) for k in ks]
+    root_w = [round(2.0 ** (ROOT_BITS - k / 2)) for k in ks]
+    A, U = _octave_factor(abits, scale_w), _octave_factor(abits, root_w)
 
-    # 5. r = 1 / sqrt(var): inv_sqrt of var * 2^4 (the same ring elements read at f bits),
-    # then one Newton step at more bits: r <- r (3 - var r^2) / 2, the result at f + 4 bits
-    r = inv_sqrt(var.relabel(f), domain=_isqrt_domain(lo, hi)) * (1 << (VAR_EXTRA_BITS // 2))
-    g = mul_trunc(var, r, var.scale + r.scale - (f + 8), f + 8)  # sqrt(var) at f + 8 bits
-    d = mul_trunc(g, r, g.scale + r.scale - (f + 12), f + 12)  # var r^2 ~ 1 at f + 12 bits
-    r = mul_trunc(r, 3 - d, r.scale + d.scale - R_SCALE_EXTRA - f + 1, f + R_SCALE_EXTRA)
+    # 5. var' = v 2^-k / n in [1, 2); r = inv_sqrt(var') 2^(-k/2) at f + 4 bits
+    var1 = mul_trunc(v, A.relabel(SCALE_BITS), SCALE_BITS, f)
+    r = inv_sqrt(var1, domain=ISQRT_DOMAIN)
+    r = mul_trunc(r, U.relabel(ROOT_BITS), f + ROOT_BITS - (f + R_SCALE_EXTRA), f + R_SCALE_EXTRA)
 
     # 6. y = c r (w), truncated to f bits
     y = mul_trunc(cw, r, cw.scale + r.scale - f, f)
