@@ -1,7 +1,9 @@
-"""Data shipped inside the package: the MNIST test set (IDX gzip) and trained LeNet weights.
+"""Data shipped inside the package: the MNIST test set (IDX gzip), trained LeNet weights and
+a small trained ViT (ONNX).
 
     images_gz, labels_gz = mnist_test_idx_paths()
     weights_h5 = lenet_weights_path()
+    vit_onnx, vit_json = vit_mnist_paths()
 
 Also home of the small readers the installed CLI needs: ``mnist_idx`` (IDX ->
 arrays) and ``dataset_h5`` (the plaintext dataset HDF5 layout).  Attribution
@@ -34,4 +36,11 @@ def lenet_weights_path() -> str:
     return _existing(_HERE / "lenet_mnist.h5")
 
 
-__all__ = ["mnist_test_idx_paths", "lenet_weights_path"]
+def vit_mnist_paths() -> tuple[str, str]:
+    """Paths of the embedded MNIST ViT (ONNX, opset 18, symbolic batch) and of its record
+    (JSON: plaintext test accuracy, architecture, training settings), written by
+    ``python -m datasets.train_vit_mnist``."""
+    return _existing(_HERE / "vit_mnist.onnx"), _existing(_HERE / "vit_mnist.json")
+
+
+__all__ = ["mnist_test_idx_paths", "lenet_weights_path", "vit_mnist_paths"]

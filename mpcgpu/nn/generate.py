@@ -1,0 +1,322 @@
+"""Greedy generation of a language model graph (GPT-2) on shares, with a key/value cache.
+
+    gen = generate(config, params, prompt, steps=8, owner=0)        # every party calls it
+    gen.tokens        # [B, steps] int64 on party ``owner``, None on the other two
+    gen.onehots       # the same tokens as one-hot integer shares [B, vocab], still secret
+
+Each step
+
+1. takes the logits of the **last position** (``logits[:, -1, :]``, a share);
+2. chooses the next token by a **private argmax** (:func:`mpcgpu.protocols.compare.argmax`:
+   a one-hot integer share; ties go to the lowest id, as ``numpy.argmax``);
+3. reveals the token id **to the result owner only**: the id is the one-hot times
+   ``0, 1, ..., vocab-1`` summed (local and exact on integer shares), then
+   ``reveal(to=owner)`` (1 round, 8 bytes per sequence from one party): the two other
+   servers never hold it;
+4. feeds the **one-hot share itself** as the next token (the servers never see the token
+   they compute with: the embedding Gather of a one-hot is a product with the table).
+
+Two ways to get the next logits (``cache=``):
+
+* **with the cache** (default): the prompt graph (:func:`mpcgpu.nn.transformers.gpt2` with
+  ``present=True``: logits and every layer's keys and values ``present.{i}.key`` /
+  ``present.{i}.value``, ``[B, heads, T, d]``) runs once; then each new token runs the
+  one-token step graph (:func:`mpcgpu.nn.transformers.gpt2_decode` after ``past_len``
+  tokens), fed the previous step's ``present.*`` as its ``past_key_values.*`` and returning
+  them with this token's keys and values concatenated along the sequence axis (the graph's
+  ``Concat``, i.e. :func:`mpcgpu.sharing.replicated.concatenate`: local).  Work per token:
+  one token's projections and MLP, and attention over ``past_len + 1`` keys.
+* **without it** (full recompute, the reference): every step runs the whole network again
+  on the prompt plus the tokens so far (their one-hots concatenated along the sequence
+  axis), ``gpt2`` of ``seq_len = T + k``.  Same tokens, quadratic work.
+
+Graphs have static shapes, so each step length has its own graph (built once per length
+and kept, with its public consts, in a small cache of this module); every graph of one
+configuration reads the same parameters, so one set of shares serves the prompt and every
+step.  ``T + steps - 1`` must not exceed the configuration's ``max_positions``.
+
+Measured (gpt2-tiny: 2 layers, hidden 32, vocabulary 100; three ranks on one 2-core
+machine, CPU back end; 8 tokens after the prompt's warm run): with a 16-token prompt the
+cache sends 10.3 MB (three parties together) against 66.2 MB for the recompute, with a
+48-token prompt 29.4 MB against 213.9 MB; the rounds are the same (about 870 per token:
+a tiny model is latency-bound, about 1 s per token either way here).
+
+:func:`generate_plain` is the plaintext twin (:func:`mpcgpu.nn.dag_run.run_plain` on the
+same graphs, float64): tokens and, per step, the gap between the two largest logits (how
+close a step is to a tie, where fixed point may choose the other token).
+
+:func:`greedy_loop` is the engine with the model abstracted: it takes the two callables
+(prompt -> logits and state; token one-hot and state -> logits and state), so any graph
+pair (an imported prefill / decode pair, for instance) generates the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy
+
+from ..errors import MPCError
+from ..protocols.compare import argmax
+from ..sharing.arithmetic import ArithmeticShare
+from ..sharing.replicated import concatenate
+
+
+class GenerationError(MPCError, ValueError):
+    """Generation cannot run as asked (bad prompt, too many tokens for the positions...)."""
+
+
+#: the prompt graph's cache outputs and the step graph's cache inputs (tf-zoo's names)
+PRESENT = "present."
+PAST = "past_key_values."
+
+
+@dataclass
+class Generation:
+    """What :func:`generate` returns on each party."""
+
+    #: ``[B, steps]`` int64 token ids on the result owner, None on the other parties
+    tokens: numpy.ndarray | None
+    #: the generated tokens as one-hot integer shares ``[B, vocab]`` (scale 0), one per step
+    onehots: list
+    owner: int
+    cache: bool
+    #: wall seconds per step (step 0 includes the prompt)
+    seconds: list = field(default_factory=list)
+
+
+def last_position(logits) -> ArithmeticShare:
+    """``[B, T, V]`` (or ``[B, V]``) logits -> the last position's ``[B, V]``."""
+    if logits.ndim == 3:
+        return logits[:, -1, :]
+    if logits.ndim == 2:
+        return logits
+    raise GenerationError(f"logits of shape {tuple(logits.shape)}: expected [B, T, vocab] or [B, vocab]")
+
+
+def token_ids(onehot: ArithmeticShare) -> ArithmeticShare:
+    """The integer share ``sum_j j * onehot[..., j]`` (scale 0): local and exact."""
+    if onehot.scale != 0:
+        raise GenerationError("token_ids needs a one-hot integer share (scale 0)")
+    return (onehot * numpy.arange(onehot.shape[-1], dtype=numpy.int64)).sum(axis=-1)
+
+
+def greedy_loop(
+    first: Callable,
+    step: Callable,
+    steps: int,
+    *,
+    owner: int = 0,
+) -> Generation:
+    """Greedy decoding with the model abstracted.
+
+    ``first() -> (logits share, state)`` runs the prompt; ``step(onehot [B, V] share, state,
+    k) -> (logits share, state)`` feeds the ``k``-th generated token (0-based).  ``steps``
+    tokens are chosen; the model runs ``steps - 1`` times after the prompt (the last token
+    needs no further logits).  Returns a :class:`Generation` (``cache`` left False)."""
+    steps = int(steps)
+    if steps < 1:
+        raise GenerationError(f"steps must be at least 1, got {steps}")
+    if owner not in (0, 1, 2):
+        raise GenerationError(f"the result owner must be party 0, 1 or 2, got {owner!r}")
+    onehots, ids, seconds = [], [], []
+    t0 = time.perf_counter()
+    logits, state = first()
+    for k in range(steps):
+        oh = argmax(last_position(logits), axis=-1)
+        onehots.append(oh)
+        ids.append(token_ids(oh).reveal(to=owner))
+        if k + 1 < steps:
+            logits, state = step(oh, state, k)
+        seconds.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+    tokens = numpy.stack(ids, axis=-1).astype(numpy.int64) if ids[0] is not None else None
+    return Generation(tokens, onehots, owner, False, seconds)
+
+
+# -- GPT-2 graphs ----------------------------------------------------------------------------
+
+_GRAPHS: dict = {}
+
+
+def _graph(config, kind: str, length: int):
+    """``(GraphModel, consts)`` of a GPT-2 configuration: the prompt graph of ``length``
+    tokens with (``kind="prompt"``) or without (``"full"``) the cache outputs, or the step
+    graph after ``length`` tokens (``"step"``).  Built once per key."""
+    from . import transformers as tf
+
+    key = (config, kind, int(length))
+    if key not in _GRAPHS:
+        if kind == "step":
+            g = tf.gpt2_decode(config, int(length))
+        else:
+            g = tf.gpt2(replace(config, seq_len=int(length)), present=kind == "prompt")
+        if len(_GRAPHS) > 64:
+            _GRAPHS.clear()
+        _GRAPHS[key] = (g, tf.graph_consts(g))
+    return _GRAPHS[key]
+
+
+def _config(config):
+    from . import transformers as tf
+
+    c = tf.get_config(config) if isinstance(config, str) else config
+    if getattr(c, "kind", None) != "gpt2":
+        raise GenerationError(f"generation needs a GPT-2 configuration, got {getattr(c, 'kind', c)!r}")
+    return c
+
+
+def _check_length(c, prompt_len: int, steps: int):
+    if prompt_len < 1:
+        raise GenerationError("the prompt needs at least one token")
+    if prompt_len + steps - 1 > c.max_positions:
+        raise GenerationError(
+            f"a prompt of {prompt_len} tokens and {steps} generated ones need {prompt_len + steps - 1} "
+            f"positions; the model has {c.max_positions}"
+        )
+
+
+def _check_shares(params: dict):
+    bad = [k for k, v in params.items() if isinstance(v, numpy.ndarray)]
+    if bad:
+        raise GenerationError(f"params must be shares (secret weights), got plaintext arrays for {bad[:3]}")
+
+
+def generate(
+    config,
+    params: dict,
+    prompt: ArithmeticShare,
+    steps: int,
+    *,
+    owner: int = 0,
+    cache: bool = True,
+    rt=None,
+    profile=None,
+) -> Generation:
+    """Greedy generation of ``steps`` tokens by GPT-2 ``config`` (a name of
+    :data:`mpcgpu.nn.transformers.MODELS` or a ``TransformerConfig``) on shares.
+
+    ``params``: ``{name: share}`` of the model (the graphs' parameters); ``prompt``: the
+    prompt as a one-hot integer share ``[B, T, vocab]`` (scale 0; e.g.
+    :func:`mpcgpu.nn.dag_run.share_inputs` of the prompt graph); ``owner``: the party that
+    learns the tokens; ``cache``: key/value cache (True) or full recompute (False);
+    ``profile``: a :class:`mpcgpu.nn.private.Profile` to accumulate every graph run in."""
+    from .dag_run import PrivateGraph
+
+    c = _config(config)
+    _check_shares(params)
+    if not isinstance(prompt, ArithmeticShare) and isinstance(getattr(prompt, "share", None), ArithmeticShare):
+        prompt = prompt.share  # a OneHotShare of mpcgpu.nn.ops.values (share_inputs)
+    if not isinstance(prompt, ArithmeticShare) or prompt.scale != 0 or prompt.ndim != 3:
+        raise GenerationError("the prompt must be a one-hot integer share [B, T, vocab] (scale 0)")
+    rt = rt or prompt.rt
+    B, T, V = prompt.shape
+    if B != c.batch or V != c.vocab:
+        raise GenerationError(
+            f"prompt of shape {tuple(prompt.shape)}: the model takes batch {c.batch}, vocab {c.vocab}"
+        )
+    _check_length(c, T, steps)
+
+    def run(kind, length, feeds):
+        g, consts = _graph(c, kind, length)
+        p = {t.name: params[t.name] for t in g.params}
+        return PrivateGraph(g, p, consts, rt).run(feeds, profile=profile)
+
+    if cache:
+
+        def first():
+            out = run("prompt", T, {"input_ids": prompt})
+            return out["logits"], _present(out)
+
+        def step(oh, past, k):
+            feeds = {"input_ids": oh.reshape(B, 1, V)}
+            feeds.update({PAST + name: kv for name, kv in past.items()})
+            out = run("step", T + k, feeds)
+            return out["logits"], _present(out)
+
+    else:
+
+        def first():
+            return run("full", T, {"input_ids": prompt})["logits"], prompt
+
+        def step(oh, seq, k):
+            seq = concatenate([seq, oh.reshape(B, 1, V)], axis=1)
+            return run("full", T + k + 1, {"input_ids": seq})["logits"], seq
+
+    gen = greedy_loop(first, step, steps, owner=owner)
+    gen.cache = bool(cache)
+    return gen
+
+
+def _present(out: dict) -> dict:
+    """``{"{i}.key": share, ...}`` from a graph's ``present.*`` outputs."""
+    kv = {k[len(PRESENT) :]: v for k, v in out.items() if k.startswith(PRESENT)}
+    if not kv:
+        raise GenerationError("the graph has no present.* outputs (build the prompt graph with present=True)")
+    return kv
+
+
+@dataclass
+class PlainGeneration:
+    tokens: numpy.ndarray  # [B, steps] int64
+    #: per step, per sequence: largest logit minus the second largest (float64)
+    margins: numpy.ndarray
+    logits: list  # the last-position logits of each step, [B, V] float64
+
+
+def generate_plain(config, params: dict, prompt_ids, steps: int, *, cache: bool = True) -> PlainGeneration:
+    """The plaintext twin of :func:`generate` (float64, :func:`run_plain`): ``prompt_ids``
+    ``[B, T]`` int; ``params`` ``{name: array}``."""
+    from .dag_run import run_plain
+
+    c = _config(config)
+    ids = numpy.asarray(prompt_ids, dtype=numpy.int64)
+    if ids.ndim != 2 or ids.shape[0] != c.batch:
+        raise GenerationError(f"prompt ids of shape {ids.shape}: expected [{c.batch}, T]")
+    B, T = ids.shape
+    steps = int(steps)
+    if steps < 1:
+        raise GenerationError(f"steps must be at least 1, got {steps}")
+    _check_length(c, T, steps)
+
+    def run(kind, length, feeds):
+        g, consts = _graph(c, kind, length)
+        return run_plain(g, {t.name: params[t.name] for t in g.params}, consts, feeds)
+
+    tokens, margins, all_logits = [], [], []
+    if cache:
+        out = run("prompt", T, {"input_ids": ids})
+    else:
+        out = run("full", T, {"input_ids": ids})
+    seq = ids
+    for k in range(steps):
+        last = numpy.asarray(out["logits"], dtype=numpy.float64)[:, -1, :]
+        tok = last.argmax(axis=-1)
+        top2 = numpy.sort(last, axis=-1)[:, -2:]
+        tokens.append(tok)
+        margins.append(top2[:, 1] - top2[:, 0])
+        all_logits.append(last)
+        if k + 1 == steps:
+            break
+        if cache:
+            feeds = {"input_ids": tok[:, None]}
+            feeds.update({PAST + name: v for name, v in _present(out).items()})
+            out = run("step", T + k, feeds)
+        else:
+            seq = numpy.concatenate([seq, tok[:, None]], axis=1)
+            out = run("full", T + k + 1, {"input_ids": seq})
+    return PlainGeneration(numpy.stack(tokens, axis=-1), numpy.stack(margins, axis=-1), all_logits)
+
+
+__all__ = [
+    "Generation",
+    "GenerationError",
+    "PlainGeneration",
+    "generate",
+    "generate_plain",
+    "greedy_loop",
+    "last_position",
+    "token_ids",
+]
