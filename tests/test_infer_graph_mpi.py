@@ -113,3 +113,26 @@ def test_infer_bert_hidden_states_from_token_shards(rt, folder):
         assert got.shape == want.shape
         err = np.abs(got - want)
         assert err.max() < 0.05 * max(1.0, np.abs(want).max()) and err.mean() < 0.01
+
+
+def test_bench_runs_the_tiny_transformers_against_the_plaintext_executor(rt, folder):
+    import json
+
+    from mpcgpu.cli import build_parser
+    from mpcgpu.jobs import bench
+
+    out = os.path.join(folder, "bench.json")
+    args = build_parser().parse_args(
+        ["bench", "inference", "--models", "bert-tiny,gpt2-tiny,vit-tiny", "--json", out, "--network", "lan"]
+    )
+    args.device = os.environ.get("MPCGPU_DEVICE", "").strip().lower() or "cpu"
+    assert bench.run(args) == 0
+    rt.comm.barrier()
+    if rt.rank == 0:
+        rows = {r["model"]: r for r in json.load(open(out))["results"]}
+        assert set(rows) == {"bert-tiny", "gpt2-tiny", "vit-tiny"}
+        for name, r in rows.items():
+            assert r["rounds"] > 100 and r["bytes_all_parties"] > 10**5, name
+            assert r["max_abs_diff"] < 0.1 and r["mean_abs_diff"] < 0.01, (name, r["max_abs_diff"])
+            assert r["projections"][0]["seconds"] > r["private_seconds"]
+        assert rows["gpt2-tiny"]["argmax_agree"] >= 0.9

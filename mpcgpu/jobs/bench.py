@@ -248,15 +248,21 @@ def _inference_graph(rt, g, args, batch):
     party 0 and compared with the plaintext executor."""
     from ..nn.dag_run import PrivateGraph, run_plain
     from ..nn.private import Profile
-    from ..nn.transformers import random_weights
+    from ..nn.transformers import graph_consts, random_weights
     from ..sharing.arithmetic import share
 
+    from mpcgpu.util import memstat
+
     comm = rt.comm
-    params, consts = random_weights(g, args.seed)  # every party builds the public consts alike
-    shared = {n: share(params[n] if rt.rank == 0 else None, src=0) for n in params}
+    if rt.rank == 0:
+        params, consts = random_weights(g, args.seed)
+    else:  # the public consts alike on every party; the weights are party 0's alone
+        params, consts = {p.name: None for p in g.params}, graph_consts(g)
+    shared = {n: share(params[n], src=0) for n in params}
     secret, public = graph_feeds(g, numpy.random.default_rng(args.seed), batch)
     feeds = share_graph_inputs(rt, g, secret, public)
     private = PrivateGraph(g, shared, consts, rt)
+    memstat.reset_peak()  # the peak of the private passes (the owner's set-up of random weights excluded)
     profile = Profile() if args.profile else None
     first = _timed(comm, lambda: private.run(feeds))[1]  # first touch of memory
     times = []
@@ -415,7 +421,7 @@ def run(args) -> int:
     for name, batch in plan:
         model = _model(name)
         memstat.reset_peak()
-        if isinstance(model, GraphModel):
+        if isinstance(model, GraphModel):  # its own peak: the private passes, not the weights' set-up
             if training:
                 raise mpcgpu.MPCError(f"{name} is a graph model (a transformer): inference only")
             row, profile = _inference_graph(rt, model, args, batch)
