@@ -357,6 +357,9 @@ def _model(name):
     from ..nn.weights import model_by_name_or_file
 
     if name in transformers.MODELS:
+        cfg = transformers.get_config(name)
+        if cfg.kind == "gpt2":  # PUMA's task: T tokens in, the next token's logits out
+            return transformers.gpt2(cfg, last_only=True)
         return transformers.get_transformer(name)
     return model_by_name_or_file(name)
 
