@@ -165,6 +165,7 @@ class FakeClock:
 
 def test_timing_takes_the_minimum_and_reruns_disturbed_runs(monkeypatch):
     clock = FakeClock([(0.5, 1.0), (0.2, 1.0), (1.0, 1.0), (0.9, 0.95), (1.1, 1.1), (0.0, 0.01)])
+    monkeypatch.setattr(kernels, "AGREE", 0.0)
     monkeypatch.setattr(kernels.time, "process_time", lambda: clock.cpu)
     monkeypatch.setattr(kernels.time, "perf_counter", lambda: clock.wall)
     # runs 1-2 were disturbed (half a core, a fifth): thrown away, not counted; then 3 clean ones
@@ -175,6 +176,12 @@ def test_timing_takes_the_minimum_and_reruns_disturbed_runs(monkeypatch):
     monkeypatch.setattr(kernels.time, "process_time", lambda: clock.cpu)
     monkeypatch.setattr(kernels.time, "perf_counter", lambda: clock.wall)
     assert kernels.timed(clock.fn, repeats=2, retries=1) == pytest.approx(0.7) and clock.calls == 3
+    # two clean runs that agree within AGREE end the timing early
+    monkeypatch.setattr(kernels, "AGREE", 0.03)
+    clock = FakeClock([(1.0, 1.0), (1.01, 1.01), (5.0, 5.0)])
+    monkeypatch.setattr(kernels.time, "process_time", lambda: clock.cpu)
+    monkeypatch.setattr(kernels.time, "perf_counter", lambda: clock.wall)
+    assert kernels.timed(clock.fn, repeats=3, retries=1) == pytest.approx(1.0) and clock.calls == 2
 
 
 def test_measure_reports_every_grid_point():

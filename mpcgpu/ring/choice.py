@@ -20,7 +20,8 @@ so the choice is made per *shape class*:
 * the grid is cached on disk (``$XDG_CACHE_HOME/mpcgpu`` or ``~/.cache/mpcgpu``: the
   ``cache_home`` setting), keyed by the CPU model and flags, the versions of numpy, numba
   and mpcgpu, the native kernels' revision and the limb steps in use (fused or array), so it
-  runs once per machine and software set.
+  runs once per machine and software set (the ranks of one machine take turns through a
+  file lock: one calibrates, the others read its result).
 
 Both kernels give the same bits, so the three parties need not agree on the choice.
 The GPU back end always uses the limbs (cuBLAS has no integer GEMM); a GPU integer
@@ -47,8 +48,10 @@ KERNELS = ("limbs", "native")
 #: large products, short and long reductions, narrow and wide outputs) and one batched
 #: product of small matrices (attention heads); about 1.2 s of calibration on 2 cores here
 GRID = tuple((1, m, k, n) for m in (128, 1024) for k in (256, 1024) for n in (64, 512)) + ((16, 128, 64, 128),)
-#: each timing is the minimum of this many runs (after one warm-up run)
+#: each timing is the minimum of this many runs (after one warm-up run), or of two that agree
+#: within :data:`AGREE`
 REPEATS = 3
+AGREE = 0.03
 #: a run during which this process had less than this share of one core was disturbed
 BUSY_SHARE = 0.8
 #: ... and is run again, at most this many times per timing
@@ -86,10 +89,11 @@ def _key(limb_steps: str = "array") -> str:
     except Exception:
         numba_version = "none"
     from mpcgpu.ring.native import REVISION
+    from mpcgpu.ring.threads import APPLIED
 
     text = (
         f"{cpu_signature()} | numpy {np.__version__} | numba {numba_version} | mpcgpu {__version__}"
-        f" | native kernels r{REVISION} | limb steps {limb_steps} | grid r{GRID_REVISION}"
+        f" | native kernels r{REVISION} | limb steps {limb_steps} | grid r{GRID_REVISION} | threads {APPLIED}"
     )
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -104,17 +108,19 @@ def _operands(rng, shape):
 
 
 def timed(fn, *args, repeats: int = REPEATS, retries: int = RETRIES) -> float:
-    """Seconds of ``fn(*args)``: the minimum of ``repeats`` undisturbed runs (a run in which
-    this process had less than :data:`BUSY_SHARE` of a core is run again, up to ``retries``
-    times; if every try was disturbed, the minimum of all of them)."""
+    """Seconds of ``fn(*args)``: the minimum of ``repeats`` undisturbed runs, or of the first
+    two that agree within :data:`AGREE` (a run in which this process had less than
+    :data:`BUSY_SHARE` of a core is run again, up to ``retries`` times; if every try was
+    disturbed, the minimum of all of them)."""
     best, clean, disturbed = math.inf, 0, math.inf
     for _ in range(repeats + retries):
         c0, t0 = time.process_time(), time.perf_counter()
         fn(*args)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         if cpu >= BUSY_SHARE * wall:
+            agree = clean and abs(wall - best) <= AGREE * min(wall, best)
             best, clean = min(best, wall), clean + 1
-            if clean >= repeats:
+            if clean >= repeats or agree:
                 break
         else:
             disturbed = min(disturbed, wall)
@@ -155,9 +161,7 @@ def describe(current: dict) -> list:
         lines.append("  batch x M x K x N        limbs ms  native ms  chosen")
         for row in current["grid"]:
             shape = " x ".join(str(v) for v in row["shape"])
-            lines.append(
-                f"  {shape:<22} {1e3 * row['limbs']:>9.2f} {1e3 * row['native']:>10.2f}  {row['kernel']}"
-            )
+            lines.append(f"  {shape:<22} {1e3 * row['limbs']:>9.2f} {1e3 * row['native']:>10.2f}  {row['kernel']}")
     return lines
 
 
@@ -195,27 +199,62 @@ def _summary(grid) -> str:
     return won.pop() if len(won) == 1 else "per shape"
 
 
-def _cached_or_measured(kernels, cache_home: str, limb_steps: str) -> dict:
-    path, key = _cache_path(cache_home), _key(limb_steps)
+def _read_cache(path, key):
     try:
         with open(path) as fh:
             cached = json.load(fh)
         if cached.get("key") == key and cached.get("grid"):
             grid = cached["grid"]
             return {"kernel": _summary(grid), "why": f"calibrated on this machine (cached in {path})", "grid": grid}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
-    t0 = time.perf_counter()
-    grid = measure(kernels)
-    spent = time.perf_counter() - t0
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.partial"
-        with open(tmp, "w") as fh:
-            json.dump({"key": key, "grid": grid, "seconds": spent, "cpu": cpu_signature()[:200]}, fh)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only home: measure again next time
+    return None
+
+
+class _Lock:
+    """An exclusive lock on ``path`` (``fcntl.flock``): the ranks of one machine starting
+    together calibrate once, one at a time, instead of three times on shared cores (the
+    others wait, asleep, then read the cache).  No lock where it cannot be taken."""
+
+    def __init__(self, path):
+        self.path, self.fh = path, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self.fh = open(self.path, "a")
+            fcntl.flock(self.fh, fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            self.fh = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fh is not None:
+            self.fh.close()  # releases the lock
+
+
+def _cached_or_measured(kernels, cache_home: str, limb_steps: str) -> dict:
+    path, key = _cache_path(cache_home), _key(limb_steps)
+    found = _read_cache(path, key)
+    if found is not None:
+        return found
+    with _Lock(path + ".lock"):
+        found = _read_cache(path, key)  # another rank of this machine calibrated meanwhile
+        if found is not None:
+            return found
+        t0 = time.perf_counter()
+        grid = measure(kernels)
+        spent = time.perf_counter() - t0
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.partial"
+            with open(tmp, "w") as fh:
+                json.dump({"key": key, "grid": grid, "seconds": spent, "cpu": cpu_signature()[:200]}, fh)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only home: measure again next time
     why = f"calibrated on this machine just now, in {spent:.1f} s"
     return {"kernel": _summary(grid), "why": why, "grid": grid}
 
