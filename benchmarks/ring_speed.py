@@ -35,8 +35,9 @@ def cpu_model() -> str:
     return platform.processor()
 
 
-def best(fn, *args, repeat=5):
-    fn(*args)
+def best(fn, *args, repeat=5, warm_up=True):
+    if warm_up:
+        fn(*args)
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -72,7 +73,7 @@ def local():
             row["native"] = best(native.matmul, a, b)
         if torch is not None:
             ta, tb = torch.from_numpy(a.view(np.int64)), torch.from_numpy(b.view(np.int64))
-            row["torch int64"] = best(torch.matmul, ta, tb)
+            row["torch int64"] = best(torch.matmul, ta, tb, repeat=2, warm_up=False)  # seconds each on AVX2
         out["shapes"][f"{m}x{k}x{n}"] = row
     current = ring.kernel()
     out["choice"] = current.get("kernel")
