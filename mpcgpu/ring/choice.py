@@ -48,8 +48,7 @@ KERNELS = ("limbs", "native")
 #: large products, short and long reductions, narrow and wide outputs) and one batched
 #: product of small matrices (attention heads); about 1.2 s of calibration on 2 cores here
 GRID = tuple((1, m, k, n) for m in (128, 1024) for k in (256, 1024) for n in (64, 512)) + ((16, 128, 64, 128),)
-#: each timing is the minimum of this many runs (after one warm-up run), or of two that agree
-#: within :data:`AGREE`
+#: each timing is the minimum of this many runs, or of two that agree within :data:`AGREE`
 REPEATS = 3
 AGREE = 0.03
 #: a run during which this process had less than this share of one core was disturbed
@@ -134,12 +133,15 @@ def measure(kernels: dict, grid=GRID, repeats: int = REPEATS) -> list:
     """``[{"shape": [batch, M, K, N], name: seconds, ..., "kernel": fastest}]`` over ``grid``;
     ``kernels``: ``{name: matmul(a, b)}``."""
     rng = np.random.default_rng(0)
+    warm = _operands(rng, (1, 8, 8, 8))
+    for fn in kernels.values():
+        fn(*warm)  # compile (or load the compiled kernels); a slow first run of a shape is
+        # one of the timed runs, whose minimum counts
     rows = []
     for shape in grid:
         a, b = _operands(rng, shape)
         row = {"shape": list(shape)}
         for name, fn in kernels.items():
-            fn(a, b)  # compile / warm up
             row[name] = timed(fn, a, b, repeats=repeats)
         row["kernel"] = min(kernels, key=lambda name: row[name])
         rows.append(row)
