@@ -17,6 +17,7 @@ the minimum of the repetitions (local) or the slowest party's time of each call 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -60,6 +61,8 @@ def local():
         torch.set_num_threads(1)
     except ImportError:
         torch = None
+    if os.environ.get("RING_SPEED_TORCH", "1") == "0":
+        torch = None  # (a minute per call at 1024 on a loaded AVX2 machine: once per sitting is enough)
     for m, k, n in [(1024, 1024, 1024), (2048, 500, 50), (512, 1152, 128), (128, 800, 500)]:
         a = rng.integers(0, 2**64, (m, k), dtype=np.uint64)
         b = rng.integers(0, 2**64, (k, n), dtype=np.uint64)

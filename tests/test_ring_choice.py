@@ -66,8 +66,8 @@ def test_calibration_is_cached_and_the_cached_grid_is_used(tmp_path, monkeypatch
     path = tmp_path / "mpcgpu" / "ring-kernel-grid.json"
     cached = json.loads(path.read_text())
     assert cached["grid"] == first["grid"] and "seconds" in cached  # what the calibration cost
-    # the cache, edited: 1024 x 1024 x 512 now native, everything else limbs
-    edited = [dict(r, kernel="native" if r["shape"] == [1, 1024, 1024, 512] else "limbs") for r in cached["grid"]]
+    # the cache, edited: 512 x 1024 x 512 now native, everything else limbs
+    edited = [dict(r, kernel="native" if r["shape"] == [1, 512, 1024, 512] else "limbs") for r in cached["grid"]]
     path.write_text(json.dumps(dict(cached, grid=edited)))
     monkeypatch.setattr(kernels, "_CHOICE", None)
     again = kernels.choice(CHOICES, settings(tmp_path, "auto"))

@@ -40,83 +40,81 @@ _MAGIC = 0x4330000000000000  # bit pattern of the float 2^52
 def _build(jit):
     magic = U64(_MAGIC)
 
-    @jit
-    def slab_row(x, n, out_u, out_f, digits, shifts, masks, bias, offset):
-        """``out[:n]`` = the slab of ``x[:n]`` summing ``digits`` (its biased parts); the
-        rest of ``out`` zero (padding)."""
-        s0, m0 = shifts[digits[0]], masks[digits[0]]
-        if digits.shape[0] == 1:
-            for j in range(n):
-                out_u[j] = (((x[j] + bias) >> s0) & m0) | magic
-        elif digits.shape[0] == 2:
-            s1, m1 = shifts[digits[1]], masks[digits[1]]
-            for j in range(n):
-                y = x[j] + bias
-                out_u[j] = (((y >> s0) & m0) + ((y >> s1) & m1)) | magic
-        else:
-            for j in range(n):
-                y = x[j] + bias
-                t = U64(0)
-                for d in digits:
-                    t += (y >> shifts[d]) & masks[d]
-                out_u[j] = t | magic
-        for j in range(n):
-            out_f[j] -= offset
-        for j in range(n, out_f.shape[0]):
-            out_f[j] = 0.0
+    # (the slab loop is written out in both kernels: a jitted helper held in this closure
+    # would make numba's disk cache miss on every start)
 
     @jit
     def split_rows(a, out, out_u, kc, slabs, counts, shifts, masks, bias, offsets):
         """``a`` (B, M, K) uint64 -> ``out`` (B, nc, M, S*kc) float64 (``out_u``: its uint64 view)."""
         nb, m, k = a.shape
         nc = out.shape[1]
-        n_slabs = slabs.shape[0]
         for b in range(nb):
             for c in range(nc):
                 lo = c * kc
                 n = min(kc, k - lo) if k > lo else 0
                 for i in range(m):
                     x = a[b, i, lo : lo + n]
-                    for p in range(n_slabs):
+                    for p in range(slabs.shape[0]):
                         at = p * kc
-                        slab_row(
-                            x,
-                            n,
-                            out_u[b, c, i, at : at + kc],
-                            out[b, c, i, at : at + kc],
-                            slabs[p, : counts[p]],
-                            shifts,
-                            masks,
-                            bias,
-                            offsets[p],
-                        )
+                        ou = out_u[b, c, i, at : at + kc]
+                        of = out[b, c, i, at : at + kc]
+                        d0 = slabs[p, 0]
+                        s0, m0 = shifts[d0], masks[d0]
+                        if counts[p] == 1:
+                            for j in range(n):
+                                ou[j] = (((x[j] + bias) >> s0) & m0) | magic
+                        else:
+                            d1 = slabs[p, 1]
+                            s1, m1 = shifts[d1], masks[d1]
+                            for j in range(n):
+                                y = x[j] + bias
+                                ou[j] = (((y >> s0) & m0) + ((y >> s1) & m1)) | magic
+                            for q in range(2, counts[p]):
+                                dq = slabs[p, q]
+                                for j in range(n):
+                                    ou[j] += ((x[j] + bias) >> shifts[dq]) & masks[dq]
+                        off = offsets[p]
+                        for j in range(n):
+                            of[j] -= off
+                        for j in range(n, kc):
+                            of[j] = 0.0
 
     @jit
     def split_cols(a, out, out_u, kc, slabs, counts, shifts, masks, bias, offsets):
         """``a`` (B, K, N) uint64 -> ``out`` (B, nc, S*kc, N) float64 (``out_u``: its uint64 view)."""
         nb, k, n = a.shape
         nc = out.shape[1]
-        n_slabs = slabs.shape[0]
         for b in range(nb):
             for c in range(nc):
                 for j in range(kc):
                     row = c * kc + j
-                    for p in range(n_slabs):
+                    for p in range(slabs.shape[0]):
                         r = p * kc + j
-                        if row < k:
-                            slab_row(
-                                a[b, row],
-                                n,
-                                out_u[b, c, r],
-                                out[b, c, r],
-                                slabs[p, : counts[p]],
-                                shifts,
-                                masks,
-                                bias,
-                                offsets[p],
-                            )
+                        of = out[b, c, r]
+                        if row >= k:
+                            for t in range(n):
+                                of[t] = 0.0
+                            continue
+                        x = a[b, row]
+                        ou = out_u[b, c, r]
+                        d0 = slabs[p, 0]
+                        s0, m0 = shifts[d0], masks[d0]
+                        if counts[p] == 1:
+                            for t in range(n):
+                                ou[t] = (((x[t] + bias) >> s0) & m0) | magic
                         else:
-                            out[b, c, r, :] = 0.0
+                            d1 = slabs[p, 1]
+                            s1, m1 = shifts[d1], masks[d1]
+                            for t in range(n):
+                                y = x[t] + bias
+                                ou[t] = (((y >> s0) & m0) + ((y >> s1) & m1)) | magic
+                            for q in range(2, counts[p]):
+                                dq = slabs[p, q]
+                                for t in range(n):
+                                    ou[t] += ((x[t] + bias) >> shifts[dq]) & masks[dq]
+                        off = offsets[p]
+                        for t in range(n):
+                            of[t] -= off
 
     @jit
     def combine(g, mult, acc, first):
