@@ -27,6 +27,7 @@ from mpcgpu.util.crashreport import report_then_wait
 from mpcgpu.comm.channels import ChannelConfig
 from mpcgpu.comm.communicator import Communicator
 from mpcgpu.comm.transport import abort_world, rank_count_message, world, world_rank
+from mpcgpu.ring import threads as ring_threads
 from mpcgpu.ring.encoding import DEFAULT_FRAC_BITS, safe_limit
 from .errors import MPCError, ProtocolError, RankCountError
 from .kernelsets import build as build_kernel_set
@@ -99,6 +100,8 @@ class Runtime:
             mpi_comm, self.backend, channels=channels, wire_hook=wire_hook, settings=settings
         )
         self.rank = self.comm.rank
+        #: this rank's BLAS / numba threads: its share of the cores (:mod:`mpcgpu.ring.threads`)
+        self.threads = ring_threads.apply(getattr(self.comm.transport, "ranks_here", 3), settings.threads)
         self.insecure_seed = settings.insecure_prg_seed
         seed = self.insecure_seed
         own = numpy.frombuffer(seeded_key(seed, f"pair{self.rank}") if seed else fresh_key(), dtype=numpy.uint8).copy()
@@ -206,7 +209,8 @@ class Runtime:
         insecure = f", INSECURE reproducible keys ({INSECURE_SEED_ENV})" if self.insecure_seed else ""
         return (
             f"party {self.rank}/3 on {self.backend.describe()}, {self.frac_bits} fractional bits, "
-            f"CUDA-aware MPI: {self.comm.cuda_aware}, protocol kernels: {self.kernels.name}{insecure}; "
+            f"CUDA-aware MPI: {self.comm.cuda_aware}, protocol kernels: {self.kernels.name}, "
+            f"threads: {ring_threads.describe(self.threads)}{insecure}; "
             f"{self.comm.describe_channels()}"
         )
 

@@ -98,6 +98,18 @@ def _auto_flag(value):
     return _flag(value)
 
 
+def _threads(value):
+    """``auto`` (None: each rank's share of the cores) or a number of threads >= 1."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    if isinstance(value, bool):
+        raise ValueError
+    n = int(str(value).strip()) if isinstance(value, str) else int(value)
+    if n < 1:
+        raise ValueError
+    return n
+
+
 def _text(value):
     if not isinstance(value, str):
         raise ValueError
@@ -211,8 +223,15 @@ SETTINGS = (
         ("MPCGPU_RING_KERNEL",),
         _choice("auto", "limbs", "native"),
         "choose limbs, native or auto",
-        "CPU ring products (auto: measured once per machine)",
+        "CPU ring products (auto: measured once per machine, per product shape class)",
         BackendError,
+    ),
+    Setting(
+        "threads",
+        ("MPCGPU_THREADS",),
+        _threads,
+        "use auto or a number of threads >= 1",
+        "BLAS and numba threads of each rank (auto: its share of the cores, cores // ranks on the machine)",
     ),
     Setting(
         "compact_weights",
@@ -326,6 +345,7 @@ class Settings:
     kernels: str = "auto"
     truncation: str = "dealer"
     ring_kernel: str = "auto"
+    threads: int | None = None
     compact_weights: bool | None = None
     wait: str = "auto"
     cuda_aware: bool | None = None

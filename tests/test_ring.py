@@ -701,32 +701,6 @@ def test_long_reductions_and_all_ones(rng, k):
     assert (ring.matmul(ones, ones.T) == np.uint64(k % M64)).all()  # (-1)(-1) summed k times
 
 
-def test_kernel_choice_setting_and_cache(tmp_path, monkeypatch):
-    from mpcgpu.errors import BackendError
-    from mpcgpu.settings import resolve
-
-    def settings(kernel):
-        return resolve(env={"XDG_CACHE_HOME": str(tmp_path), kernels.ENV: kernel})
-
-    monkeypatch.setattr(kernels, "_CHOICE", None)
-    choices = {"limbs": lambda a, b: ring.matmul(a, b, scheme="K22"), "native": native.gemm}
-    assert kernels.choice(choices, settings("limbs"))["kernel"] == "limbs"
-    monkeypatch.setattr(kernels, "_CHOICE", None)
-    with pytest.raises(BackendError, match="limbs, native or auto"):
-        kernels.choice(choices, settings("bogus"))
-    if not native.available():
-        return
-    monkeypatch.setattr(kernels, "_CHOICE", None)
-    calls = []
-    monkeypatch.setattr(kernels, "measure", lambda ks: calls.append(1) or {"limbs": 2.0, "native": 1.0})
-    first = kernels.choice(choices, settings("auto"))
-    assert first["kernel"] == "native" and "just now" in first["why"] and len(calls) == 1
-    monkeypatch.setattr(kernels, "_CHOICE", None)
-    again = kernels.choice(choices, settings("auto"))  # from the cache: no second measurement
-    assert again["kernel"] == "native" and "cached" in again["why"] and len(calls) == 1
-    assert (tmp_path / "mpcgpu" / "ring-kernel.json").exists()
-
-
 def py_matmul(a, b):
     """``a @ b mod 2^64`` with Python ints."""
     return np.array((a.astype(object) @ b.astype(object)) % M64, dtype=np.uint64).reshape(a.shape[0], b.shape[1])

@@ -55,19 +55,36 @@ def _report(args, current) -> int:
             load_parties(config.parties)  # a missing or malformed parties file is reported here
     except MPCError as exc:
         print(f"channels: {exc}")
-    from mpcgpu.ring.products import kernel
-
-    choice = kernel()
-    line = f"CPU ring products: {choice['kernel']} ({choice['why']}"
-    if choice.get("seconds"):
-        line += "; calibration: " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in choice["seconds"].items())
-    print(line + "); override with MPCGPU_RING_KERNEL=limbs|native")
     from .. import kernelsets
 
-    try:
+    try:  # first: the chosen set's limb steps take part in the ring kernels' calibration
         print(kernelsets.describe(Backend(current.device, node_rank=current.local_rank), current.kernels))
     except MPCError as exc:
         print(f"protocol kernels: {exc}")
+    from mpcgpu.ring import choice as ring_choice, threads
+    from mpcgpu.ring.products import kernel
+
+    threads.apply(3, current.threads)  # calibrated as a rank of a local 3-rank run would be
+    for line in ring_choice.describe(kernel()):
+        print(line)
+    cores = threads.cores_here()
+    alone = threads.describe(
+        {
+            "threads": threads.threads_per_rank(1, cores, current.threads),
+            "ranks_here": 1,
+            "cores": cores,
+            "forced": current.threads,
+        }
+    )
+    local = threads.describe(
+        {
+            "threads": threads.threads_per_rank(3, cores, current.threads),
+            "ranks_here": 3,
+            "cores": cores,
+            "forced": current.threads,
+        }
+    )
+    print(f"threads (BLAS, numba): {local} in a local 3-rank run; {alone} for a party on its own machine")
     from ..nn import private
 
     choice = {None: "auto", False: "0", True: "1"}[current.compact_weights]

@@ -124,14 +124,24 @@ def build(name: str, backend):
 def choose_kernel_set(backend, requested: str = "auto"):
     """The kernel set a runtime on ``backend`` uses: ``requested`` by name, or for ``auto``
     the first of :data:`KERNEL_SETS` that runs there (CUDA and strict: ``cupy``; NumPy with
-    numba: ``numba``; else ``array``)."""
+    numba: ``numba``; else ``array``).  Its limb steps (the ring products' split and
+    combination) are installed in :mod:`mpcgpu.ring.limbs` for the whole process."""
     requested = (requested or "auto").strip().lower()
     if requested != "auto":
-        return build(requested, backend)
+        return _installed(build(requested, backend))
     for name in KERNEL_SETS:
         if why_not(name, backend) is None:
-            return build(name, backend)
+            return _installed(build(name, backend))
     raise BackendError("no kernel set runs here")  # pragma: no cover (array always runs)
+
+
+def _installed(chosen):
+    """``chosen``, its limb steps installed for the ring products of this process (the array
+    code where it has none; the ring's fused steps serve NumPy arrays only)."""
+    from ..ring import limbs
+
+    limbs.use_fused_steps(chosen.limb_steps)
+    return chosen
 
 
 def describe(backend, requested: str | None = None) -> str:

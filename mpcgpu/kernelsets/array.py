@@ -37,6 +37,9 @@ class ArraySteps:
     """The local steps of the protocols as array code (see :mod:`mpcgpu.kernelsets`)."""
 
     name = "array"
+    #: the split / combination steps of the ring products' limbs (:func:`mpcgpu.ring.limbs.use_fused_steps`):
+    #: None, the array code of mpcgpu.ring.limbs
+    limb_steps = None
 
     def __init__(self, backend):
         self.backend = backend

@@ -3,7 +3,9 @@
 Between two exchanges a protocol's local work is a chain of cheap word operations; on NumPy
 each is one pass and one temporary.  Here each step is one compiled loop (the kernels of
 :mod:`mpcgpu.kernelsets.fused` -- the MSB tree --, :mod:`mpcgpu.kernelsets.fused_trunc` -- the truncation -- and
-:mod:`mpcgpu.kernelsets.fused_relu` -- adder inputs, the product with a shared bit), computing the same
+:mod:`mpcgpu.kernelsets.fused_relu` -- adder inputs, the product with a shared bit; and
+:mod:`mpcgpu.kernelsets.fused_limbs`, the digit split and combination of the ring products'
+limbs, installed into :mod:`mpcgpu.ring.limbs` when the set is chosen), computing the same
 ring expressions mod 2^64 as :class:`~mpcgpu.kernelsets.array.ArraySteps` from the same
 inputs, so the words are the same bit for bit (tests/test_kernelsets_mpi.py).  The PRG words
 a step consumes go into warm per-thread scratch buffers (:meth:`prg_buffer`, consumed inside
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import numpy  # scalar flags and host scratch; the arrays are the NumPy back end's
 
-from mpcgpu.kernelsets import fused, fused_relu, fused_trunc
+from mpcgpu.kernelsets import fused, fused_limbs, fused_relu, fused_trunc
 from mpcgpu.ring.limbs import scratch
 from mpcgpu.ring.native import numba_jit
 from .array import ArraySteps, level_masks
@@ -46,6 +48,7 @@ class NumbaSteps(ArraySteps):
     def __init__(self, backend):
         super().__init__(backend)
         self._tree, self._trunc, self._relu = fused.kernels(), fused_trunc.kernels(), fused_relu.kernels()
+        self.limb_steps = fused_limbs.steps()  # the limbs' split and combination (ring products)
 
     def prg_buffer(self, role, count):
         """A warm host buffer per role and thread (:func:`mpcgpu.ring.limbs.scratch`)."""

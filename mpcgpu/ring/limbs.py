@@ -271,6 +271,33 @@ def _blocks(shape, target):
                 yield (slice(i, i + 1),) + rest
 
 
+_FUSED = None
+
+
+def use_fused_steps(steps):
+    """Install fused split / combination steps (``None``: the array code of this module).
+
+    ``steps`` (the ``numba`` kernel set's, :mod:`mpcgpu.kernelsets.fused_limbs`) has a
+    ``name`` and ``split_rows(a, out, kc, scheme, side)`` (``a`` (B, M, K) -> ``out``
+    (B, nc, M, S*kc)), ``split_cols(a, out, kc, scheme, side)`` (``a`` (B, K, N) -> ``out``
+    (B, nc, S*kc, N)) and ``combine(g, mult, acc, first)`` (``acc (+)= mult * int64(g)``), computing the same words as
+    :func:`split` and :func:`contract`.  They serve NumPy arrays only.  Returns the steps
+    installed before."""
+    global _FUSED
+    previous, _FUSED = _FUSED, steps
+    return previous
+
+
+def fused_steps_name() -> str:
+    """``"array"`` or the name of the installed fused steps."""
+    return "array" if _FUSED is None else _FUSED.name
+
+
+def fused_steps(xp):
+    """The installed fused steps where they serve ``xp`` (NumPy), else None."""
+    return _FUSED if _FUSED is not None and getattr(xp, "__name__", "") == "numpy" else None
+
+
 def contract(xp, left, right, scheme: Scheme, kc: int, check: bool = True):
     """Ring product from split operands.
 
@@ -283,6 +310,9 @@ def contract(xp, left, right, scheme: Scheme, kc: int, check: bool = True):
     if check and kc > scheme.kmax:
         raise ValueError(f"chunk length {kc} exceeds the exact bound {scheme.kmax} of {scheme.name}")
     shape = _broadcast_shapes(left.shape[:-3], right.shape[:-3]) + (left.shape[-2], right.shape[-1])
+    fused = fused_steps(xp)
+    if fused is not None:
+        return _contract_fused(xp, fused, left, right, scheme, kc, shape)
     g = scratch(xp, "gemm", shape)
     gi = scratch(xp, "gemm-int", shape, I64).view(U64)
     acc = None
@@ -302,6 +332,19 @@ def contract(xp, left, right, scheme: Scheme, kc: int, check: bool = True):
                 acc = gi.copy()
             else:
                 xp.add(acc, gi, out=acc)  # wraps mod 2^64
+    return acc
+
+
+def _contract_fused(xp, fused, left, right, scheme, kc, shape):
+    """:func:`contract` with each GEMM result added into the sum by one fused pass."""
+    g = scratch(xp, "gemm", shape)
+    acc = xp.empty(shape, dtype=U64)
+    flat_g, flat_acc = g.reshape(-1), acc.reshape(-1)
+    for c in range(left.shape[-3]):
+        lc, rc = left[..., c, :, :], right[..., c, :, :]
+        for t, ((l0, l1), (r0, r1), mult) in enumerate(scheme.gemms):
+            xp.matmul(lc[..., l0 * kc : l1 * kc], rc[..., r0 * kc : r1 * kc, :], out=g)
+            fused.combine(flat_g, mult, flat_acc, c == 0 and t == 0)
     return acc
 
 

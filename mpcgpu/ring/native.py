@@ -2,8 +2,9 @@
 
 Where 64-bit integer multiplies are vector instructions (AVX-512: ``vpmullq``), an
 integer GEMM comes within 1.5x of a float64 one and beats the limb trick of
-:mod:`mpcgpu.ring.limbs` by 3x; elsewhere (AVX2) it loses.  :mod:`mpcgpu.ring.choice` chooses
-per machine; this module only computes.
+:mod:`mpcgpu.ring.limbs` by 3x; elsewhere it depends on the shape (on an Intel Xeon with slow
+``vpmullq`` it wins on tall and skinny products and loses at 1024^3).  :mod:`mpcgpu.ring.choice`
+chooses per machine and product shape class; this module only computes.
 
 * :func:`gemm_nt` -- ``A @ B^T mod 2^64`` given ``B^T``: 4 x 4 tiles of dot products of
   contiguous rows (the sixteen sums stay in registers, LLVM vectorises the loop over the

@@ -59,13 +59,24 @@ from mpcgpu.ring.limbs import (
     _broadcast_shapes,
     chunking,
     contract,
+    fused_steps,
+    fused_steps_name,
     release_scratch,
     scheme_named,
     scratch,
     split,
 )
 
-__all__ = ["matmul", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "presplit", "Presplit", "kernel"]
+__all__ = [
+    "matmul",
+    "conv2d",
+    "conv2d_grad_input",
+    "conv2d_grad_weight",
+    "presplit",
+    "Presplit",
+    "kernel",
+    "kernel_for",
+]
 
 DEFAULT_SCHEME = K22
 """5 products in 4 GEMMs; measured 5-12% faster than W22 (6 products in 3 GEMMs) on most
@@ -76,20 +87,33 @@ shapes here, never much slower; W16 (10 products) is slower everywhere."""
 
 
 def kernel() -> dict:
-    """The kernel of CPU products in this process (:mod:`mpcgpu.ring.choice`): the float64 limbs
-    or the native integer GEMM, chosen per machine; ``{"kernel", "why", "seconds"}``."""
+    """The kernels of CPU products in this process (:mod:`mpcgpu.ring.choice`): the float64 limbs
+    or the native integer GEMM, chosen per shape class; ``{"kernel", "why", "grid"}``."""
 
     def limb_matmul(a, b):
         out = matmul(a, b, scheme=DEFAULT_SCHEME)
         release_scratch()
         return out
 
-    return kernels.choice({"limbs": limb_matmul, "native": native.gemm})
+    return kernels.choice({"limbs": limb_matmul, "native": native.matmul}, limb_steps=fused_steps_name())
 
 
-def _native(xp, scheme) -> bool:
-    """Whether this product goes to the native kernel (NumPy arrays, no scheme named)."""
-    return scheme is None and getattr(xp, "__name__", "") == "numpy" and kernel()["kernel"] == "native"
+def kernel_for(batch: int, m: int, k: int, n: int) -> str:
+    """``"limbs"`` or ``"native"``: the CPU kernel of a product of ``batch`` (M x K) @ (K x N)."""
+    current = kernel()
+    if not current.get("grid"):
+        return current["kernel"]
+    memo = current.setdefault("memo", {})
+    shape = (batch, m, k, n)
+    if shape not in memo:
+        memo[shape] = kernels.kernel_for(current, *shape)
+    return memo[shape]
+
+
+def _native(xp, scheme, shape) -> bool:
+    """Whether this product (``shape``: batch, M, K, N) goes to the native kernel (NumPy arrays,
+    no scheme named)."""
+    return scheme is None and getattr(xp, "__name__", "") == "numpy" and kernel_for(*shape) == "native"
 
 
 # --------------------------------------------------------------------------- operands
@@ -210,6 +234,13 @@ def split_left(xp, a, scheme: Scheme, nc: int, kc: int, persist=True):
     """
     *batch, m, _ = a.shape
     d = len(scheme.left)
+    fused = fused_steps(xp)
+    if fused is not None:
+        buf = _buffer(xp, "left", (*batch, nc, m, d * kc), persist)
+        fused.split_rows(
+            xp.ascontiguousarray(a).reshape(-1, m, a.shape[-1]), buf.reshape(-1, nc, m, d * kc), kc, scheme, "left"
+        )
+        return buf
     src = xp.moveaxis(_pad_axis(xp, a, -1, nc * kc).reshape(*batch, m, nc, kc), -2, -3)
     buf = _buffer(xp, "left", (*batch, nc, m, d, kc), persist)
     split(xp, src, xp.moveaxis(buf, -2, 0), scheme, "left")
@@ -220,6 +251,13 @@ def split_right(xp, b, scheme: Scheme, nc: int, kc: int, persist=True):
     """``b`` (..., K, N) -> float64 (..., nc, S*kc, N): per chunk the scheme's S right slabs."""
     *batch, _, n = b.shape
     d = len(scheme.right)
+    fused = fused_steps(xp)
+    if fused is not None:
+        buf = _buffer(xp, "right", (*batch, nc, d * kc, n), persist)
+        fused.split_cols(
+            xp.ascontiguousarray(b).reshape(-1, b.shape[-2], n), buf.reshape(-1, nc, d * kc, n), kc, scheme, "right"
+        )
+        return buf
     src = _pad_axis(xp, b, -2, nc * kc).reshape(*batch, nc, kc, n)
     buf = _buffer(xp, "right", (*batch, nc, d, kc, n), persist)
     split(xp, src, xp.moveaxis(buf, -3, 0), scheme, "right")
@@ -281,7 +319,7 @@ def matmul(a, b, *, scheme=None):
     out_shape = batch + m_shape[-1:] + n_shape
     if k == 0 or 0 in out_shape:
         return xp.zeros(out_shape, dtype=U64)
-    if _native(xp, scheme):
+    if _native(xp, scheme, (math.prod(batch) if rb.ndim > 2 else 1, math.prod(m_shape), k, math.prod(n_shape))):
         return native.matmul(ra, rb)
     if scheme is None and _integer_is_faster(xp, a, b, math.prod(out_shape) * k, out_shape):
         return xp.matmul(ra, rb)  # NumPy's integer matmul wraps mod 2^64: exact
@@ -375,9 +413,9 @@ def conv2d(x, w, stride=1, padding=0, groups=1, *, scheme=None):
     """
     rx = _ring(x)
     xp = array_module(rx, _raw(w))
-    if _native(xp, scheme):
-        return native.conv2d(rx, _raw(w), stride, padding, groups)
     p = _conv_geometry(rx.shape, w.shape, stride, padding, groups)
+    if _native(xp, scheme, (p["g"], p["n"] * p["ho"] * p["wo"], p["cg"] * p["kh"] * p["kw"], p["og"])):
+        return native.conv2d(rx, _raw(w), stride, padding, groups)
     sc, nc, cc, kc = _conv_chunks(p["cg"], p["kh"] * p["kw"], scheme_named(scheme or DEFAULT_SCHEME))
     per_image = len(sc.right) * nc * kc * p["g"] * p["ho"] * p["wo"] * 8
     if per_image > BLOCK_BYTES and p["ho"] > 1:  # one image's im2col is large: blocks of rows
@@ -439,9 +477,9 @@ def conv2d_grad_input(grad_out, w, input_shape, stride=1, padding=0, groups=1, *
     """
     gy = _ring(grad_out)
     xp = array_module(gy, _raw(w))
-    if _native(xp, scheme):
-        return native.conv2d_grad_input(gy, _raw(w), input_shape, stride, padding, groups)
     p = _conv_geometry(tuple(input_shape), w.shape, stride, padding, groups)
+    if _native(xp, scheme, (p["g"], p["n"] * p["ho"] * p["wo"], p["og"], p["cg"] * p["kh"] * p["kw"])):
+        return native.conv2d_grad_input(gy, _raw(w), input_shape, stride, padding, groups)
     n, g, og, ho, wo = p["n"], p["g"], p["og"], p["ho"], p["wo"]
     if tuple(gy.shape) != (n, p["o"], ho, wo):
         raise ValueError(f"conv2d_grad_input: grad_out has shape {gy.shape}, expected {(n, p['o'], ho, wo)}")
@@ -499,9 +537,9 @@ def conv2d_grad_weight(x, grad_out, weight_shape, stride=1, padding=0, groups=1,
     """
     rx, gy = _ring(x), _ring(grad_out)
     xp = array_module(rx, gy)
-    if _native(xp, scheme):
-        return native.conv2d_grad_weight(rx, gy, weight_shape, stride, padding, groups)
     p = _conv_geometry(rx.shape, tuple(weight_shape), stride, padding, groups)
+    if _native(xp, scheme, (p["g"], p["og"], p["n"] * p["ho"] * p["wo"], p["cg"] * p["kh"] * p["kw"])):
+        return native.conv2d_grad_weight(rx, gy, weight_shape, stride, padding, groups)
     n, g, ho, wo = p["n"], p["g"], p["ho"], p["wo"]
     if tuple(gy.shape) != (n, p["o"], ho, wo):
         raise ValueError(f"conv2d_grad_weight: grad_out has shape {gy.shape}, expected {(n, p['o'], ho, wo)}")
