@@ -5,39 +5,20 @@ revealed), both equal to the plaintext executor on the same inputs."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import pytest
 
 from reference import infer_args
+from tf_zoo_helpers import model_shards, temp_folder
 
 pytestmark = pytest.mark.mpi(min_size=3)
 
 
 @pytest.fixture(scope="module")
 def folder(rt):
-    d = tempfile.mkdtemp(prefix="mpcgpu-infer-graph-") if rt.rank == 0 else None
-    d = rt.comm.bcast_object(d)
-    yield d
-    rt.comm.barrier()
-    if rt.rank == 0:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def _model_shards(rt, folder, g, seed):
-    from mpcgpu.data import split
-    from mpcgpu.nn import transformers as TF
-    from mpcgpu.nn.weights import save_weights
-
-    params, consts = TF.random_weights(g, seed, ln_noise=0.1)
-    if rt.rank == 0:
-        src = os.path.join(folder, f"{g.name}.h5")
-        save_weights(src, g.name, params, spec=g, consts=consts, dtype=np.float64)
-        split.split_file(src, os.path.join(folder, "models"))
-    rt.comm.barrier()
-    return os.path.join(folder, "models", g.name), params, consts
+    with temp_folder(rt, "mpcgpu-infer-graph-") as d:
+        yield d
 
 
 def test_infer_vit_labels_and_private_accuracy(rt, folder):
@@ -47,7 +28,7 @@ def test_infer_vit_labels_and_private_accuracy(rt, folder):
     from mpcgpu.nn.dag_run import run_plain
 
     g = TF.get_transformer("vit-tiny")
-    stem, params, consts = _model_shards(rt, folder, g, 3)
+    stem, params, consts = model_shards(rt, folder, g, 3)
     x_in = g.inputs[0]
     n = 5  # two full batches of the graph's batch and a padded one when its batch is 2
     rng = np.random.default_rng(7)
@@ -88,7 +69,7 @@ def test_infer_bert_hidden_states_from_token_shards(rt, folder):
 
     cfg = TF.get_config("bert-tiny")
     g = TF.bert(cfg)
-    stem, params, consts = _model_shards(rt, folder, g, 4)
+    stem, params, consts = model_shards(rt, folder, g, 4)
     batch = g.inputs[0].shape[0]
     n = batch + 1
     rng = np.random.default_rng(8)

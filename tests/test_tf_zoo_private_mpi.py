@@ -6,11 +6,11 @@ Needs graph-core's executor and protocols-tf's softmax and LayerNorm (skipped be
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import pytest
+
+from tf_zoo_helpers import model_shards, temp_folder
 
 pytestmark = pytest.mark.mpi(min_size=3)
 
@@ -27,28 +27,16 @@ def _needs_protocols():
 
 @pytest.fixture(scope="module")
 def folder(rt):
-    d = tempfile.mkdtemp(prefix="mpcgpu-tfzoo-private-") if rt.rank == 0 else None
-    d = rt.comm.bcast_object(d)
-    yield d
-    rt.comm.barrier()
-    if rt.rank == 0:
-        shutil.rmtree(d, ignore_errors=True)
+    with temp_folder(rt, "mpcgpu-tfzoo-private-") as d:
+        yield d
 
 
 def _shared_model(rt, folder, g, seed):
     """Random weights saved by party 0, split into shards, loaded by every party."""
-    from mpcgpu.data import split
     from mpcgpu.models_io import load_private_model
-    from mpcgpu.nn import transformers as TF
-    from mpcgpu.nn.weights import save_weights
 
-    params, consts = TF.random_weights(g, seed, ln_noise=0.1)
-    if rt.rank == 0:
-        src = os.path.join(folder, f"{g.name}.h5")
-        save_weights(src, g.name, params, spec=g, consts=consts, dtype=np.float64)
-        split.split_file(src, os.path.join(folder, "models"))
-    rt.comm.barrier()
-    return load_private_model(os.path.join(folder, "models", g.name), rt), params, consts
+    stem, params, consts = model_shards(rt, folder, g, seed)
+    return load_private_model(stem, rt), params, consts
 
 
 def _compare(got, want):

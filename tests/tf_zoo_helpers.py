@@ -185,3 +185,41 @@ def vit_ref(P, cfg, pixels):
         x = x + _lin(P, gelu_erf(_lin(P, m, f"{pre}.mlp.fc1")), f"{pre}.mlp.fc2")
     x = layer_norm(x, P["vit.layernorm.weight"], P["vit.layernorm.bias"], cfg.eps)
     return {"logits": _lin(P, x[:, 0], "classifier")}
+
+
+def model_shards(rt, folder, g, seed):
+    """Random weights of ``g`` saved by party 0 and split into model shards under
+    ``folder/models`` (every party calls it): ``(shard stem, params, consts)``."""
+    import os
+
+    from mpcgpu.data import split
+    from mpcgpu.nn import transformers as TF
+    from mpcgpu.nn.weights import save_weights
+
+    params, consts = TF.random_weights(g, seed, ln_noise=0.1)
+    if rt.rank == 0:
+        src = os.path.join(folder, f"{g.name}.h5")
+        save_weights(src, g.name, params, spec=g, consts=consts, dtype=np.float64)
+        split.split_file(src, os.path.join(folder, "models"))
+    rt.comm.barrier()
+    return os.path.join(folder, "models", g.name), params, consts
+
+
+def temp_folder(rt, prefix):
+    """A temporary folder every party sees (party 0 makes it), removed after the block."""
+    import contextlib
+    import shutil
+    import tempfile
+
+    @contextlib.contextmanager
+    def made():
+        d = tempfile.mkdtemp(prefix=prefix) if rt.rank == 0 else None
+        d = rt.comm.bcast_object(d)
+        try:
+            yield d
+        finally:
+            rt.comm.barrier()
+            if rt.rank == 0:
+                shutil.rmtree(d, ignore_errors=True)
+
+    return made()

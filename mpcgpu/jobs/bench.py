@@ -156,6 +156,30 @@ def _timed(comm, fn):
     return out, comm.allreduce_max(time.perf_counter() - t0)
 
 
+def _timed_passes(rt, args, model, batch, run, profile):
+    """``(output, row)``: ``run(profile)`` once untimed (the first touch of memory), then
+    ``--steps`` timed passes; the row holds their median, the bytes and rounds of the last."""
+    comm = rt.comm
+    first = _timed(comm, lambda: run(None))[1]
+    times = []
+    for _ in range(max(args.steps, 1)):
+        with comm.measure() as m:
+            out, elapsed = _timed(comm, lambda: run(profile))
+        times.append(elapsed)
+    row = {
+        "model": model.name,
+        "input_shape": list(model.input_shape),
+        "batch": batch,
+        "private_seconds": float(numpy.median(times)),
+        "first_seconds": first,
+        "bytes_all_parties": comm.allreduce_sum(m.bytes_sent),
+        "bytes_busiest_party": comm.allreduce_max(m.bytes_sent),
+        "rounds": comm.allreduce_max(m.rounds - 1),  # less the time's allreduce
+        "steps": len(times),
+    }
+    return out, row
+
+
 def _inference(rt, model, args, batch):
     from ..nn.plain import PlainModel
     from ..nn.private import PrivateModel, Profile, share_params, wants_compact
@@ -174,29 +198,9 @@ def _inference(rt, model, args, batch):
         private.prepare()
         prepare_s = comm.allreduce_max(time.perf_counter() - t0)
     profile = Profile() if args.profile else None
-    first = _timed(comm, lambda: private.forward(sx, exact=True))[1]  # first touch of memory
-    times = []
-    for _ in range(max(args.steps, 1)):
-        with comm.measure() as m:
-            logits, elapsed = _timed(comm, lambda: private.forward(sx, exact=True, profile=profile))
-        times.append(elapsed)
-    total_bytes = comm.allreduce_sum(m.bytes_sent)
-    busiest = comm.allreduce_max(m.bytes_sent)
-    rounds = comm.allreduce_max(m.rounds - 1)  # less the time's allreduce
+    logits, row = _timed_passes(rt, args, model, batch, lambda p: private.forward(sx, exact=True, profile=p), profile)
     revealed = logits.reveal(to=0)
-    row = {
-        "model": model.name,
-        "input_shape": list(model.input_shape),
-        "batch": batch,
-        "private_seconds": float(numpy.median(times)),
-        "first_seconds": first,
-        "bytes_all_parties": total_bytes,
-        "bytes_busiest_party": busiest,
-        "rounds": rounds,
-        "steps": len(times),
-        "prepare_seconds": prepare_s,
-        "prepare_rounds": prep.rounds,
-    }
+    row.update(prepare_seconds=prepare_s, prepare_rounds=prep.rounds)
     if rt.rank == 0:
         plain = PlainModel(model, params)
         plain.forward(x, need_grad=False)
@@ -253,7 +257,6 @@ def _inference_graph(rt, g, args, batch):
 
     from mpcgpu.util import memstat
 
-    comm = rt.comm
     if rt.rank == 0:
         params, consts = random_weights(g, args.seed)
     else:  # the public consts alike on every party; the weights are party 0's alone
@@ -264,27 +267,8 @@ def _inference_graph(rt, g, args, batch):
     private = PrivateGraph(g, shared, consts, rt)
     memstat.reset_peak()  # the peak of the private passes (the owner's set-up of random weights excluded)
     profile = Profile() if args.profile else None
-    first = _timed(comm, lambda: private.run(feeds))[1]  # first touch of memory
-    times = []
-    for _ in range(max(args.steps, 1)):
-        with comm.measure() as m:
-            outs, elapsed = _timed(comm, lambda: private.run(feeds, profile=profile))
-        times.append(elapsed)
-    total_bytes = comm.allreduce_sum(m.bytes_sent)
-    busiest = comm.allreduce_max(m.bytes_sent)
-    rounds = comm.allreduce_max(m.rounds - 1)  # less the time's allreduce
+    outs, row = _timed_passes(rt, args, g, batch, lambda p: private.run(feeds, profile=p), profile)
     revealed = {name: outs[name].reveal(to=0) for name in g.outputs}
-    row = {
-        "model": g.name,
-        "input_shape": list(g.input_shape),
-        "batch": batch,
-        "private_seconds": float(numpy.median(times)),
-        "first_seconds": first,
-        "bytes_all_parties": total_bytes,
-        "bytes_busiest_party": busiest,
-        "rounds": rounds,
-        "steps": len(times),
-    }
     if rt.rank == 0:
         t0 = time.perf_counter()
         ref = run_plain(g, params, consts, {**public, **secret})

@@ -291,7 +291,6 @@ def run(args) -> int:
     from ..data.shards import open_shard
     from ..nn.private import Profile
     from mpcgpu.util.progress import Progress
-    from mpcgpu.util.results import save_json
 
     output = getattr(args, "output", None) or Output()
     if isinstance(output, str):
@@ -366,30 +365,38 @@ def run(args) -> int:
                 "only the count is revealed)",
                 flush=True,
             )
-        if paths:
-            meta = {
-                "model": model.spec.name,
-                "dataset": data.name,
-                "dataset_set_id": getattr(data, "set_id", None),
-                "mode": output.mode,
-                "k": output.k,
-                "classes": model.spec.num_classes,
-                "count": n,
-                "order": f"row i is sample i of the dataset shards in stored order (samples 0..{n - 1})",
-                "revealed_to": owner,
-                "frac_bits": rt.frac_bits,
-                "values": VALUES_NOTE[output.mode],
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            written = write_outputs(paths, arrays, meta)
-            print(f"{output} written to {', '.join(written)}", flush=True)
-        else:
-            _preview(arrays, output)
-        if args.json:
-            save_json(args.json, summary)
+        head = {"model": model.spec.name, "dataset": data.name, "dataset_set_id": getattr(data, "set_id", None)}
+        mode = {"k": output.k, "classes": model.spec.num_classes}
+        deliver(args, rt, output, paths, arrays, summary, n, head, mode, VALUES_NOTE[output.mode])
     if profile is not None:
         profile.report(comm)
     return 0
+
+
+def deliver(args, rt, output: Output, paths: dict, arrays: dict, summary: dict, n: int, head, mode, values: str):
+    """The result owner's end of `infer`: the output files with their metadata (``head``
+    fields first, then the mode and ``mode`` fields, then what every run states), or a
+    preview without --out; then the summary JSON with --json."""
+    from mpcgpu.util.results import save_json
+
+    if paths:
+        meta = {
+            **head,
+            "mode": output.mode,
+            **mode,
+            "count": n,
+            "order": f"row i is sample i of the dataset shards in stored order (samples 0..{n - 1})",
+            "revealed_to": args.reveal_to,
+            "frac_bits": rt.frac_bits,
+            "values": values,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        written = write_outputs(paths, arrays, meta)
+        print(f"{output} written to {', '.join(written)}", flush=True)
+    else:
+        _preview(arrays, output)
+    if args.json:
+        save_json(args.json, summary)
 
 
 def graph_batches(rt, g, data, n: int):
@@ -436,7 +443,6 @@ def run_graph(args, rt, model, output: Output, t_load: float) -> int:
     (the output itself: class logits, hidden states or next-token logits)."""
     from mpcgpu.util import memstat
     from mpcgpu.util.progress import Progress
-    from mpcgpu.util.results import save_json
     from ..data.shards import as_share, open_shard
     from ..data.tokens import TokenDataset, is_token_shard
     from ..errors import MPCError
@@ -520,24 +526,8 @@ def run_graph(args, rt, model, output: Output, t_load: float) -> int:
             summary["correct"] = int(right)
             summary["accuracy"] = int(right) / n if n else 0.0
             print(f"private accuracy: {100 * summary['accuracy']:.2f}% ({int(right)}/{n}; only the count is revealed)")
-        if paths:
-            meta = {
-                "model": g.name,
-                "dataset": data.name,
-                "mode": output.mode,
-                "count": n,
-                "order": f"row i is sample i of the dataset shards in stored order (samples 0..{n - 1})",
-                "revealed_to": owner,
-                "frac_bits": rt.frac_bits,
-                "values": GRAPH_VALUES_NOTE[output.mode],
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            written = write_outputs(paths, arrays, meta)
-            print(f"{output} written to {', '.join(written)}", flush=True)
-        else:
-            _preview(arrays, output)
-        if args.json:
-            save_json(args.json, summary)
+        head = {"model": g.name, "dataset": data.name}
+        deliver(args, rt, output, paths, arrays, summary, n, head, {}, GRAPH_VALUES_NOTE[output.mode])
     if profile is not None:
         profile.report(comm)
     return 0

@@ -48,12 +48,11 @@ Flatten, Dropout       local (a public mask in training)    local
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
 from ...errors import MPCError
+from ...util.plugins import import_all
 from ...sharing.compact import held
 from .. import graph as G
 
@@ -238,15 +237,7 @@ _param = param
 # -- the layer modules ------------------------------------------------------------------------
 
 
-def _discover() -> list:
-    mods = []
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if not info.name.startswith("_"):
-            mods.append(importlib.import_module(f"{__name__}.{info.name}"))
-    return mods
-
-
-_MODULES = _discover()
+_MODULES = import_all(__name__, __path__)
 
 
 def __getattr__(name):

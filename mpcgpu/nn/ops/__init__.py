@@ -6,16 +6,6 @@ name), so adding an operator family is adding one file."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from ...util.plugins import import_all
 
-
-def _discover() -> list:
-    mods = []
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if not info.name.startswith("_"):
-            mods.append(importlib.import_module(f"{__name__}.{info.name}"))
-    return mods
-
-
-_MODULES = _discover()
+_MODULES = import_all(__name__, __path__)
