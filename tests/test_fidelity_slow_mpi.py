@@ -12,9 +12,27 @@ exports and runs onnxruntime; every party imports the same file (one machine) fo
 and its public consts, and parties 1 and 2 drop the weights at once: the weights are shared
 from party 0.  One model at a time, freed before the next.
 
-Measured (three ranks on one shared 2-core machine, CPU back end; see each test for its
-numbers, ``err`` = |private - onnxruntime|, ``scale`` = max |onnxruntime output|):
-recorded in each test's docstring.
+Measured (three ranks on one shared 2-core machine, CPU back end, MPCGPU_DEVICE=cpu; ``err``
+= |private - onnxruntime| over every output entry, relative to max |onnxruntime output|):
+
+==========  =================  ==================  ==================  ========  ========  =====
+model       output             max err (rel.)      mean err (rel.)     export    private   test
+==========  =================  ==================  ==================  ========  ========  =====
+BERT-base   last_hidden_state  0.0751 (1.8 %)      0.0132 (0.31 %)     72 s      73 s      242 s
+128 tokens  pooler_output      0.0231 (2.5 %)      0.0056 (0.59 %)
+GPT-2       logits             0.1995 (7.5 %)      0.0297 (1.1 %)      43 s      114 s     243 s
+32 tokens   (max |ref| 2.645)
+ViT-B/16    logits             0.0644 (3.2 %)      0.0153 (0.76 %)     21 s      66 s      126 s
+224 x 224   (max |ref| 2.007)
+==========  =================  ==================  ==================  ========  ========  =====
+
+("export": torch.onnx.export and onnxruntime on party 0; "private": the one PrivateGraph
+run; the exporter names the outputs ``layer_norm_24``/``tanh``, ``linear``, ``linear_72``.)
+The bounds are about 1.5 to 2 times the measured figures, per model: BERT max 4 % and mean
+0.8 % of the output scale, ViT max 6 % and mean 1.5 %, GPT-2 max 12 % and mean 2 % (its
+logits are the widest product, 768 x 50257 with the tied table, after 12 layers of
+fixed-point LayerNorm, softmax and GELU; the largest error is on a few entries, the mean is
+1.1 %).
 """
 
 from __future__ import annotations
@@ -102,21 +120,21 @@ def test_bert_base_fidelity(rt):
     """BERT-base, 128 tokens (all-ones mask): last_hidden_state and pooler_output."""
     errors, _ = _private_run(rt, "bert")
     if rt.rank == 0:
-        _check(errors, 0.1, 0.02)
+        _check(errors, 0.04, 0.008)
 
 
 def test_gpt2_small_fidelity(rt):
     """GPT-2 small (GPT2LMHeadModel, use_cache=False), 32 tokens: the logits."""
     errors, _ = _private_run(rt, "gpt2")
     if rt.rank == 0:
-        _check(errors, 0.1, 0.02)
+        _check(errors, 0.12, 0.02)
 
 
 def test_vit_b16_fidelity(rt):
     """ViT-B/16 (ViTForImageClassification, 1000 classes), one 224 x 224 image: the logits."""
     errors, _ = _private_run(rt, "vit")
     if rt.rank == 0:
-        _check(errors, 0.1, 0.02)
+        _check(errors, 0.06, 0.015)
 
 
 # -- generation -------------------------------------------------------------------------------
