@@ -177,7 +177,12 @@ def test_gpt2_small_greedy_generation(rt):
     takes the first of a few seeded prompts of PROMPT tokens whose 16 plaintext steps all
     have a gap of at least MIN_GAP.  The test therefore checks the private pipeline end to
     end (prompt graph, 15 cached one-token steps, private argmax over 50257 ids, the reveal
-    to the owner) against the plaintext model, not fine distinctions between tokens."""
+    to the owner) against the plaintext model, not fine distinctions between tokens.
+
+    Measured (three ranks, one shared 2-core machine, CPU back end): the first prompt
+    [23781, 25722, 37952, 47767, 1751, 7245] qualifies, greedy tokens 16 x 7245, smallest
+    top-2 gap 10.9; private generation 128.5 s (prompt graph and first argmax 34.0 s, each
+    cached one-token step 5.1 to 8.4 s); the tokens equal; the whole test about 4.5 min."""
     from mpcgpu.nn import generate as G
     from mpcgpu.nn import transformers as tf
     from mpcgpu.nn.dag_run import share_inputs
