@@ -182,7 +182,7 @@ def test_gpt2_small_greedy_generation(rt):
     Measured (three ranks, one shared 2-core machine, CPU back end): the first prompt
     [23781, 25722, 37952, 47767, 1751, 7245] qualifies, greedy tokens 16 x 7245, smallest
     top-2 gap 10.9; private generation 128.5 s (prompt graph and first argmax 34.0 s, each
-    cached one-token step 5.1 to 8.4 s); the tokens equal; the whole test about 4.5 min."""
+    cached one-token step 5.1 to 8.4 s); the tokens equal; the whole test 196 s."""
     from mpcgpu.nn import generate as G
     from mpcgpu.nn import transformers as tf
     from mpcgpu.nn.dag_run import share_inputs
