@@ -117,3 +117,40 @@ def test_bench_runs_the_tiny_transformers_against_the_plaintext_executor(rt, fol
             assert r["max_abs_diff"] < 0.1 and r["mean_abs_diff"] < 0.01, (name, r["max_abs_diff"])
             assert r["projections"][0]["seconds"] > r["private_seconds"]
         assert rows["gpt2-tiny"]["argmax_agree"] >= 0.9
+
+
+def test_outputs_revealed_as_reals_are_rounded_exactly(rt):
+    """``run(exact=True)``: the truncation that decides a revealed output's last bit rounds
+    to nearest (a function of the value alone), also behind moves and sums; without it the
+    probabilistic rounding shows (and differs run to run)."""
+    from mpcgpu.nn.dag import GraphModel, Node, TensorInfo
+    from mpcgpu.nn.dag_run import PrivateGraph
+    from mpcgpu.sharing.arithmetic import share
+
+    f = rt.frac_bits
+    rng = np.random.default_rng(11)
+    x = np.round(rng.standard_normal((4, 8)) * 2**f) / 2**f
+    w = np.round(rng.standard_normal((8, 6)) * 2**f) / 2**f
+    g = GraphModel(
+        "exact",
+        [TensorInfo("x", (4, 8))],
+        ["y"],
+        [
+            Node("MatMul", "mm", ["x", "w"], ["p"]),
+            Node("Reshape", "r", ["p", "shape"], ["q"]),
+            Node("Add", "a", ["q", "q"], ["y"]),
+        ],
+        [TensorInfo("w", (8, 6))],
+        [TensorInfo("shape", (2,), "int", "public")],
+    )
+    model = PrivateGraph(g, {"w": share(w if rt.rank == 0 else None, src=0)}, {"shape": np.array([6, 4])}, rt)
+    assert model.exact_nodes() == frozenset({0})  # behind the Reshape and the Add
+    sx = share(x if rt.rank == 0 else None, src=0)
+    ring = (x * 2**f).astype(np.int64) @ (w * 2**f).astype(np.int64)  # exact: |values| < 2^40
+    nearest = np.floor((ring + 2 ** (f - 1)) / 2**f).reshape(6, 4) * 2 / 2**f
+    runs = [model.run({"x": sx}, exact=True)["y"].reveal() for _ in range(3)]
+    for got in runs:
+        assert np.array_equal(got, nearest)
+    loose = [model.run({"x": sx})["y"].reveal() for _ in range(6)]
+    assert all(np.abs(v - nearest).max() <= 2 * 2.0**-f for v in loose)
+    assert any(not np.array_equal(v, nearest) for v in loose)  # the probabilistic carry shows

@@ -481,7 +481,7 @@ def run_graph(args, rt, model, output: Output, t_load: float) -> int:
     labelled = not tokens and "labels" in data.arrays and output.mode == "label"
     t0 = time.perf_counter()
     for rows, feeds in graph_batches(rt, g, data, n):
-        y = model.run(feeds, profile=profile)[g.outputs[0]]
+        y = model.run(feeds, profile=profile, exact=output.mode == "logits")[g.outputs[0]]
         if output.mode == "label":
             onehot = y.argmax(axis=-1)
             xp = onehot.xp
@@ -535,8 +535,8 @@ def run_graph(args, rt, model, output: Output, t_load: float) -> int:
 
 GRAPH_VALUES_NOTE = {
     "label": "argmax over the last axis of the graph's first output, chosen privately (ties to the lower index)",
-    "logits": "the graph's first output revealed at the fixed-point grid (2^-frac_bits; its last truncation's "
-    "rounding included)",
+    "logits": "the graph's first output, its last rounding exact (to nearest on the 2^-frac_bits grid: "
+    "PrivateGraph.run(exact=True))",
 }
 
 

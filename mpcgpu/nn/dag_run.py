@@ -18,11 +18,14 @@ the table is revealed.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy
 
 from ..errors import MPCError
 from ..sharing.arithmetic import ArithmeticShare, share
 from ..sharing.compact import CompactShare
+from ..sharing.truncation import forced
 from .dag import GraphError, GraphModel, op_type
 from .dag_fuse import DEFAULT as _DEFAULT_FUSE
 from .dag_fuse import fuse as _fuse
@@ -96,6 +99,16 @@ def run_plain(g: GraphModel, params: dict, consts: dict, feeds: dict) -> dict:
     return {o: env[o] for o in g.outputs}
 
 
+#: operators that never truncate a share (moves, selections, sums): an output's last
+#: rounding happens before them (:meth:`PrivateGraph.exact_nodes`)
+LOCAL_OPS = frozenset(
+    (
+        "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Flatten", "Concat", "Split", "Slice",
+        "Expand", "Gather", "GatherElements", "GatherND", "Add", "Sub", "Neg", "Where", "Cast", "ReduceSum",
+    )
+)  # fmt: skip
+
+
 class Context:
     """What a private facet may ask of the executor."""
 
@@ -139,6 +152,7 @@ class PrivateGraph:
         #: the most intermediate values (not params or consts) alive at once in the last run
         self.live_peak = 0
         self._profile = None
+        self._exact = None
 
     def _input(self, t, v):
         g = self.graph
@@ -177,9 +191,34 @@ class PrivateGraph:
         with section(self._profile, self.rt.comm, "one-hot ids", "one-hot ids"):
             return V.OneHotShare(one_hot_rows(ids, self.graph.one_hot_width(t.name)))
 
-    def run(self, feeds: dict, profile: Profile | None = None) -> dict:
+    def exact_nodes(self) -> frozenset:
+        """The indices of the nodes whose truncations decide the outputs' last bits: walking
+        back from every output through operators that never truncate (:data:`LOCAL_OPS`),
+        the first node of every path that may truncate.  ``run(exact=True)`` runs them with
+        exact rounding, so that a revealed output is a function of the value it rounds,
+        never of what one party saw in a probabilistic truncation."""
+        if self._exact is None:
+            g = self.graph
+            producer = {o: i for i, n in enumerate(g.nodes) for o in n.outputs}
+            todo, seen, exact = list(g.outputs), set(), set()
+            while todo:
+                name = todo.pop()
+                i = producer.get(name)
+                if i is None or i in seen:
+                    continue
+                seen.add(i)
+                if g.nodes[i].op in LOCAL_OPS:
+                    todo.extend(n for n in g.nodes[i].inputs if n)
+                else:
+                    exact.add(i)
+            self._exact = frozenset(exact)
+        return self._exact
+
+    def run(self, feeds: dict, profile: Profile | None = None, exact: bool = False) -> dict:
         """``{output: value}`` (shares stay shares; the caller reveals).  Every party calls
-        it with feeds of the same kinds and shapes."""
+        it with feeds of the same kinds and shapes.  ``exact``: the outputs will be revealed
+        as reals: the nodes of :meth:`exact_nodes` round exactly (their truncations 12
+        rounds instead of 2; :func:`mpcgpu.sharing.truncation.forced`)."""
         g = self.graph
         missing = sorted({t.name for t in g.inputs} - set(feeds))
         extra = sorted(set(feeds) - {t.name for t in g.inputs})
@@ -203,7 +242,8 @@ class PrivateGraph:
                     out = [V.public(o) for o in out]
             else:
                 row = self._rows.get(id(node), node.op)
-                with section(profile, comm, row, row):
+                rounding = forced("exact") if exact and i in self.exact_nodes() else contextlib.nullcontext()
+                with section(profile, comm, row, row), rounding:
                     out = _call(node, op.private, self.ctx, node, args)
             for name, value in zip(node.outputs, out):
                 if name in self._last:  # an output nothing reads (a Split's unused part) is dropped now
