@@ -165,12 +165,23 @@ def export_checked_onnx(path, model: S.Model, params, *, check: bool = True) -> 
     onnxruntime is installed): a disagreement beyond 1e-3 (relative) writes nothing.
     Returns a note on the check for the user (empty without ``check``)."""
     proto = to_onnx(model, params)
-    note = ""
-    if check:
-        try:
-            from .importer import check_against_onnxruntime
 
-            diff = check_against_onnxruntime(proto, model, params)
+    def compare():
+        from .importer import check_against_onnxruntime
+
+        return check_against_onnxruntime(proto, model, params)
+
+    return _write_checked(path, proto, compare if check else None)
+
+
+def _write_checked(path, proto, compare) -> str:
+    """Write ``proto`` at ``path`` (atomically) unless ``compare()`` -- onnxruntime against
+    the plaintext executor, a relative difference; None: no check -- exceeds 1e-3.  Returns
+    the note on the check for the user."""
+    note = ""
+    if compare is not None:
+        try:
+            diff = compare()
         except ImportError:
             note = " (onnxruntime not installed: not checked)"
         else:
@@ -198,20 +209,13 @@ def export_graph_checked_onnx(path, g, params, consts, *, check: bool = True) ->
         raise ExportError(str(e)) from None
     if proto.ByteSize() >= 2**31 - 1:
         raise ExportError(f"graph model {g.name}: over 2 GB, more than one ONNX file holds without external data")
-    note = ""
-    if check:
-        try:
-            from .importer import check_graph_against_onnxruntime
 
-            diff = check_graph_against_onnxruntime(proto, g, params, consts)
-        except ImportError:
-            note = " (onnxruntime not installed: not checked)"
-        else:
-            if diff > 1e-3:
-                raise ExportError(f"onnxruntime disagrees with the weights file by {diff:.2e}: not written")
-            note = f" (onnxruntime agrees to {diff:.1e} relative)"
-    _atomic(path, lambda tmp: open(tmp, "wb").write(proto.SerializeToString()))
-    return note
+    def compare():
+        from .importer import check_graph_against_onnxruntime
+
+        return check_graph_against_onnxruntime(proto, g, params, consts)
+
+    return _write_checked(path, proto, compare if check else None)
 
 
 def export_graph_safetensors(path, g, params) -> str:

@@ -230,27 +230,11 @@ def graph_feeds(g, rng, batch: int = 1) -> tuple:
     return secret, public
 
 
-def share_graph_inputs(rt, g, secret, public) -> dict:
-    """The feeds of :class:`mpcgpu.nn.dag_run.PrivateGraph` from the owner's (party 0's)
-    inputs: token ids as integer shares (the servers expand them into one-hot rows
-    privately), images as fixed point, public inputs as they are (every party holds them)."""
-    from ..sharing.arithmetic import share
-
-    feeds = {}
-    for t in g.inputs:
-        if t.role == "public":
-            feeds[t.name] = public[t.name]
-        else:
-            value = secret[t.name] if rt.rank == 0 else None
-            feeds[t.name] = share(value, src=0, integer=t.dtype == "int")
-    return feeds
-
-
 def _inference_graph(rt, g, args, batch):
     """:func:`_inference` for a graph model (a transformer): random weights of the model's
     own initialisation, random tokens or image, one private pass, the outputs revealed to
     party 0 and compared with the plaintext executor."""
-    from ..nn.dag_run import PrivateGraph, run_plain
+    from ..nn.dag_run import PrivateGraph, run_plain, share_inputs
     from ..nn.private import Profile
     from ..nn.transformers import graph_consts, random_weights
     from ..sharing.arithmetic import share
@@ -263,7 +247,7 @@ def _inference_graph(rt, g, args, batch):
         params, consts = {p.name: None for p in g.params}, graph_consts(g)
     shared = {n: share(params[n], src=0) for n in params}
     secret, public = graph_feeds(g, numpy.random.default_rng(args.seed), batch)
-    feeds = share_graph_inputs(rt, g, secret, public)
+    feeds = share_inputs(g, {**secret, **public} if rt.rank == 0 else None, rt, ids_one_hot=False)
     private = PrivateGraph(g, shared, consts, rt)
     memstat.reset_peak()  # the peak of the private passes (the owner's set-up of random weights excluded)
     profile = Profile() if args.profile else None

@@ -269,10 +269,12 @@ def one_hot(ids, width: int) -> numpy.ndarray:
     return out
 
 
-def share_inputs(g: GraphModel, feeds: dict | None, rt, src: int = 0) -> dict:
+def share_inputs(g: GraphModel, feeds: dict | None, rt, src: int = 0, *, ids_one_hot: bool = True) -> dict:
     """The feeds of :meth:`PrivateGraph.run` from plaintext ones held by party ``src``
     (others pass None; every party calls this): secret float inputs shared, secret integer
-    inputs (ids) shared as one-hot integer shares (:meth:`GraphModel.one_hot_width`), public inputs
+    inputs (ids) shared as one-hot integer shares (:meth:`GraphModel.one_hot_width`) or,
+    with ``ids_one_hot=False``, as integer shares of the ids themselves (16 bytes per token:
+    the executor expands them privately, :mod:`mpcgpu.protocols.onehot`), public inputs
     sent by ``src`` to all (``rt.comm.bcast_object``)."""
     out = {}
     mine = rt.rank == src
@@ -280,9 +282,12 @@ def share_inputs(g: GraphModel, feeds: dict | None, rt, src: int = 0) -> dict:
         v = feeds[t.name] if mine else None
         if t.role == "public":
             out[t.name] = V.public(rt.comm.bcast_object(None if v is None else V.public(v), root=src))
-        elif t.dtype == "int":
+        elif t.dtype == "int" and ids_one_hot:
             width = g.one_hot_width(t.name)
             out[t.name] = V.OneHotShare(share(one_hot(v, width) if mine else None, src=src, integer=True, rt=rt))
+        elif t.dtype == "int":
+            ids = None if v is None else numpy.asarray(v, dtype=numpy.int64)
+            out[t.name] = share(ids, src=src, integer=True, rt=rt)
         else:
             out[t.name] = share(None if v is None else numpy.asarray(v, dtype=numpy.float64), src=src, rt=rt)
     return out
