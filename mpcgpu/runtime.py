@@ -23,16 +23,19 @@ import traceback
 import numpy
 
 from mpcgpu.device.backend import Backend
+from mpcgpu.util import faults
 from mpcgpu.util.crashreport import report_then_wait
 from mpcgpu.comm.channels import ChannelConfig
 from mpcgpu.comm.communicator import Communicator
-from mpcgpu.comm.transport import abort_world, rank_count_message, world, world_rank
+from mpcgpu.comm.groups import Layout, Place, split_communicators
+from mpcgpu.comm.role import RoleComm
+from mpcgpu.comm.transport import abort_world, ranks_on_this_node, world, world_rank
 from mpcgpu.ring import threads as ring_threads
 from mpcgpu.ring.encoding import DEFAULT_FRAC_BITS, safe_limit
 from .errors import MPCError, ProtocolError, RankCountError
 from .kernelsets import build as build_kernel_set
 from .kernelsets import choose_kernel_set
-from mpcgpu.crypto.prg import INSECURE_SEED_ENV, PartyPRG, fresh_key, seed_digest, seeded_key
+from mpcgpu.crypto.prg import INSECURE_SEED_ENV, PartyPRG, fresh_key, key_label, seed_digest, seeded_key
 from . import settings as settings_mod
 
 _RUNTIME = None
@@ -86,9 +89,13 @@ class Runtime:
         if channels is None:
             channels = ChannelConfig.from_settings(settings)  # a key without parties file: an error here
         self.frac_bits = int(precision)
-        mpi_comm = mpi_comm if mpi_comm is not None else world()
-        if mpi_comm.Get_size() != 3:  # before touching a GPU
-            raise RankCountError(rank_count_message(mpi_comm.Get_size()))
+        world_comm = mpi_comm if mpi_comm is not None else world()
+        #: this rank's place: its group and party among ``k`` groups (:mod:`mpcgpu.comm.groups`)
+        self.place = Place(Layout(world_comm.Get_size(), settings.layout), world_comm.Get_rank())  # before a GPU
+        self.group, self.groups = self.place.group, self.place.k
+        faults.set_name(self.place.name)
+        group_comm, role_comm = split_communicators(world_comm, self.place)
+        node_ranks = ranks_on_this_node(world_comm) if self.groups > 1 else None
         self.backend = Backend(settings.device, node_rank=settings.local_rank)
         self.xp = self.backend.xp
         if not self.backend.is_gpu and settings.tune_malloc:
@@ -97,20 +104,37 @@ class Runtime:
         self.kernels = choose_kernel_set(self.backend, settings.kernels)
         global _STARTING
         self.comm = _STARTING = Communicator(
-            mpi_comm, self.backend, channels=channels, wire_hook=wire_hook, settings=settings
+            group_comm,
+            self.backend,
+            channels=channels,
+            wire_hook=wire_hook,
+            settings=settings,
+            place=self.place,
+            node_ranks=node_ranks,
         )
         self.rank = self.comm.rank
+        #: the ranks that play this party in the other groups (:mod:`mpcgpu.comm.role`)
+        self.role = RoleComm(
+            role_comm,
+            self.place,
+            self.backend,
+            peer_timeout=self.comm.peer_timeout,
+            wait=settings.wait,
+            node_ranks=node_ranks,
+        )
         #: this rank's BLAS / numba threads: its share of the cores (:mod:`mpcgpu.ring.threads`)
-        self.threads = ring_threads.apply(getattr(self.comm.transport, "ranks_here", 3), settings.threads)
+        self.threads = ring_threads.apply(self.comm.transport.node_ranks, settings.threads)
         self.insecure_seed = settings.insecure_prg_seed
         seed = self.insecure_seed
-        own = numpy.frombuffer(seeded_key(seed, f"pair{self.rank}") if seed else fresh_key(), dtype=numpy.uint8).copy()
+        own = numpy.frombuffer(
+            seeded_key(seed, key_label("pair", self.rank, self.group)) if seed else fresh_key(), dtype=numpy.uint8
+        ).copy()
         next_key = self._exchange_keys(own, seed)
         self.prg = PartyPRG(
             own.tobytes(),
             next_key,
             to_device=self.backend.to_device,
-            local_key=seeded_key(seed, f"local{self.rank}") if seed else None,
+            local_key=seeded_key(seed, key_label("local", self.rank, self.group)) if seed else None,
         )
         if seed:
             sys.stderr.write(
@@ -205,10 +229,15 @@ class Runtime:
     def scale(self) -> int:
         return 1 << self.frac_bits
 
+    def name(self) -> str:
+        """``"party P"``, or ``"party P of group G"`` with several groups (for messages)."""
+        return self.place.name()
+
     def describe(self) -> str:
         insecure = f", INSECURE reproducible keys ({INSECURE_SEED_ENV})" if self.insecure_seed else ""
+        groups = f" of group {self.group} ({self.place.layout.describe()})" if self.groups > 1 else ""
         return (
-            f"party {self.rank}/3 on {self.backend.describe()}, {self.frac_bits} fractional bits, "
+            f"party {self.rank}/3{groups} on {self.backend.describe()}, {self.frac_bits} fractional bits, "
             f"CUDA-aware MPI: {self.comm.cuda_aware}, protocol kernels: {self.kernels.name}, "
             f"threads: {ring_threads.describe(self.threads)}{insecure}; "
             f"{self.comm.describe_channels()}"
@@ -297,11 +326,11 @@ def install_excepthook():
         return
 
     def hook(kind, value, tb):
-        rank = _RUNTIME.rank if _RUNTIME is not None else world_rank()
+        who = _RUNTIME.name() if _RUNTIME is not None else f"party {world_rank()}"
         if isinstance(value, MPCError):
-            report = f"mpcgpu [party {rank}] error: {value}\n"
+            report = f"mpcgpu [{who}] error: {value}\n"
         else:
-            report = f"mpcgpu [party {rank}] crashed:\n" + "".join(traceback.format_exception(kind, value, tb))
+            report = f"mpcgpu [{who}] crashed:\n" + "".join(traceback.format_exception(kind, value, tb))
         try:
             sys.stdout.flush()
         except Exception:

@@ -30,7 +30,7 @@ import os
 import types
 from dataclasses import dataclass, field, fields
 
-from .errors import BackendError, ChannelError, MPCError
+from .errors import BackendError, ChannelError, MPCError, RankCountError
 
 ARGUMENT, COMMAND_LINE, ENVIRONMENT, DEFAULT = "argument", "command line", "environment", "default"
 
@@ -140,7 +140,7 @@ def _fault(value):
     if len(parts) not in (2, 3) or parts[0] not in FAULT_POINTS:
         raise ValueError
     rank, n = int(parts[1]), int(parts[2]) if len(parts) == 3 else 1
-    if not 0 <= rank <= 2 or n < 1:
+    if rank < 0 or n < 1:
         raise ValueError
     return (parts[0], rank, n)
 
@@ -151,7 +151,7 @@ def _step_fault(value):
     if len(parts) != 2:
         raise ValueError
     step, rank = int(parts[0]), int(parts[1])
-    if step < 0 or not 0 <= rank <= 2:
+    if step < 0 or rank < 0:
         raise ValueError
     return (step, rank)
 
@@ -255,6 +255,15 @@ SETTINGS = (
         "whether MPI takes GPU buffers (auto: asked from the MPI library)",
     ),
     Setting(
+        "layout",
+        ("MPCGPU_LAYOUT",),
+        _choice("block", "cyclic"),
+        "use block or cyclic",
+        "how 3k ranks form k groups of three (block: ranks [pk, pk+k) play party p; cyclic: rank r plays r % 3)",
+        RankCountError,
+        "--layout",
+    ),
+    Setting(
         "tune_malloc", ("MPCGPU_TUNE_MALLOC",), _flag, "use 1 or 0", "keep freed memory in the process (CPU, glibc)"
     ),
     Setting(
@@ -307,16 +316,16 @@ SETTINGS = (
         "fault",
         ("MPCGPU_FAULT",),
         _fault,
-        f"use POINT:RANK[:N], POINT one of {', '.join(FAULT_POINTS)}, RANK 0-2, N >= 1",
-        "tests: kill party RANK the N-th time it reaches POINT",
+        f"use POINT:RANK[:N], POINT one of {', '.join(FAULT_POINTS)}, RANK >= 0 (the launcher's rank), N >= 1",
+        "tests: kill launcher rank RANK (party RANK of a 3-rank job) the N-th time it reaches POINT",
         show=_show_unset,
     ),
     Setting(
         "fault_kill_after_step",
         ("MPCGPU_FAULT_KILL_AFTER_STEP",),
         _step_fault,
-        "use STEP:RANK, STEP >= 0, RANK 0-2",
-        "tests: kill party RANK right after training step STEP",
+        "use STEP:RANK, STEP >= 0, RANK >= 0 (the launcher's rank)",
+        "tests: kill launcher rank RANK (party RANK of a 3-rank job) right after training step STEP",
         show=_show_unset,
     ),
     Setting(
@@ -349,6 +358,7 @@ class Settings:
     compact_weights: bool | None = None
     wait: str = "auto"
     cuda_aware: bool | None = None
+    layout: str = "block"
     tune_malloc: bool = True
     insecure_prg_seed: str | None = None
     key: str | None = None

@@ -1,6 +1,7 @@
-"""Test harness for one process and for three MPI ranks.
+"""Test harness for one process, for three MPI ranks and for six (two groups of three).
 
-Under ``mpiexec -n 3 python -m pytest --only-mpi`` (see tests/run.sh):
+Under ``mpiexec -n 3 python -m pytest --only-mpi`` (see tests/run.sh; the same with ``-n 6``
+for the ``*_mpi6.py`` files):
 * ranks 1 and 2 write their pytest output to ``test-logs/rank<r>.log`` so the
   console shows rank 0's report and one closing line;
 * a failure on *any* rank writes the report to that rank's log and to stderr,
@@ -87,6 +88,18 @@ def rt():
     world = _world()
     if not world or world.Get_size() != 3:
         pytest.skip("needs three MPI ranks")
+    return mpcgpu.init(device=test_device(), excepthook=False)
+
+
+@pytest.fixture(scope="session")
+def rt6():
+    """The runtime of this rank in a six-rank job: two groups of three (block layout;
+    ``tests/run.sh`` runs the ``*_mpi6.py`` files under ``mpiexec -n 6``)."""
+    import mpcgpu
+
+    world = _world()
+    if not world or world.Get_size() != 6:
+        pytest.skip("needs six MPI ranks (two groups of three)")
     return mpcgpu.init(device=test_device(), excepthook=False)
 
 

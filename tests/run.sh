@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: single-process tests, then the three-rank suite
-# under mpiexec.  Uses the python and mpiexec of the active environment.
+# under mpiexec, then the six-rank suite (two groups of three: tests/test_*_mpi6.py).  Uses the python and mpiexec of the active environment.
 # Exit status is non-zero if anything failed on any rank.  The three-rank suite runs twice:
 # on MPCGPU_DEVICE (default cpu), then under the strict back end (STRICT=0 skips that pass).
 set -uo pipefail
@@ -48,6 +48,17 @@ if [ "${STRICT:-1}" = "1" ] && [ "$MPCGPU_DEVICE" != "strict" ]; then
   if [ $rc -ne 0 ]; then
     for f in test-logs/rank*.log; do [ -f "$f" ] && { echo "--- $f (tail)"; tail -n 40 "$f"; }; done
   fi
+fi
+# two groups of three under one mpiexec (issue 22): the *_mpi6.py files, six ranks
+echo "== six-rank tests (mpiexec -n 6: two groups of three)"
+rm -rf test-logs
+SIX=(tests/test_*_mpi6.py)
+timeout -k 10 1200 "$MPIEXEC" -n 6 "$PY" -m pytest -q -p no:cacheprovider --only-mpi \
+    --timeout=600 --timeout-method=thread "${SLOW[@]}" "$@" "${SIX[@]}"
+rc=$?
+check $rc "six-rank tests"
+if [ $rc -ne 0 ]; then
+  for f in test-logs/rank*.log; do [ -f "$f" ] && { echo "--- $f (tail)"; tail -n 40 "$f"; }; done
 fi
 rm -f /dev/shm/mpich_shm_* 2>/dev/null || true
 exit $status

@@ -91,5 +91,5 @@ def test_wrong_rank_count_fails_fast_on_every_rank():
         timeout=60,
     )
     assert proc.returncode != 0
-    assert proc.stderr.count("exactly three parties") == 2, proc.stderr
+    assert proc.stderr.count("groups of three parties") == 2, proc.stderr
     assert "mpirun -n 3" in proc.stderr

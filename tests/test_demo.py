@@ -92,4 +92,4 @@ def test_infer_help_and_bad_rank_count():
         timeout=60,
         env=local_env("cpu"),
     )
-    assert p.returncode != 0 and "exactly three parties" in p.stderr
+    assert p.returncode != 0 and "groups of three parties" in p.stderr

@@ -185,11 +185,11 @@ def test_the_first_numeric_launcher_variable_counts():
         ("MPCGPU_PEER_TIMEOUT", "soon", ChannelError, ">= 0"),
         ("MPCGPU_PEER_TIMEOUT", "-1", ChannelError, ">= 0"),
         ("MPCGPU_PEER_TIMEOUT", "nan", ChannelError, ">= 0"),
-        ("MPCGPU_FAULT", "a2b:3", MPCError, "POINT:RANK[:N]"),
+        ("MPCGPU_FAULT", "a2b:-1", MPCError, "POINT:RANK[:N]"),
         ("MPCGPU_FAULT", "nowhere:1", MPCError, "POINT:RANK[:N]"),
         ("MPCGPU_FAULT", "a2b:1:0", MPCError, "POINT:RANK[:N]"),
         ("MPCGPU_FAULT_KILL_AFTER_STEP", "7", MPCError, "STEP:RANK"),
-        ("MPCGPU_FAULT_KILL_AFTER_STEP", "7:5", MPCError, "STEP:RANK"),
+        ("MPCGPU_FAULT_KILL_AFTER_STEP", "7:-1", MPCError, "STEP:RANK"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_allowed_values(name, raw, error, allowed):

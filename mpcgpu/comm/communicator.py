@@ -67,7 +67,8 @@ class _PartAttribute:
 
 
 class Communicator:
-    """Exchanges between the three parties of one MPI communicator.
+    """Exchanges between the three parties of one MPI communicator (with several groups:
+    this rank's group, :mod:`mpcgpu.comm.groups`; ``place`` names it in messages).
 
     Holds its three parts: ``transport`` (a :class:`~mpcgpu.comm.transport.Transport`), ``link``
     (a :class:`~mpcgpu.comm.link.SealedLink`, connected at construction: the key exchange) and
@@ -82,11 +83,15 @@ class Communicator:
         channels: ChannelConfig | None = None,
         wire_hook=None,
         settings=None,
+        place=None,
+        node_ranks=None,
     ):
         settings = settings if settings is not None else settings_mod.active()  # see mpcgpu.settings
         cuda_aware = settings.cuda_aware if cuda_aware is None else cuda_aware
         channels = channels if channels is not None else ChannelConfig.from_settings(settings)
-        self.transport = Transport(mpi_comm, peer_timeout=channels.peer_timeout, wait=settings.wait)
+        self.transport = Transport(
+            mpi_comm, peer_timeout=channels.peer_timeout, wait=settings.wait, place=place, node_ranks=node_ranks
+        )
         self.meter = Meter()
         self.backend = backend
         on_gpu = backend is not None and backend.is_gpu

@@ -19,6 +19,8 @@ import os
 import sys
 import time
 
+from mpcgpu.comm import traffic
+from mpcgpu.comm.groups import rank_count_message
 from mpcgpu.errors import ProtocolError, RankCountError
 
 PARTIES = 3
@@ -28,6 +30,12 @@ def _mpi():
     from mpi4py import MPI
 
     return MPI
+
+
+def mpi_module():
+    """mpi4py's ``MPI`` (for the role communicator's requests: this module stays the one that
+    imports mpi4py)."""
+    return _mpi()
 
 
 def detect_cuda_aware() -> bool:
@@ -88,12 +96,12 @@ def abort_world(code: int = 1):
         pass
 
 
-def rank_count_message(size: int) -> str:
-    return (
-        f"mpcgpu runs exactly three parties, one per MPI rank, but this job has {size} "
-        f"rank{'s' if size != 1 else ''}. Launch it with three ranks: "
-        "`mpirun -n 3 ...` (or `srun -n 3 ...` under SLURM)."
-    )
+def _world_ranks(comm) -> list:
+    """The world rank of each rank of ``comm``."""
+    MPI = _mpi()
+    if comm == MPI.COMM_WORLD:
+        return list(range(comm.Get_size()))
+    return list(MPI.Group.Translate_ranks(comm.Get_group(), list(range(comm.Get_size())), MPI.COMM_WORLD.Get_group()))
 
 
 def ranks_on_this_node(mpi_comm) -> int:
@@ -143,6 +151,60 @@ def _wait_politely(MPI, requests, statuses):
         pause = min(2 * pause, SLEEP_CAP)
 
 
+def wait_all(MPI, requests, statuses, waiting: str, timeout, on_timeout):
+    """Wait for every request: MPI's own wait (``"spin"``) or politely (``"sleep"``), and
+    call ``on_timeout()`` (which does not return: it aborts) once ``timeout`` seconds pass
+    (None: wait for ever).  The one waiting loop of the group and role exchanges."""
+    if timeout is None:
+        if waiting == "sleep":
+            _wait_politely(MPI, requests, statuses)
+        else:
+            MPI.Request.Waitall(requests, statuses)
+        return
+    start = time.monotonic()
+    pause = SLEEP_FIRST
+    polite = waiting == "sleep"
+    while not MPI.Request.Testall(requests, statuses):
+        if polite:
+            time.sleep(pause)
+            pause = min(2 * pause, SLEEP_CAP)
+        if time.monotonic() - start > timeout:
+            on_timeout()
+
+
+def silent_of(requests, peers) -> list:
+    """The peers whose requests are still pending (receives first: the silent ones)."""
+    waiting_recv, waiting_send = [], []
+    for req, (peer, kind) in zip(requests, peers):
+        if not req.Test():
+            (waiting_recv if kind == "recv" else waiting_send).append(peer)
+    return sorted(set(waiting_recv or waiting_send))
+
+
+def fatal_exit(message: str, comm=None):
+    """Print ``message`` (flushed, one write, read by the launcher) and abort every rank of
+    the job (the world communicator: with several groups, all of them), ending this
+    process by itself if the abort blocks."""
+    from mpcgpu.util.crashreport import report_then_wait
+
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
+    report_then_wait(message)
+    # MPI_Abort can block when the launcher is already tearing the job down around a
+    # stopped process: this party then ends by itself
+    import threading
+
+    watchdog = threading.Timer(2.0, os._exit, args=(1,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        (comm if comm is not None else world()).Abort(1)
+    finally:
+        os._exit(1)
+
+
 class Transport:
     """MPI point-to-point for one party of three.
 
@@ -150,7 +212,9 @@ class Transport:
     (ranks MPI puts on this machine), ``waiting`` (the wait policy), ``peer_timeout``
     (seconds; None waits for ever) and a duplicate communicator for :meth:`settle`."""
 
-    def __init__(self, mpi_comm=None, peer_timeout: float | None = None, wait: str = "auto"):
+    def __init__(
+        self, mpi_comm=None, peer_timeout: float | None = None, wait: str = "auto", place=None, node_ranks=None
+    ):
         MPI = _mpi()
         self.mpi = MPI
         self.comm = mpi_comm if mpi_comm is not None else MPI.COMM_WORLD
@@ -164,7 +228,13 @@ class Transport:
         self._settle_comm = self.comm.Dup()  # only for settle(): never matches a protocol's call
         self._tag = 7
         self.ranks_here = ranks_on_this_node(self.comm)
-        self.waiting = wait_policy(self.comm, self.ranks_here, wait)
+        #: this rank's place among several groups (:class:`mpcgpu.comm.groups.Place`; None: one group)
+        self.place = place if place is not None and place.k > 1 else None
+        #: ranks of the whole job on this machine (several groups: more than this group's)
+        self.node_ranks = self.ranks_here if node_ranks is None else int(node_ranks)
+        self.waiting = wait_policy(self.comm, self.node_ranks, wait)
+        #: world rank of each party (for the traffic record of tests)
+        self.world_of = _world_ranks(self.comm)
 
     @property
     def one_machine(self) -> bool:
@@ -190,6 +260,7 @@ class Transport:
             self.check_peer(peer)
             requests.append(self.comm.Isend([buf, MPI.BYTE], dest=peer, tag=self._tag))
             peers.append((peer, "send"))
+            traffic.note("group", self.world_of[peer], buf.nbytes)
         statuses = [MPI.Status() for _ in requests]
         self._wait(requests, statuses, peers)
         return {peer: st.Get_count(MPI.BYTE) for (peer, kind), st in zip(peers, statuses) if kind == "recv"}
@@ -197,58 +268,29 @@ class Transport:
     def _wait(self, requests, statuses, peers):
         """Wait for ``requests`` (``peers[k]`` is the peer of request ``k``), politely or
         spinning (:func:`wait_policy`), and never longer than the peer timeout."""
-        MPI = self.mpi
-        timeout = self.peer_timeout
-        if timeout is None:
-            if self.waiting == "sleep":
-                _wait_politely(MPI, requests, statuses)
-            else:
-                MPI.Request.Waitall(requests, statuses)
-            return
-        start = time.monotonic()
-        pause = SLEEP_FIRST
-        polite = self.waiting == "sleep"
-        while not MPI.Request.Testall(requests, statuses):
-            if polite:
-                time.sleep(pause)
-                pause = min(2 * pause, SLEEP_CAP)
-            if time.monotonic() - start > timeout:
-                self._silent_peer(requests, peers, timeout)
+        wait_all(
+            self.mpi, requests, statuses, self.waiting, self.peer_timeout, lambda: self._silent_peer(requests, peers)
+        )
 
-    def _silent_peer(self, requests, peers, timeout):
-        waiting_recv, waiting_send = [], []
-        for req, (peer, kind) in zip(requests, peers):
-            if not req.Test():
-                (waiting_recv if kind == "recv" else waiting_send).append(peer)
-        silent = sorted(set(waiting_recv or waiting_send))
-        names = " and ".join(f"party {p}" for p in silent) or "a peer"
+    def _silent_peer(self, requests, peers):
+        timeout = self.peer_timeout
+        silent = silent_of(requests, peers)
+        names = " and ".join(self.name(p) for p in silent) or "a peer"
         self.fatal(
             f"no message from {names} for {timeout:g} s (peer timeout: --peer-timeout or MPCGPU_PEER_TIMEOUT): "
             f"{names} stopped, crashed or cannot be reached; aborting the job"
         )
 
+    def name(self, party: int | None = None) -> str:
+        """``"party P"``, or ``"party P of group G"`` when the job has several groups."""
+        party = self.rank if party is None else party
+        return f"party {party}" if self.place is None else self.place.name(party)
+
     def fatal(self, message: str):
         """Print ``message`` (flushed, one write) and abort every rank: a channel that
         failed cannot be trusted, and a silent peer would otherwise leave the others
         waiting for ever.  Nothing secret is in the message."""
-        from mpcgpu.util.crashreport import report_then_wait
-
-        try:
-            sys.stdout.flush()
-        except Exception:
-            pass
-        report_then_wait(f"mpcgpu [party {self.rank}] error: {message}\n")  # read by the launcher before the abort
-        # MPI_Abort can block when the launcher is already tearing the job down around a
-        # stopped process: this party then ends by itself
-        import threading
-
-        watchdog = threading.Timer(2.0, os._exit, args=(1,))
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            self.comm.Abort(1)
-        finally:
-            os._exit(1)
+        fatal_exit(f"mpcgpu [{self.name()}] error: {message}\n", None if self.place is not None else self.comm)
 
     def settle(self, limit: float) -> bool:
         """For the excepthook before an abort: wait (at most ``limit`` s) until every party has

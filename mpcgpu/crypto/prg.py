@@ -46,6 +46,13 @@ def fresh_key() -> bytes:
     return os.urandom(KEY_BYTES)
 
 
+def key_label(kind: str, party: int, group: int = 0) -> str:
+    """The label of a seeded key (:func:`seeded_key`): ``"pair1"``, ``"local2"`` in group 0 (the
+    labels of a 3-rank job, unchanged), ``"group3/pair1"`` in group 3: no two groups of one
+    job ever derive the same key, so no PRG stream is shared between groups."""
+    return f"{kind}{party}" if group == 0 else f"group{group}/{kind}{party}"
+
+
 def seeded_key(seed: str, label: str) -> bytes:
     """A key derived from a public seed: REPRODUCIBLE AND INSECURE (tests only)."""
     import hashlib

@@ -41,9 +41,23 @@ def add_channel_arguments(p):
         f"env {TIMEOUT_ENV})",
     )
 
+    r = p.add_argument_group(
+        "more than three ranks",
+        "`mpirun -n 3k` runs k groups of three parties: each organisation contributes k ranks, the "
+        "work is split across the groups, and the ranks of one party combine only their own shares.",
+    )
+    r.add_argument(
+        "--layout",
+        default=None,
+        choices=("block", "cyclic"),
+        help="which rank plays which party (block, the default: ranks [pk, pk+k) play party p, one "
+        "organisation's node per party under SLURM; cyclic: rank r plays party r %% 3, one machine; "
+        "env MPCGPU_LAYOUT)",
+    )
+
 
 #: command-line options (argparse destinations) that are settings (mpcgpu.settings)
-CLI_SETTINGS = ("device", "key", "parties", "insecure_channels", "peer_timeout")
+CLI_SETTINGS = ("device", "key", "parties", "insecure_channels", "peer_timeout", "layout")
 
 
 def cli_settings(args) -> dict:

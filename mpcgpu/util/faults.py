@@ -26,6 +26,14 @@ from mpcgpu import settings
 ENV = "MPCGPU_FAULT"
 POINTS = settings.FAULT_POINTS
 _seen = {}
+#: this rank's name in messages (``"party P of group G"``), set by the runtime once it knows
+_name = None
+
+
+def set_name(name):
+    """``name()`` gives this rank's name for the fault's message (the runtime sets it)."""
+    global _name
+    _name = name
 
 
 def parse(value: str):
@@ -48,8 +56,9 @@ def point(name: str):
         return
     from mpcgpu.util.crashreport import report_then_wait
 
+    who = _name() if _name is not None else f"party {rank}"
     report_then_wait(
-        f"mpcgpu [party {rank}] killed by fault injection at {name!r} (call {n}; {ENV}={value}) "
-        f"at t={time.time():.3f}: party {rank} is lost\n"
+        f"mpcgpu [{who}] killed by fault injection at {name!r} (call {n}; {ENV}={value}) "
+        f"at t={time.time():.3f}: {who} is lost\n"
     )
     os.kill(os.getpid(), signal.SIGKILL)
