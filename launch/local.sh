@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run an mpcgpu command on three local MPI ranks (one per party).
+# Run an mpcgpu command on three local MPI ranks (one per party), or 3K (--groups K).
 #
 #   launch/local.sh [launcher options] COMMAND [ARGS...]
 #   launch/local.sh infer --model shards/lenet --data shards/mnist
@@ -12,8 +12,8 @@ set -uo pipefail
 
 usage() {
   cat <<'EOF'
-usage: launch/local.sh [--device cpu|cuda|auto] [--python PY] [--mpiexec PATH]
-                       [--dry-run] [--help] COMMAND [ARGS...]
+usage: launch/local.sh [--device cpu|cuda|auto] [--groups K] [--python PY]
+                       [--mpiexec PATH] [--dry-run] [--help] COMMAND [ARGS...]
 
 Runs `mpiexec -n 3 PY -m mpcgpu.cli COMMAND ARGS...` on this machine: three MPI
 ranks, one per party (rank i is party i and reads its own shard
@@ -23,6 +23,9 @@ Launcher options (before COMMAND):
   --device D     cpu, cuda or auto: exported as MPCGPU_DEVICE to all ranks
                  (auto: a GPU per rank when CuPy sees one, ranks share GPUs
                  round-robin)
+  --groups K     K groups of three parties: 3K ranks (default 1), laid out
+                 cyclic on this one machine (rank r plays party r % 3;
+                 MPCGPU_LAYOUT overrides); the work is split across groups
   --python PY    the python to run (default: $PYTHON, the active virtualenv,
                  the repository's .venv, then python3 on PATH)
   --mpiexec M    the launcher (default: $MPIEXEC, mpiexec next to PY -- the pip
@@ -47,13 +50,15 @@ die() { echo "launch/local.sh: $*" >&2; exit "${2:-2}"; }
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
-device="" py="${PYTHON:-}" mpiexec="${MPIEXEC:-}" dry=0
+device="" py="${PYTHON:-}" mpiexec="${MPIEXEC:-}" dry=0 groups=1
 
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --device) [ $# -ge 2 ] || die "--device needs a value"; device=$2; shift 2 ;;
     --device=*) device=${1#--device=}; shift ;;
+    --groups) [ $# -ge 2 ] || die "--groups needs a value"; groups=$2; shift 2 ;;
+    --groups=*) groups=${1#--groups=}; shift ;;
     --python) [ $# -ge 2 ] || die "--python needs a value"; py=$2; shift 2 ;;
     --python=*) py=${1#--python=}; shift ;;
     --mpiexec) [ $# -ge 2 ] || die "--mpiexec needs a value"; mpiexec=$2; shift 2 ;;
@@ -70,6 +75,11 @@ case "$device" in
   ""|cpu|cuda|auto) ;;
   *) die "--device must be cpu, cuda or auto, not '$device'" ;;
 esac
+case "$groups" in
+  ''|*[!0-9]*|0*) die "--groups must be a whole number >= 1, not '$groups'" ;;
+esac
+ranks=$(( 3 * groups ))
+[ "$groups" -gt 1 ] && export MPCGPU_LAYOUT=${MPCGPU_LAYOUT:-cyclic}
 
 # -- python: explicit, active virtualenv, the repository's .venv, PATH
 if [ -z "$py" ]; then
@@ -92,10 +102,10 @@ fi
 
 # -- environment for three ranks on this node
 cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
-threads=$(( cores / 3 )); [ "$threads" -ge 1 ] || threads=1
+threads=$(( cores / ranks )); [ "$threads" -ge 1 ] || threads=1
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-$threads}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads}
-if [ "$cores" -lt 3 ]; then
+if [ "$cores" -lt "$ranks" ]; then
   export MPIR_CVAR_CH4_PROGRESS_THROTTLE=${MPIR_CVAR_CH4_PROGRESS_THROTTLE:-1}
   export MPIR_CVAR_CH4_PROGRESS_THROTTLE_NO_PROGRESS_COUNT=${MPIR_CVAR_CH4_PROGRESS_THROTTLE_NO_PROGRESS_COUNT:-32}
 fi
@@ -105,19 +115,19 @@ export PYTHONUNBUFFERED=1
 # Open MPI needs explicit permission to run 3 ranks on fewer cores, and as root
 extra=()
 if "$mpiexec" --version 2>&1 | grep -qiE 'open ?mpi|openrte'; then
-  [ "$cores" -lt 3 ] && extra+=(--oversubscribe)
+  [ "$cores" -lt "$ranks" ] && extra+=(--oversubscribe)
   [ "$(id -u)" = 0 ] && extra+=(--allow-run-as-root)
 fi
 
 if [[ "$1" == *.py ]]; then
-  cmd=("$mpiexec" -n 3 "${extra[@]}" "$py" "$@")
+  cmd=("$mpiexec" -n "$ranks" "${extra[@]}" "$py" "$@")
 else
-  cmd=("$mpiexec" -n 3 "${extra[@]}" "$py" -m mpcgpu.cli "$@")
+  cmd=("$mpiexec" -n "$ranks" "${extra[@]}" "$py" -m mpcgpu.cli "$@")
 fi
 
 if [ "$dry" = 1 ]; then
   for v in MPCGPU_DEVICE OPENBLAS_NUM_THREADS OMP_NUM_THREADS MPIR_CVAR_CH4_PROGRESS_THROTTLE \
-           MPIR_CVAR_CH4_PROGRESS_THROTTLE_NO_PROGRESS_COUNT MPCGPU_CUDA_AWARE; do
+           MPIR_CVAR_CH4_PROGRESS_THROTTLE_NO_PROGRESS_COUNT MPCGPU_CUDA_AWARE MPCGPU_LAYOUT; do
     [ -n "${!v:-}" ] && echo "$v=${!v}"
   done
   printf '%q ' "${cmd[@]}"; echo

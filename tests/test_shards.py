@@ -348,10 +348,40 @@ def test_launcher_runs_three_ranks_and_passes_exit_code(tmp_path):
     assert failed.returncode == 3
 
 
-@pytest.mark.parametrize("name", ["slurm_1node_3gpu.sh", "slurm_3nodes_1gpu.sh", "../launch/local.sh"])
+@pytest.mark.parametrize(
+    "name", ["slurm_1node_3gpu.sh", "slurm_3nodes_1gpu.sh", "slurm_3nodes_kgpu.sh", "../launch/local.sh"]
+)
 def test_scripts_parse(name):
     path = os.path.join(REPO, "job_scripts", name)
     assert subprocess.run(["bash", "-n", path], timeout=30).returncode == 0
     text = open(path).read()
     if name.startswith("slurm"):
         assert "MPCGPU_DEVICE=cuda" in text and "MPCGPU_CUDA_AWARE" in text and "srun" in text
+
+
+def test_the_k_gpu_script_asks_for_3k_block_tasks_and_names_each_ranks_party_and_group(tmp_path):
+    """slurm_3nodes_kgpu.sh under a stand-in ``srun`` that prints what it was asked and runs
+    the per-task wrapper for every task: K=2 -> 6 tasks, 2 per node, block distribution, and
+    rank p*K + g introduced as party p of group g."""
+    fake = tmp_path / "srun"
+    fake.write_text(
+        '#!/bin/bash\necho "srun $*"\necho "layout $MPCGPU_LAYOUT"\n'
+        'for r in 0 1 2 3 4 5; do SLURM_PROCID=$r SLURM_LOCALID=$((r % 2)) bash -c "$BASH_CMD" true; done\n'
+    )
+    fake.chmod(0o755)
+    script = os.path.join(REPO, "job_scripts", "slurm_3nodes_kgpu.sh")
+    text = open(script).read()
+    wrapper = text.split("bash -c '", 1)[1].split("' \\", 1)[0].replace("'\"$K\"'", "2").replace('; exec "$0" "$@"', "")
+    env = dict(
+        os.environ,
+        PATH=f"{tmp_path}:{os.environ['PATH']}",
+        SLURM_NTASKS_PER_NODE="2(x3)",
+        MPCGPU_INSECURE_CHANNELS="1",
+        BASH_CMD=wrapper,
+    )
+    out = subprocess.run(["bash", script, "infer", "--model", "m"], capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "--ntasks=6 --ntasks-per-node=2 --distribution=block" in out.stdout
+    assert "layout block" in out.stdout and "2 groups of three" in out.stdout
+    for r in range(6):
+        assert f"rank {r} (party {r // 2}, group {r % 2})" in out.stdout
