@@ -206,6 +206,29 @@ def test_gpt2_config_of_refuses_an_imported_onnx_gpt2():
         G.gpt2_config_of(g, consts)
 
 
+def test_save_gpt2_from_hugging_face_names(tmp_path):
+    tf = _tf()
+    from mpcgpu.nn import weights as W
+
+    c = tf.get_config("gpt2-tiny")
+    params, _ = tf.random_weights(tf.gpt2(c), seed=2)
+    state = dict(params)
+    state["lm_head.weight"] = params["transformer.wte.weight"].copy()  # tied, as HF's state dict has it
+    state["transformer.h.0.attn.bias"] = np.ones((1, 1, 64, 64))  # a buffer the graph does not read
+    g = G.save_gpt2(tmp_path / "g.h5", c, state, dtype=np.float64)
+    back, stored, consts = W.load_graph(tmp_path / "g.h5")
+    assert G.gpt2_config_of(back, consts) == c and back.outputs == g.outputs and len(g.outputs) == 1 + 2 * c.layers
+    assert all(np.array_equal(stored[k], params[k]) for k in params)
+    bad = dict(state, **{"lm_head.weight": state["lm_head.weight"] + 1.0})
+    bad.pop("transformer.ln_f.bias")
+    bad["transformer.h.1.mlp.c_fc.weight"] = np.zeros((128, 32))  # a torch Linear's [out, in]
+    with pytest.raises(G.GenerationError) as e:
+        G.save_gpt2(tmp_path / "h.h5", c, bad)
+    msg = str(e.value)
+    assert "missing transformer.ln_f.bias" in msg and "c_fc.weight: shape (128, 32), expected (32, 128)" in msg
+    assert "lm_head.weight differs" in msg and not (tmp_path / "h.h5").exists()
+
+
 def test_prompt_spans():
     mask = np.array([[1, 1, 1, 0], [0, 1, 1, 1], [0, 1, 0, 0], [1, 1, 1, 1]])
     assert G.prompt_spans(mask) == [(0, 3), (1, 3), (1, 1), (0, 4)]

@@ -14,9 +14,10 @@ from .checks import peek_frac_bits
 SUMMARY = "generate tokens privately with a shared GPT-2 graph model from shared prompts (mpirun -n 3)"
 DESCRIPTION = """\
 Private greedy generation on three MPI ranks. Each rank opens only its own shards:
-  --model STEM   a GPT-2 graph model shared by `mpcgpu share` (a graph of
-                 mpcgpu.nn.transformers.gpt2, with or without its cache outputs,
-                 saved by mpcgpu.nn.weights.save_weights)
+  --model STEM   a GPT-2 graph model shared by `mpcgpu share`: the graph of
+                 mpcgpu.nn.transformers.gpt2 (so that its prompt and one-token step
+                 graphs can be built); write one from Hugging Face GPT-2 weights with
+                 mpcgpu.nn.generate.save_gpt2("gpt2.h5", "gpt2", state_dict) (see below)
   --data STEM    the prompts: a token dataset shared by `mpcgpu share` (made by
                  `python -m datasets.tokens`); each row's prompt is its run of
                  tokens (attention mask 1), padded before or after
@@ -44,7 +45,12 @@ length), a prompt longer than the model's context or N beyond it (prompt length 
 positions), N < 1, ids of a larger vocabulary than the model's, a job of other than
 three ranks.
 
-Example:
+Example (a Hugging Face GPT-2 small; another size: a TransformerConfig of its sizes):
+  python -c "import transformers as T; from mpcgpu.nn.generate import save_gpt2; \\
+    m = T.GPT2LMHeadModel.from_pretrained('gpt2'); \\
+    save_gpt2('gpt2.h5', 'gpt2', {k: v.double().numpy() for k, v in m.state_dict().items()})"
+  python -m datasets.tokens prompts.txt prompts.h5 --vocab 50257
+  mpcgpu share gpt2.h5 --out shards/ && mpcgpu share prompts.h5 --out shards/
   mpirun -n 3 mpcgpu generate --model shards/gpt2 --data shards/prompts --tokens 16 --out gen.npy
 """
 

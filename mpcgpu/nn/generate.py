@@ -335,8 +335,8 @@ def generate_plain(config, params: dict, prompt_ids, steps: int, *, cache: bool 
 _SUPPORTED = (
     "generation runs the GPT-2 graphs of mpcgpu.nn.transformers (gpt2 / gpt2_decode: a prompt "
     "graph with the key/value cache outputs and one-token step graphs), so the model must be "
-    "such a GPT-2 graph (mpcgpu.nn.transformers.gpt2(config), saved with "
-    "mpcgpu.nn.weights.save_weights and shared)"
+    "such a GPT-2 graph (mpcgpu.nn.generate.save_gpt2(path, config, state_dict) writes one from "
+    "Hugging Face GPT-2 weights; then mpcgpu share)"
 )
 
 
@@ -481,6 +481,40 @@ def check_prompts(config, spans: list, steps: int) -> None:
         )
 
 
+def save_gpt2(path, config, state: dict, *, dtype=numpy.float32, meta: dict | None = None):
+    """Write a GPT-2 of ``config`` (a :class:`~mpcgpu.nn.transformers.TransformerConfig` or a
+    name of :data:`~mpcgpu.nn.transformers.MODELS`) with the weights ``state`` as a weights
+    file that ``mpcgpu share`` and ``mpcgpu generate`` take: the prompt graph
+    ``gpt2(config, present=True)`` with its constants.  ``state``: ``{name: array}`` by
+    Hugging Face's names (``GPT2LMHeadModel.state_dict()``, each tensor turned into an
+    array: ``{k: v.detach().double().numpy() for k, v in model.state_dict().items()}``);
+    GPT-2's ``Conv1D`` weights are already ``[in, out]`` as the graph's.  Keys the graph
+    does not read are ignored (the causal-mask buffers ``attn.bias``); ``lm_head.weight``,
+    if given, must equal the token table (GPT-2's head is tied to it).  A missing or
+    mis-shaped parameter is a :class:`GenerationError` naming every one.  Returns the graph."""
+    from . import transformers as tf
+    from . import weights as W
+
+    c = _config(config)
+    g = tf.gpt2(c, present=True)
+    shapes = g.param_shapes()
+    problems = [f"missing {k}" for k in shapes if k not in state]
+    problems += [
+        f"{k}: shape {tuple(numpy.shape(state[k]))}, expected {shape}"
+        for k, shape in shapes.items()
+        if k in state and tuple(numpy.shape(state[k])) != tuple(shape)
+    ]
+    head = state.get("lm_head.weight")
+    wte = state.get("transformer.wte.weight")
+    if head is not None and wte is not None and not numpy.array_equal(numpy.asarray(head), numpy.asarray(wte)):
+        problems.append("lm_head.weight differs from transformer.wte.weight (GPT-2's head is the tied token table)")
+    if problems:
+        raise GenerationError(f"weights for GPT-2 {c.name or ''}: " + "; ".join(problems[:8]))
+    params = {k: numpy.asarray(state[k], dtype=numpy.float64) for k in shapes}
+    W.save_weights(path, g.name, params, spec=g, consts=tf.graph_consts(g), dtype=dtype, meta=meta)
+    return g
+
+
 __all__ = [
     "Generation",
     "GenerationError",
@@ -492,5 +526,6 @@ __all__ = [
     "greedy_loop",
     "last_position",
     "prompt_spans",
+    "save_gpt2",
     "token_ids",
 ]
