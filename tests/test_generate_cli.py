@@ -229,6 +229,41 @@ def test_save_gpt2_from_hugging_face_names(tmp_path):
     assert "lm_head.weight differs" in msg and not (tmp_path / "h.h5").exists()
 
 
+def test_save_gpt2_of_a_hugging_face_model_generates_its_greedy_tokens(tmp_path):
+    """The journey of --help: a GPT2LMHeadModel's state dict -> save_gpt2 -> the stored graph
+    (recognised as GPT-2) generates Hugging Face's greedy tokens (float64, plaintext)."""
+    torch = pytest.importorskip("torch")
+    tr = pytest.importorskip("transformers")
+    tf = _tf()
+    from mpcgpu.nn import weights as W
+
+    cfg = tr.GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2, n_inner=32, n_positions=24)
+    torch.manual_seed(0)
+    m = tr.GPT2LMHeadModel(cfg).double().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.2 * torch.randn(p.shape, dtype=p.dtype))
+    state = {k: v.detach().numpy() for k, v in m.state_dict().items()}
+    c = tf.TransformerConfig(
+        "gpt2", 2, 2, 16, 32, vocab=50, seq_len=8, max_positions=24, eps=cfg.layer_norm_epsilon, name="hf-tiny"
+    )
+    G.save_gpt2(tmp_path / "hf.h5", c, state, dtype=np.float64)
+    g, params, consts = W.load_graph(tmp_path / "hf.h5")
+    got_c = G.gpt2_config_of(g, consts)
+    ids = np.array([[3, 14, 15, 9, 26]])
+    with torch.no_grad():
+        out = m.generate(
+            torch.from_numpy(ids),
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=0,
+            attention_mask=torch.ones_like(torch.from_numpy(ids)),
+        )
+    got = G.generate_plain(replace(got_c, batch=1), params, ids, 6)
+    assert got.margins.min() > 1e-6
+    np.testing.assert_array_equal(got.tokens, out[:, ids.shape[1] :].numpy())
+
+
 def test_prompt_spans():
     mask = np.array([[1, 1, 1, 0], [0, 1, 1, 1], [0, 1, 0, 0], [1, 1, 1, 1]])
     assert G.prompt_spans(mask) == [(0, 3), (1, 3), (1, 1), (0, 4)]
