@@ -79,6 +79,13 @@ def add_arguments(p):
     )
     p.add_argument("--json", default=None, metavar="FILE", help="result owner writes a summary (time, bytes) as JSON")
     p.add_argument("--profile", action="store_true", help="print per-operator time and communication")
+    p.add_argument(
+        "--warm-up",
+        action="store_true",
+        help="first run the first prompts' graph and one step untimed, revealing nothing: on a fresh or "
+        "busy machine this compiles or loads the CPU kernels (many seconds, once), so that the first "
+        "token's time measures the protocol",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     p.add_argument("--no-verify", action="store_true", help="skip re-hashing the shard files (large sets)")
     p.add_argument(
@@ -183,6 +190,15 @@ def run(args) -> int:
         raise
     load_s = time.perf_counter() - t_load
     cache = not args.no_cache
+    plan = batches(spans, args.batch_size)
+    if getattr(args, "warm_up", False):
+        rows, start, length = plan[0]
+        t0 = time.perf_counter()
+        ids, _, _ = data.batch(rows)
+        G.warm_up(replace(config, batch=len(rows)), params, ids[:, start : start + length].contiguous(), cache=cache)
+        took = comm.allreduce_max(time.perf_counter() - t0)
+        if rt.rank == 0:
+            print(f"warm-up: the first prompts and one step in {took:.2f} s (nothing revealed; not timed below)")
     comm.reset_stats()
     if rt.rank == 0:
         lengths = sorted({s[1] for s in spans})
@@ -198,7 +214,7 @@ def run(args) -> int:
     meter = StepMeter(comm, steps, bar)
     tokens = numpy.zeros((n, steps), numpy.int64) if rt.rank == owner else None
     t_all = time.perf_counter()
-    for rows, start, length in batches(spans, args.batch_size):
+    for rows, start, length in plan:
         ids, _, _ = data.batch(rows)
         prompt = ids[:, start : start + length].contiguous()
         c = replace(config, batch=len(rows))

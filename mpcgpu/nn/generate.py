@@ -103,6 +103,15 @@ def token_ids(onehot: ArithmeticShare) -> ArithmeticShare:
     return (onehot * numpy.arange(onehot.shape[-1], dtype=numpy.int64)).sum(axis=-1)
 
 
+def _check_loop(steps, owner) -> int:
+    steps = int(steps)
+    if steps < 1:
+        raise GenerationError(f"steps must be at least 1, got {steps}")
+    if owner not in (0, 1, 2):
+        raise GenerationError(f"the result owner must be party 0, 1 or 2, got {owner!r}")
+    return steps
+
+
 def greedy_loop(
     first: Callable,
     step: Callable,
@@ -119,11 +128,7 @@ def greedy_loop(
     needs no further logits).  ``on_token(k, seconds)``: called on every party once token
     ``k`` is chosen and revealed (``seconds``: the wall time of that step; step 0 includes
     the prompt), e.g. for progress.  Returns a :class:`Generation` (``cache`` left False)."""
-    steps = int(steps)
-    if steps < 1:
-        raise GenerationError(f"steps must be at least 1, got {steps}")
-    if owner not in (0, 1, 2):
-        raise GenerationError(f"the result owner must be party 0, 1 or 2, got {owner!r}")
+    steps = _check_loop(steps, owner)
     onehots, ids, seconds = [], [], []
     t0 = time.perf_counter()
     logits, state = first()
@@ -213,6 +218,15 @@ def generate(
     ``cache``: key/value cache (True) or full recompute (False); ``profile``: a
     :class:`mpcgpu.nn.private.Profile` to accumulate every graph run in; ``on_token``: see
     :func:`greedy_loop`."""
+    _check_loop(steps, owner)  # before the prompt's expansion
+    first, step = _model(config, params, prompt, steps, cache, rt, profile)
+    gen = greedy_loop(first, step, steps, owner=owner, on_token=on_token)
+    gen.cache = bool(cache)
+    return gen
+
+
+def _model(config, params: dict, prompt, steps: int, cache: bool, rt, profile):
+    """``(first, step)`` of :func:`greedy_loop` for GPT-2 ``config`` (see :func:`generate`)."""
     from .dag_run import PrivateGraph
 
     c = _config(config)
@@ -264,9 +278,19 @@ def generate(
             seq = concatenate([seq, oh.reshape(B, 1, V)], axis=1)
             return run("full", T + k + 1, {"input_ids": seq})["logits"], seq
 
-    gen = greedy_loop(first, step, steps, owner=owner, on_token=on_token)
-    gen.cache = bool(cache)
-    return gen
+    return first, step
+
+
+def warm_up(config, params: dict, prompt, *, cache: bool = True, rt=None) -> None:
+    """What :func:`generate` runs first, once, revealing nothing: the prompt graph, the
+    private argmax and (if the context leaves room) one step, so that the CPU kernels are
+    compiled or loaded from their disk cache (many seconds on a fresh or busy machine)
+    before anything is timed.  Every party calls it alike."""
+    steps = 2 if (prompt.shape[1] + 1 <= _config(config).max_positions) else 1
+    first, step = _model(config, params, prompt, steps, cache, rt, None)
+    logits, state = first()
+    if steps == 2:
+        step(argmax(last_position(logits), axis=-1), state, 0)
 
 
 def _present(out: dict) -> dict:
@@ -528,4 +552,5 @@ __all__ = [
     "prompt_spans",
     "save_gpt2",
     "token_ids",
+    "warm_up",
 ]
