@@ -98,7 +98,7 @@ def setup(tmp_path_factory):
 def test_generate_equals_plaintext_greedy_and_only_the_owner_writes(setup):
     s, run = setup["shards"], setup["run"]
     args = ["generate", "--model", str(s / "gpt2"), "--data", str(s / "prompts"), "--tokens", str(STEPS)]
-    args += ["--reveal-to", "1", "--out", "gen.npy", "--json", "summary.json", "--no-progress"]
+    args += ["--reveal-to", "1", "--out", "gen.npy", "--json", "summary.json", "--no-progress", "--warm-up"]
     p = mpirun(args, run)
     assert p.returncode == 0, p.stdout + p.stderr
     want = setup["want"]
@@ -125,6 +125,7 @@ def test_generate_equals_plaintext_greedy_and_only_the_owner_writes(setup):
         assert p.stdout.count(line) == 1, p.stdout
     assert p.stdout.count("party 1 (result owner): 9 tokens (3 prompts x 3)") == 1, p.stdout
     assert "first token" in p.stdout and "each further token" in p.stdout
+    assert p.stdout.count("warm-up: the first prompts and one step in") == 1  # party 0's line
 
 
 def test_errors_stop_every_rank_before_any_work(setup):
