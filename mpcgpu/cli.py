@@ -18,6 +18,7 @@ from .errors import MPCError
 COMMANDS = {
     "share": "mpcgpu.jobs.share",
     "infer": "mpcgpu.jobs.infer",
+    "generate": "mpcgpu.jobs.generate",
     "train": "mpcgpu.jobs.train",
     "bench": "mpcgpu.jobs.bench",
     "plot": "mpcgpu.jobs.plot",

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from dataclasses import dataclass
 
 import numpy
 
 from ..models_io import load_private_model
+from ..reporting.outputs import check_files as _check_files, write_outputs
 from .channel_args import add_channel_arguments, cli_settings
 from . import checks
 from .checks import peek_frac_bits
@@ -240,48 +240,6 @@ def classify(rt, model, data, n: int, batch_size: int, output: Output, owner: in
     if output.mode == "probs":
         arrays = {"probs": softmax(arrays.pop("logits"))}
     return arrays, (int(count) if count is not None else None)
-
-
-def write_outputs(paths: dict, arrays: dict, meta: dict) -> list:
-    """The owner's files: arrays first, the metadata JSON last (its presence says the set
-    is complete); each written atomically with mode 0600 (they are the owner's alone).
-    Returns the paths written."""
-    from mpcgpu.util.results import save_json, save_npy
-
-    order = [("main", name) for name in arrays if name != "scores"] + (
-        [("scores", "scores")] if "scores" in arrays else []
-    )
-    files, written = {}, []
-    for key, name in order:
-        path = paths[key]
-        save_npy(path, arrays[name], fault="write-predictions", private=True)
-        files[name] = {
-            "file": os.path.basename(path),
-            "shape": list(arrays[name].shape),
-            "dtype": str(arrays[name].dtype),
-        }
-        written.append(path)
-    save_json(paths["meta"], dict(meta, files=files), private=True)
-    written.append(paths["meta"])
-    return written
-
-
-def _check_files(comm, owner: int, paths: dict, summary_json: str | None) -> None:
-    """Before any computation: the owner's output files can be written (else the same
-    error on every rank)."""
-    from ..errors import MPCError
-    from mpcgpu.util.results import writable_problem
-
-    problem = None
-    if comm.rank == owner:
-        targets = list(paths.values()) + ([summary_json] if summary_json else [])
-        if summary_json and os.path.abspath(summary_json) in {os.path.abspath(p) for p in paths.values()}:
-            problem = f"--json {summary_json} is also an output file of --out: choose another name"
-        for p in targets:
-            problem = problem or writable_problem(p)
-    problem = comm.bcast_object(problem, root=owner)
-    if problem:
-        raise MPCError(f"result owner (party {owner}): {problem}")
 
 
 def run(args) -> int:
