@@ -515,7 +515,7 @@ def run(args) -> int:
             row["peers"] = peers.get(name, {})
             row["projections"] = project_row(row, networks)
             print(
-                f"{name:<22} {batch:>5} {row['private_seconds']:>10.3f} {row['first_seconds']:>8.2f} "
+                f"{name:<22} {row['batch']:>5} {row['private_seconds']:>10.3f} {row['first_seconds']:>8.2f} "
                 f"{row['bytes_all_parties'] / 1e6:>15.1f} "
                 f"{row['rounds']:>7} {max(row['peak_bytes_per_party']) / 2**30:>7.2f} "
                 f"{row['plain_seconds']:>9.4f} {row['ratio']:>7.0f}"
