@@ -325,15 +325,20 @@ def _training(rt, model, args, batch):
         return train_step(private, opt, sx, sy, 0.01, profile=prof, batch_size=batch)
 
     def timed(prof):
+        """(the slowest rank's seconds, this rank's CPU seconds) of one step"""
         rt.role.barrier()
-        return _over_groups(rt, _timed(comm, lambda: step(prof))[1], max)
+        c0 = time.process_time()
+        wall = _timed(comm, lambda: step(prof))[1]
+        return _over_groups(rt, wall, max), time.process_time() - c0
 
-    first = timed(None)  # first touch of memory
-    times, sent, busiest, role_sent, rounds = [], [], [], [], 0
+    first = timed(None)[0]  # first touch of memory
+    times, cpus, sent, busiest, role_sent, rounds = [], [], [], [], [], 0
     for _ in range(max(args.steps, 1)):
         role0 = rt.role.bytes
         with comm.measure() as m:
-            times.append(timed(profile))
+            wall, cpu = timed(profile)
+        times.append(wall)
+        cpus.append(_over_groups(rt, comm.allreduce_sum(cpu), sum))
         role_sent.append(_over_groups(rt, comm.allreduce_sum(rt.role.bytes - role0), sum))
         sent.append(_over_groups(rt, comm.allreduce_sum(m.bytes_sent), sum))
         busiest.append(_over_groups(rt, comm.allreduce_max(m.bytes_sent), max))
@@ -348,6 +353,7 @@ def _training(rt, model, args, batch):
         "bytes_busiest_party": int(numpy.median(busiest)),
         "rounds": rounds,
         "steps": len(times),
+        "cpu_seconds_all_ranks": float(numpy.median(cpus)),  # process CPU time of the step, summed
     }
     if rt.groups > 1:
         row.update(groups=rt.groups, role_bytes=int(numpy.median(role_sent)))
