@@ -28,6 +28,13 @@ three machines, from its measured time, rounds and bytes per party
   BANDWIDTH,RTT      e.g. 1Gbit,10ms or 100MB/s,2ms
 The measured time is an upper bound on the compute (three parties share this machine's
 cores), a round costs a full RTT and nothing overlaps: a projection, not a measurement.
+Training over K groups of three (--groups K, on three ranks): one group's step on its
+slice of the batch (ceil(B/K) rows, update included) is measured and projected
+(mpcgpu.reporting.groupmodel):  projected = step(B/K) [on --network] + the role all-reduce
+of 2 x 8 x P bytes + group 0's broadcast of the new state, over the intra-organisation
+--role-network (node: 10 GB/s, 20 us, the default; ib: 200 Gbit/s, 10 us; eth: 25 Gbit/s,
+50 us; or BANDWIDTH,RTT).  Under mpirun -n 3k, bench training measures the k-group step
+itself (each group its slice; the slowest rank's time, all groups' bytes).
 --plot FILE.png draws the rows (and projections, and the peers) with matplotlib
 (pip install 'mpcgpu[plots]'); `mpcgpu plot FILE.json` draws a saved result later.
 """
@@ -118,7 +125,25 @@ def add_arguments(p):
     p.add_argument("--json", default=None, help="output JSON (rank 0; default bench_<what>.json)")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
+    add_training_group_arguments(p)
     add_channel_arguments(p)
+
+
+def add_training_group_arguments(p):
+    """``bench training --groups K --role-network NET`` (the projection onto K groups)."""
+    p.add_argument(
+        "--groups",
+        type=int,
+        default=None,
+        metavar="K",
+        help="training: project each row onto K groups of three (measures one group's step on ceil(B/K) rows)",
+    )
+    p.add_argument(
+        "--role-network",
+        default=None,
+        metavar="node|ib|eth|BANDWIDTH,RTT",
+        help="training --groups: the network between the ranks of one party (default node: 10 GB/s, 20 us)",
+    )
 
 
 def bench_params(model, seed):
@@ -265,7 +290,18 @@ def _inference_graph(rt, g, args, batch):
     return row, profile
 
 
+def _over_groups(rt, value, how):
+    """``value`` combined over the ``k`` groups (``max`` or ``sum``), on every rank; itself with one."""
+    if rt.groups == 1:
+        return value
+    got = rt.role.gather_object(value)
+    return rt.role.bcast_object(how(got) if got is not None else None)
+
+
 def _training(rt, model, args, batch):
+    """One private SGD step on ``batch`` rows, timed; with ``k`` groups (mpirun -n 3k) the
+    data-parallel step: each group its slice of the same batch, the slowest rank's time,
+    every group's bytes (and the role communicators' bytes, ``role_bytes``)."""
     from ..nn.optim import PrivateSGD
     from ..nn.plain import SGD, PlainModel
     from ..nn.private import PrivateModel, Profile, share_params
@@ -277,17 +313,35 @@ def _training(rt, model, args, batch):
     params = bench_params(model, args.seed) if rt.rank == 0 else None
     x = rng.standard_normal((batch,) + tuple(model.input_shape)) if rt.rank == 0 else None
     y = rng.integers(0, model.num_classes, batch) if rt.rank == 0 else None
+    part = rt.place.share_of(batch)  # this group's rows (all of them with one group)
+    mine = (x[part.start : part.stop], y[part.start : part.stop]) if rt.rank == 0 else (None, None)
     private = PrivateModel(model, share_params(model, params, src=0))
+    private.batch_part = (batch, part.start) if rt.groups > 1 else None
     opt = PrivateSGD(private.params, private.trainable(), lr=0.01, momentum=0.9)
-    sx, sy = share(x, src=0), share(y, src=0, integer=True)
+    sx, sy = share(mine[0], src=0), share(mine[1], src=0, integer=True)
     profile = Profile() if args.profile else None
-    first = _timed(comm, lambda: train_step(private, opt, sx, sy, 0.01))[1]  # first touch of memory
-    times, sent, busiest, rounds = [], [], [], 0
+
+    def step(prof):
+        return train_step(private, opt, sx, sy, 0.01, profile=prof, batch_size=batch)
+
+    def timed(prof):
+        """(the slowest rank's seconds, this rank's CPU seconds) of one step"""
+        rt.role.barrier()
+        c0 = time.process_time()
+        wall = _timed(comm, lambda: step(prof))[1]
+        return _over_groups(rt, wall, max), time.process_time() - c0
+
+    first = timed(None)[0]  # first touch of memory
+    times, cpus, sent, busiest, role_sent, rounds = [], [], [], [], [], 0
     for _ in range(max(args.steps, 1)):
+        role0 = rt.role.bytes
         with comm.measure() as m:
-            times.append(_timed(comm, lambda: train_step(private, opt, sx, sy, 0.01, profile=profile))[1])
-        sent.append(comm.allreduce_sum(m.bytes_sent))
-        busiest.append(comm.allreduce_max(m.bytes_sent))
+            wall, cpu = timed(profile)
+        times.append(wall)
+        cpus.append(_over_groups(rt, comm.allreduce_sum(cpu), sum))
+        role_sent.append(_over_groups(rt, comm.allreduce_sum(rt.role.bytes - role0), sum))
+        sent.append(_over_groups(rt, comm.allreduce_sum(m.bytes_sent), sum))
+        busiest.append(_over_groups(rt, comm.allreduce_max(m.bytes_sent), max))
         rounds = comm.allreduce_max(m.rounds - 1)  # less the allreduce of the time
     row = {
         "model": model.name,
@@ -299,8 +353,11 @@ def _training(rt, model, args, batch):
         "bytes_busiest_party": int(numpy.median(busiest)),
         "rounds": rounds,
         "steps": len(times),
+        "cpu_seconds_all_ranks": float(numpy.median(cpus)),  # process CPU time of the step, summed
     }
-    if rt.rank == 0:
+    if rt.groups > 1:
+        row.update(groups=rt.groups, role_bytes=int(numpy.median(role_sent)))
+    if rt.rank == 0 and rt.role.root:
         plain = PlainModel(model, params)
         popt = SGD(plain.params, 0.01, momentum=0.9, spec=model)
         plain.loss_and_grads(x, y)
@@ -309,6 +366,50 @@ def _training(rt, model, args, batch):
         popt.step(plain.grads)
         row["plain_seconds"] = time.perf_counter() - t0
     return row, profile
+
+
+def _group_projection_arguments(args):
+    """``(K, role network)`` of ``bench training --groups K`` (``(None, None)`` without it),
+    checked before the parties start."""
+    from ..errors import MPCError
+    from mpcgpu.reporting.groupmodel import parse_role_network
+
+    k = getattr(args, "groups", None)
+    if k is None:
+        if getattr(args, "role_network", None):
+            raise MPCError("--role-network needs --groups K (bench training)")
+        return None, None
+    if args.what != "training":
+        return None, None  # (inference: not a projection of this module)
+    if k < 1:
+        raise MPCError(f"--groups {k}: give a positive number of groups")
+    return int(k), parse_role_network(args.role_network)
+
+
+def _print_group_projections(row, model, batch, k, role_net, networks):
+    """``row["group_projections"]``: the global batch's step over ``k`` groups, as measured here
+    and on each ``--network``; printed one line each."""
+    from ..nn import spec as S
+    from mpcgpu.reporting.groupmodel import project_groups
+
+    specs = S.param_specs(model)
+    trained = sum(int(numpy.prod(p.shape)) for p in specs if p.trainable)
+    total = sum(int(numpy.prod(p.shape)) for p in specs)
+    row["global_batch"] = batch
+    row["group_projections"] = [
+        project_groups(
+            row["private_seconds"], row["rounds"], row["bytes_busiest_party"], k, trained, total, role_net, net
+        )
+        for net in [None] + list(networks)
+    ]
+    for p in row["group_projections"]:
+        print(
+            f"  {k} groups, global batch {batch} ({p['network']} between the parties): {p['seconds']:.3f} s/step = "
+            f"group step {p['group_step_s']:.3f} + all-reduce {p['allreduce_s'] * 1e3:.2f} ms "
+            f"({p['allreduce_bytes_per_rank'] / 1e6:.1f} MB per rank) + broadcast {p['bcast_s'] * 1e3:.2f} ms "
+            f"({p['bcast_bytes_per_rank'] / 1e6:.1f} MB); {batch / p['seconds']:.1f} samples/s",
+            flush=True,
+        )
 
 
 def project_row(row: dict, networks) -> list:
@@ -352,6 +453,7 @@ def run(args) -> int:
     import mpcgpu
 
     from mpcgpu.util import memstat
+    from mpcgpu.reporting.groupmodel import slice_rows
     from mpcgpu.reporting.netmodel import parse_network
     from ..nn.dag import GraphModel
 
@@ -359,7 +461,14 @@ def run(args) -> int:
     networks = [parse_network(t) for t in (getattr(args, "network", None) or [])]  # alike on every rank
     plot = getattr(args, "plot", None)
     out = args.json or f"bench_{args.what}.json"
+    project_k, role_net = _group_projection_arguments(args)
     rt = mpcgpu.init(cli=cli_settings(args))
+    if project_k is not None and rt.groups > 1:
+        raise mpcgpu.MPCError(
+            f"--groups {project_k} projects from one group of three (mpirun -n 3); under mpirun -n {3 * rt.groups} "
+            f"bench training measures the {rt.groups} groups itself"
+        )
+    lead = rt.rank == 0 and rt.role.root  # group 0's party 0 prints and writes
     problem = _output_problem(out, plot) if rt.rank == 0 else None  # rank 0 writes the files
     problem = rt.comm.bcast_object(problem, root=0)
     if problem:
@@ -377,10 +486,16 @@ def run(args) -> int:
             else [(n, args.batch or 1) for n in INFERENCE_MODELS]
         )
     peers = PEERS_TRAINING if training else PEERS
-    if rt.rank == 0:
+    if lead:
         print(f"mpcgpu bench {args.what}, {rt.describe()}", flush=True)
         for net in networks:
             print(f"  projected onto {net.describe()}: measured s + rounds x RTT + busiest party's bytes / bandwidth")
+        if project_k is not None:
+            print(
+                f"  projected onto {project_k} groups of three: the step of one group on ceil(B/{project_k}) rows "
+                f"(measured; batch below) + role all-reduce + group 0's broadcast over {role_net.describe()} "
+                "(mpcgpu.reporting.groupmodel)"
+            )
         print(
             f"{'model':<22} {'batch':>5} {'private s':>10} {'first s':>8} {'MB (3 parties)':>15} "
             f"{'rounds':>7} {'peak GB':>7} {'plain s':>9} {'ratio':>7}"
@@ -396,15 +511,17 @@ def run(args) -> int:
             if training:
                 raise mpcgpu.MPCError(f"{name} is a graph model (a transformer): inference only")
             row, profile = _inference_graph(rt, model, args, batch)
+        elif training and project_k is not None:
+            row, profile = _training(rt, model, args, slice_rows(batch, project_k))
         else:
             row, profile = (_training if training else _inference)(rt, model, args, batch)
         row["peak_bytes_per_party"] = rt.comm.allgather_object(memstat.peak_bytes())
-        if rt.rank == 0:
+        if lead:
             row["ratio"] = row["private_seconds"] / row["plain_seconds"]
             row["peers"] = peers.get(name, {})
             row["projections"] = project_row(row, networks)
             print(
-                f"{name:<22} {batch:>5} {row['private_seconds']:>10.3f} {row['first_seconds']:>8.2f} "
+                f"{name:<22} {row['batch']:>5} {row['private_seconds']:>10.3f} {row['first_seconds']:>8.2f} "
                 f"{row['bytes_all_parties'] / 1e6:>15.1f} "
                 f"{row['rounds']:>7} {max(row['peak_bytes_per_party']) / 2**30:>7.2f} "
                 f"{row['plain_seconds']:>9.4f} {row['ratio']:>7.0f}"
@@ -412,10 +529,12 @@ def run(args) -> int:
                 + "".join(f" {p['seconds']:>11.3f}s" for p in row["projections"]),
                 flush=True,
             )
+            if project_k is not None:
+                _print_group_projections(row, model, batch, project_k, role_net, networks)
             results.append(row)
         if profile is not None:
             profile.report(rt.comm)
-    if rt.rank == 0:
+    if lead:
         from mpcgpu.util.results import save_json
 
         summary = {

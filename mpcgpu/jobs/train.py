@@ -1,4 +1,4 @@
-"""`mpcgpu train`: private training on three MPI ranks, from shards to shards."""
+"""`mpcgpu train`: private training on three MPI ranks (or k groups of three), from shards to shards."""
 
 from __future__ import annotations
 
@@ -44,6 +44,15 @@ fresh masks (a new key exchange, as any run): the steps it re-runs are masked af
 its result equals an uninterrupted run's up to the last-bit rounding of the
 truncations; only under the test seed MPCGPU_INSECURE_PRG_SEED (reproducible keys,
 nothing private) does it continue the checkpointed PRG streams, bit-identical.
+
+Many groups of three (mpirun -n 3k, --layout block|cyclic): data-parallel training.
+Every group takes its contiguous slice of each global batch (same public order and
+seeds), the k ranks of each party add up their gradient components (an exact sum mod
+2^64 that stays inside the organisation), group 0 applies the update with the global
+batch's 1/B and broadcasts the new state to its party's other ranks: the k copies stay
+identical word for word. The test set is split across the groups. Group 0 of each party
+writes the checkpoints (after checking by hash that the k copies agree) and the --out
+shards; a resume needs the same k (it is refused otherwise, naming both).
 
 Example:
   mpirun -n 3 mpcgpu train --model lenet --data shards/mnist_train --test-data shards/mnist_test \\
@@ -199,7 +208,7 @@ def _write_outputs(rt, args, model, params, run_id):
     from ..nn.weights import save_weights
 
     path, set_id = save_private_model(args.out, rt, model.spec, params)
-    if rt.rank == 0:
+    if rt.rank == 0:  # (group 0's)
         print(f"trained weights written as shards {args.out}.party{{0,1,2}}.h5 (set {set_id[:12]})", flush=True)
     if args.reveal_to is not None:
         clear = reveal_params(rt, model.spec, params, to=args.reveal_to)
@@ -270,9 +279,10 @@ def run(args) -> int:
         clip=args.clip_gradients,
     )
     _check_directories(rt, args)
+    lead = rt.rank == 0 and rt.role.root  # prints for the job (group 0's party 0)
     if args.resume:
         step = trainer.resume()
-        if rt.rank == 0:
+        if lead:
             if step is None:
                 print(
                     f"mpcgpu train: no checkpoint in {args.checkpoint_dir} that all three parties have: "
@@ -284,15 +294,17 @@ def run(args) -> int:
                     f"mpcgpu train: resumed from step {step} (epoch {trainer.epoch + 1}, batch {trainer.pos})",
                     flush=True,
                 )
-    if rt.rank == 0:
+    if lead:
         print(
             f"mpcgpu train: {model.spec.name} ({source}) on {len(data)} samples of {', '.join(data.names)}; "
             f"{args.epochs} epoch(s) of {trainer.steps_per_epoch} steps, batch {args.batch_size}, lr {args.lr} "
             f"({args.schedule}, {trainer.warmup} warm-up steps), momentum {args.momentum}, "
-            f"weight decay {args.weight_decay}; {rt.describe()}",
+            f"weight decay {args.weight_decay}; "
+            + (f"{rt.groups} groups of three, data-parallel; " if rt.groups > 1 else "")
+            + rt.describe(),
             flush=True,
         )
-    bar = Progress(trainer.total, "private training", enabled=(rt.rank == 0 and not args.no_progress))
+    bar = Progress(trainer.total, "private training", enabled=(lead and not args.no_progress))
     bar.done = trainer.step
 
     def on_step(record, result, samples):
@@ -311,7 +323,7 @@ def run(args) -> int:
             )
 
     trainer.fit(on_step=on_step, on_epoch=on_epoch)
-    if args.out:
+    if args.out and rt.role.root:  # the k copies are identical: group 0's ranks write them
         _write_outputs(rt, args, model, trainer.trained_params(), trainer.run_id)
     _summary(args, trainer.summary())
     data.close()

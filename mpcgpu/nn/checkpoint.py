@@ -12,6 +12,10 @@ File ``DIR/ckpt-<step>.party<i>.h5`` (format ``mpcgpu-checkpoint/1``) of party
   keeps the fresh keys of its own start-up, so that no step re-run after the checkpoint
   is masked by the words of the crashed run (a party would receive ``x + r`` and
   ``x' + r``: their difference);
+* with ``k > 1`` groups of three (written by group 0's rank of the party, after the ``k``
+  copies of the state were found identical): root attr ``groups`` = ``k`` and
+  ``/rng_groups/<g>`` for ``g = 1 .. k-1``, the PRG state of the party's rank in group ``g``
+  (``/rng`` is group 0's).  A file without ``groups`` was made by one group;
 * root attrs: format, party, step, ``run_id`` (common to the three parties of one run),
   ``meta`` (JSON: settings, position in the data order, history, public dropout RNG),
   ``settings`` (the canonical JSON of everything that determines the computation: every
@@ -101,6 +105,7 @@ def save(
     meta: dict,
     settings: dict,
     separate_hosts: bool = False,
+    group_rngs: list | None = None,
 ) -> str:
     """Write this party's checkpoint of ``step`` atomically; keep the newest ``KEEP``.
 
@@ -109,7 +114,8 @@ def save(
     :meth:`~mpcgpu.runtime.Runtime.state`; ``meta``: JSON-serialisable; ``settings``: the
     computation-relevant settings (JSON), stored with their :func:`settings_digest`.
     ``separate_hosts``: the parties run on their own hosts (a parties file), so another
-    party's file in ``directory`` is an error rather than a warning."""
+    party's file in ``directory`` is an error rather than a warning.  ``group_rngs``: with
+    several groups, every group's ``rng`` in group order (``group_rngs[0]`` is ``rng``)."""
     import h5py
 
     os.makedirs(directory, exist_ok=True)
@@ -135,17 +141,33 @@ def save(
         og.attrs["steps"] = int(optim["steps"])
         _pair(og, "master", optim["master"])
         _pair(og, "velocity", optim["velocity"])
-        rg = f.create_group("rng")
-        rg.attrs["role_calls"] = int(rng["role_calls"])
-        for stream, (key, calls) in rng["prg"].items():
-            rg.attrs[f"{stream}_key"] = numpy.frombuffer(bytes(key), dtype=numpy.uint8)
-            rg.attrs[f"{stream}_calls"] = int(calls)
+        _write_rng(f.create_group("rng"), rng)
+        if group_rngs is not None and len(group_rngs) > 1:
+            f.attrs["groups"] = len(group_rngs)
+            gg = f.create_group("rng_groups")
+            for g, other in enumerate(group_rngs[1:], start=1):
+                _write_rng(gg.create_group(str(g)), other)
     for old in steps_on_disk(directory, party)[:-KEEP]:
         try:
             os.remove(checkpoint_path(directory, old, party))
         except OSError:
             pass
     return path
+
+
+def _write_rng(rg, rng: dict):
+    rg.attrs["role_calls"] = int(rng["role_calls"])
+    for stream, (key, calls) in rng["prg"].items():
+        rg.attrs[f"{stream}_key"] = numpy.frombuffer(bytes(key), dtype=numpy.uint8)
+        rg.attrs[f"{stream}_calls"] = int(calls)
+
+
+def _read_rng(rg) -> dict:
+    prg = {
+        s: (bytes(numpy.asarray(rg.attrs[f"{s}_key"], dtype=numpy.uint8)), int(rg.attrs[f"{s}_calls"]))
+        for s in ("own", "next", "local")
+    }
+    return {"prg": prg, "role_calls": int(rg.attrs["role_calls"])}
 
 
 def steps_on_disk(directory: str, party: int) -> list:
@@ -171,8 +193,8 @@ def latest_common(comm, directory: str):
 
 
 def load(directory: str, party: int, step: int) -> dict:
-    """This party's checkpoint of ``step``: ``{"run_id", "params", "optim", "rng", "meta",
-    "settings", "settings_sha256"}`` (the last two None in a checkpoint without them)."""
+    """This party's checkpoint of ``step``: ``{"run_id", "params", "optim", "rng", "groups",
+    "rng_groups", "meta", "settings", "settings_sha256"}`` (the last two None in a checkpoint without them)."""
     path = checkpoint_path(directory, step, party)
     with open_for_reading(path, CheckpointError, "checkpoint") as f:
         try:
@@ -190,16 +212,16 @@ def load(directory: str, party: int, step: int) -> dict:
                 "scale": int(og.attrs["scale"]),
                 "steps": int(og.attrs["steps"]),
             }
-            rg = f["rng"]
-            prg = {
-                s: (bytes(numpy.asarray(rg.attrs[f"{s}_key"], dtype=numpy.uint8)), int(rg.attrs[f"{s}_calls"]))
-                for s in ("own", "next", "local")
-            }
+            rng = _read_rng(f["rng"])
+            groups = int(f.attrs.get("groups", 1))
+            rngs = [rng] + [_read_rng(f["rng_groups"][str(g)]) for g in range(1, groups)]
             return {
                 "run_id": str(f.attrs["run_id"]),
                 "params": params,
                 "optim": optim,
-                "rng": {"prg": prg, "role_calls": int(rg.attrs["role_calls"])},
+                "rng": rng,
+                "groups": groups,
+                "rng_groups": rngs,
                 "meta": json.loads(f.attrs["meta"]),
                 "settings": json.loads(f.attrs["settings"]) if "settings" in f.attrs else None,
                 "settings_sha256": str(f.attrs["settings_sha256"]) if "settings_sha256" in f.attrs else None,

@@ -1,7 +1,9 @@
 """``Dropout(p)``: inverted dropout in training, the identity at inference.  The private
 mask is PUBLIC (data-independent randomness: the parties agree on
-``run.dropout_rng``'s seed).  ONNX: ``Dropout`` (the identity at inference; written so
-that a re-import keeps the layer indices)."""
+``run.dropout_rng``'s seed; with several groups, ``run.batch_part`` says which rows of the
+global batch this group holds, and every group draws the global batch's mask).  ONNX:
+``Dropout`` (the identity at inference; written so that a re-import keeps the layer
+indices)."""
 
 from __future__ import annotations
 
@@ -45,7 +47,12 @@ def dropout_forward(run, layer, path, x):
     """Inverted dropout with a public mask; identity outside training."""
     if not run.training or layer.p == 0.0:
         return x
-    keep = run.dropout_rng.random(x.shape) >= layer.p
+    part = getattr(run, "batch_part", None)  # (global batch, first row): one group's slice
+    if part is None:
+        keep = run.dropout_rng.random(x.shape) >= layer.p
+    else:  # the global batch's masks, drawn alike by every group: the same as one group's
+        total, lo = part
+        keep = (run.dropout_rng.random((total,) + tuple(x.shape[1:])) >= layer.p)[lo : lo + x.shape[0]]
     mask = keep / (1.0 - layer.p)  # public reals (2 for p = 0.5: exact)
     run.keep(path, mask)
     return x * mask
