@@ -151,3 +151,26 @@ def test_a_rank_of_group_1_killed_ends_the_whole_job(work, tmp_path):
     assert m, p.stderr[-3000:]
     assert ended - float(m.group(1)) < 20 + 10  # within the peer timeout and some slack
     assert "predictions in" not in p.stdout and not out.exists()
+
+
+def test_bench_inference_groups_reports_throughput_against_k(tmp_path):
+    out = tmp_path / "b.json"
+    args = ["bench", "inference", "--groups", "--models", "lenet", "--batch", "5", "--json", str(out)]
+    p, _ = launch(6, args, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    s = json.loads(out.read_text())
+    assert s["mode"] == "groups" and s["groups"] == 2
+    (row,) = s["results"]
+    assert row["groups"] == 2 and row["batch"] == 5
+    assert [g["images"] for g in row["per_group"]] == [3, 2]
+    assert row["images_per_second"] == pytest.approx(5 / row["private_seconds"])
+    assert row["private_seconds"] >= max(g["seconds"] for g in row["per_group"]) * 0.999
+    for g in row["per_group"]:
+        assert g["images_per_second"] == pytest.approx(g["images"] / g["seconds"])
+    assert row["max_abs_diff"] < 0.05  # the five images' logits, gathered in order, against plaintext
+    assert row["rounds"] > 50 and row["bytes_busiest_party"] < row["bytes_all_parties"]
+    assert p.stdout.count("lenet ") == 1  # one row, from group 0's party 0
+    # a K that is not the launch's: refused on every rank, before any work
+    p, _ = launch(6, ["bench", "inference", "--groups", "3", "--models", "lenet"], timeout=120)
+    assert p.returncode != 0 and p.stderr.count("run it under mpirun -n 9") >= 2, p.stderr[-3000:]
+    assert "lenet " not in p.stdout
