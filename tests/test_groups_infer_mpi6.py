@@ -86,11 +86,21 @@ def test_a_graph_model_on_two_groups_in_dataset_order(rt6, folder, writers):
     assert rt.groups == 2
 
 
-def test_a_layer_model_to_party_1_with_the_counts_summed(rt6, folder, writers):
+def test_a_layer_model_to_party_1_with_the_counts_summed(rt6, folder, writers, monkeypatch):
     from mpcgpu.jobs import infer
+    from mpcgpu.sharing.arithmetic import ArithmeticShare
     from reference import mnist_shards
 
     rt, w = rt6, _world()
+    counts = []  # the scalar reveals (the count) this rank takes part in
+    original = ArithmeticShare.reveal_raw
+
+    def logged(self, to=None):
+        if self.shape == ():
+            counts.append(to)
+        return original(self, to)
+
+    monkeypatch.setattr(ArithmeticShare, "reveal_raw", logged)
     n = 5  # group 0: images 0-2, group 1: images 3-4
     if w.Get_rank() == 0:
         mnist_shards(folder, {"test": slice(0, n)}, out="mnist")
@@ -103,6 +113,9 @@ def test_a_layer_model_to_party_1_with_the_counts_summed(rt6, folder, writers):
     assert infer.run(args) == 0
     owner = rt.place.layout.rank(0, 1)
     assert writers() == [owner]  # party 1 of group 0 alone
+    # the groups' count shares are summed over each party's role and revealed once, in group 0:
+    # the owner learns the total, never a group's count
+    assert counts == ([1] if rt.group == 0 else [])
     if w.Get_rank() == owner:
         from mpcgpu.assets import mnist_test_idx_paths
         from mpcgpu.assets.mnist_idx import load_mnist

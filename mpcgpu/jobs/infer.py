@@ -236,7 +236,7 @@ def classify(rt, model, data, n: int, batch_size: int, output: Output, owner: in
                 pieces.setdefault(name, []).append(value)
         if bar is not None:
             bar.update(x.shape[0])
-    count = correct.reveal(to=owner) if correct is not None else None
+    count = reveal_count(rt, correct, owner)
     if rt.rank != owner:
         return None, None
     shapes = {"labels": (0,), "logits": (0, classes)} if output.mode != "topk" else {"labels": (0, output.k)}
@@ -252,14 +252,35 @@ def classify(rt, model, data, n: int, batch_size: int, output: Output, owner: in
     return arrays, (int(count) if count is not None else None)
 
 
+def reveal_count(rt, correct, owner: int):
+    """The privately counted number of right predictions (an integer share, or None without
+    labels) revealed to the result owner.  With ``k`` groups the groups' count shares are
+    summed first, component by component, over each party's role communicator (exact mod
+    2^64, inside each organisation: a replicated sharing of the total) and revealed once, in
+    group 0: the owner learns the total only, as with one group, not the groups' counts.
+    Every rank of every group calls it (a group without rows holds no share: zeros)."""
+    if rt.groups == 1:
+        return correct.reveal(to=owner) if correct is not None else None
+    from ..sharing.arithmetic import ArithmeticShare
+
+    if not rt.role.bcast_object(correct is not None):  # group 0's word: it has rows (the first)
+        return None
+    if correct is None:
+        zero = rt.xp.zeros((), dtype=rt.xp.uint64)
+        correct = ArithmeticShare(zero, zero.copy(), 0, rt)
+    shape = correct.first.shape  # () : sent as one word (the role's host copies are 1-d at least)
+    first, second = rt.role.allreduce_sum([correct.first.reshape(1), correct.second.reshape(1)])
+    total = ArithmeticShare(first.reshape(shape), second.reshape(shape), correct.scale, rt)
+    return total.reveal(to=owner) if rt.role.root else None
+
+
 def gather_results(rt, owner: int, arrays, correct):
-    """With ``k`` groups: every group's revealed outputs and count gathered over the result
-    owner's role communicator (its ``k`` ranks: one organisation, so nothing leaves it) to
-    group 0's owner rank: the arrays concatenated in group order (= dataset order: the
-    groups' slices are contiguous and in order), the counts summed there (each group's
-    count was revealed to its own owner rank).  ``(arrays, correct)`` on that rank, ``(None,
-    None)`` on every other; with one group, the arguments as they are.  The owner ranks
-    call it (the others hold nothing to gather)."""
+    """With ``k`` groups: every group's revealed outputs gathered over the result owner's
+    role communicator (its ``k`` ranks: one organisation, so nothing leaves it) to group 0's
+    owner rank, concatenated in group order (= dataset order: the groups' slices are
+    contiguous and in order).  ``(arrays, correct)`` on that rank (``correct``: the total,
+    revealed there by :func:`reveal_count`), ``(None, None)`` on every other; with one
+    group, the arguments as they are.  The owner ranks call it."""
     if rt.groups == 1 or rt.rank != owner:
         return (arrays, correct) if rt.rank == owner else (None, None)
     role, merged = rt.role, {}
@@ -267,10 +288,7 @@ def gather_results(rt, owner: int, arrays, correct):
         got = role.gather(numpy.ascontiguousarray(arrays[name]))
         if role.root:  # group 0 has rows (it takes the first); a group without rows is left out
             merged[name] = numpy.concatenate([a for g, a in enumerate(got) if g == 0 or len(a)])
-    counts = role.gather_object(correct)  # None in a group without labels or without rows
-    if not role.root:
-        return None, None
-    return merged, (None if counts[0] is None else sum(int(c or 0) for c in counts))
+    return (merged, correct) if role.root else (None, None)
 
 
 def _sync_groups(rt):
@@ -586,7 +604,7 @@ def run_graph(args, rt, model, output: Output, t_load: float) -> int:
             pieces.append(got[: rows.size])
         bar.update(rows.size)
     elapsed = time.perf_counter() - t0
-    right = correct.reveal(to=owner) if correct is not None else None
+    right = reveal_count(rt, correct, owner)
     data.close()
     stats = comm.stats.as_dict()
     total_bytes = sum(s["bytes_sent"] for s in comm.allgather_object(stats))
