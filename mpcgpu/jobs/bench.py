@@ -35,6 +35,15 @@ of 2 x 8 x P bytes + group 0's broadcast of the new state, over the intra-organi
 --role-network (node: 10 GB/s, 20 us, the default; ib: 200 Gbit/s, 10 us; eth: 25 Gbit/s,
 50 us; or BANDWIDTH,RTT).  Under mpirun -n 3k, bench training measures the k-group step
 itself (each group its slice; the slowest rank's time, all groups' bytes).
+
+inference --groups (under mpirun -n 3k: k groups of three): throughput.  A global batch of
+--batch images (default 64) is cut into k contiguous slices, one per group; each group
+runs its slice's private forward pass (output rounded exactly) in its own three-party
+computation, all groups started together; reported: the slowest group's time, images per
+second for the whole batch and for each group, bytes summed over the groups.  Run it with
+-n 3 (k = 1) and -n 3k to see the throughput against k.  Layer models only (default:
+lenet); --groups K checks that the launch has K groups.
+
 --plot FILE.png draws the rows (and projections, and the peers) with matplotlib
 (pip install 'mpcgpu[plots]'); `mpcgpu plot FILE.json` draws a saved result later.
 """
@@ -56,6 +65,7 @@ Example:
   mpirun -n 3 mpcgpu bench inference --models lenet --network lan --network wan --plot lenet.png
   mpirun -n 3 mpcgpu bench inference --models lenet,alexnet_cifar10
   mpirun -n 3 mpcgpu bench training --models lenet --profile
+  mpirun -n 6 mpcgpu bench inference --groups --models lenet --batch 64 --steps 3
 """
 )
 
@@ -133,10 +143,14 @@ def add_training_group_arguments(p):
     """``bench training --groups K --role-network NET`` (the projection onto K groups)."""
     p.add_argument(
         "--groups",
+        nargs="?",
         type=int,
+        const=0,
         default=None,
         metavar="K",
-        help="training: project each row onto K groups of three (measures one group's step on ceil(B/K) rows)",
+        help="inference: throughput of this launch's k groups of three (mpirun -n 3k; K, if given, must be the "
+        "launch's k); training: project each row onto K groups of three (measures one group's step on "
+        "ceil(B/K) rows; see above)",
     )
     p.add_argument(
         "--role-network",
@@ -463,6 +477,8 @@ def run(args) -> int:
     out = args.json or f"bench_{args.what}.json"
     project_k, role_net = _group_projection_arguments(args)
     rt = mpcgpu.init(cli=cli_settings(args))
+    if args.what == "inference" and (getattr(args, "groups", None) is not None or rt.groups > 1):
+        return run_inference_groups(rt, args, networks, plot, out)
     if project_k is not None and rt.groups > 1:
         raise mpcgpu.MPCError(
             f"--groups {project_k} projects from one group of three (mpirun -n 3); under mpirun -n {3 * rt.groups} "
@@ -550,4 +566,187 @@ def run(args) -> int:
             from mpcgpu.reporting.plots import bench_figure
 
             print(f"written {bench_figure(summary, plot)}")
+    return 0
+
+
+# -- inference throughput on k groups of three (--groups) ------------------------------------
+
+
+def _all_groups_start(rt):
+    """Every rank of every group has arrived (the group, the role, the group again)."""
+    rt.comm.barrier()
+    rt.role.barrier()
+    rt.comm.barrier()
+
+
+def _group_timed(rt, fn):
+    """``(fn(), seconds of this group's slowest party, bytes its three parties sent, the
+    most bytes one party sent, rounds)``, every group started together."""
+    comm = rt.comm
+    _all_groups_start(rt)
+    with comm.measure() as m:
+        t0 = time.perf_counter()
+        out = fn()
+        elapsed = time.perf_counter() - t0
+    sent, rounds = m.bytes_sent, m.rounds
+    return out, comm.allreduce_max(elapsed), comm.allreduce_sum(sent), comm.allreduce_max(sent), rounds
+
+
+def _inference_groups(rt, model, args, batch):
+    """One row of ``bench inference --groups`` (at group 0's party 0; None elsewhere): the
+    global batch of ``batch`` random images cut across the groups (:meth:`Place.share_of`),
+    each group's private forward pass timed, ``--steps`` times after an untimed first."""
+    from ..nn.plain import PlainModel
+    from ..nn.private import PrivateModel, share_params, wants_compact
+    from ..sharing.arithmetic import share
+
+    role = rt.role
+    rows = rt.place.share_of(batch)
+    # the same random weights and batch in every group (seeded); each group's party 0 shares
+    # its own slice (its data owner)
+    params = bench_params(model, args.seed) if rt.rank == 0 else None
+    xs = numpy.random.default_rng(args.seed).standard_normal((batch,) + tuple(model.input_shape))
+    shared = share_params(model, params, src=0, compact=wants_compact(model))
+    private = PrivateModel(model, shared, inference_only=True)
+    sx = share(xs[rows.start : rows.stop] if rt.rank == 0 else None, src=0) if len(rows) else None
+
+    def run():
+        return private.forward(sx, exact=True) if sx is not None else None
+
+    prepare_s = _group_timed(rt, private.prepare)[1]
+    first = _group_timed(rt, run)[1]
+    steps = []
+    for _ in range(max(args.steps, 1)):
+        logits, *figures = _group_timed(rt, run)
+        steps.append(figures)
+    revealed = logits.reveal(to=0) if logits is not None else numpy.zeros((0, model.num_classes))
+    if rt.rank != 0:
+        return None
+    mine = {
+        "images": len(rows),
+        "times": [s[0] for s in steps],
+        "bytes": steps[-1][1],
+        "busiest": steps[-1][2],
+        "rounds": steps[-1][3],
+        "prepare": prepare_s,
+        "first": first,
+    }
+    every = role.gather_object(mine)
+    outs = role.gather(numpy.asarray(revealed, dtype=numpy.float64))
+    if not role.root:
+        return None
+    # a step of the job lasts as long as its slowest group
+    times = [max(g["times"][i] for g in every) for i in range(len(steps))]
+    seconds = float(numpy.median(times))
+    per_group = []
+    for i, g in enumerate(every):
+        t = float(numpy.median(g["times"]))
+        per_group.append(
+            {"group": i, "images": g["images"], "seconds": t, "images_per_second": g["images"] / t if t else 0.0}
+        )
+    row = {
+        "model": model.name,
+        "input_shape": list(model.input_shape),
+        "batch": batch,
+        "groups": rt.groups,
+        "layout": rt.place.layout.kind,
+        "private_seconds": seconds,
+        "images_per_second": batch / seconds,
+        "per_group": per_group,
+        "first_seconds": max(g["first"] for g in every),
+        "prepare_seconds": max(g["prepare"] for g in every),
+        "bytes_all_parties": sum(g["bytes"] for g in every),
+        "bytes_busiest_party": max(g["busiest"] for g in every),
+        "rounds": max(g["rounds"] for g in every),
+        "steps": len(times),
+    }
+    plain = PlainModel(model, params)
+    plain.forward(xs, need_grad=False)
+    t0 = time.perf_counter()
+    ref = plain.forward(xs, need_grad=False)
+    row["plain_seconds"] = time.perf_counter() - t0
+    got = numpy.concatenate([o for i, o in enumerate(outs) if i == 0 or len(o)])
+    row["max_abs_diff"] = float(numpy.abs(got - ref).max())
+    return row
+
+
+def run_inference_groups(rt, args, networks, plot, out) -> int:
+    """``bench inference --groups``: the throughput of this launch's ``k`` groups (group 0's
+    party 0 prints and writes the JSON)."""
+    import mpcgpu
+
+    from mpcgpu.util import memstat
+    from ..nn.dag import GraphModel
+
+    writer = rt.rank == 0 and rt.role.root
+    wanted = getattr(args, "groups", None)
+    problem = None
+    if wanted and wanted != rt.groups:
+        problem = (
+            f"--groups {wanted}: this launch has {rt.groups} group{'s' if rt.groups > 1 else ''} of three "
+            f"({3 * rt.groups} ranks); run it under mpirun -n {3 * wanted}"
+        )
+    elif plot:
+        problem = "--plot draws the batch-1 table; bench inference --groups writes its rows to --json only"
+    elif writer and _output_problem(out, None):
+        problem = f"party 0: {_output_problem(out, None)}"
+    problem = rt.role.bcast_object(rt.comm.bcast_object(problem, root=0))  # group 0's party 0 decides
+    if problem:
+        raise mpcgpu.MPCError(problem)
+    _warm_up(rt)
+    batch = args.batch or 64
+    names = [m.strip() for m in (args.models or "lenet").split(",") if m.strip()]
+    if writer:
+        print(
+            f"mpcgpu bench inference --groups: {rt.groups} group{'s' if rt.groups > 1 else ''} of three, a batch of "
+            f"{batch} images cut across them, {rt.describe()}",
+            flush=True,
+        )
+        for net in networks:
+            print(f"  projected onto {net.describe()}: measured s + rounds x RTT + busiest party's bytes / bandwidth")
+        print(
+            f"{'model':<22} {'k':>3} {'batch':>5} {'per group':>10} {'private s':>10} {'images/s':>9} "
+            f"{'per group/s':>12} {'MB (all)':>9} {'rounds':>7} {'max |diff|':>11}"
+            + "".join(f" {net.name[:12]:>12}" for net in networks),
+            flush=True,
+        )
+    results = []
+    for name in names:
+        model = _model(name)
+        if isinstance(model, GraphModel):
+            raise mpcgpu.MPCError(f"{name} is a graph model: bench inference --groups times layer models")
+        memstat.reset_peak()
+        row = _inference_groups(rt, model, args, batch)
+        peaks = rt.comm.allgather_object(memstat.peak_bytes())
+        if rt.rank == 0:
+            every = rt.role.gather_object(peaks)
+            if row is not None:
+                row["peak_bytes_per_party"] = [max(p[i] for p in every) for i in range(3)]
+        if row is None:
+            continue
+        row["projections"] = project_row(row, networks)
+        print(
+            f"{name:<22} {row['groups']:>3} {batch:>5} {'/'.join(str(g['images']) for g in row['per_group']):>10} "
+            f"{row['private_seconds']:>10.3f} {row['images_per_second']:>9.1f} "
+            f"{'/'.join(format(g['images_per_second'], '.1f') for g in row['per_group']):>12} "
+            f"{row['bytes_all_parties'] / 1e6:>9.1f} {row['rounds']:>7} {row['max_abs_diff']:>11.2e}"
+            + "".join(f" {p['seconds']:>11.3f}s" for p in row["projections"]),
+            flush=True,
+        )
+        results.append(row)
+    if writer:
+        from mpcgpu.util.results import save_json
+
+        summary = {
+            "what": "inference",
+            "mode": "groups",
+            "groups": rt.groups,
+            "layout": rt.place.layout.kind,
+            "device": rt.backend.describe(),
+            "networks": [vars(net) for net in networks],
+            "network_model": "measured + rounds * rtt + bytes_busiest_party / bandwidth (mpcgpu.reporting.netmodel)",
+            "results": results,
+        }
+        save_json(out, summary)
+        print(f"written {out}")
     return 0

@@ -45,3 +45,22 @@ def peek_frac_bits(stem, rank):
             return int(f.attrs.get("frac_bits", 16))
     except Exception:
         return 16  # open_shard reports the real problem on every rank
+
+
+def launch_party(args=None):
+    """This rank's party before the runtime starts, from the launch's rank count and layout
+    (``--layout`` / ``MPCGPU_LAYOUT``; :mod:`mpcgpu.comm.groups`): whose shard a job peeks at
+    for its defaults.  With 3 ranks it is the world rank; where the count breaks the rule
+    (``mpcgpu.init`` reports that on every rank), the world rank."""
+    from mpcgpu.comm.groups import Layout
+    from mpcgpu.comm.transport import world, world_rank
+
+    from ..settings import resolve
+    from .channel_args import cli_settings
+
+    try:
+        w = world()
+        kind = resolve(cli=cli_settings(args) if args is not None else None).layout
+        return Layout(w.Get_size(), kind).party(w.Get_rank())
+    except Exception:
+        return world_rank()

@@ -1,4 +1,5 @@
-"""`mpcgpu infer`: private inference from model shards and data shards (three MPI ranks)."""
+"""`mpcgpu infer`: private inference from model shards and data shards (three MPI ranks, or
+``3k``: k groups of three, each classifying its contiguous slice of the images)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from dataclasses import dataclass
 import numpy
 
 from ..models_io import load_private_model
-from ..reporting.outputs import check_files as _check_files, write_outputs
+from ..reporting.outputs import check_files, write_outputs
 from .channel_args import add_channel_arguments, cli_settings
 from . import checks
 from .checks import peek_frac_bits
 
-SUMMARY = "privately classify a sharded dataset with a sharded model (run under mpirun -n 3)"
+SUMMARY = "privately classify a sharded dataset with a sharded model (run under mpirun -n 3 or -n 3k)"
 DESCRIPTION = """\
 Private inference on three MPI ranks. Each rank opens only its own shards:
   --model STEM   the model shards made by `mpcgpu share weights.h5` (STEM.party<i>.h5)
@@ -39,8 +40,15 @@ Files (result owner only; written under a temporary name and renamed):
                    top-K classes (N, K) int64 with their logits in FILE.scores.npy
   FILE.json        metadata next to it: model, dataset, mode, count, sample order, files
 
+More than three ranks (mpirun -n 3k, --layout block|cyclic): k groups of three; the images
+are cut into k contiguous slices in order (group 0 the first), each group reads only its
+rows of its parties' shards and classifies them in its own three-party computation, and
+the result owner's ranks (one organisation) gather the revealed outputs and counts to
+group 0's owner rank, which writes the files (in dataset order) and the summary.
+
 Example:
   mpirun -n 3 mpcgpu infer --model shards/lenet_mnist --data shards/mnist_test --limit 1000
+  mpirun -n 6 mpcgpu infer --model shards/lenet_mnist --data shards/mnist_test --out pred.npy
   mpirun -n 3 mpcgpu infer --model shards/lenet_mnist --data shards/mnist_test --output topk:3 --out top3.npy
 """
 
@@ -144,16 +152,17 @@ def load_model(rt, stem, verify=True):
     return load_private_model(stem, rt, verify=verify)
 
 
-def _warm_up(rt, model, data):
-    """One untimed private forward pass on the first image, nothing revealed (the kernels
-    compile on their first use: seconds on a fresh machine, then cached on disk)."""
+def _warm_up(rt, model, data, start: int = 0):
+    """One untimed private forward pass on the image ``start`` (this group's first), nothing
+    revealed (the kernels compile on their first use: seconds on a fresh machine, then
+    cached on disk)."""
     from ..data.shards import as_share
 
     t0 = time.perf_counter()
-    img = next(iter(data.batches("images", 1, stop=1)))
+    img = next(iter(data.batches("images", 1, start=start, stop=start + 1)))
     model.predict_onehot(as_share(img, data.info("images").scale))
     seconds = rt.comm.allreduce_max(time.perf_counter() - t0)
-    if rt.rank == 0:
+    if rt.rank == 0 and rt.role.root:
         print(f"warm-up: one image in {seconds:.2f} s (kernels compiled or loaded; not timed below)", flush=True)
 
 
@@ -177,8 +186,9 @@ def softmax(logits: numpy.ndarray) -> numpy.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def classify(rt, model, data, n: int, batch_size: int, output: Output, owner: int, profile=None, bar=None):
-    """Private inference of the first ``n`` images of ``data``; the result owner gets
+def classify(rt, model, data, n: int, batch_size: int, output: Output, owner: int, profile=None, bar=None, start=0):
+    """Private inference of the images ``start..n-1`` of ``data`` (the first ``n`` by
+    default; a group of several, its slice: :func:`gather_results`); the result owner gets
     ``(arrays, correct)`` -- ``arrays`` by name (``labels`` | ``logits`` | ``probs`` |
     ``labels`` and ``scores`` for topk), ``correct`` the privately counted number of right
     predictions (None without labels) -- and the other parties ``(None, None)``.
@@ -200,7 +210,7 @@ def classify(rt, model, data, n: int, batch_size: int, output: Output, owner: in
     output.check(classes)
     pieces: dict[str, list] = {}
     correct = None
-    for batch in data.batches(names, batch_size, stop=n):
+    for batch in data.batches(names, batch_size, stop=n, **({"start": start} if start else {})):
         img_pair, lab_pair = batch if has_labels else (batch, None)
         x = as_share(img_pair, data.info("images").scale)
         revealed = {}
@@ -226,7 +236,7 @@ def classify(rt, model, data, n: int, batch_size: int, output: Output, owner: in
                 pieces.setdefault(name, []).append(value)
         if bar is not None:
             bar.update(x.shape[0])
-    count = correct.reveal(to=owner) if correct is not None else None
+    count = reveal_count(rt, correct, owner)
     if rt.rank != owner:
         return None, None
     shapes = {"labels": (0,), "logits": (0, classes)} if output.mode != "topk" else {"labels": (0, output.k)}
@@ -242,10 +252,92 @@ def classify(rt, model, data, n: int, batch_size: int, output: Output, owner: in
     return arrays, (int(count) if count is not None else None)
 
 
+def reveal_count(rt, correct, owner: int):
+    """The privately counted number of right predictions (an integer share, or None without
+    labels) revealed to the result owner.  With ``k`` groups the groups' count shares are
+    summed first, component by component, over each party's role communicator (exact mod
+    2^64, inside each organisation: a replicated sharing of the total) and revealed once, in
+    group 0: the owner learns the total only, as with one group, not the groups' counts.
+    Every rank of every group calls it (a group without rows holds no share: zeros)."""
+    if rt.groups == 1:
+        return correct.reveal(to=owner) if correct is not None else None
+    from ..sharing.arithmetic import ArithmeticShare
+
+    if not rt.role.bcast_object(correct is not None):  # group 0's word: it has rows (the first)
+        return None
+    if correct is None:
+        zero = rt.xp.zeros((), dtype=rt.xp.uint64)
+        correct = ArithmeticShare(zero, zero.copy(), 0, rt)
+    shape = correct.first.shape  # () : sent as one word (the role's host copies are 1-d at least)
+    first, second = rt.role.allreduce_sum([correct.first.reshape(1), correct.second.reshape(1)])
+    total = ArithmeticShare(first.reshape(shape), second.reshape(shape), correct.scale, rt)
+    return total.reveal(to=owner) if rt.role.root else None
+
+
+def gather_results(rt, owner: int, arrays, correct):
+    """With ``k`` groups: every group's revealed outputs gathered over the result owner's
+    role communicator (its ``k`` ranks: one organisation, so nothing leaves it) to group 0's
+    owner rank, concatenated in group order (= dataset order: the groups' slices are
+    contiguous and in order).  ``(arrays, correct)`` on that rank (``correct``: the total,
+    revealed there by :func:`reveal_count`), ``(None, None)`` on every other; with one
+    group, the arguments as they are.  The owner ranks call it."""
+    if rt.groups == 1 or rt.rank != owner:
+        return (arrays, correct) if rt.rank == owner else (None, None)
+    role, merged = rt.role, {}
+    for name in arrays:  # the same names in the same order in every group (the mode's)
+        got = role.gather(numpy.ascontiguousarray(arrays[name]))
+        if role.root:  # group 0 has rows (it takes the first); a group without rows is left out
+            merged[name] = numpy.concatenate([a for g, a in enumerate(got) if g == 0 or len(a)])
+    return (merged, correct) if role.root else (None, None)
+
+
+def _sync_groups(rt):
+    """Every rank of every group has arrived (with ``k > 1``: the group, then the role, then
+    the group again), so that the groups' timed work starts together; nothing with one group."""
+    if rt.groups > 1:
+        rt.comm.barrier()
+        rt.role.barrier()
+        rt.comm.barrier()
+
+
+def job_totals(rt, owner: int, seconds: float, rows: int, peaks: list, total_bytes: int, rounds: int):
+    """The whole job's figures at group 0's owner rank (None elsewhere): the slowest group's
+    ``seconds``, the bytes of all groups summed, the most rounds, the peak memory per party
+    (the largest over the groups) and, with ``k > 1``, ``groups`` and a ``per_group`` list.
+    The owner ranks call it (the arguments are their group's figures)."""
+    mine = {"images": rows, "seconds": seconds, "bytes": total_bytes, "rounds": rounds, "peaks": list(peaks)}
+    every = rt.role.gather_object(mine) if rt.groups > 1 else [mine]
+    if every is None:
+        return None
+    out = {
+        "seconds": max(g["seconds"] for g in every),
+        "bytes_all_parties": sum(g["bytes"] for g in every),
+        "rounds": max(g["rounds"] for g in every),
+        "peak_bytes_per_party": [max(g["peaks"][p] for g in every) for p in range(3)],
+    }
+    if rt.groups > 1:
+        out["groups"] = rt.groups
+        out["layout"] = rt.place.layout.kind
+        out["per_group"] = [
+            {"group": i, "images": g["images"], "seconds": g["seconds"], "bytes_all_parties": g["bytes"]}
+            for i, g in enumerate(every)
+        ]
+    return out
+
+
+def _groups_banner(rt, n: int) -> str:
+    """``", k groups of three: a, b, ... images"`` (empty with one group)."""
+    if rt.groups == 1:
+        return ""
+    from mpcgpu.comm.groups import split_range
+
+    sizes = ", ".join(str(len(r)) for r in split_range(n, rt.groups))
+    return f", {rt.groups} groups of three ({rt.place.layout.kind} layout): {sizes} images each"
+
+
 def run(args) -> int:
     import mpcgpu
     from mpcgpu.util import memstat
-    from mpcgpu.comm.transport import world_rank
     from ..data.shards import open_shard
     from ..nn.private import Profile
     from mpcgpu.util.progress import Progress
@@ -254,7 +346,7 @@ def run(args) -> int:
     if isinstance(output, str):
         output = parse_output(output)
     checks.at_least(args, 1, "batch_size", "limit")
-    precision = args.precision or peek_frac_bits(args.model, world_rank())
+    precision = args.precision or peek_frac_bits(args.model, checks.launch_party(args))
     rt = mpcgpu.init(precision=precision, cli=cli_settings(args))
     comm, owner = rt.comm, args.reveal_to
     is_owner = rt.rank == owner
@@ -264,7 +356,7 @@ def run(args) -> int:
         return run_graph(args, rt, model, output, t_load)
     output.check(model.spec.num_classes)
     paths = output_paths(args.out, output)
-    _check_files(comm, owner, paths, args.json)
+    check_files(rt.comm, owner, paths, args.json, role=rt.role)
     data = open_shard(args.data, rt, kind="dataset", verify=not args.no_verify)
     if "images" not in data.arrays:
         raise mpcgpu.MPCError(f"dataset shards {args.data} have no 'images' array")
@@ -274,45 +366,54 @@ def run(args) -> int:
             f"model {model.spec.name} expects images of shape {model.spec.input_shape}, the dataset has {shape[1:]}"
         )
     n = shape[0] if args.limit is None else min(args.limit, shape[0])  # both >= 1: checks.at_least above
+    rows = rt.place.share_of(n)  # this group's slice (all n with one group)
     load_s = time.perf_counter() - t_load
-    if getattr(args, "warm_up", False):
-        _warm_up(rt, model, data)
+    if getattr(args, "warm_up", False) and len(rows):
+        _warm_up(rt, model, data, rows.start)
+    _sync_groups(rt)
     comm.reset_stats()
-    if rt.rank == 0:
+    if rt.rank == 0 and rt.role.root:
         print(
             f"mpcgpu infer: model {model.spec.name}, {n} images of {data.name}, batch {args.batch_size}, "
-            f"output {output} to party {owner}, {rt.describe()}",
+            f"output {output} to party {owner}{_groups_banner(rt, n)}, {rt.describe()}",
             flush=True,
         )
     profile = Profile() if args.profile else None
-    bar = Progress(n, "private inference", enabled=(rt.rank == 0 and not args.no_progress))
+    bar = Progress(len(rows), "private inference", enabled=(rt.rank == 0 and rt.role.root and not args.no_progress))
     t0 = time.perf_counter()
-    arrays, right = classify(rt, model, data, n, args.batch_size, output, owner, profile, bar)
+    arrays, right = classify(rt, model, data, rows.stop, args.batch_size, output, owner, profile, bar, rows.start)
     elapsed = time.perf_counter() - t0
     data.close()
     mine = comm.stats.as_dict()
     everyone = comm.allgather_object(mine)
     total_bytes = sum(s["bytes_sent"] for s in everyone)
     peaks = comm.allgather_object(memstat.peak_bytes())  # data-independent: the same for any input
-    summary = {
-        "model": model.spec.name,
-        "dataset": data.name,
-        "images": n,
-        "output": str(output),
-        "batch_size": args.batch_size,
-        "seconds": elapsed,
-        "seconds_per_image": elapsed / max(n, 1),
-        "load_seconds": load_s,
-        "bytes_all_parties": total_bytes,
-        "rounds": mine["rounds"],
-        "peak_bytes_per_party": peaks,
-        "device": rt.backend.describe(),
-    }
+    job = None
     if is_owner:
+        arrays, right = gather_results(rt, owner, arrays, right)
+        job = job_totals(rt, owner, elapsed, len(rows), peaks, total_bytes, mine["rounds"])
+    if is_owner and job is not None:  # group 0's owner rank
+        elapsed, total_bytes, peaks = job["seconds"], job["bytes_all_parties"], job["peak_bytes_per_party"]
+        summary = {
+            "model": model.spec.name,
+            "dataset": data.name,
+            "images": n,
+            "output": str(output),
+            "batch_size": args.batch_size,
+            "seconds": elapsed,
+            "seconds_per_image": elapsed / max(n, 1),
+            "load_seconds": load_s,
+            "bytes_all_parties": total_bytes,
+            "rounds": job["rounds"],
+            "peak_bytes_per_party": peaks,
+            "device": rt.backend.describe(),
+            **{key: job[key] for key in ("groups", "layout", "per_group") if key in job},
+        }
+        parties = "the three parties" if rt.groups == 1 else f"the three parties of {rt.groups} groups"
         print(
             f"party {owner} (result owner): {n} predictions in {elapsed:.2f} s "
-            f"({1000 * elapsed / max(n, 1):.1f} ms/image), {total_bytes / 1e6:.1f} MB sent by the three parties, "
-            f"{mine['rounds']} rounds, peak memory per party {', '.join(f'{p / 1e9:.2f}' for p in peaks)} GB",
+            f"({1000 * elapsed / max(n, 1):.1f} ms/image), {total_bytes / 1e6:.1f} MB sent by {parties}, "
+            f"{job['rounds']} rounds, peak memory per party {', '.join(f'{p / 1e9:.2f}' for p in peaks)} GB",
             flush=True,
         )
         if right is not None:
@@ -326,7 +427,7 @@ def run(args) -> int:
         head = {"model": model.spec.name, "dataset": data.name, "dataset_set_id": getattr(data, "set_id", None)}
         mode = {"k": output.k, "classes": model.spec.num_classes}
         deliver(args, rt, output, paths, arrays, summary, n, head, mode, VALUES_NOTE[output.mode])
-    if profile is not None:
+    if profile is not None and rt.role.root:  # group 0's layers (a collective of its three ranks)
         profile.report(comm)
     return 0
 
@@ -346,6 +447,7 @@ def deliver(args, rt, output: Output, paths: dict, arrays: dict, summary: dict, 
             "order": f"row i is sample i of the dataset shards in stored order (samples 0..{n - 1})",
             "revealed_to": args.reveal_to,
             "frac_bits": rt.frac_bits,
+            **({"groups": rt.groups} if rt.groups > 1 else {}),
             "values": values,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -357,13 +459,14 @@ def deliver(args, rt, output: Output, paths: dict, arrays: dict, summary: dict, 
         save_json(args.json, summary)
 
 
-def graph_batches(rt, g, data, n: int):
-    """``(rows, feeds)`` for the graph ``g`` over the first ``n`` samples of ``data`` (a
-    :class:`~mpcgpu.data.tokens.TokenDataset` or image shards), in batches of the graph's
-    own batch size (its shapes are static); a last, shorter batch is padded with the
-    first rows of the set (their outputs dropped).  Token ids stay shares (the graph
-    expands them privately); the attention masks are public; other public inputs (token
-    type ids) are zeros."""
+def graph_batches(rt, g, data, n: int, start: int = 0):
+    """``(rows, feeds)`` for the graph ``g`` over the samples ``start..n-1`` of ``data`` (a
+    :class:`~mpcgpu.data.tokens.TokenDataset` or image shards; the first ``n`` by default, a
+    group's slice with several), in batches of the graph's own batch size (its shapes are
+    static); a last, shorter batch is padded with repeats of its own rows (their outputs
+    dropped; only the rows of the slice are read, each once).  Token ids stay shares (the
+    graph expands them privately); the attention masks are public; other public inputs
+    (token type ids) are zeros."""
     from ..data.shards import as_share
     from ..errors import MPCError
 
@@ -373,17 +476,18 @@ def graph_batches(rt, g, data, n: int):
         raise MPCError(f"graph {g.name}: infer feeds one secret input, the graph has {[t.name for t in secret]}")
     x_in = secret[0]
     tokens = hasattr(data, "masks")
-    for lo in range(0, n, batch):
-        rows = numpy.arange(lo, min(lo + batch, n))
-        padded = numpy.concatenate([rows, numpy.arange(batch - rows.size) % max(n, 1)]).astype(numpy.int64)
+    for lo in range(start, n, batch):
+        rows = numpy.arange(lo, min(lo + batch, n), dtype=numpy.int64)
+        fill = None if rows.size == batch else numpy.arange(batch) % rows.size  # positions in rows
         feeds = {}
         if tokens:
-            ids, mask, _ = data.batch(padded)
-            feeds[x_in.name] = ids
+            x, mask, _ = data.batch(rows)
         else:
-            pair = data.take("images", padded)
-            feeds[x_in.name] = as_share(pair, data.info("images").scale)
-            mask = None
+            x, mask = as_share(data.take("images", rows), data.info("images").scale), None
+        if fill is not None:
+            x = x[rt.backend.to_device(fill)]
+            mask = None if mask is None else mask[fill]
+        feeds[x_in.name] = x
         for t in g.inputs:
             if t.role != "public":
                 continue
@@ -398,7 +502,8 @@ def run_graph(args, rt, model, output: Output, t_load: float) -> int:
     """`infer` for a graph model: the secret input of each batch from the dataset shards
     (images, or token ids with their public masks), the graph's first output revealed to
     the owner: ``label`` (its argmax over the last axis, chosen privately) or ``logits``
-    (the output itself: class logits, hidden states or next-token logits)."""
+    (the output itself: class logits, hidden states or next-token logits).  With ``k``
+    groups, each its slice, gathered as in :func:`run`."""
     from mpcgpu.util import memstat
     from mpcgpu.util.progress import Progress
     from ..data.shards import as_share, open_shard
@@ -423,22 +528,25 @@ def run_graph(args, rt, model, output: Output, t_load: float) -> int:
             raise MPCError(f"dataset shards {args.data} have no 'images' array")
         count = data.info("images").shape[0]
     n = count if args.limit is None else min(args.limit, count)
+    mine = rt.place.share_of(n)  # this group's slice (all n with one group)
     paths = output_paths(args.out, output)
-    _check_files(comm, owner, paths, args.json)
+    check_files(rt.comm, owner, paths, args.json, role=rt.role)
     load_s = time.perf_counter() - t_load
+    _sync_groups(rt)
     comm.reset_stats()
-    if rt.rank == 0:
+    if rt.rank == 0 and rt.role.root:
         print(
             f"mpcgpu infer: graph model {g.name} ({len(g.nodes)} nodes), {n} samples of {data.name}, "
-            f"output {output} to party {owner}, {rt.describe()}",
+            f"output {output} to party {owner}{_groups_banner(rt, n).replace(' images each', ' samples each')}, "
+            f"{rt.describe()}",
             flush=True,
         )
     profile = Profile() if args.profile else None
-    bar = Progress(n, "private inference", enabled=(rt.rank == 0 and not args.no_progress))
+    bar = Progress(len(mine), "private inference", enabled=(rt.rank == 0 and rt.role.root and not args.no_progress))
     pieces, correct = [], None
     labelled = not tokens and "labels" in data.arrays and output.mode == "label"
     t0 = time.perf_counter()
-    for rows, feeds in graph_batches(rt, g, data, n):
+    for rows, feeds in graph_batches(rt, g, data, mine.stop, mine.start):
         y = model.run(feeds, profile=profile, exact=output.mode == "logits")[g.outputs[0]]
         if output.mode == "label":
             onehot = y.argmax(axis=-1)
@@ -453,30 +561,39 @@ def run_graph(args, rt, model, output: Output, t_load: float) -> int:
             pieces.append(got[: rows.size])
         bar.update(rows.size)
     elapsed = time.perf_counter() - t0
-    right = correct.reveal(to=owner) if correct is not None else None
+    right = reveal_count(rt, correct, owner)
     data.close()
-    mine = comm.stats.as_dict()
-    total_bytes = sum(s["bytes_sent"] for s in comm.allgather_object(mine))
+    stats = comm.stats.as_dict()
+    total_bytes = sum(s["bytes_sent"] for s in comm.allgather_object(stats))
     peaks = comm.allgather_object(memstat.peak_bytes())
-    summary = {
-        "model": g.name,
-        "dataset": data.name,
-        "samples": n,
-        "output": str(output),
-        "seconds": elapsed,
-        "seconds_per_sample": elapsed / max(n, 1),
-        "load_seconds": load_s,
-        "bytes_all_parties": total_bytes,
-        "rounds": mine["rounds"],
-        "peak_bytes_per_party": peaks,
-        "device": rt.backend.describe(),
-    }
+    job = None
     if rt.rank == owner:
         dtype = numpy.int64 if output.mode == "label" else numpy.float64
-        arrays = {"labels" if output.mode == "label" else "logits": numpy.concatenate(pieces).astype(dtype)}
+        name = "labels" if output.mode == "label" else "logits"
+        # a group without rows (fewer samples than groups) sends none (gather_results drops it)
+        arrays = {name: numpy.concatenate(pieces).astype(dtype) if pieces else numpy.zeros(0, dtype)}
+        arrays, right = gather_results(rt, owner, arrays, None if right is None else int(right))
+        job = job_totals(rt, owner, elapsed, len(mine), peaks, total_bytes, stats["rounds"])
+    if job is not None:  # group 0's owner rank
+        elapsed, total_bytes, peaks = job["seconds"], job["bytes_all_parties"], job["peak_bytes_per_party"]
+        summary = {
+            "model": g.name,
+            "dataset": data.name,
+            "samples": n,
+            "output": str(output),
+            "seconds": elapsed,
+            "seconds_per_sample": elapsed / max(n, 1),
+            "load_seconds": load_s,
+            "bytes_all_parties": total_bytes,
+            "rounds": job["rounds"],
+            "peak_bytes_per_party": peaks,
+            "device": rt.backend.describe(),
+            **{key: job[key] for key in ("groups", "layout", "per_group") if key in job},
+        }
+        parties = "the three parties" if rt.groups == 1 else f"the three parties of {rt.groups} groups"
         print(
             f"party {owner} (result owner): {n} samples in {elapsed:.2f} s, {total_bytes / 1e6:.1f} MB sent by "
-            f"the three parties, {mine['rounds']} rounds, peak memory per party "
+            f"{parties}, {job['rounds']} rounds, peak memory per party "
             f"{', '.join(f'{p / 1e9:.2f}' for p in peaks)} GB",
             flush=True,
         )
@@ -486,7 +603,7 @@ def run_graph(args, rt, model, output: Output, t_load: float) -> int:
             print(f"private accuracy: {100 * summary['accuracy']:.2f}% ({int(right)}/{n}; only the count is revealed)")
         head = {"model": g.name, "dataset": data.name}
         deliver(args, rt, output, paths, arrays, summary, n, head, {}, GRAPH_VALUES_NOTE[output.mode])
-    if profile is not None:
+    if profile is not None and rt.role.root:
         profile.report(comm)
     return 0
 

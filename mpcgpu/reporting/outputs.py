@@ -36,17 +36,21 @@ def write_outputs(paths: dict, arrays: dict, meta: dict) -> list:
     return written
 
 
-def check_files(comm, owner: int, paths: dict, summary_json: str | None) -> None:
+def check_files(comm, owner: int, paths: dict, summary_json: str | None, role=None) -> None:
     """Before any computation: the owner's output files can be written (else the same
-    error on every rank of ``comm``, a collective: ``comm.bcast_object``)."""
+    error on every rank of ``comm``, a collective: ``comm.bcast_object``).  With several
+    groups (``role``: the runtime's role communicator), the writer is group 0's owner rank
+    and its verdict reaches every group."""
     problem = None
-    if comm.rank == owner:
+    if comm.rank == owner and (role is None or role.root):
         targets = list(paths.values()) + ([summary_json] if summary_json else [])
         if summary_json and os.path.abspath(summary_json) in {os.path.abspath(p) for p in paths.values()}:
             problem = f"--json {summary_json} is also an output file of --out: choose another name"
         for p in targets:
             problem = problem or writable_problem(p)
     problem = comm.bcast_object(problem, root=owner)
+    if role is not None:
+        problem = role.bcast_object(problem)  # group 0's verdict in every group (k > 1)
     if problem:
         raise MPCError(f"result owner (party {owner}): {problem}")
 
