@@ -90,9 +90,10 @@ class RoleComm:
         )
 
     def _host(self, arr):
+        """A contiguous host copy of ``arr``, of its own shape (0-d stays 0-d)."""
         if self.backend is not None and self.backend.is_gpu:
-            return numpy.ascontiguousarray(self.backend.to_host(arr))
-        return numpy.ascontiguousarray(arr)
+            arr = self.backend.to_host(arr)
+        return numpy.ascontiguousarray(arr).reshape(numpy.shape(arr))
 
     def _back(self, arr):
         if self.backend is not None and self.backend.is_gpu:

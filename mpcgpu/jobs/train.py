@@ -240,7 +240,6 @@ def _plot(path, summary):
 
 def run(args) -> int:
     import mpcgpu
-    from mpcgpu.comm.transport import world_rank
     from ..data.loader import ShardedDataset
     from ..errors import MPCError
     from ..models_io import initial_private_model
@@ -258,7 +257,7 @@ def run(args) -> int:
     checks.at_least(args, 0, "checkpoint_every")
     checks.finite(args, "lr", "momentum", "weight_decay", "gamma", positive=("lr",))
 
-    precision = args.precision or checks.peek_frac_bits(args.data.split(",")[0], world_rank())
+    precision = args.precision or checks.peek_frac_bits(args.data.split(",")[0], checks.launch_party(args))
     rt = mpcgpu.init(precision=precision, cli=cli_settings(args))
     data = ShardedDataset(args.data, rt, limit=args.limit, verify=not args.no_verify)
     test = ShardedDataset(args.test_data, rt, verify=not args.no_verify) if args.test_data else None
