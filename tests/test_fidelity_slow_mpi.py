@@ -227,11 +227,14 @@ TF_STEPS = 16
 
 def test_gpt2_small_teacher_forced_at_hf_init(rt):
     """The 16 next-token choices of GPT-2 small at Hugging Face's own random init (std 0.02, no
-    rescaled table), teacher-forced: the prompt and the reference's 15 first greedy tokens go
-    through the private network in ONE run of the 21-token graph (causal: position ``5 + k``
-    sees exactly the prefix of step ``k``), and the private argmax over the 50257 ids chooses
-    the next token at each of the 16 positions (revealed to party 0 only).  Reference: the
-    Hugging Face model in float64 on the same prefix.
+    rescaled table), teacher-forced: a seeded text of 21 random tokens goes through the
+    private network in ONE run of the 21-token graph (causal: position ``5 + k`` sees exactly
+    the prefix of step ``k``, 6 to 21 tokens), and the private argmax over the 50257 ids
+    chooses the next token at each of the 16 positions (revealed to party 0 only).
+    Reference: the Hugging Face model in float64 on the same prefixes.  (Teacher-forced on
+    a random text, not on the model's own greedy tokens: at this init greedy decoding
+    repeats one token, measured on three prompts, with top-2 gaps of 0.02 to 0.19 at
+    their smallest.)
 
     ``E`` = the largest |private - reference| logit over the 16 positions and the whole
     vocabulary.  At every step whose reference top-2 gap exceeds ``2 E``, the private token
@@ -253,13 +256,12 @@ def test_gpt2_small_teacher_forced_at_hf_init(rt):
     if rt.rank == 0:
         model, _ = F.build("gpt2")
         model = model.double()
-        rng = np.random.default_rng(2)
-        ids = rng.integers(0, cfg.vocab, (1, PROMPT)).astype(np.int64)
-        want, gaps = _hf_greedy(model, ids, TF_STEPS)
-        seq = np.concatenate([ids, want[None, : TF_STEPS - 1]], axis=1)
+        seq = np.random.default_rng(2).integers(0, cfg.vocab, (1, T)).astype(np.int64)
         with torch.no_grad():
-            ref = model(torch.from_numpy(seq)).logits[0, PROMPT - 1 :].double().numpy()  # [16, V]
-        assert (ref.argmax(axis=-1) == want).all()
+            ref = model(torch.from_numpy(seq)).logits[0, PROMPT - 1 :].numpy()  # [16, V], float64
+        want = ref.argmax(axis=-1)
+        top2 = np.sort(ref, axis=-1)[:, -2:]
+        gaps = top2[:, 1] - top2[:, 0]
         sd = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
         del model
         gc.collect()
@@ -283,7 +285,7 @@ def test_gpt2_small_teacher_forced_at_hf_init(rt):
     slack = top - ref[np.arange(TF_STEPS), chosen]
     clear = gaps > 2 * E
     print(
-        f"\nteacher-forced GPT-2 at HF init: prompt {ids.tolist()}, reference tokens {want.tolist()}, "
+        f"\nteacher-forced GPT-2 at HF init: text {seq.tolist()}, reference tokens {want.tolist()}, "
         f"private {chosen.tolist()}\n  top-2 gaps {np.round(gaps, 4).tolist()}\n  max logit error E {E:.4f} "
         f"(mean {err.mean():.4f}, max |logit| {np.abs(ref).max():.3f}); clear steps (gap > 2E) {int(clear.sum())}"
         f"/{TF_STEPS}; private run {t_run:.1f} s, with the argmax {t_all:.1f} s"
