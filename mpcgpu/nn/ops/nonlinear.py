@@ -11,10 +11,12 @@ docstrings state rounds, bytes, domains and error bounds; the figures below are 
   input (attention masks) passes its public ``keep``: masked entries are 0, a row with
   nothing kept is all 0 (the exporter's IsNaN/Where guard then selects that 0);
 * LayerNormalization (axis, epsilon; scale and bias secret, public or absent; our attribute
-  ``domain`` = [lo, hi] plans the domain of ``var + eps``, default ``[1e-3, 1e4]``):
+  ``domain`` = [lo, hi] plans the domain of ``var + eps``, default ``[1e-4, 2^16]``):
   ``layer_norm`` -- mean and variance of the row, one inverse square root per row
-  (101 rounds on the default domain; error ``<= 2e-3 (1 + |y|)``); a variance outside
-  the domain is clamped by the protocol's documented rule;
+  (43 rounds; error ``<= 2e-3 (1 + |y|)``); a variance below the domain is clamped by the
+  protocol's documented rule, one above it (or a secret weight beyond ``2^10 / sqrt(n)``)
+  is counted privately and stops the run with a DomainError naming the node, from one
+  bit revealed per run (:mod:`mpcgpu.protocols.domain`);
 * Erf 18 rounds (max error 0.0035), Tanh 22 rounds (0.0035), Sigmoid 20 rounds (0.003),
   Gelu 16 rounds (0.0075; ``approximate`` "none" or "tanh"): fitted piecewise polynomials,
   one comparison call and one selection (``activation_cost``);
