@@ -66,6 +66,13 @@ def test_accuracy_over_the_domain_secret_weight(rt, seeded):
     assert y.shape == x.shape and y.scale == F
     std = x.std(axis=1, keepdims=True)
     check(y.reveal(), ln_ref(x, w, b), std=std / np.abs(w))
+    # the same weight share again: its bound was checked (the guard passed), not compared again
+    ws = shared(rt, w)
+    guarded_run(rt, shared(rt, x[:2]), ws)
+    y, rounds, nbytes = guarded_run(rt, shared(rt, x[:2]), ws, b)
+    assert nbytes == normalize.layer_norm_cost(2, n, weight_checked=True)["bytes"]
+    assert nbytes < normalize.layer_norm_cost(2, n)["bytes"]
+    check(y.reveal(), ln_ref(x[:2], w, b), std=std[:2] / np.abs(w))
 
 
 def test_public_and_absent_weight_and_axis(rt, seeded):
@@ -158,8 +165,10 @@ def test_weight_outside_the_bound_is_an_error(rt, seeded):
     x = enc(seeded.standard_normal((2, n)))
     w = np.ones(n)
     w[5] = -1.01 * B
-    with pytest.raises(domain.DomainError, match=r"\|weight\| above 35"):
-        normalize.layer_norm(shared(rt, x), shared(rt, enc(w)))
+    big = shared(rt, enc(w))
+    for _ in range(2):  # a failed check is not remembered: the second call compares again
+        with pytest.raises(domain.DomainError, match=r"\|weight\| above 35"):
+            normalize.layer_norm(shared(rt, x), big)
     with pytest.raises(ProtocolError, match="public weight of magnitude"):
         normalize.layer_norm(shared(rt, x), w)
     w[5] = 0.99 * B  # inside: no error

@@ -42,12 +42,15 @@ class Guard:
         #: prefixed to what the next recorded calls say (an executor sets the node's name)
         self.label = ""
         self.entries: list = []  # (what, count share of shape (1,), scale 0)
+        self.on_pass: list = []  # callables run when the check passes
 
-    def add(self, count: ArithmeticShare, what: str):
+    def add(self, count: ArithmeticShare, what: str, on_pass=None):
         if not isinstance(count, ArithmeticShare) or count.scale != 0:
             raise ProtocolError("a domain count must be an integer share (scale 0)")
         what = f"{self.label}: {what}" if self.label else what
         self.entries.append((what, count.reshape(1)))
+        if on_pass is not None:
+            self.on_pass.append(on_pass)
 
     def check(self):
         """Reveal whether any count is nonzero (one bit); raise :class:`DomainError` naming
@@ -58,6 +61,8 @@ class Guard:
         for _, c in self.entries[1:]:
             total = total + c
         if not int(msb(total, negate=True).reveal()[0]) & 1:  # [total > 0]
+            for fn in self.on_pass:
+                fn()
             return
         from ..sharing.arithmetic import stack
 
@@ -83,16 +88,17 @@ def guarded(rt):
     g.check()
 
 
-def record(count: ArithmeticShare, what: str):
+def record(count: ArithmeticShare, what: str, on_pass=None):
     """Add ``count`` (an integer share: how many rows or elements were out of the domain,
     any positive value meaning "some") to the innermost guard of its runtime, or, with
-    none in force, check it at once (one revealed bit)."""
+    none in force, check it at once (one revealed bit).  ``on_pass``: called (on every
+    party alike) once the check has passed, e.g. to remember that a weight was checked."""
     stack = _STACKS.get(id(count.rt))
     if stack:
-        stack[-1].add(count, what)
+        stack[-1].add(count, what, on_pass)
         return
     g = Guard(count.rt)
-    g.add(count, what)
+    g.add(count, what, on_pass)
     g.check()
 
 

@@ -62,8 +62,10 @@ about 10 % in every layer.)
 * **above** ``hi``: an **error**.  So is a row so large that ``v`` could wrap
   (``T2 >= 2^36``, i.e. ``sum (x - mean)^2`` of about ``2^44`` or more), and, for a secret
   weight, ``|weight| >= B = 2^10 / sqrt(n) / 1.03`` (36 at ``n = 768``; the product ``(c w)
-  r`` at ``3f + 4`` bits needs ``|y w| < 2^10``, and ``|y| <= sqrt(n)``).  A public weight
-  beyond ``B`` is refused at once, in the clear.  The input itself may be anywhere: a row
+  r`` at ``3f + 4`` bits needs ``|y w| < 2^10``, and ``|y| <= sqrt(n)``).  A secret weight
+  is compared once: after a guard has passed, the same share object (a model's parameter,
+  read by every run and every generated token) is remembered and not compared again.  A
+  public weight beyond ``B`` is refused at once, in the clear.  The input itself may be anywhere: a row
   of mean ``1e6`` and std 1 is normalised like any other.
 
 The out-of-domain bits of a call are added up privately into one integer share and
@@ -89,6 +91,7 @@ there, ~1e-4 for ``var >= 1``).
 
 from __future__ import annotations
 
+import collections
 import math
 
 import numpy as _np  # host-side shapes and public constants only; never for share data
@@ -141,6 +144,28 @@ def input_bound(n: int) -> float:
     return 2.0 ** (SPLIT_BITS - 16 + 31.5) / math.sqrt(n)
 
 
+#: secret weights whose bound a passed guard has checked: {id: (object, n)}, the objects
+#: kept (so that an id is never reused while listed); every party sees the same calls, so
+#: the parties agree on hits and evictions
+_CHECKED: collections.OrderedDict = collections.OrderedDict()
+CHECKED_MAX = 1024
+
+
+def _weight_checked(obj, n) -> bool:
+    hit = _CHECKED.get(id(obj))
+    if hit is not None and hit[0] is obj and hit[1] == n:
+        _CHECKED.move_to_end(id(obj))
+        return True
+    return False
+
+
+def _remember_weight(obj, n):
+    _CHECKED[id(obj)] = (obj, n)
+    _CHECKED.move_to_end(id(obj))
+    while len(_CHECKED) > CHECKED_MAX:
+        _CHECKED.popitem(last=False)
+
+
 def _check_public_weight(w, n):
     big = float(_np.max(_np.abs(w))) if w.size else 0.0
     if big >= weight_bound(n):
@@ -159,17 +184,20 @@ def _mean_parts(n: int, f: int) -> int:
     return len(public_factor_parts(1.0 / n, f, f))
 
 
-def layer_norm_cost(rows: int, width: int, domain=DEFAULT_DOMAIN, secret_weight: bool = True) -> dict:
+def layer_norm_cost(
+    rows: int, width: int, domain=DEFAULT_DOMAIN, secret_weight: bool = True, weight_checked: bool = False
+) -> dict:
     """``{"rounds", "bytes"}`` of :func:`layer_norm` on ``rows`` rows of ``width`` elements
     (bytes: sent by the three parties together); ``secret_weight=False`` for a public or
-    absent weight."""
+    absent weight; ``weight_checked``: the secret weight's bound was checked by an earlier
+    call that passed its guard (the same share object: not compared again)."""
     R, n = int(rows), int(width)
     N = R * n
     lo, hi = _check_domain(domain)
     f = 16
     plan = plan_inv_sqrt(ISQRT_DOMAIN, rt=_Rt(f))
     # comparisons: 2 clamp + (octaves - 1) thresholds + the guard, per row; 2 per weight element
-    M = R * (len(_octaves(lo, hi)) + 2) + (2 * n if secret_weight else 0)
+    M = R * (len(_octaves(lo, hi)) + 2) + (2 * n if secret_weight and not weight_checked else 0)
     rounds = 2 + 2 + 1 + 2 + 8 + 2 + 2 + plan.rounds + 2 + 2
     b = 48 * R * _mean_parts(n, f)  # mean
     b += 48 * N  # t: c truncated by SPLIT_BITS
@@ -253,6 +281,7 @@ def layer_norm(x: ArithmeticShare, weight=None, bias=None, eps: float = 1e-5, ax
     lead = tuple(x.shape[:ax])
     R = math.prod(lead)
     v = x.reshape(R, n)
+    weight_obj = weight
     weight, bias = _as_share(weight), _as_share(bias)
 
     # 1. mean and centred values
@@ -306,7 +335,8 @@ def layer_norm(x: ArithmeticShare, weight=None, bias=None, eps: float = 1e-5, ax
     nt = len(thresholds)
     rows = [(v.reshape(1, R, 1) - _np.asarray(thresholds).reshape(-1, 1, 1) * n).reshape(-1)]  # [v < n t]
     rows.append((t2 - GUARD_T2 / 2.0**f).reshape(-1))  # [T2 < G]
-    if secret_w:  # [w < -B], [w > B]: the weight bound
+    check_w = secret_w and not _weight_checked(weight_obj, n)
+    if check_w:  # [w < -B], [w > B]: the weight bound (once per weight share and width)
         B = weight_bound(n)
         wv = ArithmeticShare(wf.reshape(-1), ws.reshape(-1), f, rt)
         rows += [wv + B, B - wv]
@@ -321,12 +351,13 @@ def layer_norm(x: ArithmeticShare, weight=None, bias=None, eps: float = 1e-5, ax
     # and for a secret weight [|w| > B]; counted, added to the run's guard (one bit revealed)
     inside = abits[R : 2 * R].sum() + abits[nt * R : (nt + 1) * R].sum()
     count = 2 * R - inside
-    if secret_w:
+    if check_w:
         count = count + abits[(nt + 1) * R :].sum()
     record(
         count.reshape(1),
         f"layer_norm over {n} elements: var + eps above {hi:g}, |x - mean| beyond "
-        f"{input_bound(n):.4g}" + (f", or |weight| above {weight_bound(n):.4g}" if secret_w else ""),
+        f"{input_bound(n):.4g}" + (f", or |weight| above {weight_bound(n):.4g}" if check_w else ""),
+        on_pass=(lambda: _remember_weight(weight_obj, n)) if check_w else None,
     )
     abits = abits[: nt * R].reshape(nt, R, 1)
     # telescoping over the one-hot octave: sum_k onehot_k w_k = w_top + sum_k a_k (w_{k-1} - w_k)

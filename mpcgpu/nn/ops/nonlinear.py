@@ -31,6 +31,7 @@ import numpy
 
 from ...protocols import activations, compare
 from ...sharing.arithmetic import to_scale
+from ...sharing.compact import CompactShare
 from ..dag import register_op
 from . import values as V
 from ._common import P, S, ex, norm_axis
@@ -95,7 +96,10 @@ def layer_norm_private(ctx, node, args):
     x = _real(node, args[0])
     params = []
     for v, what in ((args[1], "scale"), (args[2] if len(args) > 2 else None, "bias")):
-        params.append(None if v is None else V.public(v) if V.is_public(v) else V.plain_share(node, v, what))
+        if v is None or V.is_public(v):
+            params.append(None if v is None else V.public(v))
+        else:  # a compact share as it is: layer_norm remembers a checked weight by its object
+            params.append(v if isinstance(v, CompactShare) else V.plain_share(node, v, what))
     axis = norm_axis(node.attr("axis", -1), x.ndim, node)
     domain = node.attr("domain")  # ours: the planned domain of var + eps (default the protocol's)
     domain = None if domain is None else tuple(float(d) for d in domain)
