@@ -20,19 +20,23 @@ model       output             max err (rel.)      mean err (rel.)     export   
 ==========  =================  ==================  ==================  ========  ========  =====
 BERT-base   last_hidden_state  0.0751 (1.8 %)      0.0132 (0.31 %)     72 s      73 s      242 s
 128 tokens  pooler_output      0.0231 (2.5 %)      0.0056 (0.59 %)
-GPT-2       logits             0.1995 (7.5 %)      0.0297 (1.1 %)      43 s      114 s     243 s
-32 tokens   (max |ref| 2.645)
+GPT-2       logits             0.0620 (2.3 %)      0.0093 (0.35 %)     271 s (b) 87 s (b) (a)
+32 tokens   (max |ref| 2.645)   (before (a): 0.1995 (7.5 %), 0.0297 (1.1 %); 43 s, 114 s, 243 s)
 ViT-B/16    logits             0.0644 (3.2 %)      0.0153 (0.76 %)     21 s      66 s      126 s
 224 x 224   (max |ref| 2.007)
 ==========  =================  ==================  ==================  ========  ========  =====
 
 ("export": torch.onnx.export and onnxruntime on party 0; "private": the one PrivateGraph
 run; the exporter names the outputs ``layer_norm_24``/``tanh``, ``linear``, ``linear_72``.)
+(a) GPT-2 measured again after LayerNorm's default domain became ``[1e-4, 2^16]``: the former
+``lo = 1e-3`` clamped the first LayerNorm of every block at Hugging Face's init (``var`` of
+``wte + wpe`` is ``8e-4``), which was most of the error; (b) at a machine load of about 18
+(the export's time is the load's; the greedy test and this one took 898 s together).
 The bounds are about 1.5 to 2 times the measured figures, per model: BERT max 4 % and mean
-0.8 % of the output scale, ViT max 6 % and mean 1.5 %, GPT-2 max 12 % and mean 2 % (its
+0.8 % of the output scale, ViT max 6 % and mean 1.5 %, GPT-2 max 5 % and mean 0.8 % (its
 logits are the widest product, 768 x 50257 with the tied table, after 12 layers of
 fixed-point LayerNorm, softmax and GELU; the largest error is on a few entries, the mean is
-1.1 %).
+0.35 %).
 """
 
 from __future__ import annotations
@@ -127,7 +131,7 @@ def test_gpt2_small_fidelity(rt):
     """GPT-2 small (GPT2LMHeadModel, use_cache=False), 32 tokens: the logits."""
     errors, _ = _private_run(rt, "gpt2")
     if rt.rank == 0:
-        _check(errors, 0.12, 0.02)
+        _check(errors, 0.05, 0.008)
 
 
 def test_vit_b16_fidelity(rt):
@@ -240,7 +244,7 @@ def test_gpt2_small_teacher_forced_at_hf_init(rt):
     vocabulary.  At every step whose reference top-2 gap exceeds ``2 E``, the private token
     must equal the reference's (it cannot differ unless the error does); at the others, the
     reference logit of the private token must be within ``2 E`` of the reference's largest
-    (all that the error allows).  ``E`` itself is bounded (12 % of the largest |logit|, the
+    (all that the error allows).  ``E`` itself is bounded (5 % of the largest |logit|, the
     fidelity test's bound).  Unlike the greedy test's rescaled table, these logits are
     flat and the tokens vary: the check is on close tokens.
 
@@ -296,7 +300,7 @@ def test_gpt2_small_teacher_forced_at_hf_init(rt):
         f"(mean {err.mean():.4f}, max |logit| {np.abs(ref).max():.3f}); clear steps (gap > 2E) {int(clear.sum())}"
         f"/{TF_STEPS}; private run {t_run:.1f} s, with the argmax {t_all:.1f} s"
     )
-    assert E <= 0.12 * np.abs(ref).max()
+    assert E <= 0.05 * np.abs(ref).max()
     assert len(set(want.tolist())) > 1  # the tokens vary
     np.testing.assert_array_equal(chosen[clear], want[clear])
     assert (slack <= 2 * E).all(), slack
