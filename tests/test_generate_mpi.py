@@ -54,9 +54,16 @@ class RevealTracer:
         monkeypatch.setattr(ReplicatedPair, "_reconstruct", traced)
 
 
-def check_owner_only(rt, tracer, gen, owner, steps, batch):
-    """Exactly one reveal per generated token, each of ``batch`` ids, each to ``owner``."""
-    assert tracer.events == [("ArithmeticShare", owner, (batch,))] * steps
+#: the one bit a graph run reveals to all (mpcgpu.protocols.domain: "some input was outside
+#: a domain"; 0, or the run stops with an error)
+GUARD_BIT = ("BinaryShare", None, (1,))
+
+
+def check_owner_only(rt, tracer, gen, owner, steps, batch, runs=0):
+    """Exactly one reveal per generated token, each of ``batch`` ids, each to ``owner``; and
+    ``runs`` domain-guard bits (one per graph run), revealed to all."""
+    assert [e for e in tracer.events if e != GUARD_BIT] == [("ArithmeticShare", owner, (batch,))] * steps
+    assert tracer.events.count(GUARD_BIT) == runs
     if rt.rank == owner:
         assert gen.tokens is not None and gen.tokens.shape == (batch, steps)
     else:
@@ -168,7 +175,7 @@ def test_gpt2_tiny_greedy_equals_plaintext(rt, tiny, monkeypatch, cache):
     tracer = RevealTracer(monkeypatch)
     gen = G.generate(c, shares, prompt, STEPS, owner=owner, cache=cache)
     monkeypatch.undo()
-    tokens = check_owner_only(rt, tracer, gen, owner, STEPS, c.batch)
+    tokens = check_owner_only(rt, tracer, gen, owner, STEPS, c.batch, runs=STEPS)  # prompt + STEPS - 1
     np.testing.assert_array_equal(tokens, plain.tokens)
     assert gen.cache is cache and len(gen.seconds) == STEPS
     if rt.rank == 0:

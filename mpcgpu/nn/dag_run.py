@@ -23,6 +23,7 @@ import contextlib
 import numpy
 
 from ..errors import MPCError
+from ..protocols.domain import guarded
 from ..sharing.arithmetic import ArithmeticShare, share
 from ..sharing.compact import CompactShare
 from ..sharing.truncation import forced
@@ -233,26 +234,28 @@ class PrivateGraph:
         fixed = len(self.params) + len(self.consts)
         comm = self.rt.comm
         self.live_peak = 0
-        for i, node in enumerate(g.nodes):
-            args = [env[n] if n else None for n in node.inputs]
-            op = op_type(node.op)
-            if all(a is None or V.is_public(a) for a in args):
-                with section(profile, comm, "(public)", "public evaluation"):
-                    out = _call(node, op.plain, node, [None if a is None else V.public(a) for a in args])
-                    out = [V.public(o) for o in out]
-            else:
-                row = self._rows.get(id(node), node.op)
-                rounding = forced("exact") if exact and i in self.exact_nodes() else contextlib.nullcontext()
-                with section(profile, comm, row, row), rounding:
-                    out = _call(node, op.private, self.ctx, node, args)
-            for name, value in zip(node.outputs, out):
-                if name in self._last:  # an output nothing reads (a Split's unused part) is dropped now
-                    env[name] = value
-            del args, out
-            self.live_peak = max(self.live_peak, len(env) - fixed)
-            for n in node.inputs:
-                if n and self._last.get(n) == i and n not in keep:
-                    env.pop(n, None)
+        with guarded(self.rt) as guard:  # one revealed bit per run (protocols.domain)
+            for i, node in enumerate(g.nodes):
+                guard.label = f"node {node.name} ({node.op})"
+                args = [env[n] if n else None for n in node.inputs]
+                op = op_type(node.op)
+                if all(a is None or V.is_public(a) for a in args):
+                    with section(profile, comm, "(public)", "public evaluation"):
+                        out = _call(node, op.plain, node, [None if a is None else V.public(a) for a in args])
+                        out = [V.public(o) for o in out]
+                else:
+                    row = self._rows.get(id(node), node.op)
+                    rounding = forced("exact") if exact and i in self.exact_nodes() else contextlib.nullcontext()
+                    with section(profile, comm, row, row), rounding:
+                        out = _call(node, op.private, self.ctx, node, args)
+                for name, value in zip(node.outputs, out):
+                    if name in self._last:  # an output nothing reads (a Split's unused part) is dropped now
+                        env[name] = value
+                del args, out
+                self.live_peak = max(self.live_peak, len(env) - fixed)
+                for n in node.inputs:
+                    if n and self._last.get(n) == i and n not in keep:
+                        env.pop(n, None)
         return {o: env[o] for o in g.outputs}
 
 

@@ -11,10 +11,12 @@ docstrings state rounds, bytes, domains and error bounds; the figures below are 
   input (attention masks) passes its public ``keep``: masked entries are 0, a row with
   nothing kept is all 0 (the exporter's IsNaN/Where guard then selects that 0);
 * LayerNormalization (axis, epsilon; scale and bias secret, public or absent; our attribute
-  ``domain`` = [lo, hi] plans the domain of ``var + eps``, default ``[1e-3, 1e4]``):
+  ``domain`` = [lo, hi] plans the domain of ``var + eps``, default ``[1e-4, 2^16]``):
   ``layer_norm`` -- mean and variance of the row, one inverse square root per row
-  (101 rounds on the default domain; error ``<= 2e-3 (1 + |y|)``); a variance outside
-  the domain is clamped by the protocol's documented rule;
+  (43 rounds; error ``<= 2e-3 (1 + |y|)``); a variance below the domain is clamped by the
+  protocol's documented rule, one above it (or a secret weight beyond ``2^10 / sqrt(n)``)
+  is counted privately and stops the run with a DomainError naming the node, from one
+  bit revealed per run (:mod:`mpcgpu.protocols.domain`);
 * Erf 18 rounds (max error 0.0035), Tanh 22 rounds (0.0035), Sigmoid 20 rounds (0.003),
   Gelu 16 rounds (0.0075; ``approximate`` "none" or "tanh"): fitted piecewise polynomials,
   one comparison call and one selection (``activation_cost``);
@@ -29,6 +31,7 @@ import numpy
 
 from ...protocols import activations, compare
 from ...sharing.arithmetic import to_scale
+from ...sharing.compact import CompactShare
 from ..dag import register_op
 from . import values as V
 from ._common import P, S, ex, norm_axis
@@ -93,7 +96,10 @@ def layer_norm_private(ctx, node, args):
     x = _real(node, args[0])
     params = []
     for v, what in ((args[1], "scale"), (args[2] if len(args) > 2 else None, "bias")):
-        params.append(None if v is None else V.public(v) if V.is_public(v) else V.plain_share(node, v, what))
+        if v is None or V.is_public(v):
+            params.append(None if v is None else V.public(v))
+        else:  # a compact share as it is: layer_norm remembers a checked weight by its object
+            params.append(v if isinstance(v, CompactShare) else V.plain_share(node, v, what))
     axis = norm_axis(node.attr("axis", -1), x.ndim, node)
     domain = node.attr("domain")  # ours: the planned domain of var + eps (default the protocol's)
     domain = None if domain is None else tuple(float(d) for d in domain)
