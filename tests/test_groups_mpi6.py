@@ -116,6 +116,7 @@ def test_no_prg_stream_is_shared_between_groups(rt6):
     state = rt.prg.state()
     digests = {name: hashlib.sha256(bytes(state[name][0])).hexdigest() for name in ("own", "next", "local")}
     draws = rt.prg.own.uint64(4).tolist()
+    rt.prg.next.uint64(4)  # the same draw from the partner stream: the pair stays in step
     everything = _world().allgather((rt.group, rt.rank, digests, draws))
     by = {(g, p): (d, w) for g, p, d, w in everything}
     for g in range(2):

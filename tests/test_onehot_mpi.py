@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mpcgpu.protocols import onehot
+from mpcgpu.protocols import domain, onehot
 from mpcgpu.sharing.arithmetic import share
 from test_approx_mpi import run
 
@@ -16,7 +16,9 @@ def test_one_hot_rows_are_exact_over_the_whole_vocabulary(rt, vocab):
     ids = np.concatenate([np.arange(vocab), rng.integers(0, vocab, 37), [0, vocab - 1]]).reshape(-1)
     ids = ids[: (ids.size // 2) * 2].reshape(2, -1)  # a batch dimension as well
     s = share(ids if rt.rank == 0 else None, src=0, integer=True)
-    out, rounds, nbytes = run(rt, onehot.one_hot, s, vocab)
+    with domain.guarded(rt) as g:
+        out, rounds, nbytes = run(rt, onehot.one_hot, s, vocab)
+        assert len(g.entries) == (vocab > 1)  # the ids' domain count, checked once by the guard
     got = out.reveal_raw()
     assert got.shape == ids.shape + (vocab,)
     want = np.eye(vocab, dtype=np.uint64)[ids]
@@ -27,15 +29,42 @@ def test_one_hot_rows_are_exact_over_the_whole_vocabulary(rt, vocab):
         assert nbytes == cost["bytes"]
 
 
-def test_one_hot_masks_change_call_to_call_and_ids_outside_give_zero_rows(rt):
-    ids = np.array([3, 7, 8, 15])  # vocab 8: 8 and 15 are outside (their low 3 bits < 8 select ...)
+def test_one_hot_masks_change_call_to_call(rt):
+    ids = np.array([3, 7, 8, 0])
     s = share(ids if rt.rank == 0 else None, src=0, integer=True)
     a = onehot.one_hot(s, 9)
     b = onehot.one_hot(s, 9)
     assert not np.array_equal(a.first, b.first)  # fresh randomness each call
-    got = a.reveal_raw()
-    assert np.array_equal(got[:3], np.eye(9, dtype=np.uint64)[[3, 7, 8]])
-    assert not got[3].any()  # 15 has low 4 bits 15 >= 9: a row of zeros
+    assert np.array_equal(a.reveal_raw(), np.eye(9, dtype=np.uint64)[ids])
+
+
+@pytest.mark.parametrize("bad", [9, 15, 16, 1000, 2**40, 2**62, -1, -9, -(2**40), -(2**63), -(2**63) + 3, 2**63 - 1])
+def test_an_id_outside_the_vocabulary_is_an_error_on_every_rank(rt, bad):
+    """Outside [0, vocab): low bits beyond the vocabulary (15: a zero row before), low bits that
+    alias a valid row (1000 = 0b1111101000: row 8 before), negatives, the ring's edges and the
+    wrap of id - vocab near -2^63: every one stops with a DomainError on all three parties."""
+    ids = np.array([3, 7, bad, 0], dtype=object)
+    words = np.array([int(v) % (1 << 64) for v in ids], dtype=np.uint64)
+    s = share_raw(rt, words)
+    with pytest.raises(domain.DomainError, match=r"outside \[0, 9\)"):
+        with domain.guarded(rt):
+            onehot.one_hot(s, 9)
+    # without a guard: checked at once
+    with pytest.raises(domain.DomainError):
+        onehot.one_hot(s, 9)
+    # the edges of the domain pass
+    ok = share_raw(rt, np.array([0, 8, 8, 0], dtype=np.uint64))
+    assert np.array_equal(onehot.one_hot(ok, 9).reveal_raw(), np.eye(9, dtype=np.uint64)[[0, 8, 8, 0]])
+
+
+def share_raw(rt, words):
+    """An integer share (scale 0) of ring words given by party 0 (any uint64)."""
+    from mpcgpu.sharing.arithmetic import ArithmeticShare
+
+    zero = rt.prg.zero_share(words.shape)  # an additive sharing of 0, party 0 adds the words
+    mine = zero + (words if rt.rank == 0 else np.zeros_like(words))
+    other = rt.comm.pass_prev(mine)
+    return ArithmeticShare(mine, other, 0, rt)
 
 
 def test_one_hot_refuses_fixed_point_input(rt):

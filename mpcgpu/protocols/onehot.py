@@ -13,14 +13,21 @@ Construction, with ``B = ceil(log2 vocab)`` bits:
   writes ``[h - h b_k, h b_k]`` (local), so entry ``i`` of ``h_k`` is ``[low k+1 bits of id
   = i]``; after ``B - 1`` levels the first ``vocab`` entries are the one-hot row.
 
+Domain: an id outside ``[0, vocab)`` is an error on every party, never a silently aliased
+row.  The bit decomposition runs on ``id`` and ``id - vocab`` together (the same 8 rounds),
+and their sign bits are injected with the low bits (the same 2 rounds); per id,
+``[id < 0] + [id - vocab >= 0]`` is 0 inside the domain and 1 or 2 outside (a wrap of
+``id - vocab`` makes both terms count), and the sum over all ids is recorded with
+:func:`mpcgpu.protocols.domain.record`: the guard in force (one per graph run) reveals one
+bit, "some input was outside a domain", or, with no guard, it is checked at once (9 more
+rounds, 144 bytes).  Nothing else is revealed.
+
 Cost per id: ``10 + (B - 1)`` rounds (24 for BERT's 30,522 tokens, ``B = 15``); the
 products of all levels hold ``2^B - 2`` entries, each resharing 8 bytes per party: about
 ``24 * 2^B`` bytes for the three parties (0.8 MB per token at ``B = 15``, 100 MB for 128
 tokens), against ``vocab`` comparisons per token for
-:func:`~mpcgpu.protocols.compare.one_hot` (30,522 MSBs per token).
-
-An id outside ``[0, vocab)`` is not detected (that would reveal something): its low ``B``
-bits select a row, which is all zeros when they reach ``vocab`` or beyond.
+:func:`~mpcgpu.protocols.compare.one_hot` (30,522 MSBs per token); the domain check adds
+``3 * 96 + 64`` bytes per id.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from ..errors import ProtocolError
 from ..sharing.arithmetic import ArithmeticShare, mul
 from ..sharing.binary import BinaryShare
 from ..sharing.replicated import concatenate
+from . import domain
 from .convert import a2b, b2a
 
 
@@ -38,9 +46,10 @@ def bits_for(vocab: int) -> int:
 
 
 def one_hot_cost(n: int, vocab: int) -> dict:
-    """Rounds and bytes (three parties together) of :func:`one_hot` on ``n`` ids."""
+    """Rounds and bytes (three parties together) of :func:`one_hot` on ``n`` ids, inside a
+    guard (:mod:`mpcgpu.protocols.domain`; its one check per run is not included)."""
     b = bits_for(vocab)
-    return {"rounds": 10 + (b - 1), "bytes": n * (3 * 96 + 32 * b + 24 * ((1 << b) - 2))}
+    return {"rounds": 10 + (b - 1), "bytes": n * (2 * 3 * 96 + 32 * (b + 2) + 24 * ((1 << b) - 2))}
 
 
 def one_hot(ids: ArithmeticShare, vocab: int) -> ArithmeticShare:
@@ -55,12 +64,17 @@ def one_hot(ids: ArithmeticShare, vocab: int) -> ArithmeticShare:
     if vocab == 1:
         return ids.reshape(*ids.shape, 1) * 0 + 1
     nbits = bits_for(vocab)
-    words = a2b(ids)
-    shifts = xp.arange(nbits, dtype=xp.uint64)
+    both = a2b(concatenate([ids.reshape(1, *ids.shape), (ids - vocab).reshape(1, *ids.shape)], axis=0))
+    shifts = xp.concatenate([xp.arange(nbits, dtype=xp.uint64), xp.asarray([63], dtype=xp.uint64)])
     one = xp.uint64(1)
-    first = (words.first[..., None] >> shifts) & one
-    second = (words.second[..., None] >> shifts) & one
-    bits = b2a(BinaryShare(first, second, ids.rt))  # (..., nbits), 0/1 at scale 0
+
+    def bits_of(words):  # the low bits and the sign of the id, the sign of id - vocab
+        own = (words[0][..., None] >> shifts) & one
+        return xp.concatenate([own, (words[1][..., None] >> xp.uint64(63)) & one], axis=-1)
+
+    bits = b2a(BinaryShare(bits_of(both.first), bits_of(both.second), ids.rt))  # (..., nbits + 2), 0/1
+    outside = bits[..., nbits] + 1 - bits[..., nbits + 1]  # [id < 0] + [id >= vocab]
+    domain.record(outside.sum(), f"one-hot of token ids: an id outside [0, {vocab})")
     b0 = bits[..., 0:1]
     h = concatenate([1 - b0, b0], axis=-1)
     for k in range(1, nbits):
