@@ -233,14 +233,19 @@ def _model(config, params: dict, prompt, steps: int, cache: bool, rt, profile):
     _check_shares(params)
     if not isinstance(prompt, ArithmeticShare) and isinstance(getattr(prompt, "share", None), ArithmeticShare):
         prompt = prompt.share  # a OneHotShare of mpcgpu.nn.ops.values (share_inputs)
+    ids = None  # the prompt's id shares, expanded inside the first run (its domain guard)
     if isinstance(prompt, ArithmeticShare) and prompt.scale == 0 and prompt.ndim == 2:
         from ..protocols.onehot import one_hot
 
         if prompt.shape[0] != c.batch:
             raise GenerationError(f"prompt ids of shape {tuple(prompt.shape)}: the model takes batch {c.batch}")
         _check_length(c, prompt.shape[1], steps)  # before the expansion's rounds
-        prompt = one_hot(prompt, c.vocab)
-    if not isinstance(prompt, ArithmeticShare) or prompt.scale != 0 or prompt.ndim != 3:
+        if cache:
+            ids = prompt
+            prompt = _IdsShape(prompt, c.vocab)
+        else:  # the one-hot rows are fed again at every step: expanded (and checked) once here
+            prompt = one_hot(prompt, c.vocab)
+    if not isinstance(prompt, (ArithmeticShare, _IdsShape)) or prompt.scale != 0 or prompt.ndim != 3:
         raise GenerationError(
             "the prompt must be a one-hot integer share [B, T, vocab] or an integer share of ids [B, T] (scale 0)"
         )
@@ -260,7 +265,7 @@ def _model(config, params: dict, prompt, steps: int, cache: bool, rt, profile):
     if cache:
 
         def first():
-            out = run("prompt", T, {"input_ids": prompt})
+            out = run("prompt", T, {"input_ids": prompt if ids is None else ids})
             return out["logits"], _present(out)
 
         def step(oh, past, k):
@@ -279,6 +284,16 @@ def _model(config, params: dict, prompt, steps: int, cache: bool, rt, profile):
             return run("full", T + k + 1, {"input_ids": seq})["logits"], seq
 
     return first, step
+
+
+class _IdsShape:
+    """Stands for the one-hot rows of prompt ids not yet expanded (shape and scale only): the
+    prompt graph expands them inside its run, so that their domain check shares the run's
+    one revealed bit (:mod:`mpcgpu.protocols.domain`)."""
+
+    def __init__(self, ids, vocab):
+        self.shape = (*ids.shape, int(vocab))
+        self.ndim, self.scale, self.rt = 3, 0, ids.rt
 
 
 def warm_up(config, params: dict, prompt, *, cache: bool = True, rt=None) -> None:
