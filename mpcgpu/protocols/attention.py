@@ -20,8 +20,13 @@ Steps (``R`` rows of ``n`` entries, ``N = R n``; ``f`` fractional bits)
    ``[-1.5, 0]`` (minimax on the host in float64, agreed by the parties: the relative
    error of ``p^8`` weighted by ``min(1, 512 e^z)``, see :func:`exp_plan`; a cubic would
    leave 1.2e-3, the quartic 1.8e-4); ``t = z/8`` is free (the same ring elements read
-   with 3 more fractional bits); Horner with a free innermost step: 3 fused products,
-   then 3 squarings: 6 products, 12 rounds, values at ``f + 8`` bits.  Below ``-12`` the
+   with 3 more fractional bits); the quartic in **two** fused products (not Horner's
+   three): ``u = t^2``, then ``p = c_0 + (c_1 t + c_2 u) + u (c_3 t + c_4 u)`` -- ``w =
+   c_3 t + c_4 u`` and the linear terms are integer multiples of ring words (free; the
+   linear terms ride in the product's summand before its truncation), the coefficients
+   rounded to those grids and the lower ones refitted (:func:`exp_plan`: the rounded
+   quartic's error is the fit's, 1.8e-4); then 3 squarings: 5 products, 10 rounds,
+   values at ``f + 8`` bits.  Below ``-12`` the
    quartic's value is garbage, so
 5. ``e = c * p^8`` by one multiply-by-bit (2 rounds, exact): exactly 0 below ``-T``.
    With a mask, steps 3-6 run on the kept entries only (their positions are public:
@@ -32,9 +37,10 @@ Steps (``R`` rows of ``n`` entries, ``N = R n``; ``f`` fractional bits)
    ``f`` bits, 2 rounds, then the planned rounds), ``out = e r`` (2 rounds); masked
    entries are exactly 0.
 
-Cost: rounds ``10 ceil(log2 n) + 8 + 12 + 2 + 2 + reciprocal + 2``; bytes
-:func:`softmax_cost` (per entry, in all: about 119 for the tree, 71 for the clip, 384
-for the exp, 48 for the selection and 64 for the product: ~690).
+Cost: rounds ``10 ceil(log2 n) + 8 + 10 + 2 + 2 + reciprocal + 2``; bytes
+:func:`softmax_cost` (per entry, in all: about 119 for the tree, 71 for the clip, 320
+for the exp, 48 for the selection and 64 for the product: ~630; with Horner's quartic:
+12 rounds and 384 bytes for the exp, ~690).
 
 Accuracy: ``|err| <= 5e-4`` absolute per probability (tests; measured ~1e-4 on rows of
 128 with logits of standard deviation 1 to 10).  Domain: every
@@ -52,6 +58,7 @@ import numpy as _np  # host-side masks and public constants only; never for shar
 from ..errors import ProtocolError
 from ..sharing.arithmetic import ArithmeticShare, mul_trunc
 from ..sharing.replicated import with_public
+from .activations import _mul_trunc_plus
 from .approx import agreed, plan_bytes, plan_reciprocal, reciprocal
 from .compare import max as _row_max
 from .convert import msb, mul_bit, tree_words
@@ -61,19 +68,24 @@ EXP_SHIFT = 3  # e^z = p(z / 2^3)^(2^3)
 EXP_EXTRA_BITS = 8  # the exp's values carry f + 8 fractional bits
 EXP_DEGREE = 4  # p is a quartic
 FIT_ROWS = 512  # rows up to this length weigh fully in the fit
-EXP_PRODUCTS = EXP_DEGREE - 1 + EXP_SHIFT
+#: the quartic in two products (u = t^2, then u w plus linear terms), then the squarings
+EXP_PRODUCTS = 2 + EXP_SHIFT
 LOW_BITS = 31  # masked entries: -2^31 (below every fixed-point value)
+#: fractional bits of u = t^2 and of w = c3 t + c4 u (their product: 58 bits, |u w| < 1)
+U_BITS, W_BITS = 20, 38
 
 
 @dataclass(frozen=True)
 class ExpPlan:
-    """The quartic ``p(t) = sum coeffs[k] t^k ~ e^t`` on ``[-CLIP / 2^shift, 0]`` (public)."""
+    """The quartic ``p(t) = sum coeffs[k] t^k ~ e^t`` on ``[-CLIP / 2^shift, 0]`` (public).
+    ``coeffs`` are exactly the numbers the protocol uses (each on its fixed-point grid:
+    :func:`exp_plan`); ``scales``: the fractional bits of ``(t, u, w)``."""
 
     kind: str
     domain: tuple
     shift: int
     coeffs: tuple
-    inner_shift: int
+    scales: tuple
     max_error: float  # float64 relative error of p(z/2^shift)^(2^shift), weighted by min(1, 512 e^z)
 
 
@@ -92,37 +104,63 @@ def _lawson(A, y, weight, iters: int = 120):
     return c
 
 
+def _exp_grids(frac_bits: int) -> tuple:
+    """The fixed-point grid (fractional bits) of each coefficient ``c_0..c_4`` as
+    :func:`_exp_clipped` applies it: ``c_0`` a public constant at ``f + 8`` bits, ``c_1 t``
+    and ``c_2 u`` integer multiples at the product's ``U + W`` bits, ``c_3 t`` and
+    ``c_4 u`` integer multiples at ``w``'s ``W`` bits."""
+    tb = frac_bits + EXP_SHIFT
+    return (frac_bits + EXP_EXTRA_BITS, U_BITS + W_BITS - tb, W_BITS, W_BITS - tb, W_BITS - U_BITS)
+
+
 @functools.lru_cache(maxsize=4)
 def exp_plan(frac_bits: int = 16) -> ExpPlan:
     """Fit of the quartic (deterministic float64, Lawson's minimax reweighting): minimises
     the relative error of ``p(z/8)^8`` on ``[-12, 0]`` weighted by ``min(1, 512 e^z)`` -- a
     probability's error is the relative error of the exps that matter in its row's sum
-    (512 entries at ``z`` weigh as much as the maximum's own ``e^0`` once ``512 e^z >= 1``)."""
+    (512 entries at ``z`` weigh as much as the maximum's own ``e^0`` once ``512 e^z >= 1``).
+    The coefficients are put on their grids (:func:`_exp_grids`) from the highest down,
+    the lower ones refitted after each rounding, and ``max_error`` is that of the rounded
+    quartic."""
     k = EXP_SHIFT
     z = _np.linspace(-CLIP, 0.0, 6001)
     t = z / 2.0**k
     A = _np.stack([t**j for j in range(EXP_DEGREE + 1)], axis=1)
     # the error of a probability is about the relative error of e^z where e^z matters in the
     # sum: weight the relative error of p^8 by min(1, ROWS e^z)
-    c = _lawson(A, _np.exp(t), 2.0**k / _np.exp(t) * _np.minimum(1.0, FIT_ROWS * _np.exp(z)))
-    coeffs = tuple(float(v) for v in c)
+    weight = 2.0**k / _np.exp(t) * _np.minimum(1.0, FIT_ROWS * _np.exp(z))
+    grids = _exp_grids(frac_bits)
+    fixed = {}
+    for j in range(EXP_DEGREE, -1, -1):  # round c_4, refit c_0..c_3, round c_3, ...
+        free = [i for i in range(EXP_DEGREE + 1) if i not in fixed]
+        target = _np.exp(t) - sum(fixed[i] * t**i for i in fixed)
+        c = _lawson(A[:, free], target, weight)
+        fixed[j] = round(float(c[free.index(j)]) * 2.0 ** grids[j]) / 2.0 ** grids[j]
+    coeffs = tuple(fixed[j] for j in range(EXP_DEGREE + 1))
     p = A @ _np.asarray(coeffs)
     err = float((_np.abs(p ** (2**k) / _np.exp(z) - 1.0) * _np.minimum(1.0, FIT_ROWS * _np.exp(z))).max())
-    return ExpPlan("attention-exp", (-CLIP, 0.0), k, coeffs, 20, err)
+    return ExpPlan("attention-exp", (-CLIP, 0.0), k, coeffs, (frac_bits + k, U_BITS, W_BITS), err)
 
 
 def _exp_clipped(z: ArithmeticShare, plan: ExpPlan) -> ArithmeticShare:
-    """``e^z`` at ``f + 8`` bits for ``z`` in ``[-12, 0]`` (garbage below): 6 fused
-    products, 12 rounds."""
+    """``e^z`` at ``f + 8`` bits for ``z`` in ``[-12, 0]`` (garbage below): the quartic in
+    two fused products, ``u = t^2`` and ``p = c_0 + (c_1 t + c_2 u) + u (c_3 t + c_4 u)``
+    (the linear terms added to the product's summand before its truncation, so free), then
+    3 squarings: 5 products, 10 rounds."""
     f = z.rt.frac_bits
     S = f + EXP_EXTRA_BITS
     c = plan.coeffs
-    t = z.relabel(f + plan.shift)  # z / 8, free
-    q = plan.inner_shift
-    d = len(c) - 1
-    y = (t.relabel(0) * int(round(c[d] * 2.0**q))).relabel(t.scale + q) + c[d - 1]
-    for j in range(d - 2, -1, -1):
-        y = mul_trunc(t, y, t.scale + y.scale - S, S) + c[j]
+    tb, ub, wb = plan.scales
+    g = _exp_grids(f)
+    t = z.relabel(tb)  # z / 8, free
+
+    def times(s, j, scale):  # c_j s as an integer multiple of the ring words, read at ``scale`` (exact)
+        k = s.xp.uint64(int(round(c[j] * 2.0 ** g[j])) % (1 << 64))
+        return ArithmeticShare(s.first * k, s.second * k, scale, s.rt)
+
+    u = mul_trunc(t, t, 2 * tb - ub, ub)
+    w = times(t, 3, wb) + times(u, 4, wb)
+    y = _mul_trunc_plus(u, w, times(t, 1, ub + wb) + times(u, 2, ub + wb), ub + wb - S, S) + c[0]
     for _ in range(plan.shift):
         y = mul_trunc(y, y, S, S)
     return y
