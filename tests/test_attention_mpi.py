@@ -30,7 +30,7 @@ def test_exp_plan_and_costs(rt):
     p = attention.exp_plan()
     assert p.max_error < 2e-4 and p.domain == (-12.0, 0.0)
     c = attention.softmax_cost(12 * 128, 128)
-    assert c["rounds"] == 70 + 8 + 12 + 2 + 2 + attention.plan_reciprocal((0.99, 129.28)).rounds + 2
+    assert c["rounds"] == 70 + 8 + 8 + 2 + 2 + attention.plan_reciprocal((0.99, 129.28)).rounds + 2
 
 
 def test_accuracy_rounds_and_bytes_unmasked(rt, seeded):
@@ -98,3 +98,16 @@ def test_bad_arguments_fail_on_every_rank(rt):
         attention.masked_softmax(x, axis=2)
     y = attention.masked_softmax(x, keep=np.zeros((2, 4), dtype=bool))  # nothing kept: zeros
     assert (y.reveal() == 0).all()
+
+
+def test_exp_over_its_whole_domain(rt):
+    """The clipped exp (before the selection) against float64 on [-12, 0], dense, and the
+    edges: weighted relative error (the plan's measure) and absolute error."""
+    z = enc(np.concatenate([np.linspace(-12, 0, 20_001), [0.0, -(2.0**-F), -12.0, -12.0 + 2.0**-F]]))
+    p = attention.exp_plan()
+    e, rounds, nbytes = run(rt, attention._exp_clipped, shared(rt, z), p)
+    assert rounds == 2 * attention.EXP_PRODUCTS == 8 and nbytes == 64 * attention.EXP_PRODUCTS * z.size
+    got = e.reveal()
+    weighted = np.abs(got / np.exp(z) - 1) * np.minimum(1, 512 * np.exp(z))
+    assert weighted.max() <= 2.5e-4, float(weighted.max())
+    assert np.abs(got - np.exp(z)).max() <= 2.5e-4

@@ -50,7 +50,7 @@ def test_costs():
     with pytest.raises(ProtocolError):
         activations.activation_cost("swish", 1)
     s = attention.softmax_cost(12 * 128, 128)
-    assert 650 < s["bytes"] / (12 * 128 * 128) < 720
+    assert 560 < s["bytes"] / (12 * 128 * 128) < 580
     ln = normalize.layer_norm_cost(128, 768)
     assert ln["rounds"] == 43
     assert normalize.layer_norm_cost(128, 768, secret_weight=False)["bytes"] < ln["bytes"]
@@ -67,3 +67,19 @@ def test_exp_plan():
     assert np.max(np.abs(e / np.exp(z) - 1) * np.minimum(1, 512 * np.exp(z))) <= p.max_error + 1e-12
     assert p.max_error < 2e-4
     assert math.exp(-attention.CLIP) < 2.0**-17  # below -CLIP e^z rounds to 0 at 16 bits
+
+
+def test_exp_plan_coefficients_on_their_grids():
+    """The quartic's coefficients are exactly what the protocol applies (integer multiples
+    of ring words at their grids), so the plan's max_error is the protocol's fit."""
+    p = attention.exp_plan()
+    assert len(p.terms) == len(attention._exp_grids(16)) == 8
+    for c, bits in zip(p.terms, attention._exp_grids(16)):
+        assert c * 2.0**bits == round(c * 2.0**bits)
+    bits = attention.W1_BITS - 16 - attention.R_SHIFT
+    assert p.alpha * 2.0**bits == round(p.alpha * 2.0**bits)
+    assert attention.EXP_PRODUCTS == 4 and p.shift == 1
+    # the monomial form equals the evaluated form
+    r = np.linspace(-1.5, 0, 101)
+    mono = sum(c * (4 * r) ** k for k, c in enumerate(p.coeffs))
+    assert np.abs(attention._exp_features(r, p.alpha) @ np.asarray(p.terms) - mono).max() < 1e-12

@@ -10,7 +10,8 @@ intermediate tensors have no other reader.
   (``approximate`` "none" / "tanh"): 16 rounds and ~432 bytes per element (three parties)
   instead of 24 rounds / ~704 bytes (erf form) or 34 rounds / ~1056 bytes (tanh form);
   error 0.0075 at most (PUMA's GELU: 0.014), where the composed form is more accurate for
-  small inputs (erf's 0.0035 times x/2): opt-in (not in :data:`DEFAULT`).
+  small inputs (erf's 0.0035 times x/2): on by default (:data:`DEFAULT`; ``fuse=("scaled_matmul",)``
+  keeps the exporters' form).
 * **Scaled attention scores**: ``MatMul(Mul(q, s1), Mul(k, s2))`` with public scalars whose
   product is a power of two ``2^-j`` (``s1 = s2 = d^-1/4`` for head width ``d = 64``: 1/8)
   -> one ``MatMul`` whose fused truncation drops ``j`` bits more (attribute ``pow2``:

@@ -16,14 +16,19 @@ Steps (``R`` rows of ``n`` entries, ``N = R n``; ``f`` fractional bits)
    place (``2^-17 = 7.6e-6``), so for ``z < -12`` the correctly rounded fixed-point
    ``e^z`` IS 0: clipping there changes nothing that 16 fractional bits can hold, and
    the exp below only has to be right on ``[-12, 0]``.
-4. **exp on [-12, 0]**: ``e^z = p(z/8)^8``, ``p`` a quartic fitted to ``e^t`` on
-   ``[-1.5, 0]`` (minimax on the host in float64, agreed by the parties: the relative
-   error of ``p^8`` weighted by ``min(1, 512 e^z)``, see :func:`exp_plan`; a cubic would
-   leave 1.2e-3, the quartic 1.8e-4); ``t = z/8`` is free (the same ring elements read
-   with 3 more fractional bits); Horner with a free innermost step: 3 fused products,
-   then 3 squarings: 6 products, 12 rounds, values at ``f + 8`` bits.  Below ``-12`` the
-   quartic's value is garbage, so
-5. ``e = c * p^8`` by one multiply-by-bit (2 rounds, exact): exactly 0 below ``-T``.
+4. **exp on [-12, 0]**: ``e^z = p(z/2)^2``, ``p`` of degree 8 fitted on the host
+   (minimax in float64, agreed by the parties: the relative error of ``p^2`` weighted by
+   ``min(1, 512 e^z)``, see :func:`exp_plan`: 1.5e-4).  ``r = z/8`` is free (the same
+   ring elements read with 3 more fractional bits); ``u = r^2``; ``q = u (u + alpha r) /
+   4`` (``alpha`` makes ``q^2`` carry degrees 8 and 7); ``p = a0 + a1 r + a2 u + q (A q
+   + B u + C r) + u (E u + F r)``: the two products summed into ONE summand (one
+   resharing and truncation, the linear terms added to it first), every factor an
+   integer multiple of ring words (free), the numbers rounded to those grids one at a
+   time, the others refitted.  Then one squaring: 4 products, 8 rounds, values at ``f +
+   10`` bits.  (The earlier quartic ``p(z/8)^8``: Horner 3 products + 3 squarings, 6
+   products, 12 rounds, 1.8e-4; the quartic in 2 products: 5.)  Below ``-12`` the
+   polynomial's value is garbage, so
+5. ``e = c * p^2`` by one multiply-by-bit (2 rounds, exact): exactly 0 below ``-T``.
    With a mask, steps 3-6 run on the kept entries only (their positions are public:
    gathered into one vector, scattered back into zeros): a causal mask halves them.
 6. ``s = sum e`` (``>= 1 - 1e-4``: the maximum's own term; a row with nothing kept gets
@@ -32,9 +37,10 @@ Steps (``R`` rows of ``n`` entries, ``N = R n``; ``f`` fractional bits)
    ``f`` bits, 2 rounds, then the planned rounds), ``out = e r`` (2 rounds); masked
    entries are exactly 0.
 
-Cost: rounds ``10 ceil(log2 n) + 8 + 12 + 2 + 2 + reciprocal + 2``; bytes
-:func:`softmax_cost` (per entry, in all: about 119 for the tree, 71 for the clip, 384
-for the exp, 48 for the selection and 64 for the product: ~690).
+Cost: rounds ``10 ceil(log2 n) + 8 + 8 + 2 + 2 + reciprocal + 2``; bytes
+:func:`softmax_cost` (per entry, in all: about 119 for the tree, 71 for the clip, 256
+for the exp, 48 for the selection and 64 for the product: ~570; with the earlier
+quartic's 12 rounds and 384 bytes for the exp: ~690).
 
 Accuracy: ``|err| <= 5e-4`` absolute per probability (tests; measured ~1e-4 on rows of
 128 with logits of standard deviation 1 to 10).  Domain: every
@@ -50,30 +56,40 @@ from dataclasses import dataclass
 import numpy as _np  # host-side masks and public constants only; never for share data
 
 from ..errors import ProtocolError
-from ..sharing.arithmetic import ArithmeticShare, mul_trunc
+from ..sharing.arithmetic import ArithmeticShare, _summand_product, mul_trunc, product_summand
 from ..sharing.replicated import with_public
 from .approx import agreed, plan_bytes, plan_reciprocal, reciprocal
 from .compare import max as _row_max
 from .convert import msb, mul_bit, tree_words
 
 CLIP = 12.0  # exp(z) for z < -CLIP is below half a unit in the last place at 16 bits
-EXP_SHIFT = 3  # e^z = p(z / 2^3)^(2^3)
-EXP_EXTRA_BITS = 8  # the exp's values carry f + 8 fractional bits
-EXP_DEGREE = 4  # p is a quartic
+EXP_SHIFT = 1  # e^z = p(z / 2)^2
+EXP_DEGREE = 8  # p has degree 8 (in r = z / 8)
+EXP_EXTRA_BITS = 10  # the exp's values carry f + 10 fractional bits
 FIT_ROWS = 512  # rows up to this length weigh fully in the fit
-EXP_PRODUCTS = EXP_DEGREE - 1 + EXP_SHIFT
+#: u = r^2, q = u (u + alpha r) / 4, p = a quadratic form in (1, r, u, q), one squaring
+EXP_PRODUCTS = 3 + EXP_SHIFT
 LOW_BITS = 31  # masked entries: -2^31 (below every fixed-point value)
+#: fractional bits: r = z / 8 (free), u, w1 = (u + alpha r) / 4, q, the factors L1 and L2 of
+#: the last product, that product (|p - a_0| < 1 there: 2^56 < 2^62)
+R_SHIFT = 3
+U_BITS, W1_BITS, Q_BITS, L_BITS = 24, 34, 24, 32
+KAPPA = 0.25  # q = KAPPA u (u + alpha r): |q| < 2.2 on the domain
 
 
 @dataclass(frozen=True)
 class ExpPlan:
-    """The quartic ``p(t) = sum coeffs[k] t^k ~ e^t`` on ``[-CLIP / 2^shift, 0]`` (public)."""
+    """``e^z ~ p(z/2)^2`` on ``[-CLIP, 0]`` (public).  ``coeffs``: ``p`` as a polynomial in
+    ``t = z / 2^shift`` (degree 8), exactly the function the protocol evaluates (up to
+    float64 rounding of this conversion); ``alpha``, ``terms``: how it evaluates it
+    (:func:`_exp_clipped`), each number on its fixed-point grid."""
 
     kind: str
     domain: tuple
     shift: int
     coeffs: tuple
-    inner_shift: int
+    alpha: float  # KAPPA alpha of w1, on its grid
+    terms: tuple  # A, B, C, E, F, a2, a1, a0 (on their grids)
     max_error: float  # float64 relative error of p(z/2^shift)^(2^shift), weighted by min(1, 512 e^z)
 
 
@@ -92,37 +108,100 @@ def _lawson(A, y, weight, iters: int = 120):
     return c
 
 
+def _exp_grids(frac_bits: int) -> tuple:
+    """Fractional bits of the grid of each of ``A, B, C, E, F, a2, a1, a0`` as
+    :func:`_exp_clipped` applies them: integer multiples of ring words read at ``L_BITS``
+    (the factors ``A q + B u + C r`` and ``E u + F r``) or at the product's bits (the
+    linear terms ``a2 u + a1 r``), and ``a0`` a public constant at ``f + 10`` bits."""
+    rb, p = frac_bits + R_SHIFT, Q_BITS + L_BITS
+    return (L_BITS - Q_BITS, L_BITS - U_BITS, L_BITS - rb, L_BITS - U_BITS, L_BITS - rb, p - U_BITS, p - rb,
+            frac_bits + EXP_EXTRA_BITS)  # fmt: skip
+
+
+def _exp_features(r, kalpha):
+    """The functions of ``r`` that the protocol combines: ``q^2, q u, q r, u^2, u r, u, r, 1``
+    with ``u = r^2`` and ``q = u (KAPPA u + kalpha r)``."""
+    u = r * r
+    q = u * (KAPPA * u + kalpha * r)
+    return _np.stack([q * q, q * u, q * r, u * u, u * r, u, r, _np.ones_like(r)], axis=1)
+
+
 @functools.lru_cache(maxsize=4)
 def exp_plan(frac_bits: int = 16) -> ExpPlan:
-    """Fit of the quartic (deterministic float64, Lawson's minimax reweighting): minimises
-    the relative error of ``p(z/8)^8`` on ``[-12, 0]`` weighted by ``min(1, 512 e^z)`` -- a
+    """The fit (deterministic float64, Lawson's minimax reweighting): minimises the
+    relative error of ``p(z/2)^2`` on ``[-12, 0]`` weighted by ``min(1, 512 e^z)`` -- a
     probability's error is the relative error of the exps that matter in its row's sum
-    (512 entries at ``z`` weigh as much as the maximum's own ``e^0`` once ``512 e^z >= 1``)."""
-    k = EXP_SHIFT
+    (512 entries at ``z`` weigh as much as the maximum's own ``e^0`` once ``512 e^z >= 1``).
+
+    A degree-8 fit in ``r = z/8`` gives ``alpha = a_7 / (2 a_8)``, which makes
+    ``q^2 = KAPPA^2 (r^8 + 2 alpha r^7 + ...)`` carry the top two degrees; then ``p`` is
+    fitted over the eight functions of :func:`_exp_features`, its numbers put on their
+    grids (:func:`_exp_grids`) one at a time from the highest degree down, the rest
+    refitted after each rounding; ``max_error`` is that of the rounded plan."""
     z = _np.linspace(-CLIP, 0.0, 6001)
-    t = z / 2.0**k
-    A = _np.stack([t**j for j in range(EXP_DEGREE + 1)], axis=1)
-    # the error of a probability is about the relative error of e^z where e^z matters in the
-    # sum: weight the relative error of p^8 by min(1, ROWS e^z)
-    c = _lawson(A, _np.exp(t), 2.0**k / _np.exp(t) * _np.minimum(1.0, FIT_ROWS * _np.exp(z)))
-    coeffs = tuple(float(v) for v in c)
-    p = A @ _np.asarray(coeffs)
-    err = float((_np.abs(p ** (2**k) / _np.exp(z) - 1.0) * _np.minimum(1.0, FIT_ROWS * _np.exp(z))).max())
-    return ExpPlan("attention-exp", (-CLIP, 0.0), k, coeffs, 20, err)
+    r = z / 2.0**R_SHIFT
+    target = _np.exp(z / 2.0**EXP_SHIFT)
+    weight = 2.0**EXP_SHIFT / target * _np.minimum(1.0, FIT_ROWS * _np.exp(z))
+    full = _lawson(_np.stack([r**j for j in range(EXP_DEGREE + 1)], axis=1), target, weight)
+    wb = W1_BITS - (frac_bits + R_SHIFT)
+    alpha = round(KAPPA * full[7] / (2 * full[8]) * 2.0**wb) / 2.0**wb  # KAPPA alpha, on its grid
+    F = _exp_features(r, alpha)
+    grids = _exp_grids(frac_bits)
+    fixed = {}
+    for j in range(F.shape[1]):
+        free = [i for i in range(F.shape[1]) if i not in fixed]
+        c = _lawson(F[:, free], target - sum(fixed[i] * F[:, i] for i in fixed), weight)
+        fixed[j] = round(float(c[0]) * 2.0 ** grids[j]) / 2.0 ** grids[j]
+    terms = tuple(fixed[j] for j in range(F.shape[1]))
+    p = F @ _np.asarray(terms)
+    err = float((_np.abs(p ** (2**EXP_SHIFT) / _np.exp(z) - 1.0) * _np.minimum(1.0, FIT_ROWS * _np.exp(z))).max())
+    # the same polynomial in t = z / 2^shift (r = t / 4): monomial coefficients
+    a, k = alpha / KAPPA, KAPPA
+    A, B, C, E, Fc, a2, a1, a0 = terms
+    mono = _np.zeros(EXP_DEGREE + 1)
+    mono[8] += A * k * k
+    mono[7] += A * k * k * 2 * a
+    mono[6] += A * k * k * a * a + B * k
+    mono[5] += B * k * a + C * k
+    mono[4] += C * k * a + E
+    mono[3] += Fc
+    mono[2] += a2
+    mono[1] += a1
+    mono[0] += a0
+    scale = 2.0 ** (R_SHIFT - EXP_SHIFT)
+    coeffs = tuple(float(mono[j] / scale**j) for j in range(EXP_DEGREE + 1))
+    return ExpPlan("attention-exp", (-CLIP, 0.0), EXP_SHIFT, coeffs, alpha, terms, err)
 
 
 def _exp_clipped(z: ArithmeticShare, plan: ExpPlan) -> ArithmeticShare:
-    """``e^z`` at ``f + 8`` bits for ``z`` in ``[-12, 0]`` (garbage below): 6 fused
-    products, 12 rounds."""
-    f = z.rt.frac_bits
+    """``e^z`` at ``f + 10`` bits for ``z`` in ``[-12, 0]`` (garbage below) in 4 fused
+    products, 8 rounds: ``u = r^2``; ``q = u w1`` with ``w1 = (u + alpha r) / 4``; ``p =
+    a0 + (a2 u + a1 r) + q (A q + B u + C r) + u (E u + F r)`` -- the two products summed
+    in ONE summand (one resharing and truncation), the linear terms added to it before the
+    truncation, every factor an integer multiple of ring words (free); then ``p^2``."""
+    rt = z.rt
+    f = rt.frac_bits
     S = f + EXP_EXTRA_BITS
-    c = plan.coeffs
-    t = z.relabel(f + plan.shift)  # z / 8, free
-    q = plan.inner_shift
-    d = len(c) - 1
-    y = (t.relabel(0) * int(round(c[d] * 2.0**q))).relabel(t.scale + q) + c[d - 1]
-    for j in range(d - 2, -1, -1):
-        y = mul_trunc(t, y, t.scale + y.scale - S, S) + c[j]
+    rb = f + R_SHIFT
+    g = _exp_grids(f)
+    r = z.relabel(rb)  # z / 8, free
+
+    def times(s, c, bits, scale):  # c s (c on a grid of ``bits``) read at ``scale``: exact, local
+        k = s.xp.uint64(int(round(c * 2.0**bits)) % (1 << 64))
+        return ArithmeticShare(s.first * k, s.second * k, scale, s.rt)
+
+    A, B, C, E, Fc, a2, a1, a0 = plan.terms
+    u = mul_trunc(r, r, 2 * rb - U_BITS, U_BITS)
+    w1 = times(u, KAPPA, W1_BITS - U_BITS, W1_BITS) + times(r, plan.alpha, W1_BITS - rb, W1_BITS)
+    q = mul_trunc(u, w1, U_BITS + W1_BITS - Q_BITS, Q_BITS)
+    L1 = times(q, A, g[0], L_BITS) + times(u, B, g[1], L_BITS) + times(r, C, g[2], L_BITS)
+    L2 = times(u, E, g[3], L_BITS) + times(r, Fc, g[4], L_BITS)
+    P = Q_BITS + L_BITS
+    lin = times(u, a2, g[5], P) + times(r, a1, g[6], P)
+    mul = lambda x, y: x * y  # noqa: E731
+    summand = product_summand(rt, q.first, q.second, L1.first, L1.second, mul)
+    summand = summand + product_summand(rt, u.first, u.second, L2.first, L2.second, mul) + lin.first
+    y = _summand_product(rt, summand, P, None, P - S, S) + a0
     for _ in range(plan.shift):
         y = mul_trunc(y, y, S, S)
     return y
