@@ -16,6 +16,7 @@ import pytest
 
 from mpcgpu.jobs.launcher import find_mpiexec, local_env
 from reference import mnist_shards
+from test_train_cli import train_args as base_train_args
 
 TRAIN, TEST, BATCH = 16, 12, 8
 SEED = {"MPCGPU_INSECURE_PRG_SEED": "tests-only-22"}
@@ -40,36 +41,8 @@ def work(tmp_path_factory):
 
 
 def train_args(work, tag, *extra):
-    return [
-        "train",
-        "--model",
-        "lenet",
-        "--init-seed",
-        "3",
-        "--data",
-        str(work / "shards" / "train"),
-        "--test-data",
-        str(work / "shards" / "test"),
-        "--epochs",
-        "2",
-        "--batch-size",
-        str(BATCH),
-        "--lr",
-        "0.02",
-        "--reveal-loss",
-        "--checkpoint-dir",
-        str(work / tag / "ckpt"),
-        "--checkpoint-every",
-        "1",
-        "--out",
-        str(work / tag / "w"),
-        "--reveal-to",
-        "1",
-        "--json",
-        str(work / tag / "run.json"),
-        "--no-progress",
-        *extra,
-    ]
+    """test_train_cli's arguments, with this file's batch, a checkpoint every step and the loss."""
+    return base_train_args(work, tag, "--batch-size", str(BATCH), "--checkpoint-every", "1", "--reveal-loss", *extra)
 
 
 @pytest.fixture(scope="module")
