@@ -393,43 +393,63 @@ def run(args) -> int:
         arrays, right = gather_results(rt, owner, arrays, right)
         job = job_totals(rt, owner, elapsed, len(rows), peaks, total_bytes, mine["rounds"])
     if is_owner and job is not None:  # group 0's owner rank
-        elapsed, total_bytes, peaks = job["seconds"], job["bytes_all_parties"], job["peak_bytes_per_party"]
-        summary = {
-            "model": model.spec.name,
-            "dataset": data.name,
-            "images": n,
-            "output": str(output),
-            "batch_size": args.batch_size,
-            "seconds": elapsed,
-            "seconds_per_image": elapsed / max(n, 1),
-            "load_seconds": load_s,
-            "bytes_all_parties": total_bytes,
-            "rounds": job["rounds"],
-            "peak_bytes_per_party": peaks,
-            "device": rt.backend.describe(),
-            **{key: job[key] for key in ("groups", "layout", "per_group") if key in job},
-        }
-        parties = "the three parties" if rt.groups == 1 else f"the three parties of {rt.groups} groups"
-        print(
-            f"party {owner} (result owner): {n} predictions in {elapsed:.2f} s "
-            f"({1000 * elapsed / max(n, 1):.1f} ms/image), {total_bytes / 1e6:.1f} MB sent by {parties}, "
-            f"{job['rounds']} rounds, peak memory per party {', '.join(f'{p / 1e9:.2f}' for p in peaks)} GB",
-            flush=True,
+        summary = owner_summary(
+            rt,
+            owner,
+            job,
+            {"model": model.spec.name, "dataset": data.name},
+            n,
+            "image",
+            str(output),
+            load_s,
+            {"batch_size": args.batch_size},
+            right,
+            "computed under MPC, only the count is revealed",
         )
-        if right is not None:
-            summary["correct"] = right
-            summary["accuracy"] = right / n if n else 0.0
-            print(
-                f"private accuracy: {100 * summary['accuracy']:.2f}% ({right}/{n}; computed under MPC, "
-                "only the count is revealed)",
-                flush=True,
-            )
         head = {"model": model.spec.name, "dataset": data.name, "dataset_set_id": getattr(data, "set_id", None)}
         mode = {"k": output.k, "classes": model.spec.num_classes}
         deliver(args, rt, output, paths, arrays, summary, n, head, mode, VALUES_NOTE[output.mode])
     if profile is not None and rt.role.root:  # group 0's layers (a collective of its three ranks)
         profile.report(comm)
     return 0
+
+
+def owner_summary(rt, owner, job, head: dict, n: int, unit: str, output: str, load_s, extra, right, revealed):
+    """The whole job's summary at group 0's owner rank (``job``: :func:`job_totals`), printed in
+    two lines: time, bytes, rounds and memory per ``unit`` ("image" or "sample"), then the
+    private accuracy when ``right`` (the revealed count) is known."""
+    elapsed, total_bytes, peaks = job["seconds"], job["bytes_all_parties"], job["peak_bytes_per_party"]
+    per = max(n, 1)
+    summary = {
+        **head,
+        f"{unit}s": n,
+        "output": output,
+        **extra,
+        "seconds": elapsed,
+        f"seconds_per_{unit}": elapsed / per,
+        "load_seconds": load_s,
+        "bytes_all_parties": total_bytes,
+        "rounds": job["rounds"],
+        "peak_bytes_per_party": peaks,
+        "device": rt.backend.describe(),
+        **{key: job[key] for key in ("groups", "layout", "per_group") if key in job},
+    }
+    parties = "the three parties" if rt.groups == 1 else f"the three parties of {rt.groups} groups"
+    what = (
+        f"{n} predictions in {elapsed:.2f} s ({1000 * elapsed / per:.1f} ms/image)"
+        if unit == "image"
+        else f"{n} samples in {elapsed:.2f} s"
+    )
+    print(
+        f"party {owner} (result owner): {what}, {total_bytes / 1e6:.1f} MB sent by {parties}, "
+        f"{job['rounds']} rounds, peak memory per party {', '.join(f'{p / 1e9:.2f}' for p in peaks)} GB",
+        flush=True,
+    )
+    if right is not None:
+        summary["correct"] = right
+        summary["accuracy"] = right / n if n else 0.0
+        print(f"private accuracy: {100 * summary['accuracy']:.2f}% ({right}/{n}; {revealed})", flush=True)
+    return summary
 
 
 def deliver(args, rt, output: Output, paths: dict, arrays: dict, summary: dict, n: int, head, mode, values: str):
@@ -575,32 +595,19 @@ def run_graph(args, rt, model, output: Output, t_load: float) -> int:
         arrays, right = gather_results(rt, owner, arrays, None if right is None else int(right))
         job = job_totals(rt, owner, elapsed, len(mine), peaks, total_bytes, stats["rounds"])
     if job is not None:  # group 0's owner rank
-        elapsed, total_bytes, peaks = job["seconds"], job["bytes_all_parties"], job["peak_bytes_per_party"]
-        summary = {
-            "model": g.name,
-            "dataset": data.name,
-            "samples": n,
-            "output": str(output),
-            "seconds": elapsed,
-            "seconds_per_sample": elapsed / max(n, 1),
-            "load_seconds": load_s,
-            "bytes_all_parties": total_bytes,
-            "rounds": job["rounds"],
-            "peak_bytes_per_party": peaks,
-            "device": rt.backend.describe(),
-            **{key: job[key] for key in ("groups", "layout", "per_group") if key in job},
-        }
-        parties = "the three parties" if rt.groups == 1 else f"the three parties of {rt.groups} groups"
-        print(
-            f"party {owner} (result owner): {n} samples in {elapsed:.2f} s, {total_bytes / 1e6:.1f} MB sent by "
-            f"{parties}, {job['rounds']} rounds, peak memory per party "
-            f"{', '.join(f'{p / 1e9:.2f}' for p in peaks)} GB",
-            flush=True,
+        summary = owner_summary(
+            rt,
+            owner,
+            job,
+            {"model": g.name, "dataset": data.name},
+            n,
+            "sample",
+            str(output),
+            load_s,
+            {},
+            None if right is None else int(right),
+            "only the count is revealed",
         )
-        if right is not None:
-            summary["correct"] = int(right)
-            summary["accuracy"] = int(right) / n if n else 0.0
-            print(f"private accuracy: {100 * summary['accuracy']:.2f}% ({int(right)}/{n}; only the count is revealed)")
         head = {"model": g.name, "dataset": data.name}
         deliver(args, rt, output, paths, arrays, summary, n, head, {}, GRAPH_VALUES_NOTE[output.mode])
     if profile is not None and rt.role.root:
