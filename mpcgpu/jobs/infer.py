@@ -261,16 +261,11 @@ def reveal_count(rt, correct, owner: int):
     Every rank of every group calls it (a group without rows holds no share: zeros)."""
     if rt.groups == 1:
         return correct.reveal(to=owner) if correct is not None else None
-    from ..sharing.arithmetic import ArithmeticShare
+    from ..sharing.arithmetic import sum_over_groups, zeros
 
     if not rt.role.bcast_object(correct is not None):  # group 0's word: it has rows (the first)
         return None
-    if correct is None:
-        zero = rt.xp.zeros((), dtype=rt.xp.uint64)
-        correct = ArithmeticShare(zero, zero.copy(), 0, rt)
-    shape = correct.first.shape  # () : sent as one word (the role's host copies are 1-d at least)
-    first, second = rt.role.allreduce_sum([correct.first.reshape(1), correct.second.reshape(1)])
-    total = ArithmeticShare(first.reshape(shape), second.reshape(shape), correct.scale, rt)
+    total = sum_over_groups(correct if correct is not None else zeros((), scale=0, rt=rt))
     return total.reveal(to=owner) if rt.role.root else None
 
 

@@ -29,15 +29,21 @@ def cross_entropy_grad(logits: ArithmeticShare, onehot: ArithmeticShare) -> Arit
 LOSS_BITS = 8
 
 
-def cross_entropy(logits: ArithmeticShare, onehot: ArithmeticShare) -> ArithmeticShare:
+def cross_entropy(logits: ArithmeticShare, onehot: ArithmeticShare, batch: int | None = None) -> ArithmeticShare:
     """Mean softmax cross-entropy over the batch, as a shared scalar rounded exactly.
 
     The sum over the batch is multiplied by the integer ``K = round(2^q / B)`` (exact) and
     rounded exactly by ``q`` bits, with ``q`` as large as the ring allows for losses below
-    ``2^8`` per sample: no probabilistic rounding touches the value that is revealed."""
+    ``2^8`` per sample: no probabilistic rounding touches the value that is revealed.
+    With several groups (``logits``: this group's slice of a global batch of ``batch``
+    rows) the sums are added over the groups first
+    (:func:`~mpcgpu.sharing.arithmetic.sum_over_groups`): every group holds the global
+    mean, and a reveal shows nothing of the groups' own losses."""
+    from ..sharing.arithmetic import sum_over_groups
+
     logp = logits.log_softmax(axis=1)
-    total = -(logp * onehot).sum()  # onehot has scale 0: no truncation (1 round)
-    b = logits.shape[0]
+    total = sum_over_groups(-(logp * onehot).sum())  # onehot has scale 0: no truncation (1 round)
+    b = logits.shape[0] if batch is None else int(batch)
     q = 61 - (max(b, 1).bit_length() + LOSS_BITS + total.scale)
     k = total.xp.uint64(round(2.0**q / b))
     scaled = total._new(total.first * k, total.second * k, total.scale + q)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy
 
+from ..sharing.arithmetic import sum_over_groups, zeros
 from .loss import count_correct, cross_entropy, cross_entropy_grad, one_hot
 from .optim import PrivateSGD
 from .private import PrivateModel, Profile, section
@@ -92,8 +93,8 @@ def train_step(
     ``batch_size``: the global batch (default: this batch's rows).  With several groups,
     ``images`` is this group's slice of it; the gradients are all-reduced over the role
     communicator, group 0 updates with ``1/batch_size`` and broadcasts the new state; the
-    loss revealed to ``reveal_loss_to`` is the global batch's mean (each group's mean
-    weighted by its rows, summed over that party's ranks)."""
+    loss revealed to ``reveal_loss_to`` is the global batch's mean (the groups' sums added as
+    shares before the one exact rounding: nothing of a group's own loss is revealed)."""
     rt = images.rt
     comm, role = rt.comm, rt.role
     rows = images.shape[0]
@@ -104,10 +105,8 @@ def train_step(
         dlogits = cross_entropy_grad(logits, onehot)
     loss = None
     if reveal_loss_to is not None:
-        loss = cross_entropy(logits, onehot).reveal(to=reveal_loss_to)
+        loss = cross_entropy(logits, onehot, batch).reveal(to=reveal_loss_to)  # the global batch's mean
         loss = None if loss is None else float(loss)
-        if role.k > 1 and loss is not None:  # the owner's ranks: the global batch's mean
-            loss = float(role.allreduce_sum([numpy.array([loss * rows])])[0][0]) / batch
     grads = model.backward(dlogits, profile=profile)
     if role.k == 1:
         with section(profile, comm, "optimizer", "SGD step"):
@@ -128,8 +127,9 @@ def train_step(
 def evaluate(model: PrivateModel, dataset, batch_size: int, owner: int, limit: int | None = None):
     """Test accuracy computed under MPC; returns ``(correct, n)`` to ``owner``, ``(None, n)``
     to the others.  With several groups each group evaluates its contiguous slice of the
-    first ``n`` samples (:func:`~mpcgpu.comm.groups.split_range`) and the owner's ranks sum
-    the counts revealed to them: every owner rank gets the total."""
+    first ``n`` samples (:func:`~mpcgpu.comm.groups.split_range`); the count shares are summed
+    over the groups before the one reveal: every owner rank gets the total, and nothing of
+    the groups' own counts."""
     rt = dataset.rt
     if rt.groups > 1:
         return _evaluate_groups(model, dataset, batch_size, owner, limit)
@@ -160,11 +160,10 @@ def _evaluate_groups(model, dataset, batch_size, owner, limit):
         images, labels = dataset.batch(numpy.arange(lo, min(lo + batch_size, part.stop)))
         right = count_correct(model.predict_onehot(images), one_hot(labels, classes))
         correct = right if correct is None else correct + right
-    value = None if correct is None else correct.reveal(to=owner)
-    if rt.rank != owner:
-        return None, n
-    mine = 0 if value is None else int(value)
-    return int(rt.role.allreduce_sum([numpy.array([mine], dtype=numpy.int64)])[0][0]), n
+    # the groups' counts summed as shares first: every group reveals the same total, never its own
+    total = sum_over_groups(correct if correct is not None else zeros((), scale=0, rt=rt))
+    value = total.reveal(to=owner)
+    return (None if value is None else int(value)), n
 
 
 __all__ = ["StepResult", "train_step", "evaluate", "allreduce_grads", "state_arrays", "sync_state"]

@@ -309,6 +309,19 @@ concatenate = replicated.concatenate
 stack = replicated.stack
 
 
+def sum_over_groups(x: ArithmeticShare) -> ArithmeticShare:
+    """The sum of ``x`` over the ``k`` groups of three of the job (``mpirun -n 3k``): each
+    party adds up both of its components across its ``k`` ranks (the role communicator,
+    :mod:`mpcgpu.comm.role`: exact mod 2^64, inside one organisation), which gives every group
+    the same replicated sharing of the total.  No message between parties; every rank of
+    every group calls it.  ``x`` itself with one group."""
+    role = x.rt.role
+    if role.k == 1:
+        return x
+    first, second = role.allreduce_sum([x.first, x.second])
+    return x._new(first, second)
+
+
 def to_scale(x: ArithmeticShare, scale: int, mode=None) -> ArithmeticShare:
     """Re-encode at ``scale`` fractional bits: free upwards (exact), a truncation downwards."""
     if scale >= x.scale:
