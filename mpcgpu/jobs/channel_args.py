@@ -56,6 +56,21 @@ def add_channel_arguments(p):
     )
 
 
+def add_shard_job_arguments(p):
+    """The options of a job that computes on shards and reports as it goes (infer, generate):
+    progress, shard verification, back end, fixed-point bits, then the channels and layout."""
+    p.add_argument("--no-progress", action="store_true", help="no progress line")
+    p.add_argument("--no-verify", action="store_true", help="skip re-hashing the shard files (large sets)")
+    p.add_argument(
+        "--device",
+        default=None,
+        choices=("auto", "cpu", "cuda"),
+        help="array back end (default: MPCGPU_DEVICE or auto)",
+    )
+    p.add_argument("--precision", type=int, default=None, help="fractional bits (default: the shards')")
+    add_channel_arguments(p)
+
+
 #: command-line options (argparse destinations) that are settings (mpcgpu.settings)
 CLI_SETTINGS = ("device", "key", "parties", "insecure_channels", "peer_timeout", "layout")
 

@@ -7,7 +7,7 @@ import time
 
 import numpy
 
-from .channel_args import add_channel_arguments, cli_settings
+from .channel_args import add_shard_job_arguments, cli_settings
 from . import checks
 from .checks import peek_frac_bits
 
@@ -86,16 +86,7 @@ def add_arguments(p):
         "busy machine this compiles or loads the CPU kernels (many seconds, once), so that the first "
         "token's time measures the protocol",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress line")
-    p.add_argument("--no-verify", action="store_true", help="skip re-hashing the shard files (large sets)")
-    p.add_argument(
-        "--device",
-        default=None,
-        choices=("auto", "cpu", "cuda"),
-        help="array back end (default: MPCGPU_DEVICE or auto)",
-    )
-    p.add_argument("--precision", type=int, default=None, help="fractional bits (default: the shards')")
-    add_channel_arguments(p)
+    add_shard_job_arguments(p)
 
 
 def output_paths(out: str | None) -> dict:

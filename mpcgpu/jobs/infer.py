@@ -11,7 +11,7 @@ import numpy
 
 from ..models_io import load_private_model
 from ..reporting.outputs import check_files, write_outputs
-from .channel_args import add_channel_arguments, cli_settings
+from .channel_args import add_shard_job_arguments, cli_settings
 from . import checks
 from .checks import peek_frac_bits
 
@@ -134,16 +134,7 @@ def add_arguments(p):
         help="first classify one image untimed, revealing nothing: on a fresh machine this "
         "compiles the CPU kernels (several seconds, once), so the timed run measures the protocol",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress line")
-    p.add_argument("--no-verify", action="store_true", help="skip re-hashing the shard files (large sets)")
-    p.add_argument(
-        "--device",
-        default=None,
-        choices=("auto", "cpu", "cuda"),
-        help="array back end (default: MPCGPU_DEVICE or auto)",
-    )
-    p.add_argument("--precision", type=int, default=None, help="fractional bits (default: the shards')")
-    add_channel_arguments(p)
+    add_shard_job_arguments(p)
 
 
 def load_model(rt, stem, verify=True):
